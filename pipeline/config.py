@@ -1,0 +1,148 @@
+"""One frozen, typed settings object for every Custos process.
+
+Every setting has a default, an environment variable ``CUSTOS_<NAME>`` and one line of
+documentation. ``custos config`` prints the effective values (secrets masked).
+
+>>> s = Settings.from_env({"CUSTOS_KAFKA_PORT": "19092"})
+>>> s.kafka_port, s.bootstrap_servers
+(19092, '127.0.0.1:19092')
+>>> Settings.from_env({"CUSTOS_BOOTSTRAP": "k1:9092"}).managed_broker
+False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MASK = "********"
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Effective configuration. Build it with :meth:`from_env`; never mutate it."""
+
+    # --- Kafka -----------------------------------------------------------------------------
+    bootstrap: str = _setting(
+        "", "Existing Kafka cluster (host:port,...); empty = the broker `custos kafka` manages"
+    )
+    kafka_host: str = _setting("127.0.0.1", "Address the managed broker listens on (loopback)")
+    kafka_port: int = _setting(9092, "Client port of the managed broker")
+    kafka_controller_port: int = _setting(9093, "KRaft controller port of the managed broker")
+    kafka_heap: str = _setting("768m", "JVM heap of the managed broker (>= 512m: log cleaner)")
+    kafka_start_timeout_s: float = _setting(90.0, "Seconds to wait for the broker to answer")
+    home: str = _setting(
+        str(Path.home() / ".custos"),
+        "State directory: Kafka jars cache, broker data and logs, worker state",
+    )
+    security_protocol: str = _setting(
+        "PLAINTEXT", "Client security protocol for an existing cluster (PLAINTEXT, SASL_SSL...)"
+    )
+    sasl_username: str = _setting("", "SASL username for an existing cluster")
+    sasl_password: str = _setting("", "SASL password for an existing cluster", secret=True)
+    compression: str = _setting("lz4", "Producer compression (none, gzip, snappy, lz4, zstd)")
+
+    # --- Topics ----------------------------------------------------------------------------
+    topics_file: str = _setting(
+        str(REPO_ROOT / "infra" / "topics.yaml"), "Declarative topic list applied by `topics apply`"
+    )
+    identity_topic: str = _setting("identity.events", "Input: OCSF Authentication (3002)")
+    agent_topic: str = _setting("agent.events", "Input: OCSF API Activity (6003)")
+    deadletter_topic: str = _setting(
+        "custos.deadletter", "Malformed or invalid input: original bytes + reason + source offset"
+    )
+
+    # --- Input contract --------------------------------------------------------------------
+    max_event_bytes: int = _setting(1_048_576, "Larger input messages are dead-lettered")
+    min_event_time_ms: int = _setting(
+        946_684_800_000, "Events before this time (ms, default 2000-01-01) are absurd"
+    )
+    max_future_skew_ms: int = _setting(
+        86_400_000, "Events more than this far (ms) ahead of wall-clock time are absurd"
+    )
+
+    # --- Ingest / summary consumer ---------------------------------------------------------
+    group_id: str = _setting("custos-ingest", "Consumer group of the ingest/validation consumer")
+    batch_size: int = _setting(5000, "Messages fetched per consume() call")
+
+    @property
+    def managed_broker(self) -> bool:
+        """True when Custos runs the broker itself (no CUSTOS_BOOTSTRAP given)."""
+        return not self.bootstrap
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every confluent-kafka client Custos creates."""
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol
+        if self.sasl_username:
+            conf.update(
+                {
+                    "sasl.mechanisms": "PLAIN",
+                    "sasl.username": self.sasl_username,
+                    "sasl.password": self.sasl_password,
+                }
+            )
+        return conf
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``CUSTOS_*`` variables (``os.environ`` by default); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = env_var(f.name)
+            if var in env:
+                values[f.name] = _coerce(f.name, f.type, env[var])
+        values.update(overrides)
+        return cls(**values)
+
+    def describe(self) -> list[tuple[str, str, str, str]]:
+        """(name, environment variable, effective value, doc) per setting; secrets masked."""
+        rows = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown = MASK if f.metadata.get("secret") and value else str(value)
+            rows.append((f.name, env_var(f.name), shown, str(f.metadata.get("doc", ""))))
+        return rows
+
+
+def env_var(name: str) -> str:
+    return "CUSTOS_" + name.upper()
+
+
+def _coerce(name: str, annotation: Any, raw: str) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{env_var(name)}={raw!r} is not a valid {kind}") from exc
+    return raw

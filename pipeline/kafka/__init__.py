@@ -1,0 +1,1 @@
+"""Kafka plumbing: broker lifecycle, topic administration, fast producers and consumers."""
