@@ -46,6 +46,9 @@ class Settings:
         str(Path.home() / ".custos"),
         "State directory: Kafka jars cache, broker data and logs, worker state",
     )
+    kafka_libs: str = _setting(
+        "", "Cache of the broker jars Maven copies; empty = <home>/kafka/libs"
+    )
     security_protocol: str = _setting(
         "PLAINTEXT", "Client security protocol for an existing cluster (PLAINTEXT, SASL_SSL...)"
     )
@@ -88,6 +91,14 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home).expanduser()
+
+    @property
+    def kafka_libs_path(self) -> Path:
+        return (
+            Path(self.kafka_libs).expanduser()
+            if self.kafka_libs
+            else self.home_path / "kafka" / "libs"
+        )
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings shared by every confluent-kafka client Custos creates."""

@@ -1,0 +1,283 @@
+"""The ``custos`` command. Thin: parses options and delegates to the modules it names."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.config import Settings
+from pipeline.errors import CustosError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '1h', '7d', '1w' or plain seconds → seconds.
+
+    >>> parse_duration("1h"), parse_duration("90"), parse_duration("1.5d")
+    (3600.0, 90.0, 129600.0)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if m is None:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 1h, 7d")
+    return float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1)
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        return value if isinstance(value, float) else parse_duration(str(value))
+
+
+DURATION = _Duration()
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())  # type: ignore[no-any-return]
+
+
+class _Group(click.Group):
+    """Turns any CustosError into a clear one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CustosError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="custos")
+def main() -> None:
+    """Custos: streaming behavioural detection for Zero Trust."""
+
+
+@main.command("config")
+@click.pass_context
+def config_cmd(ctx: click.Context) -> None:
+    """Print the effective configuration (secrets masked)."""
+    for name, var, value, doc in _settings(ctx).describe():
+        click.echo(f"{name:<24} {value:<40} {var}\n{'':<24} {doc}")
+
+
+# --- kafka -------------------------------------------------------------------------------------
+@main.group()
+def kafka() -> None:
+    """Run the local single-node Kafka 4.x broker (KRaft) from Maven Central jars."""
+
+
+def _broker(ctx: click.Context) -> Any:
+    from pipeline.kafka.broker import Broker
+
+    settings = _settings(ctx)
+    if not settings.managed_broker:
+        click.echo(f"CUSTOS_BOOTSTRAP={settings.bootstrap}: using that cluster, nothing to manage")
+        ctx.exit(0)
+    return Broker(settings)
+
+
+@kafka.command("up")
+@click.pass_context
+def kafka_up(ctx: click.Context) -> None:
+    """Fetch jars (once), format storage (once), start and wait until it answers."""
+    broker = _broker(ctx)
+    started, secs = broker.up()
+    if started:
+        click.echo(f"kafka started in {secs:.1f} s on {broker.settings.bootstrap_servers}")
+    else:
+        click.echo(f"kafka already running on {broker.settings.bootstrap_servers}")
+
+
+@kafka.command("down")
+@click.pass_context
+def kafka_down(ctx: click.Context) -> None:
+    """Stop the broker cleanly; its data stays for the next `up`."""
+    broker = _broker(ctx)
+    click.echo("kafka stopped" if broker.down() else "kafka was not running")
+
+
+@kafka.command("status")
+@click.pass_context
+def kafka_status(ctx: click.Context) -> None:
+    """Say whether the broker runs and answers."""
+    status = _broker(ctx).status()
+    click.echo(status.describe())
+    ctx.exit(0 if status.answering else 3)
+
+
+@kafka.command("logs")
+@click.option("-n", "--lines", default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.pass_context
+def kafka_logs(ctx: click.Context, lines: int, follow: bool) -> None:
+    """Print the end of the broker's log."""
+    broker = _broker(ctx)
+    click.echo(broker.tail(lines), nl=False)
+    if follow:
+        with open(broker.server_log, errors="replace") as fh:
+            fh.seek(0, 2)
+            while True:
+                line = fh.readline()
+                if line:
+                    click.echo(line, nl=False)
+                else:
+                    time.sleep(0.5)
+
+
+# --- topics ------------------------------------------------------------------------------------
+@main.group()
+def topics() -> None:
+    """Custos topics, declared in infra/topics.yaml."""
+
+
+@topics.command("apply")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.pass_context
+def topics_apply(ctx: click.Context, path: str | None) -> None:
+    """Create or update the declared topics (idempotent)."""
+    from pipeline.kafka.topics import apply_topics, load_topics
+
+    settings = _settings(ctx)
+    report = apply_topics(settings, load_topics(path or settings.topics_file))
+    for line in report.lines():
+        click.echo(line)
+
+
+@topics.command("list")
+@click.pass_context
+def topics_list(ctx: click.Context) -> None:
+    """List the declared topics and their settings."""
+    from pipeline.kafka.topics import load_topics
+
+    for spec in load_topics(_settings(ctx).topics_file):
+        conf = ", ".join(f"{k}={v}" for k, v in spec.config.items())
+        click.echo(f"{spec.name:<26} partitions={spec.partitions:<3} {conf}")
+
+
+# --- simulate ----------------------------------------------------------------------------------
+@main.command()
+@click.option("--identities", default=10_000, show_default=True, help="Population size.")
+@click.option(
+    "--duration",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="Simulated event-time span (90s, 15m, 1h, 7d).",
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--start",
+    "start_ms",
+    type=int,
+    default=None,
+    help="Event-time start (ms since epoch); default: now minus the duration.",
+)
+@click.option(
+    "--rate", type=float, default=None, help="Target events/s (default: as fast as possible)."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to a .jsonl or .parquet file instead of Kafka.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the ground-truth labels (JSONL).",
+)
+@click.option("--no-attacks", is_flag=True, help="Only normal behaviour.")
+@click.pass_context
+def simulate(
+    ctx: click.Context, identities: int, duration: float, seed: int, start_ms: int | None,
+    rate: float | None, out: Path | None, labels: Path | None, no_attacks: bool,
+) -> None:  # fmt: skip
+    """Simulate humans, services and AI agents (with labelled attacks) into Kafka or a file."""
+    from pipeline.simulate import simulate as run
+    from pipeline.simulate.sinks import open_sink
+
+    settings = _settings(ctx)
+    sink = open_sink(settings, out)
+    report = run(
+        settings, identities=identities, duration_s=duration, seed=seed, start_ms=start_ms,
+        rate=rate, sink=sink, labels_path=labels, attacks=not no_attacks, progress=True,
+    )  # fmt: skip
+    where = str(out) if out else f"Kafka at {settings.bootstrap_servers}"
+    click.echo(
+        f"{report.events:,} events for {identities:,} identities into {where} "
+        f"in {report.wall_seconds:.1f} s ({report.events_per_s:,.0f} events/s)"
+    )
+    for topic, n in sorted(report.per_topic.items()):
+        click.echo(f"  {topic:<20} {n:>10,}")
+    if labels:
+        click.echo(f"{report.campaigns} attack campaigns labelled in {labels}")
+
+
+# --- ingest / demo -----------------------------------------------------------------------------
+@main.command()
+@click.option("--seconds", type=float, default=None, help="Stop after this long (default: Ctrl-C).")
+@click.option("--group", default=None, help="Consumer group (default CUSTOS_GROUP_ID).")
+@click.pass_context
+def ingest(ctx: click.Context, seconds: float | None, group: str | None) -> None:
+    """Validate the input topics live: count what arrives, dead-letter what is malformed."""
+    from pipeline.demo import final_report, summary_line
+    from pipeline.kafka.ingest import Ingest
+
+    settings = _settings(ctx)
+    consumer = Ingest(settings, group_id=group)
+    t0 = time.monotonic()
+    last = 0.0
+    try:
+        while seconds is None or time.monotonic() - t0 < seconds:
+            consumer.poll_batch(timeout=0.5)
+            elapsed = time.monotonic() - t0
+            if elapsed - last >= 2.0:
+                click.echo(summary_line(consumer.stats, 0, elapsed, consumer.lag()))
+                last = elapsed
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    total = consumer.stats.valid + consumer.stats.dead.total()
+    for line in final_report(consumer.stats, total, time.monotonic() - t0):
+        click.echo(line)
+
+
+@main.command()
+@click.option("--identities", default=2_000, show_default=True)
+@click.option(
+    "--duration", type=DURATION, default="6h", show_default=True, help="Simulated event-time span."
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--rate", type=float, default=None, help="Target events/s (default: as fast as possible)."
+)
+@click.pass_context
+def demo(
+    ctx: click.Context, identities: int, duration: float, seed: int, rate: float | None
+) -> None:
+    """End to end: Kafka up, topics applied, simulated traffic streamed in, live summary."""
+    from pipeline.demo import run_demo
+
+    run_demo(
+        _settings(ctx),
+        identities=identities,
+        duration_s=duration,
+        seed=seed,
+        rate=rate,
+        echo=click.echo,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The validating consumer: input topics → typed events, bad input → dead-letter topic.
+
+At-least-once and lossless: offsets of a batch are committed only after every dead-letter
+record of that batch is acknowledged by the broker. A message is therefore either decoded,
+or stored in the dead-letter topic, before its offset moves on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer
+
+from pipeline.config import Settings
+from pipeline.deadletter import ReasonCounter, dead_letter
+from pipeline.errors import InvalidEvent, KafkaError
+from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.schemas import Event, EventDecoder
+
+
+@dataclass
+class IngestStats:
+    """What arrived: counts per topic, class and identity kind, plus dead letters per reason."""
+
+    by_topic: Counter[str] = field(default_factory=Counter)
+    by_class: Counter[int] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    identities: set[str] = field(default_factory=set)
+    dead: ReasonCounter = field(default_factory=ReasonCounter)
+    valid: int = 0
+    bytes_in: int = 0
+    first_time_ms: int | None = None
+    last_time_ms: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, topic: str, events: list[Event], nbytes: int) -> None:
+        with self.lock:
+            self.by_topic[topic] += len(events)
+            self.valid += len(events)
+            self.bytes_in += nbytes
+            for ev in events:
+                self.by_class[ev.class_uid] += 1
+                self.by_kind[ev.identity_kind] += 1
+                self.identities.add(ev.identity_uid)
+                if self.first_time_ms is None or ev.time_ms < self.first_time_ms:
+                    self.first_time_ms = ev.time_ms
+                if self.last_time_ms is None or ev.time_ms > self.last_time_ms:
+                    self.last_time_ms = ev.time_ms
+
+
+class Ingest:
+    """Consume input topics in batches, decode, dead-letter what breaks the contract."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topics: Iterable[str] | None = None,
+        group_id: str | None = None,
+        consumer: Consumer | None = None,
+        producer: Producer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = list(topics or (settings.identity_topic, settings.agent_topic))
+        self.decoder = EventDecoder.from_settings(settings)
+        self.consumer = consumer or make_consumer(settings, group_id)
+        self.producer = producer or make_producer(settings)
+        self.stats = IngestStats()
+        self._dlq_errors: list[str] = []
+        self.consumer.subscribe(self.topics)
+
+    def poll_batch(self, timeout: float = 1.0) -> list[Event]:
+        """One batch: returns the valid events; dead letters are durable before commit."""
+        msgs = self.consumer.consume(num_messages=self.settings.batch_size, timeout=timeout)
+        if not msgs:
+            return []
+        now_ms = int(time.time() * 1000)
+        events: list[Event] = []
+        per_topic: dict[str, tuple[list[Event], int]] = {}
+        dead = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaError(f"consumer failed: {err}")
+                continue  # e.g. partition EOF: informational only
+            value = msg.value()
+            topic = msg.topic() or "?"
+            try:
+                ev = self.decoder.decode(value if value is not None else b"", now_ms)
+            except InvalidEvent as exc:
+                self._send_dead_letter(msg, exc, now_ms)
+                dead += 1
+                continue
+            events.append(ev)
+            bucket = per_topic.setdefault(topic, ([], 0))
+            bucket[0].append(ev)
+            per_topic[topic] = (bucket[0], bucket[1] + len(value or b""))
+        if dead:
+            self._flush_dead_letters()
+        for topic, (evs, nbytes) in per_topic.items():
+            self.stats.record(topic, evs, nbytes)
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # e.g. a rebalance revoked the partitions: the next owner re-reads; nothing is lost.
+            if "NO_OFFSET" not in str(exc):
+                raise KafkaError(f"offset commit failed: {exc}") from exc
+        return events
+
+    def _send_dead_letter(self, msg: Message, exc: InvalidEvent, now_ms: int) -> None:
+        ts_type, ts = msg.timestamp()
+        topic = msg.topic() or "?"
+        dl = dead_letter(
+            exc,
+            key=msg.key(),
+            value=msg.value(),
+            topic=topic,
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            timestamp_ms=ts if ts_type else None,
+            now_ms=now_ms,
+            source_headers=msg.headers(),
+        )
+
+        def delivered(err: object, _msg: object) -> None:
+            if err is not None:
+                self._dlq_errors.append(str(err))
+
+        while True:
+            try:
+                self.producer.produce(
+                    self.settings.deadletter_topic,
+                    key=dl.key,
+                    value=dl.value,
+                    headers=dl.headers,
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.stats.dead.add(topic, dl.reason)
+
+    def _flush_dead_letters(self) -> None:
+        remaining = self.producer.flush(30)
+        if remaining or self._dlq_errors:
+            errors, self._dlq_errors = self._dlq_errors, []
+            # Do not commit: the batch is re-read after restart rather than lost.
+            raise KafkaError(
+                f"dead-letter topic {self.settings.deadletter_topic} did not acknowledge "
+                f"{remaining} record(s): {errors[:3]}"
+            )
+
+    def run(
+        self,
+        *,
+        should_stop: Callable[[], bool],
+        on_batch: Callable[[list[Event]], None] | None = None,
+    ) -> None:
+        while not should_stop():
+            events = self.poll_batch(timeout=0.5)
+            if on_batch is not None and events:
+                on_batch(events)
+
+    def lag(self) -> int:
+        """Messages not yet consumed on the assigned partitions (for the live summary)."""
+        total = 0
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return 0
+        positions = self.consumer.position(assignment)
+        for tp in positions:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            pos = tp.offset if tp.offset >= 0 else low  # nothing consumed there yet
+            total += max(0, high - pos)
+        return total
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.consumer.close()
