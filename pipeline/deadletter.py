@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import InvalidEvent
@@ -26,7 +27,7 @@ HEADER_PREFIX = "custos."
 class DeadLetter:
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, str | bytes | None]]
     reason: str
 
 
@@ -40,10 +41,10 @@ def dead_letter(
     offset: int,
     timestamp_ms: int | None,
     now_ms: int,
-    source_headers: list[tuple[str, bytes]] | None = None,
+    source_headers: Sequence[tuple[str, str | bytes | None]] | None = None,
 ) -> DeadLetter:
     """Build the dead-letter record for one rejected input message."""
-    headers = [
+    headers: list[tuple[str, str | bytes | None]] = [
         ("custos.reason", error.reason.encode()),
         # Bounded: a detail quoting a 1 MB payload must not make the DLQ record oversized too.
         ("custos.detail", error.detail[:1000].encode("utf-8", "replace")),

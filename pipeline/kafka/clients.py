@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
@@ -59,3 +60,44 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
     }
     conf.update(overrides)
     return Consumer(conf)
+
+
+def read_all(
+    settings: Settings, topic: str, *, expect: int | None = None, timeout_s: float = 30.0
+) -> list[Message]:
+    """Every record of ``topic`` from the beginning (no group, no commits).
+
+    Stops at the end of all partitions as they were when called, or once ``expect``
+    records arrived, or at ``timeout_s``. For tests, exports and inspections.
+    """
+    consumer = Consumer(
+        base_config(settings, **{"group.id": "custos-read-all", "enable.auto.commit": False})
+    )
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        parts = md.topics[topic].partitions
+        ends = {}
+        tps = []
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+                tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        out: list[Message] = []
+        if not tps:
+            return out
+        consumer.assign(tps)
+        deadline = time.monotonic() + timeout_s
+        done: set[int] = set()
+        while time.monotonic() < deadline and len(done) < len(ends):
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                out.append(msg)
+                if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                    done.add(msg.partition() or 0)
+            if expect is not None and len(out) >= expect:
+                break
+        return out
+    finally:
+        consumer.close()

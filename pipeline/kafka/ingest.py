@@ -124,7 +124,7 @@ class Ingest:
             offset=msg.offset() or 0,
             timestamp_ms=ts if ts_type else None,
             now_ms=now_ms,
-            source_headers=msg.headers(),
+            source_headers=_header_list(msg.headers()),
         )
 
         def delivered(err: object, _msg: object) -> None:
@@ -182,3 +182,11 @@ class Ingest:
     def close(self) -> None:
         self.producer.flush(10)
         self.consumer.close()
+
+
+def _header_list(
+    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None,
+) -> list[tuple[str, str | bytes | None]]:
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka.admin import (
+
+# Exported at runtime; the package's stubs just do not re-declare them.
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.kafka.topics import apply_topics, load_topics
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings whose input and dead-letter topics are new and belong to this test alone."""
+    tag = re.sub(r"[^A-Za-z0-9]", "-", request.node.name)[:60] + "-" + uuid.uuid4().hex[:6]
+    settings = dataclasses.replace(
+        kafka_settings,
+        identity_topic=f"t.{tag}.identity",
+        agent_topic=f"t.{tag}.agent",
+        deadletter_topic=f"t.{tag}.dlq",
+    )
+    path = tmp_path / "topics.yaml"
+    path.write_text(
+        "topics:\n"
+        + "".join(
+            f"  - {{name: {name}, partitions: 3}}\n"
+            for name in (settings.identity_topic, settings.agent_topic, settings.deadletter_topic)
+        )
+    )
+    apply_topics(settings, load_topics(path))
+    return settings
