@@ -227,14 +227,24 @@ def simulate(
 @main.command()
 @click.option("--seconds", type=float, default=None, help="Stop after this long (default: Ctrl-C).")
 @click.option("--group", default=None, help="Consumer group (default CUSTOS_GROUP_ID).")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus counters on 127.0.0.1:PORT/metrics.",
+)
 @click.pass_context
-def ingest(ctx: click.Context, seconds: float | None, group: str | None) -> None:
+def ingest(
+    ctx: click.Context, seconds: float | None, group: str | None, metrics_port: int | None
+) -> None:
     """Validate the input topics live: count what arrives, dead-letter what is malformed."""
+    from pipeline import metrics
     from pipeline.demo import final_report, summary_line
     from pipeline.kafka.ingest import Ingest
 
     settings = _settings(ctx)
     consumer = Ingest(settings, group_id=group)
+    server = metrics.serve(consumer.stats, metrics_port) if metrics_port else None
     t0 = time.monotonic()
     last = 0.0
     try:
@@ -248,6 +258,8 @@ def ingest(ctx: click.Context, seconds: float | None, group: str | None) -> None
         pass
     finally:
         consumer.close()
+        if server is not None:
+            server.shutdown()
     total = consumer.stats.valid + consumer.stats.dead.total()
     for line in final_report(consumer.stats, total, time.monotonic() - t0):
         click.echo(line)
