@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -59,6 +60,10 @@ class _Group(click.Group):
 @click.version_option(package_name="custos")
 def main() -> None:
     """Custos: streaming behavioural detection for Zero Trust."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # librdkafka reports transient states (a coordinator still loading at first start) as
+    # warnings; errors that matter surface as exceptions with context instead.
+    logging.getLogger("custos.kafka.client").setLevel(logging.ERROR)
 
 
 @main.command("config")
@@ -215,7 +220,7 @@ def simulate(
     where = str(out) if out else f"Kafka at {settings.bootstrap_servers}"
     click.echo(
         f"{report.events:,} events for {identities:,} identities into {where} "
-        f"in {report.wall_seconds:.1f} s ({report.events_per_s:,.0f} events/s)"
+        f"in {report.wall_s:.1f} s ({report.events_per_s:,.0f} events/s)"
     )
     for topic, n in sorted(report.per_topic.items()):
         click.echo(f"  {topic:<20} {n:>10,}")
@@ -266,9 +271,9 @@ def ingest(
 
 
 @main.command()
-@click.option("--identities", default=2_000, show_default=True)
+@click.option("--identities", default=5_000, show_default=True)
 @click.option(
-    "--duration", type=DURATION, default="6h", show_default=True, help="Simulated event-time span."
+    "--duration", type=DURATION, default="1d", show_default=True, help="Simulated event-time span."
 )
 @click.option("--seed", default=7, show_default=True)
 @click.option(
