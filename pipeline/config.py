@@ -79,6 +79,33 @@ class Settings:
     group_id: str = _setting("custos-ingest", "Consumer group of the ingest/validation consumer")
     batch_size: int = _setting(5000, "Messages fetched per consume() call")
 
+    # --- Risk and alerting policy ----------------------------------------------------------
+    risk_half_life_s: float = _setting(
+        3600.0, "Accumulated risk (0-100) halves every this many seconds of event time"
+    )
+    risk_noise_floor: float = _setting(0.6, "Anomaly scores below this add no risk (noise)")
+    risk_gain: float = _setting(
+        30.0, "Risk a score of 1.0 adds; linear from 0 at the noise floor (2 strong events alert)"
+    )
+    risk_alert_threshold: float = _setting(
+        40.0, "Risk at which an incident opens a finding (OCSF risk level Medium)"
+    )
+    risk_quarantine_threshold: float = _setting(
+        80.0, "Risk that marks an incident quarantine-worthy (Critical; a Critical rule too)"
+    )
+    risk_close_threshold: float = _setting(
+        10.0, "An incident closes once risk stays below this for incident_close_after_s"
+    )
+    incident_close_after_s: float = _setting(
+        3600.0, "Quiet period (risk below the close threshold) that closes an incident"
+    )
+    finding_update_interval_s: float = _setting(
+        300.0, "Emit finding updates at most this often, unless risk level rises or a rule fires"
+    )
+    suppressions_file: str = _setting(
+        "", "YAML/JSON list of suppressions {identity, feature, until, reason}; empty = none"
+    )
+
     @property
     def managed_broker(self) -> bool:
         """True when Custos runs the broker itself (no CUSTOS_BOOTSTRAP given)."""
