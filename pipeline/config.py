@@ -106,6 +106,15 @@ class Settings:
         "", "YAML/JSON list of suppressions {identity, feature, until, reason}; empty = none"
     )
 
+    # --- Detection ---------------------------------------------------------------------------
+    directory_file: str = _setting(
+        "", "Identity directory JSONL (peer groups, sensitivity ceilings, approved models)"
+    )
+    model_allowlist_file: str = _setting(
+        str(REPO_ROOT / "models" / "agent-models.yaml"),
+        "Approved agent models (name, version, digest); empty = pin the first digest seen",
+    )
+
     @property
     def managed_broker(self) -> bool:
         """True when Custos runs the broker itself (no CUSTOS_BOOTSTRAP given)."""
