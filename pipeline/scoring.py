@@ -101,7 +101,9 @@ class Detection:
         )
         self.rules = rules or ZeroTrustRules(model_allowlist=allowlist)
         if policy is None:
-            supp = load_suppressions(settings.suppressions_file) if settings.suppressions_file else ()
+            supp = (
+                load_suppressions(settings.suppressions_file) if settings.suppressions_file else ()
+            )
             policy = RiskPolicy.from_settings(settings, suppressions=supp)
         self.policy = policy
         self.learn_gate = learn_gate

@@ -1,0 +1,546 @@
+"""Zero Trust rules: fixed-severity facts checked on every event, independent of any baseline.
+
+Behavioural baselines score how unusual an event is; these rules say that something is *not
+allowed*, whatever the identity usually does. They are pure code: :meth:`ZeroTrustRules.check`
+reads one decoded :class:`~pipeline.schemas.Event`, the identity's
+:class:`~pipeline.directory.DirectoryEntry` (or None) and its compact :class:`RuleState`, updates
+the state in place and returns the :class:`~pipeline.explanations.RuleHit` s that fired.
+
+======================= ======== ==============================================================
+rule                    severity fires when
+======================= ======== ==============================================================
+``credential_misuse``   5        ``credential.issued_to`` is not the acting identity
+``credential_expired``  4        the credential is used after ``expires_at`` + ``grace_ms``, or
+                                 a step credential the holder already used is used again after
+                                 the holder's task moved on to a later step
+``model_provenance``    4        an agent runs a model digest other than the registered one
+                                 (directory, else allow-list by name + version, else the first
+                                 digest seen for the agent, pinned in its state)
+``sensitivity_ceiling`` 4        a resource is more sensitive than the identity's ceiling
+                                 (directory, else the per-kind default)
+``clone``               5        an agent / service is active outside its home environment
+                                 (directory, else the first one seen) while it was active at
+                                 home less than ``clone_window_ms`` before
+``impossible_travel``   4        two located events (not failed) are >= ``travel_min_km`` apart
+                                 and the implied speed exceeds ``travel_speed_kmh``
+======================= ======== ==============================================================
+
+State is one small msgpack array per identity (``RuleState.to_bytes``), typically 20-60 bytes
+for humans and services and under 200 bytes for busy agents, bounded by construction.
+
+>>> from pipeline.schemas import Credential, Event
+>>> rules = ZeroTrustRules()
+>>> state = RuleState()
+>>> ev = Event(uid="e-1", class_uid=6003, activity_id=2, time_ms=1_000, identity_uid="agt-2",
+...            identity_kind="agent", credential=Credential(uid="c-1", issued_to="agt-1"))
+>>> [(h.rule, h.severity_id) for h in rules.check(state, ev, None)]
+[('credential_misuse', 5)]
+>>> RuleState.from_bytes(state.to_bytes()) == state
+True
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Final
+
+import msgspec
+
+from pipeline.directory import CONFIDENTIALITY_RANK, RANK_NAMES, DirectoryEntry, ModelAllowlist
+from pipeline.explanations import RuleHit
+from pipeline.schemas import Credential, Event, ModelRef
+
+__all__ = [
+    "RULES",
+    "STATE_VERSION",
+    "RuleState",
+    "ZeroTrustRules",
+    "haversine_km",
+]
+
+#: Rule name -> fixed OCSF severity_id (4 High, 5 Critical).
+RULES: Final[dict[str, int]] = {
+    "credential_misuse": 5,
+    "credential_expired": 4,
+    "model_provenance": 4,
+    "sensitivity_ceiling": 4,
+    "clone": 5,
+    "impossible_travel": 4,
+}
+STATE_VERSION: Final = 1
+_EARTH_KM: Final = 6371.0088  # mean Earth radius
+_HOUR_MS: Final = 3_600_000
+_E4: Final = 10_000  # coordinates are kept as int 1e-4 degrees (~11 m): 5 msgpack bytes each
+_FAILED: Final = 2  # OCSF status_id Failure
+# confidentiality_id (0..99) -> rank, -1 for none: a tuple index is cheaper than a dict lookup.
+_RANK_OF: Final[tuple[int, ...]] = tuple(CONFIDENTIALITY_RANK.get(i, -1) for i in range(100))
+_NO_HITS: Final[tuple[RuleHit, ...]] = ()
+
+
+class RuleState(msgspec.Struct, array_like=True, gc=False):
+    """What the rules remember about one identity: facts, not learned behaviour.
+
+    Encoded as a msgpack array whose first element is :data:`STATE_VERSION`. Fields:
+
+    * ``loc_ms``, ``lat_e4``, ``lon_e4``, ``loc_cc`` - last located event (time, 1e-4 degrees,
+      country) for ``impossible_travel``; ``loc_ms`` -1 = none yet.
+    * ``env`` - learned home environment (only when the directory gives none); ``env_ms`` - last
+      time the identity was active in its home environment (``clone``), -1 = never.
+    * ``model`` - pinned model digest, 32 raw bytes (only when neither the directory nor the
+      allow-list decides).
+    * ``tasks`` - the holder's most recent tasks, oldest first, each
+      ``[task key, highest step seen, token fingerprint, ...]`` (CRC-32s; bounded).
+
+    >>> s = RuleState(loc_ms=5, lat_e4=525200, lon_e4=134050, loc_cc="DE")
+    >>> RuleState.from_bytes(s.to_bytes()).lat_e4, len(RuleState().to_bytes())
+    (525200, 10)
+    """
+
+    v: int = STATE_VERSION
+    loc_ms: int = -1
+    lat_e4: int = 0
+    lon_e4: int = 0
+    loc_cc: str | None = None
+    env: str | None = None
+    env_ms: int = -1
+    model: bytes | None = None
+    tasks: list[list[int]] = []
+
+    def to_bytes(self) -> bytes:
+        """Serialise (msgpack array) for the state store."""
+        return _ENCODE(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RuleState:
+        """Deserialise; raises ``ValueError`` on garbage or a state version this code can't read.
+
+        >>> RuleState.from_bytes(b"\\x91\\x09")
+        Traceback (most recent call last):
+        ...
+        ValueError: unsupported RuleState version 9 (this code reads 1)
+        """
+        try:
+            state = _DECODE(data)
+        except msgspec.MsgspecError as exc:
+            raise ValueError(f"corrupt RuleState: {exc}") from None
+        if state.v != STATE_VERSION:
+            raise ValueError(
+                f"unsupported RuleState version {state.v} (this code reads {STATE_VERSION})"
+            )
+        return state
+
+
+_ENCODE: Final = msgspec.msgpack.Encoder().encode
+_DECODE: Final = msgspec.msgpack.Decoder(RuleState).decode
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km.
+
+    >>> round(haversine_km(52.52, 13.405, 40.7128, -74.006))  # Berlin - New York
+    6385
+    """
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _span(ms: int) -> str:
+    """A duration for analysts: ``800 ms``, ``45 s``, ``12 min``, ``3.4 h``, ``2.1 d``."""
+    ms = abs(ms)
+    if ms < 1_000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms // 1000} s"
+    if ms < _HOUR_MS:
+        return f"{ms // 60_000} min"
+    if ms < 24 * _HOUR_MS:
+        return f"{ms / _HOUR_MS:.1f} h"
+    return f"{ms / (24 * _HOUR_MS):.1f} d"
+
+
+def _short(digest: str) -> str:
+    return digest[:19] + "…" if len(digest) > 19 else digest  # "sha256:" + 12 hex
+
+
+class ZeroTrustRules:
+    """The six rules with their hyperparameters; stateless itself (state is per identity).
+
+    ``travel_speed_kmh`` - fastest plausible travel (airliner); ``travel_min_km`` - shorter hops
+    are ignored (geo-IP noise, mobile networks); ``clone_window_ms`` - how recently the
+    identity must have been active at home for activity elsewhere to be a clone;
+    ``grace_ms`` - clock-skew leeway after ``expires_at``; ``default_ceilings`` - sensitivity
+    ceiling (rank) per identity kind when the directory has none; ``model_allowlist`` - approved
+    model builds by name and version; ``max_tasks`` / ``max_tokens`` - how many recent tasks,
+    and step credentials per task, the state remembers.
+
+    >>> ZeroTrustRules(travel_speed_kmh=1000).travel_speed_kmh
+    1000.0
+    """
+
+    __slots__ = (
+        "clone_window_ms",
+        "default_ceilings",
+        "grace_ms",
+        "max_tasks",
+        "max_tokens",
+        "model_allowlist",
+        "travel_min_km",
+        "travel_speed_kmh",
+    )
+
+    def __init__(
+        self,
+        *,
+        travel_speed_kmh: float = 900.0,
+        travel_min_km: float = 500.0,
+        clone_window_ms: int = 30 * 60_000,
+        grace_ms: int = 10_000,
+        default_ceilings: Mapping[str, int] | None = None,
+        model_allowlist: ModelAllowlist | None = None,
+        max_tasks: int = 4,
+        max_tokens: int = 8,
+    ) -> None:
+        if travel_speed_kmh <= 0 or travel_min_km < 0 or clone_window_ms < 0 or grace_ms < 0:
+            raise ValueError("travel speed must be positive; distances and windows >= 0")
+        if max_tasks < 1 or max_tokens < 1:
+            raise ValueError("max_tasks and max_tokens must be >= 1")
+        ceilings = {"human": 2, "service": 2, "agent": 1}  # unknown agents: Confidential at most
+        ceilings.update(default_ceilings or {})
+        top = len(RANK_NAMES) - 1
+        if set(ceilings) != {"human", "service", "agent"} or not all(
+            0 <= c <= top for c in ceilings.values()
+        ):
+            raise ValueError(f"default_ceilings needs human/service/agent ranks 0..{top}")
+        self.travel_speed_kmh = float(travel_speed_kmh)
+        self.travel_min_km = float(travel_min_km)
+        self.clone_window_ms = int(clone_window_ms)
+        self.grace_ms = int(grace_ms)
+        self.default_ceilings: dict[str, int] = ceilings
+        self.model_allowlist = model_allowlist
+        self.max_tasks = max_tasks
+        self.max_tokens = max_tokens
+
+    # ---- the hot path ------------------------------------------------------------------------
+    def check(
+        self, state: RuleState, event: Event, entry: DirectoryEntry | None
+    ) -> tuple[RuleHit, ...]:
+        """Check one event of ``state``'s identity; update ``state``; return the hits.
+
+        Events must be of the identity the state belongs to (the table is keyed by it).
+        """
+        hits: list[RuleHit] | None = None
+        # The directory is authoritative about what an identity is; the event as a fallback.
+        kind = entry.kind if entry is not None else event.identity_kind
+
+        cred = event.credential
+        if cred is not None:
+            found = self._credential(state, event, cred)
+            if found:
+                hits = found
+
+        model = event.model
+        if model is not None and model.digest is not None and kind == "agent":
+            hit = self._model(state, event, model, model.digest, entry)
+            if hit is not None:
+                hits = [hit] if hits is None else [*hits, hit]
+
+        if event.resources:
+            hit = self._ceiling(event, kind, entry)
+            if hit is not None:
+                hits = [hit] if hits is None else [*hits, hit]
+
+        cloned = False
+        env = event.environment
+        if env is not None and kind != "human":
+            hit = self._clone(state, event, env, entry)
+            if hit is not None:
+                cloned = True
+                hits = [hit] if hits is None else [*hits, hit]
+
+        lat, lon = event.lat, event.long
+        if lat is not None and lon is not None and event.status_id != _FAILED:
+            hit = self._travel(state, event, lat, lon)
+            # A clone in another region is also "travel": one alert for one cause.
+            if hit is not None and not cloned:
+                hits = [hit] if hits is None else [*hits, hit]
+
+        return _NO_HITS if hits is None else tuple(hits)
+
+    # ---- credentials -------------------------------------------------------------------------
+    def _credential(self, state: RuleState, event: Event, cred: Credential) -> list[RuleHit] | None:
+        uid = event.identity_uid
+        t = event.time_ms
+        issued = cred.issued_to
+        exp = cred.expires_at
+        misused = issued is not None and issued != uid
+        expired = exp is not None and t > exp + self.grace_ms
+        ended: int | None = None
+        task, step = cred.task_uid, cred.step
+        # Step order is only known for the holder's own credentials (another holder's task
+        # progress lives in that holder's state, on another key).
+        if task is not None and step is not None and not misused:
+            ended = self._steps(state, task, step, cred)
+        if not misused and not expired and ended is None:
+            return None  # the common case: nothing below allocates
+        out: list[RuleHit] = []
+        name = cred.uid or "(no uid)"
+        if misused:
+            out.append(
+                RuleHit(
+                    "credential_misuse",
+                    5,
+                    f"{uid} used credential {name} issued to {issued}"
+                    + (f" for task {task}" if task else "")
+                    + (f" step {step}" if step is not None else ""),
+                    {
+                        "credential_uid": cred.uid,
+                        "issued_to": issued,
+                        "actor": uid,
+                        "task_uid": task,
+                        "step": step,
+                        "delegated_by": event.delegated_by,
+                    },
+                )
+            )
+        if expired and exp is not None:
+            late = int(t - exp)  # expires_at is an int after decoding; hand-built ones may differ
+            out.append(
+                RuleHit(
+                    "credential_expired",
+                    4,
+                    f"{uid} used credential {name} {_span(late)} after it expired",
+                    {
+                        "credential_uid": cred.uid,
+                        "issued_to": issued,
+                        "expires_at": exp,
+                        "used_at": t,
+                        "late_ms": late,
+                        "reason": "expired",
+                    },
+                )
+            )
+        elif ended is not None:  # one credential_expired hit per event: expiry says it all
+            out.append(
+                RuleHit(
+                    "credential_expired",
+                    4,
+                    f"{uid} reused its step-{step} credential {name} after task {task} had "
+                    f"moved on to step {ended}",
+                    {
+                        "credential_uid": cred.uid,
+                        "task_uid": task,
+                        "step": step,
+                        "current_step": ended,
+                        "used_at": t,
+                        "reason": "step_ended",
+                    },
+                )
+            )
+        return out
+
+    def _steps(self, state: RuleState, task: str, step: int, cred: Credential) -> int | None:
+        """Track the task's highest step and the step tokens used; the later step if this ended.
+
+        A token is identified by its uid and expiry (a re-issued credential has a new expiry).
+        Only a token *already used* for a step below the current one counts as "after its step
+        ended": one agent can legitimately run several overlapping sub-tasks of one task whose
+        step numbers interleave, each with fresh credentials.
+        """
+        key = zlib.crc32(task.encode())
+        # CRC of the uid, seeded with expiry and step: no string formatting on the hot path.
+        exp = int(cred.expires_at) if cred.expires_at is not None else 0
+        seed = (exp * 1_000_003 + step) & 0xFFFFFFFF
+        fp = zlib.crc32(cred.uid.encode(), seed) if cred.uid is not None else seed
+        tasks = state.tasks
+        rec: list[int] | None = None
+        for i in range(len(tasks) - 1, -1, -1):
+            if tasks[i][0] == key:
+                rec = tasks[i]
+                if i != len(tasks) - 1:  # most recently used last: eviction drops the oldest
+                    del tasks[i]
+                    tasks.append(rec)
+                break
+        if rec is None:
+            tasks.append([key, step, fp])
+            if len(tasks) > self.max_tasks:
+                del tasks[0]
+            return None
+        seen = fp in rec
+        if seen and (rec[0] == fp or rec[1] == fp):  # rare: matched the key or step slot
+            seen = fp in rec[2:]
+        highest = rec[1]
+        ended = highest if seen and step < highest else None
+        if step > highest:
+            rec[1] = step
+        if not seen:
+            rec.append(fp)
+            if len(rec) - 2 > self.max_tokens:
+                del rec[2]
+        return ended
+
+    # ---- models ------------------------------------------------------------------------------
+    def _model(
+        self,
+        state: RuleState,
+        event: Event,
+        model: ModelRef,
+        digest: str,
+        entry: DirectoryEntry | None,
+    ) -> RuleHit | None:
+        if entry is not None and entry.approved_digests:
+            if digest in entry.approved_digests:
+                return None
+            expected, source = ", ".join(entry.approved_digests), "directory"
+        else:
+            allowed = (
+                self.model_allowlist.digests_for(model.name, model.version)
+                if self.model_allowlist is not None
+                else None
+            )
+            if allowed is not None:
+                if digest in allowed:
+                    return None
+                expected, source = ", ".join(sorted(allowed)), "allow-list"
+            else:
+                raw = bytes.fromhex(digest[7:])  # 32 bytes instead of a 71-character string
+                pinned = state.model
+                if pinned is None:
+                    state.model = raw
+                    return None
+                if pinned == raw:
+                    return None
+                expected, source = "sha256:" + pinned.hex(), "first seen"
+        name = f"{model.name or '?'} {model.version or '?'}"
+        return RuleHit(
+            "model_provenance",
+            4,
+            f"agent {event.identity_uid} runs {name} with digest {_short(digest)}, "
+            f"expected {_short(expected)} ({source})",
+            {
+                "model_name": model.name,
+                "model_version": model.version,
+                "observed_digest": digest,
+                "expected_digest": expected,
+                "source": source,
+            },
+        )
+
+    # ---- sensitivity ---------------------------------------------------------------------------
+    def _ceiling(self, event: Event, kind: str, entry: DirectoryEntry | None) -> RuleHit | None:
+        if entry is not None and entry.sensitivity_ceiling is not None:
+            ceiling, source = entry.sensitivity_ceiling, "directory"
+        else:
+            ceiling, source = self.default_ceilings[kind], "default"
+        worst, worst_res, above = -1, None, 0
+        rank_of = _RANK_OF
+        for res in event.resources:
+            cid = res.confidentiality_id
+            if cid is None or not 0 <= cid < 100:
+                continue
+            rank = rank_of[cid]
+            if rank > ceiling:
+                above += 1
+                if rank > worst:
+                    worst, worst_res = rank, res
+        if worst_res is None:
+            return None
+        failed = event.status_id == _FAILED
+        return RuleHit(
+            "sensitivity_ceiling",
+            4,
+            f"{event.identity_uid} {'tried to access' if failed else 'accessed'} "
+            f"{worst_res.uid or 'a resource'} classified {RANK_NAMES[worst]}, above its ceiling "
+            f"{RANK_NAMES[ceiling]} ({source})",
+            {
+                "resource_uid": worst_res.uid,
+                "confidentiality_id": worst_res.confidentiality_id,
+                "rank": worst,
+                "ceiling": ceiling,
+                "ceiling_source": source,
+                "resources_above": above,
+                "status_id": event.status_id,
+            },
+        )
+
+    # ---- clones --------------------------------------------------------------------------------
+    def _clone(
+        self, state: RuleState, event: Event, env: str, entry: DirectoryEntry | None
+    ) -> RuleHit | None:
+        t = event.time_ms
+        home = entry.home_environment if entry is not None else None
+        if home is not None:
+            if state.env is not None:  # the directory now decides: forget the learned home
+                if state.env != home:
+                    state.env_ms = -1
+                state.env = None
+            source = "directory"
+        else:
+            if state.env is None:
+                state.env, state.env_ms = env, -1
+            home = state.env
+            source = "first seen"
+        if env == home:
+            if t > state.env_ms:
+                state.env_ms = t
+            return None
+        last = state.env_ms
+        if last < 0 or abs(t - last) > self.clone_window_ms:
+            return None  # not active at home lately: a move or failover, not two copies
+        return RuleHit(
+            "clone",
+            5,
+            f"{event.identity_uid} is active in {env} while it was active in its home "
+            f"environment {home} {_span(t - last)} {'earlier' if t >= last else 'later'}",
+            {
+                "environment": env,
+                "home_environment": home,
+                "home_source": source,
+                "home_seen_ms": last,
+                "gap_ms": t - last,
+                "src_ip": event.src_ip,
+                "asn": event.asn,
+            },
+        )
+
+    # ---- travel --------------------------------------------------------------------------------
+    def _travel(self, state: RuleState, event: Event, lat: float, lon: float) -> RuleHit | None:
+        t = event.time_ms
+        la, lo = round(lat * _E4), round(lon * _E4)
+        last = state.loc_ms
+        hit: RuleHit | None = None
+        if last >= 0 and (la != state.lat_e4 or lo != state.lon_e4):
+            plat, plon = state.lat_e4 / _E4, state.lon_e4 / _E4
+            km = haversine_km(plat, plon, la / _E4, lo / _E4)
+            dt = abs(t - last)
+            if km >= self.travel_min_km and km * _HOUR_MS > self.travel_speed_kmh * dt:
+                speed = km * _HOUR_MS / dt if dt else None
+                prev = state.loc_cc or f"({plat:.2f}, {plon:.2f})"
+                here = event.country or f"({lat:.2f}, {lon:.2f})"
+                hit = RuleHit(
+                    "impossible_travel",
+                    4,
+                    f"{event.identity_uid} appeared in {here} {_span(t - last)} after {prev}: "
+                    f"{km:,.0f} km"
+                    + (f" at {speed:,.0f} km/h" if speed is not None else " at the same time")
+                    + f" (limit {self.travel_speed_kmh:,.0f} km/h)",
+                    {
+                        "from_country": state.loc_cc,
+                        "to_country": event.country,
+                        "from_lat": plat,
+                        "from_long": plon,
+                        "to_lat": lat,
+                        "to_long": lon,
+                        "distance_km": round(km, 1),
+                        "elapsed_ms": dt,
+                        "speed_kmh": None if speed is None else round(speed, 1),
+                        "src_ip": event.src_ip,
+                        "asn": event.asn,
+                    },
+                )
+        if t >= last:  # an out-of-order (older) event is compared but does not move the anchor
+            state.loc_ms, state.lat_e4, state.lon_e4, state.loc_cc = t, la, lo, event.country
+        return hit
