@@ -271,6 +271,16 @@ def ingest(
 
 
 @main.command()
+@click.option("--loglevel", default="warning", show_default=True)
+@click.pass_context
+def worker(ctx: click.Context, loglevel: str) -> None:
+    """Run the faust detection worker (consumer group CUSTOS_APP_ID) until interrupted."""
+    from pipeline.stream.app import run_worker
+
+    run_worker(_settings(ctx), loglevel=loglevel)
+
+
+@main.command()
 @click.option("--identities", default=5_000, show_default=True)
 @click.option(
     "--duration", type=DURATION, default="1d", show_default=True, help="Simulated event-time span."

@@ -115,6 +115,19 @@ class Settings:
         "Approved agent models (name, version, digest); empty = pin the first digest seen",
     )
 
+    # --- Worker (faust) ------------------------------------------------------------------------
+    app_id: str = _setting("custos-worker", "Faust app id: consumer group and table-topic prefix")
+    alerts_topic: str = _setting("custos.alerts", "Output: OCSF Detection Findings (2004)")
+    scores_topic: str = _setting("custos.scores", "Output: every event's score (if emit_scores)")
+    emit_scores: bool = _setting(False, "Publish every event's explained score (for notebooks)")
+    worker_partitions: int = _setting(6, "Partitions of the input topics and the state table")
+    worker_batch: int = _setting(2000, "Micro-batch size: events scored together")
+    worker_batch_within_s: float = _setting(0.2, "Longest wait to fill a micro-batch (seconds)")
+    worker_web_port: int = _setting(6066, "Worker's web/metrics port (bound to 127.0.0.1)")
+    worker_datadir: str = _setting(
+        "", "Worker state directory (RocksDB tables); empty = <home>/worker/<app_id>"
+    )
+
     @property
     def managed_broker(self) -> bool:
         """True when Custos runs the broker itself (no CUSTOS_BOOTSTRAP given)."""

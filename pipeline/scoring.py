@@ -109,6 +109,7 @@ class Detection:
         self.learn_gate = learn_gate
         self.peers: dict[str, BaselineState] = {}
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
+        self.watermark_ms = 0  # latest event time processed: the clock incidents age by
 
     # --- state (de)serialisation ---------------------------------------------------------------
     def load_state(self, data: bytes | None) -> IdentityState:
@@ -211,6 +212,7 @@ class Detection:
 
         for uid, st in cache.items():
             store[uid] = self.dump_state(st)
+        self.watermark_ms = max(self.watermark_ms, max(ev.time_ms for ev in events))
         return result
 
     def tick(self, now_ms: int, store: MutableMapping[str, bytes]) -> list[Decision]:

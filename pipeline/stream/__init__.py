@@ -1,0 +1,1 @@
+"""Stream wiring: the only package that imports faust."""

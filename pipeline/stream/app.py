@@ -1,0 +1,258 @@
+"""The faust worker: the only module that imports faust.
+
+Input topics → decode (bad input → dead-letter topic) → micro-batches → the pure detection core
+(:mod:`pipeline.scoring`) with per-identity state in a RocksDB-backed table whose changelog
+lets a restarted or rebalanced worker resume → OCSF findings on ``custos.alerts``.
+
+Partitioning: the state table writes its changelog *by key* (``use_partitioner``) with the
+same murmur2 partitioner the producers use, so identity X's state lives in the partition its
+events arrive on. Events whose Kafka key is not their identity uid (producers that did not
+key) are re-keyed through ``<app_id>-rekeyed`` before scoring, so one identity's state is
+only ever touched by the worker that owns its partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
+
+from pipeline.config import Settings
+from pipeline.deadletter import dead_letter
+from pipeline.errors import InvalidEvent
+from pipeline.findings import build_finding, encode_finding
+from pipeline.kafka.ingest import IngestStats
+from pipeline.policy import Decision
+from pipeline.schemas import Event, EventDecoder
+from pipeline.scoring import Detection
+
+log = logging.getLogger("custos.worker")
+
+
+class TableStore(MutableMapping[str, bytes]):
+    """A faust table seen as ``str → bytes`` (what the pure core expects).
+
+    faust's RocksDB store files a written key under the partition of the *current event*.
+    The pure core writes back once per identity after a whole micro-batch, so before each
+    write this sets the current event to one of that identity's own events (or, for timer
+    writes, to a recent event of the partition the key hashes to).
+    """
+
+    def __init__(self, table: Any, partitions: int) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.events: dict[str, Any] = {}  # identity uid → one of its events in this batch
+        self.by_partition: dict[int, Any] = {}  # partition → a recent event from it
+
+    def remember(self, uid: str, event: Any) -> None:
+        self.events[uid] = event
+        self.by_partition[event.message.partition] = event
+
+    def _enter(self, key: str) -> None:
+        event = self.events.get(key)
+        if event is None:
+            part = (murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
+            event = self.by_partition.get(part)
+        if event is not None:
+            _current_event.set(weakref.ref(event))
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self.table[key.encode()]
+        if value is None:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.table.get(key.encode())
+        return default if value is None else value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._enter(key)
+        self.table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._enter(key)
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in self.table.keys())
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class WorkerStats(IngestStats):
+    """Ingest counters plus what detection produced."""
+
+    findings: int = 0
+    alerts: int = 0
+    batches: int = 0
+    scored: int = 0
+    score_seconds: float = 0.0
+
+
+def datadir(settings: Settings) -> Path:
+    if settings.worker_datadir:
+        return Path(settings.worker_datadir).expanduser()
+    return settings.home_path / "worker" / settings.app_id
+
+
+def create_app(settings: Settings, detection: Detection | None = None) -> faust.App:
+    """Build the faust app and its agent for ``settings`` (nothing runs until started)."""
+    detection = detection or Detection(settings)
+    decoder = EventDecoder.from_settings(settings)
+    stats = WorkerStats()
+    data = datadir(settings)
+    data.mkdir(parents=True, exist_ok=True)
+    shared_path = data / "shared-state.msgpack"
+    if detection.load_shared(shared_path):
+        log.info("loaded shared detector state from %s", shared_path)
+
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="rocksdb://",
+        datadir=str(data),
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        web_port=settings.worker_web_port,
+        topic_partitions=settings.worker_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        stream_buffer_maxsize=max(4 * settings.worker_batch, 4096),
+        broker_max_poll_records=max(settings.worker_batch, 500),
+        # Tables hold bytes the pure core (de)serialises itself: no JSON layer in between.
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
+                           "key_serializer": "raw", "value_serializer": "raw"}  # fmt: skip
+    rekeyed = app.topic(
+        f"{settings.app_id}-rekeyed", partitions=settings.worker_partitions, internal=True, **raw
+    )
+    inputs = app.topic(settings.identity_topic, settings.agent_topic, **raw)
+    dlq = app.topic(settings.deadletter_topic, **raw)
+    alerts = app.topic(settings.alerts_topic, **raw)
+    scores_topic = app.topic(settings.scores_topic, **raw)
+    table = app.Table(
+        "identity-state",
+        partitions=settings.worker_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
+    )
+    store = TableStore(table, settings.worker_partitions)
+
+    async def publish(decisions: list[Decision]) -> None:
+        for d in decisions:
+            finding = build_finding(d, product_version=_version())
+            await alerts.send(key=d.identity_uid.encode(), value=encode_finding(finding))
+            stats.findings += 1
+            stats.alerts += int(d.is_alert and d.action == "create")
+
+    async def handle(batch: Any) -> None:
+        now_ms = int(time.time() * 1000)
+        valid: list[Event] = []
+        for event in batch:
+            msg = event.message
+            value = event.value
+            try:
+                ev = decoder.decode(value if value is not None else b"", now_ms)
+            except InvalidEvent as exc:
+                dl = dead_letter(
+                    exc, key=event.key, value=value, topic=msg.topic, partition=msg.partition,
+                    offset=msg.offset, timestamp_ms=int(msg.timestamp * 1000), now_ms=now_ms,
+                    source_headers=list(msg.headers or []),
+                )  # fmt: skip
+                await dlq.send(key=dl.key, value=dl.value, headers=dl.headers)  # type: ignore[arg-type]
+                stats.dead.add(msg.topic, dl.reason)
+                continue
+            if event.key != ev.identity_uid.encode():
+                await rekeyed.send(key=ev.identity_uid.encode(), value=value)
+                continue
+            valid.append(ev)
+            store.remember(ev.identity_uid, event)
+        if not valid:
+            return
+        t0 = time.perf_counter()
+        result = detection.process(valid, store)
+        stats.score_seconds += time.perf_counter() - t0
+        stats.batches += 1
+        stats.scored += len(valid)
+        stats.record("inputs", valid, 0)
+        if settings.emit_scores:
+            import msgspec
+
+            for s in result.scores:
+                await scores_topic.send(key=s.identity_uid.encode(), value=msgspec.json.encode(s))
+        await publish(result.decisions)
+        store.events.clear()
+
+    @app.agent(inputs, name="detect")
+    async def detect(stream: Any) -> None:
+        async for batch in stream.take_events(
+            settings.worker_batch, within=settings.worker_batch_within_s
+        ):
+            await handle(batch)
+
+    @app.agent(rekeyed, name="detect-rekeyed")
+    async def detect_rekeyed(stream: Any) -> None:
+        async for batch in stream.take_events(
+            settings.worker_batch, within=settings.worker_batch_within_s
+        ):
+            await handle(batch)
+
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    async def housekeeping() -> None:
+        # Close quiet incidents (event time: simulated time may run faster than the clock)
+        # and checkpoint the shared detector state beside the tables.
+        if detection.watermark_ms:
+            await publish(detection.tick(detection.watermark_ms, store))
+        detection.save_shared(shared_path)
+
+    @app.page("/custos/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        from pipeline.metrics import render
+
+        body = render(stats) + _worker_metrics(stats)
+        return web.text(body, content_type="text/plain")
+
+    app.custos_stats = stats  # type: ignore[attr-defined]
+    app.custos_detection = detection  # type: ignore[attr-defined]
+    return app
+
+
+def _worker_metrics(stats: WorkerStats) -> str:
+    lat = stats.score_seconds / stats.scored * 1e6 if stats.scored else 0.0
+    return (
+        "# TYPE custos_findings_total counter\n"
+        f"custos_findings_total {stats.findings}\n"
+        "# TYPE custos_alerts_total counter\n"
+        f"custos_alerts_total {stats.alerts}\n"
+        "# TYPE custos_scored_total counter\n"
+        f"custos_scored_total {stats.scored}\n"
+        "# TYPE custos_scoring_microseconds_per_event gauge\n"
+        f"custos_scoring_microseconds_per_event {lat:.1f}\n"
+    )
+
+
+def _version() -> str:
+    from pipeline import __version__
+
+    return __version__
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Run the worker in the foreground until interrupted (``custos worker``)."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
