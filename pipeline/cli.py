@@ -271,6 +271,70 @@ def ingest(
 
 
 @main.command()
+@click.option("--identities", default=1_000, show_default=True, help="Simulated population.")
+@click.option("--duration", type=DURATION, default="2d", show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--events",
+    "events_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="JSONL events (the input contract) instead of simulating.",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Labels file for --events.",
+)
+@click.option(
+    "--directory",
+    "directory_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Identity directory JSONL for --events.",
+)
+@click.pass_context
+def evaluate(
+    ctx: click.Context, identities: int, duration: float, seed: int, events_path: str | None,
+    labels_path: str | None, directory_path: str | None,
+) -> None:  # fmt: skip
+    """Detection quality per attack scenario on labelled traffic (same code as the worker)."""
+    import tempfile
+
+    from pipeline.directory import Directory
+    from pipeline.evaluate import evaluate as run_eval
+    from pipeline.schemas import EventDecoder
+    from pipeline.scoring import Detection
+    from pipeline.simulate import Simulation
+    from pipeline.simulate.directory import write_directory
+    from pipeline.simulate.labels import read_labels
+    from pipeline.simulate.population import build_population
+
+    settings = _settings(ctx)
+    decoder = EventDecoder(max_future_skew_ms=10**13)  # recorded traffic: any past or future
+    if events_path:
+        if not labels_path:
+            raise click.UsageError("--events needs --labels")
+        with open(events_path, "rb") as fh:
+            events = [decoder.decode(line) for line in fh if line.strip()]
+        labels = read_labels(Path(labels_path))
+        directory = Directory.load(directory_path) if directory_path else None
+    else:
+        sim = Simulation(settings, identities=identities, duration_s=duration, seed=seed)
+        events = [decoder.decode(value) for _, _, value, _ in sim.events(progress=True)]
+        labels = sim.label_rows()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "directory.jsonl"
+            write_directory(build_population(identities, seed=seed), path)
+            directory = Directory.load(path)
+    result = run_eval(events, labels, Detection(settings, directory=directory))
+    for line in result.table():
+        click.echo(line)
+
+
+@main.command()
 @click.option("--loglevel", default="warning", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, loglevel: str) -> None:

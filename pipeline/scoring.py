@@ -47,6 +47,11 @@ from pipeline.schemas import Event
 STATE_VERSION = 1
 
 
+def surprise(rows: np.ndarray) -> np.ndarray:
+    """Sum of -log(1 - deviation): each deviation read as an independent tail probability."""
+    return np.asarray(-np.log1p(-0.999 * rows).sum(axis=1), dtype=np.float64)
+
+
 class IdentityState:
     """Everything Custos keeps per identity: baseline, rule facts, risk. One table value."""
 
@@ -179,11 +184,16 @@ class Detection:
                 learned[i] = True
             partial.append((ev, why, hits, 1.0 - w_own))
 
-        raw = self.detector.score_many(rows)
+        # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
+        # seen by few projections); the independent-tails surprise keeps it visible.
+        raw = self.detector.score_many(rows) + surprise(rows)
         calibrated = self.calibrator.transform_many(raw)
         if learned.any():
             self.detector.learn_many(rows[learned])
-            self.calibrator.learn_many(raw[learned])
+        # The calibrator sees every raw score: its job is to say how rare a score is among all
+        # events. Learning only the "normal" ones would truncate the reference and make every
+        # gated event look maximally rare. A few anomalies barely move its quantiles.
+        self.calibrator.learn_many(raw)
 
         policy = self.policy
         for i, (ev, why, hits, peer_w) in enumerate(partial):
