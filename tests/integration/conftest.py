@@ -26,13 +26,22 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
         identity_topic=f"t.{tag}.identity",
         agent_topic=f"t.{tag}.agent",
         deadletter_topic=f"t.{tag}.dlq",
+        alerts_topic=f"t.{tag}.alerts",
+        scores_topic=f"t.{tag}.scores",
+        worker_partitions=3,
     )
     path = tmp_path / "topics.yaml"
     path.write_text(
         "topics:\n"
         + "".join(
             f"  - {{name: {name}, partitions: 3}}\n"
-            for name in (settings.identity_topic, settings.agent_topic, settings.deadletter_topic)
+            for name in (
+                settings.identity_topic,
+                settings.agent_topic,
+                settings.deadletter_topic,
+                settings.alerts_topic,
+                settings.scores_topic,
+            )
         )
     )
     apply_topics(settings, load_topics(path))

@@ -1,0 +1,148 @@
+"""The faust worker on the real broker: attack in → OCSF finding out; killed → resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.config import Settings, env_var
+from pipeline.kafka.clients import make_producer, read_all
+
+AGENT = "agt-itest-001"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(settings: Settings, datadir: Path, app_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in {
+        "bootstrap": settings.bootstrap_servers,
+        "identity_topic": settings.identity_topic,
+        "agent_topic": settings.agent_topic,
+        "deadletter_topic": settings.deadletter_topic,
+        "alerts_topic": settings.alerts_topic,
+        "scores_topic": settings.scores_topic,
+        "worker_partitions": "3",
+        "worker_datadir": str(datadir),
+        "worker_web_port": str(_port()),
+        "app_id": app_id,
+        "emit_scores": "true",
+        "worker_batch_within_s": "0.05",
+    }.items():
+        env[env_var(name)] = str(value)
+    return env
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker", "--loglevel", "info"],
+        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _agent_call(uid: str, t: int, *, issued_to: str = AGENT, step: int = 1) -> dict[str, Any]:
+    return {
+        "class_uid": 6003, "category_uid": 6, "activity_id": 2, "type_uid": 600302,
+        "severity_id": 1, "time": t, "status_id": 1,
+        "metadata": {"uid": uid, "version": "1.8.0", "product": {"name": "itest"}},
+        "actor": {"user": {"uid": AGENT, "type_id": 99}, "session": {"uid": "task-1"}},
+        "api": {"operation": "crm.read", "service": {"name": "crm"}},
+        "resources": [{"uid": "crm/accounts", "type": "table",
+                       "data_classification": {"confidentiality_id": 1}}],
+        "traffic": {"bytes_in": 2000, "bytes_out": 300},
+        "src_endpoint": {"ip": "10.1.2.3"},
+        "unmapped": {"identity_kind": "agent", "environment": "prod-eu",
+                     "credential": {"uid": f"cred-{issued_to}-{step}", "issued_to": issued_to,
+                                    "task_uid": "task-1", "step": step, "expires_at": t + 60_000},
+                     "rationale": "reading the account list the task asked for"},
+    }  # fmt: skip
+
+
+def _produce(settings: Settings, events: list[dict[str, Any]]) -> None:
+    producer = make_producer(settings)
+    for e in events:
+        producer.produce(settings.agent_topic, key=AGENT.encode(), value=json.dumps(e).encode())
+    assert producer.flush(30) == 0
+
+
+def _wait_for(settings: Settings, topic: str, pred: Any, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for msg in read_all(settings, topic, timeout_s=5):
+            doc = msgspec.json.decode(msg.value())
+            if pred(doc):
+                return doc
+        time.sleep(1)
+    raise AssertionError(f"nothing matching on {topic} within {timeout} s")
+
+
+def _wait_committed(settings: Settings, group: str, n: int, timeout: float = 60) -> None:
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    try:
+        parts = [TopicPartition(settings.agent_topic, p) for p in range(3)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = consumer.committed(parts, timeout=10)
+            if sum(max(tp.offset, 0) for tp in done) >= n:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"group {group} did not commit {n} offsets")
+    finally:
+        consumer.close()
+
+
+def test_attack_in_finding_out_and_restart_resumes_baselines(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    now = int(time.time() * 1000)
+    start = now - 3_600_000
+    normal = [_agent_call(f"n-{i}", start + i * 10_000) for i in range(300)]
+    misuse = _agent_call("attack-1", start + 3_100_000, issued_to="agt-someone-else")
+    _produce(isolated, [*normal, misuse])
+
+    log = tmp_path / "worker.log"
+    app_id = f"itest-{os.getpid()}-{int(time.time())}"
+    worker = _start(_env(isolated, tmp_path / "data-1", app_id), log)
+    try:
+        finding = _wait_for(
+            isolated,
+            isolated.alerts_topic,
+            lambda d: any(e["uid"] == "attack-1" for e in d["finding_info"]["related_events"]),
+        )
+        # Kill only once the group committed past every input: the restarted worker must then
+        # not re-read them, so its baselines can only come from the table's changelog.
+        _wait_committed(isolated, app_id, len(normal) + 1)
+    finally:
+        worker.send_signal(signal.SIGKILL)  # no clean shutdown: state must come from Kafka
+        worker.wait(30)
+    assert finding["class_uid"] == 2004 and finding["is_alert"] is True
+    assert finding["evidences"][0]["actor"]["user"]["uid"] == AGENT
+    assert "credential_misuse" in json.dumps(finding["unmapped"])
+
+    # A new data directory: the baselines can only come back from the changelog topic.
+    _produce(isolated, [_agent_call("after-restart", start + 3_200_000)])
+    worker = _start(_env(isolated, tmp_path / "data-2", app_id), log)
+    try:
+        score = _wait_for(
+            isolated, isolated.scores_topic, lambda d: d["event_uid"] == "after-restart"
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    # A cold restart would score this against the peer group alone (peer_weight 1.0).
+    assert score["peer_weight"] < 0.05, log.read_text()[-3000:]
+    assert score["identity_uid"] == AGENT
