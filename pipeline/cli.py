@@ -345,7 +345,7 @@ def worker(ctx: click.Context, loglevel: str) -> None:
 
 
 @main.command()
-@click.option("--identities", default=5_000, show_default=True)
+@click.option("--identities", default=1_500, show_default=True)
 @click.option(
     "--duration", type=DURATION, default="1d", show_default=True, help="Simulated event-time span."
 )

@@ -20,6 +20,7 @@ it is learned from everything the process sees, and :meth:`Detection.save_shared
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from pipeline.rules import RuleState, ZeroTrustRules
 from pipeline.schemas import Event
 
 STATE_VERSION = 1
+log = logging.getLogger("custos.scoring")
 
 
 def surprise(rows: np.ndarray) -> np.ndarray:
@@ -115,17 +117,27 @@ class Detection:
         self.peers: dict[str, BaselineState] = {}
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
+        self.state_resets = 0
 
     # --- state (de)serialisation ---------------------------------------------------------------
     def load_state(self, data: bytes | None) -> IdentityState:
+        """Decode a stored state; an unreadable one (older layout, corruption) starts afresh.
+
+        Starting afresh costs that identity its history (it is scored against its peers
+        again), which beats stopping the worker for everyone; ``state_resets`` counts it.
+        """
         if data:
-            version, base, rules, risk = msgspec.msgpack.decode(data)
-            if version == STATE_VERSION:
-                return IdentityState(
-                    self.baseline_model.from_bytes(base),
-                    RuleState.from_bytes(rules),
-                    RiskState.from_bytes(risk),
-                )
+            try:
+                version, base, rules, risk = msgspec.msgpack.decode(data)
+                if version == STATE_VERSION:
+                    return IdentityState(
+                        self.baseline_model.from_bytes(base),
+                        RuleState.from_bytes(rules),
+                        RiskState.from_bytes(risk),
+                    )
+            except (ValueError, TypeError, msgspec.DecodeError) as exc:
+                log.warning("unreadable identity state (%s): starting afresh", exc)
+            self.state_resets += 1
         return IdentityState(self.baseline_model.new_state(), RuleState(), RiskState())
 
     def dump_state(self, st: IdentityState) -> bytes:
@@ -260,11 +272,17 @@ class Detection:
 
         if not path.exists():
             return False
-        d = msgspec.msgpack.decode(path.read_bytes())
-        if d.get("version") != STATE_VERSION:
+        try:
+            d = msgspec.msgpack.decode(path.read_bytes())
+            if d.get("version") != STATE_VERSION:
+                raise ValueError(f"version {d.get('version')}")
+            peers = {k: self.peer_model.from_bytes(v) for k, v in d["peers"].items()}
+            det, cal = loads(d["detector"]), loads(d["calibrator"])
+        except (ValueError, TypeError, KeyError, msgspec.DecodeError) as exc:
+            # Shared state is re-learned within minutes; a stale file must not stop the worker.
+            log.warning("ignoring unreadable shared state %s (%s)", path, exc)
             return False
-        self.peers = {k: self.peer_model.from_bytes(v) for k, v in d["peers"].items()}
-        det, cal = loads(d["detector"]), loads(d["calibrator"])
-        assert isinstance(det, Loda) and isinstance(cal, TailCalibrator)
-        self.detector, self.calibrator = det, cal
+        if not isinstance(det, Loda) or not isinstance(cal, TailCalibrator):
+            return False
+        self.peers, self.detector, self.calibrator = peers, det, cal
         return True
