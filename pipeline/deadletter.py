@@ -55,6 +55,11 @@ def dead_letter(
     ]
     if timestamp_ms is not None:
         headers.append(("custos.source.timestamp", str(timestamp_ms).encode()))
+    if key is None and value is None:
+        # A tombstone has no bytes to keep; Kafka clients refuse a record with neither key
+        # nor value, so the dead letter carries an empty value and says what it was.
+        headers.append(("custos.source.tombstone", b"1"))
+        value = b""
     # Producers' own headers are kept (minus ours, which would be ambiguous) for tracing.
     for name, val in source_headers or []:
         if not name.startswith(HEADER_PREFIX):

@@ -136,8 +136,7 @@ class Broker:
         self.properties.write_text(self.render_properties())
         if (self.data_dir / "meta.properties").exists():
             return
-        # Kafka's cluster ids are 16 random bytes, base64url without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         cmd = self._jvm(
             java, "kafka.tools.StorageTool", "format",
             "-t", cluster_id, "-c", str(self.properties), "--ignore-formatted",
@@ -234,6 +233,18 @@ class Broker:
                 with open(path, errors="replace") as fh:
                     return "".join(deque(fh, maxlen=lines))
         return f"(no log yet in {self.logs_dir})"
+
+
+def new_cluster_id() -> str:
+    """16 random bytes, base64url without padding, as Kafka's own ``Uuid.randomUuid``.
+
+    Like Kafka, never one starting with '-': the storage tool's argument parser would read
+    it as an option.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _is_kafka(pid: int) -> bool:

@@ -129,6 +129,8 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
         producer_acks=-1,
         stream_buffer_maxsize=max(4 * settings.worker_batch, 4096),
         broker_max_poll_records=max(settings.worker_batch, 500),
+        # Oversized input (up to the topics' 2 MiB) must still fit into the dead-letter topic.
+        producer_max_request_size=4 * 1024 * 1024,
         # Tables hold bytes the pure core (de)serialises itself: no JSON layer in between.
         key_serializer="raw",
         value_serializer="raw",

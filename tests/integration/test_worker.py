@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
+from pipeline.simulate.malformed import bad_samples
 
 AGENT = "agt-itest-001"
 
@@ -103,6 +104,32 @@ def _wait_committed(settings: Settings, group: str, n: int, timeout: float = 60)
         raise AssertionError(f"group {group} did not commit {n} offsets")
     finally:
         consumer.close()
+
+
+def test_worker_dead_letters_every_bad_input_class_and_keeps_going(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    now = int(time.time() * 1000)
+    samples = bad_samples(now, tag="worker")
+    topic = {"identity.events": isolated.identity_topic, "agent.events": isolated.agent_topic}
+    producer = make_producer(isolated)
+    for s in samples:
+        producer.produce(topic[s.topic], key=s.key, value=s.value)
+    assert producer.flush(30) == 0
+    _produce(isolated, [_agent_call("after-bad", now - 1000)])
+
+    env = _env(isolated, tmp_path / "data", f"itest-dlq-{os.getpid()}-{int(time.time())}")
+    worker = _start(env, tmp_path / "worker.log")
+    try:
+        _wait_for(isolated, isolated.scores_topic, lambda d: d["event_uid"] == "after-bad")
+        dead = read_all(isolated, isolated.deadletter_topic, expect=len(samples), timeout_s=30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    reasons = sorted(dict(m.headers() or [])["custos.reason"].decode() for m in dead)
+    assert reasons == sorted(s.reason for s in samples)
+    by_offset_value = {m.value() for m in dead}
+    assert {s.value if s.value is not None else b"" for s in samples} == by_offset_value
 
 
 def test_attack_in_finding_out_and_restart_resumes_baselines(

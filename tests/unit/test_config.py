@@ -56,3 +56,11 @@ def test_custos_config_masks_secrets() -> None:
     assert (
         MASK in result.output and "19999" in result.output and "CUSTOS_BOOTSTRAP" in result.output
     )
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    from pipeline.kafka.broker import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(3000)]  # ~47 would start with '-' unfiltered
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

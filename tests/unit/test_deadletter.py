@@ -55,3 +55,11 @@ def test_reason_counter_is_thread_safe() -> None:
     assert c.by_reason() == {"invalid_json": 40_000, "oversized": 40_000}
     assert c.total() == 80_000
     assert c.snapshot()[("agent.events", "oversized")] == 40_000
+
+
+def test_a_tombstone_becomes_an_empty_value_with_a_marker() -> None:
+    dl = dead_letter(
+        InvalidEvent("invalid_json", "no value"),
+        key=None, value=None, topic="t", partition=0, offset=5, timestamp_ms=None, now_ms=0,
+    )  # fmt: skip
+    assert dl.value == b"" and dict(dl.headers)["custos.source.tombstone"] == b"1"
