@@ -335,6 +335,39 @@ def evaluate(
 
 
 @main.command()
+@click.option("--identities", default=10_000, show_default=True)
+@click.option(
+    "--duration",
+    type=DURATION,
+    default="2h",
+    show_default=True,
+    help="Simulated event time to generate and score.",
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--offline-only", is_flag=True, help="Skip the Kafka and worker phases.")
+@click.option(
+    "--paced-rate",
+    default=2000.0,
+    show_default=True,
+    help="Events/s of the latency phase (worker caught up).",
+)
+@click.option("--paced-seconds", default=30.0, show_default=True)
+@click.pass_context
+def bench(
+    ctx: click.Context, identities: int, duration: float, seed: int, offline_only: bool,
+    paced_rate: float, paced_seconds: float,
+) -> None:  # fmt: skip
+    """Throughput, latency and state size; prints a table, then one JSON line."""
+    from pipeline.bench import run_bench
+
+    run_bench(
+        _settings(ctx), identities=identities, duration_s=duration, seed=seed,
+        kafka=not offline_only, paced_rate=paced_rate, paced_seconds=paced_seconds,
+        echo=click.echo,
+    )  # fmt: skip
+
+
+@main.command()
 @click.option("--loglevel", default="warning", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, loglevel: str) -> None:

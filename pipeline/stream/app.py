@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+import numpy as np
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
@@ -88,6 +91,7 @@ class TableStore(MutableMapping[str, bytes]):
         return len(self.table)
 
 
+@dataclass
 class WorkerStats(IngestStats):
     """Ingest counters plus what detection produced."""
 
@@ -96,6 +100,14 @@ class WorkerStats(IngestStats):
     batches: int = 0
     scored: int = 0
     score_seconds: float = 0.0
+    # Kafka timestamp of an event → its batch scored (ms), for the most recent events.
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=50_000))
+
+    def latency_quantiles(self) -> tuple[float, float]:
+        if not self.latency_ms:
+            return 0.0, 0.0
+        p50, p99 = np.quantile(np.fromiter(self.latency_ms, float), [0.5, 0.99])
+        return float(p50), float(p99)
 
 
 def datadir(settings: Settings) -> Path:
@@ -190,6 +202,8 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
         stats.batches += 1
         stats.scored += len(valid)
         stats.record("inputs", valid, 0)
+        done = time.time()
+        stats.latency_ms.extend((done - e.message.timestamp) * 1000 for e in store.events.values())
         if settings.emit_scores:
             import msgspec
 
@@ -224,7 +238,7 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     async def metrics_page(web: Any, request: Any) -> Any:
         from pipeline.metrics import render
 
-        body = render(stats) + _worker_metrics(stats)
+        body = render(stats) + _worker_metrics(stats, detection.state_resets)
         return web.text(body, content_type="text/plain")
 
     app.custos_stats = stats  # type: ignore[attr-defined]
@@ -232,8 +246,9 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     return app
 
 
-def _worker_metrics(stats: WorkerStats) -> str:
+def _worker_metrics(stats: WorkerStats, resets: int) -> str:
     lat = stats.score_seconds / stats.scored * 1e6 if stats.scored else 0.0
+    p50, p99 = stats.latency_quantiles()
     return (
         "# TYPE custos_findings_total counter\n"
         f"custos_findings_total {stats.findings}\n"
@@ -243,6 +258,11 @@ def _worker_metrics(stats: WorkerStats) -> str:
         f"custos_scored_total {stats.scored}\n"
         "# TYPE custos_scoring_microseconds_per_event gauge\n"
         f"custos_scoring_microseconds_per_event {lat:.1f}\n"
+        "# TYPE custos_event_to_score_ms summary\n"
+        f'custos_event_to_score_ms{{quantile="0.5"}} {p50:.1f}\n'
+        f'custos_event_to_score_ms{{quantile="0.99"}} {p99:.1f}\n'
+        "# TYPE custos_state_resets_total counter\n"
+        f"custos_state_resets_total {resets}\n"
     )
 
 
