@@ -8,9 +8,11 @@ baseline (poisoning protection): score first, then learn only what it accepts.
 What a state remembers (all bounded; ``to_bytes`` ≤ :attr:`BaselineModel.max_bytes`, 975 bytes
 with the defaults):
 
-* exponentially weighted mean / variance of every numeric feature (half-life in events),
+* exponentially weighted mean / variance of every numeric feature (half-life in events;
+  volumes and resource counts only over the events that carry them),
 * a time profile: 24 hours x (weekday, weekend) event counts,
-* the request rate: EW mean / variance of log(events in the last ``burst_window_ms``),
+* the request rate: EW mean / variance of log(events in the last ``burst_window_ms``), each
+  event weighted by the time it stands for (1 / rate), so a burst does not teach its own rate,
 * how often the identity fails, uses MFA, is delegated, and which sensitivity ranks it touches,
 * per categorical feature, ``cat_slots`` remembered values (hash, count, hour last seen) with
   least-frequently- then least-recently-used eviction, how often the feature is present, how
@@ -42,6 +44,12 @@ z-scores map to ``1 - exp(-max(0, z - z_offset) / z_scale)``; shares (how often 
 outcome was seen) map to ``exp(-share / rare_share)``, scaled by the evidence behind them
 (``1 - exp(-n / evidence_events)``). An empty state deviates nowhere, so a new identity is
 scored against its peer group's state instead (:func:`own_weight`, :func:`blend`).
+
+Peer groups use the same class (``BaselineModel(cat_slots=16, scope="peer")``), one state per
+:func:`peer_group_key`. Per event: ``rate = model.current_rate(own, f)``, ``model.deviations(own,
+f)``, ``peer_model.deviations(peer, f, rate)``, ``blend(...)`` with ``model.own_weight(own)``;
+then, for accepted events, ``model.learn_one(own, f)`` and ``peer_model.learn_one(peer, f,
+rate)`` (the rate makes the group learn per-identity request rates, not the group's total).
 
 >>> from pipeline.features import extract
 >>> from pipeline.schemas import Event

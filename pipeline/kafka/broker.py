@@ -162,6 +162,11 @@ class Broker:
             md = admin.list_topics(timeout=timeout)
         except Exception:  # any librdkafka error here just means "not answering yet"
             return None
+        # After a restart the broker answers before it leads its partitions again; clients
+        # then get NOT_LEADER errors. Ready means every partition has a leader.
+        for topic in md.topics.values():
+            if topic.error is not None or any(p.leader < 0 for p in topic.partitions.values()):
+                return None
         return len([t for t in md.topics if not t.startswith("__")])
 
     def status(self) -> BrokerStatus:
