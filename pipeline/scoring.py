@@ -118,6 +118,7 @@ class Detection:
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
         self.state_resets = 0
+        self._peer_tick = 0
 
     # --- state (de)serialisation ---------------------------------------------------------------
     def load_state(self, data: bytes | None) -> IdentityState:
@@ -189,11 +190,20 @@ class Detection:
                 dev, why = own_dev, own_why
             hits = self.rules.check(st.rules, ev, entry)
             rows[i] = dev
-            if not hits and max(dev) < self.learn_gate:
-                if peer is not None:
-                    pm.learn_one(peer, f, bm.current_rate(st.baseline, f))
+            # Gate on the identity's *own* deviations: a new identity differs from its peers in
+            # harmless ways (its own IP, owner, environment) and must still build a baseline.
+            if not hits and max(own_dev) < self.learn_gate:
                 bm.learn_one(st.baseline, f)
                 learned[i] = True
+                self._peer_tick += 1
+                # Peer groups learn from established members too (1 event in 8 keeps it cheap).
+                if peer is None and self._peer_tick % 8 == 0:
+                    group = peer_group_key(ev, entry.peer_group if entry is not None else None)
+                    peer = self.peers.get(group)
+                    if peer is None:
+                        peer = self.peers[group] = pm.new_state()
+                if peer is not None:
+                    pm.learn_one(peer, f, bm.current_rate(st.baseline, f))
             partial.append((ev, why, hits, 1.0 - w_own))
 
         # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
