@@ -212,19 +212,15 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
         await publish(result.decisions)
         store.events.clear()
 
-    @app.agent(inputs, name="detect")
     async def detect(stream: Any) -> None:
         async for batch in stream.take_events(
             settings.worker_batch, within=settings.worker_batch_within_s
         ):
             await handle(batch)
 
-    @app.agent(rekeyed, name="detect-rekeyed")
-    async def detect_rekeyed(stream: Any) -> None:
-        async for batch in stream.take_events(
-            settings.worker_batch, within=settings.worker_batch_within_s
-        ):
-            await handle(batch)
+    # Same code on both: events keyed right at the source, and those re-keyed by identity.
+    app.agent(inputs, name="detect")(detect)
+    app.agent(rekeyed, name="detect-rekeyed")(detect)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def housekeeping() -> None:
