@@ -244,8 +244,7 @@ def ingest(
 ) -> None:
     """Validate the input topics live: count what arrives, dead-letter what is malformed."""
     from pipeline import metrics
-    from pipeline.demo import final_report, summary_line
-    from pipeline.kafka.ingest import Ingest
+    from pipeline.kafka.ingest import Ingest, final_report, summary_line
 
     settings = _settings(ctx)
     consumer = Ingest(settings, group_id=group)

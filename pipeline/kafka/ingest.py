@@ -190,3 +190,34 @@ def _header_list(
     if headers is None:
         return []
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def summary_line(stats: IngestStats, produced: int, elapsed: float, lag: int) -> str:
+    """One progress line of the validating consumer (``custos ingest``)."""
+    dead = stats.dead.total()
+    rate = (stats.valid + dead) / elapsed if elapsed > 0 else 0.0
+    return (
+        f"[{elapsed:6.1f}s] produced {produced:>9,}  consumed {stats.valid + dead:>9,} "
+        f"({rate:>8,.0f}/s)  valid {stats.valid:>9,}  dead-lettered {dead:>4}  "
+        f"identities {len(stats.identities):>7,}  lag {lag:>7,}"
+    )
+
+
+def final_report(stats: IngestStats, produced: int, elapsed: float) -> list[str]:
+    """What the validating consumer saw (``custos ingest``)."""
+    lines = ["", "What arrived", "------------"]
+    for topic, n in sorted(stats.by_topic.items()):
+        lines.append(f"  {topic:<22} {n:>10,} valid events")
+    for cls, n in sorted(stats.by_class.items()):
+        name = {3002: "Authentication", 6003: "API Activity"}.get(cls, str(cls))
+        lines.append(f"  class {cls} {name:<14} {n:>10,}")
+    for kind, n in sorted(stats.by_kind.items()):
+        lines.append(f"  identity kind {kind:<9}{n:>10,}")
+    lines.append(f"  distinct identities    {len(stats.identities):>10,}")
+    lines += ["", "Dead-lettered (original bytes + reason + source offset)"]
+    by_reason = stats.dead.by_reason()
+    lines += [f"  {r:<22} {n:>10,}" for r, n in sorted(by_reason.items())] or ["  none"]
+    total = stats.valid + stats.dead.total()
+    rate = total / elapsed if elapsed > 0 else 0.0
+    lines += ["", f"consumed {total:,} of {produced:,} messages ({rate:,.0f} msg/s)"]
+    return lines
