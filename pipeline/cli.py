@@ -367,6 +367,16 @@ def bench(
 
 
 @main.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Broker, topics, worker lag and the running worker's metrics, in one screen."""
+    from pipeline.status import collect
+
+    for line in collect(_settings(ctx)):
+        click.echo(line)
+
+
+@main.command()
 @click.option("--loglevel", default="warning", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, loglevel: str) -> None:
