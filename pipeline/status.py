@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.kafka.clients import base_config, make_admin
@@ -41,11 +41,15 @@ def collect(settings: Settings) -> list[str]:
         lag_parts: list[TopicPartition] = []
         for name in sorted(t for t in md.topics if not t.startswith("__")):
             total = 0
-            for p in md.topics[name].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5)
-                total += high - low
-                if name in (settings.identity_topic, settings.agent_topic):
-                    lag_parts.append(TopicPartition(name, p))
+            try:
+                for p in md.topics[name].partitions:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5)
+                    total += high - low
+                    if name in (settings.identity_topic, settings.agent_topic):
+                        lag_parts.append(TopicPartition(name, p))
+            except KafkaException as exc:  # e.g. a topic created a moment ago, no leader yet
+                lines.append(f"  {name:<40} unavailable ({exc.args[0].str()})")
+                continue
             lines.append(f"  {name:<40} {total:>12,} records")
         lag = 0
         for tp in consumer.committed(lag_parts, timeout=10) if lag_parts else []:

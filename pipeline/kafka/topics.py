@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], timeout: float = 30
         for name, fut in futures.items():
             _wait(fut, f"creating topic {name}", timeout)
             report.created.append(name)
+        _wait_for_leaders(admin, report.created, timeout)
 
     for spec in specs:
         if spec.name not in existing:
@@ -123,6 +125,22 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], timeout: float = 30
             changed = True
         (report.updated if changed else report.unchanged).append(spec.name)
     return report
+
+
+def _wait_for_leaders(admin: Any, names: list[str], timeout: float) -> None:
+    """Return once every partition of ``names`` has a leader: created means usable."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        md = admin.list_topics(timeout=timeout).topics
+        pending = {
+            n for n in pending
+            if n not in md or any(p.leader < 0 for p in md[n].partitions.values())
+        }  # fmt: skip
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        raise KafkaError(f"topics without a leader after {timeout:.0f} s: {sorted(pending)}")
 
 
 def _align_config(admin: Any, spec: TopicSpec, timeout: float) -> bool:
