@@ -123,6 +123,9 @@ class Settings:
     worker_partitions: int = _setting(6, "Partitions of the input topics and the state table")
     worker_batch: int = _setting(2000, "Micro-batch size: events scored together")
     worker_batch_within_s: float = _setting(0.2, "Longest wait to fill a micro-batch (seconds)")
+    worker_send_timeout_s: float = _setting(
+        30.0, "A dead-letter or alert write not done by then crashes the worker (no skipping)"
+    )
     worker_web_port: int = _setting(6066, "Worker's web/metrics port (bound to 127.0.0.1)")
     worker_datadir: str = _setting(
         "", "Worker state directory (RocksDB tables); empty = <home>/worker/<app_id>"

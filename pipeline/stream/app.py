@@ -13,6 +13,7 @@ only ever touched by the worker that owns its partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -26,9 +27,10 @@ import faust
 import numpy as np
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
+from mode import CrashingSupervisor
 
 from pipeline.config import Settings
-from pipeline.deadletter import dead_letter
+from pipeline.deadletter import DeadLetter, dead_letter
 from pipeline.errors import InvalidEvent
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.ingest import IngestStats
@@ -110,6 +112,27 @@ class WorkerStats(IngestStats):
         return float(p50), float(p99)
 
 
+def spill(path: Path, dl: DeadLetter, error: BaseException) -> None:
+    """Append a dead letter Kafka refused to a local JSONL file, durably (fsync)."""
+    import base64
+    import json
+    import os
+
+    record = {
+        "error": repr(error),
+        "reason": dl.reason,
+        "key_b64": base64.b64encode(dl.key).decode() if dl.key is not None else None,
+        "value_b64": base64.b64encode(dl.value).decode() if dl.value is not None else None,
+        "headers": {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+                    for k, v in dl.headers},
+    }  # fmt: skip
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.critical("dead letter could not be published (%s); kept in %s", error, path)
+
+
 def datadir(settings: Settings) -> Path:
     if settings.worker_datadir:
         return Path(settings.worker_datadir).expanduser()
@@ -124,6 +147,9 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     data = datadir(settings)
     data.mkdir(parents=True, exist_ok=True)
     shared_path = data / "shared-state.msgpack"
+    spill_path = data / "deadletter-spill.jsonl"
+    if spill_path.exists() and spill_path.stat().st_size:
+        log.warning("%s holds dead letters a previous run could not publish", spill_path)
     if detection.load_shared(shared_path):
         log.info("loaded shared detector state from %s", shared_path)
 
@@ -165,10 +191,15 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     )
     store = TableStore(table, settings.worker_partitions)
 
+    async def bounded(send: Any) -> Any:
+        # aiokafka retries some failures (an unknown or invalid topic) forever; a write that
+        # cannot complete must crash the worker (see the error policy below), not stall it.
+        return await asyncio.wait_for(send, timeout=settings.worker_send_timeout_s)
+
     async def publish(decisions: list[Decision]) -> None:
         for d in decisions:
             finding = build_finding(d, product_version=_version())
-            await alerts.send(key=d.identity_uid.encode(), value=encode_finding(finding))
+            await bounded(alerts.send(key=d.identity_uid.encode(), value=encode_finding(finding)))
             stats.findings += 1
             stats.alerts += int(d.is_alert and d.action == "create")
 
@@ -186,7 +217,13 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
                     offset=msg.offset, timestamp_ms=int(msg.timestamp * 1000), now_ms=now_ms,
                     source_headers=list(msg.headers or []),
                 )  # fmt: skip
-                await dlq.send(key=dl.key, value=dl.value, headers=dl.headers)  # type: ignore[arg-type]
+                try:
+                    await bounded(dlq.send(key=dl.key, value=dl.value, headers=dl.headers))  # type: ignore[arg-type]
+                except Exception as send_error:
+                    # faust commits the batch's offsets even when the agent crashes, so the
+                    # record is kept on local disk before the worker goes down.
+                    spill(spill_path, dl, send_error)
+                    raise
                 stats.dead.add(msg.topic, dl.reason)
                 continue
             if event.key != ev.identity_uid.encode():
@@ -219,8 +256,12 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
             await handle(batch)
 
     # Same code on both: events keyed right at the source, and those re-keyed by identity.
-    app.agent(inputs, name="detect")(detect)
-    app.agent(rekeyed, name="detect-rekeyed")(detect)
+    # Error policy: bad *input* is dead-lettered inside handle(); anything else (a dead-letter
+    # or alert write that fails, a bug) crashes the whole worker. faust's default would restart
+    # the agent and carry on past the failed batch; crashing leaves its offsets uncommitted so
+    # the restarted worker re-reads it. Nothing is skipped silently.
+    app.agent(inputs, name="detect", supervisor_strategy=CrashingSupervisor)(detect)
+    app.agent(rekeyed, name="detect-rekeyed", supervisor_strategy=CrashingSupervisor)(detect)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def housekeeping() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -173,3 +174,30 @@ def test_attack_in_finding_out_and_restart_resumes_baselines(
     # A cold restart would score this against the peer group alone (peer_weight 1.0).
     assert score["peer_weight"] < 0.05, log.read_text()[-3000:]
     assert score["identity_uid"] == AGENT
+
+
+def test_worker_keeps_and_stops_on_input_it_could_not_dead_letter(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    now = int(time.time() * 1000)
+    sample = bad_samples(now, tag="crash")[0]
+    producer = make_producer(isolated)
+    producer.produce(isolated.identity_topic, key=sample.key, value=sample.value)
+    assert producer.flush(30) == 0
+    app_id = f"itest-crash-{os.getpid()}-{int(time.time())}"
+    env = _env(isolated, tmp_path / "data", app_id)
+    env[env_var("deadletter_topic")] = "t.not a valid topic name!"  # every write fails
+    env[env_var("worker_send_timeout_s")] = "5"
+    worker = _start(env, tmp_path / "worker.log")
+    try:
+        code = worker.wait(90)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        raise AssertionError("the worker kept running after a failed dead-letter write") from None
+    assert code != 0
+    # The record Kafka refused is on local disk, bytes intact, with its reason and source.
+    lines = (tmp_path / "data" / "deadletter-spill.jsonl").read_text().splitlines()
+    kept = [json.loads(line) for line in lines]
+    assert [base64.b64decode(k["value_b64"]) for k in kept] == [sample.value]
+    assert kept[0]["reason"] == sample.reason
+    assert kept[0]["headers"]["custos.source.topic"] == isolated.identity_topic
