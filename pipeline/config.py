@@ -115,6 +115,10 @@ class Settings:
         "Approved agent models (name, version, digest); empty = pin the first digest seen",
     )
 
+    state_cache_size: int = _setting(
+        50_000, "Decoded identity states kept in memory (LRU; about 4 KB each); 0 = off"
+    )
+
     # --- Worker (faust) ------------------------------------------------------------------------
     app_id: str = _setting("custos-worker", "Faust app id: consumer group and table-topic prefix")
     alerts_topic: str = _setting("custos.alerts", "Output: OCSF Detection Findings (2004)")

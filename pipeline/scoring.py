@@ -21,6 +21,7 @@ it is learned from everything the process sees, and :meth:`Detection.save_shared
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class Detection:
         rules: ZeroTrustRules | None = None,
         policy: RiskPolicy | None = None,
         learn_gate: float = 0.85,
+        state_cache_size: int | None = None,
     ) -> None:
         settings = settings or Settings()
         self.settings = settings
@@ -118,6 +120,12 @@ class Detection:
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
         self.state_resets = 0
+        # LRU of decoded identity states, validated by their stored bytes: decoding a state
+        # costs more than scoring an event, and active identities come back batch after batch.
+        self.state_cache_size = (
+            settings.state_cache_size if state_cache_size is None else state_cache_size
+        )
+        self._decoded: OrderedDict[str, tuple[bytes, IdentityState]] = OrderedDict()
         self._peer_tick = 0
 
     # --- state (de)serialisation ---------------------------------------------------------------
@@ -168,7 +176,16 @@ class Detection:
             uid = ev.identity_uid
             st = cache.get(uid)
             if st is None:
-                st = cache[uid] = self.load_state(store.get(uid))
+                data = store.get(uid)
+                hot = self._decoded.get(uid)
+                # Reuse the decoded object when the stored bytes are still the ones we wrote
+                # (a rebalance or another writer changes them, and then we decode again).
+                if hot is not None and data is not None and hot[0] == data:
+                    st = hot[1]
+                    self._decoded.move_to_end(uid)
+                else:
+                    st = self.load_state(data)
+                cache[uid] = st
                 if bm.expired(st.baseline, ev.time_ms):
                     st.baseline = bm.new_state()  # dormant past the TTL: start afresh
             f = extract(ev)
@@ -242,8 +259,14 @@ class Detection:
             else:
                 self.open_incidents.discard(ev.identity_uid)
 
+        decoded = self._decoded
         for uid, st in cache.items():
-            store[uid] = self.dump_state(st)
+            data = store[uid] = self.dump_state(st)
+            if self.state_cache_size:
+                decoded[uid] = (data, st)
+                decoded.move_to_end(uid)
+        while len(decoded) > self.state_cache_size:
+            decoded.popitem(last=False)
         self.watermark_ms = max(self.watermark_ms, max(ev.time_ms for ev in events))
         return result
 
