@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pipeline.schemas import Credential, Event
+from pipeline.scoring import Detection
+
+T0 = 1_790_000_000_000
+
+
+def _call(i: int, uid: str = "agt-1", issued_to: str = "agt-1") -> Event:
+    return Event(
+        uid=f"e{i}", class_uid=6003, activity_id=2, time_ms=T0 + i * 30_000,
+        identity_uid=uid, identity_kind="agent", service="crm", operation="crm.read",
+        bytes_in=2000, bytes_out=300, environment="prod-eu", status_id=1,
+        credential=Credential(uid=f"c-{issued_to}", issued_to=issued_to, task_uid="t1", step=1,
+                              expires_at=T0 + 10**9),
+    )  # fmt: skip
+
+
+def test_state_lives_in_the_store_and_another_instance_resumes_from_it() -> None:
+    store: dict[str, bytes] = {}
+    first = Detection()
+    out = first.process([_call(i) for i in range(200)], store)
+    assert out.scores[0].peer_weight == 1.0  # brand new: scored against its peers only
+    assert set(store) == {"agt-1"}
+    again = Detection(state_cache_size=0).process([_call(300)], store)
+    assert again.scores[0].peer_weight < 0.05  # own baseline restored from the bytes
+
+
+def test_cached_state_is_not_used_once_the_stored_bytes_changed() -> None:
+    store: dict[str, bytes] = {}
+    det = Detection()
+    det.process([_call(i) for i in range(200)], store)
+    del store["agt-1"]  # e.g. another worker owns it now, or the state expired
+    out = det.process([_call(300)], store)
+    assert out.scores[0].peer_weight == 1.0
+
+
+def test_rule_hits_are_not_learned_and_unreadable_state_starts_afresh() -> None:
+    store: dict[str, bytes] = {"agt-1": b"\x93garbage"}
+    det = Detection()
+    out = det.process([_call(0), _call(1, issued_to="agt-2")], store)
+    assert det.state_resets == 1
+    normal, misuse = out.scores
+    assert normal.learned and not misuse.learned
+    assert [h.rule for h in misuse.rules] == ["credential_misuse"]
+    assert all(0.0 <= s.score <= 1.0 for s in out.scores)
+    assert any(d.quarantine for d in out.decisions)  # Critical rule: alert with quarantine
