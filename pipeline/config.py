@@ -83,7 +83,9 @@ class Settings:
     risk_half_life_s: float = _setting(
         3600.0, "Accumulated risk (0-100) halves every this many seconds of event time"
     )
-    risk_noise_floor: float = _setting(0.6, "Anomaly scores below this add no risk (noise)")
+    risk_noise_floor: float = _setting(
+        0.75, "Anomaly scores below this add no risk (tuned with `custos evaluate`)"
+    )
     risk_gain: float = _setting(
         30.0, "Risk a score of 1.0 adds; linear from 0 at the noise floor (2 strong events alert)"
     )

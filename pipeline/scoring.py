@@ -103,6 +103,7 @@ class Detection:
         self.peer_model = peer_model or BaselineModel(cat_slots=16, scope="peer")
         self.detector = detector or Loda(n_features=len(DEVIATIONS))
         self.calibrator = calibrator or TailCalibrator()
+        self.cold_calibrator = TailCalibrator()
         allowlist = (
             load_model_allowlist(settings.model_allowlist_file)
             if settings.model_allowlist_file
@@ -171,6 +172,7 @@ class Detection:
         n = len(events)
         rows = np.empty((n, len(DEVIATIONS)))
         learned = np.zeros(n, dtype=bool)
+        peer_w_arr = np.zeros(n)
         partial = []
         for i, ev in enumerate(events):
             uid = ev.identity_uid
@@ -222,17 +224,25 @@ class Detection:
                 if peer is not None:
                     pm.learn_one(peer, f, bm.current_rate(st.baseline, f))
             partial.append((ev, why, hits, 1.0 - w_own))
+            peer_w_arr[i] = 1.0 - w_own
 
         # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
         # seen by few projections); the independent-tails surprise keeps it visible.
         raw = self.detector.score_many(rows) + surprise(rows)
+        # New identities are judged among new identities: everything about them is "first
+        # seen" to some degree, which would otherwise set the bar that warm identities'
+        # genuinely rare events have to clear.
+        cold = peer_w_arr > 0.5
         calibrated = self.calibrator.transform_many(raw)
+        if cold.any():
+            calibrated[cold] = self.cold_calibrator.transform_many(raw[cold])
+            self.cold_calibrator.learn_many(raw[cold])
         if learned.any():
             self.detector.learn_many(rows[learned])
         # The calibrator sees every raw score: its job is to say how rare a score is among all
         # events. Learning only the "normal" ones would truncate the reference and make every
         # gated event look maximally rare. A few anomalies barely move its quantiles.
-        self.calibrator.learn_many(raw)
+        self.calibrator.learn_many(raw[~cold])
 
         policy = self.policy
         for i, (ev, why, hits, peer_w) in enumerate(partial):
@@ -294,6 +304,7 @@ class Detection:
                 "peers": {k: self.peer_model.to_bytes(v) for k, v in self.peers.items()},
                 "detector": dumps(self.detector),
                 "calibrator": dumps(self.calibrator),
+                "cold_calibrator": dumps(self.cold_calibrator),
             }
         )
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -311,11 +322,19 @@ class Detection:
                 raise ValueError(f"version {d.get('version')}")
             peers = {k: self.peer_model.from_bytes(v) for k, v in d["peers"].items()}
             det, cal = loads(d["detector"]), loads(d["calibrator"])
+            cold: Loda | TailCalibrator = (
+                loads(d["cold_calibrator"]) if "cold_calibrator" in d else TailCalibrator()
+            )
         except (ValueError, TypeError, KeyError, msgspec.DecodeError) as exc:
             # Shared state is re-learned within minutes; a stale file must not stop the worker.
             log.warning("ignoring unreadable shared state %s (%s)", path, exc)
             return False
-        if not isinstance(det, Loda) or not isinstance(cal, TailCalibrator):
+        if not (
+            isinstance(det, Loda)
+            and isinstance(cal, TailCalibrator)
+            and isinstance(cold, TailCalibrator)
+        ):
             return False
-        self.peers, self.detector, self.calibrator = peers, det, cal
+        self.peers, self.detector = peers, det
+        self.calibrator, self.cold_calibrator = cal, cold
         return True

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.schemas import Credential, Event
 from pipeline.scoring import Detection
 
@@ -45,3 +47,17 @@ def test_rule_hits_are_not_learned_and_unreadable_state_starts_afresh() -> None:
     assert [h.rule for h in misuse.rules] == ["credential_misuse"]
     assert all(0.0 <= s.score <= 1.0 for s in out.scores)
     assert any(d.quarantine for d in out.decisions)  # Critical rule: alert with quarantine
+
+
+def test_shared_state_round_trips_and_a_bad_file_is_ignored(tmp_path: Path) -> None:
+    det = Detection()
+    det.process([_call(i, uid=f"agt-{i % 7}") for i in range(400)], {})
+    path = tmp_path / "shared.msgpack"
+    det.save_shared(path)
+    other = Detection()
+    assert other.load_shared(path) is True
+    assert set(other.peers) == set(det.peers)
+    assert other.cold_calibrator.n_ == det.cold_calibrator.n_ > 0
+    assert (other.detector.counts_ == det.detector.counts_).all()
+    path.write_bytes(b"not msgpack at all")
+    assert Detection().load_shared(path) is False
