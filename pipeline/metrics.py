@@ -1,70 +1,89 @@
-"""Counters in the Prometheus text format, served on 127.0.0.1 for scraping.
+"""Prometheus metrics (prometheus-client) over the counters the consumers already keep.
+
+A custom collector reads :class:`~pipeline.kafka.ingest.IngestStats` (and the worker's
+additions) at scrape time, so the hot path only bumps plain integers.
 
 >>> from pipeline.kafka.ingest import IngestStats
 >>> stats = IngestStats()
 >>> stats.dead.add("identity.events", "invalid_json", 3)
->>> print(render(stats).splitlines()[-1])
-custos_deadletter_total{topic="identity.events",reason="invalid_json"} 3
+>>> [l for l in render(stats).splitlines() if l.startswith("custos_deadletter_total")]
+['custos_deadletter_total{reason="invalid_json",topic="identity.events"} 3.0']
 """
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from pipeline.kafka.ingest import IngestStats
 
-
-def render(stats: IngestStats) -> str:
-    with stats.lock:
-        by_topic = dict(stats.by_topic)
-        by_class = dict(stats.by_class)
-        by_kind = dict(stats.by_kind)
-        identities = len(stats.identities)
-    lines = [
-        "# HELP custos_events_total Valid input events decoded, per topic.",
-        "# TYPE custos_events_total counter",
-        *(f'custos_events_total{{topic="{t}"}} {n}' for t, n in sorted(by_topic.items())),
-        "# HELP custos_events_by_class_total Valid input events per OCSF class.",
-        "# TYPE custos_events_by_class_total counter",
-        *(
-            f'custos_events_by_class_total{{class_uid="{c}"}} {n}'
-            for c, n in sorted(by_class.items())
-        ),
-        "# HELP custos_events_by_kind_total Valid input events per identity kind.",
-        "# TYPE custos_events_by_kind_total counter",
-        *(f'custos_events_by_kind_total{{kind="{k}"}} {n}' for k, n in sorted(by_kind.items())),
-        "# HELP custos_identities Distinct identities seen.",
-        "# TYPE custos_identities gauge",
-        f"custos_identities {identities}",
-        "# HELP custos_deadletter_total Messages sent to the dead-letter topic, per reason.",
-        "# TYPE custos_deadletter_total counter",
-    ]
-    for (topic, reason), n in sorted(stats.dead.snapshot().items()):
-        lines.append(f'custos_deadletter_total{{topic="{topic}",reason="{reason}"}} {n}')
-    return "\n".join(lines) + "\n"
+Extra = Callable[[], Iterator[Metric]]
 
 
-def serve(stats: IngestStats, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """Serve ``GET /metrics`` in a daemon thread; call ``shutdown()`` on the result to stop."""
+class StatsCollector(Collector):
+    """Exposes an IngestStats (plus optional extra metric families) at scrape time."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404)
-                return
-            body = render(stats).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def __init__(self, stats: IngestStats, extra: Extra | None = None) -> None:
+        self.stats = stats
+        self.extra = extra
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # scrapes every few seconds would drown the summary
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        with stats.lock:
+            by_topic = dict(stats.by_topic)
+            by_class = dict(stats.by_class)
+            by_kind = dict(stats.by_kind)
+            identities = len(stats.identities)
+        events = CounterMetricFamily(
+            "custos_events", "Valid input events decoded, per topic.", labels=["topic"]
+        )
+        for topic, n in sorted(by_topic.items()):
+            events.add_metric([topic], n)
+        yield events
+        classes = CounterMetricFamily(
+            "custos_events_by_class", "Valid input events per OCSF class.", labels=["class_uid"]
+        )
+        for cls, n in sorted(by_class.items()):
+            classes.add_metric([str(cls)], n)
+        yield classes
+        kinds = CounterMetricFamily(
+            "custos_events_by_kind", "Valid input events per identity kind.", labels=["kind"]
+        )
+        for kind, n in sorted(by_kind.items()):
+            kinds.add_metric([kind], n)
+        yield kinds
+        yield GaugeMetricFamily("custos_identities", "Distinct identities seen.", identities)
+        dead = CounterMetricFamily(
+            "custos_deadletter",
+            "Messages sent to the dead-letter topic, per source topic and reason.",
+            labels=["reason", "topic"],
+        )
+        for (topic, reason), n in sorted(stats.dead.snapshot().items()):
+            dead.add_metric([reason, topic], n)
+        yield dead
+        if self.extra is not None:
+            yield from self.extra()
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+def registry_for(stats: IngestStats, extra: Extra | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats, extra))
+    return registry
+
+
+def render(stats: IngestStats, extra: Extra | None = None) -> str:
+    """The Prometheus text exposition of ``stats`` (what a scrape returns)."""
+    return generate_latest(registry_for(stats, extra)).decode()
+
+
+def serve(stats: IngestStats, port: int, host: str = "127.0.0.1") -> WSGIServer:
+    """Serve ``/metrics`` on ``host:port`` in a daemon thread; ``shutdown()`` stops it."""
+    server, _thread = start_http_server(port, addr=host, registry=registry_for(stats))
     return server

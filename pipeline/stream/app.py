@@ -28,6 +28,7 @@ import numpy as np
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from mode import CrashingSupervisor
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
@@ -277,7 +278,7 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     async def metrics_page(web: Any, request: Any) -> Any:
         from pipeline.metrics import render
 
-        body = render(stats) + _worker_metrics(stats, detection.state_resets)
+        body = render(stats, lambda: _worker_metrics(stats, detection))
         return web.text(body, content_type="text/plain")
 
     app.custos_stats = stats  # type: ignore[attr-defined]
@@ -285,23 +286,29 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     return app
 
 
-def _worker_metrics(stats: WorkerStats, resets: int) -> str:
+def _worker_metrics(stats: WorkerStats, detection: Detection) -> Iterator[Metric]:
+    """The worker's own metric families, added to the ingest ones at scrape time."""
+    yield CounterMetricFamily("custos_findings", "OCSF findings published.", stats.findings)
+    yield CounterMetricFamily("custos_alerts", "Findings that opened an alert.", stats.alerts)
+    yield CounterMetricFamily("custos_scored", "Events scored.", stats.scored)
     lat = stats.score_seconds / stats.scored * 1e6 if stats.scored else 0.0
+    yield GaugeMetricFamily(
+        "custos_scoring_microseconds_per_event", "Mean scoring cost per event.", lat
+    )
     p50, p99 = stats.latency_quantiles()
-    return (
-        "# TYPE custos_findings_total counter\n"
-        f"custos_findings_total {stats.findings}\n"
-        "# TYPE custos_alerts_total counter\n"
-        f"custos_alerts_total {stats.alerts}\n"
-        "# TYPE custos_scored_total counter\n"
-        f"custos_scored_total {stats.scored}\n"
-        "# TYPE custos_scoring_microseconds_per_event gauge\n"
-        f"custos_scoring_microseconds_per_event {lat:.1f}\n"
-        "# TYPE custos_event_to_score_ms summary\n"
-        f'custos_event_to_score_ms{{quantile="0.5"}} {p50:.1f}\n'
-        f'custos_event_to_score_ms{{quantile="0.99"}} {p99:.1f}\n'
-        "# TYPE custos_state_resets_total counter\n"
-        f"custos_state_resets_total {resets}\n"
+    latency = GaugeMetricFamily(
+        "custos_event_to_score_ms",
+        "Kafka timestamp of an event to its batch scored (recent events).",
+        labels=["quantile"],
+    )
+    latency.add_metric(["0.5"], p50)
+    latency.add_metric(["0.99"], p99)
+    yield latency
+    yield CounterMetricFamily(
+        "custos_state_resets", "Unreadable identity states started afresh.", detection.state_resets
+    )
+    yield GaugeMetricFamily(
+        "custos_open_incidents", "Identities with an open incident.", len(detection.open_incidents)
     )
 
 

@@ -27,7 +27,7 @@ def test_metrics_endpoint_exposes_counts_per_reason_and_topic() -> None:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         server.shutdown()
-    assert 'custos_events_total{topic="identity.events"} 2' in body
-    assert 'custos_deadletter_total{topic="agent.events",reason="oversized"} 2' in body
-    assert 'custos_deadletter_total{topic="identity.events",reason="absurd_time"} 1' in body
-    assert "custos_identities 1" in body
+    assert 'custos_events_total{topic="identity.events"} 2.0' in body
+    assert 'custos_deadletter_total{reason="oversized",topic="agent.events"} 2.0' in body
+    assert 'custos_deadletter_total{reason="absurd_time",topic="identity.events"} 1.0' in body
+    assert "custos_identities 1.0" in body
