@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from pipeline.config import Settings, env_var
 from pipeline.directory import Directory
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.kafka.topics import TopicSpec, apply_topics
+from pipeline.metrics import scrape
 from pipeline.schemas import EventDecoder
 from pipeline.scoring import Detection
 from pipeline.simulate import Simulation
@@ -75,19 +75,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _metrics(port: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/custos/metrics", timeout=5).read()
-    except OSError:
-        return out
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def bench_kafka(
@@ -152,7 +139,7 @@ def bench_kafka(
             time.sleep(1.0)
             if worker.poll() is not None:
                 raise RuntimeError(f"bench worker exited; see {log}")
-            m = _metrics(port)
+            m = scrape(port)
             scored = m.get("custos_scored_total", 0.0)
             if first is None and scored > 0:
                 first = (time.perf_counter(), scored)
@@ -180,7 +167,7 @@ def bench_kafka(
         producer.flush(60)
         deadline = time.perf_counter() + 120
         while time.perf_counter() < deadline:
-            m = _metrics(port)
+            m = scrape(port)
             if m.get("custos_scored_total", 0.0) >= len(raw) + len(paced):
                 break
             time.sleep(0.5)

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.broker import Broker
-from pipeline.kafka.clients import base_config, make_producer
+from pipeline.kafka.clients import base_config, group_lag, make_producer
 from pipeline.kafka.topics import apply_topics, load_topics
 from pipeline.simulate.malformed import bad_samples
 
@@ -50,22 +50,6 @@ def _worker_env(settings: Settings, directory: Path) -> dict[str, str]:
     env[env_var("bootstrap")] = settings.bootstrap_servers
     env[env_var("directory_file")] = str(directory)
     return env
-
-
-def _lag(settings: Settings, group: str) -> int:
-    consumer = Consumer(base_config(settings, **{"group.id": group}))
-    try:
-        parts = []
-        for topic in (settings.identity_topic, settings.agent_topic):
-            md = consumer.list_topics(topic, timeout=10)
-            parts += [TopicPartition(topic, p) for p in md.topics[topic].partitions]
-        total = 0
-        for tp in consumer.committed(parts, timeout=10):
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            total += high - (tp.offset if tp.offset >= 0 else low)
-        return total
-    finally:
-        consumer.close()
 
 
 def run_demo(
@@ -172,7 +156,9 @@ def run_demo(
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with {worker.returncode}; see {log}")
             if elapsed - last_status >= 5.0:
-                lag = _lag(settings, settings.app_id)
+                lag = group_lag(
+                    settings, settings.app_id, [settings.identity_topic, settings.agent_topic]
+                )
                 echo(f"[{elapsed:5.0f}s] produced {produced[0]:,}  worker lag {lag:,}  "
                      f"findings {sum(findings.values()):,}  identities alerted {len(alerted):,}  "
                      f"dead letters {sum(dead.values())}")  # fmt: skip

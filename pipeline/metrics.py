@@ -12,6 +12,7 @@ additions) at scrape time, so the hot path only bumps plain integers.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,21 @@ def registry_for(stats: IngestStats, extra: Extra | None = None) -> CollectorReg
 def render(stats: IngestStats, extra: Extra | None = None) -> str:
     """The Prometheus text exposition of ``stats`` (what a scrape returns)."""
     return generate_latest(registry_for(stats, extra)).decode()
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
+    """A running worker's metrics as ``{name{labels}: value}``; empty if none answers."""
+    try:
+        url = f"http://{host}:{port}/custos/metrics"
+        body = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def serve(stats: IngestStats, port: int, host: str = "127.0.0.1") -> WSGIServer:

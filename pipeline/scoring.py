@@ -39,7 +39,7 @@ from pipeline.baselines import (
 )
 from pipeline.config import Settings
 from pipeline.detectors import Loda, TailCalibrator
-from pipeline.directory import Directory, load_model_allowlist
+from pipeline.directory import Directory, DirectoryEntry, load_model_allowlist
 from pipeline.explanations import Score
 from pipeline.features import extract
 from pipeline.policy import Decision, RiskPolicy, RiskState, load_suppressions
@@ -197,10 +197,7 @@ class Detection:
             peer = None
             if w_own < 0.99:
                 # Cold start: lean on the peer group until the identity has its own evidence.
-                group = peer_group_key(ev, entry.peer_group if entry is not None else None)
-                peer = self.peers.get(group)
-                if peer is None:
-                    peer = self.peers[group] = pm.new_state()
+                peer = self._peer_state(ev, entry)
                 rate = bm.current_rate(st.baseline, f)
                 peer_dev, peer_why = pm.deviations(peer, f, rate)
                 dev = blend(own_dev, peer_dev, w_own)
@@ -217,10 +214,7 @@ class Detection:
                 self._peer_tick += 1
                 # Peer groups learn from established members too (1 event in 8 keeps it cheap).
                 if peer is None and self._peer_tick % 8 == 0:
-                    group = peer_group_key(ev, entry.peer_group if entry is not None else None)
-                    peer = self.peers.get(group)
-                    if peer is None:
-                        peer = self.peers[group] = pm.new_state()
+                    peer = self._peer_state(ev, entry)
                 if peer is not None:
                     pm.learn_one(peer, f, bm.current_rate(st.baseline, f))
             partial.append((ev, why, hits, 1.0 - w_own))
@@ -279,6 +273,13 @@ class Detection:
             decoded.popitem(last=False)
         self.watermark_ms = max(self.watermark_ms, max(ev.time_ms for ev in events))
         return result
+
+    def _peer_state(self, ev: Event, entry: DirectoryEntry | None) -> BaselineState:
+        group = peer_group_key(ev, entry.peer_group if entry is not None else None)
+        peer = self.peers.get(group)
+        if peer is None:
+            peer = self.peers[group] = self.peer_model.new_state()
+        return peer
 
     def tick(self, now_ms: int, store: MutableMapping[str, bytes]) -> list[Decision]:
         """Let time pass for open incidents (closing quiet ones); call it periodically."""

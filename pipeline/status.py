@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.kafka.clients import base_config, make_admin
-
-
-def _worker_metrics(port: int) -> dict[str, str]:
-    try:
-        url = f"http://127.0.0.1:{port}/custos/metrics"
-        body = urllib.request.urlopen(url, timeout=3).read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = value
-    return out
+from pipeline.kafka.clients import base_config, group_lag, make_admin
+from pipeline.metrics import scrape
 
 
 def collect(settings: Settings) -> list[str]:
@@ -38,28 +23,26 @@ def collect(settings: Settings) -> list[str]:
     consumer = Consumer(base_config(settings, **{"group.id": settings.app_id}))
     try:
         lines.append("topics:")
-        lag_parts: list[TopicPartition] = []
         for name in sorted(t for t in md.topics if not t.startswith("__")):
             total = 0
             try:
                 for p in md.topics[name].partitions:
                     low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5)
                     total += high - low
-                    if name in (settings.identity_topic, settings.agent_topic):
-                        lag_parts.append(TopicPartition(name, p))
             except KafkaException as exc:  # e.g. a topic created a moment ago, no leader yet
                 lines.append(f"  {name:<40} unavailable ({exc.args[0].str()})")
                 continue
             lines.append(f"  {name:<40} {total:>12,} records")
-        lag = 0
-        for tp in consumer.committed(lag_parts, timeout=10) if lag_parts else []:
-            low, high = consumer.get_watermark_offsets(tp, timeout=5)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        lines.append(f"worker: consumer group {settings.app_id}: lag {lag:,} input events")
     finally:
         consumer.close()
+    inputs = [t for t in (settings.identity_topic, settings.agent_topic) if t in md.topics]
+    try:
+        lag = group_lag(settings, settings.app_id, inputs)
+        lines.append(f"worker: consumer group {settings.app_id}: lag {lag:,} input events")
+    except KafkaException as exc:
+        lines.append(f"worker: lag of {settings.app_id} unavailable ({exc.args[0].str()})")
 
-    metrics = _worker_metrics(settings.worker_web_port)
+    metrics = scrape(settings.worker_web_port, timeout=3)
     if not metrics:
         lines.append(f"worker: no metrics on 127.0.0.1:{settings.worker_web_port} (not running?)")
     else:
@@ -74,7 +57,7 @@ def collect(settings: Settings) -> list[str]:
             "custos_state_resets_total",
         ):
             if key in metrics:
-                lines.append(f"  {key:<44} {metrics[key]}")
-        dead = sum(float(v) for k, v in metrics.items() if k.startswith("custos_deadletter_total"))
+                lines.append(f"  {key:<44} {metrics[key]:g}")
+        dead = sum(v for k, v in metrics.items() if k.startswith("custos_deadletter_total"))
         lines.append(f"  {'dead-lettered':<44} {dead:.0f}")
     return lines

@@ -101,3 +101,20 @@ def read_all(
         return out
     finally:
         consumer.close()
+
+
+def group_lag(settings: Settings, group: str, topics: list[str]) -> int:
+    """Records of ``topics`` that consumer group ``group`` has not committed yet."""
+    consumer = Consumer(base_config(settings, **{"group.id": group}))
+    try:
+        parts = []
+        for topic in topics:
+            md = consumer.list_topics(topic, timeout=10)
+            parts += [TopicPartition(topic, p) for p in md.topics[topic].partitions]
+        total = 0
+        for tp in consumer.committed(parts, timeout=10) if parts else []:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - (tp.offset if tp.offset >= 0 else low)
+        return total
+    finally:
+        consumer.close()
