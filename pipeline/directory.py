@@ -15,6 +15,8 @@ Only ``uid`` and ``kind`` are required. Fields:
   4 Top Secret); OCSF ``confidentiality_id`` values map onto it with :data:`CONFIDENTIALITY_RANK`.
 * ``approved_digests`` - model digests an agent is registered to run (``sha256:<64 hex>``).
 * ``home_environment`` - where an agent or service is deployed, e.g. ``prod-eu``.
+* ``delegators`` - identities allowed to hand this agent tasks (its owner, the orchestrators
+  whose team it belongs to: the agent registry's A2A policy). Empty: not enforced.
 
 Identities missing from the directory are allowed: rules then fall back to per-kind defaults and
 to what they learn per identity.
@@ -80,6 +82,7 @@ class DirectoryEntry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     sensitivity_ceiling: Rank | None = None
     approved_digests: tuple[ModelDigest, ...] = ()
     home_environment: str | None = None
+    delegators: tuple[str, ...] = ()
 
 
 class Directory:
@@ -109,16 +112,19 @@ class Directory:
         pg = shared.setdefault(entry.peer_group, entry.peer_group)
         env = shared.setdefault(entry.home_environment, entry.home_environment)
         digests = shared.setdefault(entry.approved_digests, entry.approved_digests)
+        delegators = shared.setdefault(entry.delegators, entry.delegators)
         if (
             pg is not entry.peer_group
             or env is not entry.home_environment
             or digests is not entry.approved_digests
+            or delegators is not entry.delegators
         ):
             entry = msgspec.structs.replace(
                 entry,
                 peer_group=pg,
                 home_environment=env,
                 approved_digests=digests,
+                delegators=delegators,
             )
         self._entries[entry.uid] = entry
 

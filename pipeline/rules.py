@@ -23,6 +23,8 @@ rule                    severity fires when
                                  home less than ``clone_window_ms`` before
 ``impossible_travel``   4        two located events (not failed) are >= ``travel_min_km`` apart
                                  and the implied speed exceeds ``travel_speed_kmh``
+``unauthorised_         4        an agent acts on a task handed over by an identity that the
+delegation``                     directory does not list among its ``delegators``
 ======================= ======== ==============================================================
 
 State is one small msgpack array per identity (``RuleState.to_bytes``), typically 20-60 bytes
@@ -68,6 +70,7 @@ RULES: Final[dict[str, int]] = {
     "sensitivity_ceiling": 4,
     "clone": 5,
     "impossible_travel": 4,
+    "unauthorised_delegation": 4,
 }
 STATE_VERSION: Final = 1
 _EARTH_KM: Final = 6371.0088  # mean Earth radius
@@ -259,6 +262,18 @@ class ZeroTrustRules:
             hit = self._clone(state, event, env, entry)
             if hit is not None:
                 cloned = True
+                hits = [hit] if hits is None else [*hits, hit]
+
+        deleg = event.delegated_by
+        if deleg is not None and entry is not None and entry.delegators:
+            if deleg not in entry.delegators:
+                hit = RuleHit(
+                    "unauthorised_delegation",
+                    4,
+                    f"{event.identity_uid} acted on a task from {deleg}, which the directory "
+                    f"does not allow to delegate to it (allowed: {', '.join(entry.delegators)})",
+                    {"delegated_by": deleg, "allowed": ", ".join(entry.delegators)},
+                )
                 hits = [hit] if hits is None else [*hits, hit]
 
         lat, lon = event.lat, event.long

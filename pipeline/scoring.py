@@ -25,11 +25,13 @@ from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import msgspec
 import numpy as np
 
 from pipeline.baselines import (
+    DEVIATION_INDEX,
     DEVIATIONS,
     BaselineModel,
     BaselineState,
@@ -40,8 +42,8 @@ from pipeline.baselines import (
 from pipeline.config import Settings
 from pipeline.detectors import Loda, TailCalibrator
 from pipeline.directory import Directory, DirectoryEntry, load_model_allowlist
-from pipeline.explanations import Score
-from pipeline.features import extract
+from pipeline.explanations import Contribution, RuleHit, Score
+from pipeline.features import Features, extract
 from pipeline.policy import Decision, RiskPolicy, RiskState, load_suppressions
 from pipeline.rules import RuleState, ZeroTrustRules
 from pipeline.schemas import Event
@@ -50,9 +52,36 @@ STATE_VERSION = 1
 log = logging.getLogger("custos.scoring")
 
 
+# Deviations that move together: a new network shows as a new country, ASN and IP prefix at
+# once, a new tool as a new service, operation and resource. Counting each group's members as
+# independent evidence would make one harmless change (a trip, a new API) look like three.
+_GROUPS: Final = tuple(
+    np.array([DEVIATION_INDEX[name] for name in group])
+    for group in (("country", "asn", "ip_prefix"), ("service", "operation", "resource"))
+)
+_GROUPED: Final = np.concatenate(_GROUPS)
+_ECHO: Final = 0.25  # weight of a group's weaker members beside its strongest
+
+
 def surprise(rows: np.ndarray) -> np.ndarray:
-    """Sum of -log(1 - deviation): each deviation read as an independent tail probability."""
-    return np.asarray(-np.log1p(-0.999 * rows).sum(axis=1), dtype=np.float64)
+    """Sum of -log(1 - deviation): each deviation read as an independent tail probability.
+
+    Within a group of correlated deviations, the strongest counts fully and the others by
+    ``_ECHO``.
+
+    >>> row = np.zeros((1, len(DEVIATIONS)))
+    >>> row[0, [DEVIATION_INDEX["asn"], DEVIATION_INDEX["ip_prefix"]]] = 0.9
+    >>> one = row.copy(); one[0, DEVIATION_INDEX["ip_prefix"]] = 0.0
+    >>> bool(surprise(one)[0] < surprise(row)[0] < 2 * surprise(one)[0])
+    True
+    """
+    tails = -np.log1p(-0.999 * rows)
+    total = tails.sum(axis=1) - tails[:, _GROUPED].sum(axis=1)
+    for g in _GROUPS:
+        part = tails[:, g]
+        strongest = part.max(axis=1)
+        total += strongest + _ECHO * (part.sum(axis=1) - strongest)
+    return np.asarray(total, dtype=np.float64)
 
 
 class IdentityState:
@@ -75,9 +104,14 @@ class BatchResult:
 class Detection:
     """The detection core with its hyperparameters; see the module docstring.
 
-    ``learn_gate``: an event whose strongest deviation reaches this value, or that fired a
-    rule, is not learned into the baselines (nor the detector): a compromised identity must not
-    teach Custos that its compromise is normal. Analyst feedback can release such events later.
+    ``learn_gate``: an event whose calibrated score reaches this value (default: the policy's
+    noise floor, where events start to count as evidence), that fired a rule, or whose identity
+    has an incident building up, is not learned into the baselines (nor the detector): a
+    compromised identity must not teach Custos that its compromise is normal. A harmless novelty
+    that scores below the gate is learned at once, so it is "first use" once, not forever.
+    ``cold_gate``: a new identity (mostly scored against its peers) learns every event whose
+    strongest deviation from its *own* young baseline stays below this value.
+    Analyst feedback can release gated events later.
     """
 
     def __init__(
@@ -91,7 +125,8 @@ class Detection:
         calibrator: TailCalibrator | None = None,
         rules: ZeroTrustRules | None = None,
         policy: RiskPolicy | None = None,
-        learn_gate: float = 0.85,
+        learn_gate: float | None = None,
+        cold_gate: float = 0.85,
         state_cache_size: int | None = None,
     ) -> None:
         settings = settings or Settings()
@@ -117,6 +152,7 @@ class Detection:
             policy = RiskPolicy.from_settings(settings, suppressions=supp)
         self.policy = policy
         self.learn_gate = learn_gate
+        self.cold_gate = cold_gate
         self.peers: dict[str, BaselineState] = {}
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
@@ -162,106 +198,33 @@ class Detection:
 
     # --- the hot path --------------------------------------------------------------------------
     def process(self, events: Sequence[Event], store: MutableMapping[str, bytes]) -> BatchResult:
-        """Score a micro-batch (in the given order) and decide; state read and written once."""
+        """Score a micro-batch and decide; each identity's state is read and written once.
+
+        The batch runs in *rounds*: round k holds the k-th event of every identity in it, so an
+        identity's events are scored and learned in order while the detector and calibrator
+        still work on whole rounds (vectorised). Learning waits for the calibrated score: an
+        event is learned only when it fired no rule, scored below ``learn_gate`` and its
+        identity has no incident building up.
+        """
         result = BatchResult()
         if not events:
             return result
         cache: dict[str, IdentityState] = {}
-        bm, pm = self.baseline_model, self.peer_model
-        directory = self.directory
-        n = len(events)
-        rows = np.empty((n, len(DEVIATIONS)))
-        learned = np.zeros(n, dtype=bool)
-        peer_w_arr = np.zeros(n)
-        partial = []
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
         for i, ev in enumerate(events):
             uid = ev.identity_uid
-            st = cache.get(uid)
-            if st is None:
-                data = store.get(uid)
-                hot = self._decoded.get(uid)
-                # Reuse the decoded object when the stored bytes are still the ones we wrote
-                # (a rebalance or another writer changes them, and then we decode again).
-                if hot is not None and data is not None and hot[0] == data:
-                    st = hot[1]
-                    self._decoded.move_to_end(uid)
-                else:
-                    st = self.load_state(data)
-                cache[uid] = st
-                if bm.expired(st.baseline, ev.time_ms):
-                    st.baseline = bm.new_state()  # dormant past the TTL: start afresh
-            f = extract(ev)
-            entry = directory.lookup(uid) if directory is not None else None
-            w_own = bm.own_weight(st.baseline)
-            own_dev, own_why = bm.deviations(st.baseline, f)
-            peer = None
-            if w_own < 0.99:
-                # Cold start: lean on the peer group until the identity has its own evidence.
-                peer = self._peer_state(ev, entry)
-                rate = bm.current_rate(st.baseline, f)
-                peer_dev, peer_why = pm.deviations(peer, f, rate)
-                dev = blend(own_dev, peer_dev, w_own)
-                why = blend_contributions(own_why, peer_why, dev, w_own)
-            else:
-                dev, why = own_dev, own_why
-            hits = self.rules.check(st.rules, ev, entry)
-            rows[i] = dev
-            # Gate on the identity's *own* deviations: a new identity differs from its peers in
-            # harmless ways (its own IP, owner, environment) and must still build a baseline.
-            if not hits and max(own_dev) < self.learn_gate:
-                bm.learn_one(st.baseline, f)
-                learned[i] = True
-                self._peer_tick += 1
-                # Peer groups learn from established members too (1 event in 8 keeps it cheap).
-                if peer is None and self._peer_tick % 8 == 0:
-                    peer = self._peer_state(ev, entry)
-                if peer is not None:
-                    pm.learn_one(peer, f, bm.current_rate(st.baseline, f))
-            partial.append((ev, why, hits, 1.0 - w_own))
-            peer_w_arr[i] = 1.0 - w_own
-
-        # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
-        # seen by few projections); the independent-tails surprise keeps it visible.
-        raw = self.detector.score_many(rows) + surprise(rows)
-        # New identities are judged among new identities: everything about them is "first
-        # seen" to some degree, which would otherwise set the bar that warm identities'
-        # genuinely rare events have to clear.
-        cold = peer_w_arr > 0.5
-        calibrated = self.calibrator.transform_many(raw)
-        if cold.any():
-            calibrated[cold] = self.cold_calibrator.transform_many(raw[cold])
-            self.cold_calibrator.learn_many(raw[cold])
-        if learned.any():
-            self.detector.learn_many(rows[learned])
-        # The calibrator sees every raw score: its job is to say how rare a score is among all
-        # events. Learning only the "normal" ones would truncate the reference and make every
-        # gated event look maximally rare. A few anomalies barely move its quantiles.
-        self.calibrator.learn_many(raw[~cold])
-
-        policy = self.policy
-        for i, (ev, why, hits, peer_w) in enumerate(partial):
-            score = Score(
-                event_uid=ev.uid,
-                identity_uid=ev.identity_uid,
-                identity_kind=ev.identity_kind,
-                time_ms=ev.time_ms,
-                score=float(calibrated[i]),
-                raw=float(raw[i]),
-                contributions=tuple(why),
-                rules=hits,
-                learned=bool(learned[i]),
-                peer_weight=peer_w,
-                rationale=ev.rationale,
-            )
-            result.scores.append(score)
-            st = cache[ev.identity_uid]
-            decision = policy.decide(st.risk, score)
-            if decision is not None:
-                result.decisions.extend(decision.flatten())
-            if st.risk.incident is not None:
-                self.open_incidents.add(ev.identity_uid)
-            else:
-                self.open_incidents.discard(ev.identity_uid)
+            k = seen.get(uid, 0)
+            seen[uid] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(i)
+            if k == 0:
+                cache[uid] = self._fetch(uid, ev.time_ms, store)
+        scores: list[Score | None] = [None] * len(events)
+        for idx in rounds:
+            self._round([events[i] for i in idx], idx, cache, scores, result)
+        result.scores = [s for s in scores if s is not None]
 
         decoded = self._decoded
         for uid, st in cache.items():
@@ -273,6 +236,119 @@ class Detection:
             decoded.popitem(last=False)
         self.watermark_ms = max(self.watermark_ms, max(ev.time_ms for ev in events))
         return result
+
+    def _fetch(self, uid: str, time_ms: int, store: MutableMapping[str, bytes]) -> IdentityState:
+        data = store.get(uid)
+        hot = self._decoded.get(uid)
+        # Reuse the decoded object when the stored bytes are still the ones we wrote
+        # (a rebalance or another writer changes them, and then we decode again).
+        if hot is not None and data is not None and hot[0] == data:
+            st = hot[1]
+            self._decoded.move_to_end(uid)
+        else:
+            st = self.load_state(data)
+        if self.baseline_model.expired(st.baseline, time_ms):
+            st.baseline = self.baseline_model.new_state()  # dormant past the TTL: start afresh
+        return st
+
+    def _round(
+        self,
+        events: list[Event],
+        index: list[int],
+        cache: dict[str, IdentityState],
+        scores: list[Score | None],
+        result: BatchResult,
+    ) -> None:
+        """Score, decide and learn one round (at most one event per identity)."""
+        bm, pm = self.baseline_model, self.peer_model
+        directory = self.directory
+        n = len(events)
+        rows = np.empty((n, len(DEVIATIONS)))
+        peer_w = np.zeros(n)
+        own_max = np.zeros(n)
+        partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
+                            list[Contribution], tuple[RuleHit, ...]]] = []  # fmt: skip
+        for i, ev in enumerate(events):
+            st = cache[ev.identity_uid]
+            f = extract(ev)
+            entry = directory.lookup(ev.identity_uid) if directory is not None else None
+            w_own = bm.own_weight(st.baseline)
+            own_dev, own_why = bm.deviations(st.baseline, f)
+            if w_own < 0.99:
+                # Cold start: lean on the peer group until the identity has its own evidence.
+                peer = self._peer_state(ev, entry)
+                peer_dev, peer_why = pm.deviations(peer, f, bm.current_rate(st.baseline, f))
+                dev = blend(own_dev, peer_dev, w_own)
+                why = blend_contributions(own_why, peer_why, dev, w_own)
+            else:
+                dev, why = own_dev, own_why
+            rows[i] = dev
+            partial.append((ev, st, f, entry, why, self.rules.check(st.rules, ev, entry)))
+            peer_w[i] = 1.0 - w_own
+            own_max[i] = max(own_dev)
+
+        # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
+        # seen by few projections); the independent-tails surprise keeps it visible.
+        raw = self.detector.score_many(rows) + surprise(rows)
+        # New identities are judged among new identities: everything about them is "first
+        # seen" to some degree, which would otherwise set the bar that warm identities'
+        # genuinely rare events have to clear.
+        cold = peer_w > 0.5
+        calibrated = self.calibrator.transform_many(raw)
+        if cold.any():
+            calibrated[cold] = self.cold_calibrator.transform_many(raw[cold])
+            self.cold_calibrator.learn_many(raw[cold])
+        # The calibrator sees every raw score: its job is to say how rare a score is among all
+        # events. Learning only the "normal" ones would truncate the reference and make every
+        # gated event look maximally rare. A few anomalies barely move its quantiles.
+        self.calibrator.learn_many(raw[~cold])
+
+        learned = np.zeros(n, dtype=bool)
+        policy = self.policy
+        gate = self.learn_gate if self.learn_gate is not None else policy.noise_floor
+        for i, (ev, st, f, entry, why, hits) in enumerate(partial):
+            uid = ev.identity_uid
+            score = float(calibrated[i])
+            sc = Score(
+                event_uid=ev.uid,
+                identity_uid=uid,
+                identity_kind=ev.identity_kind,
+                time_ms=ev.time_ms,
+                score=score,
+                raw=float(raw[i]),
+                contributions=tuple(why),
+                rules=hits,
+                peer_weight=float(peer_w[i]),
+                rationale=ev.rationale,
+            )
+            decision = policy.decide(st.risk, sc)
+            if decision is not None:
+                result.decisions.extend(decision.flatten())
+            if st.risk.incident is not None:
+                self.open_incidents.add(uid)
+            else:
+                self.open_incidents.discard(uid)
+            # Poisoning protection: what looks like (part of) an attack is not learned. While an
+            # incident builds up, nothing is: the attacker's quieter events are not normal either.
+            # A new identity differs from its peers in harmless ways (its own address, owner,
+            # environment) and must still build a baseline: it is gated on its own deviations.
+            if cold[i]:
+                accept = own_max[i] < self.cold_gate
+            else:
+                accept = score < gate and st.risk.incident is None
+            if accept and not hits:
+                rate = bm.current_rate(st.baseline, f)
+                bm.learn_one(st.baseline, f)
+                learned[i] = True
+                self._peer_tick += 1
+                # Peer groups learn from new members and, one event in 8, established ones.
+                if peer_w[i] > 0.01 or self._peer_tick % 8 == 0:
+                    pm.learn_one(self._peer_state(ev, entry), f, rate)
+            else:
+                sc = msgspec.structs.replace(sc, learned=False)
+            scores[index[i]] = sc
+        if learned.any():
+            self.detector.learn_many(rows[learned])
 
     def _peer_state(self, ev: Event, entry: DirectoryEntry | None) -> BaselineState:
         group = peer_group_key(ev, entry.peer_group if entry is not None else None)

@@ -10,6 +10,8 @@ One :class:`~pipeline.directory.DirectoryEntry` per identity, in identity order 
   ``model_swap`` campaign later runs another build (same name and version, other digest), so
   the registered digest is always the original one;
 * ``home_environment`` - services and agents: the environment they are deployed in.
+* ``delegators`` - agents: the owner that hands a root agent its tasks, and the orchestrators
+  whose team a pooled worker belongs to (``lateral_movement`` delegates outside these).
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.directory import CONFIDENTIALITY_RANK, DirectoryEntry, write_entries
 from pipeline.simulate.catalogue import AGENT, HUMAN, KINDS, RANK_CONFIDENTIALITY, catalogue
@@ -57,6 +61,16 @@ def directory_entries(population: Population) -> Iterator[DirectoryEntry]:
     ceilings = pop.ceiling.tolist()
     envs = pop.env.tolist()
     models = pop.model.tolist()
+    delegators: dict[int, list[str]] = {}
+    owners = pop.owner.tolist()
+    for i in idx:
+        if owners[i] >= 0:
+            delegators.setdefault(i, []).append(uids[owners[i]])
+    for o in pop.orchestrators.tolist():
+        slots = np.arange(int(pop.team_size[o]))
+        for m in pop.team_member(np.full(len(slots), o), slots).tolist():
+            if m >= 0 and uids[o] not in delegators.setdefault(m, []):
+                delegators[m].append(uids[o])
     for i in idx:
         kind = kinds[i]
         group = cat.group_name[groups[i]]
@@ -72,6 +86,7 @@ def directory_entries(population: Population) -> Iterator[DirectoryEntry]:
             sensitivity_ceiling=_CEILING[ceilings[i]],
             approved_digests=digests,
             home_environment=cat.env_name[envs[i]] if envs[i] >= 0 else None,
+            delegators=tuple(sorted(delegators.get(i, ()))) if kind == AGENT else (),
         )
 
 

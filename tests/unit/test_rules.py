@@ -85,12 +85,34 @@ def test_rule_table_names_and_severities() -> None:
         "sensitivity_ceiling": 4,
         "clone": 5,
         "impossible_travel": 4,
+        "unauthorised_delegation": 4,
     }
 
 
 def test_nothing_fires_on_a_plain_event() -> None:
     hits = ZeroTrustRules().check(RuleState(), ev(uid="usr-1", kind="human"), None)
     assert hits == ()
+
+
+# ---- unauthorised_delegation ---------------------------------------------------------------------
+
+
+def test_delegation_outside_the_directory_list_fires() -> None:
+    entry = agent_entry(delegators=("agt-orch-1", "usr-owner"))
+    rules = ZeroTrustRules()
+    assert rules.check(RuleState(), ev(delegated_by="agt-orch-1"), entry) == ()
+    hits = rules.check(RuleState(), ev(delegated_by="agt-orch-9"), entry)
+    assert rules_of(hits) == ["unauthorised_delegation"]
+    assert hits[0].severity_id == 4 and hits[0].evidence["delegated_by"] == "agt-orch-9"
+    assert "agt-orch-9" in hits[0].text
+
+
+def test_delegation_not_enforced_without_a_list() -> None:
+    rules = ZeroTrustRules()
+    assert rules.check(RuleState(), ev(delegated_by="anyone"), agent_entry()) == ()
+    assert rules.check(RuleState(), ev(delegated_by="anyone"), None) == ()
+    # No delegation at all: nothing to check even when a list exists.
+    assert rules.check(RuleState(), ev(), agent_entry(delegators=("x",))) == ()
 
 
 # ---- credential_misuse ---------------------------------------------------------------------------
@@ -592,6 +614,12 @@ def test_attacks_are_caught_on_the_labelled_identities(
         assert "clone" in rules_after(row), row
     for row in rows["model_swap"]:
         assert "model_provenance" in rules_after(row), row
+    # Lateral movement: the agents the orchestrator never used act on its tasks (the
+    # orchestrator's own calls carry no such fact).
+    lateral = [r for r in rows["lateral_movement"] if rules_after(r)]
+    assert lateral and {r for row in lateral for r in rules_after(row)} >= {
+        "unauthorised_delegation"
+    }
     campaigns: dict[str, list[LabelRow]] = defaultdict(list)
     for row in rows["stolen_credentials"]:
         campaigns[row.campaign_id].append(row)
