@@ -89,6 +89,11 @@ class Settings:
     risk_gain: float = _setting(
         30.0, "Risk a score of 1.0 adds; linear from 0 at the noise floor (2 strong events alert)"
     )
+    risk_repeat_weight: float = _setting(
+        0.25,
+        "Within an incident, evidence on a feature already in it adds this share of its risk "
+        "(one harmless change repeated is not corroboration)",
+    )
     risk_alert_threshold: float = _setting(
         40.0, "Risk at which an incident opens a finding (OCSF risk level Medium)"
     )

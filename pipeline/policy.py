@@ -13,6 +13,9 @@ Risk model (defaults in brackets; every one is a constructor argument and a sett
 - decay: ``risk(t) = risk(t0) * 2 ** (-(t - t0) / half_life)`` [half-life 1 h of event time];
 - a score ``s >= noise_floor`` [0.6] adds ``gain * (s - floor) / (1 - floor)`` [gain 30], scaled
   by the share of its contribution weight that is not suppressed; below the floor it adds nothing;
+  the share of its contribution weight on features already in the open incident counts only
+  ``repeat_weight`` [1.0; settings 0.25]: the same harmless change repeated (one new network,
+  one job failing) is not corroboration, a second and different anomaly is;
 - a rule adds ``rule_risk[severity_id]`` [High 30, Critical 100]; a Critical rule also lifts risk
   to at least the quarantine threshold, so it alerts at once and is quarantine-worthy;
 - risk is capped at 100 (= OCSF ``risk_score``); levels Low/Medium/High/Critical start at
@@ -345,6 +348,7 @@ class RiskPolicy:
         "max_rules",
         "noise_floor",
         "quarantine_threshold",
+        "repeat_weight",
         "rule_risk",
         "suppressions",
         "update_interval_s",
@@ -356,6 +360,7 @@ class RiskPolicy:
         half_life_s: float = 3600.0,
         noise_floor: float = 0.6,
         gain: float = 30.0,
+        repeat_weight: float = 1.0,
         rule_risk: Mapping[int, float] | None = None,
         alert_threshold: float = 40.0,
         quarantine_threshold: float = 80.0,
@@ -374,6 +379,7 @@ class RiskPolicy:
         self.half_life_s = float(half_life_s)
         self.noise_floor = float(noise_floor)
         self.gain = float(gain)
+        self.repeat_weight = float(repeat_weight)
         # Rule severity (OCSF severity_id) -> risk added. Critical also lifts risk to the
         # quarantine threshold whatever this says (see module doc).
         self.rule_risk: dict[int, float] = (
@@ -417,6 +423,8 @@ class RiskPolicy:
             problems.append("noise_floor must be in [0, 1)")
         if self.gain < 0:
             problems.append("gain must be >= 0")
+        if not 0.0 <= self.repeat_weight <= 1.0:
+            problems.append("repeat_weight must be in [0, 1]")
         if not 0 < self.close_threshold < self.alert_threshold:
             problems.append("need 0 < close_threshold < alert_threshold")
         if not self.alert_threshold <= self.quarantine_threshold <= self.max_risk:
@@ -453,6 +461,7 @@ class RiskPolicy:
             "half_life_s": settings.risk_half_life_s,
             "noise_floor": settings.risk_noise_floor,
             "gain": settings.risk_gain,
+            "repeat_weight": settings.risk_repeat_weight,
             "alert_threshold": settings.risk_alert_threshold,
             "quarantine_threshold": settings.risk_quarantine_threshold,
             "close_threshold": settings.risk_close_threshold,
@@ -591,6 +600,14 @@ class RiskPolicy:
                     total = sum(c.weight for c in contributions)
                     share = sum(c.weight for c in kept) / total if total > 0 else 0.0
                     contributions = kept
+            if inc is not None and inc.contributions and self.repeat_weight < 1.0 and contributions:
+                # More of the same (the one new network, the one failing job) is weaker
+                # evidence than a second, different anomaly.
+                known = {c.feature for c in inc.contributions}
+                total = sum(c.weight for c in contributions)
+                again = sum(c.weight for c in contributions if c.feature in known)
+                if total > 0.0 and again:
+                    share *= (total - again + self.repeat_weight * again) / total
             add = self.gain * (s - self.noise_floor) / (1.0 - self.noise_floor) * share
         anomalous = add > 0.0
         if not anomalous:

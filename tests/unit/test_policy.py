@@ -79,6 +79,28 @@ def test_score_above_floor_adds_gain_scaled_linearly() -> None:
     assert st.incident is not None and st.incident.status_id == 0  # candidate, no alert
 
 
+def test_the_same_anomaly_repeated_counts_less_than_a_different_one() -> None:
+    p = RiskPolicy(repeat_weight=0.25)  # floor 0.6, gain 30: a 1.0 score adds 30
+    same, other = RiskState(), RiskState()
+    net = (contrib("asn", 0.9), contrib("ip_prefix", 0.9))
+    p.decide(same, score(T0, 1.0, contributions=net))
+    p.decide(other, score(T0, 1.0, contributions=net))
+    p.decide(same, score(T0, 1.0, contributions=net))  # the same new network again
+    p.decide(other, score(T0, 1.0, contributions=(contrib("bytes_out", 0.9),)))
+    assert same.risk == pytest.approx(30.0 + 0.25 * 30.0)
+    assert other.risk == pytest.approx(60.0)
+    # Half the weight on a known feature: half the discount.
+    mixed = RiskState()
+    p.decide(mixed, score(T0, 1.0, contributions=(contrib("asn", 0.9),)))
+    p.decide(mixed, score(T0, 1.0, contributions=(contrib("asn", 0.5), contrib("failure", 0.5))))
+    assert mixed.risk == pytest.approx(30.0 + 30.0 * (0.5 + 0.25 * 0.5))
+    # The constructor default keeps plain accumulation.
+    plain = RiskState()
+    for _ in range(2):
+        RiskPolicy().decide(plain, score(T0, 1.0, contributions=net))
+    assert plain.risk == pytest.approx(60.0)
+
+
 def test_noise_below_floor_adds_nothing_and_leaves_state_untouched() -> None:
     p = RiskPolicy()
     st = RiskState()
@@ -422,6 +444,7 @@ def test_from_settings_reads_every_policy_setting_and_the_suppressions_file(
         "CUSTOS_RISK_HALF_LIFE_S": "120",
         "CUSTOS_RISK_NOISE_FLOOR": "0.7",
         "CUSTOS_RISK_GAIN": "20",
+        "CUSTOS_RISK_REPEAT_WEIGHT": "0.5",
         "CUSTOS_RISK_ALERT_THRESHOLD": "50",
         "CUSTOS_RISK_QUARANTINE_THRESHOLD": "90",
         "CUSTOS_RISK_CLOSE_THRESHOLD": "5",
@@ -431,7 +454,7 @@ def test_from_settings_reads_every_policy_setting_and_the_suppressions_file(
     }
     extra = Suppression(feature="off_hours")
     p = RiskPolicy.from_settings(Settings.from_env(env), suppressions=[extra])
-    assert (p.half_life_s, p.noise_floor, p.gain) == (120.0, 0.7, 20.0)
+    assert (p.half_life_s, p.noise_floor, p.gain, p.repeat_weight) == (120.0, 0.7, 20.0, 0.5)
     assert (p.alert_threshold, p.quarantine_threshold, p.close_threshold) == (50.0, 90.0, 5.0)
     assert (p.close_after_s, p.update_interval_s) == (600.0, 60.0)
     assert p.suppressions == (Suppression(identity="svc-backup"), extra)
@@ -452,6 +475,7 @@ def test_from_settings_reads_every_policy_setting_and_the_suppressions_file(
         {"half_life_s": 0},
         {"noise_floor": 1.0},
         {"gain": -1},
+        {"repeat_weight": 1.5},
         {"close_threshold": 50},
         {"alert_threshold": 90, "quarantine_threshold": 80},
         {"level_thresholds": (40, 20, 60, 80)},
