@@ -394,7 +394,9 @@ class BaselineModel:
     burst_window_ms: time constant of the short-window request counter.
     evidence_events: observations after which novelty / rarity counts ~63 % (``1 - e^-1``).
     rare_share: a value / outcome seen this share of the time scores ``e^-1`` ≈ 0.37.
-    z_offset, z_scale: ``1 - exp(-max(0, z - z_offset) / z_scale)`` maps z-scores to [0, 1].
+    z_offset, z_scale: ``1 - exp(-max(0, z - z_offset) / z_scale)`` maps z-scores to [0, 1]
+        (an exponential tail: ``-log(1 - deviation)`` grows linearly with z, which
+        :func:`pipeline.scoring.surprise` reads back without a cap).
     explain_threshold: deviations at or above this get a :class:`Contribution`.
     max_contributions: at most this many contributions, strongest first.
     scope: ``"identity"`` or ``"peer"``: only the wording of explanations changes, and a peer
@@ -436,7 +438,7 @@ class BaselineModel:
         evidence_events: float = 10.0,
         rare_share: float = 0.03,
         z_offset: float = 1.0,
-        z_scale: float = 3.0,
+        z_scale: float = 1.0,
         explain_threshold: float = 0.3,
         max_contributions: int = 5,
         scope: Literal["identity", "peer"] = "identity",

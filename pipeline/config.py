@@ -94,6 +94,11 @@ class Settings:
         "Within an incident, evidence on a feature already in it adds this share of its risk "
         "(one harmless change repeated is not corroboration)",
     )
+    risk_rule_high: float = _setting(
+        40.0,
+        "Risk a High-severity Zero Trust rule hit adds (at the alert threshold: it alerts on its "
+        "own; Critical rules always alert and are quarantine-worthy)",
+    )
     risk_alert_threshold: float = _setting(
         40.0, "Risk at which an incident opens a finding (OCSF risk level Medium)"
     )

@@ -16,11 +16,13 @@ Risk model (defaults in brackets; every one is a constructor argument and a sett
   the share of its contribution weight on features already in the open incident counts only
   ``repeat_weight`` [1.0; settings 0.25]: the same harmless change repeated (one new network,
   one job failing) is not corroboration, a second and different anomaly is;
-- a rule adds ``rule_risk[severity_id]`` [High 30, Critical 100]; a Critical rule also lifts risk
-  to at least the quarantine threshold, so it alerts at once and is quarantine-worthy;
+- a rule adds ``rule_risk[severity_id]`` [High 30, settings 40; Critical 100]; a Critical rule
+  also lifts risk to at least the quarantine threshold, so it alerts at once and is
+  quarantine-worthy;
 - risk is capped at 100 (= OCSF ``risk_score``); levels Low/Medium/High/Critical start at
-  20/40/60/80; alert at 40 (Medium: two strong anomalies within minutes, or a High rule
-  corroborated by behaviour); quarantine at 80; close once below 10 for 1 h.
+  20/40/60/80; alert at 40 (Medium: two strong, different anomalies within minutes, or a High
+  rule: on its own with the settings' 40, corroborated by behaviour with the constructor's 30);
+  quarantine at 80; close once below 10 for 1 h.
 
 >>> from pipeline.explanations import RuleHit, Score
 >>> policy, state = RiskPolicy(), RiskState()
@@ -462,6 +464,7 @@ class RiskPolicy:
             "noise_floor": settings.risk_noise_floor,
             "gain": settings.risk_gain,
             "repeat_weight": settings.risk_repeat_weight,
+            "rule_risk": {3: 10.0, 4: settings.risk_rule_high, 5: 100.0},
             "alert_threshold": settings.risk_alert_threshold,
             "quarantine_threshold": settings.risk_quarantine_threshold,
             "close_threshold": settings.risk_close_threshold,

@@ -61,6 +61,11 @@ _GROUPS: Final = tuple(
 )
 _GROUPED: Final = np.concatenate(_GROUPS)
 _ECHO: Final = 0.25  # weight of a group's weaker members beside its strongest
+# z-scored dimensions keep growing with z (an exponential tail: -log p = (z - offset) / scale);
+# the others are shares and saturate at "never seen".
+_ZDIMS: Final = np.array([DEVIATION_INDEX[d] for d in ("bytes_out", "bytes_in", "n_resources",
+                                                       "burst")])  # fmt: skip
+_Z_CAP: Final = 1e-12
 
 
 def surprise(rows: np.ndarray) -> np.ndarray:
@@ -74,8 +79,17 @@ def surprise(rows: np.ndarray) -> np.ndarray:
     >>> one = row.copy(); one[0, DEVIATION_INDEX["ip_prefix"]] = 0.0
     >>> bool(surprise(one)[0] < surprise(row)[0] < 2 * surprise(one)[0])
     True
+
+    Shares saturate at "never seen"; a z-scored volume keeps growing with z:
+
+    >>> seen, huge = np.zeros((1, len(DEVIATIONS))), np.zeros((1, len(DEVIATIONS)))
+    >>> seen[0, DEVIATION_INDEX["service"]] = 1.0
+    >>> huge[0, DEVIATION_INDEX["bytes_out"]] = 1.0 - 1e-6  # z = offset + 13.8 scales
+    >>> round(float(surprise(seen)[0]), 1), round(float(surprise(huge)[0]), 1)
+    (6.9, 13.8)
     """
     tails = -np.log1p(-0.999 * rows)
+    tails[:, _ZDIMS] = -np.log(np.maximum(1.0 - rows[:, _ZDIMS], _Z_CAP))
     total = tails.sum(axis=1) - tails[:, _GROUPED].sum(axis=1)
     for g in _GROUPS:
         part = tails[:, g]
@@ -135,7 +149,8 @@ class Detection:
             directory = Directory.load(settings.directory_file)
         self.directory = directory
         self.baseline_model = baseline_model or BaselineModel()
-        self.peer_model = peer_model or BaselineModel(cat_slots=16, scope="peer")
+        # A group's volumes spread wider than any one member's: its z-scores get a softer tail.
+        self.peer_model = peer_model or BaselineModel(cat_slots=16, scope="peer", z_scale=3.0)
         self.detector = detector or Loda(n_features=len(DEVIATIONS))
         self.calibrator = calibrator or TailCalibrator()
         self.cold_calibrator = TailCalibrator()

@@ -445,6 +445,7 @@ def test_from_settings_reads_every_policy_setting_and_the_suppressions_file(
         "CUSTOS_RISK_NOISE_FLOOR": "0.7",
         "CUSTOS_RISK_GAIN": "20",
         "CUSTOS_RISK_REPEAT_WEIGHT": "0.5",
+        "CUSTOS_RISK_RULE_HIGH": "35",
         "CUSTOS_RISK_ALERT_THRESHOLD": "50",
         "CUSTOS_RISK_QUARANTINE_THRESHOLD": "90",
         "CUSTOS_RISK_CLOSE_THRESHOLD": "5",
@@ -455,6 +456,7 @@ def test_from_settings_reads_every_policy_setting_and_the_suppressions_file(
     extra = Suppression(feature="off_hours")
     p = RiskPolicy.from_settings(Settings.from_env(env), suppressions=[extra])
     assert (p.half_life_s, p.noise_floor, p.gain, p.repeat_weight) == (120.0, 0.7, 20.0, 0.5)
+    assert p.rule_risk == {3: 10.0, 4: 35.0, 5: 100.0}
     assert (p.alert_threshold, p.quarantine_threshold, p.close_threshold) == (50.0, 90.0, 5.0)
     assert (p.close_after_s, p.update_interval_s) == (600.0, 60.0)
     assert p.suppressions == (Suppression(identity="svc-backup"), extra)
