@@ -26,13 +26,20 @@ def run_offline(
     """Feed events (in the given order) through ``detection`` in micro-batches."""
     store: dict[str, bytes] = {}
     buf: list[Event] = []
+
+    def run(events: list[Event]) -> BatchResult:
+        result = detection.process(events, store)
+        if result.signals:  # the worker routes these through Kafka to the owning partition
+            result.decisions.extend(detection.apply_signals(result.signals, store))
+        return result
+
     for ev in events:
         buf.append(ev)
         if len(buf) >= batch:
-            yield buf, detection.process(buf, store)
+            yield buf, run(buf)
             buf = []
     if buf:
-        yield buf, detection.process(buf, store)
+        yield buf, run(buf)
     if detection.watermark_ms:
         yield [], BatchResult(decisions=detection.tick(detection.watermark_ms, store))
 

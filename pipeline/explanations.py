@@ -35,7 +35,8 @@ class RuleHit(msgspec.Struct, frozen=True, gc=False):
     """A Zero Trust rule that fired: fixed severity, independent of any baseline.
 
     ``rule`` names: ``credential_misuse``, ``credential_expired``, ``model_provenance``,
-    ``sensitivity_ceiling``, ``clone``, ``impossible_travel``.
+    ``sensitivity_ceiling``, ``clone``, ``impossible_travel``, ``unauthorised_delegation``, and
+    ``delegated_outside_team`` (raised on the delegator by a :class:`Signal`).
     ``severity_id`` is OCSF's (4 High, 5 Critical). ``evidence`` holds the observed values.
     """
 
@@ -59,3 +60,25 @@ class Score(msgspec.Struct, frozen=True, gc=False):
     learned: bool = True  # False when the event was kept out of the baseline (anomalous)
     peer_weight: float = 0.0  # how much of the baseline was the peer group's (cold start)
     rationale: str | None = None  # the agent's own stated reason, kept for the audit "why"
+
+
+class Signal(msgspec.Struct, frozen=True, gc=False):
+    """Evidence about *another* identity found while scoring one identity's event.
+
+    An agent acting on a task from a delegator the directory does not allow is also a fact
+    about the delegator (it handed work outside its team: lateral movement). The delegator's
+    state may live on another worker, so the signal travels keyed by ``identity_uid`` and is
+    applied where that identity's state lives (:meth:`pipeline.scoring.Detection.apply_signals`).
+
+    >>> hit = RuleHit("delegated_outside_team", 4, "agt-1 handed a task to agt-9")
+    >>> sig = Signal("agt-1", "agent", 1_000, "e-7", "agt-9", hit)
+    >>> msgspec.msgpack.decode(msgspec.msgpack.encode(sig), type=Signal) == sig
+    True
+    """
+
+    identity_uid: str  # whom the evidence is about
+    identity_kind: str
+    time_ms: int
+    event_uid: str  # the event that revealed it
+    source_uid: str  # the identity whose event it was
+    rule: RuleHit

@@ -25,6 +25,8 @@ rule                    severity fires when
                                  and the implied speed exceeds ``travel_speed_kmh``
 ``unauthorised_         4        an agent acts on a task handed over by an identity that the
 delegation``                     directory does not list among its ``delegators``
+``delegated_outside_    4        (derived by :mod:`pipeline.scoring`, not by :meth:`check`) the
+team``                           delegator of an ``unauthorised_delegation``
 ======================= ======== ==============================================================
 
 State is one small msgpack array per identity (``RuleState.to_bytes``), typically 20-60 bytes
@@ -71,6 +73,8 @@ RULES: Final[dict[str, int]] = {
     "clone": 5,
     "impossible_travel": 4,
     "unauthorised_delegation": 4,
+    # Derived, not checked here: raised on the delegator of an unauthorised delegation.
+    "delegated_outside_team": 4,
 }
 STATE_VERSION: Final = 1
 _EARTH_KM: Final = 6371.0088  # mean Earth radius

@@ -42,7 +42,7 @@ from pipeline.baselines import (
 from pipeline.config import Settings
 from pipeline.detectors import Loda, TailCalibrator
 from pipeline.directory import Directory, DirectoryEntry, load_model_allowlist
-from pipeline.explanations import Contribution, RuleHit, Score
+from pipeline.explanations import Contribution, RuleHit, Score, Signal
 from pipeline.features import Features, extract
 from pipeline.policy import Decision, RiskPolicy, RiskState, load_suppressions
 from pipeline.rules import RuleState, ZeroTrustRules
@@ -113,6 +113,8 @@ class IdentityState:
 class BatchResult:
     scores: list[Score] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    # Evidence about other identities, to be applied where their state lives (apply_signals).
+    signals: list[Signal] = field(default_factory=list)
 
 
 class Detection:
@@ -298,7 +300,10 @@ class Detection:
             else:
                 dev, why = own_dev, own_why
             rows[i] = dev
-            partial.append((ev, st, f, entry, why, self.rules.check(st.rules, ev, entry)))
+            hits = self.rules.check(st.rules, ev, entry)
+            if hits:
+                self._signals(ev, hits, result)
+            partial.append((ev, st, f, entry, why, hits))
             peer_w[i] = 1.0 - w_own
             own_max[i] = max(own_dev)
 
@@ -364,6 +369,71 @@ class Detection:
             scores[index[i]] = sc
         if learned.any():
             self.detector.learn_many(rows[learned])
+
+    def _signals(self, ev: Event, hits: tuple[RuleHit, ...], result: BatchResult) -> None:
+        """Derive evidence about other identities from this event's rule hits."""
+        for h in hits:
+            if h.rule != "unauthorised_delegation":
+                continue
+            delegator = str(h.evidence.get("delegated_by") or "")
+            if not delegator or any(
+                s.identity_uid == delegator and s.source_uid == ev.identity_uid
+                for s in result.signals
+            ):  # one signal per (delegator, agent) and batch: the task's steps repeat it
+                continue
+            entry = self.directory.lookup(delegator) if self.directory is not None else None
+            result.signals.append(
+                Signal(
+                    identity_uid=delegator,
+                    identity_kind=entry.kind if entry is not None else "unknown",
+                    time_ms=ev.time_ms,
+                    event_uid=ev.uid,
+                    source_uid=ev.identity_uid,
+                    rule=RuleHit(
+                        "delegated_outside_team",
+                        4,
+                        f"{delegator} handed a task to {ev.identity_uid}, which the directory "
+                        f"does not allow it to delegate to (lateral movement?)",
+                        {"delegate": ev.identity_uid, "event_uid": ev.uid},
+                    ),
+                )
+            )
+
+    def apply_signals(
+        self, signals: Sequence[Signal], store: MutableMapping[str, bytes]
+    ) -> list[Decision]:
+        """Fold signals about identities whose state is in ``store`` into their risk.
+
+        A signal is a rule hit without an event of the identity's own: it adds risk and
+        evidence to the incident (the revealing event's uid becomes a related event), and
+        changes neither baselines nor rule state.
+        """
+        out: list[Decision] = []
+        touched: dict[str, IdentityState] = {}
+        for sig in signals:
+            uid = sig.identity_uid
+            st = touched.get(uid)
+            if st is None:
+                st = touched[uid] = self._fetch(uid, sig.time_ms, store)
+            score = Score(
+                event_uid=sig.event_uid,
+                identity_uid=uid,
+                identity_kind=sig.identity_kind,
+                time_ms=sig.time_ms,
+                score=0.0,
+                raw=0.0,
+                rules=(sig.rule,),
+                learned=False,
+            )
+            decision = self.policy.decide(st.risk, score)
+            if decision is not None:
+                out.extend(decision.flatten())
+            if st.risk.incident is not None:
+                self.open_incidents.add(uid)
+        for uid, st in touched.items():
+            store[uid] = self.dump_state(st)
+            self._decoded.pop(uid, None)
+        return out
 
     def _peer_state(self, ev: Event, entry: DirectoryEntry | None) -> BaselineState:
         group = peer_group_key(ev, entry.peer_group if entry is not None else None)

@@ -8,7 +8,9 @@ Partitioning: the state table writes its changelog *by key* (``use_partitioner``
 same murmur2 partitioner the producers use, so identity X's state lives in the partition its
 events arrive on. Events whose Kafka key is not their identity uid (producers that did not
 key) are re-keyed through ``<app_id>-rekeyed`` before scoring, so one identity's state is
-only ever touched by the worker that owns its partition.
+only ever touched by the worker that owns its partition. For the same reason, evidence one
+identity's event reveals about *another* (the delegator of an unauthorised delegation) travels
+through ``<app_id>-signals``, keyed by the identity it is about.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import msgspec
 import numpy as np
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
@@ -33,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
 from pipeline.errors import InvalidEvent
+from pipeline.explanations import Signal
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.ingest import IngestStats
 from pipeline.policy import Decision
@@ -57,8 +61,9 @@ class TableStore(MutableMapping[str, bytes]):
         self.events: dict[str, Any] = {}  # identity uid → one of its events in this batch
         self.by_partition: dict[int, Any] = {}  # partition → a recent event from it
 
-    def remember(self, uid: str, event: Any) -> None:
-        self.events[uid] = event
+    def remember(self, uid: str, event: Any, batch: dict[str, Any]) -> None:
+        """Note ``event`` as ``uid``'s in a batch's own map (agents interleave at awaits)."""
+        batch[uid] = event
         self.by_partition[event.message.partition] = event
 
     def _enter(self, key: str) -> None:
@@ -100,6 +105,7 @@ class WorkerStats(IngestStats):
 
     findings: int = 0
     alerts: int = 0
+    signals: int = 0  # evidence about other identities, sent to and applied by their owner
     batches: int = 0
     scored: int = 0
     score_seconds: float = 0.0
@@ -183,6 +189,11 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     dlq = app.topic(settings.deadletter_topic, **raw)
     alerts = app.topic(settings.alerts_topic, **raw)
     scores_topic = app.topic(settings.scores_topic, **raw)
+    # Evidence about another identity (the delegator of an unauthorised delegation) goes to
+    # the worker that owns that identity's partition, like re-keyed events.
+    signals_topic = app.topic(
+        f"{settings.app_id}-signals", partitions=settings.worker_partitions, internal=True, **raw
+    )
     table = app.Table(
         "identity-state",
         partitions=settings.worker_partitions,
@@ -207,6 +218,7 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     async def handle(batch: Any) -> None:
         now_ms = int(time.time() * 1000)
         valid: list[Event] = []
+        mine: dict[str, Any] = {}  # identity uid -> one of its events in this batch
         stamps: list[float] = []  # Kafka timestamps of the valid events (latency metric)
         for event in batch:
             msg = event.message
@@ -233,10 +245,11 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
                 continue
             valid.append(ev)
             stamps.append(msg.timestamp)
-            store.remember(ev.identity_uid, event)
+            store.remember(ev.identity_uid, event, mine)
         if not valid:
             return
         t0 = time.perf_counter()
+        store.events = mine  # no await from here to the end of process(): no interleaving
         result = detection.process(valid, store)
         stats.score_seconds += time.perf_counter() - t0
         stats.batches += 1
@@ -245,12 +258,28 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
         done = time.time()
         stats.latency_ms.extend((done - ts) * 1000 for ts in stamps)
         if settings.emit_scores:
-            import msgspec
-
             for s in result.scores:
                 await scores_topic.send(key=s.identity_uid.encode(), value=msgspec.json.encode(s))
+        for sig in result.signals:
+            await bounded(
+                signals_topic.send(key=sig.identity_uid.encode(), value=msgspec.msgpack.encode(sig))
+            )
+            stats.signals += 1
         await publish(result.decisions)
-        store.events.clear()
+
+    async def apply_signals(stream: Any) -> None:
+        decode = msgspec.msgpack.Decoder(Signal).decode
+        async for batch in stream.take_events(
+            settings.worker_batch, within=settings.worker_batch_within_s
+        ):
+            mine: dict[str, Any] = {}
+            signals = []
+            for event in batch:
+                sig = decode(event.value)  # our own writes: a decode error is a bug (crash)
+                store.remember(sig.identity_uid, event, mine)
+                signals.append(sig)
+            store.events = mine
+            await publish(detection.apply_signals(signals, store))
 
     async def detect(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -265,12 +294,14 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     # the restarted worker re-reads it. Nothing is skipped silently.
     app.agent(inputs, name="detect", supervisor_strategy=CrashingSupervisor)(detect)
     app.agent(rekeyed, name="detect-rekeyed", supervisor_strategy=CrashingSupervisor)(detect)
+    app.agent(signals_topic, name="signals", supervisor_strategy=CrashingSupervisor)(apply_signals)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def housekeeping() -> None:
         # Close quiet incidents (event time: simulated time may run faster than the clock)
         # and checkpoint the shared detector state beside the tables.
         if detection.watermark_ms:
+            store.events = {}  # writes go by the key's partition (no batch is running)
             await publish(detection.tick(detection.watermark_ms, store))
         detection.save_shared(shared_path)
 
@@ -291,6 +322,9 @@ def _worker_metrics(stats: WorkerStats, detection: Detection) -> Iterator[Metric
     yield CounterMetricFamily("custos_findings", "OCSF findings published.", stats.findings)
     yield CounterMetricFamily("custos_alerts", "Findings that opened an alert.", stats.alerts)
     yield CounterMetricFamily("custos_scored", "Events scored.", stats.scored)
+    yield CounterMetricFamily(
+        "custos_signals", "Evidence about other identities sent to their owner.", stats.signals
+    )
     lat = stats.score_seconds / stats.scored * 1e6 if stats.scored else 0.0
     yield GaugeMetricFamily(
         "custos_scoring_microseconds_per_event", "Mean scoring cost per event.", lat

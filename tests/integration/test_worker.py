@@ -21,6 +21,8 @@ from pipeline.kafka.clients import make_producer, read_all
 from pipeline.simulate.malformed import bad_samples
 
 AGENT = "agt-itest-001"
+ORCH = "agt-itest-orch-1"  # the only orchestrator the directory lets hand AGENT tasks
+STRANGER = "agt-itest-orch-9"
 
 
 def _port() -> int:
@@ -44,9 +46,20 @@ def _env(settings: Settings, datadir: Path, app_id: str) -> dict[str, str]:
         "app_id": app_id,
         "emit_scores": "true",
         "worker_batch_within_s": "0.05",
+        "directory_file": str(_directory(datadir.parent)),
     }.items():
         env[env_var(name)] = str(value)
     return env
+
+
+def _directory(folder: Path) -> Path:
+    path = folder / "directory.jsonl"
+    entries = [
+        {"uid": AGENT, "kind": "agent", "peer_group": "agent/itest", "delegators": [ORCH]},
+        {"uid": STRANGER, "kind": "agent", "peer_group": "agent/orchestrator"},
+    ]
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return path
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -56,7 +69,9 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _agent_call(uid: str, t: int, *, issued_to: str = AGENT, step: int = 1) -> dict[str, Any]:
+def _agent_call(
+    uid: str, t: int, *, issued_to: str = AGENT, step: int = 1, delegated_by: str = ORCH
+) -> dict[str, Any]:
     return {
         "class_uid": 6003, "category_uid": 6, "activity_id": 2, "type_uid": 600302,
         "severity_id": 1, "time": t, "status_id": 1,
@@ -70,7 +85,8 @@ def _agent_call(uid: str, t: int, *, issued_to: str = AGENT, step: int = 1) -> d
         "unmapped": {"identity_kind": "agent", "environment": "prod-eu",
                      "credential": {"uid": f"cred-{issued_to}-{step}", "issued_to": issued_to,
                                     "task_uid": "task-1", "step": step, "expires_at": t + 60_000},
-                     "rationale": "reading the account list the task asked for"},
+                     "rationale": "reading the account list the task asked for",
+                     "delegated_by": delegated_by},
     }  # fmt: skip
 
 
@@ -140,7 +156,8 @@ def test_attack_in_finding_out_and_restart_resumes_baselines(
     start = now - 3_600_000
     normal = [_agent_call(f"n-{i}", start + i * 10_000) for i in range(300)]
     misuse = _agent_call("attack-1", start + 3_100_000, issued_to="agt-someone-else")
-    _produce(isolated, [*normal, misuse])
+    lateral = _agent_call("lateral-1", start + 3_150_000, delegated_by=STRANGER)
+    _produce(isolated, [*normal, misuse, lateral])
 
     log = tmp_path / "worker.log"
     app_id = f"itest-{os.getpid()}-{int(time.time())}"
@@ -151,15 +168,24 @@ def test_attack_in_finding_out_and_restart_resumes_baselines(
             isolated.alerts_topic,
             lambda d: any(e["uid"] == "attack-1" for e in d["finding_info"]["related_events"]),
         )
+        # The agent's event reveals that STRANGER handed it a task: evidence about STRANGER,
+        # routed through <app_id>-signals to the worker that owns STRANGER's partition.
+        lateral_finding = _wait_for(
+            isolated,
+            isolated.alerts_topic,
+            lambda d: d["evidences"][0]["actor"]["user"]["uid"] == STRANGER,
+        )
         # Kill only once the group committed past every input: the restarted worker must then
         # not re-read them, so its baselines can only come from the table's changelog.
-        _wait_committed(isolated, app_id, len(normal) + 1)
+        _wait_committed(isolated, app_id, len(normal) + 2)
     finally:
         worker.send_signal(signal.SIGKILL)  # no clean shutdown: state must come from Kafka
         worker.wait(30)
     assert finding["class_uid"] == 2004 and finding["is_alert"] is True
     assert finding["evidences"][0]["actor"]["user"]["uid"] == AGENT
     assert "credential_misuse" in json.dumps(finding["unmapped"])
+    assert "delegated_outside_team" in json.dumps(lateral_finding["unmapped"])
+    assert "lateral-1" in {e["uid"] for e in lateral_finding["finding_info"]["related_events"]}
 
     # A new data directory: the baselines can only come back from the changelog topic.
     _produce(isolated, [_agent_call("after-restart", start + 3_200_000)])

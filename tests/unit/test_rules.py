@@ -86,6 +86,7 @@ def test_rule_table_names_and_severities() -> None:
         "clone": 5,
         "impossible_travel": 4,
         "unauthorised_delegation": 4,
+        "delegated_outside_team": 4,
     }
 
 

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
+from pipeline.directory import Directory, DirectoryEntry
 from pipeline.policy import RiskPolicy
 from pipeline.schemas import Credential, Event
 from pipeline.scoring import Detection
@@ -118,3 +121,30 @@ def test_nothing_is_learned_while_an_incident_builds_up() -> None:
     out = det.process([_call(500, issued_to="agt-2"), _call(501), _call(502)], store)
     assert det.load_state(store["agt-1"]).risk.incident is not None
     assert [s.learned for s in out.scores] == [False, False, False]
+
+
+def test_an_unauthorised_delegation_becomes_evidence_about_the_delegator() -> None:
+    directory = Directory(
+        [
+            DirectoryEntry("agt-1", "agent", "agent/crm", delegators=("agt-orch-1",)),
+            DirectoryEntry("agt-orch-9", "agent", "agent/orchestrator"),
+        ]
+    )
+    det = Detection(directory=directory)
+    store: dict[str, bytes] = {}
+    calls = [msgspec.structs.replace(_call(i), delegated_by="agt-orch-1") for i in range(50)]
+    assert det.process(calls, store).signals == []  # the allowed orchestrator: nothing
+    stranger = [msgspec.structs.replace(_call(60 + i), delegated_by="agt-orch-9") for i in range(3)]
+    out = det.process(stranger, store)
+    assert [h.rule for h in out.scores[0].rules] == ["unauthorised_delegation"]
+    # Three steps of one task: one signal, about the delegator, naming the revealing event.
+    [sig] = out.signals
+    assert (sig.identity_uid, sig.identity_kind, sig.source_uid) == ("agt-orch-9", "agent", "agt-1")
+    assert sig.event_uid == "e60" and sig.rule.rule == "delegated_outside_team"
+    decisions = det.apply_signals(out.signals, store)
+    assert [(d.identity_uid, d.action) for d in decisions] == [("agt-orch-9", "create")]
+    assert decisions[0].related_events == ("e60",)
+    assert "agt-orch-9" in det.open_incidents
+    # The delegator's state now holds the incident; applying the same evidence again updates it.
+    assert det.load_state(store["agt-orch-9"]).risk.incident is not None
+    assert all(d.action != "create" for d in det.apply_signals(out.signals, store))
