@@ -3,8 +3,10 @@
 1. Offline core: the pure detection path (decode → features → baselines → detector → rules →
    policy) over simulated events in one process: events/s, state bytes per identity, RSS.
 2. Through Kafka: the same events into fresh topics, then (a) raw confluent-kafka consumption
-   for reference and (b) one faust worker draining them: events/s. Then a paced phase with the
-   worker caught up gives event → scored latency (Kafka timestamp to batch scored, p50/p99).
+   for reference, (b) faust alone (the worker's consumer setup, an agent that only counts:
+   :mod:`pipeline.stream.ceiling`) and (c) one faust worker draining them: events/s. Then a
+   paced phase with the worker caught up gives event → scored latency (Kafka timestamp to batch
+   scored, p50/p99).
 
 The last line printed is one JSON object (events_per_s, p50_ms, p99_ms, bytes_per_identity,
 identities, ...).
@@ -117,39 +119,38 @@ def bench_kafka(
     raw_s = time.perf_counter() - t0
     echo(f"  raw confluent-kafka consume: {n_raw:,} in {raw_s:.1f} s ({n_raw / raw_s:,.0f}/s)")
 
-    port = _free_port()
     env = dict(os.environ)
     for name, setting in {
         "bootstrap": s.bootstrap_servers, "identity_topic": s.identity_topic,
         "agent_topic": s.agent_topic, "deadletter_topic": s.deadletter_topic,
-        "alerts_topic": s.alerts_topic, "scores_topic": s.scores_topic, "app_id": s.app_id,
-        "worker_web_port": str(port), "directory_file": str(directory_path),
+        "alerts_topic": s.alerts_topic, "scores_topic": s.scores_topic,
+        "directory_file": str(directory_path),
         "worker_datadir": tempfile.mkdtemp(prefix="custos-bench-"),
     }.items():  # fmt: skip
         env[env_var(name)] = setting
     log = Path(env[env_var("worker_datadir")]) / "worker.log"
+
+    # faust's own ceiling on the same topics: the worker's consumer setup, an agent that counts.
+    port = _free_port()
+    env.update({env_var("app_id"): f"{s.app_id}-ceiling", env_var("worker_web_port"): str(port)})
+    ceiling = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.stream.ceiling"], env=env,
+        stdout=open(log.with_name("ceiling.log"), "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        ceiling_rate = _drain(ceiling, port, "custos_ceiling_consumed_total", len(raw), log)
+    finally:
+        _stop(ceiling)
+    echo(f"  faust alone (agent only counts): {ceiling_rate:,.0f} events/s")
+
+    port = _free_port()
+    env.update({env_var("app_id"): s.app_id, env_var("worker_web_port"): str(port)})
     worker = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "worker"], env=env,
         stdout=open(log, "wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        first = None
-        t_start = time.perf_counter()
-        while True:
-            time.sleep(1.0)
-            if worker.poll() is not None:
-                raise RuntimeError(f"bench worker exited; see {log}")
-            m = scrape(port)
-            scored = m.get("custos_scored_total", 0.0)
-            if first is None and scored > 0:
-                first = (time.perf_counter(), scored)
-            if scored >= len(raw):
-                break
-            if time.perf_counter() - t_start > 1800:
-                raise RuntimeError("bench worker did not drain within 30 min")
-        assert first is not None
-        drain_s = time.perf_counter() - first[0]
-        worker_rate = (len(raw) - first[1]) / drain_s if drain_s > 0 else 0.0
+        worker_rate = _drain(worker, port, "custos_scored_total", len(raw), log)
         rss = _proc_rss_mb(worker.pid)
         echo(f"  faust worker drained {len(raw):,} events: {worker_rate:,.0f} events/s, "
              f"RSS {rss:,.0f} MB")  # fmt: skip
@@ -176,19 +177,44 @@ def bench_kafka(
         echo(f"  paced {paced_rate:,.0f} events/s for {paced_seconds:.0f} s: "
              f"event → scored p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
     finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        _stop(worker)
     return {
         "produce_per_s": len(raw) / produce_s,
         "raw_consume_per_s": n_raw / raw_s,
+        "faust_ceiling_per_s": ceiling_rate,
         "worker_events_per_s": worker_rate,
         "worker_rss_mb": rss,
         "p50_ms": p50,
         "p99_ms": p99,
     }
+
+
+def _drain(proc: subprocess.Popen[bytes], port: int, metric: str, n: int, log: Path) -> float:
+    """Wait until ``metric`` reaches ``n``; events/s from the first counted event on."""
+    first = None
+    t_start = time.perf_counter()
+    while True:
+        time.sleep(1.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"bench process exited; see {log}")
+        done = scrape(port).get(metric, 0.0)
+        if first is None and done > 0:
+            first = (time.perf_counter(), done)
+        if done >= n:
+            break
+        if time.perf_counter() - t_start > 1800:
+            raise RuntimeError(f"bench process did not drain within 30 min; see {log}")
+    assert first is not None
+    secs = time.perf_counter() - first[0]
+    return (n - first[1]) / secs if secs > 0 else 0.0
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _proc_rss_mb(pid: int) -> float:
@@ -241,6 +267,7 @@ def run_bench(
                 p50_ms=round(k["p50_ms"], 1),
                 p99_ms=round(k["p99_ms"], 1),
                 raw_consume_per_s=round(k["raw_consume_per_s"]),
+                faust_ceiling_per_s=round(k["faust_ceiling_per_s"]),
                 produce_per_s=round(k["produce_per_s"]),
                 worker_rss_mb=round(k["worker_rss_mb"]),
             )

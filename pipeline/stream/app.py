@@ -146,21 +146,9 @@ def datadir(settings: Settings) -> Path:
     return settings.home_path / "worker" / settings.app_id
 
 
-def create_app(settings: Settings, detection: Detection | None = None) -> faust.App:
-    """Build the faust app and its agent for ``settings`` (nothing runs until started)."""
-    detection = detection or Detection(settings)
-    decoder = EventDecoder.from_settings(settings)
-    stats = WorkerStats()
-    data = datadir(settings)
-    data.mkdir(parents=True, exist_ok=True)
-    shared_path = data / "shared-state.msgpack"
-    spill_path = data / "deadletter-spill.jsonl"
-    if spill_path.exists() and spill_path.stat().st_size:
-        log.warning("%s holds dead letters a previous run could not publish", spill_path)
-    if detection.load_shared(shared_path):
-        log.info("loaded shared detector state from %s", shared_path)
-
-    app = faust.App(
+def faust_app(settings: Settings, data: Path) -> faust.App:
+    """The faust app with Custos's settings (consumer, producer, RocksDB, web), no agents."""
+    return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="rocksdb://",
@@ -180,6 +168,23 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
         key_serializer="raw",
         value_serializer="raw",
     )
+
+
+def create_app(settings: Settings, detection: Detection | None = None) -> faust.App:
+    """Build the faust app and its agent for ``settings`` (nothing runs until started)."""
+    detection = detection or Detection(settings)
+    decoder = EventDecoder.from_settings(settings)
+    stats = WorkerStats()
+    data = datadir(settings)
+    data.mkdir(parents=True, exist_ok=True)
+    shared_path = data / "shared-state.msgpack"
+    spill_path = data / "deadletter-spill.jsonl"
+    if spill_path.exists() and spill_path.stat().st_size:
+        log.warning("%s holds dead letters a previous run could not publish", spill_path)
+    if detection.load_shared(shared_path):
+        log.info("loaded shared detector state from %s", shared_path)
+
+    app = faust_app(settings, data)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                            "key_serializer": "raw", "value_serializer": "raw"}  # fmt: skip
     rekeyed = app.topic(
