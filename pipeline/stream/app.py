@@ -146,12 +146,15 @@ def datadir(settings: Settings) -> Path:
     return settings.home_path / "worker" / settings.app_id
 
 
-def faust_app(settings: Settings, data: Path) -> faust.App:
-    """The faust app with Custos's settings (consumer, producer, RocksDB, web), no agents."""
+def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faust.App:
+    """The faust app with Custos's settings (consumer, producer, RocksDB, web), no agents.
+
+    ``store``: ``memory://`` for faust's ``test_context`` unit tests only.
+    """
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
-        store="rocksdb://",
+        store=store,
         datadir=str(data),
         web_host="127.0.0.1",
         web_bind="127.0.0.1",
@@ -170,7 +173,9 @@ def faust_app(settings: Settings, data: Path) -> faust.App:
     )
 
 
-def create_app(settings: Settings, detection: Detection | None = None) -> faust.App:
+def create_app(
+    settings: Settings, detection: Detection | None = None, *, store_url: str = "rocksdb://"
+) -> faust.App:
     """Build the faust app and its agent for ``settings`` (nothing runs until started)."""
     detection = detection or Detection(settings)
     decoder = EventDecoder.from_settings(settings)
@@ -184,7 +189,7 @@ def create_app(settings: Settings, detection: Detection | None = None) -> faust.
     if detection.load_shared(shared_path):
         log.info("loaded shared detector state from %s", shared_path)
 
-    app = faust_app(settings, data)
+    app = faust_app(settings, data, store_url)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                            "key_serializer": "raw", "value_serializer": "raw"}  # fmt: skip
     rekeyed = app.topic(
