@@ -387,6 +387,28 @@ def worker(ctx: click.Context, loglevel: str) -> None:
 
 
 @main.command()
+@click.option("--port", type=int, default=None, help="Override CUSTOS_BROKER_PORT.")
+@click.pass_context
+def broker(ctx: click.Context, port: int | None) -> None:
+    """Run the credential broker (ephemeral task credentials, revocation, quarantine blocks).
+
+    HTTP on 127.0.0.1; the signing key, API token and credential database live in
+    CUSTOS_BROKER_STATE_DIR (created on first run). Refused uses go to CUSTOS_REJECTIONS_TOPIC.
+    """
+    import dataclasses
+    import logging
+
+    from pipeline.credentials.broker import run_broker
+
+    settings = _settings(ctx)
+    if port is not None:
+        settings = dataclasses.replace(settings, broker_port=port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    click.echo(f"credential broker on {settings.broker_url} (state {settings.broker_state_path})")
+    run_broker(settings)
+
+
+@main.command()
 @click.option("--identities", default=1_500, show_default=True)
 @click.option(
     "--duration", type=DURATION, default="1d", show_default=True, help="Simulated event-time span."

@@ -147,6 +147,26 @@ class Settings:
         "", "Worker state directory (RocksDB tables); empty = <home>/worker/<app_id>"
     )
 
+    # --- Credential broker (`custos broker`) ------------------------------------------------------
+    broker_host: str = _setting("127.0.0.1", "Credential broker HTTP address (loopback only)")
+    broker_port: int = _setting(8787, "Credential broker HTTP port")
+    broker_state_dir: str = _setting(
+        "", "Signing key, API token and credential database; empty = <home>/credentials"
+    )
+    broker_token: str = _setting(
+        "",
+        "Bearer token for the broker's privileged calls (issue, revoke-all, block); empty = "
+        "generated on first run into <broker_state_dir>/api-token (mode 0600)",
+        secret=True,
+    )
+    credential_ttl_s: float = _setting(
+        300.0, "Lifetime of an ephemeral task credential unless its step ends sooner"
+    )
+    credential_max_ttl_s: float = _setting(3600.0, "Upper bound for a requested lifetime")
+    rejections_topic: str = _setting(
+        "agent.events", "Where rejected credential uses go as OCSF events (detection input)"
+    )
+
     @property
     def managed_broker(self) -> bool:
         """True when Custos runs the broker itself (no CUSTOS_BOOTSTRAP given)."""
@@ -159,6 +179,18 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home).expanduser()
+
+    @property
+    def broker_state_path(self) -> Path:
+        return (
+            Path(self.broker_state_dir).expanduser()
+            if self.broker_state_dir
+            else self.home_path / "credentials"
+        )
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://{self.broker_host}:{self.broker_port}"
 
     @property
     def kafka_libs_path(self) -> Path:

@@ -1,0 +1,1 @@
+"""Ephemeral task credentials: the reference just-in-time issuer (`custos broker`)."""

@@ -1,0 +1,475 @@
+"""The credential broker: issues ephemeral task credentials and takes them away again.
+
+:class:`CredentialBroker` is the logic (registry + signing key + clock, no HTTP), so tests and
+the simulator can drive it directly; :func:`web_app` puts it behind an aiohttp API on
+127.0.0.1 (``custos broker``):
+
+=========================================  =======  =============================================
+route                                      auth     what
+=========================================  =======  =============================================
+``GET /.well-known/jwks.json``             -        the public signing key (RFC 7517, OKP)
+``GET /healthz``                           -        liveness
+``POST /v1/credentials``                   token    issue ``{agent, task, step, scope, ceiling,
+                                                    ttl_s?, delegated_by?}`` → 201 / 403 blocked
+``POST /v1/credentials/{jti}/complete``    token    the step ended: the credential is dead
+``POST /v1/access``                        bearer   a resource server's check of one use:
+                                                    ``Authorization: Bearer <credential>``,
+                                                    ``{agent, task?, step?, operation, service?}``
+                                                    → 200 allowed / 403 with the reason
+``POST /introspect``                       token    RFC 7662 (form ``token``)
+``POST /revoke``                           token    RFC 7009 (form ``token``): 200 also for an
+                                                    unknown or already revoked token
+``POST /v1/identities/{uid}/revoke``       token    revoke every live credential of ``uid``
+``POST /v1/identities/{uid}/block``        token    quarantine: block issuance (and revoke)
+``DELETE /v1/identities/{uid}/block``      token    release (``?command_id=`` lifts only the
+                                                    block that command created)
+``GET /v1/identities/{uid}``               token    blocked?, live credentials
+=========================================  =======  =============================================
+
+"token" = ``Authorization: Bearer <broker API token>`` (``CUSTOS_BROKER_TOKEN`` or generated on
+first run into the state directory, mode 0600). In ``/v1/access`` the presenter's identity is
+what the transport established (mTLS / SPIFFE in production); this reference takes it from the
+request body. Every refused use is also published as an input event
+(:mod:`pipeline.credentials.rejections`), so detection sees it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.credentials.registry import Block, Registry
+from pipeline.credentials.rejections import RejectionSink, rejection_event
+from pipeline.credentials.tokens import (
+    CredentialRejected,
+    SigningKey,
+    TaskClaims,
+    decode,
+    issue,
+    verify,
+)
+from pipeline.errors import ConfigError, CustosError
+
+__all__ = ["Blocked", "CredentialBroker", "Issued", "load_api_token", "web_app"]
+
+log = logging.getLogger("custos.broker")
+
+
+class Blocked(CustosError):
+    """Issuance refused: the identity is quarantined."""
+
+    def __init__(self, block: Block) -> None:
+        self.block = block
+        super().__init__(f"{block.identity} is blocked: {block.reason}", identity=block.identity)
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    credential: str
+    claims: TaskClaims
+
+
+class CredentialBroker:
+    """Issue, check, complete, revoke, block. Thread-safe through the registry."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        key: SigningKey,
+        *,
+        issuer: str,
+        ttl_s: float = 300.0,
+        max_ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        on_reject: RejectionSink | None = None,
+    ) -> None:
+        if not 0 < ttl_s <= max_ttl_s:
+            raise ConfigError("need 0 < credential_ttl_s <= credential_max_ttl_s")
+        self.registry = registry
+        self.key = key
+        self.keys = key.public_keys()
+        self.issuer = issuer
+        self.ttl_s = ttl_s
+        self.max_ttl_s = max_ttl_s
+        self.clock = clock
+        self.on_reject = on_reject
+        self.rejected: dict[str, int] = {}  # reason -> count (metrics)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, on_reject: RejectionSink | None = None
+    ) -> CredentialBroker:
+        state = settings.broker_state_path
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)  # key and token live here
+        return cls(
+            Registry(state / "credentials.sqlite3"),
+            SigningKey.load_or_create(state / "signing-key.jwk"),
+            issuer=settings.broker_url,
+            ttl_s=settings.credential_ttl_s,
+            max_ttl_s=settings.credential_max_ttl_s,
+            on_reject=on_reject,
+        )
+
+    # --- issuance -----------------------------------------------------------------------------
+    def issue(
+        self,
+        agent: str,
+        task: str,
+        step: int,
+        scope: tuple[str, ...],
+        ceiling: int,
+        *,
+        ttl_s: float | None = None,
+        delegated_by: str | None = None,
+    ) -> Issued:
+        """A credential for exactly this agent, task and step; :class:`Blocked` if quarantined."""
+        now = self.clock()
+        ttl = min(self.ttl_s if ttl_s is None else ttl_s, self.max_ttl_s)
+        if ttl <= 0:
+            raise ValueError("ttl_s must be > 0")
+        claims = TaskClaims(
+            sub=agent, task=task, step=step, scope=scope, ceiling=ceiling, iat=int(now),
+            exp=int(now + ttl), jti=TaskClaims.new_jti(), iss=self.issuer, act=delegated_by,
+        )  # fmt: skip
+        block = self.registry.issue_unless_blocked(claims, now)
+        if block is not None:
+            self._reject(
+                agent, None, "holder_blocked", f"issuance refused: {block.reason}",
+                operation="credentials.issue", service="custos-credential-broker", task=task,
+                step=step,
+            )  # fmt: skip
+            raise Blocked(block)
+        return Issued(issue(claims, self.key), claims)
+
+    def complete(self, jti: str, *, by: str) -> bool:
+        return self.registry.complete(jti, by=by, now_s=self.clock())
+
+    # --- use ------------------------------------------------------------------------------------
+    def check(
+        self,
+        token: str,
+        *,
+        agent: str,
+        operation: str,
+        task: str | None = None,
+        step: int | None = None,
+        service: str | None = None,
+        src_ip: str | None = None,
+    ) -> TaskClaims:
+        """One use of a credential: the claims if it may proceed, else
+        :class:`CredentialRejected` (and a rejection event)."""
+        now = self.clock()
+        claims: TaskClaims | None = None
+        try:
+            claims = decode(token, self.keys)
+            verify(token, self.keys, agent=agent, task=task, step=step, scope=operation, now_s=now)
+            status = self.registry.status(claims.jti)
+            if status is None:
+                raise CredentialRejected("unknown", f"{claims.jti} was never issued here")
+            if status.state == "revoked":
+                raise CredentialRejected("revoked", f"{claims.jti}: {status.reason}")
+            if status.state == "completed":
+                raise CredentialRejected("step_completed", f"{claims.jti}: step {claims.step}")
+            block = self.registry.blocked(agent, now)
+            if block is not None:
+                raise CredentialRejected("holder_blocked", f"{agent}: {block.reason}")
+        except CredentialRejected as exc:
+            self._reject(
+                agent, claims, exc.reason, exc.detail, operation=operation, service=service,
+                task=task, step=step, src_ip=src_ip,
+            )  # fmt: skip
+            raise
+        return claims
+
+    def _reject(
+        self,
+        agent: str,
+        claims: TaskClaims | None,
+        reason: str,
+        detail: str,
+        *,
+        operation: str | None,
+        service: str | None,
+        task: str | None = None,
+        step: int | None = None,
+        src_ip: str | None = None,
+    ) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.info("rejected %s for %s: %s", reason, agent, detail)
+        if self.on_reject is not None:
+            event = rejection_event(
+                presenter=agent, claims=claims, reason=reason, detail=detail,
+                operation=operation, service=service, now_ms=int(self.clock() * 1000),
+                src_ip=src_ip, task=task, step=step,
+            )  # fmt: skip
+            self.on_reject(agent, event)
+
+    # --- RFC 7662 / 7009 --------------------------------------------------------------------------
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662: ``{"active": false}`` for anything that may not be used right now."""
+        now = self.clock()
+        try:
+            c = decode(token, self.keys)
+        except CredentialRejected:
+            return {"active": False}
+        status = self.registry.status(c.jti)
+        if (
+            status is None
+            or status.state != "live"
+            or now > c.exp
+            or self.registry.blocked(c.sub, now) is not None
+        ):
+            return {"active": False}
+        out: dict[str, Any] = {
+            "active": True, "scope": " ".join(c.scope), "token_type": "Bearer", "sub": c.sub,
+            "iss": c.iss, "iat": c.iat, "exp": c.exp, "jti": c.jti,
+            "custos": {"task": c.task, "step": c.step, "ceiling": c.ceiling},
+        }  # fmt: skip
+        if c.act:
+            out["act"] = {"sub": c.act}
+        return out
+
+    def revoke_token(self, token: str, *, by: str) -> bool:
+        """RFC 7009: revoke if it is ours; unknown, invalid or already revoked is not an error.
+
+        Only the signature is checked (not expiry: revoking an expired token is harmless).
+        """
+        try:
+            c = decode(token, self.keys)
+        except CredentialRejected:
+            return False
+        return self.registry.revoke(c.jti, reason="revoked (RFC 7009)", by=by, now_s=self.clock())
+
+    # --- containment ------------------------------------------------------------------------------
+    def revoke_identity(self, identity: str, *, reason: str, by: str) -> list[str]:
+        return self.registry.revoke_all(identity, reason=reason, by=by, now_s=self.clock())
+
+    def block(
+        self,
+        identity: str,
+        *,
+        reason: str,
+        by: str,
+        until: float | None = None,
+        command_id: str | None = None,
+        revoke: bool = True,
+    ) -> tuple[bool, list[str]]:
+        return self.registry.block(
+            identity, reason=reason, by=by, now_s=self.clock(), until=until,
+            command_id=command_id, revoke=revoke,
+        )  # fmt: skip
+
+    def unblock(self, identity: str, *, command_id: str | None = None) -> bool:
+        return self.registry.unblock(identity, command_id=command_id)
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+def load_api_token(settings: Settings) -> str:
+    """The broker API token: from settings, else created once (mode 0600) and reused."""
+    if settings.broker_token:
+        return settings.broker_token
+    path = settings.broker_state_path / "api-token"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def web_app(broker: CredentialBroker, api_token: str) -> Any:
+    """The aiohttp application (thin: parse, call the broker, shape the answer)."""
+    from aiohttp import web
+
+    routes = web.RouteTableDef()
+
+    def bearer(request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+    def require_token(request: web.Request) -> str:
+        """The caller's name for the audit fields; 401 unless it holds the API token."""
+        got = bearer(request)
+        if got is None or not hmac.compare_digest(got.encode(), api_token.encode()):
+            raise web.HTTPUnauthorized(
+                headers={"WWW-Authenticate": 'Bearer realm="custos-broker"'},
+                text='{"error": "invalid_token"}',
+                content_type="application/json",
+            )
+        return request.headers.get("X-Custos-Caller", "api")
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise bad("body must be a JSON object") from None
+        if not isinstance(data, dict):
+            raise bad("body must be a JSON object")
+        return data
+
+    def bad(msg: str) -> web.HTTPBadRequest:
+        return web.HTTPBadRequest(
+            text=f'{{"error": "invalid_request", "error_description": "{msg}"}}',
+            content_type="application/json",
+        )
+
+    def field(d: dict[str, Any], name: str, typ: type, default: Any = ...) -> Any:
+        v = d.get(name, default)
+        if v is ... or (v is not None and not isinstance(v, typ)) or isinstance(v, bool):
+            raise bad(f"{name}: {typ.__name__} required")
+        return v
+
+    @routes.get("/.well-known/jwks.json")
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response(broker.key.jwks())
+
+    @routes.get("/healthz")
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    @routes.post("/v1/credentials")
+    async def issue_credential(request: web.Request) -> web.Response:
+        require_token(request)
+        d = await body(request)
+        scope = field(d, "scope", list, [])
+        if not all(isinstance(s, str) and s and " " not in s for s in scope):
+            raise bad("scope: list of operation names")
+        try:
+            got = broker.issue(
+                field(d, "agent", str), field(d, "task", str), field(d, "step", int),
+                tuple(scope), field(d, "ceiling", int, 0),
+                ttl_s=field(d, "ttl_s", (int, float), None),  # type: ignore[arg-type]
+                delegated_by=field(d, "delegated_by", str, None),
+            )  # fmt: skip
+        except Blocked as exc:
+            return web.json_response(
+                {"error": "blocked", "error_description": str(exc)}, status=403
+            )
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        return web.json_response(
+            {"credential": got.credential, "token_type": "Bearer", "jti": got.claims.jti,
+             "expires_at": got.claims.exp},
+            status=201,
+        )  # fmt: skip
+
+    @routes.post("/v1/credentials/{jti}/complete")
+    async def complete(request: web.Request) -> web.Response:
+        by = require_token(request)
+        jti = request.match_info["jti"]
+        return web.json_response({"jti": jti, "completed": broker.complete(jti, by=by)})
+
+    @routes.post("/v1/access")
+    async def access(request: web.Request) -> web.Response:
+        token = bearer(request)
+        d = await body(request)
+        agent = field(d, "agent", str)
+        operation = field(d, "operation", str)
+        if token is None:
+            return web.json_response(
+                {"allowed": False, "reason": "malformed", "detail": "no bearer credential"},
+                status=401,
+            )
+        try:
+            c = broker.check(
+                token, agent=agent, operation=operation, task=field(d, "task", str, None),
+                step=field(d, "step", int, None), service=field(d, "service", str, None),
+                src_ip=request.remote,
+            )  # fmt: skip
+        except CredentialRejected as exc:
+            return web.json_response(
+                {"allowed": False, "reason": exc.reason, "detail": exc.detail}, status=403
+            )
+        return web.json_response({"allowed": True, "jti": c.jti, "exp": c.exp})
+
+    @routes.post("/introspect")
+    async def introspect(request: web.Request) -> web.Response:
+        require_token(request)
+        form = await request.post()
+        token = form.get("token")
+        if not isinstance(token, str):
+            raise bad("token required")
+        return web.json_response(broker.introspect(token))
+
+    @routes.post("/revoke")
+    async def revoke(request: web.Request) -> web.Response:
+        by = require_token(request)
+        form = await request.post()
+        token = form.get("token")
+        if not isinstance(token, str):
+            raise bad("token required")
+        broker.revoke_token(token, by=by)
+        return web.Response(status=200)  # RFC 7009 §2.2: 200 whether or not it was valid
+
+    @routes.post("/v1/identities/{uid}/revoke")
+    async def revoke_identity(request: web.Request) -> web.Response:
+        by = require_token(request)
+        d = await body(request)
+        uid = request.match_info["uid"]
+        ids = broker.revoke_identity(uid, reason=field(d, "reason", str, "revoked"), by=by)
+        return web.json_response({"identity": uid, "revoked": ids})
+
+    @routes.post("/v1/identities/{uid}/block")
+    async def block(request: web.Request) -> web.Response:
+        by = require_token(request)
+        d = await body(request)
+        uid = request.match_info["uid"]
+        new, ids = broker.block(
+            uid, reason=field(d, "reason", str), by=by,
+            until=field(d, "until", (int, float), None),  # type: ignore[arg-type]
+            command_id=field(d, "command_id", str, None), revoke=d.get("revoke", True) is True,
+        )  # fmt: skip
+        return web.json_response({"identity": uid, "newly_blocked": new, "revoked": ids})
+
+    @routes.delete("/v1/identities/{uid}/block")
+    async def unblock(request: web.Request) -> web.Response:
+        require_token(request)
+        uid = request.match_info["uid"]
+        lifted = broker.unblock(uid, command_id=request.query.get("command_id"))
+        return web.json_response({"identity": uid, "unblocked": lifted})
+
+    @routes.get("/v1/identities/{uid}")
+    async def identity(request: web.Request) -> web.Response:
+        require_token(request)
+        uid = request.match_info["uid"]
+        now = broker.clock()
+        b = broker.registry.blocked(uid, now)
+        return web.json_response(
+            {"identity": uid, "blocked": b is not None, "reason": b.reason if b else None,
+             "command_id": b.command_id if b else None,
+             "live": broker.registry.live(uid, now)}
+        )  # fmt: skip
+
+    app = web.Application(client_max_size=64 * 1024)
+    app.add_routes(routes)
+    return app
+
+
+def run_broker(settings: Settings) -> None:
+    """``custos broker``: serve until interrupted (loopback only)."""
+    from aiohttp import web
+
+    if not ipaddress.ip_address(settings.broker_host).is_loopback:
+        raise ConfigError(f"broker_host {settings.broker_host} is not a loopback address")
+    from pipeline.credentials.rejections import KafkaRejectionSink
+
+    sink = KafkaRejectionSink(settings)
+    broker = CredentialBroker.from_settings(settings, on_reject=sink)
+    app = web_app(broker, load_api_token(settings))
+    try:
+        web.run_app(app, host=settings.broker_host, port=settings.broker_port, print=None)
+    finally:
+        sink.flush()
+        broker.registry.close()

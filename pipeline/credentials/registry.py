@@ -1,0 +1,249 @@
+"""What the credential broker has issued, revoked and blocked: durable, in SQLite.
+
+Why SQLite and not a compacted Kafka topic: the broker is the single authority for its
+credentials, and every introspection must answer from state that is already durable - a
+revocation acknowledged to a responder must survive a crash the next millisecond, and a
+credential must never be issued to an identity whose block is not yet on disk. SQLite in WAL
+mode with ``synchronous=FULL`` gives exactly that in one local transaction, answers reads in
+microseconds, and keeps revocation working when Kafka is down (containment must not depend on
+the pipeline it protects). The audit trail of these decisions is the audit issue's job.
+
+Every change is idempotent: revoking a revoked or unknown credential, blocking a blocked
+identity, completing a completed step all succeed and report what they changed.
+
+>>> reg = Registry(":memory:")
+>>> reg.record(TaskClaims(sub="agt-1", task="t", step=1, scope=(), ceiling=0, iat=0, exp=60,
+...                       jti="c1", iss="custos"))
+>>> reg.revoke("c1", reason="test", by="unit", now_s=10)
+True
+>>> reg.revoke("c1", reason="again", by="unit", now_s=11), reg.status("c1").state
+(False, 'revoked')
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.credentials.tokens import TaskClaims
+
+__all__ = ["Block", "CredentialStatus", "Registry"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS credentials (
+    jti TEXT PRIMARY KEY,
+    sub TEXT NOT NULL,
+    task TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    scope TEXT NOT NULL,
+    ceiling INTEGER NOT NULL,
+    act TEXT,
+    iat INTEGER NOT NULL,
+    exp INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('live', 'completed', 'revoked')),
+    changed_at REAL,
+    reason TEXT,
+    changed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS credentials_live ON credentials (sub) WHERE state = 'live';
+CREATE INDEX IF NOT EXISTS credentials_task ON credentials (sub, task, step);
+CREATE TABLE IF NOT EXISTS blocks (
+    identity TEXT PRIMARY KEY,
+    since REAL NOT NULL,
+    until REAL,
+    reason TEXT NOT NULL,
+    blocked_by TEXT NOT NULL,
+    command_id TEXT
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialStatus:
+    jti: str
+    sub: str
+    task: str
+    step: int
+    exp: int
+    state: str  # live | completed | revoked
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    identity: str
+    since: float
+    until: float | None  # None: until unblocked
+    reason: str
+    blocked_by: str
+    command_id: str | None
+
+    def active(self, now_s: float) -> bool:
+        return self.until is None or now_s < self.until
+
+
+class Registry:
+    """The broker's state. Thread-safe (one connection, one lock: the HTTP server is async)."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- credentials ------------------------------------------------------------------------
+    def record(self, c: TaskClaims) -> None:
+        """Remember an issued credential (before it is handed out)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO credentials (jti, sub, task, step, scope, ceiling, act, iat, exp,"
+                " state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'live')",
+                (c.jti, c.sub, c.task, c.step, " ".join(c.scope), c.ceiling, c.act, c.iat, c.exp),
+            )
+
+    def issue_unless_blocked(self, c: TaskClaims, now_s: float) -> Block | None:
+        """Record ``c`` unless its holder is blocked (one transaction: no race with a block)."""
+        with self._tx() as db:
+            block = self._block(db, c.sub)
+            if block is not None and block.active(now_s):
+                return block
+            db.execute(
+                "INSERT INTO credentials (jti, sub, task, step, scope, ceiling, act, iat, exp,"
+                " state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'live')",
+                (c.jti, c.sub, c.task, c.step, " ".join(c.scope), c.ceiling, c.act, c.iat, c.exp),
+            )
+        return None
+
+    def status(self, jti: str) -> CredentialStatus | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT jti, sub, task, step, exp, state, reason FROM credentials WHERE jti = ?",
+                (jti,),
+            ).fetchone()
+        return CredentialStatus(*row) if row else None
+
+    def revoke(self, jti: str, *, reason: str, by: str, now_s: float) -> bool:
+        """Revoke one credential; False when it was not live (already revoked, unknown)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE credentials SET state = 'revoked', changed_at = ?, reason = ?,"
+                " changed_by = ? WHERE jti = ? AND state != 'revoked'",
+                (now_s, reason, by, jti),
+            )
+            return cur.rowcount > 0
+
+    def complete(self, jti: str, *, by: str, now_s: float) -> bool:
+        """End a credential's step: it can never be used again. False if it was not live."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE credentials SET state = 'completed', changed_at = ?,"
+                " reason = 'step completed', changed_by = ? WHERE jti = ? AND state = 'live'",
+                (now_s, by, jti),
+            )
+            return cur.rowcount > 0
+
+    def revoke_all(self, identity: str, *, reason: str, by: str, now_s: float) -> list[str]:
+        """Revoke every live, unexpired credential of ``identity``; returns their ids."""
+        with self._tx() as db:
+            return self._revoke_all(db, identity, reason, by, now_s)
+
+    def _revoke_all(
+        self, db: sqlite3.Connection, identity: str, reason: str, by: str, now_s: float
+    ) -> list[str]:
+        rows = db.execute(
+            "SELECT jti FROM credentials WHERE sub = ? AND state = 'live' AND exp >= ?",
+            (identity, int(now_s) - 60),  # expired ones are dead anyway; a minute of skew
+        ).fetchall()
+        ids = [r[0] for r in rows]
+        db.executemany(
+            "UPDATE credentials SET state = 'revoked', changed_at = ?, reason = ?,"
+            " changed_by = ? WHERE jti = ?",
+            [(now_s, reason, by, j) for j in ids],
+        )
+        return ids
+
+    def live(self, identity: str, now_s: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT jti FROM credentials WHERE sub = ? AND state = 'live' AND exp >= ?",
+                (identity, int(now_s)),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # --- blocks -----------------------------------------------------------------------------
+    def block(
+        self,
+        identity: str,
+        *,
+        reason: str,
+        by: str,
+        now_s: float,
+        until: float | None = None,
+        command_id: str | None = None,
+        revoke: bool = True,
+    ) -> tuple[bool, list[str]]:
+        """Block issuance to ``identity`` (and revoke its live credentials, atomically).
+
+        Returns (newly blocked, revoked credential ids). Blocking again refreshes the reason,
+        expiry and command (one active quarantine per identity).
+        """
+        with self._tx() as db:
+            existing = self._block(db, identity)
+            db.execute(
+                "INSERT INTO blocks (identity, since, until, reason, blocked_by, command_id)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (identity) DO UPDATE SET"
+                " until = excluded.until, reason = excluded.reason,"
+                " blocked_by = excluded.blocked_by, command_id = excluded.command_id",
+                (identity, now_s, until, reason, by, command_id),
+            )
+            revoked = self._revoke_all(db, identity, reason, by, now_s) if revoke else []
+        return existing is None or not existing.active(now_s), revoked
+
+    def unblock(self, identity: str, *, command_id: str | None = None) -> bool:
+        """Lift a block; with ``command_id``, only the block that command created (a stale
+        release must not lift a newer quarantine). False when nothing was lifted."""
+        with self._tx() as db:
+            if command_id is None:
+                cur = db.execute("DELETE FROM blocks WHERE identity = ?", (identity,))
+            else:
+                cur = db.execute(
+                    "DELETE FROM blocks WHERE identity = ? AND command_id = ?",
+                    (identity, command_id),
+                )
+            return cur.rowcount > 0
+
+    def blocked(self, identity: str, now_s: float) -> Block | None:
+        with self._lock:
+            block = self._block(self._db, identity)
+        return block if block is not None and block.active(now_s) else None
+
+    @staticmethod
+    def _block(db: sqlite3.Connection, identity: str) -> Block | None:
+        row = db.execute(
+            "SELECT identity, since, until, reason, blocked_by, command_id FROM blocks"
+            " WHERE identity = ?",
+            (identity,),
+        ).fetchone()
+        return Block(*row) if row else None

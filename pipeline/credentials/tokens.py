@@ -1,0 +1,206 @@
+"""Ephemeral task credentials: signed JWTs bound to one agent, one task, one step.
+
+Pure code (no I/O): :class:`SigningKey` wraps an Ed25519 key (JWS ``alg`` ``Ed25519``, the
+fully-specified identifier of RFC 9864); :func:`issue` signs :class:`TaskClaims`;
+:func:`verify` checks a presented credential against what the presenter says it is doing and
+returns the claims, or raises :class:`CredentialRejected` with a stable reason code. Whether a
+credential was revoked, completed or its holder blocked is state, not crypto: the registry
+(:mod:`pipeline.credentials.registry`) answers that.
+
+>>> key = SigningKey.generate("k1")
+>>> claims = TaskClaims(sub="agt-1", task="task-9", step=2, scope=("crm.read",),
+...                     ceiling=1, iat=1_000, exp=1_300, jti="cred-1", iss="custos")
+>>> token = issue(claims, key)
+>>> verify(token, key.public_keys(), agent="agt-1", task="task-9", step=2,
+...        scope="crm.read", now_s=1_100).jti
+'cred-1'
+>>> verify(token, key.public_keys(), agent="agt-2", task="task-9", step=2,
+...        scope="crm.read", now_s=1_100)
+Traceback (most recent call last):
+...
+pipeline.credentials.tokens.CredentialRejected: wrong_holder: credential of agt-1 presented by agt-2
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, OKPKey
+
+from pipeline.errors import CustosError
+
+__all__ = [
+    "ALG",
+    "REASONS",
+    "CredentialRejected",
+    "SigningKey",
+    "TaskClaims",
+    "issue",
+    "verify",
+]
+
+ALG: Final = "Ed25519"  # RFC 9864: the fully-specified successor of "EdDSA" with Ed25519
+TYP: Final = "custos-task+jwt"  # explicit type (RFC 8725 §3.11): not confusable with other JWTs
+
+#: Why a presented credential was refused (stable codes: events, metrics and tests use them).
+REASONS: Final = (
+    "malformed",  # not a JWS we can parse, or the wrong type
+    "bad_signature",  # no trusted key verifies it (forged, tampered, unknown kid)
+    "expired",  # past exp
+    "not_yet_valid",  # before iat (clock skew beyond the leeway)
+    "wrong_holder",  # presented by another identity than the one it was issued to
+    "wrong_task",  # used for another task or step than the one it was issued for
+    "out_of_scope",  # the operation is not in its scopes
+    "revoked",  # revoked (responder, RFC 7009 call) - registry
+    "step_completed",  # its step ended - registry
+    "unknown",  # the registry never issued it - registry
+    "holder_blocked",  # the holder is quarantined - registry
+)
+
+
+class CredentialRejected(CustosError):
+    """A credential that must not be honoured; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str, **context: Any) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}", **context)
+
+
+class TaskClaims(msgspec.Struct, frozen=True, kw_only=True):
+    """What a task credential asserts (the JWT claims).
+
+    ``sub`` the agent it was issued to; ``task`` / ``step`` what it may be used for; ``scope``
+    the operations allowed; ``ceiling`` the highest sensitivity rank it may touch; ``act`` the
+    identity that delegated the task (RFC 8693 actor), if any.
+    """
+
+    sub: str
+    task: str
+    step: int
+    scope: tuple[str, ...]
+    ceiling: int
+    iat: int
+    exp: int
+    jti: str
+    iss: str
+    act: str | None = None
+
+    def to_claims(self) -> dict[str, Any]:
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        d["scope"] = " ".join(self.scope)  # OAuth's space-separated form (RFC 8693 / 9068)
+        if self.act is None:
+            del d["act"]
+        else:
+            d["act"] = {"sub": self.act}
+        return d
+
+    @classmethod
+    def from_claims(cls, c: dict[str, Any]) -> TaskClaims:
+        try:
+            act = c.get("act")
+            return cls(
+                sub=str(c["sub"]), task=str(c["task"]), step=int(c["step"]),
+                scope=tuple(str(c.get("scope", "")).split()), ceiling=int(c["ceiling"]),
+                iat=int(c["iat"]), exp=int(c["exp"]), jti=str(c["jti"]), iss=str(c["iss"]),
+                act=str(act["sub"]) if isinstance(act, dict) and "sub" in act else None,
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CredentialRejected("malformed", f"claims: {exc!r}") from None
+
+    @staticmethod
+    def new_jti() -> str:
+        return "cred-" + secrets.token_hex(12)
+
+
+class SigningKey:
+    """The broker's Ed25519 key with its key id; the public half is published as a JWKS."""
+
+    def __init__(self, key: OKPKey) -> None:
+        if key.as_dict(private=False).get("crv") != "Ed25519":
+            raise ValueError("task credentials are signed with Ed25519 keys only")
+        self.key = key
+        self.kid: str = str(key.kid)
+
+    @classmethod
+    def generate(cls, kid: str | None = None) -> SigningKey:
+        kid = kid or "custos-" + secrets.token_hex(4)
+        return cls(OKPKey.generate_key("Ed25519", parameters={"kid": kid}, private=True))
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SigningKey:
+        """Read the private JWK at ``path``, or create it (mode 0600) on first run."""
+        if path.exists():
+            data = msgspec.json.decode(path.read_bytes())
+            return cls(OKPKey.import_key(data))
+        key = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(msgspec.json.encode(key.key.as_dict(private=True)))
+        return key
+
+    def jwks(self) -> dict[str, Any]:
+        public = self.key.as_dict(private=False)
+        public.update({"use": "sig", "alg": ALG, "kid": self.kid})
+        return {"keys": [public]}
+
+    def public_keys(self) -> KeySet:
+        return KeySet.import_key_set(self.jwks())  # type: ignore[arg-type]
+
+
+def issue(claims: TaskClaims, key: SigningKey) -> str:
+    """Sign ``claims`` into a compact JWS (JWT)."""
+    header = {"alg": ALG, "typ": TYP, "kid": key.kid}
+    return jwt.encode(header, claims.to_claims(), key.key, algorithms=[ALG])
+
+
+def decode(token: str, keys: KeySet) -> TaskClaims:
+    """Check the signature and type; no time or binding checks (see :func:`verify`)."""
+    try:
+        t = jwt.decode(token, keys, algorithms=[ALG])
+    except JoseError as exc:
+        code = "malformed" if "decode" in type(exc).__name__.lower() else "bad_signature"
+        raise CredentialRejected(code, f"{type(exc).__name__}: {exc}") from None
+    except (ValueError, TypeError) as exc:  # not even a JWS
+        raise CredentialRejected("malformed", repr(exc)) from None
+    if t.header.get("typ") != TYP:
+        raise CredentialRejected("malformed", f"typ {t.header.get('typ')!r}, expected {TYP}")
+    return TaskClaims.from_claims(t.claims)
+
+
+def verify(
+    token: str,
+    keys: KeySet,
+    *,
+    agent: str,
+    task: str | None,
+    step: int | None,
+    scope: str | None,
+    now_s: float,
+    leeway_s: float = 5.0,
+) -> TaskClaims:
+    """Everything the token itself can prove, for a use by ``agent`` on ``task``/``step``.
+
+    Order: signature, time, holder, task and step, scope; the first failure raises.
+    """
+    c = decode(token, keys)
+    if now_s > c.exp + leeway_s:
+        raise CredentialRejected("expired", f"expired {now_s - c.exp:.0f} s ago")
+    if now_s + leeway_s < c.iat:
+        raise CredentialRejected("not_yet_valid", f"issued {c.iat - now_s:.0f} s in the future")
+    if agent != c.sub:
+        raise CredentialRejected("wrong_holder", f"credential of {c.sub} presented by {agent}")
+    if task is not None and (task != c.task or (step is not None and step != c.step)):
+        raise CredentialRejected(
+            "wrong_task", f"issued for {c.task} step {c.step}, used for {task} step {step}"
+        )
+    if scope is not None and scope not in c.scope:
+        raise CredentialRejected("out_of_scope", f"{scope} not in {' '.join(c.scope)}")
+    return c
