@@ -1,0 +1,206 @@
+"""Quarantine commands: OpenC2-style ``contain`` / ``cancel``, signed so forgeries are refused.
+
+Pure code. :func:`contain` and :func:`cancel` build the OpenC2 message
+(``../shared/STANDARDS.md`` §4): ``headers{request_id, created, from, to}`` and
+``body.openc2.request{action, target, args, command_id}``. The subject is an SSF subject
+identifier (RFC 9493 ``opaque``) under the extension target ``x-custos:subject``; Custos's
+arguments sit under ``args["x-custos"]`` (finding uid, reason, credential references, dry run,
+approval).
+
+One quarantine per incident: the ``command_id`` of a ``contain`` is derived from the finding uid,
+so repeated detections re-issue *the same command* (a new ``request_id``, same
+``command_id``) and responders update it instead of stacking a second one.
+
+:func:`sign` wraps the message in a compact JWS (Ed25519, ``typ`` ``custos-openc2+jws``);
+:func:`verify` refuses unsigned, forged, expired (older than ``max_age_s``) and malformed
+commands with a stable reason. Replays are a responder's business (it keeps the request ids it
+answered); see the responders (next part of issue 4).
+
+>>> from pipeline.credentials.tokens import SigningKey
+>>> key = SigningKey.generate("k1")
+>>> msg = contain("agt-7", finding_uid="f-1", reason="credential misuse", duration_ms=3_600_000,
+...               credentials=("cred-1",), now_ms=1_000_000, sender="custos-worker")
+>>> jws = sign(msg, key)
+>>> verify(jws, key.public_keys(), now_ms=1_000_500)["body"]["openc2"]["request"]["action"]
+'contain'
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+import msgspec
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from pipeline.credentials.tokens import ALG, SigningKey
+from pipeline.errors import CustosError
+
+__all__ = [
+    "REJECT_REASONS",
+    "CommandRejected",
+    "cancel",
+    "command_id_for",
+    "contain",
+    "request_of",
+    "sign",
+    "subject_of",
+    "verify",
+]
+
+TYP: Final = "custos-openc2+jws"
+TO: Final = ("custos-responders",)
+_NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/quarantine")
+
+REJECT_REASONS: Final = ("unsigned", "bad_signature", "malformed", "expired", "replayed")
+
+
+class CommandRejected(CustosError):
+    """A command a responder must not act on; ``reason`` is one of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, detail: str, **context: Any) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}", **context)
+
+
+def command_id_for(finding_uid: str) -> str:
+    """The one ``contain`` command of an incident (stable: replays and updates reuse it)."""
+    return str(uuid.uuid5(_NS, f"contain/{finding_uid}"))
+
+
+def _subject(identity: str) -> dict[str, str]:
+    return {"format": "opaque", "id": identity}
+
+
+def _message(sender: str, now_ms: int, request: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "headers": {
+            "request_id": str(uuid.uuid4()),
+            "created": now_ms,
+            "from": sender,
+            "to": list(TO),
+        },
+        "body": {"openc2": {"request": request}},
+    }
+
+
+def contain(
+    identity: str,
+    *,
+    finding_uid: str,
+    reason: str,
+    duration_ms: int,
+    now_ms: int,
+    sender: str,
+    credentials: tuple[str, ...] = (),
+    dry_run: bool = False,
+    approval: str = "automatic",
+    severity_id: int | None = None,
+    risk_score: int | None = None,
+) -> dict[str, Any]:
+    """Quarantine ``identity``: revoke its credentials and block new ones for ``duration_ms``.
+
+    ``approval``: ``automatic`` (act now), ``required`` (a human approves on
+    ``custos.approvals`` first) or ``approved`` (a required approval was given).
+    """
+    if approval not in ("automatic", "required", "approved"):
+        raise ValueError(f"approval {approval!r}")
+    ext: dict[str, Any] = {
+        "dry_run": dry_run, "finding_uid": finding_uid, "reason": reason,
+        "credentials": list(credentials), "approval": approval,
+    }  # fmt: skip
+    if severity_id is not None:
+        ext["severity_id"] = severity_id
+    if risk_score is not None:
+        ext["risk_score"] = risk_score
+    return _message(
+        sender,
+        now_ms,
+        {
+            "action": "contain",
+            "target": {"x-custos:subject": _subject(identity)},
+            "args": {
+                "start_time": now_ms,
+                "duration": duration_ms,
+                "response_requested": "complete",
+                "x-custos": ext,
+            },
+            "command_id": command_id_for(finding_uid),
+        },
+    )
+
+
+def cancel(
+    identity: str, *, command_id: str, reason: str, now_ms: int, sender: str, by: str
+) -> dict[str, Any]:
+    """Release: cancel the ``contain`` command ``command_id`` (target ``{"command": id}``)."""
+    return _message(
+        sender,
+        now_ms,
+        {
+            "action": "cancel",
+            "target": {"command": command_id},
+            "args": {
+                "response_requested": "complete",
+                "x-custos": {"subject": _subject(identity), "reason": reason, "by": by},
+            },
+            "command_id": str(uuid.uuid4()),
+        },
+    )
+
+
+def request_of(message: dict[str, Any]) -> dict[str, Any]:
+    try:
+        request = message["body"]["openc2"]["request"]
+    except (KeyError, TypeError):
+        raise CommandRejected("malformed", "no body.openc2.request") from None
+    if not isinstance(request, dict) or request.get("action") not in ("contain", "cancel"):
+        raise CommandRejected("malformed", f"unsupported action in {request!r:.80}")
+    return request
+
+
+def subject_of(message: dict[str, Any]) -> str:
+    """The identity a command is about (both actions)."""
+    request = request_of(message)
+    if request["action"] == "contain":
+        subject = request.get("target", {}).get("x-custos:subject", {})
+    else:
+        subject = request.get("args", {}).get("x-custos", {}).get("subject", {})
+    if not isinstance(subject, dict) or not isinstance(subject.get("id"), str):
+        raise CommandRejected("malformed", "no subject identifier")
+    return str(subject["id"])
+
+
+def sign(message: dict[str, Any], key: SigningKey) -> bytes:
+    """Compact JWS over the canonical (sorted-key) JSON of ``message``."""
+    payload = msgspec.json.encode(message, order="sorted")
+    header = {"alg": ALG, "typ": TYP, "kid": key.kid}
+    return jws.serialize_compact(header, payload, key.key, algorithms=[ALG]).encode()
+
+
+def verify(data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = 300_000) -> dict[str, Any]:
+    """The message if ``data`` is a valid, fresh command signed by a trusted key."""
+    text = data.decode("ascii", "replace").strip()
+    if text.startswith("{"):
+        raise CommandRejected("unsigned", "a bare JSON command: responders act on signed ones")
+    try:
+        obj = jws.deserialize_compact(text, keys, algorithms=[ALG])
+    except JoseError as exc:
+        raise CommandRejected("bad_signature", f"{type(exc).__name__}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise CommandRejected("malformed", repr(exc)) from None
+    if obj.headers().get("typ") != TYP:
+        raise CommandRejected("malformed", f"typ {obj.headers().get('typ')!r}")
+    try:
+        message = msgspec.json.decode(obj.payload)
+        created = int(message["headers"]["created"])
+        str(message["headers"]["request_id"])
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CommandRejected("malformed", f"headers: {exc!r}") from None
+    request_of(message)
+    if now_ms - created > max_age_ms:
+        raise CommandRejected("expired", f"created {(now_ms - created) / 1000:.0f} s ago")
+    return message  # type: ignore[no-any-return]

@@ -1,0 +1,88 @@
+"""Quarantine commands: OpenC2 shape, one command per incident, signatures that refuse forgeries."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import msgspec
+import pytest
+
+from pipeline.credentials.tokens import SigningKey, TaskClaims, issue
+from pipeline.quarantine.commands import (
+    CommandRejected,
+    cancel,
+    command_id_for,
+    contain,
+    request_of,
+    sign,
+    subject_of,
+    verify,
+)
+
+NOW = 1_790_000_000_000
+
+
+def _contain(**kw: object) -> dict[str, object]:
+    args: dict[str, object] = {"finding_uid": "f-1", "reason": "credential misuse",
+                               "duration_ms": 3_600_000, "now_ms": NOW, "sender": "custos-worker",
+                               "credentials": ("cred-1", "cred-2")}  # fmt: skip
+    args.update(kw)
+    return contain("agt-7", **args)  # type: ignore[arg-type]
+
+
+def reason_of(data: bytes, key: SigningKey, now_ms: int = NOW + 1000) -> str:
+    with pytest.raises(CommandRejected) as info:
+        verify(data, key.public_keys(), now_ms=now_ms)
+    return info.value.reason
+
+
+def test_contain_is_an_openc2_request_with_the_subject_and_custos_arguments() -> None:
+    msg = _contain(dry_run=True, approval="required", severity_id=5, risk_score=92)
+    headers = msg["headers"]
+    assert isinstance(headers, dict) and set(headers) == {"request_id", "created", "from", "to"}
+    req = request_of(msg)
+    assert req["action"] == "contain"
+    assert req["target"] == {"x-custos:subject": {"format": "opaque", "id": "agt-7"}}
+    assert req["args"]["duration"] == 3_600_000 and req["args"]["response_requested"] == "complete"
+    ext = req["args"]["x-custos"]
+    assert ext["finding_uid"] == "f-1" and ext["credentials"] == ["cred-1", "cred-2"]
+    assert ext["dry_run"] is True and ext["approval"] == "required" and ext["severity_id"] == 5
+    assert subject_of(msg) == "agt-7"
+    with pytest.raises(ValueError):
+        _contain(approval="maybe")
+
+
+def test_one_command_per_incident_new_request_per_message() -> None:
+    a, b = _contain(), _contain(reason="more evidence")
+    assert request_of(a)["command_id"] == request_of(b)["command_id"] == command_id_for("f-1")
+    assert a["headers"]["request_id"] != b["headers"]["request_id"]  # type: ignore[index]
+    assert command_id_for("f-2") != command_id_for("f-1")
+
+
+def test_cancel_targets_the_contain_command() -> None:
+    msg = cancel("agt-7", command_id=command_id_for("f-1"), reason="false positive",
+                 now_ms=NOW, sender="custos-feedback", by="analyst:alice")  # fmt: skip
+    req = request_of(msg)
+    assert req["action"] == "cancel" and req["target"] == {"command": command_id_for("f-1")}
+    assert subject_of(msg) == "agt-7" and req["args"]["x-custos"]["by"] == "analyst:alice"
+
+
+def test_signed_commands_verify_and_forgeries_do_not() -> None:
+    key, other = SigningKey.generate("k1"), SigningKey.generate("k1")
+    msg = _contain()
+    data = sign(msg, key)
+    assert verify(data, key.public_keys(), now_ms=NOW + 1000) == msg
+    assert reason_of(msgspec.json.encode(msg), key) == "unsigned"
+    assert reason_of(sign(msg, other), key) == "bad_signature"  # same kid, other key
+    head, body, sig = data.decode().split(".")
+    doc = json.loads(base64.urlsafe_b64decode(body + "=="))
+    doc["body"]["openc2"]["request"]["target"]["x-custos:subject"]["id"] = "usr-ceo"
+    forged = base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+    assert reason_of(f"{head}.{forged}.{sig}".encode(), key) == "bad_signature"
+    assert reason_of(data, key, now_ms=NOW + 301_000) == "expired"
+    assert reason_of(b"garbage", key) in {"malformed", "bad_signature"}
+    # A task credential is signed by the same kind of key but is not a command.
+    token = issue(TaskClaims(sub="a", task="t", step=1, scope=(), ceiling=0, iat=0, exp=1,
+                             jti="c", iss="custos"), key)  # fmt: skip
+    assert reason_of(token.encode(), key) == "malformed"
