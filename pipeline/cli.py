@@ -409,6 +409,22 @@ def broker(ctx: click.Context, port: int | None) -> None:
 
 
 @main.command()
+@click.pass_context
+def respond(ctx: click.Context) -> None:
+    """Run a responder: verify quarantine commands, revoke through the adapters, acknowledge.
+
+    A consumer group (CUSTOS_RESPONDER_GROUP) on CUSTOS_QUARANTINE_TOPIC; answers go to
+    CUSTOS_ACKS_TOPIC; adapters from CUSTOS_RESPONDER_ADAPTERS.
+    """
+    import logging
+
+    from pipeline.responders.responder import run_responder
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_responder(_settings(ctx))
+
+
+@main.command()
 @click.option("--identities", default=1_500, show_default=True)
 @click.option(
     "--duration", type=DURATION, default="1d", show_default=True, help="Simulated event-time span."

@@ -147,6 +147,51 @@ class Settings:
         "", "Worker state directory (RocksDB tables); empty = <home>/worker/<app_id>"
     )
 
+    # --- Quarantine (issue 4) -------------------------------------------------------------------
+    quarantine_topic: str = _setting("custos.quarantine", "Signed OpenC2 contain/cancel commands")
+    approvals_topic: str = _setting(
+        "custos.approvals", "Contain commands waiting for a human approval"
+    )
+    acks_topic: str = _setting("custos.quarantine.acks", "Responder acknowledgements (102/2xx/...)")
+    quarantine_duration_s: float = _setting(
+        3600.0, "How long a quarantine lasts unless released or renewed (OpenC2 duration)"
+    )
+    quarantine_auto_min_severity: int = _setting(
+        5,
+        "Findings at or above this OCSF severity quarantine at once; quarantine-worthy ones "
+        "below it wait on approvals_topic for an analyst (6 = always ask)",
+    )
+    quarantine_dry_run: bool = _setting(
+        False, "Commands carry dry_run: responders report what they would revoke, change nothing"
+    )
+    command_key_file: str = _setting(
+        "",
+        "Private JWK that signs quarantine commands; empty = <home>/keys/commands.jwk "
+        "(generated on first run, mode 0600)",
+    )
+    command_trusted_jwks: str = _setting(
+        "",
+        "JWKS of keys whose commands responders accept; empty = the public half of "
+        "command_key_file, written beside it",
+    )
+
+    # --- Responders (`custos respond`) ------------------------------------------------------------
+    responder_group: str = _setting("custos-responders", "Consumer group of the responders")
+    responder_id: str = _setting("custos-responder", "Name responders sign their answers with")
+    responder_adapters: str = _setting(
+        "custos-broker", "Comma-separated adapters: custos-broker, webhook"
+    )
+    responder_attempts: int = _setting(4, "Tries per request before a command fails (5xx, timeout)")
+    responder_backoff_s: float = _setting(0.2, "First retry delay; doubles on every retry")
+    responder_state_dir: str = _setting(
+        "", "Stored final responses (SQLite); empty = <home>/responder"
+    )
+    quarantine_deadletter_topic: str = _setting(
+        "custos.quarantine.deadletter", "Commands refused or failed, with the original bytes"
+    )
+    webhook_url: str = _setting("", "Webhook adapter: where to POST the signed command")
+    webhook_secret: str = _setting("", "Webhook adapter: HMAC-SHA256 key", secret=True)
+
     # --- Credential broker (`custos broker`) ------------------------------------------------------
     broker_host: str = _setting("127.0.0.1", "Credential broker HTTP address (loopback only)")
     broker_port: int = _setting(8787, "Credential broker HTTP port")
@@ -179,6 +224,24 @@ class Settings:
     @property
     def home_path(self) -> Path:
         return Path(self.home).expanduser()
+
+    @property
+    def command_key_path(self) -> Path:
+        if self.command_key_file:
+            return Path(self.command_key_file).expanduser()
+        return self.home_path / "keys" / "commands.jwk"
+
+    @property
+    def command_jwks_path(self) -> Path:
+        if self.command_trusted_jwks:
+            return Path(self.command_trusted_jwks).expanduser()
+        return self.command_key_path.with_suffix(".jwks.json")
+
+    @property
+    def responder_state_path(self) -> Path:
+        if self.responder_state_dir:
+            return Path(self.responder_state_dir).expanduser()
+        return self.home_path / "responder"
 
     @property
     def broker_state_path(self) -> Path:

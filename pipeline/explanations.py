@@ -60,6 +60,7 @@ class Score(msgspec.Struct, frozen=True, gc=False):
     learned: bool = True  # False when the event was kept out of the baseline (anomalous)
     peer_weight: float = 0.0  # how much of the baseline was the peer group's (cold start)
     rationale: str | None = None  # the agent's own stated reason, kept for the audit "why"
+    credential_uid: str | None = None  # the credential the event used (quarantine revokes it)
 
 
 class Signal(msgspec.Struct, frozen=True, gc=False):

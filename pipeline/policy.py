@@ -134,6 +134,7 @@ class Incident(msgspec.Struct, array_like=True, gc=False):
     last_emit_ms: int = 0
     emitted_level: int = 0  # risk level of the last emitted decision
     emitted_quarantine: bool = False
+    credentials: list[str] = []  # credential uids seen in the evidence, most recent last
 
 
 class RiskState(msgspec.Struct, array_like=True, gc=False):
@@ -207,6 +208,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     counters: Counters = msgspec.field(default_factory=Counters)
     suppressed_by: str | None = None  # reason of the identity suppression, if any
     closed: Decision | None = None
+    credentials: tuple[str, ...] = ()  # credential uids in the evidence (quarantine targets)
 
     def flatten(self) -> tuple[Decision, ...]:
         """The decisions to emit, in order (the overdue close first, if any)."""
@@ -343,6 +345,7 @@ class RiskPolicy:
         "half_life_s",
         "level_thresholds",
         "max_contributions",
+        "max_credentials",
         "max_events",
         "max_rationale_chars",
         "max_rationales",
@@ -377,6 +380,7 @@ class RiskPolicy:
         max_rules: int = 8,
         max_rationales: int = 3,
         max_rationale_chars: int = 200,
+        max_credentials: int = 8,
     ) -> None:
         self.half_life_s = float(half_life_s)
         self.noise_floor = float(noise_floor)
@@ -400,6 +404,7 @@ class RiskPolicy:
         self.max_rules = max_rules
         self.max_rationales = max_rationales
         self.max_rationale_chars = max_rationale_chars
+        self.max_credentials = max_credentials
         self._validate()
         self._half_life_ms = self.half_life_s * 1000.0
         self._close_after_ms = round(self.close_after_s * 1000.0)
@@ -739,6 +744,11 @@ class RiskPolicy:
                     if len(inc.rules) < self.max_rules:
                         inc.rules.append(r)
                     new_rules.append(r.rule)
+        cred = score.credential_uid
+        if cred and cred not in inc.credentials:
+            if len(inc.credentials) >= self.max_credentials:
+                del inc.credentials[0]
+            inc.credentials.append(cred)
         why = score.rationale
         if why:
             why = why[: self.max_rationale_chars]  # agent-supplied text: bound it
@@ -832,6 +842,7 @@ class RiskPolicy:
             rationales=tuple(inc.rationales),
             counters=Counters(c.events, c.anomalous, c.rule_hits, c.suppressed, c.updates),
             suppressed_by=(sup.reason or "suppressed") if sup is not None else None,
+            credentials=tuple(inc.credentials),
         )
 
 

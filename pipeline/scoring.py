@@ -340,6 +340,7 @@ class Detection:
                 rules=hits,
                 peer_weight=float(peer_w[i]),
                 rationale=ev.rationale,
+                credential_uid=ev.credential.uid if ev.credential is not None else None,
             )
             decision = policy.decide(st.risk, sc)
             if decision is not None:

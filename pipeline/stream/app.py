@@ -40,6 +40,8 @@ from pipeline.explanations import Signal
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.ingest import IngestStats
 from pipeline.policy import Decision
+from pipeline.quarantine.commands import sign as sign_command
+from pipeline.quarantine.policy import QuarantinePolicy, command_key
 from pipeline.schemas import Event, EventDecoder
 from pipeline.scoring import Detection
 
@@ -105,6 +107,8 @@ class WorkerStats(IngestStats):
 
     findings: int = 0
     alerts: int = 0
+    quarantines: int = 0  # contain commands published (re-issues included)
+    approvals: int = 0  # contain commands sent for an analyst's approval
     signals: int = 0  # evidence about other identities, sent to and applied by their owner
     batches: int = 0
     scored: int = 0
@@ -199,6 +203,10 @@ def create_app(
     dlq = app.topic(settings.deadletter_topic, **raw)
     alerts = app.topic(settings.alerts_topic, **raw)
     scores_topic = app.topic(settings.scores_topic, **raw)
+    quarantine_topic = app.topic(settings.quarantine_topic, **raw)
+    approvals_topic = app.topic(settings.approvals_topic, **raw)
+    quarantine = QuarantinePolicy.from_settings(settings)
+    command_signer = command_key(settings.command_key_path, settings.command_jwks_path)
     # Evidence about another identity (the delegator of an unauthorised delegation) goes to
     # the worker that owns that identity's partition, like re-keyed events.
     signals_topic = app.topic(
@@ -224,6 +232,13 @@ def create_app(
             await bounded(alerts.send(key=d.identity_uid.encode(), value=encode_finding(finding)))
             stats.findings += 1
             stats.alerts += int(d.is_alert and d.action == "create")
+        # After the findings: a responder may look the finding up when the command arrives.
+        for p in quarantine.commands(decisions, int(time.time() * 1000)):
+            topic = quarantine_topic if p.approval == "automatic" else approvals_topic
+            signed = sign_command(p.message, command_signer)
+            await bounded(topic.send(key=p.identity.encode(), value=signed))
+            stats.quarantines += int(p.approval == "automatic")
+            stats.approvals += int(p.approval != "automatic")
 
     async def handle(batch: Any) -> None:
         now_ms = int(time.time() * 1000)
@@ -332,6 +347,12 @@ def _worker_metrics(stats: WorkerStats, detection: Detection) -> Iterator[Metric
     yield CounterMetricFamily("custos_findings", "OCSF findings published.", stats.findings)
     yield CounterMetricFamily("custos_alerts", "Findings that opened an alert.", stats.alerts)
     yield CounterMetricFamily("custos_scored", "Events scored.", stats.scored)
+    yield CounterMetricFamily(
+        "custos_quarantine_commands", "Signed contain commands published.", stats.quarantines
+    )
+    yield CounterMetricFamily(
+        "custos_approval_requests", "Contain commands sent for approval.", stats.approvals
+    )
     yield CounterMetricFamily(
         "custos_signals", "Evidence about other identities sent to their owner.", stats.signals
     )

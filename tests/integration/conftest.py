@@ -28,6 +28,9 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
         deadletter_topic=f"t.{tag}.dlq",
         alerts_topic=f"t.{tag}.alerts",
         scores_topic=f"t.{tag}.scores",
+        quarantine_topic=f"t.{tag}.quarantine",
+        approvals_topic=f"t.{tag}.approvals",
+        acks_topic=f"t.{tag}.acks",
         worker_partitions=3,
     )
     path = tmp_path / "topics.yaml"
@@ -41,6 +44,9 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
                 settings.deadletter_topic,
                 settings.alerts_topic,
                 settings.scores_topic,
+                settings.quarantine_topic,
+                settings.approvals_topic,
+                settings.acks_topic,
             )
         )
     )

@@ -15,9 +15,11 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
+from joserfc.jwk import KeySet
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
+from pipeline.quarantine.commands import verify
 from pipeline.simulate.malformed import bad_samples
 
 AGENT = "agt-itest-001"
@@ -40,6 +42,8 @@ def _env(settings: Settings, datadir: Path, app_id: str) -> dict[str, str]:
         "deadletter_topic": settings.deadletter_topic,
         "alerts_topic": settings.alerts_topic,
         "scores_topic": settings.scores_topic,
+        "quarantine_topic": settings.quarantine_topic,
+        "approvals_topic": settings.approvals_topic,
         "worker_partitions": "3",
         "worker_datadir": str(datadir),
         "worker_web_port": str(_port()),
@@ -47,6 +51,7 @@ def _env(settings: Settings, datadir: Path, app_id: str) -> dict[str, str]:
         "emit_scores": "true",
         "worker_batch_within_s": "0.05",
         "directory_file": str(_directory(datadir.parent)),
+        "home": settings.home,  # command signing key and its JWKS
     }.items():
         env[env_var(name)] = str(value)
     return env
@@ -185,6 +190,20 @@ def test_attack_in_finding_out_and_restart_resumes_baselines(
     assert finding["evidences"][0]["actor"]["user"]["uid"] == AGENT
     assert "credential_misuse" in json.dumps(finding["unmapped"])
     assert "delegated_outside_team" in json.dumps(lateral_finding["unmapped"])
+    # The Critical rule also quarantined AGENT: a signed contain command for that finding.
+    jwks = KeySet.import_key_set(
+        json.loads((Path(isolated.home) / "keys" / "commands.jwks.json").read_text())
+    )
+    commands = [
+        verify(m.value(), jwks, now_ms=int(time.time() * 1000), max_age_ms=10**9)
+        for m in read_all(isolated, isolated.quarantine_topic, timeout_s=10)
+        if m.key() == AGENT.encode()
+    ]
+    assert any(
+        c["body"]["openc2"]["request"]["args"]["x-custos"]["finding_uid"]
+        == finding["finding_info"]["uid"]
+        for c in commands
+    )
     assert "lateral-1" in {e["uid"] for e in lateral_finding["finding_info"]["related_events"]}
 
     # A new data directory: the baselines can only come back from the changelog topic.

@@ -101,6 +101,22 @@ def test_the_same_anomaly_repeated_counts_less_than_a_different_one() -> None:
     assert plain.risk == pytest.approx(60.0)
 
 
+def test_decisions_carry_the_credentials_seen_in_the_evidence_bounded() -> None:
+    p = RiskPolicy(max_credentials=3)
+    st = RiskState()
+    d = None
+    for i in range(5):
+        s = msgspec.structs.replace(score(T0 + i * S, 0.1, rules=(CRITICAL,)),
+                                    credential_uid=f"cred-{i % 4}")  # fmt: skip
+        d = p.decide(st, s) or d
+    assert d is not None and d.quarantine and d.credentials == ("cred-0",)  # the create
+    assert st.incident is not None
+    assert st.incident.credentials == ["cred-2", "cred-3", "cred-0"]  # most recent last, bounded
+    later = p.tick(st, T0 + 600 * S)  # the held-back update carries them
+    assert later is not None and later.credentials == ("cred-2", "cred-3", "cred-0")
+    assert RiskState.from_bytes(st.to_bytes()) == st
+
+
 def test_noise_below_floor_adds_nothing_and_leaves_state_untouched() -> None:
     p = RiskPolicy()
     st = RiskState()

@@ -16,9 +16,11 @@ from typing import Any
 import faust.topics
 import msgspec
 import pytest
+from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
 from pipeline.explanations import RuleHit, Signal
+from pipeline.quarantine.commands import subject_of, verify
 from pipeline.simulate.malformed import bad_samples, valid_logon
 from pipeline.stream.app import create_app
 
@@ -49,8 +51,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
 
 def _app(tmp_path: Path) -> Any:
     settings = Settings.from_env(
-        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.01, app_id="unit-worker"
-    )
+        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.01, app_id="unit-worker",
+        home=str(tmp_path / "home"), quarantine_auto_min_severity=5,
+    )  # fmt: skip
     return create_app(settings, store_url="memory://")
 
 
@@ -129,6 +132,18 @@ def test_detect_agent_publishes_an_ocsf_finding_for_a_critical_rule(
     assert finding["evidences"][0]["actor"]["user"]["uid"] == "agt-1"
     assert "misuse" in {e["uid"] for e in finding["finding_info"]["related_events"]}
     assert "credential_misuse" in json.dumps(finding)
+    # Critical: a signed contain command at once (no approval), verifiable with the JWKS.
+    [(_, key, signed, _)] = [m for m in sent if m[0] == "custos.quarantine"]
+    jwks = KeySet.import_key_set(
+        json.loads((tmp_path / "home/keys/commands.jwks.json").read_text())
+    )
+    command = verify(signed or b"", jwks, now_ms=int(time.time() * 1000))
+    request = command["body"]["openc2"]["request"]
+    assert key == b"agt-1" and subject_of(command) == "agt-1" and request["action"] == "contain"
+    assert request["args"]["x-custos"]["finding_uid"] == finding["finding_info"]["uid"]
+    assert request["args"]["x-custos"]["credentials"] == ["c-1"]
+    assert "agt-1 used credential c-1 issued to agt-2" in request["args"]["x-custos"]["reason"]
+    assert not [m for m in sent if m[0] == "custos.approvals"]
 
 
 def test_signals_agent_raises_risk_of_the_identity_the_signal_is_about(

@@ -1,0 +1,107 @@
+"""Which findings become quarantine commands, and whether a human approves them first.
+
+Pure code: decisions in, OpenC2 ``contain`` messages out (unsigned; the worker signs and sends).
+A decision is quarantine-worthy when the risk policy says so (a Critical rule, or risk at the
+quarantine threshold) and it is an alert (a suppressed identity is never quarantined). Every
+such create/update re-issues the incident's one command (same ``command_id``): responders
+refresh it (reason, credentials, expiry) instead of stacking quarantines. Severity decides
+the approval: at or above ``auto_min_severity`` it acts at once, below it the command waits
+on the approvals topic for an analyst.
+
+>>> from pipeline.policy import RiskPolicy, RiskState
+>>> from pipeline.explanations import RuleHit, Score
+>>> hit = RuleHit("credential_misuse", 5, "credential of agt-2 used by agt-1")
+>>> d = RiskPolicy().decide(RiskState(), Score("e-1", "agt-1", "agent", 1_000, 0.1, 0.0,
+...                                            rules=(hit,), credential_uid="cred-9"))
+>>> [p] = QuarantinePolicy(duration_ms=3_600_000).commands([d], now_ms=2_000)
+>>> ext = p.message["body"]["openc2"]["request"]["args"]["x-custos"]
+>>> p.identity, p.approval, ext["credentials"]
+('agt-1', 'automatic', ['cred-9'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pipeline.credentials.tokens import SigningKey
+from pipeline.policy import Decision
+from pipeline.quarantine.commands import contain
+
+__all__ = ["Pending", "QuarantinePolicy", "command_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    identity: str
+    message: dict[str, Any]
+    approval: str  # automatic | required
+
+
+class QuarantinePolicy:
+    """Hyperparameters only; :meth:`commands` is a pure function of its inputs."""
+
+    def __init__(
+        self,
+        *,
+        duration_ms: int,
+        auto_min_severity: int = 5,
+        dry_run: bool = False,
+        sender: str = "custos-worker",
+        max_reason_chars: int = 600,
+    ) -> None:
+        if duration_ms <= 0:
+            raise ValueError("duration_ms must be > 0")
+        self.duration_ms = duration_ms
+        self.auto_min_severity = auto_min_severity
+        self.dry_run = dry_run
+        self.sender = sender
+        self.max_reason_chars = max_reason_chars
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> QuarantinePolicy:
+        return cls(
+            duration_ms=int(settings.quarantine_duration_s * 1000),
+            auto_min_severity=settings.quarantine_auto_min_severity,
+            dry_run=settings.quarantine_dry_run,
+            sender=settings.app_id,
+        )
+
+    def wants(self, d: Decision) -> bool:
+        return d.quarantine and d.is_alert and d.action in ("create", "update")
+
+    def reason(self, d: Decision) -> str:
+        """The explanation, reused verbatim: rules first, then the strongest deviations."""
+        parts = [r.text for r in d.rules] + [c.text for c in d.contributions[:3]]
+        text = "; ".join(parts) or d.reason
+        return text[: self.max_reason_chars]
+
+    def commands(self, decisions: Iterable[Decision], now_ms: int) -> list[Pending]:
+        out = []
+        for d in decisions:
+            if not self.wants(d):
+                continue
+            approval = "automatic" if d.severity_id >= self.auto_min_severity else "required"
+            message = contain(
+                d.identity_uid, finding_uid=d.finding_uid, reason=self.reason(d),
+                duration_ms=self.duration_ms, now_ms=now_ms, sender=self.sender,
+                credentials=d.credentials, dry_run=self.dry_run, approval=approval,
+                severity_id=d.severity_id, risk_score=round(d.peak_risk),
+            )  # fmt: skip
+            out.append(Pending(d.identity_uid, message, approval))
+        return out
+
+
+def command_key(key_path: Path, jwks_path: Path) -> SigningKey:
+    """The key that signs commands (created on first run) and its public JWKS beside it."""
+    key = SigningKey.load_or_create(key_path)
+    public = msgspec.json.encode(key.jwks())
+    if not jwks_path.exists() or jwks_path.read_bytes() != public:
+        tmp = jwks_path.with_suffix(".tmp")
+        tmp.write_bytes(public)
+        tmp.replace(jwks_path)
+    return key

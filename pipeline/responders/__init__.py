@@ -1,0 +1,1 @@
+"""Responders: act on quarantine commands through adapters, acknowledge every one."""

@@ -1,0 +1,319 @@
+"""The responder: verify a quarantine command, acknowledge it, revoke, report per credential.
+
+:class:`Responder` holds the logic with its I/O injected (adapters' HTTP sender, clock, sleep,
+where responses go), so it is tested without Kafka; :func:`run_responder` is the Kafka loop of
+``custos respond`` (a consumer group on ``custos.quarantine``).
+
+For each command:
+
+1. verify the signature and freshness (:func:`pipeline.quarantine.commands.verify`); a refused
+   command gets a 401 (unsigned, forged) or 400 (expired, malformed) response - the audit trail;
+2. a ``request_id`` already answered gets its stored final response again (redelivery); the same
+   ``request_id`` on *different* content is refused as ``replayed``;
+3. ``status 102`` at once, then every adapter, with retries and exponential backoff for 5xx and
+   timeouts (bounded);
+4. the final response: 200 (all adapters done; ``not_found`` counts as done), 500 (an adapter
+   refused for good) or 503 (still failing after the retries), with per-adapter, per-credential
+   results; stored (SQLite) before it is published, so a restarted responder answers duplicates
+   the same way. A command that does not end in 200 is dead-lettered and raises a Critical alert.
+
+Crash safety: the Kafka offset is committed only after the final response is published. A
+responder killed between revoking and acknowledging re-reads the command and runs the adapters
+again; they are idempotent (blocking a blocked identity, revoking a revoked credential succeed
+and change nothing), so the end state converges and the final response is published once more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from joserfc.jwk import KeySet
+
+from pipeline.quarantine.commands import CommandRejected, verify
+from pipeline.responders.base import Adapter, Command, HttpRequest, HttpResponse, Outcome, send_http
+
+__all__ = ["Responder", "ResponseStore", "failure_finding", "response", "run_responder"]
+
+log = logging.getLogger("custos.responder")
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def response(
+    request_id: str,
+    status: int,
+    status_text: str,
+    *,
+    sender: str,
+    to: str,
+    now_ms: int,
+    results: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An OpenC2 response message echoing ``request_id``."""
+    return {
+        "headers": {"request_id": request_id, "created": now_ms, "from": sender, "to": [to]},
+        "body": {"openc2": {"response": {"status": status, "status_text": status_text,
+                                         "results": results or {}}}},
+    }  # fmt: skip
+
+
+def status_of(message: dict[str, Any]) -> int:
+    return int(message["body"]["openc2"]["response"]["status"])
+
+
+class ResponseStore:
+    """Final responses by request id (and a digest of the command they answered)."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (request_id TEXT PRIMARY KEY, digest TEXT"
+            " NOT NULL, command_id TEXT NOT NULL, status INTEGER NOT NULL, final BLOB NOT NULL,"
+            " at REAL NOT NULL)"
+        )
+
+    def get(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT digest, final FROM responses WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return (row[0], msgspec.json.decode(row[1])) if row else None
+
+    def put(self, request_id: str, digest: str, command_id: str, final: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, digest, command_id, status_of(final), msgspec.json.encode(final),
+                 time.time()),
+            )  # fmt: skip
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class Responder:
+    def __init__(
+        self,
+        adapters: Sequence[Adapter],
+        keys: KeySet,
+        store: ResponseStore,
+        *,
+        sender: str = "custos-responder",
+        send: Callable[[HttpRequest], HttpResponse] = send_http,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        attempts: int = 4,
+        backoff_s: float = 0.2,
+        max_age_ms: int = 300_000,
+    ) -> None:
+        if not adapters:
+            raise ValueError("a responder needs at least one adapter")
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.adapters = list(adapters)
+        self.keys = keys
+        self.store = store
+        self.sender = sender
+        self.send = send
+        self.clock = clock
+        self.sleep = sleep
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.max_age_ms = max_age_ms
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def handle(self, value: bytes, emit: Emit) -> tuple[dict[str, Any], Command | None]:
+        """Process one command; responses go to ``emit`` (102 first, then the final one)."""
+        now = self._now_ms()
+        digest = hashlib.sha256(value).hexdigest()
+        try:
+            message = verify(value, self.keys, now_ms=now, max_age_ms=self.max_age_ms)
+            cmd = Command.from_message(message)
+        except CommandRejected as exc:
+            return self._refuse(value, exc.reason, exc.detail, emit), None
+        except (KeyError, TypeError, ValueError) as exc:
+            return self._refuse(value, "malformed", repr(exc), emit), None
+        to = str(message["headers"].get("from", "custos"))
+        seen = self.store.get(cmd.request_id)
+        if seen is not None:
+            if seen[0] != digest:
+                return self._refuse(value, "replayed", f"request_id {cmd.request_id} reused"
+                                    " for another command", emit), cmd  # fmt: skip
+            emit(seen[1])  # a redelivery: the same final answer, no second side effect
+            return seen[1], cmd
+        emit(response(cmd.request_id, 102, "received", sender=self.sender, to=to, now_ms=now))
+
+        outcomes: dict[str, Outcome] = {a.name: self._run(a, cmd) for a in self.adapters}
+        statuses = {o.status for o in outcomes.values()}
+        if statuses == {"ok"}:
+            code, text = 200, ("dry run: nothing changed" if cmd.dry_run else
+                               f"{cmd.action} done for {cmd.identity}")  # fmt: skip
+        elif "failed" in statuses:
+            code, text = 500, "an adapter refused: " + _failures(outcomes)
+        else:
+            code, text = 503, "still failing after retries: " + _failures(outcomes)
+        final = response(
+            cmd.request_id, code, text, sender=self.sender, to=to, now_ms=self._now_ms(),
+            results={"x-custos": {
+                "action": cmd.action, "command_id": cmd.command_id, "identity": cmd.identity,
+                "finding_uid": cmd.finding_uid, "dry_run": cmd.dry_run,
+                "adapters": {name: o.to_dict() for name, o in outcomes.items()},
+            }},
+        )  # fmt: skip
+        self.store.put(cmd.request_id, digest, cmd.command_id, final)
+        emit(final)
+        return final, cmd
+
+    def _refuse(self, value: bytes, reason: str, detail: str, emit: Emit) -> dict[str, Any]:
+        code = 401 if reason in ("unsigned", "bad_signature") else 400
+        log.warning("refused command (%s): %s", reason, detail)
+        final = response(
+            _peek_request_id(value), code, f"rejected: {reason}: {detail}"[:500],
+            sender=self.sender, to="custos", now_ms=self._now_ms(),
+            results={"x-custos": {"rejected": reason,
+                                  "sha256": hashlib.sha256(value).hexdigest()}},
+        )  # fmt: skip
+        emit(final)
+        return final
+
+    def _run(self, adapter: Adapter, cmd: Command) -> Outcome:
+        outcome = Outcome()
+        for req in adapter.build(cmd):
+            part = Outcome("retry", detail="not attempted")
+            for attempt in range(self.attempts):
+                part = adapter.interpret(cmd, req, self.send(req))
+                if part.status != "retry":
+                    break
+                if attempt + 1 < self.attempts:
+                    self.sleep(self.backoff_s * 2**attempt)
+            outcome = outcome.worse(part)
+        return outcome
+
+
+def _failures(outcomes: dict[str, Outcome]) -> str:
+    return "; ".join(
+        f"{n}: {o.detail or o.status}" for n, o in outcomes.items() if o.status != "ok"
+    )
+
+
+def _peek_request_id(value: bytes) -> str:
+    """The request id of a command we refused (unverified: for correlation only)."""
+    import base64
+
+    try:
+        text = value.decode("ascii").strip()
+        payload = text.split(".")[1] if not text.startswith("{") else None
+        raw = base64.urlsafe_b64decode(payload + "==") if payload is not None else value
+        rid = msgspec.json.decode(raw)["headers"]["request_id"]
+        return str(rid)[:100]
+    except Exception:
+        return "unknown"
+
+
+def failure_finding(
+    cmd: Command, final: dict[str, Any], now_ms: int, version: str
+) -> dict[str, Any]:
+    """A Critical OCSF Detection Finding: a quarantine did not complete (never silently)."""
+    status = status_of(final)
+    text = final["body"]["openc2"]["response"]["status_text"]
+    return {
+        "class_uid": 2004, "category_uid": 2, "activity_id": 1, "type_uid": 200401,
+        "time": now_ms, "severity_id": 5, "severity": "Critical", "status_id": 1,
+        "is_alert": True, "risk_level_id": 4, "risk_score": 100,
+        "message": f"quarantine of {cmd.identity} failed ({status}): {text}",
+        "metadata": {"uid": str(uuid.uuid4()), "version": "1.8.0",
+                     "product": {"name": "Custos", "vendor_name": "Custos", "version": version}},
+        "finding_info": {
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"custos-failed/{cmd.request_id}")),
+            "title": f"Quarantine of {cmd.identity} failed",
+            "desc": text, "types": ["Quarantine failure"],
+            "related_events": ([{"uid": cmd.finding_uid}] if cmd.finding_uid else []),
+        },
+        "evidences": [{"actor": {"user": {"uid": cmd.identity}}}],
+        "unmapped": {"command_id": cmd.command_id, "request_id": cmd.request_id,
+                     "response": final["body"]["openc2"]["response"]},
+    }  # fmt: skip
+
+
+def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
+    """``custos respond``: the consumer-group loop on the quarantine topic."""
+    from confluent_kafka import Consumer, KafkaError
+
+    from pipeline import __version__
+    from pipeline.kafka.clients import make_producer
+    from pipeline.responders.setup import adapters_from_settings, trusted_keys
+
+    store = ResponseStore(settings.responder_state_path / "responses.sqlite3")
+    responder = Responder(
+        adapters_from_settings(settings), trusted_keys(settings), store,
+        sender=settings.responder_id, attempts=settings.responder_attempts,
+        backoff_s=settings.responder_backoff_s,
+    )  # fmt: skip
+    producer = make_producer(settings)
+    conf = settings.client_config()
+    conf.update({"group.id": settings.responder_group, "enable.auto.commit": False,
+                 "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer = Consumer(conf)
+    consumer.subscribe([settings.quarantine_topic])
+    handled = 0
+    try:
+        while stop_after is None or handled < stop_after:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.error("consumer error: %s", err)
+                continue
+            key = msg.key() or b""
+
+            def emit(r: dict[str, Any], key: bytes = key) -> None:
+                producer.produce(settings.acks_topic, key=key, value=msgspec.json.encode(r))
+                producer.poll(0)
+
+            final, cmd = responder.handle(msg.value() or b"", emit)
+            code = status_of(final)
+            if code in (400, 401):  # refused: keep the original bytes beside the response
+                producer.produce(
+                    settings.quarantine_deadletter_topic, key=key, value=msg.value(),
+                    headers=[("custos.reason", final["body"]["openc2"]["response"]["results"]
+                              ["x-custos"]["rejected"].encode()),
+                             ("custos.source.offset", str(msg.offset()).encode()),
+                             ("custos.source.partition", str(msg.partition()).encode())],
+                )  # fmt: skip
+            elif code >= 500 and cmd is not None:
+                producer.produce(
+                    settings.quarantine_deadletter_topic, key=key, value=msg.value(),
+                    headers=[("custos.reason", b"quarantine_failed"),
+                             ("custos.source.offset", str(msg.offset()).encode()),
+                             ("custos.source.partition", str(msg.partition()).encode())],
+                )  # fmt: skip
+                finding = failure_finding(cmd, final, int(time.time() * 1000), __version__)
+                producer.produce(settings.alerts_topic, key=key, value=msgspec.json.encode(finding))
+                log.critical("quarantine %s of %s failed: dead-lettered, alert raised",
+                             cmd.command_id, cmd.identity)  # fmt: skip
+            if producer.flush(30) != 0:
+                raise RuntimeError("acks not delivered within 30 s: not committing")
+            consumer.commit(message=msg, asynchronous=False)
+            handled += 1
+    finally:
+        consumer.close()
+        store.close()

@@ -1,0 +1,49 @@
+"""Responders from settings: which adapters, which keys a command must be signed with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from joserfc.jwk import KeySet
+
+from pipeline.errors import ConfigError
+from pipeline.responders.base import Adapter
+
+__all__ = ["adapters_from_settings", "trusted_keys"]
+
+
+def trusted_keys(settings: Any) -> KeySet:
+    """The JWKS of command signers (``command_trusted_jwks``, or the worker's public key)."""
+    path = settings.command_jwks_path
+    if not path.exists():
+        raise ConfigError(
+            f"no trusted command keys at {path}: start the worker once (it writes its public "
+            "key there) or set CUSTOS_COMMAND_TRUSTED_JWKS"
+        )
+    try:
+        return KeySet.import_key_set(msgspec.json.decode(path.read_bytes()))
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"unreadable JWKS {path}: {exc}") from None
+
+
+def adapters_from_settings(settings: Any) -> list[Adapter]:
+    names = [n.strip() for n in settings.responder_adapters.split(",") if n.strip()]
+    out: list[Adapter] = []
+    for name in names:
+        if name == "custos-broker":
+            from pipeline.credentials.broker import load_api_token
+            from pipeline.responders.custos_broker import CustosBrokerAdapter
+
+            out.append(CustosBrokerAdapter(settings.broker_url, load_api_token(settings)))
+        elif name == "webhook":
+            from pipeline.responders.webhook import WebhookAdapter
+
+            if not settings.webhook_url or not settings.webhook_secret:
+                raise ConfigError("webhook adapter needs CUSTOS_WEBHOOK_URL and _SECRET")
+            out.append(WebhookAdapter(settings.webhook_url, settings.webhook_secret.encode()))
+        else:
+            raise ConfigError(f"unknown responder adapter {name!r} (custos-broker, webhook)")
+    if not out:
+        raise ConfigError("CUSTOS_RESPONDER_ADAPTERS names no adapter")
+    return out

@@ -1,0 +1,307 @@
+"""Responders: adapters' exact requests, and the responder against a real credential broker.
+
+The Custos broker adapter is exercised end to end: the real broker HTTP API runs on 127.0.0.1
+in a thread and the adapter's requests go through the real sender. The webhook adapter is
+checked by a local HTTP server that verifies the signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgspec
+import pytest
+
+from pipeline.credentials.broker import CredentialBroker, web_app
+from pipeline.credentials.registry import Registry
+from pipeline.credentials.tokens import CredentialRejected, SigningKey
+from pipeline.quarantine.commands import cancel, command_id_for, contain, sign
+from pipeline.responders.base import Command, HttpRequest, HttpResponse, send_http
+from pipeline.responders.custos_broker import CustosBrokerAdapter
+from pipeline.responders.responder import Responder, ResponseStore, status_of
+from pipeline.responders.webhook import WebhookAdapter, verify_signature
+
+TOKEN = "broker-api-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_broker() -> Iterator[tuple[CredentialBroker, str]]:
+    """The real broker HTTP API on 127.0.0.1, served from a thread."""
+    from aiohttp import web
+
+    broker = CredentialBroker(Registry(":memory:"), SigningKey.generate("b1"), issuer="custos")
+    port = _free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(web_app(broker, TOKEN))
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield broker, f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.out: list[dict[str, Any]] = []
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        self.out.append(r)
+
+    def statuses(self) -> list[int]:
+        return [status_of(r) for r in self.out]
+
+
+def _signed(key: SigningKey, identity: str = "agt-1", **kw: Any) -> bytes:
+    args: dict[str, Any] = {"finding_uid": "f-1", "reason": "credential misuse",
+                            "duration_ms": 3_600_000, "now_ms": int(time.time() * 1000),
+                            "sender": "custos-worker"}  # fmt: skip
+    args.update(kw)
+    return sign(contain(identity, **args), key)
+
+
+def _responder(url: str, key: SigningKey, **kw: Any) -> Responder:
+    args: dict[str, Any] = {"sleep": lambda s: None}
+    args.update(kw)
+    return Responder([CustosBrokerAdapter(url, TOKEN)], key.public_keys(),
+                     ResponseStore(":memory:"), **args)  # fmt: skip
+
+
+# --- adapters: exact requests -------------------------------------------------------------------
+
+
+def test_custos_broker_adapter_requests() -> None:
+    a = CustosBrokerAdapter("http://127.0.0.1:8787/", "tok")
+    base = Command("contain", "r-1", "c-1", "agt/1", "f-1", "misuse", ("cred-1",), 1_000,
+                   3_601_000, False)  # fmt: skip
+    [req] = a.build(base)
+    assert (req.method, req.url) == ("POST", "http://127.0.0.1:8787/v1/identities/agt%2F1/block")
+    body = json.loads(req.body)
+    assert body["command_id"] == "c-1" and body["until"] == 3601.0 and body["revoke"] is True
+    assert "f-1" in body["reason"] and req.headers["Authorization"] == "Bearer tok"
+    [dry] = a.build(Command(**{**_fields(base), "dry_run": True}))
+    assert (dry.method, dry.url) == ("GET", "http://127.0.0.1:8787/v1/identities/agt%2F1")
+    [rel] = a.build(Command(**{**_fields(base), "action": "cancel"}))
+    assert (rel.method, rel.url) == (
+        "DELETE", "http://127.0.0.1:8787/v1/identities/agt%2F1/block?command_id=c-1",
+    )  # fmt: skip
+    # Interpretation: named credentials the broker no longer holds live are not_found (success).
+    ok = a.interpret(base, req, HttpResponse(200, b'{"revoked": [], "newly_blocked": false}'))
+    assert ok.status == "ok" and ok.not_found == ["cred-1"]
+    assert a.interpret(base, req, HttpResponse(503)).status == "retry"
+    assert a.interpret(base, req, HttpResponse(0, error="refused")).status == "retry"
+    assert a.interpret(base, req, HttpResponse(401)).status == "failed"
+
+
+def _fields(c: Command) -> dict[str, Any]:
+    return {f: getattr(c, f) for f in Command.__slots__}  # type: ignore[attr-defined]
+
+
+def test_webhook_adapter_signs_what_a_receiver_verifies() -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            ok = verify_signature(b"s3cret", self.headers["X-Custos-Timestamp"], body,
+                                  self.headers["X-Custos-Signature"])  # fmt: skip
+            self.send_response(202 if ok else 401)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        cmd = Command("contain", "r-9", "c-9", "agt-1", "f-1", "misuse", ("cred-1",), 0, None,
+                      False)  # fmt: skip
+        good, forged = WebhookAdapter(url, b"s3cret"), WebhookAdapter(url, b"guess")
+        [req] = good.build(cmd)
+        assert good.interpret(cmd, req, send_http(req)).status == "ok"
+        [bad] = forged.build(cmd)
+        assert forged.interpret(cmd, bad, send_http(bad)).status == "failed"  # 401
+    finally:
+        server.shutdown()
+    headers, body = received[0]
+    assert headers["Idempotency-Key"] == "r-9"
+    assert json.loads(body)["identity"] == "agt-1" and json.loads(body)["credentials"] == ["cred-1"]
+
+
+# --- the responder, against the real broker ----------------------------------------------------
+
+
+def test_contain_revokes_every_live_credential_and_the_next_use_is_refused(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    broker, url = live_broker
+    a = broker.issue("agt-1", "task-1", 1, ("crm.read",), 1)
+    b = broker.issue("agt-1", "task-1", 2, ("crm.read",), 1)
+    other = broker.issue("agt-2", "task-2", 1, ("crm.read",), 1)
+    key = SigningKey.generate("w1")
+    data = _signed(key, credentials=(a.claims.jti, "cred-gone"))
+    acks = Recorder()
+    final, cmd = _responder(url, key).handle(data, acks)
+    assert acks.statuses() == [102, 200] and cmd is not None
+    result = final["body"]["openc2"]["response"]["results"]["x-custos"]["adapters"]
+    got = result["custos-broker"]
+    assert sorted(got["revoked"]) == sorted([a.claims.jti, b.claims.jti])
+    assert got["not_found"] == ["cred-gone"] and got["failed"] == []
+    for cred in (a, b):
+        with pytest.raises(CredentialRejected):
+            broker.check(cred.credential, agent="agt-1", operation="crm.read")
+    assert broker.registry.blocked("agt-1", time.time()) is not None
+    assert broker.check(other.credential, agent="agt-2", operation="crm.read")  # untouched
+
+
+def test_duplicates_get_the_stored_answer_and_forgeries_are_refused(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    broker, url = live_broker
+    key, intruder = SigningKey.generate("w1"), SigningKey.generate("w1")
+    responder = _responder(url, key)
+    data = _signed(key)
+    first, again = Recorder(), Recorder()
+    responder.handle(data, first)
+    broker.unblock("agt-1")  # if the duplicate acted again, the block would come back
+    responder.handle(data, again)
+    assert again.out == [first.out[-1]]  # no second 102, the same final answer
+    assert broker.registry.blocked("agt-1", time.time()) is None
+
+    def refused(value: bytes) -> tuple[int, str]:
+        rec = Recorder()
+        final, _ = responder.handle(value, rec)
+        assert rec.out == [final]
+        return status_of(final), final["body"]["openc2"]["response"]["results"]["x-custos"][
+            "rejected"
+        ]
+
+    plain = msgspec.json.encode(contain("agt-1", finding_uid="f", reason="r", duration_ms=1,
+                                        now_ms=int(time.time() * 1000), sender="x"))  # fmt: skip
+    assert refused(plain) == (401, "unsigned")
+    assert refused(_signed(intruder, identity="usr-ceo")) == (401, "bad_signature")
+    stale = _signed(key, now_ms=int(time.time() * 1000) - 3_600_000)
+    assert refused(stale) == (400, "expired")
+    # The same request id on different content: a replay, refused.
+    msg = contain("agt-1", finding_uid="f-2", reason="other", duration_ms=1,
+                  now_ms=int(time.time() * 1000), sender="x")  # fmt: skip
+    msg["headers"]["request_id"] = first.out[-1]["headers"]["request_id"]
+    assert refused(sign(msg, key)) == (400, "replayed")
+    assert broker.registry.blocked("usr-ceo", time.time()) is None
+
+
+def test_release_lifts_only_its_own_block(live_broker: tuple[CredentialBroker, str]) -> None:
+    broker, url = live_broker
+    key = SigningKey.generate("w1")
+    responder = _responder(url, key)
+    responder.handle(_signed(key, finding_uid="f-new"), Recorder())  # the current quarantine
+    now = int(time.time() * 1000)
+    stale = cancel("agt-1", command_id=command_id_for("f-old"), reason="old release",
+                   now_ms=now, sender="analyst", by="analyst:bob")  # fmt: skip
+    rec = Recorder()
+    final, _ = responder.handle(sign(stale, key), rec)
+    assert status_of(final) == 200 and broker.registry.blocked("agt-1", time.time()) is not None
+    release = cancel("agt-1", command_id=command_id_for("f-new"), reason="false positive",
+                     now_ms=now, sender="analyst", by="analyst:alice")  # fmt: skip
+    final, _ = responder.handle(sign(release, key), Recorder())
+    assert status_of(final) == 200 and broker.registry.blocked("agt-1", time.time()) is None
+    assert broker.issue("agt-1", "task-3", 1, ("crm.read",), 1)  # issuance works again
+
+
+def test_dry_run_reports_and_changes_nothing(live_broker: tuple[CredentialBroker, str]) -> None:
+    broker, url = live_broker
+    live = broker.issue("agt-1", "task-1", 1, ("crm.read",), 1)
+    key = SigningKey.generate("w1")
+    final, _ = _responder(url, key).handle(_signed(key, dry_run=True), Recorder())
+    got = final["body"]["openc2"]["response"]["results"]["x-custos"]["adapters"]
+    assert status_of(final) == 200 and got["custos-broker"]["would_revoke"] == [live.claims.jti]
+    assert broker.check(live.credential, agent="agt-1", operation="crm.read")
+
+
+def test_unreachable_back_end_is_retried_with_backoff_then_fails_loudly() -> None:
+    key = SigningKey.generate("w1")
+    sleeps: list[float] = []
+    calls: list[HttpRequest] = []
+
+    def down(req: HttpRequest) -> HttpResponse:
+        calls.append(req)
+        return HttpResponse(0, error="connection refused")
+
+    responder = _responder("http://127.0.0.1:9", key, send=down, sleep=sleeps.append,
+                           attempts=4, backoff_s=0.2)  # fmt: skip
+    final, cmd = responder.handle(_signed(key), Recorder())
+    assert status_of(final) == 503 and cmd is not None
+    assert len(calls) == 4 and sleeps == pytest.approx([0.2, 0.4, 0.8])
+    refused = _responder("http://x", key, send=lambda r: HttpResponse(401, b"bad token"))
+    final, _ = refused.handle(_signed(key), Recorder())
+    assert status_of(final) == 500  # a 4xx is not retried: it will not fix itself
+
+
+def test_a_responder_killed_before_acking_converges_on_restart(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    broker, url = live_broker
+    a = broker.issue("agt-1", "task-1", 1, ("crm.read",), 1)
+    key = SigningKey.generate("w1")
+    data = _signed(key, credentials=(a.claims.jti,))
+    adapters = [CustosBrokerAdapter(url, TOKEN)]
+
+    class Killed(Exception):
+        pass
+
+    class DiesWhileStoring(ResponseStore):
+        def put(self, *args: Any) -> None:
+            raise Killed  # revoked, but neither stored nor acknowledged
+
+    with pytest.raises(Killed):
+        Responder(adapters, key.public_keys(), DiesWhileStoring(":memory:")).handle(
+            data, Recorder()
+        )
+    assert broker.registry.status(a.claims.jti).state == "revoked"  # type: ignore[union-attr]
+    # The offset was not committed: the restarted responder reads the same command again and
+    # runs the adapters again; they are idempotent, so it converges and acknowledges.
+    store = ResponseStore(":memory:")
+    rec = Recorder()
+    final, _ = Responder(adapters, key.public_keys(), store).handle(data, rec)
+    assert rec.statuses() == [102, 200]
+    got = final["body"]["openc2"]["response"]["results"]["x-custos"]["adapters"]["custos-broker"]
+    assert got["revoked"] == [] and got["not_found"] == [a.claims.jti]  # already revoked: done
+
+    # Killed after storing, before the final ack left: the stored answer is sent again.
+    def dies_on_the_final_ack(r: dict[str, Any]) -> None:
+        if status_of(r) != 102:
+            raise Killed
+
+    data2 = _signed(key, finding_uid="f-2")
+    with pytest.raises(Killed):
+        Responder(adapters, key.public_keys(), store).handle(data2, dies_on_the_final_ack)
+    rec = Recorder()
+    Responder(adapters, key.public_keys(), store).handle(data2, rec)
+    assert rec.statuses() == [200]
