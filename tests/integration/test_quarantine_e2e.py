@@ -1,0 +1,173 @@
+"""The whole loop on the real broker, each part its own process:
+
+compromised agent's event → worker (finding + signed contain) → ``custos respond`` → credential
+broker (``custos broker``) revokes and blocks → the agent's next call is refused → final ack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pipeline.config import Settings, env_var
+from pipeline.kafka.clients import make_producer, read_all
+
+AGENT = "agt-e2e-001"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(settings: Settings, tmp: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    values = {
+        "bootstrap": settings.bootstrap_servers, "home": str(tmp / "home"),
+        "identity_topic": settings.identity_topic, "agent_topic": settings.agent_topic,
+        "deadletter_topic": settings.deadletter_topic, "alerts_topic": settings.alerts_topic,
+        "scores_topic": settings.scores_topic, "quarantine_topic": settings.quarantine_topic,
+        "approvals_topic": settings.approvals_topic, "acks_topic": settings.acks_topic,
+        "rejections_topic": settings.agent_topic, "worker_partitions": "3",
+        "worker_batch_within_s": "0.05", "broker_state_dir": str(tmp / "broker"),
+        **extra,
+    }  # fmt: skip
+    for name, value in values.items():
+        env[env_var(name)] = value
+    return env
+
+
+def _http(method: str, url: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _wait(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
+def _call(uid: str, t: int, cred: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({
+        "class_uid": 6003, "category_uid": 6, "activity_id": 2, "time": t, "status_id": 1,
+        "metadata": {"uid": uid, "version": "1.8.0", "product": {"name": "e2e"}},
+        "actor": {"user": {"uid": AGENT, "type_id": 99}, "session": {"uid": "task-1"}},
+        "api": {"operation": "crm.read", "service": {"name": "crm"}},
+        "unmapped": {"identity_kind": "agent", "credential": cred},
+    })  # fmt: skip
+
+
+def test_compromised_agent_loses_its_credentials_and_the_ack_proves_it(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    broker_port = _port()
+    env = _env(isolated, tmp_path, broker_port=str(broker_port), worker_web_port=str(_port()),
+               app_id=f"e2e-{os.getpid()}-{int(time.time())}",
+               responder_group=f"e2e-responders-{os.getpid()}-{int(time.time())}")  # fmt: skip
+    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("broker", "worker", "respond")}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, *args: str) -> None:
+        procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=env,
+                                       stdout=logs[name], stderr=subprocess.STDOUT)  # fmt: skip
+
+    def tail() -> str:
+        return "\n".join(f"--- {n}\n{(tmp_path / f'{n}.log').read_text()[-2000:]}" for n in logs)
+
+    try:
+        start("broker", "broker")
+        base = f"http://127.0.0.1:{broker_port}"
+        _wait(lambda: _ok(f"{base}/healthz"), 30, "broker up")
+        token = (tmp_path / "broker" / "api-token").read_text().strip()
+        start("worker", "worker")  # writes the command-signing JWKS the responder trusts
+        _wait(lambda: (tmp_path / "home" / "keys" / "commands.jwks.json").exists(), 60, "worker")
+        start("respond", "respond")
+
+        status, issued = _http("POST", f"{base}/v1/credentials", token,
+                               {"agent": AGENT, "task": "task-1", "step": 1,
+                                "scope": ["crm.read"], "ceiling": 1})  # fmt: skip
+        assert status == 201, issued
+        use = {"agent": AGENT, "task": "task-1", "step": 1, "operation": "crm.read"}
+        assert _http("POST", f"{base}/v1/access", issued["credential"], use)[0] == 200
+
+        # The compromise: AGENT calls with a credential issued to another agent.
+        producer = make_producer(isolated)
+        now = int(time.time() * 1000)
+        own = {"uid": issued["jti"], "issued_to": AGENT, "task_uid": "task-1", "step": 1,
+               "expires_at": issued["expires_at"] * 1000}  # fmt: skip
+        producer.produce(
+            isolated.agent_topic, key=AGENT.encode(), value=_call("ok-1", now - 500, own)
+        )
+        stolen = {"uid": "cred-of-agt-x", "issued_to": "agt-x", "task_uid": "task-1", "step": 1}
+        producer.produce(isolated.agent_topic, key=AGENT.encode(),
+                         value=_call("attack-1", now, stolen))  # fmt: skip
+        assert producer.flush(30) == 0
+        t_attack = time.monotonic()
+
+        def refused() -> dict[str, Any] | None:
+            code, body = _http("POST", f"{base}/v1/access", issued["credential"], use)
+            return body if code == 403 else None
+
+        denial = _wait(refused, 120, "the agent's credential refused: " + tail())
+        revoked_after = time.monotonic() - t_attack
+        assert denial["reason"] in ("revoked", "holder_blocked")
+
+        def final_ack() -> dict[str, Any] | None:
+            for m in read_all(isolated, isolated.acks_topic, timeout_s=3):
+                doc = msgspec.json.decode(m.value())
+                if doc["body"]["openc2"]["response"]["status"] == 200:
+                    return doc  # type: ignore[no-any-return]
+            return None
+
+        ack = _wait(final_ack, 60, "final ack")
+        statuses = [msgspec.json.decode(m.value())["body"]["openc2"]["response"]["status"]
+                    for m in read_all(isolated, isolated.acks_topic, timeout_s=3)]  # fmt: skip
+        assert statuses[:2] == [102, 200]
+        got = ack["body"]["openc2"]["response"]["results"]["x-custos"]
+        assert got["identity"] == AGENT
+        assert issued["jti"] in got["adapters"]["custos-broker"]["revoked"]
+        # Blocked: no new credential either; and the refused call is itself an input event.
+        again = {"agent": AGENT, "task": "task-2", "step": 1, "scope": []}
+        assert _http("POST", f"{base}/v1/credentials", token, again)[0] == 403
+        records = read_all(isolated, isolated.agent_topic, timeout_s=3)
+        events = [msgspec.json.decode(m.value()) for m in records]
+        assert any(e.get("unmapped", {}).get("rejection") == "revoked" for e in events)
+        print(f"\nevent -> credential refused: {revoked_after * 1000:.0f} ms")
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
