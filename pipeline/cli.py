@@ -408,6 +408,19 @@ def broker(ctx: click.Context, port: int | None) -> None:
     run_broker(settings)
 
 
+@main.command("bench-response")
+@click.option("--compromises", default=30, show_default=True, help="Agents compromised in turn.")
+@click.option("--load", default=2000.0, show_default=True, help="Background events/s.")
+@click.option("--identities", default=5_000, show_default=True)
+@click.pass_context
+def bench_response(ctx: click.Context, compromises: int, load: float, identities: int) -> None:
+    """Event -> credential revoked latency under load (broker, worker, responder processes)."""
+    from pipeline.bench_response import run_bench_response
+
+    run_bench_response(_settings(ctx), compromises=compromises, load=load,
+                       identities=identities, echo=click.echo)  # fmt: skip
+
+
 @main.command()
 @click.pass_context
 def respond(ctx: click.Context) -> None:
