@@ -179,7 +179,7 @@ class Settings:
     responder_group: str = _setting("custos-responders", "Consumer group of the responders")
     responder_id: str = _setting("custos-responder", "Name responders sign their answers with")
     responder_adapters: str = _setting(
-        "custos-broker", "Comma-separated adapters: custos-broker, webhook"
+        "custos-broker", "Comma-separated adapters: custos-broker, vault, oauth, ssf, webhook"
     )
     responder_attempts: int = _setting(4, "Tries per request before a command fails (5xx, timeout)")
     responder_backoff_s: float = _setting(0.2, "First retry delay; doubles on every retry")
@@ -191,6 +191,21 @@ class Settings:
     )
     webhook_url: str = _setting("", "Webhook adapter: where to POST the signed command")
     webhook_secret: str = _setting("", "Webhook adapter: HMAC-SHA256 key", secret=True)
+    vault_addr: str = _setting("", "Vault adapter: Vault address, e.g. https://127.0.0.1:8200")
+    vault_token: str = _setting("", "Vault adapter: token allowed to revoke", secret=True)
+    vault_namespace: str = _setting("", "Vault adapter: namespace (Vault Enterprise)")
+    vault_lease_prefixes: str = _setting(
+        "", "Vault adapter: comma-separated lease prefixes to revoke, {identity} filled in"
+    )
+    oauth_revocation_url: str = _setting("", "OAuth adapter: RFC 7009 revocation endpoint")
+    oauth_client_id: str = _setting("", "OAuth adapter: client id (HTTP Basic)")
+    oauth_client_secret: str = _setting("", "OAuth adapter: client secret", secret=True)
+    ssf_receiver_url: str = _setting("", "SSF adapter: RFC 8935 push endpoint of the receiver")
+    ssf_audience: str = _setting("", "SSF adapter: aud of the SETs (the receiver)")
+    ssf_issuer: str = _setting("https://custos.invalid", "SSF adapter: iss of the SETs")
+    ssf_key_file: str = _setting(
+        "", "SSF adapter: private JWK signing the SETs; empty = <home>/keys/ssf.jwk"
+    )
 
     # --- Credential broker (`custos broker`) ------------------------------------------------------
     broker_host: str = _setting("127.0.0.1", "Credential broker HTTP address (loopback only)")

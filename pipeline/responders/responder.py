@@ -130,6 +130,8 @@ class Responder:
         self.store = store
         self.sender = sender
         self.send = send
+        # Adapters may bring their own thin sender (Vault: hvac); an injected one overrides all.
+        self._send_overridden = send is not send_http
         self.clock = clock
         self.sleep = sleep
         self.attempts = attempts
@@ -160,7 +162,7 @@ class Responder:
             return seen[1], cmd
         emit(response(cmd.request_id, 102, "received", sender=self.sender, to=to, now_ms=now))
 
-        outcomes: dict[str, Outcome] = {a.name: self._run(a, cmd) for a in self.adapters}
+        outcomes: dict[str, Outcome] = {a.name: self.run_adapter(a, cmd) for a in self.adapters}
         statuses = {o.status for o in outcomes.values()}
         if statuses == {"ok"}:
             code, text = 200, ("dry run: nothing changed" if cmd.dry_run else
@@ -193,12 +195,14 @@ class Responder:
         emit(final)
         return final
 
-    def _run(self, adapter: Adapter, cmd: Command) -> Outcome:
+    def run_adapter(self, adapter: Adapter, cmd: Command) -> Outcome:
+        """One adapter on one command: its requests, each retried with backoff."""
         outcome = Outcome()
+        send = self.send if self._send_overridden else getattr(adapter, "send", self.send)
         for req in adapter.build(cmd):
             part = Outcome("retry", detail="not attempted")
             for attempt in range(self.attempts):
-                part = adapter.interpret(cmd, req, self.send(req))
+                part = adapter.interpret(cmd, req, send(req))
                 if part.status != "retry":
                     break
                 if attempt + 1 < self.attempts:

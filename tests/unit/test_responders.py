@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -305,3 +306,163 @@ def test_a_responder_killed_before_acking_converges_on_restart(
     rec = Recorder()
     Responder(adapters, key.public_keys(), store).handle(data2, rec)
     assert rec.statuses() == [200]
+
+
+# --- adapters without a real server here: a local HTTP server checks the exact requests ---------
+
+
+class Recording:
+    """A local HTTP server: records every request, answers with ``reply(method, path, headers,
+    body) -> (status, body)``."""
+
+    def __init__(self, reply: Any) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                req = (self.command, self.path, dict(self.headers), body)
+                outer.requests.append(req)
+                status, answer = reply(*req)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_POST = do_PUT = do_GET = do_DELETE = _any
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _cmd(*refs: str, identity: str = "svc-etl") -> Command:
+    return Command("contain", "r-7", "c-7", identity, "f-7", "exfiltration", refs, 1_000, None,
+                   False)  # fmt: skip
+
+
+def test_vault_adapter_through_hvac_against_a_local_vault_api() -> None:
+    from pipeline.responders.vault import VaultAdapter
+
+    known = {"acc-live"}
+
+    def vault(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        if headers.get("X-Vault-Token") != "s.root":
+            return 403, b'{"errors": ["permission denied"]}'
+        doc = json.loads(body or b"{}")
+        if path == "/v1/auth/token/revoke-accessor":
+            if doc.get("accessor") in known:
+                known.discard(doc["accessor"])
+                return 204, b""
+            return 400, b'{"errors": ["1 error occurred: invalid accessor"]}'
+        if path.startswith("/v1/sys/leases/revoke-prefix/"):
+            return 204, b""
+        return 404, b'{"errors": []}'
+
+    server = Recording(vault)
+    try:
+        adapter = VaultAdapter(server.url, "s.root", prefixes=("database/creds/{identity}",))
+        responder = Responder([adapter], SigningKey.generate("k").public_keys(),
+                              ResponseStore(":memory:"), sleep=lambda s: None)  # fmt: skip
+        cmd = _cmd("vault-accessor:acc-live", "vault-accessor:acc-gone", "cred-1")
+        out = responder.run_adapter(adapter, cmd)
+        assert out.status == "ok"
+        assert out.revoked == ["vault-accessor:acc-live", "vault-prefix:database/creds/svc-etl"]
+        assert out.not_found == ["vault-accessor:acc-gone"]
+        assert [(m, p) for m, p, _, _ in server.requests] == [
+            ("PUT", "/v1/auth/token/revoke-accessor"),
+            ("PUT", "/v1/auth/token/revoke-accessor"),
+            ("PUT", "/v1/sys/leases/revoke-prefix/database/creds/svc-etl"),
+        ]
+        assert json.loads(server.requests[0][3]) == {"accessor": "acc-live"}
+        # A token without the right policy: a permanent failure, not retried.
+        denied = VaultAdapter(server.url, "s.guest")
+        failed = responder.run_adapter(denied, _cmd("vault-accessor:acc-x"))
+        assert failed.status == "failed" and failed.failed[0][0] == "vault-accessor:acc-x"
+    finally:
+        server.close()
+
+
+def test_oauth_rfc7009_adapter_against_a_local_endpoint() -> None:
+    from pipeline.responders.oauth import OAuthRevocationAdapter
+
+    def endpoint(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        if headers.get("Authorization") != "Basic Y3VzdG9zOnB3":  # custos:pw
+            return 401, b'{"error": "invalid_client"}'
+        form = urllib.parse.parse_qs(body.decode())
+        assert form["token_type_hint"] == ["access_token"]
+        return (503, b"") if form["token"] == ["tok-busy"] else (200, b"")  # 200 even if unknown
+
+    server = Recording(endpoint)
+    try:
+        adapter = OAuthRevocationAdapter(f"{server.url}/revoke", "custos", "pw")
+        sleeps: list[float] = []
+        responder = Responder(
+            [adapter], SigningKey.generate("k").public_keys(), ResponseStore(":memory:"),
+            sleep=sleeps.append, attempts=3,
+        )  # fmt: skip
+        ok = responder.run_adapter(adapter, _cmd("oauth:tok-abcdefgh", "cred-1"))
+        assert ok.status == "ok" and ok.revoked == ["oauth:tok-ab…"]  # never the whole token
+        assert [json.dumps(r[1]) for r in server.requests] == ['"/revoke"']
+        busy = responder.run_adapter(adapter, _cmd("oauth:tok-busy"))
+        assert busy.status == "retry" and len(sleeps) == 2  # 3 attempts, then give up
+        wrong = OAuthRevocationAdapter(f"{server.url}/revoke", "custos", "nope")
+        assert responder.run_adapter(wrong, _cmd("oauth:tok-1")).status == "failed"
+    finally:
+        server.close()
+
+
+def test_ssf_transmitter_pushes_signed_caep_sets_a_receiver_accepts() -> None:
+    from joserfc import jwt as jose_jwt
+
+    from pipeline.responders.ssf import CAEP, SsfTransmitter
+
+    key = SigningKey.generate("ssf-1")
+    public = key.public_keys()
+    seen_jti: set[str] = set()
+
+    def receiver(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        if headers.get("Content-Type") != "application/secevent+jwt":
+            return 400, b'{"err": "invalid_request", "description": "content type"}'
+        token = jose_jwt.decode(body.decode(), public, algorithms=["Ed25519"])
+        claims = token.claims
+        if token.header.get("typ") != "secevent+jwt" or "sub" in claims or "exp" in claims:
+            return 400, b'{"err": "invalid_request", "description": "not a SET"}'
+        if claims["aud"] != "https://idp.example" or len(claims["events"]) != 1:
+            return 400, b'{"err": "invalid_audience", "description": "aud"}'
+        if claims["jti"] in seen_jti:
+            return 202, b""  # receivers deduplicate by jti
+        seen_jti.add(claims["jti"])
+        return 202, b""
+
+    server = Recording(receiver)
+    try:
+        adapter = SsfTransmitter(f"{server.url}/events", key, issuer="https://custos.example",
+                                 audience="https://idp.example")  # fmt: skip
+        responder = Responder([adapter], SigningKey.generate("k").public_keys(),
+                              ResponseStore(":memory:"), sleep=lambda s: None)  # fmt: skip
+        out = responder.run_adapter(adapter, _cmd(identity="usr-1"))
+        assert out.status == "ok" and out.revoked == [
+            "ssf:session-revoked",
+            "ssf:credential-change",
+        ]
+        sets = [jose_jwt.decode(b.decode(), public, algorithms=["Ed25519"]).claims
+                for _, _, _, b in server.requests]  # fmt: skip
+        assert {s["txn"] for s in sets} == {"f-7"} and sets[0]["sub_id"]["id"] == "usr-1"
+        change = sets[1]["events"][CAEP + "credential-change"]
+        assert change["change_type"] == "revoke" and change["initiating_entity"] == "policy"
+        responder.run_adapter(adapter, _cmd(identity="usr-1"))  # a retry: same jti, deduplicated
+        assert len(seen_jti) == 2
+        wrong = SsfTransmitter(f"{server.url}/events", key, issuer="x", audience="other")
+        bad = responder.run_adapter(wrong, _cmd())
+        assert bad.status == "failed" and "invalid_audience" in bad.failed[0][1]
+    finally:
+        server.close()
