@@ -408,6 +408,109 @@ def broker(ctx: click.Context, port: int | None) -> None:
     run_broker(settings)
 
 
+@main.group()
+def quarantine() -> None:
+    """Analyst decisions: list pending quarantines, approve one, release an identity."""
+
+
+def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
+    import time as _time
+
+    from pipeline.kafka.clients import read_all
+    from pipeline.quarantine.commands import CommandRejected, verify
+    from pipeline.responders.setup import trusted_keys
+
+    keys = trusted_keys(settings)
+    out = []
+    for m in read_all(settings, topic, timeout_s=5):
+        try:
+            out.append((m.key() or b"", verify(m.value() or b"", keys,
+                                               now_ms=int(_time.time() * 1000),
+                                               max_age_ms=10**12)))  # fmt: skip
+        except CommandRejected as exc:
+            click.echo(f"skipping an invalid command at offset {m.offset()}: {exc}", err=True)
+    return out
+
+
+@quarantine.command("pending")
+@click.pass_context
+def quarantine_pending(ctx: click.Context) -> None:
+    """Contain commands waiting for approval (CUSTOS_APPROVALS_TOPIC), newest per command."""
+    from pipeline.quarantine.commands import request_of
+    from pipeline.quarantine.decisions import describe
+
+    latest: dict[str, dict[str, Any]] = {}
+    for _, msg in _command_messages(_settings(ctx), _settings(ctx).approvals_topic):
+        latest[str(request_of(msg)["command_id"])] = msg
+    for msg in latest.values():
+        click.echo(describe(msg))
+    if not latest:
+        click.echo("nothing pending")
+
+
+@quarantine.command("approve")
+@click.argument("command_id")
+@click.option("--by", required=True, help="Who approves (recorded in the command).")
+@click.pass_context
+def quarantine_approve(ctx: click.Context, command_id: str, by: str) -> None:
+    """Approve a pending contain command: it goes to the responders, signed."""
+    import time as _time
+
+    from pipeline.kafka.clients import make_producer
+    from pipeline.quarantine.commands import request_of, sign
+    from pipeline.quarantine.decisions import approve
+    from pipeline.quarantine.policy import command_key
+
+    settings = _settings(ctx)
+    found = [(k, m) for k, m in _command_messages(settings, settings.approvals_topic)
+             if request_of(m)["command_id"] == command_id]  # fmt: skip
+    if not found:
+        raise click.ClickException(f"no pending command {command_id}")
+    key, pending = found[-1]
+    message = approve(pending, by=by, now_ms=int(_time.time() * 1000))
+    signed = sign(message, command_key(settings.command_key_path, settings.command_jwks_path))
+    producer = make_producer(settings)
+    producer.produce(settings.quarantine_topic, key=key, value=signed)
+    if producer.flush(30):
+        raise click.ClickException("the approved command was not delivered")
+    click.echo(
+        f"approved {command_id} ({key.decode()}): request {message['headers']['request_id']}"
+    )
+
+
+@quarantine.command("release")
+@click.argument("identity")
+@click.option("--command", "command_id", default=None, help="The contain command to cancel.")
+@click.option("--finding", default=None, help="Or the finding uid whose quarantine to cancel.")
+@click.option("--by", required=True)
+@click.option("--reason", required=True)
+@click.pass_context
+def quarantine_release(
+    ctx: click.Context, identity: str, command_id: str | None, finding: str | None, by: str,
+    reason: str,
+) -> None:  # fmt: skip
+    """Release IDENTITY: a signed cancel of its contain command; responders lift the block."""
+    import time as _time
+
+    from pipeline.kafka.clients import make_producer
+    from pipeline.quarantine.commands import command_id_for, sign
+    from pipeline.quarantine.decisions import release
+    from pipeline.quarantine.policy import command_key
+
+    if (command_id is None) == (finding is None):
+        raise click.UsageError("give exactly one of --command or --finding")
+    settings = _settings(ctx)
+    cid = command_id or command_id_for(str(finding))
+    message = release(identity, command_id=cid, reason=reason, by=by,
+                      now_ms=int(_time.time() * 1000))  # fmt: skip
+    signed = sign(message, command_key(settings.command_key_path, settings.command_jwks_path))
+    producer = make_producer(settings)
+    producer.produce(settings.quarantine_topic, key=identity.encode(), value=signed)
+    if producer.flush(30):
+        raise click.ClickException("the release was not delivered")
+    click.echo(f"release of {identity} (command {cid}) sent")
+
+
 @main.command("bench-response")
 @click.option("--compromises", default=30, show_default=True, help="Agents compromised in turn.")
 @click.option("--load", default=2000.0, show_default=True, help="Background events/s.")

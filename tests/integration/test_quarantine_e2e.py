@@ -171,3 +171,69 @@ def _ok(url: str) -> bool:
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+def test_below_the_auto_severity_a_human_approves_then_releases(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    broker_port = _port()
+    env = _env(isolated, tmp_path, broker_port=str(broker_port), worker_web_port=str(_port()),
+               app_id=f"e2e-ap-{os.getpid()}-{int(time.time())}",
+               responder_group=f"e2e-ap-responders-{os.getpid()}-{int(time.time())}",
+               quarantine_auto_min_severity="6")  # fmt: skip  # everything waits for a human
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> None:
+        log = open(tmp_path / f"{args[0]}.log", "ab")
+        procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "pipeline", "quarantine", *args], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        start("broker")
+        base = f"http://127.0.0.1:{broker_port}"
+        _wait(lambda: _ok(f"{base}/healthz"), 30, "broker up")
+        token = (tmp_path / "broker" / "api-token").read_text().strip()
+        start("worker")
+        _wait(lambda: (tmp_path / "home" / "keys" / "commands.jwks.json").exists(), 60, "worker")
+        start("respond")
+        status, issued = _http("POST", f"{base}/v1/credentials", token,
+                               {"agent": AGENT, "task": "task-1", "step": 1,
+                                "scope": ["crm.read"]})  # fmt: skip
+        assert status == 201
+        use = {"agent": AGENT, "task": "task-1", "step": 1, "operation": "crm.read"}
+        producer = make_producer(isolated)
+        stolen = {"uid": "cred-of-agt-x", "issued_to": "agt-x"}
+        producer.produce(isolated.agent_topic, key=AGENT.encode(),
+                         value=_call("attack-ap", int(time.time() * 1000), stolen))  # fmt: skip
+        assert producer.flush(30) == 0
+
+        pending = _wait(lambda: [line for line in cli("pending").splitlines() if AGENT in line],
+                        90, "a pending quarantine")  # fmt: skip
+        command_id = pending[0].split()[0]
+        time.sleep(1.0)
+        # Nothing happened yet: the agent still works.
+        assert _http("POST", f"{base}/v1/access", issued["credential"], use)[0] == 200
+        assert "approved" in cli("approve", command_id, "--by", "analyst:alice")
+        _wait(lambda: _http("POST", f"{base}/v1/access", issued["credential"], use)[0] == 403,
+              60, "refused after approval")  # fmt: skip
+        again = {"agent": AGENT, "task": "task-2", "step": 1, "scope": ["crm.read"]}
+        assert _http("POST", f"{base}/v1/credentials", token, again)[0] == 403
+
+        cli("release", AGENT, "--command", command_id, "--by", "analyst:alice",
+            "--reason", "false positive: approved test traffic")  # fmt: skip
+        _wait(lambda: _http("POST", f"{base}/v1/credentials", token, again)[0] == 201,
+              60, "issuance again after the release")  # fmt: skip
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -86,3 +86,23 @@ def test_signed_commands_verify_and_forgeries_do_not() -> None:
     token = issue(TaskClaims(sub="a", task="t", step=1, scope=(), ceiling=0, iat=0, exp=1,
                              jti="c", iss="custos"), key)  # fmt: skip
     assert reason_of(token.encode(), key) == "malformed"
+
+
+def test_approve_keeps_the_command_and_records_who_approved() -> None:
+    from pipeline.quarantine.decisions import approve, release
+
+    pending = _contain(approval="required")
+    approved = approve(pending, by="analyst:alice", now_ms=NOW + 60_000)
+    req = request_of(approved)
+    assert req["command_id"] == request_of(pending)["command_id"]
+    assert approved["headers"]["request_id"] != pending["headers"]["request_id"]  # type: ignore[index]
+    assert req["args"]["start_time"] == NOW + 60_000
+    assert req["args"]["x-custos"]["approved_by"] == "analyst:alice"
+    assert request_of(pending)["args"]["x-custos"]["approval"] == "required"  # not mutated
+    with pytest.raises(CommandRejected):
+        approve(_contain(), by="analyst:alice", now_ms=NOW)  # automatic: nothing to approve
+    with pytest.raises(CommandRejected):
+        approve(approved, by="analyst:bob", now_ms=NOW)  # already approved
+    rel = release("agt-7", command_id=req["command_id"], reason="fp", by="analyst:alice",
+                  now_ms=NOW)  # fmt: skip
+    assert request_of(rel)["target"] == {"command": req["command_id"]}

@@ -1,0 +1,63 @@
+"""Analyst decisions on quarantines: approve a pending ``contain``, release with ``cancel``.
+
+Pure builders (the CLI ``custos quarantine approve|release|pending`` does the Kafka I/O):
+
+- :func:`approve` turns a pending command (``approval: required``, waiting on the approvals
+  topic) into the same command (same ``command_id``) with ``approval: approved`` and who
+  approved it, under a new ``request_id`` and creation time;
+- :func:`release` is a ``cancel`` of the incident's contain command.
+
+Both are signed by the caller with the command key (here the local one; in production each
+analyst's own key, listed in the responders' trusted JWKS).
+
+>>> from pipeline.quarantine.commands import contain, request_of
+>>> pending = contain("agt-1", finding_uid="f-1", reason="why", duration_ms=60_000,
+...                   now_ms=1_000, sender="custos-worker", approval="required")
+>>> ok = approve(pending, by="analyst:alice", now_ms=5_000)
+>>> ext = request_of(ok)["args"]["x-custos"]
+>>> same = request_of(ok)["command_id"] == request_of(pending)["command_id"]
+>>> ext["approval"], ext["approved_by"], same
+('approved', 'analyst:alice', True)
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+from pipeline.quarantine.commands import CommandRejected, cancel, request_of, subject_of
+
+__all__ = ["approve", "describe", "release"]
+
+
+def approve(pending: dict[str, Any], *, by: str, now_ms: int) -> dict[str, Any]:
+    """The approved version of a pending contain command (starts now, for its full duration)."""
+    req = request_of(pending)
+    ext = req.get("args", {}).get("x-custos", {})
+    if req["action"] != "contain" or ext.get("approval") != "required":
+        raise CommandRejected("malformed", "only a contain command waiting for approval")
+    out = copy.deepcopy(pending)
+    out["headers"]["request_id"] = str(uuid.uuid4())
+    out["headers"]["created"] = now_ms
+    out["headers"]["from"] = by
+    args = request_of(out)["args"]
+    args["start_time"] = now_ms
+    args["x-custos"]["approval"] = "approved"
+    args["x-custos"]["approved_by"] = by
+    return out
+
+
+def release(identity: str, *, command_id: str, reason: str, by: str, now_ms: int) -> dict[str, Any]:
+    """Release ``identity``: cancel its contain command ``command_id``."""
+    return cancel(identity, command_id=command_id, reason=reason, now_ms=now_ms, sender=by, by=by)
+
+
+def describe(message: dict[str, Any]) -> str:
+    """One line for ``custos quarantine pending``."""
+    req = request_of(message)
+    ext = req.get("args", {}).get("x-custos", {})
+    return (
+        f"{req.get('command_id')}  {subject_of(message)}  severity {ext.get('severity_id')}  "
+        f"risk {ext.get('risk_score')}  finding {ext.get('finding_uid')}\n    {ext.get('reason')}"
+    )
