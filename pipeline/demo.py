@@ -1,5 +1,7 @@
-"""The main job end to end: broker up, topics applied, the detection worker running, simulated
-traffic (with attacks and some malformed input) streamed in, alerts shown live."""
+"""The main job end to end: Kafka up, topics applied, the credential broker, the detection
+worker and a responder running; simulated traffic (with attacks and some malformed input)
+streamed in, plus a few live agents that use the broker for every step, one of them hijacked.
+Shown live: alerts, quarantine answers and the hijacked agent being cut off."""
 
 from __future__ import annotations
 
@@ -49,7 +51,48 @@ def _worker_env(settings: Settings, directory: Path) -> dict[str, str]:
     env = dict(os.environ)
     env[env_var("bootstrap")] = settings.bootstrap_servers
     env[env_var("directory_file")] = str(directory)
+    env[env_var("broker_port")] = str(settings.broker_port)
+    env[env_var("broker_state_dir")] = str(settings.broker_state_path)
     return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def ack_line(ack: dict[str, Any]) -> str | None:
+    """One live line per final responder answer (the 102s are counted, not shown)."""
+    resp = ack["body"]["openc2"]["response"]
+    if resp["status"] == 102:
+        return None
+    ext = resp.get("results", {}).get("x-custos", {})
+    who = ext.get("identity") or "?"
+    broker = ext.get("adapters", {}).get("custos-broker", {})
+    revoked = len(broker.get("revoked", []))
+    return (f"  ACK {resp['status']}  {ext.get('action', '?'):<8} {who:<14} "
+            f"{revoked} credential(s) revoked  {resp['status_text'][:60]}")  # fmt: skip
 
 
 def run_demo(
@@ -91,12 +134,45 @@ def run_demo(
         parts += [TopicPartition(topic, p, OFFSET_END) for p in md.topics[topic].partitions]
     watch.assign(parts)
 
+    # The credential broker and a responder: quarantines really cut agents off.
+    # A fresh broker state per run: a block left by the previous run would cut the live
+    # agents off before anything happened.
+    import shutil
+
+    shutil.rmtree(demo_dir / "broker", ignore_errors=True)
+    settings = dataclasses.replace(
+        settings, broker_port=_free_port(), broker_state_dir=str(demo_dir / "broker")
+    )
+    env = _worker_env(settings, directory)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", name], env=env,
+            stdout=open(demo_dir / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    start("broker")
+    _wait_for(lambda: _healthy(settings.broker_url), 30, "credential broker")
+    echo(f"credential broker: {settings.broker_url} (state {settings.broker_state_path})")
     log = demo_dir / "worker.log"
     echo(f"worker: starting (consumer group {settings.app_id}, log {log})")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "worker"],
-        env=_worker_env(settings, directory), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    worker = start("worker")
+    _wait_for(settings.command_jwks_path.exists, 60, "worker command key")
+    start("respond")
+    echo(f"responder: consumer group {settings.responder_group}, adapters "
+         f"{settings.responder_adapters}")  # fmt: skip
+    from pipeline.credentials.broker import load_api_token
+    from pipeline.simulate.live import LiveAgents
+
+    live = LiveAgents(settings.broker_url, load_api_token(settings), make_producer(settings),
+                      settings.agent_topic)  # fmt: skip
+    for topic in (settings.quarantine_topic, settings.acks_topic):
+        md = watch.list_topics(topic, timeout=10)
+        parts += [TopicPartition(topic, p, OFFSET_END) for p in md.topics[topic].partitions]
+    watch.assign(parts)
 
     produced = [0]
     sim_done = threading.Event()
@@ -126,6 +202,9 @@ def run_demo(
             sim_done.set()
 
     t0 = time.monotonic()
+    live.start()
+    echo(f"live agents: {', '.join(live.agents)} use the broker for every step; "
+         f"{live.hijacked} is hijacked once the worker has caught up")  # fmt: skip
     threading.Thread(target=simulator, name="simulator", daemon=True).start()
     echo(f"simulator: {identities:,} identities, {duration_s / 3600:.0f} h of event time, "
          "labelled attacks and a few malformed messages")  # fmt: skip
@@ -133,6 +212,12 @@ def run_demo(
     findings: Counter[str] = Counter()
     alerted: set[str] = set()
     dead: Counter[str] = Counter()
+    acks: Counter[int] = Counter()
+    contains = 0
+    live_seen = 0
+    cut_off = False
+    cut_off_at: float | None = None
+    live_shown: set[tuple[str, str]] = set()
     shown = 0
     last_status = 0.0
     lag = -1
@@ -145,6 +230,16 @@ def run_demo(
                     reason = dict(msg.headers() or []).get("custos.reason") or b"?"
                     dead[reason.decode() if isinstance(reason, bytes) else reason] += 1
                     continue
+                if msg.topic() == settings.quarantine_topic:
+                    contains += 1
+                    continue
+                if msg.topic() == settings.acks_topic:
+                    ack = msgspec.json.decode(msg.value() or b"{}")
+                    acks[int(ack["body"]["openc2"]["response"]["status"])] += 1
+                    line = ack_line(ack)
+                    if line and ("agt-live" in line or acks[200] <= 5):
+                        echo(line)
+                    continue
                 finding = msgspec.json.decode(msg.value() or b"{}")
                 findings[_LEVEL.get(finding.get("risk_level_id", 0), "?")] += 1
                 if finding.get("is_alert") and finding["activity_id"] == 1:
@@ -152,29 +247,55 @@ def run_demo(
                     if shown < 40:  # the first ones live; the rest are counted
                         echo(alert_line(finding))
                         shown += 1
+            for when, agent, what in live.log[live_seen:]:
+                head = what.split(":")
+                kind = ":".join(head[:2]) if what.startswith("call refused") else head[0]
+                if ("refused" in what or "hijacked" in what) and (agent, kind) not in live_shown:
+                    live_shown.add((agent, kind))
+                    echo(f"  LIVE  {agent}: {what[:150]}")
+                # Cut off = the broker now refuses the agent itself (quarantined), not just
+                # the stolen credential it presented.
+                if (
+                    not cut_off
+                    and live.hijacked_at is not None
+                    and ("issuance refused" in what or "holder_blocked" in what)
+                ):
+                    cut_off, cut_off_at = True, when
+                    if live.hijacked_at is not None:
+                        echo(f"  LIVE  {agent} cut off {1000 * (when - live.hijacked_at):,.0f} ms "
+                             "after its first hijacked call")  # fmt: skip
+            live_seen = len(live.log)
             elapsed = time.monotonic() - t0
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with {worker.returncode}; see {log}")
-            if elapsed - last_status >= 5.0:
+            if elapsed - last_status >= (1.0 if live.hijacked_at else 5.0):
                 lag = group_lag(
                     settings, settings.app_id, [settings.identity_topic, settings.agent_topic]
                 )
                 echo(f"[{elapsed:5.0f}s] produced {produced[0]:,}  worker lag {lag:,}  "
                      f"findings {sum(findings.values()):,}  identities alerted {len(alerted):,}  "
-                     f"dead letters {sum(dead.values())}")  # fmt: skip
+                     f"dead letters {sum(dead.values())}  quarantines {contains}  "
+                     f"acks {acks[200]}")  # fmt: skip
                 last_status = elapsed
-                if sim_done.is_set() and (sim_error or lag == 0):
+                # The live agents keep a trickle going: "caught up" = a lag of a few events.
+                if sim_done.is_set() and lag < 200 and live.hijacked_at is None:
+                    echo(f"  the worker caught up: hijacking {live.hijacked} now")
+                    live.hijack_now()
+                if sim_error or (sim_done.is_set() and lag < 200 and cut_off):
                     break
             if elapsed > timeout_s:
                 echo(f"stopping after {timeout_s:.0f} s")
                 break
     finally:
+        live.stop()
         watch.close()
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     if sim_error:
         raise sim_error[0]
     elapsed = time.monotonic() - t0
@@ -191,7 +312,14 @@ def run_demo(
             echo(f"  findings {level:<13} {findings[level]:>10,}")
     for reason, n in sorted(dead.items()):
         echo(f"  dead letter {reason:<18} {n:>6,}")
-    caught_up = "yes" if lag == 0 else "no"
+    echo(f"  quarantine commands    {contains:>10,}  (signed OpenC2 contain on "
+         f"{settings.quarantine_topic})")  # fmt: skip
+    echo(f"  responder answers      {acks[200]:>10,}  done (200); {acks[102]:,} received (102); "
+         f"{sum(v for k, v in acks.items() if k >= 400):,} refused or failed")  # fmt: skip
+    refused = {k: v for k, v in live.counts.items() if "refused" in k}
+    echo(f"  live agent calls       {live.counts.get('call ok', 0):>10,}  ok; refused: "
+         f"{', '.join(f'{k} {v}' for k, v in refused.items()) or 'none'}")  # fmt: skip
+    caught_up = "yes" if lag < 200 else "no"
     echo(f"  wall time              {elapsed:>10.1f} s; worker caught up: {caught_up}")
     echo(f"Findings are OCSF 2004 JSON on {settings.alerts_topic}; the broker keeps running "
          "(custos kafka down stops it).")  # fmt: skip
@@ -201,5 +329,13 @@ def run_demo(
         "alerted": len(alerted),
         "dead": dict(dead),
         "elapsed_s": elapsed,
-        "caught_up": lag == 0,
+        "caught_up": lag < 200,
+        "quarantines": contains,
+        "acks": dict(acks),
+        "hijacked_cut_off": cut_off,
+        "cut_off_ms": (
+            1000 * (cut_off_at - live.hijacked_at)
+            if cut_off_at is not None and live.hijacked_at is not None
+            else None
+        ),
     }

@@ -5,8 +5,10 @@ scikit-learn, the score is not the decision threshold). Per identity it keeps a 
 :class:`RiskState`: a risk in [0, 100] that decays exponentially with *event* time, and at most
 one incident. Anomalous events (score at or above the noise floor) and Zero Trust rule hits add
 risk; once risk reaches the alert threshold (or a Critical rule fires) the incident opens a
-finding (``create``), later evidence refreshes it (``update``, rate-limited) and a quiet period
-closes it (``close``). The next alert opens a new finding uid.
+finding (``create``), later evidence refreshes it (``update``, rate-limited; a Critical rule
+firing again updates within ``critical_update_interval_s``, so a lapsed or released quarantine
+is re-issued at once) and a quiet period closes it (``close``). The next alert opens a new
+finding uid.
 
 Risk model (defaults in brackets; every one is a constructor argument and a setting):
 
@@ -333,6 +335,7 @@ class RiskPolicy:
     __slots__ = (
         "_by_identity",
         "_close_after_ms",
+        "_critical_interval_ms",
         "_half_life_ms",
         "_interval_ms",
         "_rule_risk",
@@ -341,6 +344,7 @@ class RiskPolicy:
         "alert_threshold",
         "close_after_s",
         "close_threshold",
+        "critical_update_interval_s",
         "gain",
         "half_life_s",
         "level_thresholds",
@@ -373,6 +377,7 @@ class RiskPolicy:
         close_threshold: float = 10.0,
         close_after_s: float = 3600.0,
         update_interval_s: float = 300.0,
+        critical_update_interval_s: float = 5.0,
         max_risk: float = 100.0,
         suppressions: Iterable[Suppression] = (),
         max_events: int = 20,
@@ -397,6 +402,7 @@ class RiskPolicy:
         self.close_threshold = float(close_threshold)
         self.close_after_s = float(close_after_s)
         self.update_interval_s = float(update_interval_s)
+        self.critical_update_interval_s = float(critical_update_interval_s)
         self.max_risk = float(max_risk)
         self.suppressions = tuple(suppressions)
         self.max_events = max_events
@@ -409,6 +415,7 @@ class RiskPolicy:
         self._half_life_ms = self.half_life_s * 1000.0
         self._close_after_ms = round(self.close_after_s * 1000.0)
         self._interval_ms = round(self.update_interval_s * 1000.0)
+        self._critical_interval_ms = round(self.critical_update_interval_s * 1000.0)
         self._rule_risk = self.rule_risk
         # Suppression index: per identity, and feature rules that apply to every identity.
         by_identity: dict[str, list[Suppression]] = {}
@@ -684,6 +691,12 @@ class RiskPolicy:
                 reason = "quarantine-worthy"
             elif (sup is not None) != (inc.status_id == STATUS_SUPPRESSED):
                 reason = "identity suppressed" if sup is not None else "suppression ended"
+            elif critical and t - inc.last_emit_ms >= self._critical_interval_ms:
+                # A Critical rule again: containment must not wait for the periodic update
+                # (the last quarantine may have expired or been released meanwhile).
+                reason = "Critical rule again: " + ", ".join(
+                    r.rule for r in rules if r.severity_id >= _CRITICAL
+                )
             elif t - inc.last_emit_ms >= self._interval_ms:
                 reason = "new evidence (periodic update)"
             if reason:

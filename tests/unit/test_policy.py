@@ -117,6 +117,18 @@ def test_decisions_carry_the_credentials_seen_in_the_evidence_bounded() -> None:
     assert RiskState.from_bytes(st.to_bytes()) == st
 
 
+def test_a_critical_rule_again_updates_at_once_not_after_the_periodic_interval() -> None:
+    p = RiskPolicy(update_interval_s=300, critical_update_interval_s=5)
+    st = RiskState()
+    assert p.decide(st, score(T0, 0.1, rules=(CRITICAL,))).action == "create"  # type: ignore[union-attr]
+    assert p.decide(st, score(T0 + 2 * S, 0.1, rules=(CRITICAL,))) is None  # within 5 s: held
+    again = p.decide(st, score(T0 + 60 * S, 0.1, rules=(CRITICAL,)))
+    assert again is not None and again.action == "update" and again.quarantine
+    assert again.reason.startswith("Critical rule again")
+    assert p.decide(st, score(T0 + 90 * S, 0.1, rules=(HIGH,))) is not None  # a new rule
+    assert p.decide(st, score(T0 + 120 * S, 0.1, rules=(HIGH,))) is None  # High again: periodic
+
+
 def test_noise_below_floor_adds_nothing_and_leaves_state_untouched() -> None:
     p = RiskPolicy()
     st = RiskState()
