@@ -17,6 +17,10 @@ For each command:
    results; stored (SQLite) before it is published, so a restarted responder answers duplicates
    the same way. A command that does not end in 200 is dead-lettered and raises a Critical alert.
 
+A ``contain`` carries a duration: when it is over, :meth:`Responder.expire` (swept every few
+seconds by the loop) runs the release itself, the cancel the TTL stands for, unless an analyst
+released it first.
+
 Crash safety: the Kafka offset is committed only after the final response is published. A
 responder killed between revoking and acknowledging re-reads the command and runs the adapters
 again; they are idempotent (blocking a blocked identity, revoking a revoked credential succeed
@@ -85,6 +89,33 @@ class ResponseStore:
             " NOT NULL, command_id TEXT NOT NULL, status INTEGER NOT NULL, final BLOB NOT NULL,"
             " at REAL NOT NULL)"
         )
+        # Quarantines in force, so their TTL can end them (a cancel the responder runs itself).
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS active (command_id TEXT PRIMARY KEY, identity TEXT NOT"
+            " NULL, until_ms INTEGER, released INTEGER NOT NULL DEFAULT 0)"
+        )
+
+    def activate(self, command_id: str, identity: str, until_ms: int | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO active VALUES (?, ?, ?, 0) ON CONFLICT (command_id) DO UPDATE SET"
+                " until_ms = excluded.until_ms, released = 0",
+                (command_id, identity, until_ms),
+            )
+
+    def release(self, command_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE active SET released = 1 WHERE command_id = ?", (command_id,))
+
+    def expired(self, now_ms: int) -> list[tuple[str, str]]:
+        """(command id, identity) of quarantines past their end and not yet released."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT command_id, identity FROM active WHERE released = 0 AND until_ms IS NOT"
+                " NULL AND until_ms <= ?",
+                (now_ms,),
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def get(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
         with self._lock:
@@ -180,8 +211,47 @@ class Responder:
             }},
         )  # fmt: skip
         self.store.put(cmd.request_id, digest, cmd.command_id, final)
+        if code == 200 and not cmd.dry_run:
+            if cmd.action == "contain":
+                self.store.activate(cmd.command_id, cmd.identity, cmd.until_ms)
+            else:
+                self.store.release(cmd.command_id)
         emit(final)
         return final, cmd
+
+    def expire(self, emit: Emit) -> list[dict[str, Any]]:
+        """End quarantines whose duration is over: the cancel their TTL stands for.
+
+        Runs the adapters' release for each (the broker lifts the block tagged with that command,
+        and only that one), then publishes the answer like for an analyst's cancel. A failed
+        release stays due and is tried again on the next call.
+        """
+        out = []
+        now = self._now_ms()
+        for command_id, identity in self.store.expired(now):
+            cmd = Command(
+                action="cancel", request_id=f"ttl-{command_id}", command_id=command_id,
+                identity=identity, finding_uid=None, reason="quarantine duration over (TTL)",
+                credentials=(), start_ms=now, until_ms=None, dry_run=False,
+            )  # fmt: skip
+            outcomes = {a.name: self.run_adapter(a, cmd) for a in self.adapters}
+            done = all(o.status == "ok" for o in outcomes.values())
+            final = response(
+                cmd.request_id, 200 if done else 503,
+                f"quarantine of {identity} expired: released" if done
+                else "expiry release failed: " + _failures(outcomes),
+                sender=self.sender, to="custos", now_ms=now,
+                results={"x-custos": {
+                    "action": "cancel", "command_id": command_id, "identity": identity,
+                    "expired": True,
+                    "adapters": {name: o.to_dict() for name, o in outcomes.items()},
+                }},
+            )  # fmt: skip
+            if done:
+                self.store.release(command_id)
+            emit(final)
+            out.append(final)
+        return out
 
     def _refuse(self, value: bytes, reason: str, detail: str, emit: Emit) -> dict[str, Any]:
         code = 401 if reason in ("unsigned", "bad_signature") else 400
@@ -277,8 +347,16 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     consumer = Consumer(conf)
     consumer.subscribe([settings.quarantine_topic])
     handled = 0
+    next_sweep = 0.0
     try:
         while stop_after is None or handled < stop_after:
+            if time.monotonic() >= next_sweep:  # quarantines whose duration is over
+                for final in responder.expire(
+                    lambda r: producer.produce(settings.acks_topic, value=msgspec.json.encode(r))
+                ):
+                    log.info("%s", final["body"]["openc2"]["response"]["status_text"])
+                producer.flush(30)
+                next_sweep = time.monotonic() + 5.0
             msg = consumer.poll(0.5)
             if msg is None:
                 continue

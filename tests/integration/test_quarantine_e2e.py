@@ -237,3 +237,52 @@ def test_below_the_auto_severity_a_human_approves_then_releases(
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_a_quarantine_that_cannot_be_carried_out_is_dead_lettered_and_alerted(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    """The credential broker is down: retries, then 503, the command in the dead-letter topic
+    with its original bytes, and a Critical finding - never dropped silently."""
+    from pipeline.kafka.topics import TopicSpec, apply_topics
+    from pipeline.quarantine.commands import contain, sign
+    from pipeline.quarantine.policy import command_key
+
+    dlq = f"{isolated.quarantine_topic}.dlq"
+    apply_topics(isolated, [TopicSpec(dlq, 1, 1, {})])
+    env = _env(isolated, tmp_path, broker_port=str(_port()),  # nothing listens there
+               responder_group=f"e2e-fail-{os.getpid()}-{int(time.time())}",
+               responder_attempts="3", responder_backoff_s="0.05",
+               quarantine_deadletter_topic=dlq)  # fmt: skip
+    home = tmp_path / "home"
+    key = command_key(home / "keys" / "commands.jwk", home / "keys" / "commands.jwks.json")
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "broker" / "api-token").write_text("unused-token\n")
+    signed = sign(contain(AGENT, finding_uid="f-fail", reason="test", duration_ms=60_000,
+                          now_ms=int(time.time() * 1000), sender="e2e"), key)  # fmt: skip
+    producer = make_producer(isolated)
+    producer.produce(isolated.quarantine_topic, key=AGENT.encode(), value=signed)
+    producer.produce(isolated.quarantine_topic, key=AGENT.encode(), value=b'{"forged": true}')
+    assert producer.flush(30) == 0
+    log = open(tmp_path / "respond.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "respond"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+
+        def two_dead() -> list[Any] | None:
+            got = read_all(isolated, dlq, timeout_s=2)
+            return got if len(got) >= 2 else None
+
+        dead = _wait(two_dead, 90, "two dead letters")
+        alerts = _wait(lambda: read_all(isolated, isolated.alerts_topic, timeout_s=2), 30, "alert")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    reasons = sorted(dict(m.headers() or [])["custos.reason"].decode() for m in dead)
+    assert reasons == ["quarantine_failed", "unsigned"]
+    assert {m.value() for m in dead} == {signed, b'{"forged": true}'}  # original bytes
+    finding = msgspec.json.decode(alerts[0].value())
+    assert finding["severity_id"] == 5 and AGENT in finding["message"]
+    statuses = sorted(msgspec.json.decode(m.value())["body"]["openc2"]["response"]["status"]
+                      for m in read_all(isolated, isolated.acks_topic, timeout_s=3))  # fmt: skip
+    assert statuses == [102, 401, 503]

@@ -466,3 +466,28 @@ def test_ssf_transmitter_pushes_signed_caep_sets_a_receiver_accepts() -> None:
         assert bad.status == "failed" and "invalid_audience" in bad.failed[0][1]
     finally:
         server.close()
+
+
+def test_a_quarantine_ends_when_its_duration_is_over(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    broker, url = live_broker
+    key = SigningKey.generate("w1")
+    now = time.time()
+    clock = [now]
+    responder = _responder(url, key, clock=lambda: clock[0])
+    responder.handle(_signed(key, duration_ms=60_000, now_ms=int(now * 1000)), Recorder())
+    responder.handle(_signed(key, identity="agt-2", finding_uid="f-2", duration_ms=60_000,
+                             now_ms=int(now * 1000)), Recorder())  # fmt: skip
+    # agt-2 is released by an analyst first: its TTL must not run a second release.
+    release = cancel("agt-2", command_id=command_id_for("f-2"), reason="fp", now_ms=int(now * 1000),
+                     sender="analyst", by="analyst:alice")  # fmt: skip
+    responder.handle(sign(release, key), Recorder())
+    assert responder.expire(Recorder()) == []  # not yet
+    clock[0] = now + 61
+    rec = Recorder()
+    [final] = responder.expire(rec)
+    assert rec.out == [final] and status_of(final) == 200
+    assert final["body"]["openc2"]["response"]["results"]["x-custos"]["identity"] == "agt-1"
+    assert broker.registry.blocked("agt-1", time.time()) is None
+    assert responder.expire(Recorder()) == []  # done once
