@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pipeline.directory import Directory
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.kafka.topics import TopicSpec, apply_topics
 from pipeline.metrics import scrape
+from pipeline.ports import free_port
 from pipeline.schemas import EventDecoder
 from pipeline.scoring import Detection
 from pipeline.simulate import Simulation
@@ -71,12 +71,6 @@ def bench_offline(
         "max_bytes_per_identity": max(sizes, default=0),
         "rss_mb": _rss_mb(),
     }, raw
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bench_kafka(
@@ -131,7 +125,7 @@ def bench_kafka(
     log = Path(env[env_var("worker_datadir")]) / "worker.log"
 
     # faust's own ceiling on the same topics: the worker's consumer setup, an agent that counts.
-    port = _free_port()
+    port = free_port()
     env.update({env_var("app_id"): f"{s.app_id}-ceiling", env_var("worker_web_port"): str(port)})
     ceiling = subprocess.Popen(
         [sys.executable, "-m", "pipeline.stream.ceiling"], env=env,
@@ -143,7 +137,7 @@ def bench_kafka(
         _stop(ceiling)
     echo(f"  faust alone (agent only counts): {ceiling_rate:,.0f} events/s")
 
-    port = _free_port()
+    port = free_port()
     env.update({env_var("app_id"): s.app_id, env_var("worker_web_port"): str(port)})
     worker = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "worker"], env=env,

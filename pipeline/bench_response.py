@@ -30,17 +30,10 @@ import numpy as np
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer
 from pipeline.kafka.topics import TopicSpec, apply_topics
+from pipeline.ports import free_port
 from pipeline.simulate import Simulation
 
 Echo = Callable[[str], None]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _http(method: str, url: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -96,7 +89,7 @@ def run_bench_response(
              s.quarantine_deadletter_topic)  # fmt: skip
     apply_topics(s, [TopicSpec(t, s.worker_partitions, 1, {}) for t in names])
     tmp = Path(tempfile.mkdtemp(prefix="custos-rbench-"))
-    broker_port = _free_port()
+    broker_port = free_port()
     env = dict(os.environ)
     for name, value in {
         "bootstrap": s.bootstrap_servers, "home": str(tmp / "home"),
@@ -106,7 +99,7 @@ def run_bench_response(
         "approvals_topic": s.approvals_topic, "acks_topic": s.acks_topic,
         "quarantine_deadletter_topic": s.quarantine_deadletter_topic,
         "rejections_topic": s.agent_topic, "broker_state_dir": str(tmp / "broker"),
-        "broker_port": str(broker_port), "worker_web_port": str(_free_port()),
+        "broker_port": str(broker_port), "worker_web_port": str(free_port()),
         "app_id": f"{tag}-worker", "responder_group": f"{tag}-responders",
         "worker_batch_within_s": str(settings.worker_batch_within_s),
     }.items():  # fmt: skip

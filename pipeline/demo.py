@@ -23,6 +23,7 @@ from pipeline.config import Settings, env_var
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.clients import base_config, group_lag, make_producer
 from pipeline.kafka.topics import apply_topics, load_topics
+from pipeline.ports import free_port
 from pipeline.simulate.malformed import bad_samples
 
 Echo = Callable[[str], None]
@@ -54,14 +55,6 @@ def _worker_env(settings: Settings, directory: Path) -> dict[str, str]:
     env[env_var("broker_port")] = str(settings.broker_port)
     env[env_var("broker_state_dir")] = str(settings.broker_state_path)
     return env
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -141,7 +134,7 @@ def run_demo(
 
     shutil.rmtree(demo_dir / "broker", ignore_errors=True)
     settings = dataclasses.replace(
-        settings, broker_port=_free_port(), broker_state_dir=str(demo_dir / "broker")
+        settings, broker_port=free_port(), broker_state_dir=str(demo_dir / "broker")
     )
     env = _worker_env(settings, directory)
     procs: list[subprocess.Popen[bytes]] = []

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from pipeline.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +29,8 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         {},
         home=str(home),
         kafka_libs=libs,
-        kafka_port=_free_port(),
-        kafka_controller_port=_free_port(),
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
         kafka_heap="512m",
     )
     broker = Broker(settings)

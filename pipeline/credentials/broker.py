@@ -325,10 +325,11 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
             content_type="application/json",
         )
 
-    def field(d: dict[str, Any], name: str, typ: type, default: Any = ...) -> Any:
+    def field(d: dict[str, Any], name: str, typ: Any, default: Any = ...) -> Any:
         v = d.get(name, default)
         if v is ... or (v is not None and not isinstance(v, typ)) or isinstance(v, bool):
-            raise bad(f"{name}: {typ.__name__} required")
+            kind = " or ".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
+            raise bad(f"{name}: {kind} required")
         return v
 
     @routes.get("/.well-known/jwks.json")
@@ -350,7 +351,7 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
             got = broker.issue(
                 field(d, "agent", str), field(d, "task", str), field(d, "step", int),
                 tuple(scope), field(d, "ceiling", int, 0),
-                ttl_s=field(d, "ttl_s", (int, float), None),  # type: ignore[arg-type]
+                ttl_s=field(d, "ttl_s", (int, float), None),
                 delegated_by=field(d, "delegated_by", str, None),
             )  # fmt: skip
         except Blocked as exc:
@@ -428,7 +429,7 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
         uid = request.match_info["uid"]
         new, ids = broker.block(
             uid, reason=field(d, "reason", str), by=by,
-            until=field(d, "until", (int, float), None),  # type: ignore[arg-type]
+            until=field(d, "until", (int, float), None),
             command_id=field(d, "command_id", str, None), revoke=d.get("revoke", True) is True,
         )  # fmt: skip
         return web.json_response({"identity": uid, "newly_blocked": new, "revoked": ids})

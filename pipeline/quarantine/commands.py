@@ -12,9 +12,9 @@ so repeated detections re-issue *the same command* (a new ``request_id``, same
 ``command_id``) and responders update it instead of stacking a second one.
 
 :func:`sign` wraps the message in a compact JWS (Ed25519, ``typ`` ``custos-openc2+jws``);
-:func:`verify` refuses unsigned, forged, expired (older than ``max_age_s``) and malformed
-commands with a stable reason. Replays are a responder's business (it keeps the request ids it
-answered); see the responders (next part of issue 4).
+:func:`verify` refuses unsigned, forged, expired and malformed commands with a stable reason
+(a contain expires with its duration, a cancel ``max_age_ms`` after its creation). Replays are
+a responder's business: it keeps the request ids it answered (:mod:`pipeline.responders`).
 
 >>> from pipeline.credentials.tokens import SigningKey
 >>> key = SigningKey.generate("k1")
@@ -182,7 +182,11 @@ def sign(message: dict[str, Any], key: SigningKey) -> bytes:
 
 
 def verify(data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = 300_000) -> dict[str, Any]:
-    """The message if ``data`` is a valid, fresh command signed by a trusted key."""
+    """The message if ``data`` is a valid command, signed by a trusted key and still current.
+
+    Current: a ``contain`` until its duration is over (at least ``max_age_ms``), a ``cancel``
+    for ``max_age_ms`` after it was created.
+    """
     text = data.decode("ascii", "replace").strip()
     if text.startswith("{"):
         raise CommandRejected("unsigned", "a bare JSON command: responders act on signed ones")
@@ -200,7 +204,16 @@ def verify(data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = 300_000)
         str(message["headers"]["request_id"])
     except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
         raise CommandRejected("malformed", f"headers: {exc!r}") from None
-    request_of(message)
-    if now_ms - created > max_age_ms:
+    req = request_of(message)
+    # A contain stays actionable for its own duration: a responder that was down for a while
+    # must still carry out a quarantine that is in force (re-applying it is idempotent, and the
+    # request-id store answers a replayed one). Anything else - a cancel, above all - must be
+    # fresh: an old captured release must not lift a quarantine.
+    args = req.get("args") or {}
+    limit = max_age_ms
+    if req["action"] == "contain" and isinstance(args.get("duration"), int):
+        start = args.get("start_time", created)
+        limit = max(max_age_ms, int(start) - created + int(args["duration"]))
+    if now_ms - created > limit:
         raise CommandRejected("expired", f"created {(now_ms - created) / 1000:.0f} s ago")
     return message  # type: ignore[no-any-return]

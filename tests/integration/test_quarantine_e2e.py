@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ import msgspec
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
+from pipeline.ports import free_port
 
 AGENT = "agt-e2e-001"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(settings: Settings, tmp: Path, **extra: str) -> dict[str, str]:
@@ -82,8 +76,8 @@ def _call(uid: str, t: int, cred: dict[str, Any]) -> bytes:
 def test_compromised_agent_loses_its_credentials_and_the_ack_proves_it(
     isolated: Settings, tmp_path: Path
 ) -> None:
-    broker_port = _port()
-    env = _env(isolated, tmp_path, broker_port=str(broker_port), worker_web_port=str(_port()),
+    broker_port = free_port()
+    env = _env(isolated, tmp_path, broker_port=str(broker_port), worker_web_port=str(free_port()),
                app_id=f"e2e-{os.getpid()}-{int(time.time())}",
                responder_group=f"e2e-responders-{os.getpid()}-{int(time.time())}")  # fmt: skip
     logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("broker", "worker", "respond")}
@@ -176,8 +170,8 @@ def _ok(url: str) -> bool:
 def test_below_the_auto_severity_a_human_approves_then_releases(
     isolated: Settings, tmp_path: Path
 ) -> None:
-    broker_port = _port()
-    env = _env(isolated, tmp_path, broker_port=str(broker_port), worker_web_port=str(_port()),
+    broker_port = free_port()
+    env = _env(isolated, tmp_path, broker_port=str(broker_port), worker_web_port=str(free_port()),
                app_id=f"e2e-ap-{os.getpid()}-{int(time.time())}",
                responder_group=f"e2e-ap-responders-{os.getpid()}-{int(time.time())}",
                quarantine_auto_min_severity="6")  # fmt: skip  # everything waits for a human
@@ -250,7 +244,7 @@ def test_a_quarantine_that_cannot_be_carried_out_is_dead_lettered_and_alerted(
 
     dlq = f"{isolated.quarantine_topic}.dlq"
     apply_topics(isolated, [TopicSpec(dlq, 1, 1, {})])
-    env = _env(isolated, tmp_path, broker_port=str(_port()),  # nothing listens there
+    env = _env(isolated, tmp_path, broker_port=str(free_port()),  # nothing listens there
                responder_group=f"e2e-fail-{os.getpid()}-{int(time.time())}",
                responder_attempts="3", responder_backoff_s="0.05",
                quarantine_deadletter_topic=dlq)  # fmt: skip

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,13 @@ from joserfc.jwk import KeySet
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
+from pipeline.ports import free_port
 from pipeline.quarantine.commands import verify
 from pipeline.simulate.malformed import bad_samples
 
 AGENT = "agt-itest-001"
 ORCH = "agt-itest-orch-1"  # the only orchestrator the directory lets hand AGENT tasks
 STRANGER = "agt-itest-orch-9"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(settings: Settings, datadir: Path, app_id: str) -> dict[str, str]:
@@ -46,7 +40,7 @@ def _env(settings: Settings, datadir: Path, app_id: str) -> dict[str, str]:
         "approvals_topic": settings.approvals_topic,
         "worker_partitions": "3",
         "worker_datadir": str(datadir),
-        "worker_web_port": str(_port()),
+        "worker_web_port": str(free_port()),
         "app_id": app_id,
         "emit_scores": "true",
         "worker_batch_within_s": "0.05",

@@ -80,7 +80,11 @@ def test_signed_commands_verify_and_forgeries_do_not() -> None:
     doc["body"]["openc2"]["request"]["target"]["x-custos:subject"]["id"] = "usr-ceo"
     forged = base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
     assert reason_of(f"{head}.{forged}.{sig}".encode(), key) == "bad_signature"
-    assert reason_of(data, key, now_ms=NOW + 301_000) == "expired"
+    # A contain stays actionable for its duration (1 h here), then expires; a cancel after 5 min.
+    assert verify(data, key.public_keys(), now_ms=NOW + 1_800_000) == msg
+    assert reason_of(data, key, now_ms=NOW + 3_601_000) == "expired"
+    release = cancel("agt-7", command_id="c", reason="r", now_ms=NOW, sender="a", by="a")
+    assert reason_of(sign(release, key), key, now_ms=NOW + 301_000) == "expired"
     assert reason_of(b"garbage", key) in {"malformed", "bad_signature"}
     # A task credential is signed by the same kind of key but is not a command.
     token = issue(TaskClaims(sub="a", task="t", step=1, scope=(), ceiling=0, iat=0, exp=1,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import urllib.parse
@@ -23,6 +22,7 @@ import pytest
 from pipeline.credentials.broker import CredentialBroker, web_app
 from pipeline.credentials.registry import Registry
 from pipeline.credentials.tokens import CredentialRejected, SigningKey
+from pipeline.ports import free_port
 from pipeline.quarantine.commands import cancel, command_id_for, contain, sign
 from pipeline.responders.base import Command, HttpRequest, HttpResponse, send_http
 from pipeline.responders.custos_broker import CustosBrokerAdapter
@@ -32,19 +32,13 @@ from pipeline.responders.webhook import WebhookAdapter, verify_signature
 TOKEN = "broker-api-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live_broker() -> Iterator[tuple[CredentialBroker, str]]:
     """The real broker HTTP API on 127.0.0.1, served from a thread."""
     from aiohttp import web
 
     broker = CredentialBroker(Registry(":memory:"), SigningKey.generate("b1"), issuer="custos")
-    port = _free_port()
+    port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(web_app(broker, TOKEN))
     started = threading.Event()
@@ -208,7 +202,7 @@ def test_duplicates_get_the_stored_answer_and_forgeries_are_refused(
                                         now_ms=int(time.time() * 1000), sender="x"))  # fmt: skip
     assert refused(plain) == (401, "unsigned")
     assert refused(_signed(intruder, identity="usr-ceo")) == (401, "bad_signature")
-    stale = _signed(key, now_ms=int(time.time() * 1000) - 3_600_000)
+    stale = _signed(key, now_ms=int(time.time() * 1000) - 7_200_000)  # a 1 h quarantine, 2 h ago
     assert refused(stale) == (400, "expired")
     # The same request id on different content: a replay, refused.
     msg = contain("agt-1", finding_uid="f-2", reason="other", duration_ms=1,
