@@ -511,6 +511,128 @@ def quarantine_release(
     click.echo(f"release of {identity} (command {cid}) sent")
 
 
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit log: run the auditor, verify, prove, show."""
+
+
+def _audit_inputs(
+    settings: Any, topic: str | None, checkpoints_dir: str | None
+) -> tuple[list[bytes], list[str]]:
+    from pipeline.kafka.clients import read_all
+
+    entries = [m.value() or b"" for m in read_all(settings, topic or settings.audit_topic,
+                                                   timeout_s=10)]  # fmt: skip
+    if checkpoints_dir:
+        texts = [p.read_text() for p in sorted(Path(checkpoints_dir).glob("*.txt"))]
+    else:
+        found = read_all(settings, settings.audit_checkpoints_topic, timeout_s=10)
+        texts = [(m.value() or b"").decode("utf-8", "replace") for m in found]
+    return entries, texts
+
+
+@audit.command("run")
+@click.pass_context
+def audit_run(ctx: click.Context) -> None:
+    """The auditor: decisions in (alerts, quarantines, approvals, acks), records out."""
+    import logging
+
+    from pipeline.audit.auditor import run_auditor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_auditor(_settings(ctx))
+
+
+@audit.command("verify")
+@click.option("--topic", default=None, help="Verify another copy of the log (default: the log).")
+@click.option(
+    "--checkpoints",
+    "checkpoints_dir",
+    default=None,
+    help="A folder of checkpoint files instead of the checkpoints topic.",
+)
+@click.option("--public-key", default=None, help="PEM of the checkpoint key (default: ours).")
+@click.pass_context
+def audit_verify(
+    ctx: click.Context, topic: str | None, checkpoints_dir: str | None, public_key: str | None
+) -> None:  # fmt: skip
+    """Recompute the log's hashes and checkpoints; exit 1 naming what is wrong."""
+    from pipeline.audit.auditor import load_public
+    from pipeline.audit.log import verify
+
+    settings = _settings(ctx)
+    pub_path = Path(public_key) if public_key else (
+        settings.home_path / "keys" / "audit-checkpoint.pub.pem")  # fmt: skip
+    entries, texts = _audit_inputs(settings, topic, checkpoints_dir)
+    report = verify(entries, texts, settings.audit_origin, load_public(pub_path))
+    if report.ok:
+        click.echo(f"OK: {report.records:,} records, {report.checkpoints} checkpoints verified "
+                   f"({report.unsigned_tail} newest await the next checkpoint)")  # fmt: skip
+        return
+    for p in report.problems:
+        click.echo(f"TAMPERED: {p}")
+    sys.exit(1)
+
+
+@audit.command("prove")
+@click.argument("seq", type=int)
+@click.option("--topic", default=None)
+@click.pass_context
+def audit_prove(ctx: click.Context, seq: int, topic: str | None) -> None:
+    """An RFC 6962 inclusion proof of record SEQ in the newest checkpointed tree."""
+    import json as _json
+
+    from pipeline.audit.auditor import load_public
+    from pipeline.audit.checkpoint import verify_checkpoint
+    from pipeline.audit.log import prove
+
+    settings = _settings(ctx)
+    entries, texts = _audit_inputs(settings, topic, None)
+    pub = load_public(settings.home_path / "keys" / "audit-checkpoint.pub.pem")
+    sizes = [verify_checkpoint(t, settings.audit_origin, pub).size for t in texts]
+    size = max((s for s in sizes if s > seq), default=None)
+    if size is None:
+        raise click.ClickException(f"no checkpoint covers record {seq} yet")
+    out = prove(entries, seq, size)
+    out["checkpoint"] = next(t for t in texts if f"\n{size}\n" in t)
+    click.echo(_json.dumps(out, indent=2))
+
+
+@audit.command("show")
+@click.option("--identity", required=True)
+@click.option("--topic", default=None)
+@click.pass_context
+def audit_show(ctx: click.Context, identity: str, topic: str | None) -> None:
+    """An identity's decision history, readably."""
+    import datetime as _dt
+
+    import msgspec
+
+    settings = _settings(ctx)
+    entries, _ = _audit_inputs(settings, topic, None)
+    n = 0
+    for e in entries:
+        r = msgspec.json.decode(e)
+        if r.get("subject") != identity:
+            continue
+        n += 1
+        when = _dt.datetime.fromtimestamp(r["time"] / 1000, tz=_dt.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        why = "; ".join(str(x) for x in r.get("why", {}).get("explanation", []) if x)
+        click.echo(f"#{r['seq']:<6} {when}  {r['kind']:<28} by {r.get('actor')}")
+        if why:
+            click.echo(f"        why: {why[:300]}")
+        said = r.get("why", {}).get("rationale") or []
+        if said:
+            click.echo(f"        agent said: {' | '.join(map(str, said))[:300]}")
+        refs = {k: v for k, v in r.get("refs", {}).items() if v and k != "source"}
+        if refs:
+            click.echo(f"        refs: {refs}")
+    if not n:
+        click.echo(f"no records about {identity}")
+
+
 @main.command("bench-response")
 @click.option("--compromises", default=30, show_default=True, help="Agents compromised in turn.")
 @click.option("--load", default=2000.0, show_default=True, help="Background events/s.")

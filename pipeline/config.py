@@ -207,6 +207,18 @@ class Settings:
         "", "SSF adapter: private JWK signing the SETs; empty = <home>/keys/ssf.jwk"
     )
 
+    # --- Audit (`custos audit`) ----------------------------------------------------------------
+    audit_topic: str = _setting(
+        "custos.audit", "The tamper-evident log (one partition, kept forever)"
+    )
+    audit_checkpoints_topic: str = _setting(
+        "custos.audit.checkpoints", "Signed checkpoints, apart from the log"
+    )
+    audit_origin: str = _setting("custos.local/audit", "Name of the log in its checkpoints")
+    auditor_group: str = _setting("custos-auditor", "Consumer group of the auditor")
+    audit_checkpoint_records: int = _setting(100, "Sign a checkpoint every this many records")
+    audit_checkpoint_s: float = _setting(10.0, "... or this many seconds, whichever comes first")
+
     # --- Credential broker (`custos broker`) ------------------------------------------------------
     broker_host: str = _setting("127.0.0.1", "Credential broker HTTP address (loopback only)")
     broker_port: int = _setting(8787, "Credential broker HTTP port")

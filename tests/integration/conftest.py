@@ -31,6 +31,8 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
         quarantine_topic=f"t.{tag}.quarantine",
         approvals_topic=f"t.{tag}.approvals",
         acks_topic=f"t.{tag}.acks",
+        audit_topic=f"t.{tag}.audit",
+        audit_checkpoints_topic=f"t.{tag}.audit-checkpoints",
         worker_partitions=3,
     )
     path = tmp_path / "topics.yaml"
@@ -48,6 +50,10 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
                 settings.approvals_topic,
                 settings.acks_topic,
             )
+        )
+        + "".join(
+            f"  - {{name: {name}, partitions: 1}}\n"
+            for name in (settings.audit_topic, settings.audit_checkpoints_topic)
         )
     )
     apply_topics(settings, load_topics(path))

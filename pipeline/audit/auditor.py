@@ -1,0 +1,225 @@
+"""``custos audit``: the single writer of the audit log, and its verifier on Kafka.
+
+The auditor consumes every decision topic - findings (``custos.alerts``), quarantine commands
+(``custos.quarantine``, ``custos.approvals``), responder answers (``custos.quarantine.acks``) -
+and appends one record per decision to ``custos.audit`` (one partition: one order), built by
+:class:`pipeline.audit.log.AuditLog`. Every ``checkpoint_every`` records or seconds it signs a
+checkpoint (Ed25519, C2SP format) and stores it apart from the log: the
+``custos.audit.checkpoints`` topic and ``<home>/audit/checkpoints/``.
+
+Each record names its source (topic, partition, offset): a restarted auditor re-reads what it had
+not committed and skips sources already in the log, so nothing is recorded twice or lost.
+
+:func:`record_for` is the pure part: one input message → the record's fields (what happened,
+to whom, by whom, why, references).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+
+from pipeline.audit.log import AuditLog
+
+__all__ = ["audit_keys", "record_for", "run_auditor"]
+
+log = logging.getLogger("custos.audit")
+
+_ACTIONS = {1: "created", 2: "updated", 3: "closed"}
+
+
+def audit_keys(home: Path) -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
+    """The checkpoint signing key (created on first run, mode 0600) and its public half."""
+    key_path = home / "keys" / "audit-checkpoint.pem"
+    pub_path = key_path.with_suffix(".pub.pem")
+    if key_path.exists():
+        key = load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{key_path} is not an Ed25519 key")
+    else:
+        key = Ed25519PrivateKey.generate()
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    pub = key.public_key()
+    if not pub_path.exists():
+        pub_path.write_bytes(pub.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return key, pub
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    pub = load_pem_public_key(path.read_bytes())
+    if not isinstance(pub, Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 public key")
+    return pub
+
+
+def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
+    """The audit fields of one decision message (``None``: nothing to record)."""
+    if topic_kind == "alerts":
+        f = msgspec.json.decode(value)
+        custos = f.get("unmapped", {}).get("custos", {})
+        explanation = [r.get("text") for r in custos.get("rules", []) if isinstance(r, dict)]
+        explanation += list(custos.get("contributions", []))
+        return {
+            "kind": f"alert.{_ACTIONS.get(f.get('activity_id'), 'other')}",
+            "subject": f["evidences"][0]["actor"]["user"]["uid"],
+            "actor": f.get("metadata", {}).get("product", {}).get("name", "custos"),
+            "why": {"explanation": explanation, "rationale": custos.get("rationales", []),
+                    "decision": custos.get("reason")},
+            "refs": {"finding": f.get("finding_info", {}).get("uid"),
+                     "events": [e.get("uid") for e in
+                                f.get("finding_info", {}).get("related_events", [])]},
+            "detail": {"risk_score": f.get("risk_score"), "severity_id": f.get("severity_id"),
+                       "status_id": f.get("status_id"), "quarantine": custos.get("quarantine")},
+        }  # fmt: skip
+    if topic_kind in ("quarantine", "approvals"):
+        import base64
+
+        try:  # the command as signed; the verifying is the responders' job (and audited there)
+            payload = value.decode().split(".")[1]
+            msg = msgspec.json.decode(base64.urlsafe_b64decode(payload + "=="))
+            req = msg["body"]["openc2"]["request"]
+        except (ValueError, IndexError, KeyError, TypeError, msgspec.DecodeError):
+            return {"kind": "quarantine.unreadable", "subject": None, "actor": "unknown",
+                    "why": {}, "refs": {}, "detail": {"bytes": len(value)}}  # fmt: skip
+        ext = req.get("args", {}).get("x-custos", {})
+        if req.get("action") == "cancel":
+            kind, subject = "quarantine.released", ext.get("subject", {}).get("id")
+            cmd = req.get("target", {}).get("command")
+        else:
+            approval = ext.get("approval")
+            if topic_kind == "approvals":
+                kind = "quarantine.pending_approval"
+            elif approval == "approved":
+                kind = "quarantine.approved"
+            else:
+                kind = "quarantine.issued"
+            subject = req.get("target", {}).get("x-custos:subject", {}).get("id")
+            cmd = req.get("command_id")
+        return {
+            "kind": kind, "subject": subject,
+            "actor": ext.get("approved_by") or ext.get("by") or msg["headers"].get("from"),
+            "why": {"explanation": [ext.get("reason")]},
+            "refs": {"finding": ext.get("finding_uid"), "command": cmd,
+                     "request": msg["headers"].get("request_id"),
+                     "credentials": ext.get("credentials", [])},
+            "detail": {"dry_run": ext.get("dry_run"), "duration_ms": req.get("args", {}).get(
+                "duration"), "approval": ext.get("approval")},
+        }  # fmt: skip
+    if topic_kind == "acks":
+        ack = msgspec.json.decode(value)
+        resp = ack["body"]["openc2"]["response"]
+        ext = resp.get("results", {}).get("x-custos", {})
+        status = int(resp["status"])
+        kind = {102: "quarantine.received", 200: "quarantine.done", 400: "quarantine.rejected",
+                401: "quarantine.rejected"}.get(status, "quarantine.failed")  # fmt: skip
+        return {
+            "kind": kind, "subject": ext.get("identity"), "actor": ack["headers"].get("from"),
+            "why": {"explanation": [resp.get("status_text")]},
+            "refs": {"command": ext.get("command_id"), "finding": ext.get("finding_uid"),
+                     "request": ack["headers"].get("request_id")},
+            "detail": {"status": status, "adapters": ext.get("adapters"),
+                       "rejected": ext.get("rejected"), "expired": ext.get("expired")},
+        }  # fmt: skip
+    return None
+
+
+def run_auditor(settings: Any, *, stop_after_s: float | None = None) -> None:
+    """Consume the decision topics, append records, sign checkpoints. Until interrupted."""
+    from confluent_kafka import Consumer, KafkaError
+
+    from pipeline.kafka.clients import make_producer, read_all
+
+    key, _ = audit_keys(settings.home_path)
+    existing = [m.value() or b"" for m in read_all(settings, settings.audit_topic, timeout_s=10)]
+    audit = AuditLog(settings.audit_origin)
+    audit.resume(existing)
+    seen: set[str] = set()
+    for e in existing[-100_000:]:  # sources of recent records: a restart must not repeat them
+        src = msgspec.json.decode(e).get("refs", {}).get("source")
+        if src:
+            seen.add(src)
+    kinds = {settings.alerts_topic: "alerts", settings.quarantine_topic: "quarantine",
+             settings.approvals_topic: "approvals", settings.acks_topic: "acks"}  # fmt: skip
+    producer = make_producer(settings)
+    conf = settings.client_config()
+    conf.update({"group.id": settings.auditor_group, "enable.auto.commit": False,
+                 "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer = Consumer(conf)
+    consumer.subscribe(list(kinds))
+    cp_dir = settings.home_path / "audit" / "checkpoints"
+    cp_dir.mkdir(parents=True, exist_ok=True)
+    signed_size = -1
+    last_cp = time.monotonic()
+    started = time.monotonic()
+    log.info("audit log %s: resuming after %d records", settings.audit_topic, audit.size)
+
+    def checkpoint() -> None:
+        nonlocal signed_size, last_cp
+        last_cp = time.monotonic()
+        if audit.size == signed_size:
+            return
+        if producer.flush(30):  # the records first: a checkpoint must not outrun its records
+            raise RuntimeError("audit records not delivered: no checkpoint over them")
+        text = audit.checkpoint(key)
+        producer.produce(settings.audit_checkpoints_topic, key=str(audit.size).encode(),
+                         value=text.encode())  # fmt: skip
+        (cp_dir / f"{audit.size:012d}.txt").write_text(text)
+        signed_size = audit.size
+
+    try:
+        while stop_after_s is None or time.monotonic() - started < stop_after_s:
+            msgs = consumer.consume(num_messages=500, timeout=0.5)
+            wrote = False
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.error("consumer error: %s", err)
+                    continue
+                source = f"{m.topic()}/{m.partition()}/{m.offset()}"
+                if source in seen:
+                    continue
+                try:
+                    fields = record_for(kinds[m.topic()], m.value() or b"")
+                except (msgspec.DecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+                    fields = {"kind": "input.unreadable", "subject": None, "actor": "unknown",
+                              "why": {"explanation": [repr(exc)[:200]]}, "refs": {},
+                              "detail": {}}  # fmt: skip
+                if fields is None:
+                    continue
+                fields["refs"]["source"] = source
+                entry = audit.append(time_ms=m.timestamp()[1], **fields)
+                producer.produce(settings.audit_topic, key=(fields["subject"] or "").encode(),
+                                 value=entry)  # fmt: skip
+                seen.add(source)
+                wrote = True
+                if audit.size % settings.audit_checkpoint_records == 0:
+                    checkpoint()
+            if wrote or time.monotonic() - last_cp >= settings.audit_checkpoint_s:
+                if time.monotonic() - last_cp >= settings.audit_checkpoint_s:
+                    checkpoint()
+                if producer.flush(30):
+                    raise RuntimeError("audit records not delivered: not committing the inputs")
+                if msgs:
+                    consumer.commit(asynchronous=False)
+    finally:
+        checkpoint()
+        producer.flush(30)
+        consumer.close()
