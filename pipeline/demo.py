@@ -157,11 +157,21 @@ def run_demo(
     start("respond")
     echo(f"responder: consumer group {settings.responder_group}, adapters "
          f"{settings.responder_adapters}")  # fmt: skip
+    auditor = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "audit", "run"], env=env,
+        stdout=open(demo_dir / "audit.log", "ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    echo(f"auditor: every decision onto {settings.audit_topic}, signed checkpoints on "
+         f"{settings.audit_checkpoints_topic}")  # fmt: skip
     from pipeline.credentials.broker import load_api_token
     from pipeline.simulate.live import LiveAgents
 
+    # Names of this run's own: an incident an earlier run left open in the worker's state must
+    # not quarantine them before anything happened.
+    run = time.strftime("%H%M%S")
+    names = tuple(f"agt-live-{run}-{i}" for i in range(1, 5))
     live = LiveAgents(settings.broker_url, load_api_token(settings), make_producer(settings),
-                      settings.agent_topic)  # fmt: skip
+                      settings.agent_topic, agents=names, hijacked=names[2])  # fmt: skip
     for topic in (settings.quarantine_topic, settings.acks_topic):
         md = watch.list_topics(topic, timeout=10)
         parts += [TopicPartition(topic, p, OFFSET_END) for p in md.topics[topic].partitions]
@@ -282,6 +292,19 @@ def run_demo(
     finally:
         live.stop()
         watch.close()
+        # The auditor records what the others decided until the very end, then signs.
+        audited = [settings.alerts_topic, settings.quarantine_topic, settings.approvals_topic,
+                   settings.acks_topic]  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and auditor.poll() is None:
+            if group_lag(settings, settings.auditor_group, audited) == 0:
+                break
+            time.sleep(1.0)
+        auditor.terminate()
+        try:
+            auditor.wait(60)
+        except subprocess.TimeoutExpired:
+            auditor.kill()
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -312,6 +335,20 @@ def run_demo(
     refused = {k: v for k, v in live.counts.items() if "refused" in k}
     echo(f"  live agent calls       {live.counts.get('call ok', 0):>10,}  ok; refused: "
          f"{', '.join(f'{k} {v}' for k, v in refused.items()) or 'none'}")  # fmt: skip
+    from pipeline.audit.auditor import load_public
+    from pipeline.audit.log import verify as verify_audit
+    from pipeline.kafka.clients import read_all
+
+    entries = [m.value() or b"" for m in read_all(settings, settings.audit_topic, timeout_s=10)]
+    texts = [(m.value() or b"").decode() for m in
+             read_all(settings, settings.audit_checkpoints_topic, timeout_s=10)]  # fmt: skip
+    audit_report = verify_audit(
+        entries, texts, settings.audit_origin,
+        load_public(settings.home_path / "keys" / "audit-checkpoint.pub.pem"),
+    )  # fmt: skip
+    verdict = "OK" if audit_report.ok else "TAMPERED: " + "; ".join(audit_report.problems[:3])
+    echo(f"  audit log              {audit_report.records:>10,}  records, "
+         f"{audit_report.checkpoints} checkpoints; custos audit verify: {verdict}")  # fmt: skip
     caught_up = "yes" if lag < 200 else "no"
     echo(f"  wall time              {elapsed:>10.1f} s; worker caught up: {caught_up}")
     echo(f"Findings are OCSF 2004 JSON on {settings.alerts_topic}; the broker keeps running "
@@ -326,6 +363,8 @@ def run_demo(
         "quarantines": contains,
         "acks": dict(acks),
         "hijacked_cut_off": cut_off,
+        "audit_ok": audit_report.ok,
+        "audit_records": audit_report.records,
         "cut_off_ms": (
             1000 * (cut_off_at - live.hijacked_at)
             if cut_off_at is not None and live.hijacked_at is not None
