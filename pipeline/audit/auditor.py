@@ -2,8 +2,9 @@
 
 The auditor consumes every decision topic - findings (``custos.alerts``), quarantine commands
 (``custos.quarantine``, ``custos.approvals``), responder answers (``custos.quarantine.acks``) -
-and appends one record per decision to ``custos.audit`` (one partition: one order), built by
-:class:`pipeline.audit.log.AuditLog`. Every ``checkpoint_every`` records or seconds it signs a
+and appends one record per decision (and, when it starts, one with its own configuration) to
+``custos.audit`` (one partition: one order), built by :class:`pipeline.audit.log.AuditLog`.
+Every ``audit_checkpoint_records`` records or ``audit_checkpoint_s`` seconds it signs a
 checkpoint (Ed25519, C2SP format) and stores it apart from the log: the
 ``custos.audit.checkpoints`` topic and ``<home>/audit/checkpoints/``.
 
@@ -169,6 +170,13 @@ def run_auditor(settings: Any, *, stop_after_s: float | None = None) -> None:
     last_cp = time.monotonic()
     started = time.monotonic()
     log.info("audit log %s: resuming after %d records", settings.audit_topic, audit.size)
+    # The configuration this auditor runs with (secrets masked), as the first record of its run.
+    config = {name: value for name, _, value, _ in settings.describe()}
+    producer.produce(settings.audit_topic, value=audit.append(
+        kind="config.start", subject=None, actor=settings.auditor_group,
+        time_ms=int(time.time() * 1000), why={"explanation": ["auditor started"]},
+        detail={"settings": config},
+    ))  # fmt: skip
 
     def checkpoint() -> None:
         nonlocal signed_size, last_cp

@@ -66,21 +66,24 @@ def test_auditor_records_decisions_and_verify_catches_a_tampered_copy(
     run_auditor(settings, stop_after_s=8)
     entries = [m.value() for m in read_all(settings, settings.audit_topic, timeout_s=5)]
     kinds = [json.loads(e)["kind"] for e in entries]
-    assert sorted(kinds) == ["alert.created", "quarantine.done", "quarantine.issued"]
+    assert kinds[0] == "config.start"  # what the auditor ran with, secrets masked
+    assert sorted(kinds[1:]) == ["alert.created", "quarantine.done", "quarantine.issued"]
+    assert json.loads(entries[0])["detail"]["settings"]["audit_topic"] == settings.audit_topic
     alert = next(json.loads(e) for e in entries if json.loads(e)["kind"] == "alert.created")
     assert alert["why"]["rationale"] == ["I was told to"] and alert["refs"]["events"] == ["e-1"]
     assert hit.text in alert["why"]["explanation"]
 
-    # A restarted auditor adds nothing twice.
+    # A restarted auditor records its start again, and no decision twice.
     run_auditor(settings, stop_after_s=5)
-    assert len(read_all(settings, settings.audit_topic, timeout_s=5)) == 3
+    entries = [m.value() for m in read_all(settings, settings.audit_topic, timeout_s=5)]
+    assert [json.loads(e)["kind"] for e in entries][4:] == ["config.start"]
 
     ok = _cli(settings, "verify")
-    assert ok.returncode == 0 and ok.stdout.startswith("OK: 3 records"), ok.stdout + ok.stderr
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: 5 records"), ok.stdout + ok.stderr
     shown = _cli(settings, "show", "--identity", "agt-1").stdout
     assert "quarantine.issued" in shown and "agent said: I was told to" in shown
     proof = json.loads(_cli(settings, "prove", "1").stdout)
-    assert proof["tree_size"] == 3 and proof["seq"] == 1
+    assert proof["tree_size"] == 5 and proof["seq"] == 1
 
     # Someone rewrites record 1 in a copy of the log: verify names it.
     copy = f"{settings.audit_topic}.copy"
