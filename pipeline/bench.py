@@ -30,8 +30,8 @@ from pipeline.config import Settings, env_var
 from pipeline.directory import Directory
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.kafka.topics import TopicSpec, apply_topics
+from pipeline.localhost import free_port, stop
 from pipeline.metrics import scrape
-from pipeline.ports import free_port
 from pipeline.schemas import EventDecoder
 from pipeline.scoring import Detection
 from pipeline.simulate import Simulation
@@ -134,7 +134,7 @@ def bench_kafka(
     try:
         ceiling_rate = _drain(ceiling, port, "custos_ceiling_consumed_total", len(raw), log)
     finally:
-        _stop(ceiling)
+        stop([ceiling])
     echo(f"  faust alone (agent only counts): {ceiling_rate:,.0f} events/s")
 
     port = free_port()
@@ -171,7 +171,7 @@ def bench_kafka(
         echo(f"  paced {paced_rate:,.0f} events/s for {paced_seconds:.0f} s: "
              f"event → scored p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
     finally:
-        _stop(worker)
+        stop([worker])
     return {
         "produce_per_s": len(raw) / produce_s,
         "raw_consume_per_s": n_raw / raw_s,
@@ -201,14 +201,6 @@ def _drain(proc: subprocess.Popen[bytes], port: int, metric: str, n: int, log: P
     assert first is not None
     secs = time.perf_counter() - first[0]
     return (n - first[1]) / secs if secs > 0 else 0.0
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _proc_rss_mb(pid: int) -> float:

@@ -18,8 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,32 +28,11 @@ import numpy as np
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer
 from pipeline.kafka.topics import TopicSpec, apply_topics
-from pipeline.ports import free_port
+from pipeline.localhost import call_json, free_port, healthy, wait_until
+from pipeline.localhost import stop as stop_all
 from pipeline.simulate import Simulation
 
 Echo = Callable[[str], None]
-
-
-def _http(method: str, url: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
-def _until(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    raise RuntimeError(f"bench-response: {what} not within {timeout:.0f} s")
 
 
 def _misuse(agent: str, uid: str) -> bytes:
@@ -116,10 +93,10 @@ def run_bench_response(
     base = f"http://127.0.0.1:{broker_port}"
     try:
         start("broker")
-        _until(lambda: _healthy(base), 30, "credential broker")
+        wait_until(lambda: healthy(base), 30, "credential broker")
         token = (tmp / "broker" / "api-token").read_text().strip()
         start("worker")
-        _until(lambda: (tmp / "home/keys/commands.jwks.json").exists(), 60, "worker keys")
+        wait_until(lambda: (tmp / "home/keys/commands.jwks.json").exists(), 60, "worker keys")
         start("respond")
 
         sim = Simulation(s, identities=identities, duration_s=3600.0, seed=7)
@@ -147,7 +124,7 @@ def run_bench_response(
             loader.start()
 
         def one(agent: str) -> float:
-            code, got = _http("POST", f"{base}/v1/credentials", token,
+            code, got = call_json("POST", f"{base}/v1/credentials", token,
                               {"agent": agent, "task": "task-1", "step": 1,
                                "scope": ["crm.read"]})  # fmt: skip
             if code != 201:
@@ -156,8 +133,10 @@ def run_bench_response(
             t0 = time.perf_counter()
             producer.produce(s.agent_topic, key=agent.encode(), value=_misuse(agent, agent))
             producer.flush(10)
-            _until(lambda: _http("POST", f"{base}/v1/access", got["credential"], use)[0] == 403,
-                   60, f"{agent} refused (logs in {tmp})", step=0.005)  # fmt: skip
+            wait_until(
+                lambda: call_json("POST", f"{base}/v1/access", got["credential"], use)[0] == 403,
+                60, f"{agent} refused (logs in {tmp})", step=0.005,
+            )  # fmt: skip
             return (time.perf_counter() - t0) * 1000
 
         warm = one("agt-rbench-warmup")  # group joins, first batch, JIT of everything
@@ -171,13 +150,7 @@ def run_bench_response(
             loader.join(60)
     finally:
         stop.set()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     p50, p99 = (float(x) for x in np.quantile(lat, [0.5, 0.99]))
     echo(f"  {compromises} compromises under {load:,.0f} events/s of background traffic "
          f"({sent[0]:,} sent): event → credential refused p50 {p50:,.0f} ms, "
@@ -186,11 +159,3 @@ def run_bench_response(
               "p99_ms": round(p99, 1), "max_ms": round(max(lat), 1)}  # fmt: skip
     echo(json.dumps(result))
     return result
-
-
-def _healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False

@@ -432,6 +432,19 @@ def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, 
     return out
 
 
+def _send_command(settings: Any, key: bytes, message: dict[str, Any], what: str) -> None:
+    """Sign an analyst's command with the command key and hand it to the responders."""
+    from pipeline.kafka.clients import make_producer
+    from pipeline.quarantine.commands import sign
+    from pipeline.quarantine.policy import command_key
+
+    signed = sign(message, command_key(settings.command_key_path, settings.command_jwks_path))
+    producer = make_producer(settings)
+    producer.produce(settings.quarantine_topic, key=key, value=signed)
+    if producer.flush(30):
+        raise click.ClickException(f"{what} was not delivered")
+
+
 @quarantine.command("pending")
 @click.pass_context
 def quarantine_pending(ctx: click.Context) -> None:
@@ -456,10 +469,8 @@ def quarantine_approve(ctx: click.Context, command_id: str, by: str) -> None:
     """Approve a pending contain command: it goes to the responders, signed."""
     import time as _time
 
-    from pipeline.kafka.clients import make_producer
-    from pipeline.quarantine.commands import request_of, sign
+    from pipeline.quarantine.commands import request_of
     from pipeline.quarantine.decisions import approve
-    from pipeline.quarantine.policy import command_key
 
     settings = _settings(ctx)
     found = [(k, m) for k, m in _command_messages(settings, settings.approvals_topic)
@@ -468,11 +479,7 @@ def quarantine_approve(ctx: click.Context, command_id: str, by: str) -> None:
         raise click.ClickException(f"no pending command {command_id}")
     key, pending = found[-1]
     message = approve(pending, by=by, now_ms=int(_time.time() * 1000))
-    signed = sign(message, command_key(settings.command_key_path, settings.command_jwks_path))
-    producer = make_producer(settings)
-    producer.produce(settings.quarantine_topic, key=key, value=signed)
-    if producer.flush(30):
-        raise click.ClickException("the approved command was not delivered")
+    _send_command(settings, key, message, "the approved command")
     click.echo(
         f"approved {command_id} ({key.decode()}): request {message['headers']['request_id']}"
     )
@@ -492,10 +499,8 @@ def quarantine_release(
     """Release IDENTITY: a signed cancel of its contain command; responders lift the block."""
     import time as _time
 
-    from pipeline.kafka.clients import make_producer
-    from pipeline.quarantine.commands import command_id_for, sign
+    from pipeline.quarantine.commands import command_id_for
     from pipeline.quarantine.decisions import release
-    from pipeline.quarantine.policy import command_key
 
     if (command_id is None) == (finding is None):
         raise click.UsageError("give exactly one of --command or --finding")
@@ -503,32 +508,13 @@ def quarantine_release(
     cid = command_id or command_id_for(str(finding))
     message = release(identity, command_id=cid, reason=reason, by=by,
                       now_ms=int(_time.time() * 1000))  # fmt: skip
-    signed = sign(message, command_key(settings.command_key_path, settings.command_jwks_path))
-    producer = make_producer(settings)
-    producer.produce(settings.quarantine_topic, key=identity.encode(), value=signed)
-    if producer.flush(30):
-        raise click.ClickException("the release was not delivered")
+    _send_command(settings, identity.encode(), message, "the release")
     click.echo(f"release of {identity} (command {cid}) sent")
 
 
 @main.group()
 def audit() -> None:
     """The tamper-evident audit log: run the auditor, verify, prove, show."""
-
-
-def _audit_inputs(
-    settings: Any, topic: str | None, checkpoints_dir: str | None
-) -> tuple[list[bytes], list[str]]:
-    from pipeline.kafka.clients import read_all
-
-    entries = [m.value() or b"" for m in read_all(settings, topic or settings.audit_topic,
-                                                   timeout_s=10)]  # fmt: skip
-    if checkpoints_dir:
-        texts = [p.read_text() for p in sorted(Path(checkpoints_dir).glob("*.txt"))]
-    else:
-        found = read_all(settings, settings.audit_checkpoints_topic, timeout_s=10)
-        texts = [(m.value() or b"").decode("utf-8", "replace") for m in found]
-    return entries, texts
 
 
 @audit.command("run")
@@ -557,13 +543,12 @@ def audit_verify(
     ctx: click.Context, topic: str | None, checkpoints_dir: str | None, public_key: str | None
 ) -> None:  # fmt: skip
     """Recompute the log's hashes and checkpoints; exit 1 naming what is wrong."""
-    from pipeline.audit.auditor import load_public
+    from pipeline.audit.auditor import load_public, public_key_path, read_log
     from pipeline.audit.log import verify
 
     settings = _settings(ctx)
-    pub_path = Path(public_key) if public_key else (
-        settings.home_path / "keys" / "audit-checkpoint.pub.pem")  # fmt: skip
-    entries, texts = _audit_inputs(settings, topic, checkpoints_dir)
+    pub_path = Path(public_key) if public_key else public_key_path(settings.home_path)
+    entries, texts = read_log(settings, topic, checkpoints_dir)
     report = verify(entries, texts, settings.audit_origin, load_public(pub_path))
     if report.ok:
         click.echo(f"OK: {report.records:,} records, {report.checkpoints} checkpoints verified "
@@ -582,13 +567,13 @@ def audit_prove(ctx: click.Context, seq: int, topic: str | None) -> None:
     """An RFC 6962 inclusion proof of record SEQ in the newest checkpointed tree."""
     import json as _json
 
-    from pipeline.audit.auditor import load_public
+    from pipeline.audit.auditor import load_public, public_key_path, read_log
     from pipeline.audit.checkpoint import verify_checkpoint
     from pipeline.audit.log import prove
 
     settings = _settings(ctx)
-    entries, texts = _audit_inputs(settings, topic, None)
-    pub = load_public(settings.home_path / "keys" / "audit-checkpoint.pub.pem")
+    entries, texts = read_log(settings, topic, None)
+    pub = load_public(public_key_path(settings.home_path))
     sizes = [verify_checkpoint(t, settings.audit_origin, pub).size for t in texts]
     size = max((s for s in sizes if s > seq), default=None)
     if size is None:
@@ -608,8 +593,10 @@ def audit_show(ctx: click.Context, identity: str, topic: str | None) -> None:
 
     import msgspec
 
+    from pipeline.audit.auditor import read_log
+
     settings = _settings(ctx)
-    entries, _ = _audit_inputs(settings, topic, None)
+    entries, _ = read_log(settings, topic, None)
     n = 0
     for e in entries:
         r = msgspec.json.decode(e)

@@ -23,7 +23,7 @@ from pipeline.config import Settings, env_var
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.clients import base_config, group_lag, make_producer
 from pipeline.kafka.topics import apply_topics, load_topics
-from pipeline.ports import free_port
+from pipeline.localhost import free_port, healthy, stop, wait_until
 from pipeline.simulate.malformed import bad_samples
 
 Echo = Callable[[str], None]
@@ -55,24 +55,6 @@ def _worker_env(settings: Settings, directory: Path) -> dict[str, str]:
     env[env_var("broker_port")] = str(settings.broker_port)
     env[env_var("broker_state_dir")] = str(settings.broker_state_path)
     return env
-
-
-def _wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready within {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-def _healthy(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 def ack_line(ack: dict[str, Any]) -> str | None:
@@ -148,12 +130,12 @@ def run_demo(
         return proc
 
     start("broker")
-    _wait_for(lambda: _healthy(settings.broker_url), 30, "credential broker")
+    wait_until(lambda: healthy(settings.broker_url), 30, "credential broker")
     echo(f"credential broker: {settings.broker_url} (state {settings.broker_state_path})")
     log = demo_dir / "worker.log"
     echo(f"worker: starting (consumer group {settings.app_id}, log {log})")
     worker = start("worker")
-    _wait_for(settings.command_jwks_path.exists, 60, "worker command key")
+    wait_until(settings.command_jwks_path.exists, 60, "worker command key")
     start("respond")
     echo(f"responder: consumer group {settings.responder_group}, adapters "
          f"{settings.responder_adapters}")  # fmt: skip
@@ -300,18 +282,8 @@ def run_demo(
             if group_lag(settings, settings.auditor_group, audited) == 0:
                 break
             time.sleep(1.0)
-        auditor.terminate()
-        try:
-            auditor.wait(60)
-        except subprocess.TimeoutExpired:
-            auditor.kill()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop([auditor])
+        stop(procs)
     if sim_error:
         raise sim_error[0]
     elapsed = time.monotonic() - t0
@@ -335,16 +307,13 @@ def run_demo(
     refused = {k: v for k, v in live.counts.items() if "refused" in k}
     echo(f"  live agent calls       {live.counts.get('call ok', 0):>10,}  ok; refused: "
          f"{', '.join(f'{k} {v}' for k, v in refused.items()) or 'none'}")  # fmt: skip
-    from pipeline.audit.auditor import load_public
+    from pipeline.audit.auditor import load_public, public_key_path, read_log
     from pipeline.audit.log import verify as verify_audit
-    from pipeline.kafka.clients import read_all
 
-    entries = [m.value() or b"" for m in read_all(settings, settings.audit_topic, timeout_s=10)]
-    texts = [(m.value() or b"").decode() for m in
-             read_all(settings, settings.audit_checkpoints_topic, timeout_s=10)]  # fmt: skip
+    entries, texts = read_log(settings)
     audit_report = verify_audit(
         entries, texts, settings.audit_origin,
-        load_public(settings.home_path / "keys" / "audit-checkpoint.pub.pem"),
+        load_public(public_key_path(settings.home_path)),
     )  # fmt: skip
     verdict = "OK" if audit_report.ok else "TAMPERED: " + "; ".join(audit_report.problems[:3])
     echo(f"  audit log              {audit_report.records:>10,}  records, "

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from pipeline.audit.log import AuditLog
 
-__all__ = ["audit_keys", "record_for", "run_auditor"]
+__all__ = ["audit_keys", "load_public", "public_key_path", "read_log", "record_for", "run_auditor"]
 
 log = logging.getLogger("custos.audit")
 
@@ -46,7 +46,7 @@ _ACTIONS = {1: "created", 2: "updated", 3: "closed"}
 def audit_keys(home: Path) -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
     """The checkpoint signing key (created on first run, mode 0600) and its public half."""
     key_path = home / "keys" / "audit-checkpoint.pem"
-    pub_path = key_path.with_suffix(".pub.pem")
+    pub_path = public_key_path(home)
     if key_path.exists():
         key = load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
@@ -63,11 +63,32 @@ def audit_keys(home: Path) -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
     return key, pub
 
 
+def public_key_path(home: Path) -> Path:
+    """Where :func:`audit_keys` keeps the public half (what verifiers trust by default)."""
+    return home / "keys" / "audit-checkpoint.pub.pem"
+
+
 def load_public(path: Path) -> Ed25519PublicKey:
     pub = load_pem_public_key(path.read_bytes())
     if not isinstance(pub, Ed25519PublicKey):
         raise ValueError(f"{path} is not an Ed25519 public key")
     return pub
+
+
+def read_log(
+    settings: Any, topic: str | None = None, checkpoints_dir: str | None = None
+) -> tuple[list[bytes], list[str]]:
+    """The log's records (``topic`` or the audit topic) and its checkpoints (topic or folder)."""
+    from pipeline.kafka.clients import read_all
+
+    records = read_all(settings, topic or settings.audit_topic, timeout_s=10)
+    entries = [m.value() or b"" for m in records]
+    if checkpoints_dir:
+        texts = [p.read_text() for p in sorted(Path(checkpoints_dir).glob("*.txt"))]
+    else:
+        found = read_all(settings, settings.audit_checkpoints_topic, timeout_s=10)
+        texts = [(m.value() or b"").decode("utf-8", "replace") for m in found]
+    return entries, texts
 
 
 def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:

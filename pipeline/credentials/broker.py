@@ -52,9 +52,9 @@ from pipeline.credentials.tokens import (
     CredentialRejected,
     SigningKey,
     TaskClaims,
+    check_claims,
     decode,
     issue,
-    verify,
 )
 from pipeline.errors import ConfigError, CustosError
 
@@ -169,8 +169,8 @@ class CredentialBroker:
         now = self.clock()
         claims: TaskClaims | None = None
         try:
-            claims = decode(token, self.keys)
-            verify(token, self.keys, agent=agent, task=task, step=step, scope=operation, now_s=now)
+            claims = decode(token, self.keys)  # the signature is checked once, here
+            check_claims(claims, agent=agent, task=task, step=step, scope=operation, now_s=now)
             status = self.registry.status(claims.jti)
             if status is None:
                 raise CredentialRejected("unknown", f"{claims.jti} was never issued here")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pipeline.credentials.tokens import TaskClaims
 
-__all__ = ["Block", "CredentialStatus", "Registry"]
+__all__ = ["Block", "CredentialStatus", "Registry", "open_durable"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (
@@ -62,6 +62,21 @@ CREATE TABLE IF NOT EXISTS blocks (
 """
 
 
+def open_durable(path: Path | str, schema: str) -> sqlite3.Connection:
+    """A SQLite database where an acknowledged write is on disk (WAL, ``synchronous=FULL``).
+
+    Autocommit (transactions are explicit), shareable across threads behind the caller's lock.
+    Also the responders' store of final answers.
+    """
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk
+    db.executescript(schema)
+    return db
+
+
 @dataclass(frozen=True, slots=True)
 class CredentialStatus:
     jti: str
@@ -90,13 +105,8 @@ class Registry:
     """The broker's state. Thread-safe (one connection, one lock: the HTTP server is async)."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = open_durable(path, _SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -41,6 +41,8 @@ __all__ = [
     "CredentialRejected",
     "SigningKey",
     "TaskClaims",
+    "check_claims",
+    "decode",
     "issue",
     "verify",
 ]
@@ -190,7 +192,21 @@ def verify(
 
     Order: signature, time, holder, task and step, scope; the first failure raises.
     """
-    c = decode(token, keys)
+    return check_claims(decode(token, keys), agent=agent, task=task, step=step, scope=scope,
+                        now_s=now_s, leeway_s=leeway_s)  # fmt: skip
+
+
+def check_claims(
+    c: TaskClaims,
+    *,
+    agent: str,
+    task: str | None,
+    step: int | None,
+    scope: str | None,
+    now_s: float,
+    leeway_s: float = 5.0,
+) -> TaskClaims:
+    """:func:`verify` after the signature: time, holder, task and step, scope."""
     if now_s > c.exp + leeway_s:
         raise CredentialRejected("expired", f"expired {now_s - c.exp:.0f} s ago")
     if now_s + leeway_s < c.iat:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from typing import Any
 import msgspec
 from joserfc.jwk import KeySet
 
+from pipeline.credentials.registry import open_durable
 from pipeline.quarantine.commands import CommandRejected, verify
 from pipeline.responders.base import Adapter, Command, HttpRequest, HttpResponse, Outcome, send_http
 
@@ -74,26 +74,21 @@ def status_of(message: dict[str, Any]) -> int:
     return int(message["body"]["openc2"]["response"]["status"])
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (request_id TEXT PRIMARY KEY, digest TEXT NOT NULL,
+    command_id TEXT NOT NULL, status INTEGER NOT NULL, final BLOB NOT NULL, at REAL NOT NULL);
+-- Quarantines in force, so their TTL can end them (a cancel the responder runs itself).
+CREATE TABLE IF NOT EXISTS active (command_id TEXT PRIMARY KEY, identity TEXT NOT NULL,
+    until_ms INTEGER, released INTEGER NOT NULL DEFAULT 0);
+"""
+
+
 class ResponseStore:
     """Final responses by request id (and a digest of the command they answered)."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = open_durable(path, _SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (request_id TEXT PRIMARY KEY, digest TEXT"
-            " NOT NULL, command_id TEXT NOT NULL, status INTEGER NOT NULL, final BLOB NOT NULL,"
-            " at REAL NOT NULL)"
-        )
-        # Quarantines in force, so their TTL can end them (a cancel the responder runs itself).
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS active (command_id TEXT PRIMARY KEY, identity TEXT NOT"
-            " NULL, until_ms INTEGER, released INTEGER NOT NULL DEFAULT 0)"
-        )
 
     def activate(self, command_id: str, identity: str, until_ms: int | None) -> None:
         with self._lock:

@@ -13,16 +13,15 @@ refusals reach detection as events too).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+
+from pipeline.localhost import call_json
 
 __all__ = ["LiveAgents", "agent_call_event"]
 
@@ -70,17 +69,7 @@ class LiveAgents:
         self._hijack.set()
 
     def _http(self, path: str, body: dict[str, Any], bearer: str) -> tuple[int, dict[str, Any]]:
-        req = urllib.request.Request(
-            self.broker_url + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except OSError as exc:
-            return 0, {"error": repr(exc)}
+        return call_json("POST", self.broker_url + path, bearer, body)
 
     def _note(self, agent: str, what: str) -> None:
         self.log.append((time.time(), agent, what))

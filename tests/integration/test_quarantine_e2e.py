@@ -6,13 +6,11 @@ broker (``custos broker``) revokes and blocks → the agent's next call is refus
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import msgspec
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
-from pipeline.ports import free_port
+from pipeline.localhost import call_json, free_port, healthy, wait_until
 
 AGENT = "agt-e2e-001"
 
@@ -42,25 +40,8 @@ def _env(settings: Settings, tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _http(method: str, url: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def _wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout} s")
+    return wait_until(pred, timeout, what, step=0.05)
 
 
 def _call(uid: str, t: int, cred: dict[str, Any]) -> bytes:
@@ -93,18 +74,18 @@ def test_compromised_agent_loses_its_credentials_and_the_ack_proves_it(
     try:
         start("broker", "broker")
         base = f"http://127.0.0.1:{broker_port}"
-        _wait(lambda: _ok(f"{base}/healthz"), 30, "broker up")
+        _wait(lambda: healthy(base), 30, "broker up")
         token = (tmp_path / "broker" / "api-token").read_text().strip()
         start("worker", "worker")  # writes the command-signing JWKS the responder trusts
         _wait(lambda: (tmp_path / "home" / "keys" / "commands.jwks.json").exists(), 60, "worker")
         start("respond", "respond")
 
-        status, issued = _http("POST", f"{base}/v1/credentials", token,
+        status, issued = call_json("POST", f"{base}/v1/credentials", token,
                                {"agent": AGENT, "task": "task-1", "step": 1,
                                 "scope": ["crm.read"], "ceiling": 1})  # fmt: skip
         assert status == 201, issued
         use = {"agent": AGENT, "task": "task-1", "step": 1, "operation": "crm.read"}
-        assert _http("POST", f"{base}/v1/access", issued["credential"], use)[0] == 200
+        assert call_json("POST", f"{base}/v1/access", issued["credential"], use)[0] == 200
 
         # The compromise: AGENT calls with a credential issued to another agent.
         producer = make_producer(isolated)
@@ -121,7 +102,7 @@ def test_compromised_agent_loses_its_credentials_and_the_ack_proves_it(
         t_attack = time.monotonic()
 
         def refused() -> dict[str, Any] | None:
-            code, body = _http("POST", f"{base}/v1/access", issued["credential"], use)
+            code, body = call_json("POST", f"{base}/v1/access", issued["credential"], use)
             return body if code == 403 else None
 
         denial = _wait(refused, 120, "the agent's credential refused: " + tail())
@@ -144,7 +125,7 @@ def test_compromised_agent_loses_its_credentials_and_the_ack_proves_it(
         assert issued["jti"] in got["adapters"]["custos-broker"]["revoked"]
         # Blocked: no new credential either; and the refused call is itself an input event.
         again = {"agent": AGENT, "task": "task-2", "step": 1, "scope": []}
-        assert _http("POST", f"{base}/v1/credentials", token, again)[0] == 403
+        assert call_json("POST", f"{base}/v1/credentials", token, again)[0] == 403
         records = read_all(isolated, isolated.agent_topic, timeout_s=3)
         events = [msgspec.json.decode(m.value()) for m in records]
         assert any(e.get("unmapped", {}).get("rejection") == "revoked" for e in events)
@@ -157,14 +138,6 @@ def test_compromised_agent_loses_its_credentials_and_the_ack_proves_it(
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
-
-
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 def test_below_the_auto_severity_a_human_approves_then_releases(
@@ -191,12 +164,12 @@ def test_below_the_auto_severity_a_human_approves_then_releases(
     try:
         start("broker")
         base = f"http://127.0.0.1:{broker_port}"
-        _wait(lambda: _ok(f"{base}/healthz"), 30, "broker up")
+        _wait(lambda: healthy(base), 30, "broker up")
         token = (tmp_path / "broker" / "api-token").read_text().strip()
         start("worker")
         _wait(lambda: (tmp_path / "home" / "keys" / "commands.jwks.json").exists(), 60, "worker")
         start("respond")
-        status, issued = _http("POST", f"{base}/v1/credentials", token,
+        status, issued = call_json("POST", f"{base}/v1/credentials", token,
                                {"agent": AGENT, "task": "task-1", "step": 1,
                                 "scope": ["crm.read"]})  # fmt: skip
         assert status == 201
@@ -212,16 +185,16 @@ def test_below_the_auto_severity_a_human_approves_then_releases(
         command_id = pending[0].split()[0]
         time.sleep(1.0)
         # Nothing happened yet: the agent still works.
-        assert _http("POST", f"{base}/v1/access", issued["credential"], use)[0] == 200
+        assert call_json("POST", f"{base}/v1/access", issued["credential"], use)[0] == 200
         assert "approved" in cli("approve", command_id, "--by", "analyst:alice")
-        _wait(lambda: _http("POST", f"{base}/v1/access", issued["credential"], use)[0] == 403,
+        _wait(lambda: call_json("POST", f"{base}/v1/access", issued["credential"], use)[0] == 403,
               60, "refused after approval")  # fmt: skip
         again = {"agent": AGENT, "task": "task-2", "step": 1, "scope": ["crm.read"]}
-        assert _http("POST", f"{base}/v1/credentials", token, again)[0] == 403
+        assert call_json("POST", f"{base}/v1/credentials", token, again)[0] == 403
 
         cli("release", AGENT, "--command", command_id, "--by", "analyst:alice",
             "--reason", "false positive: approved test traffic")  # fmt: skip
-        _wait(lambda: _http("POST", f"{base}/v1/credentials", token, again)[0] == 201,
+        _wait(lambda: call_json("POST", f"{base}/v1/credentials", token, again)[0] == 201,
               60, "issuance again after the release")  # fmt: skip
     finally:
         for p in procs:

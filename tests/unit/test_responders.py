@@ -22,7 +22,7 @@ import pytest
 from pipeline.credentials.broker import CredentialBroker, web_app
 from pipeline.credentials.registry import Registry
 from pipeline.credentials.tokens import CredentialRejected, SigningKey
-from pipeline.ports import free_port
+from pipeline.localhost import free_port
 from pipeline.quarantine.commands import cancel, command_id_for, contain, sign
 from pipeline.responders.base import Command, HttpRequest, HttpResponse, send_http
 from pipeline.responders.custos_broker import CustosBrokerAdapter
