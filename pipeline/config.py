@@ -219,6 +219,41 @@ class Settings:
     audit_checkpoint_records: int = _setting(100, "Sign a checkpoint every this many records")
     audit_checkpoint_s: float = _setting(10.0, "... or this many seconds, whichever comes first")
 
+    # --- Model provenance (`custos models`) -------------------------------------------------
+    models_dir: str = _setting(
+        str(REPO_ROOT / "models"), "Model registry: signed versions, promoted.json, keys/"
+    )
+    model_name: str = _setting("detector", "Registry name of the shared detector the worker runs")
+    model_signing_key: str = _setting(
+        "",
+        "Ed25519 PEM that `custos models train/sign` signs with; empty = "
+        "<home>/keys/model-signing.pem (generated on first use, mode 0600)",
+    )
+    model_trusted_keys: str = _setting(
+        "",
+        "Comma-separated public PEMs trusted to sign models, besides <models_dir>/keys/*.pub.pem",
+    )
+    model_trust_local_key: bool = _setting(
+        True,
+        "Also trust the public half of model_signing_key (development: a data scientist's "
+        "notebook publishes, the local worker accepts); set false in production",
+    )
+    model_warmup_events: int = _setting(
+        10_000,
+        "A worker starting without saved state scores this many events with the built-in cold "
+        "start before adopting a trained model (a trained detector expects mature baselines)",
+    )
+    models_topic: str = _setting(
+        "custos.models", "Control topic: model promotions and rollbacks the worker hot-swaps"
+    )
+    agent_models_topic: str = _setting(
+        "custos.agent-models", "Control topic: agent model registrations, approvals, revocations"
+    )
+    reports_topic: str = _setting(
+        "custos.reports",
+        "Services' own audited events: configuration at start, model loaded / refused",
+    )
+
     # --- Credential broker (`custos broker`) ------------------------------------------------------
     broker_host: str = _setting("127.0.0.1", "Credential broker HTTP address (loopback only)")
     broker_port: int = _setting(8787, "Credential broker HTTP port")
@@ -277,6 +312,12 @@ class Settings:
             if self.broker_state_dir
             else self.home_path / "credentials"
         )
+
+    @property
+    def model_signing_key_path(self) -> Path:
+        if self.model_signing_key:
+            return Path(self.model_signing_key).expanduser()
+        return self.home_path / "keys" / "model-signing.pem"
 
     @property
     def broker_url(self) -> str:

@@ -44,6 +44,8 @@ from pipeline.detectors import Loda, TailCalibrator
 from pipeline.directory import Directory, DirectoryEntry, load_model_allowlist
 from pipeline.explanations import Contribution, RuleHit, Score, Signal
 from pipeline.features import Features, extract
+from pipeline.models.artifacts import SklearnDetector
+from pipeline.models.registry import Loaded
 from pipeline.policy import Decision, RiskPolicy, RiskState, load_suppressions
 from pipeline.rules import RuleState, ZeroTrustRules
 from pipeline.schemas import Event
@@ -137,8 +139,9 @@ class Detection:
         directory: Directory | None = None,
         baseline_model: BaselineModel | None = None,
         peer_model: BaselineModel | None = None,
-        detector: Loda | None = None,
+        detector: Loda | SklearnDetector | None = None,
         calibrator: TailCalibrator | None = None,
+        model: Loaded | None = None,
         rules: ZeroTrustRules | None = None,
         policy: RiskPolicy | None = None,
         learn_gate: float | None = None,
@@ -153,9 +156,15 @@ class Detection:
         self.baseline_model = baseline_model or BaselineModel()
         # A group's volumes spread wider than any one member's: its z-scores get a softer tail.
         self.peer_model = peer_model or BaselineModel(cat_slots=16, scope="peer", z_scale=3.0)
-        self.detector = detector or Loda(n_features=len(DEVIATIONS))
+        self.detector: Loda | SklearnDetector = detector or Loda(n_features=len(DEVIATIONS))
         self.calibrator = calibrator or TailCalibrator()
         self.cold_calibrator = TailCalibrator()
+        # Which signed model the shared detector started from (None: the built-in cold start).
+        self.model_ref: dict[str, str] | None = None
+        # The model a saved shared state said it ran (load_shared); the worker re-verifies it.
+        self.saved_model_ref: dict[str, str] | None = None
+        if model is not None:
+            self.swap_model(model)
         allowlist = (
             load_model_allowlist(settings.model_allowlist_file)
             if settings.model_allowlist_file
@@ -173,6 +182,7 @@ class Detection:
         self.peers: dict[str, BaselineState] = {}
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
+        self.events_seen = 0  # events processed since the shared state began (saved with it)
         self.state_resets = 0
         # LRU of decoded identity states, validated by their stored bytes: decoding a state
         # costs more than scoring an event, and active identities come back batch after batch.
@@ -252,6 +262,7 @@ class Detection:
         while len(decoded) > self.state_cache_size:
             decoded.popitem(last=False)
         self.watermark_ms = max(self.watermark_ms, max(ev.time_ms for ev in events))
+        self.events_seen += len(events)
         return result
 
     def _fetch(self, uid: str, time_ms: int, store: MutableMapping[str, bytes]) -> IdentityState:
@@ -457,17 +468,35 @@ class Detection:
         return out
 
     # --- shared state --------------------------------------------------------------------------
+    def swap_model(self, model: Loaded) -> dict[str, str] | None:
+        """Run on a verified model's detector and calibrator from now on; returns the old ref.
+
+        Per-identity baselines, peer baselines, rule and risk state are untouched: a swap
+        changes how deviation vectors are scored, not what Custos knows about identities.
+        """
+        previous = self.model_ref
+        self.detector = model.bundle.detector
+        self.calibrator = model.bundle.calibrator
+        self.model_ref = model.ref
+        return previous
+
     def save_shared(self, path: Path) -> None:
-        """Persist peer baselines, detector and calibrator (atomically: write, then rename)."""
+        """Persist peer baselines, detector and calibrator (atomically: write, then rename).
+
+        A frozen (scikit-learn) detector is not written: only its model reference is, and the
+        worker reloads and re-verifies it from the registry on start.
+        """
         from pipeline.detectors import dumps
 
         blob = msgspec.msgpack.encode(
             {
                 "version": STATE_VERSION,
                 "peers": {k: self.peer_model.to_bytes(v) for k, v in self.peers.items()},
-                "detector": dumps(self.detector),
+                "detector": dumps(self.detector) if isinstance(self.detector, Loda) else None,
                 "calibrator": dumps(self.calibrator),
                 "cold_calibrator": dumps(self.cold_calibrator),
+                "model": self.model_ref,
+                "events_seen": self.events_seen,
             }
         )
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -475,6 +504,12 @@ class Detection:
         tmp.replace(path)
 
     def load_shared(self, path: Path) -> bool:
+        """Restore :meth:`save_shared`'s file; False (and nothing changed) if absent or unusable.
+
+        ``saved_model_ref`` is set to the model the state was learned with; when the detector
+        itself was not saved (a frozen model), the current one is left for the caller to
+        replace by that model.
+        """
         from pipeline.detectors import loads
 
         if not path.exists():
@@ -484,20 +519,28 @@ class Detection:
             if d.get("version") != STATE_VERSION:
                 raise ValueError(f"version {d.get('version')}")
             peers = {k: self.peer_model.from_bytes(v) for k, v in d["peers"].items()}
-            det, cal = loads(d["detector"]), loads(d["calibrator"])
+            det = loads(d["detector"]) if d["detector"] is not None else None
+            cal = loads(d["calibrator"])
             cold: Loda | TailCalibrator = (
                 loads(d["cold_calibrator"]) if "cold_calibrator" in d else TailCalibrator()
             )
+            ref = d.get("model")
+            seen = int(d.get("events_seen", 0))
         except (ValueError, TypeError, KeyError, msgspec.DecodeError) as exc:
             # Shared state is re-learned within minutes; a stale file must not stop the worker.
             log.warning("ignoring unreadable shared state %s (%s)", path, exc)
             return False
         if not (
-            isinstance(det, Loda)
+            (det is None or isinstance(det, Loda))
             and isinstance(cal, TailCalibrator)
             and isinstance(cold, TailCalibrator)
         ):
             return False
-        self.peers, self.detector = peers, det
+        self.peers = peers
+        if det is not None:
+            self.detector = det
+            self.model_ref = ref
         self.calibrator, self.cold_calibrator = cal, cold
+        self.saved_model_ref = ref
+        self.events_seen = seen
         return True

@@ -1,7 +1,9 @@
 """``custos audit``: the single writer of the audit log, and its verifier on Kafka.
 
 The auditor consumes every decision topic - findings (``custos.alerts``), quarantine commands
-(``custos.quarantine``, ``custos.approvals``), responder answers (``custos.quarantine.acks``) -
+(``custos.quarantine``, ``custos.approvals``), responder answers (``custos.quarantine.acks``),
+model promotions (``custos.models``), agent-model registry changes (``custos.agent-models``),
+services' own reports (``custos.reports``: configuration at start, model loaded / refused) -
 and appends one record per decision (and, when it starts, one with its own configuration) to
 ``custos.audit`` (one partition: one order), built by :class:`pipeline.audit.log.AuditLog`.
 Every ``audit_checkpoint_records`` records or ``audit_checkpoint_s`` seconds it signs a
@@ -18,23 +20,15 @@ to whom, by whom, why, references).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-    load_pem_public_key,
-)
 
 from pipeline.audit.log import AuditLog
+from pipeline.keys import load_or_create, load_public, public_path
 
 __all__ = ["audit_keys", "load_public", "public_key_path", "read_log", "record_for", "run_auditor"]
 
@@ -45,34 +39,13 @@ _ACTIONS = {1: "created", 2: "updated", 3: "closed"}
 
 def audit_keys(home: Path) -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
     """The checkpoint signing key (created on first run, mode 0600) and its public half."""
-    key_path = home / "keys" / "audit-checkpoint.pem"
-    pub_path = public_key_path(home)
-    if key_path.exists():
-        key = load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{key_path} is not an Ed25519 key")
-    else:
-        key = Ed25519PrivateKey.generate()
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    pub = key.public_key()
-    if not pub_path.exists():
-        pub_path.write_bytes(pub.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-    return key, pub
+    key = load_or_create(home / "keys" / "audit-checkpoint.pem")
+    return key, key.public_key()
 
 
 def public_key_path(home: Path) -> Path:
     """Where :func:`audit_keys` keeps the public half (what verifiers trust by default)."""
-    return home / "keys" / "audit-checkpoint.pub.pem"
-
-
-def load_public(path: Path) -> Ed25519PublicKey:
-    pub = load_pem_public_key(path.read_bytes())
-    if not isinstance(pub, Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 public key")
-    return pub
+    return public_path(home / "keys" / "audit-checkpoint.pem")
 
 
 def read_log(
@@ -159,6 +132,35 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
             "detail": {"status": status, "adapters": ext.get("adapters"),
                        "rejected": ext.get("rejected"), "expired": ext.get("expired")},
         }  # fmt: skip
+    if topic_kind == "models":
+        a = msgspec.json.decode(value)
+        return {
+            "kind": "model.promoted" if a.get("action") == "promote" else "model.rolled_back",
+            "subject": a["name"], "actor": a.get("by"),
+            "why": {"explanation": [a.get("reason") or f"{a.get('action')} {a.get('version')}"]},
+            "refs": {"model": {"name": a["name"], "version": a.get("version"),
+                               "manifest_sha256": a.get("manifest_sha256")}},
+            "detail": {"action": a.get("action")},
+        }  # fmt: skip
+    if topic_kind == "agent_models":
+        u = msgspec.json.decode(value)
+        return {
+            "kind": f"agent_model.{u.get('action', 'other')}",
+            "subject": u.get("name"), "actor": u.get("by") or u.get("approved_by") or "unknown",
+            "why": {"explanation": [u.get("reason") or u.get("action")]},
+            "refs": {"model": {"name": u.get("name"), "version": u.get("version"),
+                               "digest": u.get("digest")}},
+            "detail": {k: v for k, v in u.items() if k not in ("name", "version", "digest")},
+        }  # fmt: skip
+    if topic_kind == "reports":
+        r = msgspec.json.decode(value)
+        return {
+            "kind": r["kind"], "subject": r.get("subject"), "actor": r["service"],
+            "why": {"explanation": [r.get("detail")] if r.get("detail") else [],
+                    "reason": r.get("reason")},
+            "refs": {"model": r.get("model"), "previous": r.get("previous")},
+            "detail": {k: r[k] for k in ("requested", "settings") if r.get(k) is not None},
+        }  # fmt: skip
     return None
 
 
@@ -178,7 +180,9 @@ def run_auditor(settings: Any, *, stop_after_s: float | None = None) -> None:
         if src:
             seen.add(src)
     kinds = {settings.alerts_topic: "alerts", settings.quarantine_topic: "quarantine",
-             settings.approvals_topic: "approvals", settings.acks_topic: "acks"}  # fmt: skip
+             settings.approvals_topic: "approvals", settings.acks_topic: "acks",
+             settings.models_topic: "models", settings.agent_models_topic: "agent_models",
+             settings.reports_topic: "reports"}  # fmt: skip
     producer = make_producer(settings)
     conf = settings.client_config()
     conf.update({"group.id": settings.auditor_group, "enable.auto.commit": False,

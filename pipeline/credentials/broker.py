@@ -465,8 +465,15 @@ def run_broker(settings: Settings) -> None:
     if not ipaddress.ip_address(settings.broker_host).is_loopback:
         raise ConfigError(f"broker_host {settings.broker_host} is not a loopback address")
     from pipeline.credentials.rejections import KafkaRejectionSink
+    from pipeline.kafka.clients import make_producer
+    from pipeline.reports import config_report, encode
 
     sink = KafkaRejectionSink(settings)
+    # The configuration this broker runs with (secrets masked), for the audit log.
+    producer = make_producer(settings)
+    producer.produce(settings.reports_topic, value=encode(config_report(settings, "broker")))
+    if producer.flush(10):
+        log.warning("configuration report not delivered to %s", settings.reports_topic)
     broker = CredentialBroker.from_settings(settings, on_reject=sink)
     app = web_app(broker, load_api_token(settings))
     try:

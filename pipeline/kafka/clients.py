@@ -6,7 +6,14 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Settings
@@ -62,6 +69,19 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
     return Consumer(conf)
 
 
+def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 20) -> tuple[int, int]:
+    """Watermark offsets, retried while a new topic's leader is still being elected."""
+    for attempt in range(attempts):
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if attempt == attempts - 1 or not exc.args[0].retriable():
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
 def read_all(
     settings: Settings, topic: str, *, expect: int | None = None, timeout_s: float = 30.0
 ) -> list[Message]:
@@ -79,7 +99,7 @@ def read_all(
         ends = {}
         tps = []
         for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = _watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 ends[p] = high
                 tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))

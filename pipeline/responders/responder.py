@@ -327,6 +327,8 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
 
     from pipeline import __version__
     from pipeline.kafka.clients import make_producer
+    from pipeline.reports import config_report
+    from pipeline.reports import encode as encode_report
     from pipeline.responders.setup import adapters_from_settings, trusted_keys
 
     store = ResponseStore(settings.responder_state_path / "responses.sqlite3")
@@ -336,6 +338,9 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
         backoff_s=settings.responder_backoff_s,
     )  # fmt: skip
     producer = make_producer(settings)
+    # The configuration this responder runs with (secrets masked), for the audit log.
+    me = f"responder:{settings.responder_id}"
+    producer.produce(settings.reports_topic, value=encode_report(config_report(settings, me)))
     conf = settings.client_config()
     conf.update({"group.id": settings.responder_group, "enable.auto.commit": False,
                  "auto.offset.reset": "earliest"})  # fmt: skip

@@ -20,7 +20,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,12 @@ from pipeline.errors import InvalidEvent
 from pipeline.explanations import Signal
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.ingest import IngestStats
+from pipeline.models.runtime import ModelRuntime
 from pipeline.policy import Decision
 from pipeline.quarantine.commands import sign as sign_command
 from pipeline.quarantine.policy import QuarantinePolicy, command_key
+from pipeline.reports import Report, config_report
+from pipeline.reports import encode as encode_report
 from pipeline.schemas import Event, EventDecoder
 from pipeline.scoring import Detection
 
@@ -192,6 +195,10 @@ def create_app(
         log.warning("%s holds dead letters a previous run could not publish", spill_path)
     if detection.load_shared(shared_path):
         log.info("loaded shared detector state from %s", shared_path)
+    service = f"worker:{settings.app_id}"
+    runtime = ModelRuntime(settings, service)
+    # Reports waiting for the producer: configuration and the model chosen at start.
+    startup = [config_report(settings, service), *runtime.start(detection)]
 
     app = faust_app(settings, data, store_url)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
@@ -205,6 +212,7 @@ def create_app(
     scores_topic = app.topic(settings.scores_topic, **raw)
     quarantine_topic = app.topic(settings.quarantine_topic, **raw)
     approvals_topic = app.topic(settings.approvals_topic, **raw)
+    reports_topic = app.topic(settings.reports_topic, **raw)
     quarantine = QuarantinePolicy.from_settings(settings)
     command_signer = command_key(settings.command_key_path, settings.command_jwks_path)
     # Evidence about another identity (the delegator of an unauthorised delegation) goes to
@@ -291,6 +299,13 @@ def create_app(
             )
             stats.signals += 1
         await publish(result.decisions)
+        adopted = runtime.maybe_adopt(detection)
+        if adopted is not None:
+            await report(adopted)
+
+    async def report(r: Report) -> None:
+        await bounded(reports_topic.send(key=(r.subject or r.service).encode(),
+                                         value=encode_report(r)))  # fmt: skip
 
     async def apply_signals(stream: Any) -> None:
         decode = msgspec.msgpack.Decoder(Signal).decode
@@ -321,6 +336,20 @@ def create_app(
     app.agent(rekeyed, name="detect-rekeyed", supervisor_strategy=CrashingSupervisor)(detect)
     app.agent(signals_topic, name="signals", supervisor_strategy=CrashingSupervisor)(apply_signals)
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def control() -> None:
+        # Control topics are broadcast: every worker reads all of them, outside the group.
+        for r in startup:
+            await report(r)
+
+        async def on_model(values: list[bytes], catching_up: bool) -> None:
+            # Catching up, only the latest announcement matters: replaying history would
+            # swap through every version ever promoted.
+            for value in values[-1:] if catching_up else values:
+                await report(runtime.apply(detection, value))
+
+        await follow(settings, settings.models_topic, on_model)
+
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def housekeeping() -> None:
         # Close quiet incidents (event time: simulated time may run faster than the clock)
@@ -340,6 +369,64 @@ def create_app(
     app.custos_stats = stats  # type: ignore[attr-defined]
     app.custos_detection = detection  # type: ignore[attr-defined]
     return app
+
+
+async def follow(
+    settings: Settings,
+    topic: str,
+    handle: Callable[[list[bytes], bool], Awaitable[None]],
+) -> None:
+    """Read every partition of ``topic`` from the start, outside any consumer group.
+
+    ``handle(values, catching_up)`` gets everything up to the end offsets seen at start in
+    one call with ``catching_up`` True, then new messages as they come. Runs until cancelled.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+    await consumer.start()
+    try:
+        parts = await _partitions(settings, topic)
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        history: list[bytes] = []
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in tps])
+
+        while await behind():
+            got = await consumer.getmany(*tps, timeout_ms=1000)
+            for records in got.values():
+                history.extend(r.value for r in records if r.value is not None)
+        await handle(history, True)
+        while True:
+            got = await consumer.getmany(*tps, timeout_ms=1000)
+            values = [r.value for records in got.values() for r in records if r.value is not None]
+            if values:
+                await handle(values, False)
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(settings: Settings, topic: str) -> set[int]:
+    from pipeline.kafka.clients import make_admin
+
+    def lookup() -> set[int]:
+        md = make_admin(settings).list_topics(topic, timeout=10)
+        t = md.topics.get(topic)
+        return set(t.partitions) if t is not None and t.error is None else set()
+
+    waited = 0
+    while True:  # the topic may be created after the worker starts; detection goes on meanwhile
+        parts = await asyncio.to_thread(lookup)
+        if parts:
+            return parts
+        if waited % 60 == 0:
+            log.error("control topic %s does not exist (custos topics apply); waiting", topic)
+        await asyncio.sleep(1.0)
+        waited += 1
 
 
 def _worker_metrics(stats: WorkerStats, detection: Detection) -> Iterator[Metric]:

@@ -33,6 +33,9 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
         acks_topic=f"t.{tag}.acks",
         audit_topic=f"t.{tag}.audit",
         audit_checkpoints_topic=f"t.{tag}.audit-checkpoints",
+        models_topic=f"t.{tag}.models",
+        agent_models_topic=f"t.{tag}.agent-models",
+        reports_topic=f"t.{tag}.reports",
         worker_partitions=3,
     )
     path = tmp_path / "topics.yaml"
@@ -53,7 +56,9 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
         )
         + "".join(
             f"  - {{name: {name}, partitions: 1}}\n"
-            for name in (settings.audit_topic, settings.audit_checkpoints_topic)
+            for name in (settings.audit_topic, settings.audit_checkpoints_topic,
+                         settings.models_topic, settings.agent_models_topic,
+                         settings.reports_topic)
         )
     )
     apply_topics(settings, load_topics(path))

@@ -19,14 +19,18 @@ from pipeline.explanations import RuleHit, Score
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.kafka.topics import TopicSpec, apply_topics
+from pipeline.models.runtime import Announcement, encode_announcement
 from pipeline.policy import RiskPolicy, RiskState
 from pipeline.quarantine.commands import contain, sign
 from pipeline.quarantine.policy import command_key
+from pipeline.reports import Report
+from pipeline.reports import encode as encode_report
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    for name in ("bootstrap", "home", "audit_topic", "audit_checkpoints_topic"):
+    for name in ("bootstrap", "home", "audit_topic", "audit_checkpoints_topic", "models_topic",
+                 "reports_topic", "agent_models_topic"):
         value = settings.bootstrap_servers if name == "bootstrap" else getattr(settings, name)
         env[env_var(name)] = str(value)
     return subprocess.run([sys.executable, "-m", "pipeline", "audit", *args], env=env,
@@ -61,13 +65,28 @@ def test_auditor_records_decisions_and_verify_catches_a_tampered_copy(
     )
     producer.produce(settings.quarantine_topic, key=b"agt-1", value=command)
     producer.produce(settings.acks_topic, key=b"agt-1", value=msgspec.json.encode(ack))
+    # A model promotion, and the worker refusing the promoted version.
+    producer.produce(settings.models_topic, value=encode_announcement(Announcement(
+        "promote", "detector", "7", "ab" * 32, "analyst:alice", 1, "better PR-AUC"
+    )))  # fmt: skip
+    producer.produce(settings.reports_topic, value=encode_report(Report(
+        "model.refused", "worker:custos", 2, subject="detector", reason="artifact_hash",
+        detail="artifact SHA-256 is 00…", requested={"version": "7"}
+    )))  # fmt: skip
     assert producer.flush(30) == 0
 
     run_auditor(settings, stop_after_s=8)
     entries = [m.value() for m in read_all(settings, settings.audit_topic, timeout_s=5)]
     kinds = [json.loads(e)["kind"] for e in entries]
     assert kinds[0] == "config.start"  # what the auditor ran with, secrets masked
-    assert sorted(kinds[1:]) == ["alert.created", "quarantine.done", "quarantine.issued"]
+    assert sorted(kinds[1:]) == ["alert.created", "model.promoted", "model.refused",
+                                 "quarantine.done", "quarantine.issued"]  # fmt: skip
+    promoted = next(json.loads(e) for e in entries if json.loads(e)["kind"] == "model.promoted")
+    assert promoted["actor"] == "analyst:alice" and promoted["why"]["explanation"] == [
+        "better PR-AUC"
+    ]
+    refused = next(json.loads(e) for e in entries if json.loads(e)["kind"] == "model.refused")
+    assert refused["actor"] == "worker:custos" and refused["why"]["reason"] == "artifact_hash"
     assert json.loads(entries[0])["detail"]["settings"]["audit_topic"] == settings.audit_topic
     alert = next(json.loads(e) for e in entries if json.loads(e)["kind"] == "alert.created")
     assert alert["why"]["rationale"] == ["I was told to"] and alert["refs"]["events"] == ["e-1"]
@@ -76,14 +95,14 @@ def test_auditor_records_decisions_and_verify_catches_a_tampered_copy(
     # A restarted auditor records its start again, and no decision twice.
     run_auditor(settings, stop_after_s=5)
     entries = [m.value() for m in read_all(settings, settings.audit_topic, timeout_s=5)]
-    assert [json.loads(e)["kind"] for e in entries][4:] == ["config.start"]
+    assert [json.loads(e)["kind"] for e in entries][6:] == ["config.start"]
 
     ok = _cli(settings, "verify")
-    assert ok.returncode == 0 and ok.stdout.startswith("OK: 5 records"), ok.stdout + ok.stderr
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: 7 records"), ok.stdout + ok.stderr
     shown = _cli(settings, "show", "--identity", "agt-1").stdout
     assert "quarantine.issued" in shown and "agent said: I was told to" in shown
     proof = json.loads(_cli(settings, "prove", "1").stdout)
-    assert proof["tree_size"] == 5 and proof["seq"] == 1
+    assert proof["tree_size"] == 7 and proof["seq"] == 1
 
     # Someone rewrites record 1 in a copy of the log: verify names it.
     copy = f"{settings.audit_topic}.copy"

@@ -32,6 +32,8 @@ def _env(settings: Settings, tmp: Path, **extra: str) -> dict[str, str]:
         "scores_topic": settings.scores_topic, "quarantine_topic": settings.quarantine_topic,
         "approvals_topic": settings.approvals_topic, "acks_topic": settings.acks_topic,
         "rejections_topic": settings.agent_topic, "worker_partitions": "3",
+        "models_topic": settings.models_topic, "reports_topic": settings.reports_topic,
+        "agent_models_topic": settings.agent_models_topic,
         "worker_batch_within_s": "0.05", "broker_state_dir": str(tmp / "broker"),
         **extra,
     }  # fmt: skip

@@ -1,0 +1,96 @@
+"""A running worker refuses a tampered model, keeps scoring, and hot-swaps a signed one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pipeline.config import Settings, env_var
+from pipeline.kafka.clients import make_producer, read_all
+from pipeline.keys import pem
+from pipeline.models.registry import ModelRegistry
+from pipeline.models.runtime import Announcement, encode_announcement
+from tests.integration.test_worker import AGENT, _agent_call, _env, _produce, _start
+from tests.unit.test_models import _flip, _loda_artifact, _manifest
+
+
+def _reports(settings: Settings, pred: Any, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in read_all(settings, settings.reports_topic, timeout_s=3):
+            doc = msgspec.json.decode(m.value())
+            if pred(doc):
+                return doc  # type: ignore[no-any-return]
+        time.sleep(0.5)
+    raise AssertionError(f"no such report on {settings.reports_topic} within {timeout} s")
+
+
+def _scored(settings: Settings, uid: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in read_all(settings, settings.scores_topic, timeout_s=3):
+            if msgspec.json.decode(m.value())["event_uid"] == uid:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"{uid} was not scored within {timeout} s")
+
+
+def test_tampered_model_refused_signed_one_swapped_in_live(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    reg = ModelRegistry(tmp_path / "models")
+    (reg.root / "keys").mkdir(parents=True)
+    (reg.root / "keys" / "itest.pub.pem").write_bytes(pem(key.public_key()))
+    for version, seed in (("1", 1), ("2", 2), ("3", 3)):
+        art = _loda_artifact(seed)
+        reg.publish(_manifest(version, art), art, key)
+    reg.promote("detector", "1", by="itest")
+
+    def announce(version: str) -> None:
+        digest = hashlib.sha256(reg.manifest_bytes("detector", version)).hexdigest()
+        a = Announcement("promote", "detector", version, digest, "analyst:itest", 1, "itest")
+        producer = make_producer(isolated)
+        producer.produce(isolated.models_topic, key=b"detector", value=encode_announcement(a))
+        assert producer.flush(30) == 0
+
+    env = _env(isolated, tmp_path / "data", f"itest-models-{os.getpid()}-{int(time.time())}")
+    env[env_var("models_dir")] = str(reg.root)
+    env[env_var("model_warmup_events")] = "0"
+    env[env_var("model_trust_local_key")] = "false"
+    now = int(time.time() * 1000)
+    worker = _start(env, tmp_path / "worker.log")
+    try:
+        started = _reports(isolated, lambda d: d["kind"] == "model.loaded")
+        assert started["model"]["version"] == "1", started
+        config = _reports(isolated, lambda d: d["kind"] == "config.start")
+        assert config["settings"]["models_dir"] == str(reg.root)
+
+        # Version 2 is tampered with after signing: refused, version 1 keeps scoring.
+        _flip(reg.root / "detector" / "2" / "detector.msgpack")
+        announce("2")
+        refused = _reports(isolated, lambda d: d["kind"] == "model.refused")
+        assert refused["reason"] == "artifact_hash" and refused["model"]["version"] == "1"
+        _produce(isolated, [_agent_call("after-refusal", now)])
+        _scored(isolated, "after-refusal")
+
+        # Version 3 is properly signed: swapped in without a restart.
+        announce("3")
+        swapped = _reports(
+            isolated, lambda d: d["kind"] == "model.loaded" and d["model"]["version"] == "3"
+        )
+        assert swapped["previous"]["version"] == "1"
+        _produce(isolated, [_agent_call("after-swap", now + 1000)])
+        _scored(isolated, "after-swap")
+        assert worker.poll() is None  # never restarted
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    assert AGENT  # the events above are the worker tests' agent
