@@ -349,6 +349,20 @@ def test_the_local_key_is_trusted_only_when_configured(
     assert dev.registry.load("detector", "3", dev.trusted).manifest.version == "3"
 
 
+def test_the_committed_default_model_verifies() -> None:
+    """The repository's promoted detector is signed by the committed development key."""
+    settings = Settings.from_env({}, model_trust_local_key=False)
+    rt = ModelRuntime(settings, "test")
+    promo = rt.registry.promoted(settings.model_name)
+    assert promo is not None
+    loaded = rt.registry.load(settings.model_name, promo.version, rt.trusted,
+                              expect_manifest_sha256=promo.manifest_sha256)  # fmt: skip
+    m = loaded.manifest
+    assert m.training is not None and m.training.rows > 0 and len(m.training.sha256) == 64
+    assert m.code_version and not m.code_version.endswith("+dirty")
+    assert 0.0 < m.metrics["detection_rate"] <= 1.0
+
+
 def test_reports_are_typed() -> None:
     r = Report("model.loaded", "w", 1, model={"name": "detector", "version": "1"})
     assert msgspec.json.decode(msgspec.json.encode(r), type=Report) == r
