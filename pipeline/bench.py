@@ -80,6 +80,7 @@ def bench_kafka(
     echo: Echo,
     paced_rate: float,
     paced_seconds: float,
+    audit_records: int = 0,
 ) -> dict[str, Any]:
     tag = f"bench-{int(time.time())}"
     s = dataclasses.replace(
@@ -89,11 +90,16 @@ def bench_kafka(
         deadletter_topic=f"{tag}.dlq",
         alerts_topic=f"{tag}.alerts",
         scores_topic=f"{tag}.scores",
+        models_topic=f"{tag}.models",
+        agent_models_topic=f"{tag}.agent-models",
+        reports_topic=f"{tag}.reports",
         app_id=f"{tag}-worker",
     )
     parts = s.worker_partitions
     names = (s.identity_topic, s.agent_topic, s.deadletter_topic, s.alerts_topic, s.scores_topic)
     apply_topics(s, [TopicSpec(t, parts, 1, {}) for t in names])
+    control = (s.models_topic, s.agent_models_topic, s.reports_topic)
+    apply_topics(s, [TopicSpec(t, 1, 1, {}) for t in control])
     topic = {settings.identity_topic: s.identity_topic, settings.agent_topic: s.agent_topic}
     producer = make_producer(s)
     t0 = time.perf_counter()
@@ -118,7 +124,8 @@ def bench_kafka(
         "bootstrap": s.bootstrap_servers, "identity_topic": s.identity_topic,
         "agent_topic": s.agent_topic, "deadletter_topic": s.deadletter_topic,
         "alerts_topic": s.alerts_topic, "scores_topic": s.scores_topic,
-        "directory_file": str(directory_path),
+        "models_topic": s.models_topic, "agent_models_topic": s.agent_models_topic,
+        "reports_topic": s.reports_topic, "directory_file": str(directory_path),
         "worker_datadir": tempfile.mkdtemp(prefix="custos-bench-"),
     }.items():  # fmt: skip
         env[env_var(name)] = setting
@@ -172,7 +179,13 @@ def bench_kafka(
              f"event → scored p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
     finally:
         stop([worker])
+    audit = (
+        bench_audit(s, env, len(raw), log, echo, worker_rate, audit_records)
+        if audit_records
+        else {}
+    )
     return {
+        **audit,
         "produce_per_s": len(raw) / produce_s,
         "raw_consume_per_s": n_raw / raw_s,
         "faust_ceiling_per_s": ceiling_rate,
@@ -181,6 +194,97 @@ def bench_kafka(
         "p50_ms": p50,
         "p99_ms": p99,
     }
+
+
+def bench_audit(
+    s: Settings, env: dict[str, str], n_events: int, log: Path, echo: Echo, alone: float,
+    records: int = 20_000,
+) -> dict[str, Any]:
+    """Audit log cost: append throughput alone, then the auditor and a worker side by side.
+
+    The auditor works through ``records`` findings (an alert storm) while a second worker (a
+    new consumer group) drains the same events again; the worker's events/s against ``alone``
+    (its rate without the auditor) is the audit's cost on detection on this machine.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pipeline.audit.log import AuditLog
+    from pipeline.explanations import RuleHit, Score
+    from pipeline.findings import build_finding, encode_finding
+    from pipeline.policy import RiskPolicy, RiskState
+
+    pure = AuditLog("bench")
+    t0 = time.perf_counter()
+    for i in range(records):
+        pure.append(kind="alert.created", subject=f"agt-{i % 1000}", actor="custos",
+                    time_ms=i, why={"explanation": ["credential_misuse: ..."]},
+                    refs={"finding": f"f-{i}", "events": [f"e-{i}"]},
+                    detail={"risk": 80})  # fmt: skip
+    append_rate = records / (time.perf_counter() - t0)
+    echo(f"  audit log append (pure, one process): {append_rate:,.0f} records/s")
+
+    a = dataclasses.replace(s, alerts_topic=f"{s.alerts_topic}-audit-in",
+                            audit_topic=f"{s.alerts_topic}-audit",
+                            audit_checkpoints_topic=f"{s.alerts_topic}-audit-cp",
+                            quarantine_topic=f"{s.alerts_topic}-audit-q",
+                            approvals_topic=f"{s.alerts_topic}-audit-ap",
+                            acks_topic=f"{s.alerts_topic}-audit-acks",
+                            auditor_group=f"{s.app_id}-auditor",
+                            home=tempfile.mkdtemp(prefix="custos-bench-audit-"))  # fmt: skip
+    apply_topics(a, [TopicSpec(t, 1, 1, {}) for t in (
+        a.alerts_topic, a.audit_topic, a.audit_checkpoints_topic, a.quarantine_topic,
+        a.approvals_topic, a.acks_topic)])  # fmt: skip
+    hit = RuleHit("credential_misuse", 5, "agt-1 used credential c-1 issued to agt-2")
+    producer = make_producer(a)
+    for i in range(records):
+        d = RiskPolicy().decide(RiskState(), Score(f"e-{i}", f"agt-{i % 1000}", "agent",
+                                                   1_790_000_000_000 + i, 0.1, 0.0,
+                                                   rules=(hit,), rationale="told to"))  # fmt: skip
+        assert d is not None
+        while True:
+            try:
+                value = encode_finding(build_finding(d, product_version="b"))
+                producer.produce(a.alerts_topic, key=d.identity_uid.encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+
+    aenv = dict(env)
+    for name in ("alerts_topic", "audit_topic", "audit_checkpoints_topic", "quarantine_topic",
+                 "approvals_topic", "acks_topic", "auditor_group", "home"):  # fmt: skip
+        aenv[env_var(name)] = str(getattr(a, name))
+    port = free_port()
+    wenv = dict(env)
+    wenv.update({env_var("app_id"): f"{s.app_id}-2", env_var("worker_web_port"): str(port),
+                 env_var("worker_datadir"): tempfile.mkdtemp(prefix="custos-bench-")})  # fmt: skip
+    auditor = subprocess.Popen([sys.executable, "-m", "pipeline", "audit", "run"], env=aenv,
+                               stdout=open(log.with_name("auditor.log"), "wb"),
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=wenv,
+                              stdout=open(log.with_name("worker-2.log"), "wb"),
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    watch = Consumer({"bootstrap.servers": a.bootstrap_servers, "group.id": "bench-watch"})
+    t0 = time.perf_counter()
+    audit_s = None
+    try:
+        rate = _drain(worker, port, "custos_scored_total", n_events, log)
+        while audit_s is None and time.perf_counter() - t0 < 600:
+            _, high = watch.get_watermark_offsets(TopicPartition(a.audit_topic, 0), timeout=10)
+            if high >= records + 1:  # + its config.start record
+                audit_s = time.perf_counter() - t0
+            else:
+                time.sleep(0.5)
+    finally:
+        stop([worker, auditor])
+        watch.close()
+    audited = records / audit_s if audit_s else 0.0
+    echo(f"  auditor through Kafka: {records:,} findings in {audit_s or 0:.1f} s "
+         f"({audited:,.0f} records/s, checkpoint every {a.audit_checkpoint_records})")  # fmt: skip
+    echo(f"  worker beside the auditor: {rate:,.0f} events/s vs {alone:,.0f} alone "
+         f"({rate / alone:.0%})")  # fmt: skip
+    return {"audit_append_per_s": round(append_rate), "auditor_records_per_s": round(audited),
+            "worker_with_auditor_per_s": round(rate)}  # fmt: skip
 
 
 def _drain(proc: subprocess.Popen[bytes], port: int, metric: str, n: int, log: Path) -> float:
@@ -222,6 +326,7 @@ def run_bench(
     kafka: bool,
     paced_rate: float,
     paced_seconds: float,
+    audit_records: int = 0,
     echo: Echo = print,
 ) -> dict[str, Any]:
     from pipeline.simulate.population import build_population
@@ -247,7 +352,8 @@ def run_bench(
                 from pipeline.kafka.broker import Broker
 
                 Broker(settings).up()
-            k = bench_kafka(settings, raw, directory_path, echo, paced_rate, paced_seconds)
+            k = bench_kafka(settings, raw, directory_path, echo, paced_rate, paced_seconds,
+                            audit_records)  # fmt: skip
             result.update(
                 events_per_s=round(k["worker_events_per_s"]),
                 p50_ms=round(k["p50_ms"], 1),
@@ -256,6 +362,7 @@ def run_bench(
                 faust_ceiling_per_s=round(k["faust_ceiling_per_s"]),
                 produce_per_s=round(k["produce_per_s"]),
                 worker_rss_mb=round(k["worker_rss_mb"]),
+                **{key: v for key, v in k.items() if key.startswith(("audit", "worker_with"))},
             )
         else:
             result.update(events_per_s=result["offline_events_per_s"], p50_ms=None, p99_ms=None)

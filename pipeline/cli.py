@@ -352,10 +352,15 @@ def evaluate(
     help="Events/s of the latency phase (worker caught up).",
 )
 @click.option("--paced-seconds", default=30.0, show_default=True)
+@click.option(
+    "--audit-records", default=0, show_default=True,
+    help="Also measure the audit log: an auditor works through this many findings while a "
+    "second worker drains the events (0: skip).",
+)  # fmt: skip
 @click.pass_context
 def bench(
     ctx: click.Context, identities: int, duration: float, seed: int, offline_only: bool,
-    paced_rate: float, paced_seconds: float,
+    paced_rate: float, paced_seconds: float, audit_records: int,
 ) -> None:  # fmt: skip
     """Throughput, latency and state size; prints a table, then one JSON line."""
     from pipeline.bench import run_bench
@@ -363,7 +368,7 @@ def bench(
     run_bench(
         _settings(ctx), identities=identities, duration_s=duration, seed=seed,
         kafka=not offline_only, paced_rate=paced_rate, paced_seconds=paced_seconds,
-        echo=click.echo,
+        audit_records=audit_records, echo=click.echo,
     )  # fmt: skip
 
 

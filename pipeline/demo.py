@@ -318,6 +318,17 @@ def run_demo(
     verdict = "OK" if audit_report.ok else "TAMPERED: " + "; ".join(audit_report.problems[:3])
     echo(f"  audit log              {audit_report.records:>10,}  records, "
          f"{audit_report.checkpoints} checkpoints; custos audit verify: {verdict}")  # fmt: skip
+    # Which model the worker scored with, as the audit log recorded it (issue: provenance).
+    model_steps = []
+    for e in entries:
+        rec = msgspec.json.decode(e)
+        if str(rec.get("kind", "")).startswith("model.") and rec.get("actor", "").startswith(
+            "worker:"
+        ):
+            m = (rec.get("refs") or {}).get("model") or {}
+            model_steps.append(f"{rec['kind'][6:]} {m.get('name', '?')} {m.get('version', '?')}")
+    echo(f"  shared detector model  {' → '.join(model_steps[-3:]) or 'no report'}  "
+         f"(signed, verified; custos models list)")  # fmt: skip
     caught_up = "yes" if lag < 200 else "no"
     echo(f"  wall time              {elapsed:>10.1f} s; worker caught up: {caught_up}")
     echo(f"Findings are OCSF 2004 JSON on {settings.alerts_topic}; the broker keeps running "
