@@ -1,4 +1,5 @@
-"""The identity directory and the agent-model allow-list: what the IdP and agent registry say.
+"""The identity directory (and the agent-model registry's old names): what the IdP and agent
+registry say.
 
 The directory is exported by an identity provider / agent registry as JSON Lines, one object per
 identity (``docs/EVENTS.md`` describes events; this module is the directory's contract)::
@@ -14,6 +15,9 @@ Only ``uid`` and ``kind`` are required. Fields:
   :data:`RANK_NAMES` (0 Not Confidential, 1 Confidential / Private, 2 Restricted, 3 Secret,
   4 Top Secret); OCSF ``confidentiality_id`` values map onto it with :data:`CONFIDENTIALITY_RANK`.
 * ``approved_digests`` - model digests an agent is registered to run (``sha256:<64 hex>``).
+* ``approved_tool_manifests`` / ``approved_system_prompts`` - hashes (``sha256:<64 hex>``) of
+  the tool manifests / system prompts an agent is approved to run with; empty: the
+  ``agent_config_drift`` rule pins the first one seen instead.
 * ``home_environment`` - where an agent or service is deployed, e.g. ``prod-eu``.
 * ``delegators`` - identities allowed to hand this agent tasks (its owner, the orchestrators
   whose team it belongs to: the agent registry's A2A policy). Empty: not enforced.
@@ -21,8 +25,10 @@ Only ``uid`` and ``kind`` are required. Fields:
 Identities missing from the directory are allowed: rules then fall back to per-kind defaults and
 to what they learn per identity.
 
-The allow-list (``models/agent-models.yaml``) lists approved ``{name, version, digest}`` model
-builds; :func:`load_model_allowlist` reads it.
+The agent-model registry (``models/agent-models.yaml``) lives in :mod:`pipeline.agent_models`;
+``ApprovedModel``, ``ModelAllowlist`` and ``load_model_allowlist`` are kept here as aliases of
+:class:`~pipeline.agent_models.RegisteredModel`, :class:`~pipeline.agent_models.AgentModelRegistry`
+and :func:`~pipeline.agent_models.load_agent_model_registry`.
 
 >>> d = Directory([DirectoryEntry("agt-1", "agent", "agent/coding", 1, ("sha256:" + "a" * 64,),
 ...                               "prod-eu")])
@@ -39,10 +45,10 @@ from pathlib import Path
 from typing import Annotated, Final
 
 import msgspec
-import yaml
 from msgspec import Meta
 
-from pipeline.schemas import IdentityKind, ModelDigest
+from pipeline.agent_models import AgentModelRegistry, RegisteredModel, load_agent_model_registry
+from pipeline.schemas import IdentityKind, ModelDigest, Sha256Digest
 
 __all__ = [
     "CONFIDENTIALITY_RANK",
@@ -83,6 +89,8 @@ class DirectoryEntry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     approved_digests: tuple[ModelDigest, ...] = ()
     home_environment: str | None = None
     delegators: tuple[str, ...] = ()
+    approved_tool_manifests: tuple[Sha256Digest, ...] = ()
+    approved_system_prompts: tuple[Sha256Digest, ...] = ()
 
 
 class Directory:
@@ -113,11 +121,15 @@ class Directory:
         env = shared.setdefault(entry.home_environment, entry.home_environment)
         digests = shared.setdefault(entry.approved_digests, entry.approved_digests)
         delegators = shared.setdefault(entry.delegators, entry.delegators)
+        tools = shared.setdefault(entry.approved_tool_manifests, entry.approved_tool_manifests)
+        prompts = shared.setdefault(entry.approved_system_prompts, entry.approved_system_prompts)
         if (
             pg is not entry.peer_group
             or env is not entry.home_environment
             or digests is not entry.approved_digests
             or delegators is not entry.delegators
+            or tools is not entry.approved_tool_manifests
+            or prompts is not entry.approved_system_prompts
         ):
             entry = msgspec.structs.replace(
                 entry,
@@ -125,6 +137,8 @@ class Directory:
                 home_environment=env,
                 approved_digests=digests,
                 delegators=delegators,
+                approved_tool_manifests=tools,
+                approved_system_prompts=prompts,
             )
         self._entries[entry.uid] = entry
 
@@ -189,63 +203,11 @@ def write_entries(entries: Iterable[DirectoryEntry], path: Path | str) -> int:
     return n
 
 
-# --- The agent-model allow-list ------------------------------------------------------------------
+# --- The agent-model registry's former names (pipeline.agent_models) ----------------------------
 
-
-class ApprovedModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One approved model build: name, version and the digest of its weights/image."""
-
-    name: str
-    version: str
-    digest: ModelDigest
-
-
-class _AllowlistFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    models: tuple[ApprovedModel, ...] = ()
-
-
-class ModelAllowlist:
-    """Approved digests by (model name, version).
-
-    >>> a = ModelAllowlist([ApprovedModel("m", "1", "sha256:" + "b" * 64)])
-    >>> a.digests_for("m", "1") == frozenset({"sha256:" + "b" * 64}), a.digests_for("m", "2")
-    (True, None)
-    """
-
-    __slots__ = ("_by_model",)
-
-    def __init__(self, models: Iterable[ApprovedModel] = ()) -> None:
-        by_model: dict[tuple[str, str], set[str]] = {}
-        for m in models:
-            by_model.setdefault((m.name, m.version), set()).add(m.digest)
-        self._by_model = {k: frozenset(v) for k, v in by_model.items()}
-
-    def digests_for(self, name: str | None, version: str | None) -> frozenset[str] | None:
-        """Approved digests of that model build, or None when it is not listed at all."""
-        if name is None or version is None:
-            return None
-        return self._by_model.get((name, version))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._by_model.values())
-
-
-def load_model_allowlist(path: Path | str) -> ModelAllowlist:
-    """Read ``models/agent-models.yaml``: ``models:`` (or a bare list) of name/version/digest.
-
-    Every scalar is read as a string (YAML's BaseLoader), so ``version: 3.10`` stays "3.10".
-    A malformed file raises ``ValueError``.
-
-    >>> from pipeline.config import REPO_ROOT
-    >>> len(load_model_allowlist(REPO_ROOT / "models" / "agent-models.yaml")) >= 8
-    True
-    """
-    with Path(path).open(encoding="utf-8") as fh:
-        raw = yaml.load(fh, Loader=yaml.BaseLoader)  # BaseLoader: strings only, builds no objects
-    if isinstance(raw, list):
-        raw = {"models": raw}
-    try:
-        parsed = msgspec.convert(raw or {}, _AllowlistFile)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    return ModelAllowlist(parsed.models)
+#: One registered model build (was: an approved ``{name, version, digest}``).
+ApprovedModel = RegisteredModel
+#: The agent-model registry (was: the allow-list of approved digests by name and version).
+ModelAllowlist = AgentModelRegistry
+#: Read ``models/agent-models.yaml`` into a :class:`~pipeline.agent_models.AgentModelRegistry`.
+load_model_allowlist = load_agent_model_registry

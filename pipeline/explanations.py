@@ -35,8 +35,9 @@ class RuleHit(msgspec.Struct, frozen=True, gc=False):
     """A Zero Trust rule that fired: fixed severity, independent of any baseline.
 
     ``rule`` names: ``credential_misuse``, ``credential_expired``, ``model_provenance``,
-    ``sensitivity_ceiling``, ``clone``, ``impossible_travel``, ``unauthorised_delegation``, and
-    ``delegated_outside_team`` (raised on the delegator by a :class:`Signal`).
+    ``agent_config_drift``, ``sensitivity_ceiling``, ``clone``, ``impossible_travel``,
+    ``unauthorised_delegation``, and ``delegated_outside_team`` (raised on the delegator by a
+    :class:`Signal`).
     ``severity_id`` is OCSF's (4 High, 5 Critical). ``evidence`` holds the observed values.
     """
 

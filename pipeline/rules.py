@@ -13,9 +13,19 @@ rule                    severity fires when
 ``credential_expired``  4        the credential is used after ``expires_at`` + ``grace_ms``, or
                                  a step credential the holder already used is used again after
                                  the holder's task moved on to a later step
-``model_provenance``    4        an agent runs a model digest other than the registered one
-                                 (directory, else allow-list by name + version, else the first
-                                 digest seen for the agent, pinned in its state)
+``model_provenance``    4        an agent runs a model digest that the model registry revoked,
+                                 that the directory does not approve for this agent, or that
+                                 the registry does not list (for the event's name + version, or
+                                 at all); with no registry and no directory digests, one other
+                                 than the first digest seen (pinned in the agent's state).
+                                 Evidence ``reason``: ``revoked`` | ``not_approved_for_agent``
+                                 | ``unregistered`` | ``changed_since_first_seen``
+``agent_config_drift``  4        an agent's tool manifest or system prompt hash is not one the
+                                 directory approves for it, or (none approved) differs from the
+                                 last two it ran with; the pin then moves, so one redeploy is
+                                 one hit. Evidence ``which``: ``tool_manifest`` |
+                                 ``system_prompt``; ``reason``: ``not_approved_for_agent`` |
+                                 ``changed``
 ``sensitivity_ceiling`` 4        a resource is more sensitive than the identity's ceiling
                                  (directory, else the per-kind default)
 ``clone``               5        an agent / service is active outside its home environment
@@ -30,7 +40,7 @@ team``                           delegator of an ``unauthorised_delegation``
 ======================= ======== ==============================================================
 
 State is one small msgpack array per identity (``RuleState.to_bytes``), typically 20-60 bytes
-for humans and services and under 200 bytes for busy agents, bounded by construction.
+for humans and services and at most ~400 bytes for the busiest agents, bounded by construction.
 
 >>> from pipeline.schemas import Credential, Event
 >>> rules = ZeroTrustRules()
@@ -52,7 +62,8 @@ from typing import Final
 
 import msgspec
 
-from pipeline.directory import CONFIDENTIALITY_RANK, RANK_NAMES, DirectoryEntry, ModelAllowlist
+from pipeline.agent_models import AgentModelRegistry
+from pipeline.directory import CONFIDENTIALITY_RANK, RANK_NAMES, DirectoryEntry
 from pipeline.explanations import RuleHit
 from pipeline.schemas import Credential, Event, ModelRef
 
@@ -69,6 +80,7 @@ RULES: Final[dict[str, int]] = {
     "credential_misuse": 5,
     "credential_expired": 4,
     "model_provenance": 4,
+    "agent_config_drift": 4,
     "sensitivity_ceiling": 4,
     "clone": 5,
     "impossible_travel": 4,
@@ -96,13 +108,19 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
     * ``env`` - learned home environment (only when the directory gives none); ``env_ms`` - last
       time the identity was active in its home environment (``clone``), -1 = never.
     * ``model`` - pinned model digest, 32 raw bytes (only when neither the directory nor the
-      allow-list decides).
+      model registry decides).
     * ``tasks`` - the holder's most recent tasks, oldest first, each
       ``[task key, highest step seen, token fingerprint, ...]`` (CRC-32s; bounded).
+    * ``tools`` / ``prompt`` - the agent's pinned tool-manifest / system-prompt hash: 32 raw
+      bytes, then 64 (current + previous) once it changed (only when the directory approves
+      none).
+
+    Fields are only ever appended (with defaults): a state written before a field existed is
+    a shorter array and still decodes, so :data:`STATE_VERSION` stays 1.
 
     >>> s = RuleState(loc_ms=5, lat_e4=525200, lon_e4=134050, loc_cc="DE")
     >>> RuleState.from_bytes(s.to_bytes()).lat_e4, len(RuleState().to_bytes())
-    (525200, 10)
+    (525200, 12)
     """
 
     v: int = STATE_VERSION
@@ -114,6 +132,8 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
     env_ms: int = -1
     model: bytes | None = None
     tasks: list[list[int]] = []
+    tools: bytes | None = None
+    prompt: bytes | None = None
 
     def to_bytes(self) -> bytes:
         """Serialise (msgpack array) for the state store."""
@@ -174,27 +194,30 @@ def _short(digest: str) -> str:
 
 
 class ZeroTrustRules:
-    """The six rules with their hyperparameters; stateless itself (state is per identity).
+    """The rules with their hyperparameters; stateless itself (state is per identity).
 
     ``travel_speed_kmh`` - fastest plausible travel (airliner); ``travel_min_km`` - shorter hops
     are ignored (geo-IP noise, mobile networks); ``clone_window_ms`` - how recently the
     identity must have been active at home for activity elsewhere to be a clone;
     ``grace_ms`` - clock-skew leeway after ``expires_at``; ``default_ceilings`` - sensitivity
-    ceiling (rank) per identity kind when the directory has none; ``model_allowlist`` - approved
-    model builds by name and version; ``max_tasks`` / ``max_tokens`` - how many recent tasks,
-    and step credentials per task, the state remembers.
+    ceiling (rank) per identity kind when the directory has none; ``agent_models`` - the
+    agent-model registry (:class:`~pipeline.agent_models.AgentModelRegistry`;
+    ``model_allowlist`` is its former name, still accepted). The registry object is read on
+    every event, so :meth:`~pipeline.agent_models.AgentModelRegistry.apply` on it takes effect
+    at once; ``max_tasks`` / ``max_tokens`` - how many recent tasks, and step credentials per
+    task, the state remembers.
 
     >>> ZeroTrustRules(travel_speed_kmh=1000).travel_speed_kmh
     1000.0
     """
 
     __slots__ = (
+        "agent_models",
         "clone_window_ms",
         "default_ceilings",
         "grace_ms",
         "max_tasks",
         "max_tokens",
-        "model_allowlist",
         "travel_min_km",
         "travel_speed_kmh",
     )
@@ -207,10 +230,13 @@ class ZeroTrustRules:
         clone_window_ms: int = 30 * 60_000,
         grace_ms: int = 10_000,
         default_ceilings: Mapping[str, int] | None = None,
-        model_allowlist: ModelAllowlist | None = None,
+        agent_models: AgentModelRegistry | None = None,
+        model_allowlist: AgentModelRegistry | None = None,
         max_tasks: int = 4,
         max_tokens: int = 8,
     ) -> None:
+        if agent_models is not None and model_allowlist is not None:
+            raise ValueError("give agent_models or model_allowlist (its old name), not both")
         if travel_speed_kmh <= 0 or travel_min_km < 0 or clone_window_ms < 0 or grace_ms < 0:
             raise ValueError("travel speed must be positive; distances and windows >= 0")
         if max_tasks < 1 or max_tokens < 1:
@@ -227,9 +253,18 @@ class ZeroTrustRules:
         self.clone_window_ms = int(clone_window_ms)
         self.grace_ms = int(grace_ms)
         self.default_ceilings: dict[str, int] = ceilings
-        self.model_allowlist = model_allowlist
+        self.agent_models = agent_models if agent_models is not None else model_allowlist
         self.max_tasks = max_tasks
         self.max_tokens = max_tokens
+
+    @property
+    def model_allowlist(self) -> AgentModelRegistry | None:
+        """Former name of :attr:`agent_models`."""
+        return self.agent_models
+
+    @model_allowlist.setter
+    def model_allowlist(self, registry: AgentModelRegistry | None) -> None:
+        self.agent_models = registry
 
     # ---- the hot path ------------------------------------------------------------------------
     def check(
@@ -249,11 +284,28 @@ class ZeroTrustRules:
             if found:
                 hits = found
 
-        model = event.model
-        if model is not None and model.digest is not None and kind == "agent":
-            hit = self._model(state, event, model, model.digest, entry)
-            if hit is not None:
-                hits = [hit] if hits is None else [*hits, hit]
+        if kind == "agent":
+            model = event.model
+            if model is not None and model.digest is not None:
+                hit = self._model(state, event, model, model.digest, entry)
+                if hit is not None:
+                    hits = [hit] if hits is None else [*hits, hit]
+            tools = event.tool_manifest_hash
+            if tools is not None:
+                hit = self._drift(
+                    state, event, "tool_manifest", tools,
+                    entry.approved_tool_manifests if entry is not None else (),
+                )  # fmt: skip
+                if hit is not None:
+                    hits = [hit] if hits is None else [*hits, hit]
+            prompt = event.system_prompt_hash
+            if prompt is not None:
+                hit = self._drift(
+                    state, event, "system_prompt", prompt,
+                    entry.approved_system_prompts if entry is not None else (),
+                )  # fmt: skip
+                if hit is not None:
+                    hits = [hit] if hits is None else [*hits, hit]
 
         if event.resources:
             hit = self._ceiling(event, kind, entry)
@@ -410,42 +462,165 @@ class ZeroTrustRules:
         digest: str,
         entry: DirectoryEntry | None,
     ) -> RuleHit | None:
-        if entry is not None and entry.approved_digests:
-            if digest in entry.approved_digests:
+        """Check one agent event's model digest; the first case that applies wins:
+
+        1. ``revoked`` - the registry revoked the digest (under any name): nothing overrides it;
+        2. ``not_approved_for_agent`` - the directory lists the agent's approved digests and
+           this is not one of them (it may be a fine model - for another agent);
+        3. ``unregistered`` - the registry knows the event's (name, version) but does not
+           approve this digest for it, or knows neither that model nor the digest;
+        4. ``changed_since_first_seen`` - only with no registry (an empty one counts as none) and
+           no directory digests: the first digest seen is pinned, any other one fires.
+        """
+        reg = self.agent_models
+        if reg is not None and not len(reg):
+            reg = None  # nothing registered yet: no basis to call a digest unregistered
+        approved = entry.approved_digests if entry is not None else ()
+        listed: frozenset[str] | None = None
+        status = "unregistered"
+        reason: str | None = None
+        expected: str | None
+        if reg is not None:
+            status = reg.status(digest)
+            listed = reg.digests_for(model.name, model.version)
+            if status == "revoked":
+                reason = "revoked"
+        if reason is None and approved and digest not in approved:
+            reason = "not_approved_for_agent"
+        if reason is None and reg is not None:
+            # Known model, unknown build - or a digest no build of any model has.
+            if listed is not None and digest not in listed:
+                reason = "unregistered"
+            elif listed is None and status == "unregistered":
+                reason = "unregistered"
+        if reason is None:
+            if reg is not None or approved:
+                return None  # the common case: registered and approved
+            raw = bytes.fromhex(digest[7:])  # 32 bytes instead of a 71-character string
+            pinned = state.model
+            if pinned is None:
+                state.model = raw
                 return None
-            expected, source = ", ".join(entry.approved_digests), "directory"
-        else:
-            allowed = (
-                self.model_allowlist.digests_for(model.name, model.version)
-                if self.model_allowlist is not None
-                else None
+            if pinned == raw:
+                return None
+            reason, source, expected = (
+                "changed_since_first_seen",
+                "first seen",
+                "sha256:" + pinned.hex(),
             )
-            if allowed is not None:
-                if digest in allowed:
-                    return None
-                expected, source = ", ".join(sorted(allowed)), "allow-list"
-            else:
-                raw = bytes.fromhex(digest[7:])  # 32 bytes instead of a 71-character string
-                pinned = state.model
-                if pinned is None:
-                    state.model = raw
-                    return None
-                if pinned == raw:
-                    return None
-                expected, source = "sha256:" + pinned.hex(), "first seen"
+        elif reason == "not_approved_for_agent":
+            source, expected = "directory", ", ".join(approved)
+        else:
+            # The registry decided; expected: its approved builds of this model, else whatever
+            # else the directory approves for the agent.
+            source = "registry"
+            others = sorted(listed) if listed else [d for d in approved if d != digest]
+            expected = ", ".join(others) or None
         name = f"{model.name or '?'} {model.version or '?'}"
+        uid = event.identity_uid
+        evidence: dict[str, str | int | float | None] = {
+            "model_name": model.name,
+            "model_version": model.version,
+            "observed_digest": digest,
+            "expected_digest": expected,
+            "source": source,
+            "reason": reason,
+        }
+        want = f"expected {_short(expected)} ({source})" if expected else "no approved build"
+        if reason == "revoked":
+            builds = reg.builds(digest) if reg is not None else ()
+            build = next((b for b in builds if b.status == "revoked"), None)
+            why = build.revoked_reason if build is not None else None
+            evidence["revoked_reason"] = why
+            evidence["revoked_by"] = build.revoked_by if build is not None else None
+            text = (
+                f"agent {uid} runs {name} with digest {_short(digest)}, which the model "
+                f"registry revoked" + (f" ({why})" if why else "") + f"; {want}"
+            )
+        elif reason == "not_approved_for_agent":
+            text = (
+                f"agent {uid} runs {name} with digest {_short(digest)}, not approved for this "
+                f"agent; {want}"
+            )
+        elif reason == "unregistered":
+            where = "for that model" if listed is not None else "at all"
+            text = (
+                f"agent {uid} runs {name} with digest {_short(digest)}, which the model "
+                f"registry does not list {where}; {want}"
+            )
+        else:
+            text = (
+                f"agent {uid} runs {name} with digest {_short(digest)}, changed since first "
+                f"seen; {want}"
+            )
+        return RuleHit("model_provenance", 4, text, evidence)
+
+    # ---- agent configuration -------------------------------------------------------------------
+    def _drift(
+        self,
+        state: RuleState,
+        event: Event,
+        which: str,
+        value: str,
+        approved: tuple[str, ...],
+    ) -> RuleHit | None:
+        """``agent_config_drift``: the tool manifest or system prompt an agent runs with changed.
+
+        Severity 4 (High, as ``model_provenance``): a new tool manifest is new capability and
+        a new system prompt new instructions - the two things an attacker who owns an agent's
+        deployment changes, and a prompt injection that persists. One hit alerts on its own;
+        it becomes quarantine-worthy only with corroboration (a second High rule such as a
+        swapped model, or anomalous behaviour), so a legitimate redeploy costs one alert.
+
+        With the directory's approved hashes the check is strict: every event with another
+        hash fires (like an unapproved model digest). Without them the first hash seen is
+        pinned and a change fires *once*: the pin then moves to the new hash (the incident /
+        risk policy takes it from there), and the previous hash is kept beside it, so a rolling
+        redeploy (old and new replicas interleaving) or a rollback is still one hit.
+        """
+        if approved:
+            if value in approved:
+                return None
+            old = ", ".join(approved)
+            return self._drift_hit(event, which, old, value, "directory", "not_approved_for_agent")
+        raw = bytes.fromhex(value[7:])
+        pinned = state.tools if which == "tool_manifest" else state.prompt
+        if pinned is not None and pinned.startswith(raw):
+            return None  # the common case: unchanged
+        hit = None
+        if pinned is None:
+            pinned = raw
+        elif len(pinned) > 32 and pinned.endswith(raw):
+            pinned = raw + pinned[:32]  # back to the previous one (rollback, old replica)
+        else:
+            old = "sha256:" + pinned[:32].hex()
+            hit = self._drift_hit(event, which, old, value, "pinned", "changed")
+            pinned = raw + pinned[:32]  # re-pin; the replaced hash becomes the previous one
+        if which == "tool_manifest":
+            state.tools = pinned
+        else:
+            state.prompt = pinned
+        return hit
+
+    @staticmethod
+    def _drift_hit(
+        event: Event, which: str, old: str, new: str, source: str, reason: str
+    ) -> RuleHit:
+        what = "tool manifest" if which == "tool_manifest" else "system prompt"
+        if reason == "changed":
+            text = (
+                f"agent {event.identity_uid}'s {what} changed from {_short(old)} to {_short(new)}"
+            )
+        else:
+            text = (
+                f"agent {event.identity_uid} runs with {what} {_short(new)}, not approved for "
+                f"this agent; expected {_short(old)} (directory)"
+            )
         return RuleHit(
-            "model_provenance",
+            "agent_config_drift",
             4,
-            f"agent {event.identity_uid} runs {name} with digest {_short(digest)}, "
-            f"expected {_short(expected)} ({source})",
-            {
-                "model_name": model.name,
-                "model_version": model.version,
-                "observed_digest": digest,
-                "expected_digest": expected,
-                "source": source,
-            },
+            text,
+            {"which": which, "old_hash": old, "new_hash": new, "source": source, "reason": reason},
         )
 
     # ---- sensitivity ---------------------------------------------------------------------------

@@ -44,9 +44,11 @@ __all__ = [
     "Event",
     "EventDecoder",
     "IdentityKind",
+    "ModelDigest",
     "ModelRef",
     "OcsfEvent",
     "Resource",
+    "Sha256Digest",
     "encode_event_dict",
     "identity_key",
 ]
@@ -92,7 +94,8 @@ Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
 CountryCode = Annotated[str, Meta(pattern=r"\A[A-Za-z]{2}\Z")]
 Asn = Annotated[int, Meta(ge=0, le=4_294_967_295)]  # 32-bit AS numbers (RFC 6793)
 # OCI-style digest: lower-case hex only, so equal models always compare equal as strings.
-ModelDigest = Annotated[str, Meta(pattern=r"\Asha256:[0-9a-f]{64}\Z")]
+Sha256Digest = Annotated[str, Meta(pattern=r"\Asha256:[0-9a-f]{64}\Z")]
+ModelDigest = Sha256Digest  # a model's weights / image; tool manifests and prompts use the same
 
 
 # --- OCSF input mirror ------------------------------------------------------------------------
@@ -236,6 +239,9 @@ class Unmapped(Struct, frozen=True, gc=False):
     delegated_by: str | None = None
     environment: str | None = None
     rationale: str | None = None
+    # Hashes of the agent's configuration (what it may call, what it is told): drift detection.
+    tool_manifest_hash: Sha256Digest | None = None
+    system_prompt_hash: Sha256Digest | None = None
 
 
 class OcsfEvent(Struct, frozen=True, gc=False):
@@ -332,6 +338,8 @@ class Event(Struct, frozen=True, gc=False):
     rationale: str | None = None
     correlation_uid: str | None = None
     severity_id: int | None = None
+    tool_manifest_hash: str | None = None
+    system_prompt_hash: str | None = None
 
 
 # --- Decoder ----------------------------------------------------------------------------------
@@ -519,6 +527,7 @@ class EventDecoder:
             )
 
         credential = model = delegated_by = environment = rationale = None
+        tool_manifest_hash = system_prompt_hash = None
         if ext is not None:
             credential = ext.credential
             if credential is not None and type(credential.expires_at) is float:
@@ -530,6 +539,8 @@ class EventDecoder:
             delegated_by = ext.delegated_by
             environment = ext.environment
             rationale = ext.rationale
+            tool_manifest_hash = ext.tool_manifest_hash
+            system_prompt_hash = ext.system_prompt_hash
 
         # Positional, in Event's field order: msgspec matches keyword arguments by name one by
         # one, which made construction ~10x slower (1.3 us vs 0.12 us for 31 fields).
@@ -565,6 +576,8 @@ class EventDecoder:
             rationale,  # rationale
             meta.correlation_uid,  # correlation_uid
             raw.severity_id,  # severity_id
+            tool_manifest_hash,  # tool_manifest_hash
+            system_prompt_hash,  # system_prompt_hash
         )
 
     def _classify(self, data: bytes, message: str) -> InvalidEvent:

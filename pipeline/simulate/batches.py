@@ -55,6 +55,7 @@ _SPEC: Final[dict[str, tuple[Any, int]]] = {
     "model": (np.int16, -1),  # model table index
     "env": (np.int8, -1),  # environment, -1 none
     "why": (np.int16, -1),  # rationale index, -1 none
+    "cfg": (np.int8, 0),  # agent configuration changed: CONFIG_TOOLS | CONFIG_PROMPT bits
     "camp": (np.int32, -1),  # ground truth: campaign index (never serialised)
 }
 
@@ -88,6 +89,7 @@ class Batch:
     model: Array
     env: Array
     why: Array
+    cfg: Array
     camp: Array
 
     @classmethod

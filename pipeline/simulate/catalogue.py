@@ -29,11 +29,14 @@ from pipeline.simulate.seeds import Array, hash64
 
 __all__ = [
     "AGENT",
+    "CONFIG_PROMPT",
+    "CONFIG_TOOLS",
     "HUMAN",
     "KINDS",
     "RANK_CONFIDENTIALITY",
     "SERVICE",
     "Catalogue",
+    "agent_config_hash",
     "catalogue",
     "ip_blocks",
     "model_digest",
@@ -362,6 +365,24 @@ _ACTIVITY: Final = {"c": 1, "r": 2, "u": 3, "d": 4, "o": 99}
 def model_digest(name: str, version: str, salt: str = "") -> str:
     """A stable ``sha256:<64 hex>`` digest for a model build (``salt`` makes a different build)."""
     return "sha256:" + hashlib.sha256(f"{name}@{version}{salt}".encode()).hexdigest()
+
+
+#: Bits of the batch column ``cfg``: which part of an agent's configuration was changed.
+CONFIG_TOOLS: Final = 1
+CONFIG_PROMPT: Final = 2
+
+
+def agent_config_hash(uid: str, which: str, changed: bool = False) -> str:
+    """A stable ``sha256:<64 hex>`` of an agent's ``tools`` manifest or system ``prompt``.
+
+    Per agent (each deployment has its own prompt and tool set); ``changed`` gives the one a
+    tampered deployment runs with.
+
+    >>> agent_config_hash("agt-1", "tools")[:19], agent_config_hash("agt-1", "tools", True)[:19]
+    ('sha256:e8156c5f0b60', 'sha256:3d973a473265')
+    """
+    tag = "#tampered" if changed else ""
+    return "sha256:" + hashlib.sha256(f"{uid}/{which}{tag}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

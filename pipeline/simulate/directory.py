@@ -9,6 +9,8 @@ One :class:`~pipeline.directory.DirectoryEntry` per identity, in identity order 
 * ``approved_digests`` - agents: the digest of the model they were registered with. A
   ``model_swap`` campaign later runs another build (same name and version, other digest), so
   the registered digest is always the original one;
+* ``approved_tool_manifests`` / ``approved_system_prompts`` - agents: the hashes of the tool
+  manifest and system prompt they were deployed with (``model_swap`` changes them);
 * ``home_environment`` - services and agents: the environment they are deployed in.
 * ``delegators`` - agents: the owner that hands a root agent its tasks, and the orchestrators
   whose team a pooled worker belongs to (``lateral_movement`` delegates outside these).
@@ -33,7 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.directory import CONFIDENTIALITY_RANK, DirectoryEntry, write_entries
-from pipeline.simulate.catalogue import AGENT, HUMAN, KINDS, RANK_CONFIDENTIALITY, catalogue
+from pipeline.simulate.catalogue import (
+    AGENT,
+    HUMAN,
+    KINDS,
+    RANK_CONFIDENTIALITY,
+    agent_config_hash,
+    catalogue,
+)
 from pipeline.simulate.population import Population
 
 __all__ = ["directory_entries", "write_directory"]
@@ -78,7 +87,8 @@ def directory_entries(population: Population) -> Iterator[DirectoryEntry]:
             peer = f"human/{group}/team-{teams[i]:02d}"
         else:
             peer = f"{KINDS[kind]}/{group}"
-        digests = (cat.model_digest[models[i]],) if kind == AGENT and models[i] >= 0 else ()
+        agent = kind == AGENT and models[i] >= 0
+        digests = (cat.model_digest[models[i]],) if agent else ()
         yield DirectoryEntry(
             uid=uids[i],
             kind=KINDS[kind],
@@ -87,6 +97,8 @@ def directory_entries(population: Population) -> Iterator[DirectoryEntry]:
             approved_digests=digests,
             home_environment=cat.env_name[envs[i]] if envs[i] >= 0 else None,
             delegators=tuple(sorted(delegators.get(i, ()))) if kind == AGENT else (),
+            approved_tool_manifests=(agent_config_hash(uids[i], "tools"),) if agent else (),
+            approved_system_prompts=(agent_config_hash(uids[i], "prompt"),) if agent else (),
         )
 
 

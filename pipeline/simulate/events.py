@@ -23,10 +23,13 @@ from pipeline.simulate.batches import AUTH, Batch
 from pipeline.simulate.catalogue import (
     AGENT,
     CONFIDENTIALITY_NAME,
+    CONFIG_PROMPT,
+    CONFIG_TOOLS,
     HUMAN,
     KINDS,
     SERVICE,
     Catalogue,
+    agent_config_hash,
 )
 from pipeline.simulate.labels import LabelBook
 from pipeline.simulate.population import Population
@@ -94,6 +97,8 @@ class Encoder:
 
         self._raw = raw
         self._users: dict[int, tuple[bytes, msgspec.Raw, str]] = {}
+        # (agent, cfg bits) -> (tool manifest hash, system prompt hash): what agents run with.
+        self._configs: dict[tuple[int, int], tuple[str, str]] = {}
         self._endpoints: dict[tuple[int, int, int], msgspec.Raw] = {}
         self._product = raw(_PRODUCT)
         self._models = [raw({"name": n, "version": v, "digest": d}) for n, v, d in models]
@@ -164,6 +169,20 @@ class Encoder:
             }
             users[i] = (uid.encode(), self._raw(user), self._kinds[kind])
 
+    def _config(self, ident: int, cfg: int) -> tuple[str, str]:
+        key = (ident, cfg)
+        hashes = self._configs.get(key)
+        if hashes is None:
+            if len(self._configs) > _CACHE_MAX:
+                self._configs.clear()
+            uid = self.pop.uid(ident)
+            hashes = (
+                agent_config_hash(uid, "tools", bool(cfg & CONFIG_TOOLS)),
+                agent_config_hash(uid, "prompt", bool(cfg & CONFIG_PROMPT)),
+            )
+            self._configs[key] = hashes
+        return hashes
+
     def _endpoint(self, geo: int, asn: int, ip: int) -> msgspec.Raw:
         key = (geo, asn, ip)
         ep = self._endpoints.get(key)
@@ -219,6 +238,7 @@ class Encoder:
         models, envs, rationales = self._models, self._envs, self._rationales
         protos, proto_ids = self.cat.proto_name, self.cat.proto_id
         admin = self._admin
+        config = self._config
         product = self._product
         encode = self._encode
         labels = self.labels
@@ -251,6 +271,7 @@ class Encoder:
             b.model.tolist(),
             b.env.tolist(),
             b.why.tolist(),
+            b.cfg.tolist(),
             b.camp.tolist(),
             aux,
             detail,
@@ -283,6 +304,7 @@ class Encoder:
             model,
             env,
             why,
+            cfg,
             camp,
             aux_id,
             det,
@@ -365,8 +387,11 @@ class Encoder:
                 elif ident < n_human:
                     actor["session"] = {"uid": aux_id}
                 topic = api_topic
-            if model >= 0:
+            if model >= 0:  # agents: the model and configuration they run with
                 unmapped["model"] = models[model]
+                tools, prompt = config(ident, cfg)
+                unmapped["tool_manifest_hash"] = tools
+                unmapped["system_prompt_hash"] = prompt
             if deleg >= 0:
                 unmapped["delegated_by"] = uid_of(deleg)
             if env >= 0:

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from pipeline.localhost import call_json
+from pipeline.simulate.catalogue import agent_config_hash
 
 __all__ = ["LiveAgents", "agent_call_event"]
 
@@ -30,10 +31,19 @@ def agent_call_event(
     agent: str, *, task: str, step: int, operation: str, service: str, credential: dict[str, Any],
     delegated_by: str | None = None, now_ms: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The OCSF 6003 event of one successful agent call (the input contract)."""
-    unmapped: dict[str, Any] = {"identity_kind": "agent", "credential": credential,
-                                "environment": "prod-eu",
-                                "rationale": f"step {step} of {task}: {operation}"}  # fmt: skip
+    """The OCSF 6003 event of one successful agent call (the input contract).
+
+    The agent's tool manifest and system prompt hashes are stable per agent (as the bulk
+    simulator's): a hijack presents stolen credentials, it does not redeploy the agent.
+    """
+    unmapped: dict[str, Any] = {
+        "identity_kind": "agent",
+        "credential": credential,
+        "environment": "prod-eu",
+        "rationale": f"step {step} of {task}: {operation}",
+        "tool_manifest_hash": agent_config_hash(agent, "tools"),
+        "system_prompt_hash": agent_config_hash(agent, "prompt"),
+    }
     if delegated_by:
         unmapped["delegated_by"] = delegated_by
     return {

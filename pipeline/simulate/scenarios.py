@@ -20,7 +20,9 @@ Scenarios (``SCENARIOS``):
 5. ``credential_reuse`` - a step credential issued to agent A is used by agent B of the same
    chain, and later by A itself after it expired.
 6. ``cloned_agent`` - the same agent uid active in two environments at the same time.
-7. ``model_swap`` - an agent's model digest changes silently (same name and version).
+7. ``model_swap`` - an agent's model digest changes silently (same name and version); the
+   rebuilt deployment also ships another tool manifest (every other campaign: another system
+   prompt too).
 8. ``slow_drift`` - bytes_out creeping up a few percent per day; planned only for windows of at
    least ``drift_min_window_ms`` (a day by default), since it is invisible in shorter runs.
 """
@@ -37,6 +39,8 @@ from pipeline.simulate.batches import API, AUTH, Batch
 from pipeline.simulate.behaviours import Habits
 from pipeline.simulate.catalogue import (
     AGENT,
+    CONFIG_PROMPT,
+    CONFIG_TOOLS,
     HUMAN,
     PROTO_NTLM,
     PROTO_OAUTH,
@@ -141,6 +145,7 @@ class Mutation:
     start_ms: int
     end_ms: int
     model: int = -1  # replace the model (index into the run's model table)
+    config: int = 0  # CONFIG_TOOLS / CONFIG_PROMPT bits: configuration the events now run with
     growth_per_day: float = 0.0  # multiply bytes_out by (1 + g) ** days since start
 
 
@@ -168,6 +173,8 @@ class AttackPlan:
             b.camp[mask] = m.camp
             if m.model >= 0:
                 b.model[mask & (b.model >= 0)] = m.model
+            if m.config:
+                b.cfg[mask & (b.model >= 0)] |= m.config
             if m.growth_per_day:
                 days = (b.time[mask] - m.start_ms) / DAY_MS
                 b.bytes_out[mask] = (b.bytes_out[mask] * (1.0 + m.growth_per_day) ** days).astype(
@@ -608,7 +615,9 @@ class _Planner:
         digest = model_digest(name, version, salt=f"#rebuilt-{self.seed}-{c}")
         variant = len(cat.model_name) + len(self.plan.extra_models)
         self.plan.extra_models.append((name, version, digest))
-        self.plan.mutations.append(Mutation(c, v, t, self.end, model=variant))
+        # The attacker's rebuilt image brings its own tools (and, every other time, prompt).
+        config = CONFIG_TOOLS | (CONFIG_PROMPT if c % 2 else 0)
+        self.plan.mutations.append(Mutation(c, v, t, self.end, model=variant, config=config))
         out = []
         for ts in self.spread(rng, t, int(rng.integers(2, 4)), self.fit(t, 30 * _MIN)).tolist():
             steps = 1 + int(rng.poisson(max(float(pop.steps[v]) - 1.0, 0.0)))

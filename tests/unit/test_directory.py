@@ -18,7 +18,13 @@ from pipeline.directory import (
     load_model_allowlist,
     write_entries,
 )
-from pipeline.simulate.catalogue import AGENT, HUMAN, RANK_CONFIDENTIALITY, catalogue
+from pipeline.simulate.catalogue import (
+    AGENT,
+    HUMAN,
+    RANK_CONFIDENTIALITY,
+    agent_config_hash,
+    catalogue,
+)
 from pipeline.simulate.directory import directory_entries, write_directory
 from pipeline.simulate.population import build_population
 
@@ -68,6 +74,8 @@ def test_load_and_lookup(tmp_path: Path) -> None:
         '{"uid": "x", "kind": "robot"}',
         '{"uid": "x", "kind": "human", "sensitivity_ceiling": 5}',
         '{"uid": "x", "kind": "agent", "approved_digests": ["sha256:ABC"]}',
+        '{"uid": "x", "kind": "agent", "approved_tool_manifests": ["sha256:abc"]}',
+        '{"uid": "x", "kind": "agent", "approved_system_prompts": "sha256:' + "0" * 64 + '"}',
         '{"kind": "human"}',
         "not json",
     ],
@@ -101,9 +109,12 @@ def test_write_entries_round_trip(tmp_path: Path) -> None:
     entries = [
         DirectoryEntry("usr-1", "human", "human/x/team-00", 2),
         DirectoryEntry("agt-1", "agent", "agent/ops", 1, (DIGEST,), "prod-us"),
+        DirectoryEntry(
+            "agt-2", "agent", approved_tool_manifests=(DIGEST,), approved_system_prompts=(DIGEST,)
+        ),
     ]
     path = tmp_path / "d.jsonl"
-    assert write_entries(entries, path) == 2
+    assert write_entries(entries, path) == 3
     lines = path.read_text().splitlines()
     assert json.loads(lines[0]) == {
         "uid": "usr-1",
@@ -193,5 +204,8 @@ def test_simulated_directory(tmp_path: Path) -> None:
             assert entry.home_environment == cat.env_name[int(pop.env[i])]
         if kind == AGENT:
             assert entry.approved_digests == (cat.model_digest[int(pop.model[i])],)
+            assert entry.approved_tool_manifests == (agent_config_hash(entry.uid, "tools"),)
+            assert entry.approved_system_prompts == (agent_config_hash(entry.uid, "prompt"),)
         else:
             assert entry.approved_digests == ()
+            assert entry.approved_tool_manifests == entry.approved_system_prompts == ()

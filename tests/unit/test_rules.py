@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from pipeline.agent_models import AgentModelRegistry, AgentModelUpdate, RegisteredModel
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.directory import (
     ApprovedModel,
@@ -82,6 +83,7 @@ def test_rule_table_names_and_severities() -> None:
         "credential_misuse": 5,
         "credential_expired": 4,
         "model_provenance": 4,
+        "agent_config_drift": 4,
         "sensitivity_ceiling": 4,
         "clone": 5,
         "impossible_travel": 4,
@@ -241,17 +243,175 @@ def test_model_allowlist_by_name_and_version() -> None:
     no_digests = agent_entry(approved_digests=())
     assert rules.check(RuleState(), ev(model=model(D_OK)), no_digests) == ()
     (hit,) = rules.check(RuleState(), ev(model=model(D_BAD)), no_digests)
-    assert hit.evidence["source"] == "allow-list" and hit.evidence["expected_digest"] == D_OK
+    assert hit.evidence["source"] == "registry" and hit.evidence["expected_digest"] == D_OK
+    assert hit.evidence["reason"] == "unregistered"
+    assert rules.model_allowlist is allow and rules.agent_models is allow  # the old name
 
 
-def test_model_first_digest_is_pinned_when_nothing_else_decides() -> None:
-    allow = ModelAllowlist([ApprovedModel("other", "1", D_OK)])  # does not list this model
-    rules, state = ZeroTrustRules(model_allowlist=allow), RuleState()
+@pytest.mark.parametrize("registry", [None, AgentModelRegistry()], ids=["none", "empty"])
+def test_model_first_digest_is_pinned_only_without_a_registry(
+    registry: AgentModelRegistry | None,
+) -> None:
+    rules, state = ZeroTrustRules(agent_models=registry), RuleState()
     assert rules.check(state, ev(model=model(D_BAD)), None) == ()
     assert state.model == bytes.fromhex("b" * 64)
     assert rules.check(state, ev(model=model(D_BAD)), None) == ()
     (hit,) = rules.check(state, ev(model=model(D_OTHER)), None)
     assert hit.evidence["source"] == "first seen" and hit.evidence["expected_digest"] == D_BAD
+    assert hit.evidence["reason"] == "changed_since_first_seen"
+    assert "changed since first seen" in hit.text
+
+
+def registry(*models: RegisteredModel) -> AgentModelRegistry:
+    return AgentModelRegistry(models)
+
+
+def test_model_revoked_digest_fires_even_where_the_directory_approves_it() -> None:
+    reg = registry(
+        RegisteredModel("gpt-4o", "2024-08-06", D_OK),
+        RegisteredModel(
+            "gpt-4o", "2024-08-06", D_BAD, status="revoked", revoked_reason="leaked weights",
+            revoked_by="secops",
+        ),
+    )  # fmt: skip
+    rules = ZeroTrustRules(agent_models=reg)
+    approves_bad = agent_entry(approved_digests=(D_BAD,))
+    for entry in (approves_bad, agent_entry(), None):
+        (hit,) = rules.check(RuleState(), ev(model=model(D_BAD)), entry)
+        assert (hit.rule, hit.severity_id) == ("model_provenance", 4)
+        assert hit.evidence["reason"] == "revoked" and hit.evidence["source"] == "registry"
+        assert hit.evidence["revoked_reason"] == "leaked weights"
+        assert hit.evidence["revoked_by"] == "secops"
+        assert hit.evidence["expected_digest"] == D_OK and hit.evidence["observed_digest"] == D_BAD
+        assert "revoked (leaked weights)" in hit.text and "expected sha256:aaaa" in hit.text
+    # Revoked under another name and version: still revoked.
+    (hit,) = rules.check(RuleState(), ev(model=model(D_BAD, "renamed", "9")), None)
+    assert hit.evidence["reason"] == "revoked"
+
+
+def test_model_unregistered_digest_fires() -> None:
+    reg = registry(RegisteredModel("gpt-4o", "2024-08-06", D_OK))
+    rules = ZeroTrustRules(agent_models=reg)
+    # The registry knows the model but not this build.
+    (hit,) = rules.check(RuleState(), ev(model=model(D_BAD)), None)
+    assert hit.evidence["reason"] == "unregistered" and hit.evidence["expected_digest"] == D_OK
+    assert "does not list for that model" in hit.text
+    # ... even when the directory approves the digest for the agent.
+    (hit,) = rules.check(
+        RuleState(), ev(model=model(D_BAD)), agent_entry(approved_digests=(D_BAD,))
+    )
+    assert hit.evidence["reason"] == "unregistered"
+    # Neither the model nor the digest is known.
+    (hit,) = rules.check(RuleState(), ev(model=model(D_OTHER, "mystery", "1")), None)
+    assert hit.evidence["reason"] == "unregistered" and hit.evidence["expected_digest"] is None
+    assert "does not list at all" in hit.text and "no approved build" in hit.text
+    # A registered digest reported under a model name the registry does not know: not a hit.
+    assert rules.check(RuleState(), ev(model=model(D_OK, "alias", "1")), None) == ()
+    state = RuleState()
+    rules.check(state, ev(model=model(D_OTHER, "mystery", "1")), None)
+    assert state.model is None  # a registry decides: nothing is pinned
+
+
+def test_model_approved_for_another_agent_fires() -> None:
+    reg = registry(
+        RegisteredModel("gpt-4o", "2024-08-06", D_OK),
+        RegisteredModel("gpt-4o", "2024-08-06", D_OTHER),
+    )
+    rules = ZeroTrustRules(agent_models=reg)
+    mine = agent_entry(uid="agt-2", approved_digests=(D_OTHER,))
+    assert rules.check(RuleState(), ev(uid="agt-2", model=model(D_OTHER)), mine) == ()
+    # D_OK is registered and approved - for agt-1, not for agt-2.
+    (hit,) = rules.check(RuleState(), ev(uid="agt-2", model=model(D_OK)), mine)
+    assert hit.evidence["reason"] == "not_approved_for_agent"
+    assert hit.evidence["source"] == "directory" and hit.evidence["expected_digest"] == D_OTHER
+    assert "not approved for this agent" in hit.text
+
+
+def test_model_register_then_revoke_through_updates() -> None:
+    reg = registry(RegisteredModel("gpt-4o", "2024-08-06", D_OK))
+    rules = ZeroTrustRules(agent_models=reg)
+    e = ev(model=model(D_BAD))
+    assert rules_of(rules.check(RuleState(), e, None)) == ["model_provenance"]
+    register = AgentModelUpdate(
+        action="register", name="gpt-4o", version="2024-08-06", digest=D_BAD,
+        trained_by="ml-platform", lineage={"data": "tickets-2024"}, approved_by="ai-board",
+    )  # fmt: skip
+    assert reg.apply(register).changed
+    assert rules.check(RuleState(), e, None) == ()  # registered: no longer fires
+    revoke = AgentModelUpdate(
+        action="revoke", name="gpt-4o", version="2024-08-06", digest=D_BAD, reason="recalled"
+    )
+    assert reg.apply(revoke).changed
+    (hit,) = rules.check(RuleState(), e, None)
+    assert hit.evidence["reason"] == "revoked" and hit.evidence["revoked_reason"] == "recalled"
+    # Registering it again does not reinstate it; approving does.
+    assert not reg.apply(register).changed
+    assert rules_of(rules.check(RuleState(), e, None)) == ["model_provenance"]
+    reg.apply(AgentModelUpdate(action="approve", name="gpt-4o", version="2024-08-06", digest=D_BAD))
+    assert rules.check(RuleState(), e, None) == ()
+
+
+def test_model_registry_and_allowlist_are_not_both_given() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        ZeroTrustRules(agent_models=AgentModelRegistry(), model_allowlist=AgentModelRegistry())
+
+
+# ---- agent_config_drift --------------------------------------------------------------------------
+
+H1, H2, H3 = ("sha256:" + c * 64 for c in "123")
+
+
+def test_drift_fires_once_on_change_then_repins() -> None:
+    rules, state = ZeroTrustRules(), RuleState()
+    assert rules.check(state, ev(tool_manifest_hash=H1), None) == ()
+    assert state.tools == bytes.fromhex("1" * 64)
+    assert rules.check(state, ev(tool_manifest_hash=H1), None) == ()
+    (hit,) = rules.check(state, ev(tool_manifest_hash=H2), None)
+    assert (hit.rule, hit.severity_id) == ("agent_config_drift", 4)
+    assert hit.evidence == {
+        "which": "tool_manifest",
+        "old_hash": H1,
+        "new_hash": H2,
+        "source": "pinned",
+        "reason": "changed",
+    }
+    assert "tool manifest changed from sha256:111111111111" in hit.text
+    assert rules.check(state, ev(tool_manifest_hash=H2), None) == ()  # re-pinned: one hit
+    # Old and new replicas interleaving (rolling deploy) or a rollback: still that one hit.
+    assert rules.check(state, ev(tool_manifest_hash=H1), None) == ()
+    assert rules.check(state, ev(tool_manifest_hash=H2), None) == ()
+    # A third configuration is a new change.
+    (hit,) = rules.check(state, ev(tool_manifest_hash=H3), None)
+    assert hit.evidence["old_hash"] == H2 and hit.evidence["new_hash"] == H3
+    assert len(state.tools or b"") == 64  # current + previous: bounded
+
+
+def test_drift_tracks_prompt_and_tools_separately() -> None:
+    rules, state = ZeroTrustRules(), RuleState()
+    rules.check(state, ev(tool_manifest_hash=H1, system_prompt_hash=H1), None)
+    (hit,) = rules.check(state, ev(tool_manifest_hash=H1, system_prompt_hash=H2), None)
+    assert hit.evidence["which"] == "system_prompt" and "system prompt changed" in hit.text
+    hits = rules.check(state, ev(tool_manifest_hash=H3, system_prompt_hash=H3), None)
+    assert [h.evidence["which"] for h in hits] == ["tool_manifest", "system_prompt"]
+    assert rules.check(state, ev(), None) == ()  # absent hashes: nothing to compare
+
+
+def test_drift_against_directory_approved_hashes() -> None:
+    rules, state = ZeroTrustRules(), RuleState()
+    entry = agent_entry(approved_tool_manifests=(H1,), approved_system_prompts=(H1, H2))
+    assert rules.check(state, ev(tool_manifest_hash=H1, system_prompt_hash=H2), entry) == ()
+    for _ in range(2):  # the directory is authoritative: every unapproved event fires
+        (hit,) = rules.check(state, ev(tool_manifest_hash=H3), entry)
+        assert hit.evidence["reason"] == "not_approved_for_agent"
+        assert hit.evidence["source"] == "directory" and hit.evidence["old_hash"] == H1
+    assert state.tools is None and state.prompt is None  # nothing pinned
+
+
+def test_drift_only_for_agents() -> None:
+    rules, state = ZeroTrustRules(), RuleState()
+    for h in (H1, H2):
+        assert rules.check(state, ev(uid="svc-1", kind="service", tool_manifest_hash=h), None) == ()
+    assert state.tools is None
 
 
 def test_model_only_for_agents_with_a_digest() -> None:
@@ -452,6 +612,9 @@ def busy_state(rules: ZeroTrustRules) -> RuleState:
                     expires_at=t + 120_000,
                 ),
                 model=model(D_OK),
+                # a configuration change now and then: both pins hold current + previous
+                tool_manifest_hash=(H1, H2, H3)[task % 3],
+                system_prompt_hash=(H1, H2, H3)[(task + 1) % 3],
                 environment="staging-eu",
                 lat=53.3331,
                 long=-6.2489,
@@ -476,12 +639,31 @@ def test_state_round_trip() -> None:
 
 def test_state_size() -> None:
     rules = ZeroTrustRules()
-    assert len(RuleState().to_bytes()) == 10
+    assert len(RuleState().to_bytes()) == 12
     human = RuleState()
     rules.check(human, at(BERLIN, T0, "DE"), None)
     assert len(human.to_bytes()) <= 40
-    # Worst case at the default bounds (4 tasks x 8 tokens, a pinned model, a learned home).
-    assert len(busy_state(rules).to_bytes()) <= 300
+    # Worst case at the default bounds (4 tasks x 8 tokens, a pinned model, a learned home,
+    # current and previous tool manifest and system prompt hashes).
+    assert len(busy_state(rules).to_bytes()) <= 450
+
+
+def test_state_written_before_the_config_pins_still_decodes() -> None:
+    # Layout before tools / prompt were appended: 9 elements. A state the worker stored then.
+    old = msgspec.msgpack.encode(
+        [1, T0, 525200, 134050, "DE", "prod-eu", T0, bytes.fromhex("a" * 64), [[7, 2, 99]]]
+    )
+    assert old == bytes.fromhex(
+        "99" "01" "cf0000018bcfe56800" "ce00080390" "ce00020ba2" "a2" "4445" "a7" "70726f642d6575"
+        "cf0000018bcfe56800" "c420" + "aa" * 32 + "91" "93" "07" "02" "63"
+    )  # fmt: skip
+    state = RuleState.from_bytes(old)
+    assert (state.loc_cc, state.env, state.tasks) == ("DE", "prod-eu", [[7, 2, 99]])
+    assert state.model == bytes.fromhex("a" * 64) and state.tools is None and state.prompt is None
+    # It keeps working: the first hashes are pinned, not reported as changes.
+    rules = ZeroTrustRules()
+    assert rules.check(state, ev(tool_manifest_hash=H1, system_prompt_hash=H2), None) == ()
+    assert RuleState.from_bytes(state.to_bytes()) == state
 
 
 def test_state_rejects_garbage_and_unknown_versions() -> None:
@@ -614,7 +796,7 @@ def test_attacks_are_caught_on_the_labelled_identities(
     for row in rows["cloned_agent"]:
         assert "clone" in rules_after(row), row
     for row in rows["model_swap"]:
-        assert "model_provenance" in rules_after(row), row
+        assert {"model_provenance", "agent_config_drift"} <= rules_after(row), row
     # Lateral movement: the agents the orchestrator never used act on its tasks (the
     # orchestrator's own calls carry no such fact).
     lateral = [r for r in rows["lateral_movement"] if rules_after(r)]

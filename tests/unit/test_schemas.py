@@ -27,6 +27,8 @@ from pipeline.schemas import (
 NOW = 1_760_000_000_000  # fixed "now" so time checks are deterministic
 T = NOW - 60_000
 DIGEST = "sha256:" + "ab" * 32
+TOOLS = "sha256:" + "cd" * 32
+PROMPT = "sha256:" + "ef" * 32
 
 HUMAN_LOGON: dict[str, Any] = {
     "class_uid": 3002,
@@ -91,6 +93,8 @@ AGENT_CALL: dict[str, Any] = {
         "delegated_by": "u-alice",
         "environment": "prod-eu",
         "rationale": "fetch the Q3 figures the user asked for",
+        "tool_manifest_hash": TOOLS,
+        "system_prompt_hash": PROMPT,
     },
 }
 
@@ -198,6 +202,7 @@ def test_full_agent_call(dec: EventDecoder) -> None:
     assert ev.delegated_by == "u-alice"
     assert ev.environment == "prod-eu"
     assert ev.rationale == "fetch the Q3 figures the user asked for"
+    assert ev.tool_manifest_hash == TOOLS and ev.system_prompt_hash == PROMPT
     assert ev.is_mfa is None and ev.auth_protocol is None
     # The decoder builds Event positionally: a full comparison guards the field order.
     assert ev == Event(
@@ -224,6 +229,8 @@ def test_full_agent_call(dec: EventDecoder) -> None:
         environment="prod-eu",
         rationale="fetch the Q3 figures the user asked for",
         severity_id=1,
+        tool_manifest_hash=TOOLS,
+        system_prompt_hash=PROMPT,
     )
 
 
@@ -231,6 +238,7 @@ def test_minimal_events(dec: EventDecoder) -> None:
     a = dec.decode(enc(MIN_3002), now_ms=NOW)
     assert (a.uid, a.identity_uid, a.identity_kind, a.class_uid) == ("m-1", "bob", "human", 3002)
     assert a.resources == () and a.credential is None and a.model is None and a.service is None
+    assert a.tool_manifest_hash is None and a.system_prompt_hash is None
     b = dec.decode(enc(MIN_6003), now_ms=NOW)
     assert (b.uid, b.identity_uid, b.identity_kind, b.activity_id) == ("m-2", "svc-1", "human", 99)
     assert b.session_uid is None and b.operation is None
@@ -436,6 +444,15 @@ BAD_INPUTS: list[tuple[str, bytes]] = [
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.model.digest", "md5:" + "0" * 64))),
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.model.digest", "sha256:" + "AB" * 32))),
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.model.digest", DIGEST + "\n"))),
+    # tool manifest / system prompt hashes: validated like model digests
+    ("invalid_value", enc(with_(AGENT_CALL, "unmapped.tool_manifest_hash", "sha256:abc"))),
+    ("invalid_value", enc(with_(AGENT_CALL, "unmapped.tool_manifest_hash", "sha256:" + "AB" * 32))),
+    ("invalid_value", enc(with_(AGENT_CALL, "unmapped.tool_manifest_hash", TOOLS + "\n"))),
+    ("invalid_value", enc(with_(AGENT_CALL, "unmapped.system_prompt_hash", "md5:" + "0" * 64))),
+    ("invalid_value", enc(with_(AGENT_CALL, "unmapped.system_prompt_hash", "ef" * 32))),
+    ("invalid_value", enc(with_(AGENT_CALL, "unmapped.system_prompt_hash", PROMPT + "0"))),
+    ("wrong_type", enc(with_(AGENT_CALL, "unmapped.tool_manifest_hash", 12))),
+    ("wrong_type", enc(with_(AGENT_CALL, "unmapped.system_prompt_hash", ["sha256:"]))),
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.credential.step", -1))),
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.credential.expires_at", -1.5))),
     ("invalid_value", enc(with_(MIN_3002, "activity_id", 100))),
@@ -549,4 +566,5 @@ def test_docs_examples_decode(dec: EventDecoder) -> None:
         "agent",
     )
     assert call.credential is not None and call.model is not None
+    assert call.tool_manifest_hash is not None and call.system_prompt_hash is not None
     assert call.delegated_by == "u-alice" and call.rationale and len(call.resources) == 2

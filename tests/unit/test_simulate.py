@@ -31,7 +31,7 @@ from pipeline.simulate import (
     read_labels,
     simulate,
 )
-from pipeline.simulate.catalogue import catalogue
+from pipeline.simulate.catalogue import agent_config_hash, catalogue
 
 SETTINGS = Settings()
 START = 1_699_920_000_000  # 2023-11-14 00:00 UTC, a Tuesday
@@ -146,6 +146,13 @@ def test_agents_work_in_chains_with_step_credentials(run: Run) -> None:
     for e in benign:
         models[_ident(e)].add(e["unmapped"]["model"]["digest"])
     assert all(len(d) == 1 for d in models.values()), "one stable model per agent"
+    for e in agents:  # every agent event (sign-ins too) says what configuration it runs with
+        uid, ext = _ident(e), e["unmapped"]
+        if uid not in labelled:
+            assert ext["tool_manifest_hash"] == agent_config_hash(uid, "tools")
+            assert ext["system_prompt_hash"] == agent_config_hash(uid, "prompt")
+    others = (e for e in run.events if e["unmapped"]["identity_kind"] != "agent")
+    assert not any("tool_manifest_hash" in e["unmapped"] for e in others)
 
 
 # ---- determinism and ordering ---------------------------------------------------------------
@@ -335,6 +342,11 @@ def test_scenarios_look_like_their_description(run: Run) -> None:
         names = {(e["unmapped"]["model"]["name"], e["unmapped"]["model"]["version"]) for e in mine}
         assert len(after) == 1 and len(names) == 1
         assert not before or before.isdisjoint(after)
+        # ... and the rebuilt deployment runs another tool manifest (sometimes another prompt)
+        tools = {e["unmapped"]["tool_manifest_hash"] for e in _events_of(run, row)}
+        assert tools == {agent_config_hash(row.identity_uid, "tools", changed=True)}
+        prompts = {e["unmapped"]["system_prompt_hash"] for e in _events_of(run, row)}
+        assert len(prompts) == 1
     # 8. volumes creeping up
     assert _rows(run, "slow_drift")
 
