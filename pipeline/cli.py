@@ -626,6 +626,123 @@ def audit_show(ctx: click.Context, identity: str, topic: str | None) -> None:
         click.echo(f"no records about {identity}")
 
 
+@main.command()
+@click.argument("events", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--directory", "directory_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Identity directory JSONL (default CUSTOS_DIRECTORY_FILE).")
+@click.pass_context
+def replay(ctx: click.Context, events: str, out_dir: str, directory_path: str | None) -> None:
+    """Run an events file (JSONL or Parquet) through the worker's code path, without Kafka."""
+    import dataclasses
+
+    from pipeline.replay import replay as run_replay
+
+    settings = _settings(ctx)
+    if directory_path:
+        settings = dataclasses.replace(settings, directory_file=directory_path)
+    res = run_replay(settings, Path(events), Path(out_dir))
+    dead = ", ".join(f"{k} {v}" for k, v in sorted(res.dead_reasons.items())) or "none"
+    model = f"{res.model['name']} {res.model['version']}" if res.model else "built-in cold start"
+    click.echo(f"replayed {res.events:,} events in {res.seconds:.1f} s "
+               f"({res.events_per_s:,.0f} events/s): {res.scored:,} scored, "
+               f"{res.findings:,} findings ({res.alerts:,} alerts), {res.commands:,} quarantine "
+               f"commands, {res.dead:,} dead letters ({dead}); model at the end: {model}")
+    click.echo(f"outputs in {out_dir}: alerts.jsonl quarantine.jsonl scores.parquet "
+               "deadletter.jsonl reports.jsonl")
+
+
+@main.group("agent-models")
+def agent_models() -> None:
+    """The registry of approved AI-agent models: list it, register, approve, revoke builds."""
+
+
+@agent_models.command("list")
+@click.pass_context
+def agent_models_list(ctx: click.Context) -> None:
+    """The registry file (CUSTOS_MODEL_ALLOWLIST_FILE) with the topic's updates applied."""
+    from pipeline.agent_models import AgentModelRegistry, decode_update, load_agent_model_registry
+    from pipeline.kafka.clients import read_all
+
+    settings = _settings(ctx)
+    reg = (load_agent_model_registry(settings.model_allowlist_file)
+           if settings.model_allowlist_file else AgentModelRegistry())  # fmt: skip
+    for m in read_all(settings, settings.agent_models_topic, timeout_s=10):
+        reg.apply(decode_update(m.value() or b""))
+    for b in reg:
+        by = f"revoked by {b.revoked_by}: {b.revoked_reason}" if b.status == "revoked" else (
+            f"approved by {b.approved_by or '?'}")  # fmt: skip
+        click.echo(f"{b.status:<8} {b.name} {b.version} {b.digest[:19]}… trained by "
+                   f"{b.trained_by or '?'}; {by}")  # fmt: skip
+
+
+def _agent_model_update(ctx: click.Context, **fields: Any) -> None:
+    from pipeline.agent_models import AgentModelUpdate, encode_update
+    from pipeline.kafka.clients import make_producer
+
+    settings = _settings(ctx)
+    try:
+        update = AgentModelUpdate(**{k: v for k, v in fields.items() if v is not None})
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    producer = make_producer(settings)
+    producer.produce(settings.agent_models_topic, key=update.key(), value=encode_update(update))
+    if producer.flush(30):
+        raise click.ClickException(f"update not delivered to {settings.agent_models_topic}")
+    click.echo(f"{update.action} {update.name} {update.version} {update.digest[:19]}… sent to "
+               f"{settings.agent_models_topic}; every worker applies it")  # fmt: skip
+
+
+_BUILD = [click.argument("name"), click.argument("version"), click.argument("digest")]
+
+
+def _build_args(f: Any) -> Any:
+    for deco in reversed(_BUILD):
+        f = deco(f)
+    return f
+
+
+@agent_models.command("register")
+@_build_args
+@click.option("--trained-by", default=None)
+@click.option("--lineage", default=None, help="Training data lineage (free text).")
+@click.option("--by", "approved_by", required=True, help="Who approves it.")
+@click.pass_context
+def agent_models_register(
+    ctx: click.Context, name: str, version: str, digest: str, trained_by: str | None,
+    lineage: str | None, approved_by: str,
+) -> None:  # fmt: skip
+    """Add an approved build (or update its provenance)."""
+    _agent_model_update(ctx, action="register", name=name, version=version, digest=digest,
+                        trained_by=trained_by, lineage=lineage,
+                        approved_by=approved_by)  # fmt: skip
+
+
+@agent_models.command("approve")
+@_build_args
+@click.option("--by", "approved_by", required=True)
+@click.pass_context
+def agent_models_approve(
+    ctx: click.Context, name: str, version: str, digest: str, approved_by: str
+) -> None:
+    """Approve a build, reinstating it if it was revoked."""
+    _agent_model_update(ctx, action="approve", name=name, version=version, digest=digest,
+                        approved_by=approved_by)  # fmt: skip
+
+
+@agent_models.command("revoke")
+@_build_args
+@click.option("--by", "revoked_by", required=True)
+@click.option("--reason", required=True)
+@click.pass_context
+def agent_models_revoke(
+    ctx: click.Context, name: str, version: str, digest: str, revoked_by: str, reason: str
+) -> None:
+    """Revoke a build: every agent running it trips model_provenance (High) from now on."""
+    _agent_model_update(ctx, action="revoke", name=name, version=version, digest=digest,
+                        revoked_by=revoked_by, reason=reason)  # fmt: skip
+
+
 @main.group()
 def models() -> None:
     """Custos's own signed models: list, verify, train, sign, promote, roll back."""

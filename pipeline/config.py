@@ -124,7 +124,8 @@ class Settings:
     )
     model_allowlist_file: str = _setting(
         str(REPO_ROOT / "models" / "agent-models.yaml"),
-        "Approved agent models (name, version, digest); empty = pin the first digest seen",
+        "Agent model registry (name, version, digest, trainer, lineage, approved/revoked), "
+        "updated live by agent_models_topic; empty = pin the first digest seen",
     )
 
     state_cache_size: int = _setting(

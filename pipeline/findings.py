@@ -190,7 +190,13 @@ def build_finding(decision: Decision, *, product_version: str) -> dict[str, Any]
                 "peak_risk": round(d.peak_risk, 2),
                 "identity_kind": d.identity_kind,
                 "rules": [
-                    {"rule": r.rule, "severity_id": r.severity_id, "text": r.text} for r in d.rules
+                    {
+                        "rule": r.rule,
+                        "severity_id": r.severity_id,
+                        "text": r.text,
+                        "evidence": r.evidence,
+                    }
+                    for r in d.rules
                 ],
                 "rationales": list(d.rationales),
                 "contributions": [c.text for c in d.contributions],

@@ -146,7 +146,9 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
         u = msgspec.json.decode(value)
         return {
             "kind": f"agent_model.{u.get('action', 'other')}",
-            "subject": u.get("name"), "actor": u.get("by") or u.get("approved_by") or "unknown",
+            "subject": u.get("name"),
+            "actor": u.get("revoked_by") or u.get("approved_by") or u.get("trained_by")
+            or "unknown",
             "why": {"explanation": [u.get("reason") or u.get("action")]},
             "refs": {"model": {"name": u.get("name"), "version": u.get("version"),
                                "digest": u.get("digest")}},

@@ -33,6 +33,8 @@ from faust.streams import _current_event
 from mode import CrashingSupervisor
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from pipeline.agent_models import AgentModelRegistry, InvalidAgentModelUpdate
+from pipeline.agent_models import decode_update as decode_agent_model_update
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
 from pipeline.errors import InvalidEvent
@@ -348,7 +350,34 @@ def create_app(
             for value in values[-1:] if catching_up else values:
                 await report(runtime.apply(detection, value))
 
-        await follow(settings, settings.models_topic, on_model)
+        if detection.rules.agent_models is None:
+            detection.rules.agent_models = AgentModelRegistry()
+        agent_models = detection.rules.agent_models
+
+        async def on_agent_models(values: list[bytes], catching_up: bool) -> None:
+            # Registry updates accumulate: all of them apply, in order (apply is idempotent).
+            # Catching up, they were reported when they first arrived; only live ones are.
+            for value in values:
+                now = int(time.time() * 1000)
+                try:
+                    change = agent_models.apply(decode_agent_model_update(value))
+                except InvalidAgentModelUpdate as exc:
+                    log.error("agent model update refused: %s", exc)
+                    if not catching_up:
+                        await report(Report("agent_model.refused", service, now,
+                                            reason=exc.reason, detail=exc.detail))  # fmt: skip
+                    continue
+                if not catching_up:
+                    kind = "agent_model.applied" if change.changed else "agent_model.unchanged"
+                    build = {"name": change.name, "version": change.version,
+                             "digest": change.digest, "status": change.after}  # fmt: skip
+                    await report(Report(kind, service, now, subject=change.name,
+                                        detail=change.detail, model=build))  # fmt: skip
+
+        await asyncio.gather(
+            follow(settings, settings.models_topic, on_model),
+            follow(settings, settings.agent_models_topic, on_agent_models),
+        )
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def housekeeping() -> None:

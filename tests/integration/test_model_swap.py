@@ -94,3 +94,57 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
     assert AGENT  # the events above are the worker tests' agent
+
+
+def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    from pipeline.agent_models import AgentModelUpdate, encode_update, load_agent_model_registry
+
+    build = next(iter(load_agent_model_registry(isolated.model_allowlist_file)))
+    model = {"name": build.name, "version": build.version, "digest": build.digest}
+
+    def call(uid: str, t: int) -> dict[str, Any]:
+        event = _agent_call(uid, t)
+        event["unmapped"]["model"] = model
+        return event
+
+    env = _env(isolated, tmp_path / "data", f"itest-agentm-{os.getpid()}-{int(time.time())}")
+    now = int(time.time() * 1000)
+    worker = _start(env, tmp_path / "worker.log")
+    try:
+        _produce(isolated, [call(f"before-{i}", now - 60_000 + i * 1000) for i in range(5)])
+        _scored(isolated, "before-4")
+        revoke = AgentModelUpdate(action="revoke", name=build.name, version=build.version,
+                                  digest=build.digest, revoked_by="secops:itest",
+                                  reason="weights leaked")  # fmt: skip
+        producer = make_producer(isolated)
+        producer.produce(isolated.agent_models_topic, key=revoke.key(), value=encode_update(revoke))
+        assert producer.flush(30) == 0
+        applied = _reports(isolated, lambda d: d["kind"] == "agent_model.applied")
+        assert applied["model"]["status"] == "revoked"
+        _produce(isolated, [call("after-revoke", now)])
+        finding = _finding(isolated, "after-revoke")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    rules = finding["unmapped"]["custos"]["rules"]
+    hit = next(r for r in rules if r["rule"] == "model_provenance")
+    assert hit["evidence"]["reason"] == "revoked", hit
+    befores = [
+        msgspec.json.decode(m.value())
+        for m in read_all(isolated, isolated.scores_topic, timeout_s=5)
+    ]
+    assert not any(r["rule"] == "model_provenance" for s in befores
+                   if s["event_uid"].startswith("before-") for r in s["rules"])  # fmt: skip
+
+
+def _finding(settings: Settings, event_uid: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in read_all(settings, settings.alerts_topic, timeout_s=3):
+            doc = msgspec.json.decode(m.value())
+            if any(e["uid"] == event_uid for e in doc["finding_info"]["related_events"]):
+                return doc  # type: ignore[no-any-return]
+        time.sleep(0.5)
+    raise AssertionError(f"no finding with {event_uid} within {timeout} s")

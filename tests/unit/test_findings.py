@@ -236,7 +236,9 @@ def test_rule_finding_is_a_rule_analytic_with_quarantine_and_evidence() -> None:
     assert f["confidence_score"] == 100
     custos = f["unmapped"]["custos"]
     assert custos["quarantine"] is True and "quarantine" in f["message"]
-    assert custos["rules"] == [{"rule": MISUSE.rule, "severity_id": 5, "text": MISUSE.text}]
+    assert custos["rules"] == [{"rule": MISUSE.rule, "severity_id": 5, "text": MISUSE.text,
+                                "evidence": dict(MISUSE.evidence)}]  # fmt: skip
+    assert custos["rules"][0]["evidence"]["issued_to"] == "agent-a"  # the facts, for analysts
     anomalies = f["anomaly_analyses"][0]["anomalies"]
     rule_obs = [a for a in anomalies if a["observation_type"] == "rule:credential_misuse"]
     assert {a["observation_parameter"]: a["observations"][0]["value"] for a in rule_obs} == {
