@@ -202,11 +202,19 @@ def topics_list(ctx: click.Context) -> None:
     default=None,
     help="Where to write the ground-truth labels (JSONL).",
 )
+@click.option(
+    "--directory",
+    "directory_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the population's identity directory (JSONL) for replay / evaluate.",
+)
 @click.option("--no-attacks", is_flag=True, help="Only normal behaviour.")
 @click.pass_context
 def simulate(
     ctx: click.Context, identities: int, duration: float, seed: int, start_ms: int | None,
-    rate: float | None, out: Path | None, labels: Path | None, no_attacks: bool,
+    rate: float | None, out: Path | None, labels: Path | None, directory_out: Path | None,
+    no_attacks: bool,
 ) -> None:  # fmt: skip
     """Simulate humans, services and AI agents (with labelled attacks) into Kafka or a file."""
     from pipeline.simulate import simulate as run
@@ -227,6 +235,12 @@ def simulate(
         click.echo(f"  {topic:<20} {n:>10,}")
     if labels:
         click.echo(f"{report.campaigns} attack campaigns labelled in {labels}")
+    if directory_out:
+        from pipeline.simulate.directory import write_directory
+        from pipeline.simulate.population import build_population
+
+        n = write_directory(build_population(identities, seed=seed), directory_out)
+        click.echo(f"{n:,} directory entries in {directory_out}")
 
 
 # --- ingest / demo -----------------------------------------------------------------------------
@@ -649,7 +663,7 @@ def replay(ctx: click.Context, events: str, out_dir: str, directory_path: str | 
                f"{res.findings:,} findings ({res.alerts:,} alerts), {res.commands:,} quarantine "
                f"commands, {res.dead:,} dead letters ({dead}); model at the end: {model}")
     click.echo(f"outputs in {out_dir}: alerts.jsonl quarantine.jsonl scores.parquet "
-               "deadletter.jsonl reports.jsonl")
+               "features.parquet deadletter.jsonl reports.jsonl")
 
 
 @main.group("agent-models")

@@ -12,6 +12,9 @@ quarantine policy. Outputs in ``DIR``:
   I/O with a key; ``topic`` says quarantine or approvals), stamped with event time;
 * ``scores.parquet`` - one row per event: uid, identity, kind, time, score, raw, learned, peer
   weight, top features and rules;
+* ``features.parquet`` - the deviation vector each event fed the detector (one float column
+  per :data:`pipeline.baselines.DEVIATIONS` name, plus event uid, identity, time, learned):
+  the training set for a new shared detector;
 * ``deadletter.jsonl`` - rejected input: original bytes (base64), reason, detail, source file
   and line (the "offset");
 * ``reports.jsonl`` - which model scored (loaded / pending / refused).
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import msgspec
+import numpy as np
 
 from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
@@ -107,15 +111,23 @@ class _Outputs:
         self.dead: IO[bytes] = open(out / "deadletter.jsonl", "wb")
         self.reports: IO[bytes] = open(out / "reports.jsonl", "wb")
         self.rows: dict[str, list[Any]] = {k: [] for k in SCORE_COLUMNS}
+        self.features: list[np.ndarray] = []
 
     def close(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from pipeline.baselines import DEVIATIONS
+
         for fh in (self.alerts, self.quarantine, self.dead, self.reports):
             fh.close()
         table = pa.table(self.rows, schema=_scores_schema())
         pq.write_table(table, self.out / "scores.parquet", compression="zstd")
+        x = np.concatenate(self.features) if self.features else np.zeros((0, len(DEVIATIONS)))
+        cols: dict[str, Any] = {k: self.rows[k] for k in ("event_uid", "identity_uid", "time_ms",
+                                                          "learned")}  # fmt: skip
+        cols.update({name: x[:, j].astype(np.float32) for j, name in enumerate(DEVIATIONS)})
+        pq.write_table(pa.table(cols), self.out / "features.parquet", compression="zstd")
 
 
 def _score_row(rows: dict[str, list[Any]], s: Score) -> None:
@@ -142,7 +154,7 @@ def replay(
     """Run ``events_path`` through the worker's code path; write the outputs into ``out``."""
     from pipeline import __version__
 
-    detection = detection or Detection(settings)
+    detection = detection or Detection(settings, keep_rows=True)
     runtime = ModelRuntime(settings, "replay")
     quarantine = QuarantinePolicy.from_settings(settings)
     # Recorded traffic: any time is plausible (the worker bounds future skew by wall clock).
@@ -193,6 +205,8 @@ def replay(
             result = detection.process(valid[i : i + batch], store)
             for s in result.scores:
                 _score_row(outs.rows, s)
+            if result.rows is not None:
+                outs.features.append(result.rows.astype(np.float32))
             res.scored += len(result.scores)
             decisions = result.decisions
             if result.signals:  # the worker routes these through <app>-signals

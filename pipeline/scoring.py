@@ -21,6 +21,7 @@ it is learned from everything the process sees, and :meth:`Detection.save_shared
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ class BatchResult:
     decisions: list[Decision] = field(default_factory=list)
     # Evidence about other identities, to be applied where their state lives (apply_signals).
     signals: list[Signal] = field(default_factory=list)
+    # The deviation vectors that fed the detector, one row per score (``keep_rows`` only):
+    # the features data scientists train detectors on.
+    rows: np.ndarray | None = None
 
 
 class Detection:
@@ -147,8 +151,10 @@ class Detection:
         learn_gate: float | None = None,
         cold_gate: float = 0.85,
         state_cache_size: int | None = None,
+        keep_rows: bool = False,
     ) -> None:
         settings = settings or Settings()
+        self.keep_rows = keep_rows
         self.settings = settings
         if directory is None and settings.directory_file:
             directory = Directory.load(settings.directory_file)
@@ -190,7 +196,6 @@ class Detection:
             settings.state_cache_size if state_cache_size is None else state_cache_size
         )
         self._decoded: OrderedDict[str, tuple[bytes, IdentityState]] = OrderedDict()
-        self._peer_tick = 0
 
     # --- state (de)serialisation ---------------------------------------------------------------
     def load_state(self, data: bytes | None) -> IdentityState:
@@ -236,6 +241,12 @@ class Detection:
         result = BatchResult()
         if not events:
             return result
+        # Event-time order inside the batch: an identity's sign-ins and API calls arrive on
+        # different topics and partitions, interleaved by chance; its baseline, rules (travel,
+        # clones, step order) and risk must see them as they happened. Stable: ties keep
+        # arrival order. Scores (and rows) come back in this order.
+        if any(events[i].time_ms > events[i + 1].time_ms for i in range(len(events) - 1)):
+            events = sorted(events, key=lambda e: e.time_ms)
         cache: dict[str, IdentityState] = {}
         rounds: list[list[int]] = []
         seen: dict[str, int] = {}
@@ -248,7 +259,14 @@ class Detection:
             rounds[k].append(i)
             if k == 0:
                 cache[uid] = self._fetch(uid, ev.time_ms, store)
+        # A canonical order inside each round: what identities learn into shared state (peer
+        # groups) must not depend on how partitions interleaved on the way in, so the worker
+        # and `custos replay` agree on the same input.
+        for idx in rounds:
+            idx.sort(key=lambda i: events[i].identity_uid)
         scores: list[Score | None] = [None] * len(events)
+        if self.keep_rows:
+            result.rows = np.empty((len(events), len(DEVIATIONS)))
         for idx in rounds:
             self._round([events[i] for i in idx], idx, cache, scores, result)
         result.scores = [s for s in scores if s is not None]
@@ -372,15 +390,17 @@ class Detection:
                 rate = bm.current_rate(st.baseline, f)
                 bm.learn_one(st.baseline, f)
                 learned[i] = True
-                self._peer_tick += 1
-                # Peer groups learn from new members and, one event in 8, established ones.
-                if peer_w[i] > 0.01 or self._peer_tick % 8 == 0:
+                # Peer groups learn from new members and, one event in 8, established ones -
+                # chosen by the event's uid, so the choice does not depend on arrival order.
+                if peer_w[i] > 0.01 or zlib.crc32(ev.uid.encode()) % 8 == 0:
                     pm.learn_one(self._peer_state(ev, entry), f, rate)
             else:
                 sc = msgspec.structs.replace(sc, learned=False)
             scores[index[i]] = sc
         if learned.any():
             self.detector.learn_many(rows[learned])
+        if result.rows is not None:
+            result.rows[index] = rows
 
     def _signals(self, ev: Event, hits: tuple[RuleHit, ...], result: BatchResult) -> None:
         """Derive evidence about other identities from this event's rule hits."""
