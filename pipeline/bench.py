@@ -93,10 +93,12 @@ def bench_kafka(
         models_topic=f"{tag}.models",
         agent_models_topic=f"{tag}.agent-models",
         reports_topic=f"{tag}.reports",
+        feedback_topic=f"{tag}.feedback",
         app_id=f"{tag}-worker",
     )
     parts = s.worker_partitions
-    names = (s.identity_topic, s.agent_topic, s.deadletter_topic, s.alerts_topic, s.scores_topic)
+    names = (s.identity_topic, s.agent_topic, s.deadletter_topic, s.alerts_topic, s.scores_topic,
+             s.feedback_topic)  # fmt: skip
     apply_topics(s, [TopicSpec(t, parts, 1, {}) for t in names])
     control = (s.models_topic, s.agent_models_topic, s.reports_topic)
     apply_topics(s, [TopicSpec(t, 1, 1, {}) for t in control])
@@ -125,7 +127,8 @@ def bench_kafka(
         "agent_topic": s.agent_topic, "deadletter_topic": s.deadletter_topic,
         "alerts_topic": s.alerts_topic, "scores_topic": s.scores_topic,
         "models_topic": s.models_topic, "agent_models_topic": s.agent_models_topic,
-        "reports_topic": s.reports_topic, "directory_file": str(directory_path),
+        "reports_topic": s.reports_topic, "feedback_topic": s.feedback_topic,
+        "directory_file": str(directory_path),
         "worker_datadir": tempfile.mkdtemp(prefix="custos-bench-"),
     }.items():  # fmt: skip
         env[env_var(name)] = setting

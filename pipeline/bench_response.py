@@ -59,12 +59,16 @@ def run_bench_response(
         deadletter_topic=f"{tag}.dlq", alerts_topic=f"{tag}.alerts",
         scores_topic=f"{tag}.scores", quarantine_topic=f"{tag}.quarantine",
         approvals_topic=f"{tag}.approvals", acks_topic=f"{tag}.acks",
-        quarantine_deadletter_topic=f"{tag}.quarantine-dlq",
+        quarantine_deadletter_topic=f"{tag}.quarantine-dlq", feedback_topic=f"{tag}.feedback",
+        models_topic=f"{tag}.models", agent_models_topic=f"{tag}.agent-models",
+        reports_topic=f"{tag}.reports",
     )  # fmt: skip
     names = (s.identity_topic, s.agent_topic, s.deadletter_topic, s.alerts_topic,
              s.scores_topic, s.quarantine_topic, s.approvals_topic, s.acks_topic,
-             s.quarantine_deadletter_topic)  # fmt: skip
+             s.quarantine_deadletter_topic, s.feedback_topic)  # fmt: skip
     apply_topics(s, [TopicSpec(t, s.worker_partitions, 1, {}) for t in names])
+    control = (s.models_topic, s.agent_models_topic, s.reports_topic)
+    apply_topics(s, [TopicSpec(t, 1, 1, {}) for t in control])
     tmp = Path(tempfile.mkdtemp(prefix="custos-rbench-"))
     broker_port = free_port()
     env = dict(os.environ)
@@ -79,6 +83,8 @@ def run_bench_response(
         "broker_port": str(broker_port), "worker_web_port": str(free_port()),
         "app_id": f"{tag}-worker", "responder_group": f"{tag}-responders",
         "worker_batch_within_s": str(settings.worker_batch_within_s),
+        "feedback_topic": s.feedback_topic, "models_topic": s.models_topic,
+        "agent_models_topic": s.agent_models_topic, "reports_topic": s.reports_topic,
     }.items():  # fmt: skip
         env[env_var(name)] = value
     procs: list[subprocess.Popen[bytes]] = []

@@ -203,6 +203,13 @@ def topics_list(ctx: click.Context) -> None:
     help="Where to write the ground-truth labels (JSONL).",
 )
 @click.option(
+    "--event-labels",
+    "event_labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write exact per-event labels (malicious event uid -> campaign), JSONL.",
+)
+@click.option(
     "--directory",
     "directory_out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -213,8 +220,8 @@ def topics_list(ctx: click.Context) -> None:
 @click.pass_context
 def simulate(
     ctx: click.Context, identities: int, duration: float, seed: int, start_ms: int | None,
-    rate: float | None, out: Path | None, labels: Path | None, directory_out: Path | None,
-    no_attacks: bool,
+    rate: float | None, out: Path | None, labels: Path | None, event_labels: Path | None,
+    directory_out: Path | None, no_attacks: bool,
 ) -> None:  # fmt: skip
     """Simulate humans, services and AI agents (with labelled attacks) into Kafka or a file."""
     from pipeline.simulate import simulate as run
@@ -225,6 +232,7 @@ def simulate(
     report = run(
         settings, identities=identities, duration_s=duration, seed=seed, start_ms=start_ms,
         rate=rate, sink=sink, labels_path=labels, attacks=not no_attacks, progress=True,
+        event_labels_path=event_labels,
     )  # fmt: skip
     where = str(out) if out else f"Kafka at {settings.bootstrap_servers}"
     click.echo(
@@ -288,64 +296,34 @@ def ingest(
 @click.option("--identities", default=1_000, show_default=True, help="Simulated population.")
 @click.option("--duration", type=DURATION, default="2d", show_default=True)
 @click.option("--seed", default=7, show_default=True)
-@click.option(
-    "--events",
-    "events_path",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="JSONL events (the input contract) instead of simulating.",
-)
-@click.option(
-    "--labels",
-    "labels_path",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Labels file for --events.",
-)
-@click.option(
-    "--directory",
-    "directory_path",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Identity directory JSONL for --events.",
-)
+@click.option("--events", "events_path", type=click.Path(exists=True, dir_okay=False),
+              default=None,
+              help="Events (JSONL or Parquet, the input contract) instead of simulating.")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Labels file for --events (the simulator's).")
+@click.option("--event-labels", "event_labels_path",
+              type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Exact per-event labels for --events (custos simulate --event-labels); "
+              "without it events are labelled by the campaigns' time windows.")
+@click.option("--directory", "directory_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Identity directory JSONL for --events.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write report.md, metrics.json and PNG plots into this directory.")
 @click.pass_context
 def evaluate(
     ctx: click.Context, identities: int, duration: float, seed: int, events_path: str | None,
-    labels_path: str | None, directory_path: str | None,
-) -> None:  # fmt: skip
+    labels_path: str | None, event_labels_path: str | None, directory_path: str | None,
+    out_dir: Path | None,
+) -> None:
     """Detection quality per attack scenario on labelled traffic (same code as the worker)."""
-    import tempfile
+    from pipeline.evaluate import run_evaluation
 
-    from pipeline.directory import Directory
-    from pipeline.evaluate import evaluate as run_eval
-    from pipeline.schemas import EventDecoder
-    from pipeline.scoring import Detection
-    from pipeline.simulate import Simulation
-    from pipeline.simulate.directory import write_directory
-    from pipeline.simulate.labels import read_labels
-    from pipeline.simulate.population import build_population
-
-    settings = _settings(ctx)
-    decoder = EventDecoder(max_future_skew_ms=10**13)  # recorded traffic: any past or future
-    if events_path:
-        if not labels_path:
-            raise click.UsageError("--events needs --labels")
-        with open(events_path, "rb") as fh:
-            events = [decoder.decode(line) for line in fh if line.strip()]
-        labels = read_labels(Path(labels_path))
-        directory = Directory.load(directory_path) if directory_path else None
-    else:
-        sim = Simulation(settings, identities=identities, duration_s=duration, seed=seed)
-        events = [decoder.decode(value) for _, _, value, _ in sim.events(progress=True)]
-        labels = sim.label_rows()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "directory.jsonl"
-            write_directory(build_population(identities, seed=seed), path)
-            directory = Directory.load(path)
-    result = run_eval(events, labels, Detection(settings, directory=directory))
-    for line in result.table():
-        click.echo(line)
+    if events_path and not labels_path:
+        raise click.UsageError("--events needs --labels")
+    run_evaluation(_settings(ctx), events_path=events_path, labels_path=labels_path,
+                   event_labels_path=event_labels_path, directory_path=directory_path,
+                   identities=identities, duration_s=duration, seed=seed, out_dir=out_dir,
+                   echo=click.echo)
 
 
 @main.command()
@@ -645,8 +623,13 @@ def audit_show(ctx: click.Context, identity: str, topic: str | None) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--directory", "directory_path", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Identity directory JSONL (default CUSTOS_DIRECTORY_FILE).")
+@click.option("--feedback", "feedback_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Analyst feedback JSONL, applied at each one's at_ms.")
 @click.pass_context
-def replay(ctx: click.Context, events: str, out_dir: str, directory_path: str | None) -> None:
+def replay(
+    ctx: click.Context, events: str, out_dir: str, directory_path: str | None,
+    feedback_path: str | None,
+) -> None:  # fmt: skip
     """Run an events file (JSONL or Parquet) through the worker's code path, without Kafka."""
     import dataclasses
 
@@ -655,7 +638,8 @@ def replay(ctx: click.Context, events: str, out_dir: str, directory_path: str | 
     settings = _settings(ctx)
     if directory_path:
         settings = dataclasses.replace(settings, directory_file=directory_path)
-    res = run_replay(settings, Path(events), Path(out_dir))
+    res = run_replay(settings, Path(events), Path(out_dir),
+                     feedback_path=Path(feedback_path) if feedback_path else None)  # fmt: skip
     dead = ", ".join(f"{k} {v}" for k, v in sorted(res.dead_reasons.items())) or "none"
     model = f"{res.model['name']} {res.model['version']}" if res.model else "built-in cold start"
     click.echo(f"replayed {res.events:,} events in {res.seconds:.1f} s "
@@ -664,6 +648,67 @@ def replay(ctx: click.Context, events: str, out_dir: str, directory_path: str | 
                f"commands, {res.dead:,} dead letters ({dead}); model at the end: {model}")
     click.echo(f"outputs in {out_dir}: alerts.jsonl quarantine.jsonl scores.parquet "
                "features.parquet deadletter.jsonl reports.jsonl")
+
+
+@main.group()
+def feedback() -> None:
+    """Analyst feedback to the worker (custos.feedback): confirm, false-positive, release..."""
+
+
+def _send_feedback(ctx: click.Context, **fields: Any) -> None:
+    from pipeline.feedback import Feedback, encode, new_uid
+    from pipeline.kafka.clients import make_producer
+
+    settings = _settings(ctx)
+    try:
+        fb = Feedback(uid=new_uid(), at_ms=int(time.time() * 1000),
+                      **{k: v for k, v in fields.items() if v is not None})  # fmt: skip
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    producer = make_producer(settings)
+    producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=encode(fb))
+    if producer.flush(30):
+        raise click.ClickException(f"feedback not delivered to {settings.feedback_topic}")
+    click.echo(f"{fb.action} {fb.identity} ({fb.uid}) sent; the worker's answer and the audit "
+               f"record follow on {settings.reports_topic} and {settings.audit_topic}")  # fmt: skip
+
+
+def _feedback_command(action: str, doc: str, *extra: Any) -> None:
+    def cmd(ctx: click.Context, identity: str, finding: str | None, by: str, reason: str,
+            **kw: Any) -> None:  # fmt: skip
+        if "for_" in kw:
+            dur = kw.pop("for_")
+            kw["until_ms"] = int(time.time() * 1000 + dur * 1000) if dur else None
+        _send_feedback(ctx, action=action.replace("-", "_"), identity=identity,
+                       finding_uid=finding, by=by, reason=reason, **kw)  # fmt: skip
+
+    cmd.__doc__ = doc
+    for deco in reversed([
+        feedback.command(action),
+        click.argument("identity"),
+        click.option("--finding", default=None, help="The finding it is about (default: open)."),
+        click.option("--by", required=True, help="Who decides, e.g. analyst:alice."),
+        click.option("--reason", required=True),
+        *extra,
+        click.pass_context,
+    ]):  # fmt: skip
+        cmd = deco(cmd)
+
+
+_feedback_command("confirm", "The compromise is real: quarantine now, approved by you.")
+_feedback_command(
+    "false-positive",
+    "Close the incident, lift its quarantine; --learn teaches its held events as normal.",
+    click.option("--learn", "learn_as_normal", is_flag=True, default=None,
+                 help="Learn the events kept out of the baseline as normal."),
+)  # fmt: skip
+_feedback_command("release", "Cancel the incident's quarantine.")
+_feedback_command(
+    "suppress",
+    "Silence the identity (or one --feature / rule) for a while.",
+    click.option("--feature", default=None, help="A feature or rule name; default: all."),
+    click.option("--for", "for_", type=DURATION, required=True, help="How long, e.g. 24h."),
+)  # fmt: skip
 
 
 @main.group("agent-models")

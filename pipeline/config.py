@@ -250,6 +250,11 @@ class Settings:
     agent_models_topic: str = _setting(
         "custos.agent-models", "Control topic: agent model registrations, approvals, revocations"
     )
+    feedback_topic: str = _setting(
+        "custos.feedback",
+        "Analyst feedback keyed by identity (confirm, false positive, release, suppress); "
+        "as many partitions as the input topics",
+    )
     reports_topic: str = _setting(
         "custos.reports",
         "Services' own audited events: configuration at start, model loaded / refused",

@@ -87,6 +87,7 @@ STATUS_NEW: Final = 1
 STATUS_IN_PROGRESS: Final = 2
 STATUS_SUPPRESSED: Final = 3
 STATUS_RESOLVED: Final = 4
+MAX_STATE_SUPPRESSIONS: Final = 8  # analyst suppressions kept in one identity's state
 
 _CRITICAL: Final = 5  # OCSF severity_id Critical
 _RISK_LEVELS: Final = ("Info", "Low", "Medium", "High", "Critical")
@@ -98,6 +99,37 @@ _FINDING_NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/find
 # array_like + msgpack: field names are not stored, so a state with no incident is ~15 bytes.
 # New fields must be appended with defaults: older payloads then still decode.
 # gc=False: these structs only ever hold strings, numbers and other gc=False structs (no cycles).
+
+
+class Suppression(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Silence known-benign behaviour.
+
+    - ``identity`` only: the identity's findings are still emitted (so the audit trail shows
+      what would have alerted) but with status Suppressed (3), ``is_alert`` false and never
+      ``quarantine``; risk still accumulates.
+    - ``feature`` (a contribution feature or a rule name), for one identity or, with no
+      identity, for everyone: matching contributions and rules add no risk and are left out of
+      the finding.
+    - ``until_ms``: the rule applies to events strictly before this event time (ms); None = forever.
+
+    >>> Suppression(identity="svc-backup", feature="bytes_out").applies(0)
+    True
+    >>> Suppression(identity="svc-backup", until_ms=10).applies(10)
+    False
+    """
+
+    identity: str | None = None
+    feature: str | None = None
+    until_ms: int | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.identity is None and self.feature is None:
+            raise ValueError("a suppression needs an identity, a feature, or both")
+
+    def applies(self, time_ms: int) -> bool:
+        """True while the suppression has not expired at ``time_ms``."""
+        return self.until_ms is None or time_ms < self.until_ms
 
 
 class Counters(msgspec.Struct, array_like=True, gc=False):
@@ -147,7 +179,7 @@ class RiskState(msgspec.Struct, array_like=True, gc=False):
 
     >>> s = RiskState(risk=12.5, updated_ms=1_700_000_000_000)
     >>> len(s.to_bytes()), RiskState.from_bytes(s.to_bytes()).risk
-    (22, 12.5)
+    (23, 12.5)
     """
 
     v: int = STATE_VERSION
@@ -155,6 +187,9 @@ class RiskState(msgspec.Struct, array_like=True, gc=False):
     updated_ms: int = 0
     rev: int = 0
     incident: Incident | None = None
+    # Time-bounded suppressions an analyst set for this identity (feedback), at most
+    # MAX_STATE_SUPPRESSIONS, expired ones dropped when a new one is added.
+    suppressions: list[Suppression] = []
 
     def to_bytes(self) -> bytes:
         """Compact msgpack encoding (field order, no names)."""
@@ -218,37 +253,6 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 # --- Suppression ------------------------------------------------------------------------------
-
-
-class Suppression(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Silence known-benign behaviour.
-
-    - ``identity`` only: the identity's findings are still emitted (so the audit trail shows
-      what would have alerted) but with status Suppressed (3), ``is_alert`` false and never
-      ``quarantine``; risk still accumulates.
-    - ``feature`` (a contribution feature or a rule name), for one identity or, with no
-      identity, for everyone: matching contributions and rules add no risk and are left out of
-      the finding.
-    - ``until_ms``: the rule applies to events strictly before this event time (ms); None = forever.
-
-    >>> Suppression(identity="svc-backup", feature="bytes_out").applies(0)
-    True
-    >>> Suppression(identity="svc-backup", until_ms=10).applies(10)
-    False
-    """
-
-    identity: str | None = None
-    feature: str | None = None
-    until_ms: int | None = None
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if self.identity is None and self.feature is None:
-            raise ValueError("a suppression needs an identity, a feature, or both")
-
-    def applies(self, time_ms: int) -> bool:
-        """True while the suppression has not expired at ``time_ms``."""
-        return self.until_ms is None or time_ms < self.until_ms
 
 
 def _to_ms(value: Any, where: str) -> int | None:
@@ -519,20 +523,68 @@ class RiskPolicy:
             due = min(due, inc.last_emit_ms + self._interval_ms)
         return due
 
-    def identity_suppression(self, identity_uid: str, time_ms: int) -> Suppression | None:
+    def identity_suppression(
+        self, identity_uid: str, time_ms: int, state: RiskState | None = None
+    ) -> Suppression | None:
         """The active whole-identity suppression of ``identity_uid``, if any."""
-        for s in self._by_identity.get(identity_uid, ()):
+        extra: list[Suppression] = state.suppressions if state is not None else []
+        for s in (*self._by_identity.get(identity_uid, ()), *extra):
             if s.feature is None and s.applies(time_ms):
                 return s
         return None
 
-    def _suppressed_features(self, identity_uid: str, time_ms: int) -> frozenset[str]:
+    def _suppressed_features(
+        self, identity_uid: str, time_ms: int, state: RiskState
+    ) -> frozenset[str]:
         names = [
             s.feature
-            for s in (*self._by_identity.get(identity_uid, ()), *self._suppress_any)
+            for s in (*self._by_identity.get(identity_uid, ()), *self._suppress_any,
+                      *state.suppressions)
             if s.feature is not None and s.applies(time_ms)
-        ]
+        ]  # fmt: skip
         return frozenset(names)
+
+    # --- Analyst feedback ---------------------------------------------------------------------
+
+    def confirm(self, state: RiskState, t: int, why: str) -> Decision | None:
+        """An analyst confirmed the compromise: the incident becomes quarantine-worthy now.
+
+        Risk is raised to the quarantine threshold; a candidate is alerted (create), an open
+        finding updated. None when the identity has no incident to confirm.
+        """
+        inc = state.incident
+        if inc is None:
+            return None
+        now = max(t, state.updated_ms)
+        state.risk = max(self.risk_at(state, now), self.quarantine_threshold)
+        state.updated_ms = now
+        inc.peak_risk = max(inc.peak_risk, state.risk)
+        inc.quiet_ms = max(inc.quiet_ms, now + math.ceil(
+            self._half_life_ms * math.log2(state.risk / self.close_threshold)))  # fmt: skip
+        inc.quarantine = True
+        action: Action = "update"
+        if inc.status_id == _CANDIDATE:
+            inc.uid = finding_uid(inc.identity_uid, inc.events[0] if inc.events else str(t))
+            action = "create"
+        return self._emit(state, inc, action, t, why, None)
+
+    def dismiss(self, state: RiskState, t: int, why: str) -> Decision | None:
+        """An analyst marked the incident a false positive: close it, risk back to zero."""
+        inc = state.incident
+        state.incident = None
+        state.risk = 0.0
+        state.updated_ms = max(t, state.updated_ms)
+        state.rev += 1
+        if inc is None or inc.status_id == _CANDIDATE:
+            return None
+        return self._decision(state, inc, "close", t, why, STATUS_RESOLVED, False, None)
+
+    def suppress(self, state: RiskState, suppression: Suppression, t: int) -> None:
+        """Add a time-bounded suppression to this identity's state (oldest dropped beyond max)."""
+        kept = [s for s in state.suppressions if s.applies(t)]
+        kept.append(suppression)
+        state.suppressions = kept[-MAX_STATE_SUPPRESSIONS:]
+        state.rev += 1
 
     # --- The hot path -------------------------------------------------------------------------
 
@@ -563,7 +615,11 @@ class RiskPolicy:
             return self._close(state, inc, now_ms)
         if inc.status_id == _CANDIDATE:
             return None
-        sup = self.identity_suppression(inc.identity_uid, now_ms) if self._suppressions else None
+        sup = (
+            self.identity_suppression(inc.identity_uid, now_ms, state)
+            if self._suppressions or state.suppressions
+            else None
+        )
         if (sup is not None) != (inc.status_id == STATUS_SUPPRESSED):
             reason = "identity suppressed" if sup is not None else "suppression ended"
             return self._emit(state, inc, "update", now_ms, reason, sup)
@@ -582,7 +638,11 @@ class RiskPolicy:
             and inc.status_id != _CANDIDATE
             and t - inc.last_emit_ms >= self._interval_ms
         ):
-            sup = self.identity_suppression(inc.identity_uid, t) if self._suppressions else None
+            sup = (
+                self.identity_suppression(inc.identity_uid, t, state)
+                if self._suppressions or state.suppressions
+                else None
+            )
             return self._emit(state, inc, "update", t, "new evidence (periodic update)", sup)
         return None
 
@@ -596,9 +656,9 @@ class RiskPolicy:
 
         sup: Suppression | None = None
         sup_features: frozenset[str] = frozenset()
-        if self._suppressions:
-            sup = self.identity_suppression(score.identity_uid, t)
-            sup_features = self._suppressed_features(score.identity_uid, t)
+        if self._suppressions or state.suppressions:
+            sup = self.identity_suppression(score.identity_uid, t, state)
+            sup_features = self._suppressed_features(score.identity_uid, t, state)
 
         # Risk this event adds.
         s = score.score

@@ -17,7 +17,8 @@ quarantine policy. Outputs in ``DIR``:
   the training set for a new shared detector;
 * ``deadletter.jsonl`` - rejected input: original bytes (base64), reason, detail, source file
   and line (the "offset");
-* ``reports.jsonl`` - which model scored (loaded / pending / refused).
+* ``reports.jsonl`` - which model scored (loaded / pending / refused), and what each replayed
+  analyst feedback did (``--feedback``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ import numpy as np
 from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
 from pipeline.explanations import Score
+from pipeline.feedback import Feedback
+from pipeline.feedback import decode as decode_feedback
 from pipeline.findings import build_finding, encode_finding
 from pipeline.models.runtime import ModelRuntime
 from pipeline.policy import Decision
+from pipeline.quarantine.decisions import release as release_command
 from pipeline.quarantine.policy import QuarantinePolicy
 from pipeline.reports import Report
 from pipeline.reports import encode as encode_report
@@ -80,6 +84,7 @@ class ReplayResult:
     findings: int = 0
     alerts: int = 0
     commands: int = 0
+    feedback: int = 0
     seconds: float = 0.0
     model: dict[str, str] | None = None
     dead_reasons: dict[str, int] = field(default_factory=dict)
@@ -149,9 +154,14 @@ def replay(
     out: Path,
     *,
     detection: Detection | None = None,
+    feedback_path: Path | None = None,
     echo: Any = None,
 ) -> ReplayResult:
-    """Run ``events_path`` through the worker's code path; write the outputs into ``out``."""
+    """Run ``events_path`` through the worker's code path; write the outputs into ``out``.
+
+    ``feedback_path``: analyst feedback (JSONL of :class:`pipeline.feedback.Feedback`),
+    applied when event time reaches each one's ``at_ms`` - to see what it would change.
+    """
     from pipeline import __version__
 
     detection = detection or Detection(settings, keep_rows=True)
@@ -166,14 +176,39 @@ def replay(
     def report(r: Report) -> None:
         outs.reports.write(encode_report(r) + b"\n")
 
-    def publish(decisions: list[Decision]) -> None:
+    pending_fb: list[Feedback] = []
+    if feedback_path is not None:
+        with open(feedback_path, "rb") as fh:
+            pending_fb = sorted((decode_feedback(line) for line in fh if line.strip()),
+                                key=lambda f: f.at_ms, reverse=True)  # fmt: skip
+
+    def apply_feedback_until(t_ms: int | None) -> None:
+        while pending_fb and (t_ms is None or pending_fb[-1].at_ms <= t_ms):
+            fb = pending_fb.pop()
+            outcome, decisions = detection.apply_feedback(fb, store)
+            res.feedback += 1
+            publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
+            if outcome.release_command:
+                cancel = release_command(fb.identity, command_id=outcome.release_command,
+                                         reason=f"{fb.action}: {fb.reason}", by=fb.by,
+                                         now_ms=fb.at_ms)  # fmt: skip
+                line = {"topic": "quarantine", "identity": fb.identity, "approval": "analyst",
+                        "command": cancel}  # fmt: skip
+                outs.quarantine.write(msgspec.json.encode(line) + b"\n")
+                res.commands += 1
+            kind = f"feedback.{outcome.outcome}"
+            report(Report(kind, "replay", fb.at_ms, subject=fb.identity, reason=fb.action,
+                          detail=outcome.detail))  # fmt: skip
+
+    def publish(decisions: list[Decision], approved_by: str | None = None) -> None:
         for d in decisions:
             outs.alerts.write(
                 encode_finding(build_finding(d, product_version=__version__)) + b"\n"
             )
             res.findings += 1
             res.alerts += int(d.is_alert and d.action == "create")
-        for p in quarantine.commands(decisions, max((d.time_ms for d in decisions), default=0)):
+        t = max((d.time_ms for d in decisions), default=0)
+        for p in quarantine.commands(decisions, t, approved_by=approved_by):
             topic = "quarantine" if p.approval == "automatic" else "approvals"
             line = {"topic": topic, "identity": p.identity, "approval": p.approval,
                     "command": p.message}  # fmt: skip
@@ -202,6 +237,7 @@ def replay(
         valid.sort(key=lambda e: e.time_ms)  # stable: ties keep file order
         batch = settings.worker_batch
         for i in range(0, len(valid), batch):
+            apply_feedback_until(valid[i].time_ms)
             result = detection.process(valid[i : i + batch], store)
             for s in result.scores:
                 _score_row(outs.rows, s)
@@ -215,6 +251,7 @@ def replay(
             adopted = runtime.maybe_adopt(detection)
             if adopted is not None:
                 report(adopted)
+        apply_feedback_until(None)
         if detection.watermark_ms:
             publish(detection.tick(detection.watermark_ms, store))
     finally:

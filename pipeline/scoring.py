@@ -45,14 +45,17 @@ from pipeline.detectors import Loda, TailCalibrator
 from pipeline.directory import Directory, DirectoryEntry, load_model_allowlist
 from pipeline.explanations import Contribution, RuleHit, Score, Signal
 from pipeline.features import Features, extract
+from pipeline.feedback import Feedback, FeedbackOutcome
 from pipeline.models.artifacts import SklearnDetector
 from pipeline.models.registry import Loaded
-from pipeline.policy import Decision, RiskPolicy, RiskState, load_suppressions
+from pipeline.policy import Decision, RiskPolicy, RiskState, Suppression, load_suppressions
 from pipeline.rules import RuleState, ZeroTrustRules
 from pipeline.schemas import Event
 
 STATE_VERSION = 1
 log = logging.getLogger("custos.scoring")
+_FEATURES_ENCODER: Final = msgspec.msgpack.Encoder()
+_FEATURES_DECODER: Final = msgspec.msgpack.Decoder(Features)
 
 
 # Deviations that move together: a new network shows as a new country, ASN and IP prefix at
@@ -101,15 +104,33 @@ def surprise(rows: np.ndarray) -> np.ndarray:
     return np.asarray(total, dtype=np.float64)
 
 
+HELD_MAX: Final = 8  # features of recent events kept out of the baseline, per identity
+FEEDBACK_SEEN_MAX: Final = 16  # feedback uids remembered per identity (idempotency)
+
+
 class IdentityState:
-    """Everything Custos keeps per identity: baseline, rule facts, risk. One table value."""
+    """Everything Custos keeps per identity: baseline, rule facts, risk. One table value.
 
-    __slots__ = ("baseline", "risk", "rules")
+    ``held``: the encoded features of the most recent events kept out of the baseline (at
+    most :data:`HELD_MAX`), so an analyst's "false positive, learn this as normal" can still
+    teach them. ``feedback``: uids of feedback already applied.
+    """
 
-    def __init__(self, baseline: BaselineState, rules: RuleState, risk: RiskState) -> None:
+    __slots__ = ("baseline", "feedback", "held", "risk", "rules")
+
+    def __init__(
+        self,
+        baseline: BaselineState,
+        rules: RuleState,
+        risk: RiskState,
+        held: list[bytes] | None = None,
+        feedback: list[str] | None = None,
+    ) -> None:
         self.baseline = baseline
         self.rules = rules
         self.risk = risk
+        self.held = held if held is not None else []
+        self.feedback = feedback if feedback is not None else []
 
 
 @dataclass
@@ -206,12 +227,15 @@ class Detection:
         """
         if data:
             try:
-                version, base, rules, risk = msgspec.msgpack.decode(data)
+                version, base, rules, risk, *extra = msgspec.msgpack.decode(data)
                 if version == STATE_VERSION:
+                    held, seen = extra[0] if extra else ([], [])
                     return IdentityState(
                         self.baseline_model.from_bytes(base),
                         RuleState.from_bytes(rules),
                         RiskState.from_bytes(risk),
+                        list(held),
+                        list(seen),
                     )
             except (ValueError, TypeError, msgspec.DecodeError) as exc:
                 log.warning("unreadable identity state (%s): starting afresh", exc)
@@ -219,14 +243,15 @@ class Detection:
         return IdentityState(self.baseline_model.new_state(), RuleState(), RiskState())
 
     def dump_state(self, st: IdentityState) -> bytes:
-        return msgspec.msgpack.encode(
-            (
-                STATE_VERSION,
-                self.baseline_model.to_bytes(st.baseline),
-                st.rules.to_bytes(),
-                st.risk.to_bytes(),
-            )
+        parts: tuple[object, ...] = (
+            STATE_VERSION,
+            self.baseline_model.to_bytes(st.baseline),
+            st.rules.to_bytes(),
+            st.risk.to_bytes(),
         )
+        if st.held or st.feedback:  # most identities have neither: no extra byte for them
+            parts = (*parts, (st.held, st.feedback))
+        return msgspec.msgpack.encode(parts)
 
     # --- the hot path --------------------------------------------------------------------------
     def process(self, events: Sequence[Event], store: MutableMapping[str, bytes]) -> BatchResult:
@@ -396,6 +421,9 @@ class Detection:
                     pm.learn_one(self._peer_state(ev, entry), f, rate)
             else:
                 sc = msgspec.structs.replace(sc, learned=False)
+                st.held.append(_FEATURES_ENCODER.encode(f))
+                if len(st.held) > HELD_MAX:
+                    del st.held[0]
             scores[index[i]] = sc
         if learned.any():
             self.detector.learn_many(rows[learned])
@@ -466,6 +494,133 @@ class Detection:
             store[uid] = self.dump_state(st)
             self._decoded.pop(uid, None)
         return out
+
+    def apply_feedback(
+        self, fb: Feedback, store: MutableMapping[str, bytes]
+    ) -> tuple[FeedbackOutcome, list[Decision]]:
+        """Apply one analyst decision to its identity's state; see :mod:`pipeline.feedback`.
+
+        Idempotent: a feedback uid already applied to the identity changes nothing. The
+        caller publishes the decisions (findings) and acts on ``release_command``.
+        """
+        from pipeline.quarantine.commands import command_id_for
+
+        uid = fb.identity
+        st = self._fetch(uid, fb.at_ms, store)
+        t = max(fb.at_ms, st.risk.updated_ms)
+
+        def done(outcome: str, detail: str, **kw: object) -> tuple[FeedbackOutcome, list[Decision]]:
+            return FeedbackOutcome(fb.uid, fb.action, uid, outcome, detail, **kw), []  # type: ignore[arg-type]
+
+        if fb.uid in st.feedback:
+            return done("duplicate", f"feedback {fb.uid} was already applied")
+        inc = st.risk.incident
+        if fb.action == "suppress":
+            self.policy.suppress(
+                st.risk,
+                Suppression(
+                    identity=uid,
+                    feature=fb.feature,
+                    until_ms=fb.until_ms,
+                    reason=f"{fb.by}: {fb.reason}",
+                ),
+                t,
+            )
+            decisions = [d for d in [self.policy.tick(st.risk, t)] if d is not None]
+            what = fb.feature or "the whole identity"
+            outcome = FeedbackOutcome(
+                fb.uid,
+                fb.action,
+                uid,
+                "applied",
+                f"suppressed {what} until {fb.until_ms}",
+                finding_uid=inc.uid if inc else None,
+            )
+        elif inc is None or (inc.status_id == 0 and fb.action != "confirm"):
+            # Nothing alerted to act on; a release still cancels the finding's command.
+            if fb.action == "release" and fb.finding_uid:
+                outcome = FeedbackOutcome(
+                    fb.uid,
+                    fb.action,
+                    uid,
+                    "applied",
+                    "no open incident; cancelling the finding's command",
+                    finding_uid=fb.finding_uid,
+                    release_command=command_id_for(fb.finding_uid),
+                )
+                decisions = []
+            else:
+                return done("no_incident", f"{uid} has no open incident")
+        elif fb.finding_uid and inc.uid and fb.finding_uid != inc.uid:
+            return done(
+                "finding_mismatch",
+                f"open incident is {inc.uid}, not {fb.finding_uid}",
+                finding_uid=inc.uid,
+            )
+        elif fb.action == "confirm":
+            d = self.policy.confirm(st.risk, t, f"compromise confirmed by {fb.by}: {fb.reason}")
+            decisions = [d] if d is not None else []
+            outcome = FeedbackOutcome(
+                fb.uid,
+                fb.action,
+                uid,
+                "applied",
+                "incident quarantine-worthy, approved by the analyst",
+                finding_uid=st.risk.incident.uid if st.risk.incident else None,
+            )
+        elif fb.action == "false_positive":
+            first = inc.first_seen_ms
+            fid = inc.uid
+            quarantined = inc.quarantine
+            d = self.policy.dismiss(st.risk, t, f"false positive ({fb.by}): {fb.reason}")
+            decisions = [d] if d is not None else []
+            learned = 0
+            if fb.learn_as_normal:
+                keep = []
+                for raw in st.held:
+                    f = _FEATURES_DECODER.decode(raw)
+                    if f.time_ms >= first:
+                        self.baseline_model.learn_one(st.baseline, f)
+                        learned += 1
+                    else:
+                        keep.append(raw)
+                st.held = keep
+            outcome = FeedbackOutcome(
+                fb.uid,
+                fb.action,
+                uid,
+                "applied",
+                f"incident closed as a false positive; {learned} held event(s) learned as normal"
+                if fb.learn_as_normal
+                else "incident closed as a false positive",
+                finding_uid=fid,
+                learned=learned,
+                release_command=command_id_for(fid) if quarantined and fid else None,
+            )
+        else:  # release
+            inc.quarantine = False
+            inc.emitted_quarantine = False
+            st.risk.rev += 1
+            decisions = []
+            outcome = FeedbackOutcome(
+                fb.uid,
+                fb.action,
+                uid,
+                "applied",
+                "quarantine released; new evidence can quarantine again",
+                finding_uid=inc.uid,
+                release_command=command_id_for(inc.uid),
+            )
+        st.feedback.append(fb.uid)
+        if len(st.feedback) > FEEDBACK_SEEN_MAX:
+            del st.feedback[0]
+        if st.risk.incident is None:
+            self.open_incidents.discard(uid)
+        else:
+            self.open_incidents.add(uid)
+        store[uid] = self.dump_state(st)
+        self._decoded.pop(uid, None)
+        return outcome, decisions
 
     def _peer_state(self, ev: Event, entry: DirectoryEntry | None) -> BaselineState:
         group = peer_group_key(ev, entry.peer_group if entry is not None else None)

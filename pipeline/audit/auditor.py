@@ -2,9 +2,10 @@
 
 The auditor consumes every decision topic - findings (``custos.alerts``), quarantine commands
 (``custos.quarantine``, ``custos.approvals``), responder answers (``custos.quarantine.acks``),
-model promotions (``custos.models``), agent-model registry changes (``custos.agent-models``),
-services' own reports (``custos.reports``: configuration at start, model loaded / refused) -
-and appends one record per decision (and, when it starts, one with its own configuration) to
+analyst feedback (``custos.feedback``), model promotions (``custos.models``), agent-model
+registry changes (``custos.agent-models``), services' own reports (``custos.reports``:
+configuration at start, model loaded / refused, feedback applied) - and appends one record
+per decision (and, when it starts, one with its own configuration) to
 ``custos.audit`` (one partition: one order), built by :class:`pipeline.audit.log.AuditLog`.
 Every ``audit_checkpoint_records`` records or ``audit_checkpoint_s`` seconds it signs a
 checkpoint (Ed25519, C2SP format) and stores it apart from the log: the
@@ -154,6 +155,15 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
                                "digest": u.get("digest")}},
             "detail": {k: v for k, v in u.items() if k not in ("name", "version", "digest")},
         }  # fmt: skip
+    if topic_kind == "feedback":
+        fb = msgspec.json.decode(value)
+        return {
+            "kind": f"feedback.{fb['action']}", "subject": fb["identity"], "actor": fb["by"],
+            "why": {"explanation": [fb.get("reason")]},
+            "refs": {"finding": fb.get("finding_uid"), "feedback": fb.get("uid")},
+            "detail": {k: fb[k] for k in ("learn_as_normal", "feature", "until_ms", "at_ms")
+                       if k in fb},
+        }  # fmt: skip
     if topic_kind == "reports":
         r = msgspec.json.decode(value)
         return {
@@ -184,7 +194,7 @@ def run_auditor(settings: Any, *, stop_after_s: float | None = None) -> None:
     kinds = {settings.alerts_topic: "alerts", settings.quarantine_topic: "quarantine",
              settings.approvals_topic: "approvals", settings.acks_topic: "acks",
              settings.models_topic: "models", settings.agent_models_topic: "agent_models",
-             settings.reports_topic: "reports"}  # fmt: skip
+             settings.reports_topic: "reports", settings.feedback_topic: "feedback"}  # fmt: skip
     producer = make_producer(settings)
     conf = settings.client_config()
     conf.update({"group.id": settings.auditor_group, "enable.auto.commit": False,

@@ -31,6 +31,7 @@ import msgspec
 from pipeline.credentials.tokens import SigningKey
 from pipeline.policy import Decision
 from pipeline.quarantine.commands import contain
+from pipeline.quarantine.decisions import approve
 
 __all__ = ["Pending", "QuarantinePolicy", "command_key"]
 
@@ -39,7 +40,7 @@ __all__ = ["Pending", "QuarantinePolicy", "command_key"]
 class Pending:
     identity: str
     message: dict[str, Any]
-    approval: str  # automatic | required
+    approval: str  # automatic | required | approved (an analyst confirmed)
 
 
 class QuarantinePolicy:
@@ -80,7 +81,14 @@ class QuarantinePolicy:
         text = "; ".join(parts) or d.reason
         return text[: self.max_reason_chars]
 
-    def commands(self, decisions: Iterable[Decision], now_ms: int) -> list[Pending]:
+    def commands(
+        self, decisions: Iterable[Decision], now_ms: int, approved_by: str | None = None
+    ) -> list[Pending]:
+        """Contain commands for the quarantine-worthy decisions.
+
+        ``approved_by``: an analyst already decided (confirmed the compromise), so the
+        command is ``approved`` by them whatever its severity, never left waiting.
+        """
         out = []
         for d in decisions:
             if not self.wants(d):
@@ -89,9 +97,13 @@ class QuarantinePolicy:
             message = contain(
                 d.identity_uid, finding_uid=d.finding_uid, reason=self.reason(d),
                 duration_ms=self.duration_ms, now_ms=now_ms, sender=self.sender,
-                credentials=d.credentials, dry_run=self.dry_run, approval=approval,
+                credentials=d.credentials, dry_run=self.dry_run,
+                approval="required" if approved_by else approval,
                 severity_id=d.severity_id, risk_score=round(d.peak_risk),
             )  # fmt: skip
+            if approved_by:
+                message = approve(message, by=approved_by, now_ms=now_ms)
+                approval = "approved"
             out.append(Pending(d.identity_uid, message, approval))
         return out
 

@@ -31,7 +31,13 @@ from pipeline.simulate.behaviours import Habits, human_events, service_events
 from pipeline.simulate.catalogue import catalogue
 from pipeline.simulate.chains import agent_events
 from pipeline.simulate.events import Encoder
-from pipeline.simulate.labels import LabelBook, LabelRow, write_labels
+from pipeline.simulate.labels import (
+    EventLabel,
+    LabelBook,
+    LabelRow,
+    write_event_labels,
+    write_labels,
+)
 from pipeline.simulate.population import Mix, Population, build_population
 from pipeline.simulate.scenarios import DAY_MS, SCENARIOS, AttackPlan, plan_attacks
 from pipeline.simulate.seeds import rng_for
@@ -95,7 +101,8 @@ class SimulationReport:
 class Simulation:
     """A planned run: population, attack plan, encoder and label book; events on demand.
 
-    Iterate :meth:`events` once; afterwards :meth:`label_rows` describes the attacks in it.
+    Iterate :meth:`events` once; afterwards :meth:`label_rows` describes the attacks in it
+    (and, with ``label_events=True``, :meth:`event_labels` lists every malicious event).
     """
 
     def __init__(
@@ -113,6 +120,7 @@ class Simulation:
         slice_s: float | None = None,
         drift_min_window_s: float = DAY_MS / 1000,
         population: Population | None = None,
+        label_events: bool = False,
     ) -> None:
         if duration_s <= 0:
             raise ValueError("duration_s must be positive")
@@ -142,7 +150,9 @@ class Simulation:
         )
         campaigns = self.plan.campaigns
         self.labels = LabelBook(
-            lambda c: (campaigns[c].campaign_id, campaigns[c].scenario), self.population.uid
+            lambda c: (campaigns[c].campaign_id, campaigns[c].scenario),
+            self.population.uid,
+            keep_events=label_events,
         )
         models = list(
             zip(self.cat.model_name, self.cat.model_version, self.cat.model_digest, strict=True)
@@ -211,6 +221,10 @@ class Simulation:
         """Ground truth for the events emitted so far."""
         return self.labels.rows()
 
+    def event_labels(self) -> list[EventLabel]:
+        """Every malicious event emitted so far (needs ``label_events=True``)."""
+        return self.labels.event_labels()
+
 
 def iter_events(
     settings: Settings,
@@ -252,12 +266,14 @@ def simulate(
     progress: bool = False,
     mix: Mix | None = None,
     campaigns_per_scenario: int | None = None,
+    event_labels_path: Path | None = None,
 ) -> SimulationReport:
     """Simulate ``identities`` over ``duration_s`` seconds of event time into ``sink``.
 
     ``rate`` paces output to about that many events per wall-clock second (None: as fast as
     possible). The sink is closed at the end. Ground truth goes to ``labels_path`` (JSONL) when
-    given, and is always in the report.
+    given, and is always in the report; ``event_labels_path`` (JSONL) also gets one line per
+    malicious event (exact event-level ground truth; the other outputs do not change).
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive")
@@ -270,6 +286,7 @@ def simulate(
         attacks=attacks,
         mix=mix,
         campaigns_per_scenario=campaigns_per_scenario,
+        label_events=event_labels_path is not None,
     )
     per_topic: dict[str, int] = {settings.identity_topic: 0, settings.agent_topic: 0}
     n = 0
@@ -293,6 +310,8 @@ def simulate(
     rows = sim.label_rows()
     if labels_path is not None:
         write_labels(Path(labels_path), rows)
+    if event_labels_path is not None:
+        write_event_labels(Path(event_labels_path), sim.event_labels())
     scenarios: dict[str, int] = {}
     for _cid, scenario in sorted({(r.campaign_id, r.scenario) for r in rows}):
         scenarios[scenario] = scenarios.get(scenario, 0) + 1

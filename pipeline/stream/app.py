@@ -39,11 +39,13 @@ from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
 from pipeline.errors import InvalidEvent
 from pipeline.explanations import Signal
+from pipeline.feedback import decode as decode_feedback
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.ingest import IngestStats
 from pipeline.models.runtime import ModelRuntime
 from pipeline.policy import Decision
 from pipeline.quarantine.commands import sign as sign_command
+from pipeline.quarantine.decisions import release as release_command
 from pipeline.quarantine.policy import QuarantinePolicy, command_key
 from pipeline.reports import Report, config_report
 from pipeline.reports import encode as encode_report
@@ -215,6 +217,8 @@ def create_app(
     quarantine_topic = app.topic(settings.quarantine_topic, **raw)
     approvals_topic = app.topic(settings.approvals_topic, **raw)
     reports_topic = app.topic(settings.reports_topic, **raw)
+    # Keyed by identity like the inputs (same partition count): co-partitioned with the table.
+    feedback_topic = app.topic(settings.feedback_topic, **raw)
     quarantine = QuarantinePolicy.from_settings(settings)
     command_signer = command_key(settings.command_key_path, settings.command_jwks_path)
     # Evidence about another identity (the delegator of an unauthorised delegation) goes to
@@ -236,15 +240,17 @@ def create_app(
         # cannot complete must crash the worker (see the error policy below), not stall it.
         return await asyncio.wait_for(send, timeout=settings.worker_send_timeout_s)
 
-    async def publish(decisions: list[Decision]) -> None:
+    async def publish(decisions: list[Decision], approved_by: str | None = None) -> None:
         for d in decisions:
             finding = build_finding(d, product_version=_version())
             await bounded(alerts.send(key=d.identity_uid.encode(), value=encode_finding(finding)))
             stats.findings += 1
             stats.alerts += int(d.is_alert and d.action == "create")
         # After the findings: a responder may look the finding up when the command arrives.
-        for p in quarantine.commands(decisions, int(time.time() * 1000)):
-            topic = quarantine_topic if p.approval == "automatic" else approvals_topic
+        now_ms = int(time.time() * 1000)
+        # An analyst's confirmation is the human approval: such commands never wait.
+        for p in quarantine.commands(decisions, now_ms, approved_by=approved_by):
+            topic = approvals_topic if p.approval == "required" else quarantine_topic
             signed = sign_command(p.message, command_signer)
             await bounded(topic.send(key=p.identity.encode(), value=signed))
             stats.quarantines += int(p.approval == "automatic")
@@ -323,6 +329,45 @@ def create_app(
             store.events = mine
             await publish(detection.apply_signals(signals, store))
 
+    async def apply_feedback(stream: Any) -> None:
+        # Analyst decisions, keyed by identity: applied where the identity's state lives.
+        async for batch in stream.take_events(100, within=settings.worker_batch_within_s):
+            for event in batch:
+                await handle_feedback(event)
+
+    async def handle_feedback(event: Any) -> None:
+        if True:
+            msg = event.message
+            now_ms = int(time.time() * 1000)
+            try:
+                fb = decode_feedback(event.value or b"")
+            except InvalidEvent as exc:
+                dl = dead_letter(
+                    exc, key=event.key, value=event.value, topic=msg.topic,
+                    partition=msg.partition, offset=msg.offset,
+                    timestamp_ms=int(msg.timestamp * 1000), now_ms=now_ms,
+                    source_headers=list(msg.headers or []),
+                )  # fmt: skip
+                await bounded(dlq.send(key=dl.key, value=dl.value, headers=dl.headers))  # type: ignore[arg-type]
+                stats.dead.add(msg.topic, dl.reason)
+                return
+            if event.key != fb.identity.encode():  # to the partition that owns the identity
+                await bounded(feedback_topic.send(key=fb.identity.encode(), value=event.value))
+                return
+            store.remember(fb.identity, event, {})
+            store.events = {fb.identity: event}
+            outcome, decisions = detection.apply_feedback(fb, store)
+            await publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
+            if outcome.release_command:
+                cancel = release_command(fb.identity, command_id=outcome.release_command,
+                                         reason=f"{fb.action}: {fb.reason}", by=fb.by,
+                                         now_ms=now_ms)  # fmt: skip
+                signed = sign_command(cancel, command_signer)
+                await bounded(quarantine_topic.send(key=fb.identity.encode(), value=signed))
+            await report(Report(f"feedback.{outcome.outcome}", service, now_ms,
+                                subject=fb.identity, reason=fb.action, detail=outcome.detail,
+                                requested=msgspec.to_builtins(fb)))  # fmt: skip
+
     async def detect(stream: Any) -> None:
         async for batch in stream.take_events(
             settings.worker_batch, within=settings.worker_batch_within_s
@@ -337,6 +382,9 @@ def create_app(
     app.agent(inputs, name="detect", supervisor_strategy=CrashingSupervisor)(detect)
     app.agent(rekeyed, name="detect-rekeyed", supervisor_strategy=CrashingSupervisor)(detect)
     app.agent(signals_topic, name="signals", supervisor_strategy=CrashingSupervisor)(apply_signals)
+    app.agent(feedback_topic, name="feedback", supervisor_strategy=CrashingSupervisor)(
+        apply_feedback
+    )
 
     @app.task  # type: ignore[untyped-decorator]
     async def control() -> None:

@@ -36,6 +36,7 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
         models_topic=f"t.{tag}.models",
         agent_models_topic=f"t.{tag}.agent-models",
         reports_topic=f"t.{tag}.reports",
+        feedback_topic=f"t.{tag}.feedback",
         worker_partitions=3,
     )
     path = tmp_path / "topics.yaml"
@@ -52,6 +53,7 @@ def isolated(kafka_settings: Settings, tmp_path: Path, request: pytest.FixtureRe
                 settings.quarantine_topic,
                 settings.approvals_topic,
                 settings.acks_topic,
+                settings.feedback_topic,
             )
         )
         + "".join(

@@ -139,11 +139,15 @@ def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
                    if s["event_uid"].startswith("before-") for r in s["rules"])  # fmt: skip
 
 
-def _finding(settings: Settings, event_uid: str, timeout: float = 60) -> dict[str, Any]:
+def _finding(
+    settings: Settings, event_uid: str, timeout: float = 60, about: str | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for m in read_all(settings, settings.alerts_topic, timeout_s=3):
             doc = msgspec.json.decode(m.value())
+            if about and doc["evidences"][0]["actor"]["user"]["uid"] != about:
+                continue
             if any(e["uid"] == event_uid for e in doc["finding_info"]["related_events"]):
                 return doc  # type: ignore[no-any-return]
         time.sleep(0.5)

@@ -34,6 +34,7 @@ def _env(settings: Settings, tmp: Path, **extra: str) -> dict[str, str]:
         "rejections_topic": settings.agent_topic, "worker_partitions": "3",
         "models_topic": settings.models_topic, "reports_topic": settings.reports_topic,
         "agent_models_topic": settings.agent_models_topic,
+        "feedback_topic": settings.feedback_topic,
         "worker_batch_within_s": "0.05", "broker_state_dir": str(tmp / "broker"),
         **extra,
     }  # fmt: skip

@@ -73,7 +73,8 @@ def test_worker_and_replay_publish_the_same_findings(isolated: Settings, tmp_pat
     settings = Settings.from_env({}, directory_file=str(directory), worker_batch=n + 10,
                                  home=isolated.home)  # fmt: skip
     res = replay(settings, events, tmp_path / "replay")
-    offline = [json.loads(x) for x in (tmp_path / "replay" / "alerts.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "replay" / "alerts.jsonl").read_text().splitlines()
+    offline = [json.loads(x) for x in lines]
     # The worker's housekeeping closes quiet incidents on a timer; replay closes them at the end.
     live_open = sorted(_key(f) for f in live if f["activity_id"] != 3)
     offline_open = sorted(_key(f) for f in offline if f["activity_id"] != 3)

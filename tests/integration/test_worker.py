@@ -41,6 +41,7 @@ def _env(settings: Settings, datadir: Path, app_id: str) -> dict[str, str]:
         "models_topic": settings.models_topic,
         "reports_topic": settings.reports_topic,
         "agent_models_topic": settings.agent_models_topic,
+        "feedback_topic": settings.feedback_topic,
         "worker_partitions": "3",
         "worker_datadir": str(datadir),
         "worker_web_port": str(free_port()),

@@ -78,3 +78,27 @@ def test_parquet_and_jsonl_inputs_give_the_same_output(
     sa = pd.read_parquet(tmp_path / "a" / "scores.parquet")
     sb = pd.read_parquet(tmp_path / "b" / "scores.parquet")
     pd.testing.assert_frame_equal(sa, sb)
+
+
+def test_replayed_feedback_takes_effect_at_its_time(
+    data: tuple[Settings, Path, Path], tmp_path: Path
+) -> None:
+    from pipeline.feedback import Feedback, encode
+
+    settings, jsonl, _ = data
+    replay(settings, jsonl, tmp_path / "plain")
+    alerts = [json.loads(x) for x in (tmp_path / "plain" / "alerts.jsonl").read_text().splitlines()]
+    first = next(a for a in alerts if a["activity_id"] == 1 and a["is_alert"])
+    who = first["evidences"][0]["actor"]["user"]["uid"]
+    fid = first["finding_info"]["uid"]
+    fb = Feedback(uid="fb-1", action="false_positive", identity=who, by="analyst:alice",
+                  reason="known maintenance", finding_uid=fid, learn_as_normal=True,
+                  at_ms=first["time"] + 1)  # fmt: skip
+    (tmp_path / "feedback.jsonl").write_bytes(encode(fb) + b"\n")
+    res = replay(settings, jsonl, tmp_path / "fb", feedback_path=tmp_path / "feedback.jsonl")
+    assert res.feedback == 1
+    out = [json.loads(x) for x in (tmp_path / "fb" / "alerts.jsonl").read_text().splitlines()]
+    closed = [a for a in out if a["finding_info"]["uid"] == fid and a["activity_id"] == 3]
+    assert closed and "false positive" in closed[0]["unmapped"]["custos"]["reason"]
+    reports = [json.loads(x) for x in (tmp_path / "fb" / "reports.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "feedback.applied" and r["subject"] == who for r in reports)
