@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -69,6 +70,10 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
     return Consumer(conf)
 
 
+_ELECTING: Final = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                              KafkaError.UNKNOWN_TOPIC_OR_PART})  # fmt: skip
+
+
 def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 20) -> tuple[int, int]:
     """Watermark offsets, retried while a new topic's leader is still being elected."""
     for attempt in range(attempts):
@@ -76,7 +81,10 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 20) -> t
             low, high = consumer.get_watermark_offsets(tp, timeout=10)
             return int(low), int(high)
         except KafkaException as exc:
-            if attempt == attempts - 1 or not exc.args[0].retriable():
+            err = exc.args[0]
+            # librdkafka does not flag these retriable, yet they only mean "not elected yet".
+            transient = err.retriable() or err.code() in _ELECTING
+            if attempt == attempts - 1 or not transient:
                 raise
             time.sleep(0.25)
     raise AssertionError("unreachable")
