@@ -650,6 +650,55 @@ def replay(
                "features.parquet deadletter.jsonl reports.jsonl")
 
 
+# --- export --------------------------------------------------------------------------------------
+class _Time(click.ParamType):
+    """``--since`` / ``--until``: ``2h`` (ago), ``now``, ISO-8601 or epoch ms → epoch ms."""
+
+    name = "time"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        from pipeline.export import parse_time
+
+        if isinstance(value, int):
+            return int(value)
+        try:
+            return parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command()
+@click.option("--topic", "topics", multiple=True, required=True,
+              help="Topic to export; repeat for several (one file, a 'topic' column).")
+@click.option("--since", type=_Time(), default=None,
+              help="Records with a timestamp at or after this: 2h (ago), ISO-8601, epoch ms. "
+                   "Default: the beginning.")
+@click.option("--until", type=_Time(), default=None,
+              help="... and before this (exclusive). Default: the end, as of now.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Parquet file to write (replaced atomically).")
+@click.option("--max-records", type=int, default=None, help="Stop after this many records.")
+@click.option("--max-depth", type=int, default=4, show_default=True,
+              help="Nested JSON objects become dotted columns to this depth; deeper: JSON text.")
+@click.option("--row-group", type=int, default=50_000, show_default=True,
+              help="Records per Parquet row group (bounds memory).")
+@click.pass_context
+def export(
+    ctx: click.Context, topics: tuple[str, ...], since: int | None, until: int | None, out: Path,
+    max_records: int | None, max_depth: int, row_group: int,
+) -> None:  # fmt: skip
+    """Records of topics in a time range to Parquet, JSON values flattened for pandas."""
+    from pipeline.export import export_topics
+
+    res = export_topics(
+        _settings(ctx), list(topics), since, until, out,
+        max_records=max_records, max_depth=max_depth, row_group=row_group,
+    )  # fmt: skip
+    click.echo(res.summary())
+
+
 @main.group()
 def feedback() -> None:
     """Analyst feedback to the worker (custos.feedback): confirm, false-positive, release..."""

@@ -421,9 +421,11 @@ class Detection:
                     pm.learn_one(self._peer_state(ev, entry), f, rate)
             else:
                 sc = msgspec.structs.replace(sc, learned=False)
-                st.held.append(_FEATURES_ENCODER.encode(f))
-                if len(st.held) > HELD_MAX:
-                    del st.held[0]
+                if st.risk.incident is not None:
+                    # Part of an incident: kept for a "false positive, learn as normal".
+                    st.held.append(_FEATURES_ENCODER.encode(f))
+                    if len(st.held) > HELD_MAX:
+                        del st.held[0]
             scores[index[i]] = sc
         if learned.any():
             self.detector.learn_many(rows[learned])

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -34,10 +35,12 @@ from pipeline.scoring import Detection
 __all__ = [
     "Fingerprint",
     "code_version",
+    "features_fingerprint",
     "libraries",
     "manifest_for",
     "metrics_of",
     "train_and_publish",
+    "train_isolation_forest",
     "train_loda",
 ]
 
@@ -275,3 +278,111 @@ def _sim_directory(identities: int, seed: int) -> Directory:
         path = Path(tmp) / "directory.jsonl"
         write_directory(build_population(identities, seed=seed), path)
         return Directory.load(path)
+
+
+# --- scikit-learn detectors from exported features (the notebooks) -----------------------------
+def _deviation_matrix(features: Any) -> Any:
+    """The :data:`~pipeline.baselines.DEVIATIONS` columns of ``features`` as float64, in order."""
+    import numpy as np
+
+    from pipeline.baselines import DEVIATIONS
+
+    missing = [c for c in DEVIATIONS if c not in features.columns]
+    if missing:
+        raise ValueError(f"features lack deviation columns {missing} (not from this code?)")
+    return np.ascontiguousarray(features[list(DEVIATIONS)].to_numpy(dtype=np.float64))
+
+
+def features_fingerprint(features: Any) -> Fingerprint:
+    """Fingerprint of a training matrix (``features.parquet`` rows, as a DataFrame).
+
+    SHA-256 over the event uids and the deviation matrix as float32 (what replay writes), so
+    the same rows give the same hash whatever file they were read from; event-time range from
+    ``time_ms``.
+    """
+    import numpy as np
+
+    h = hashlib.sha256()
+    if "event_uid" in features.columns:
+        for uid in features["event_uid"]:
+            h.update(str(uid).encode() + b"\n")
+    h.update(_deviation_matrix(features).astype(np.float32).tobytes())
+    fp = Fingerprint(sha256=h.hexdigest(), rows=len(features))
+    if "time_ms" in features.columns and len(features):
+        fp.first_ms, fp.last_ms = int(features["time_ms"].min()), int(features["time_ms"].max())
+    return fp
+
+
+def train_isolation_forest(
+    features: Any,
+    *,
+    n_estimators: int = 100,
+    max_samples: int | float | str = 256,
+    contamination: float | str = "auto",
+    max_features: float = 1.0,
+    seed: int = 0,
+    scale: float = 10.0,
+    learned_only: bool = True,
+    calibrate_on: Any = None,
+    calibration_size: int = 20_000,
+) -> tuple[bytes, dict[str, object]]:
+    """An IsolationForest shared detector as a ``sklearn`` artifact, and its parameters.
+
+    ``features``: rows of ``features.parquet`` (``custos replay``): one column per deviation,
+    plus ``learned`` and optionally ``event_uid`` / ``time_ms``. The forest is fitted on the
+    rows the worker's learning gate let through (``learned``) unless ``learned_only`` is false:
+    like the online detector, it must learn what normal is, not the attacks.
+
+    The calibrator needs the raw scores :class:`~pipeline.scoring.Detection` will produce with
+    this detector: ``SklearnDetector.score_many(rows) + surprise(rows)``. It should see every
+    event's score, gated or not (a reference of normal ones only makes every gated event look
+    maximally rare), but not new identities' (Detection calibrates those apart): pass those
+    rows as ``calibrate_on`` (default: all of ``features``). At most ``calibration_size``
+    rows are used (a seeded sample; the calibrator keeps that many).
+
+    >>> import numpy as np, pandas as pd
+    >>> from pipeline.baselines import DEVIATIONS
+    >>> rng = np.random.default_rng(0)
+    >>> df = pd.DataFrame(rng.uniform(0, 0.2, (600, len(DEVIATIONS))), columns=list(DEVIATIONS))
+    >>> df["learned"] = True
+    >>> artifact, params = train_isolation_forest(df, n_estimators=10, seed=1)
+    >>> params["training_rows"], params["calibration_rows"], params["estimator"]
+    (600, 600, 'sklearn.ensemble.IsolationForest')
+    """
+    import numpy as np
+    from sklearn.ensemble import IsolationForest
+
+    from pipeline.models.artifacts import SklearnDetector, encode_sklearn
+    from pipeline.scoring import surprise
+
+    train = features
+    if learned_only and "learned" in features.columns:
+        train = features[features["learned"].astype(bool)]
+    x = _deviation_matrix(train)
+    if len(x) == 0:
+        raise ValueError("no training rows (nothing learned?)")
+    estimator = IsolationForest(
+        n_estimators=n_estimators,
+        max_samples=max_samples,
+        contamination=contamination,
+        max_features=max_features,
+        random_state=seed,
+    ).fit(x)
+    cal = _deviation_matrix(features if calibrate_on is None else calibrate_on)
+    if len(cal) > calibration_size:
+        pick = np.random.default_rng(seed).choice(len(cal), calibration_size, replace=False)
+        cal = cal[np.sort(pick)]
+    raw = SklearnDetector(estimator, scale).score_many(cal) + surprise(cal)
+    params: dict[str, object] = {
+        "estimator": "sklearn.ensemble.IsolationForest",
+        "n_estimators": n_estimators,
+        "max_samples": max_samples,
+        "contamination": contamination,
+        "max_features": max_features,
+        "seed": seed,
+        "scale": scale,
+        "learned_only": learned_only,
+        "training_rows": len(x),
+        "calibration_rows": len(cal),
+    }
+    return encode_sklearn(estimator, raw, scale), params

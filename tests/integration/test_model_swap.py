@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sklearn.ensemble import IsolationForest
 
+from pipeline.baselines import DEVIATIONS
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.keys import pem
+from pipeline.models.artifacts import encode_sklearn
 from pipeline.models.registry import ModelRegistry
 from pipeline.models.runtime import Announcement, encode_announcement
 from tests.integration.test_worker import AGENT, _agent_call, _env, _produce, _start
@@ -49,9 +53,14 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
     reg = ModelRegistry(tmp_path / "models")
     (reg.root / "keys").mkdir(parents=True)
     (reg.root / "keys" / "itest.pub.pem").write_bytes(pem(key.public_key()))
-    for version, seed in (("1", 1), ("2", 2), ("3", 3)):
+    for version, seed in (("1", 1), ("2", 2)):
         art = _loda_artifact(seed)
         reg.publish(_manifest(version, art), art, key)
+    # Version 3 is what 02_retrain.ipynb publishes: a scikit-learn IsolationForest (skops).
+    rows = np.random.default_rng(3).uniform(0, 0.1, (500, len(DEVIATIONS)))
+    forest = IsolationForest(n_estimators=10, random_state=0).fit(rows)
+    art = encode_sklearn(forest, calibration=np.linspace(0, 20, 500), scale=1.0)
+    reg.publish(_manifest("3", art, kind="sklearn", artifact="detector.skops"), art, key)
     reg.promote("detector", "1", by="itest")
 
     def announce(version: str) -> None:
@@ -81,7 +90,7 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
         _produce(isolated, [_agent_call("after-refusal", now)])
         _scored(isolated, "after-refusal")
 
-        # Version 3 is properly signed: swapped in without a restart.
+        # Version 3 (an IsolationForest) is properly signed: swapped in without a restart.
         announce("3")
         swapped = _reports(
             isolated, lambda d: d["kind"] == "model.loaded" and d["model"]["version"] == "3"
