@@ -48,7 +48,7 @@ from pipeline.features import Features, extract
 from pipeline.feedback import Feedback, FeedbackOutcome
 from pipeline.models.artifacts import SklearnDetector
 from pipeline.models.registry import Loaded
-from pipeline.policy import Decision, RiskPolicy, RiskState, Suppression, load_suppressions
+from pipeline.policy import Decision, RiskPolicy, RiskState, Suppression
 from pipeline.rules import RuleState, ZeroTrustRules
 from pipeline.schemas import Event
 
@@ -199,10 +199,8 @@ class Detection:
         )
         self.rules = rules or ZeroTrustRules(model_allowlist=allowlist)
         if policy is None:
-            supp = (
-                load_suppressions(settings.suppressions_file) if settings.suppressions_file else ()
-            )
-            policy = RiskPolicy.from_settings(settings, suppressions=supp)
+            # from_settings reads settings.suppressions_file itself (once).
+            policy = RiskPolicy.from_settings(settings)
         self.policy = policy
         self.learn_gate = learn_gate
         self.cold_gate = cold_gate

@@ -203,6 +203,15 @@ def create_app(
     runtime = ModelRuntime(settings, service)
     # Reports waiting for the producer: configuration and the model chosen at start.
     startup = [config_report(settings, service), *runtime.start(detection)]
+    if detection.policy.suppressions:
+        # What is silenced from the start, in the audit log beside the configuration.
+        startup.append(Report(
+            "suppressions.loaded", service, int(time.time() * 1000),
+            detail=f"{len(detection.policy.suppressions)} suppression(s) from "
+                   f"{settings.suppressions_file}",
+            requested={"suppressions": [msgspec.to_builtins(x)
+                                        for x in detection.policy.suppressions]},
+        ))  # fmt: skip
 
     app = faust_app(settings, data, store_url)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,

@@ -74,6 +74,10 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
     env[env_var("models_dir")] = str(reg.root)
     env[env_var("model_warmup_events")] = "0"
     env[env_var("model_trust_local_key")] = "false"
+    suppressions = tmp_path / "suppressions.yaml"
+    suppressions.write_text("- {identity: svc-backup, feature: bytes_out, until: 2030-01-01, "
+                            "reason: nightly export}\n")  # fmt: skip
+    env[env_var("suppressions_file")] = str(suppressions)
     now = int(time.time() * 1000)
     worker = _start(env, tmp_path / "worker.log")
     try:
@@ -81,6 +85,9 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
         assert started["model"]["version"] == "1", started
         config = _reports(isolated, lambda d: d["kind"] == "config.start")
         assert config["settings"]["models_dir"] == str(reg.root)
+        silenced = _reports(isolated, lambda d: d["kind"] == "suppressions.loaded")
+        [rule] = silenced["requested"]["suppressions"]
+        assert rule["identity"] == "svc-backup" and rule["reason"] == "nightly export"
 
         # Version 2 is tampered with after signing: refused, version 1 keeps scoring.
         _flip(reg.root / "detector" / "2" / "detector.msgpack")
