@@ -756,12 +756,23 @@ def run_evaluation(
                   f"seed {seed}")  # fmt: skip
     echo(f"{len(events):,} events, {len(labels)} labels rows ready in "
          f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    # The model the worker would score with: the promoted one, verified, after the warm-up.
+    from pipeline.models.runtime import ModelRuntime
+
+    detection = Detection(settings, directory=directory)
+    runtime = ModelRuntime(settings, "evaluate")
+    for r in runtime.start(detection):
+        echo(f"model: {r.kind} {r.detail or ''}".rstrip())
+    swap_in = runtime.pending[0] if runtime.pending is not None else None
     result = evaluate(
         events,
         labels,
-        Detection(settings, directory=directory),
+        detection,
         event_labels=event_labels,
         source=source,
+        swap_in=swap_in,
+        swap_after=settings.model_warmup_events,
+        batch=settings.worker_batch,
     )
     for line in result.table():
         echo(line)

@@ -14,6 +14,7 @@ from pipeline.config import Settings
 from pipeline.replay import SCORE_COLUMNS, replay
 from pipeline.simulate import Simulation
 from pipeline.simulate.directory import write_directory
+from pipeline.simulate.labels import write_labels
 from pipeline.simulate.population import build_population
 from pipeline.simulate.sinks import JsonlSink, ParquetSink
 
@@ -33,6 +34,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path, Path
     jsonl.write("identity.events", b"x", BAD)
     jsonl.close()
     parquet.close()
+    write_labels(tmp / "labels.jsonl", sim.label_rows())
     write_directory(build_population(150, seed=5), tmp / "directory.jsonl")
     return settings, tmp / "events.jsonl", tmp / "events.parquet"
 
@@ -102,3 +104,19 @@ def test_replayed_feedback_takes_effect_at_its_time(
     assert closed and "false positive" in closed[0]["unmapped"]["custos"]["reason"]
     reports = [json.loads(x) for x in (tmp_path / "fb" / "reports.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "feedback.applied" and r["subject"] == who for r in reports)
+
+
+def test_evaluate_counts_exactly_the_alerts_replay_publishes(
+    data: tuple[Settings, Path, Path], tmp_path: Path
+) -> None:
+    """Same events, same model selection, same batches: the same incidents alert."""
+    from pipeline.evaluate import run_evaluation
+
+    settings, _, parquet = data
+    replay(settings, parquet, tmp_path / "r")
+    lines = (tmp_path / "r" / "alerts.jsonl").read_text().splitlines()
+    alerted = {a["finding_info"]["uid"] for a in map(json.loads, lines) if a["is_alert"]}
+    labels = str(parquet.parent / "labels.jsonl")
+    result = run_evaluation(settings, events_path=str(parquet), labels_path=labels,
+                            directory_path=settings.directory_file, echo=print)
+    assert alerted and {a.finding_uid for a in result.alert_records} == alerted
