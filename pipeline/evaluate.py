@@ -53,6 +53,7 @@ import numpy.typing as npt
 from pipeline.directory import Directory
 from pipeline.schemas import Event
 from pipeline.scoring import BatchResult, Detection
+from pipeline.simulate.directory import population_directory
 from pipeline.simulate.labels import EventLabel, LabelRow
 
 if TYPE_CHECKING:
@@ -751,7 +752,7 @@ def run_evaluation(
         events = [decoder.decode(value) for _, _, value, _ in sim.events(progress=progress)]
         labels = sim.label_rows()
         event_labels = sim.event_labels()
-        directory = _sim_directory(identities, seed)
+        directory = population_directory(identities, seed)
         source = (f"simulated: {identities:,} identities, {duration_s / 3600:g} h, "
                   f"seed {seed}")  # fmt: skip
     echo(f"{len(events):,} events, {len(labels)} labels rows ready in "
@@ -780,16 +781,3 @@ def run_evaluation(
         paths = result.write(Path(out_dir))
         echo(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
     return result
-
-
-def _sim_directory(identities: int, seed: int) -> Directory:
-    """The identity directory the simulator's population implies (what a worker would load)."""
-    import tempfile
-
-    from pipeline.simulate.directory import write_directory
-    from pipeline.simulate.population import build_population
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "directory.jsonl"
-        write_directory(build_population(identities, seed=seed), path)
-        return Directory.load(path)

@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.detectors import Loda
-from pipeline.directory import Directory
 from pipeline.evaluate import Evaluation, run_offline
 from pipeline.models.artifacts import encode_loda
 from pipeline.models.manifest import Manifest, TrainingData, feature_schema
 from pipeline.schemas import Event, EventDecoder
 from pipeline.scoring import Detection
+from pipeline.simulate.directory import population_directory
 
 __all__ = [
     "Fingerprint",
@@ -206,7 +206,7 @@ def train_and_publish(
         sim = Simulation(settings, identities=identities, duration_s=duration_s, seed=seed)
         source, sim_seed = f"custos simulate --identities {identities} --seed {seed}", seed
         raw = (value for _, _, value, _ in sim.events())
-        detection = Detection(settings, directory=_sim_directory(identities, seed))
+        detection = Detection(settings, directory=population_directory(identities, seed))
     artifact, fp = train_loda(raw, detection)
     echo(f"trained on {fp.rows:,} events in {time.perf_counter() - t0:.0f} s")
 
@@ -215,17 +215,13 @@ def train_and_publish(
     )
     decoder = EventDecoder(max_future_skew_ms=10**13)
     events = [decoder.decode(v) for _, _, v, _ in held.events()]
-    candidate = Detection(settings, directory=_sim_directory(eval_identities, eval_seed))
-    warmup = settings.model_warmup_events
-    bundle = decode("loda", artifact)
-
-    def swapped() -> Iterator[Event]:
-        for i, ev in enumerate(events):
-            if i == warmup:
-                candidate.swap_model(Loaded(_placeholder, "", bundle))
-            yield ev
-
-    result = evaluate(swapped(), held.label_rows(), candidate)
+    candidate = Detection(settings, directory=population_directory(eval_identities, eval_seed))
+    # Held out as a worker would run it: the candidate adopted after the cold-start warm-up.
+    result = evaluate(
+        events, held.label_rows(), candidate,
+        swap_in=Loaded(_placeholder, "", decode("loda", artifact)),
+        swap_after=settings.model_warmup_events, batch=settings.worker_batch,
+    )  # fmt: skip
     metrics = metrics_of(result)
     for line in result.table():
         echo("  " + line)
@@ -265,19 +261,6 @@ _placeholder = Manifest(
     feature_schema="",
     created_at="",
 )
-
-
-def _sim_directory(identities: int, seed: int) -> Directory:
-    """The identity directory the simulator's population implies (what a worker would load)."""
-    import tempfile
-
-    from pipeline.simulate.directory import write_directory
-    from pipeline.simulate.population import build_population
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "directory.jsonl"
-        write_directory(build_population(identities, seed=seed), path)
-        return Directory.load(path)
 
 
 # --- scikit-learn detectors from exported features (the notebooks) -----------------------------

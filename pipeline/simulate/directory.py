@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.directory import CONFIDENTIALITY_RANK, DirectoryEntry, write_entries
+from pipeline.directory import CONFIDENTIALITY_RANK, Directory, DirectoryEntry, write_entries
 from pipeline.simulate.catalogue import (
     AGENT,
     HUMAN,
@@ -105,3 +105,10 @@ def directory_entries(population: Population) -> Iterator[DirectoryEntry]:
 def write_directory(population: Population, path: Path | str) -> int:
     """Write the population's directory as JSONL to ``path``; returns the number of identities."""
     return write_entries(directory_entries(population), path)
+
+
+def population_directory(identities: int, seed: int) -> Directory:
+    """The directory a worker would load for ``custos simulate --identities N --seed S``."""
+    from pipeline.simulate.population import build_population
+
+    return Directory(directory_entries(build_population(identities, seed=seed)))
