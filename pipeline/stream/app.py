@@ -243,6 +243,17 @@ def create_app(
         use_partitioner=True,
     )
     store = TableStore(table, settings.worker_partitions)
+    changelog_known = store_url.startswith("memory:")  # test_context: no Kafka, no changelog
+
+    async def changelog_metadata() -> None:
+        # faust picks a table write's changelog partition eagerly, from the producer's
+        # metadata; just after start that may not hold the changelog topic yet (a TypeError
+        # deep in aiokafka, seen under load). Wait for it once, before the first write.
+        nonlocal changelog_known
+        if not changelog_known:
+            producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+            await producer.partitions_for(table.changelog_topic.get_topic_name())
+            changelog_known = True
 
     async def bounded(send: Any) -> Any:
         # aiokafka retries some failures (an unknown or invalid topic) forever; a write that
@@ -298,6 +309,7 @@ def create_app(
             store.remember(ev.identity_uid, event, mine)
         if not valid:
             return
+        await changelog_metadata()
         t0 = time.perf_counter()
         store.events = mine  # no await from here to the end of process(): no interleaving
         result = detection.process(valid, store)
@@ -335,6 +347,7 @@ def create_app(
                 sig = decode(event.value)  # our own writes: a decode error is a bug (crash)
                 store.remember(sig.identity_uid, event, mine)
                 signals.append(sig)
+            await changelog_metadata()
             store.events = mine
             await publish(detection.apply_signals(signals, store))
 
@@ -363,6 +376,7 @@ def create_app(
             if event.key != fb.identity.encode():  # to the partition that owns the identity
                 await bounded(feedback_topic.send(key=fb.identity.encode(), value=event.value))
                 return
+            await changelog_metadata()
             store.remember(fb.identity, event, {})
             store.events = {fb.identity: event}
             outcome, decisions = detection.apply_feedback(fb, store)
@@ -441,6 +455,7 @@ def create_app(
         # Close quiet incidents (event time: simulated time may run faster than the clock)
         # and checkpoint the shared detector state beside the tables.
         if detection.watermark_ms:
+            await changelog_metadata()
             store.events = {}  # writes go by the key's partition (no batch is running)
             await publish(detection.tick(detection.watermark_ms, store))
         detection.save_shared(shared_path)
