@@ -309,11 +309,13 @@ def ingest(
               default=None, help="Identity directory JSONL for --events.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.md, metrics.json and PNG plots into this directory.")
+@click.option("--feedback", "feedback_path", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Analyst feedback JSONL, replayed at each one's at_ms.")
 @click.pass_context
 def evaluate(
     ctx: click.Context, identities: int, duration: float, seed: int, events_path: str | None,
     labels_path: str | None, event_labels_path: str | None, directory_path: str | None,
-    out_dir: Path | None,
+    out_dir: Path | None, feedback_path: str | None,
 ) -> None:
     """Detection quality per attack scenario on labelled traffic (same code as the worker)."""
     from pipeline.evaluate import run_evaluation
@@ -323,7 +325,7 @@ def evaluate(
     run_evaluation(_settings(ctx), events_path=events_path, labels_path=labels_path,
                    event_labels_path=event_labels_path, directory_path=directory_path,
                    identities=identities, duration_s=duration, seed=seed, out_dir=out_dir,
-                   echo=click.echo)
+                   echo=click.echo, feedback_path=feedback_path)
 
 
 @main.command()

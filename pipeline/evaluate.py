@@ -60,7 +60,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipeline.config import Settings
+    from pipeline.feedback import Feedback
     from pipeline.models.registry import Loaded
+    from pipeline.policy import Decision
 
 __all__ = [
     "AlertRecord",
@@ -88,8 +90,13 @@ def run_offline(
     batch: int = 2000,
     swap_in: Loaded | None = None,
     swap_after: int = 0,
+    feedback: Iterable[Feedback] = (),
 ) -> Iterator[tuple[list[Event], BatchResult]]:
     """Feed events (in the given order) through ``detection`` in micro-batches.
+
+    ``feedback``: analyst decisions applied before the first batch that starts at or after
+    each one's ``at_ms`` (as :func:`pipeline.replay.replay` does); their findings come with
+    that batch's result.
 
     ``swap_in``: a verified model swapped into ``detection`` between micro-batches, at the first
     batch boundary where at least ``swap_after`` events have been fed (as a worker adopts a
@@ -99,13 +106,22 @@ def run_offline(
     buf: list[Event] = []
     fed = 0
     pending = swap_in
+    decisions_fb = sorted(feedback, key=lambda f: f.at_ms, reverse=True)
+
+    def apply_feedback(until_ms: int | None) -> list[Decision]:
+        out: list[Decision] = []
+        while decisions_fb and (until_ms is None or decisions_fb[-1].at_ms <= until_ms):
+            out.extend(detection.apply_feedback(decisions_fb.pop(), store)[1])
+        return out
 
     def run(events: list[Event]) -> BatchResult:
         nonlocal fed, pending
         if pending is not None and fed >= swap_after:
             detection.swap_model(pending)
             pending = None
+        earlier = apply_feedback(events[0].time_ms) if decisions_fb else []
         result = detection.process(events, store)
+        result.decisions[:0] = earlier
         fed += len(events)
         if result.signals:  # the worker routes these through Kafka to the owning partition
             result.decisions.extend(detection.apply_signals(result.signals, store))
@@ -118,8 +134,11 @@ def run_offline(
             buf = []
     if buf:
         yield buf, run(buf)
+    late = apply_feedback(None)
     if detection.watermark_ms:
-        yield [], BatchResult(decisions=detection.tick(detection.watermark_ms, store))
+        late += detection.tick(detection.watermark_ms, store)
+    if late:
+        yield [], BatchResult(decisions=late)
 
 
 # --- small statistics ----------------------------------------------------------------------------
@@ -551,6 +570,7 @@ def evaluate(
     swap_after: int = 0,
     batch: int = 2000,
     source: str = "",
+    feedback: Iterable[Feedback] = (),
 ) -> Evaluation:
     """Run ``events`` through ``detection`` and score its alerts and scores against ``labels``.
 
@@ -558,6 +578,7 @@ def evaluate(
     event uid → campaign id); without it events are labelled by the labels windows (see the
     module docstring). ``swap_in``/``swap_after``: swap that model in once ``swap_after`` events
     have been fed (:func:`run_offline`), e.g. to compare two models on the same held-out data.
+    ``feedback``: analyst decisions replayed at their time, to see what they change.
     """
     attacked: dict[str, list[LabelRow]] = defaultdict(list)
     for row in labels:
@@ -575,7 +596,7 @@ def evaluate(
     n = 0
     t0 = time.perf_counter()
     for chunk, result in run_offline(
-        events, detection, batch=batch, swap_in=swap_in, swap_after=swap_after
+        events, detection, batch=batch, swap_in=swap_in, swap_after=swap_after, feedback=feedback
     ):
         for ev in chunk:
             identities.add(ev.identity_uid)
@@ -705,8 +726,11 @@ def run_evaluation(
     out_dir: Path | str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    feedback_path: Path | str | None = None,
 ) -> Evaluation:
     """``custos evaluate``: simulate (or read ``events_path``), evaluate, print, write outputs.
+
+    ``feedback_path``: analyst feedback (JSONL) replayed at its time (:func:`run_offline`).
 
     Without ``events_path`` the simulator generates ``identities`` over ``duration_s`` with
     ``seed`` (exact event labels; the population's identity directory). With it: JSONL or
@@ -774,6 +798,7 @@ def run_evaluation(
         swap_in=swap_in,
         swap_after=settings.model_warmup_events,
         batch=settings.worker_batch,
+        feedback=_read_feedback(feedback_path) if feedback_path else (),
     )
     for line in result.table():
         echo(line)
@@ -781,3 +806,10 @@ def run_evaluation(
         paths = result.write(Path(out_dir))
         echo(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
     return result
+
+
+def _read_feedback(path: Path | str) -> list[Feedback]:
+    from pipeline.feedback import decode
+
+    with open(path, "rb") as fh:
+        return [decode(line) for line in fh if line.strip()]

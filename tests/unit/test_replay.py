@@ -105,6 +105,16 @@ def test_replayed_feedback_takes_effect_at_its_time(
     reports = [json.loads(x) for x in (tmp_path / "fb" / "reports.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "feedback.applied" and r["subject"] == who for r in reports)
 
+    # custos evaluate replays the same feedback at the same time: the same incidents alert.
+    from pipeline.evaluate import run_evaluation
+
+    alerted = {a["finding_info"]["uid"] for a in out if a["is_alert"] and a["activity_id"] != 3}
+    result = run_evaluation(settings, events_path=str(jsonl),
+                            labels_path=str(jsonl.parent / "labels.jsonl"),
+                            directory_path=settings.directory_file, echo=print,
+                            feedback_path=tmp_path / "feedback.jsonl")  # fmt: skip
+    assert {a.finding_uid for a in result.alert_records} == alerted
+
 
 def test_evaluate_counts_exactly_the_alerts_replay_publishes(
     data: tuple[Settings, Path, Path], tmp_path: Path
