@@ -129,8 +129,10 @@ def test_merge_of_time_ordered_halves_approximates_sequential_learning(
     assert merged.mean == pytest.approx(whole.mean, rel=1e-6, abs=1e-6)
     assert merged.var == pytest.approx(whole.var, rel=1e-4, abs=1e-6)
     assert merged.rate_c == pytest.approx(whole.rate_c, rel=1e-6, abs=1e-9)
-    # Counts decay in whole halvings, so their phase can differ by one halving at most.
-    assert sum(whole.hours) / 2 - 4 <= sum(merged.hours) <= 2 * sum(whole.hours) + 4
+    # Counts decay in whole halvings, so their phase can differ by one halving at most; each
+    # bucket's integer halving can also round differently, by one per non-zero bucket.
+    slack = 4 + sum(1 for h in merged.hours if h) + sum(1 for h in whole.hours if h)
+    assert sum(whole.hours) / 2 - slack <= sum(merged.hours) <= 2 * sum(whole.hours) + slack
     k = model.cat_slots
     for c, name in enumerate(CATEGORICAL):
         got = {h for h, _, _ in model.known_values(merged, name)}
