@@ -865,16 +865,22 @@ def _registry(settings: Any) -> Any:
 
 
 def _announce(settings: Any, promo: Any, action: str, by: str, reason: str) -> None:
-    """Tell running workers (``custos.models``); they verify the version before swapping."""
+    """Tell running workers (``custos.models``), signed with the command key (the analyst's).
+
+    Workers accept only signed announcements, and still verify the version before swapping.
+    """
     import time
 
     from pipeline.kafka.clients import make_producer
     from pipeline.models.runtime import Announcement, encode_announcement
+    from pipeline.quarantine.policy import command_key
 
     a = Announcement(action, promo.name, promo.version, promo.manifest_sha256, by,  # type: ignore[arg-type]
                      int(time.time() * 1000), reason)  # fmt: skip
+    signed = encode_announcement(a, command_key(settings.command_key_path,
+                                                settings.command_jwks_path))  # fmt: skip
     producer = make_producer(settings)
-    producer.produce(settings.models_topic, key=promo.name.encode(), value=encode_announcement(a))
+    producer.produce(settings.models_topic, key=promo.name.encode(), value=signed)
     if producer.flush(30):
         raise click.ClickException(f"announcement not delivered to {settings.models_topic}")
 

@@ -134,14 +134,20 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
                        "rejected": ext.get("rejected"), "expired": ext.get("expired")},
         }  # fmt: skip
     if topic_kind == "models":
-        a = msgspec.json.decode(value)
+        import base64
+
+        # The announcement as signed (a JWS); verifying it is the workers' job, and audited.
+        text = value.decode("ascii", "replace").strip()
+        signed = not text.startswith("{")
+        body = base64.urlsafe_b64decode(text.split(".")[1] + "==") if signed else value
+        a = msgspec.json.decode(body)
         return {
             "kind": "model.promoted" if a.get("action") == "promote" else "model.rolled_back",
             "subject": a["name"], "actor": a.get("by"),
             "why": {"explanation": [a.get("reason") or f"{a.get('action')} {a.get('version')}"]},
             "refs": {"model": {"name": a["name"], "version": a.get("version"),
                                "manifest_sha256": a.get("manifest_sha256")}},
-            "detail": {"action": a.get("action")},
+            "detail": {"action": a.get("action"), "signed": signed},
         }  # fmt: skip
     if topic_kind == "agent_models":
         u = msgspec.json.decode(value)

@@ -13,19 +13,28 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
+from pipeline.credentials.tokens import ALG, SigningKey
 from pipeline.detectors import TailCalibrator
+from pipeline.errors import ConfigError
 from pipeline.models.manifest import ModelRefused
 from pipeline.models.registry import Loaded, ModelRegistry, trusted_model_keys
 from pipeline.reports import Report
 from pipeline.scoring import Detection
 
-__all__ = ["Announcement", "ModelRuntime", "decode_announcement", "encode_announcement"]
+__all__ = [
+    "Announcement",
+    "ModelRuntime",
+    "announcement_keys",
+    "decode_announcement",
+    "encode_announcement",
+]
 
 log = logging.getLogger("custos.models")
 
@@ -42,15 +51,51 @@ class Announcement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reason: str = ""
 
 
-def encode_announcement(a: Announcement) -> bytes:
-    return msgspec.json.encode(a)
+ANNOUNCEMENT_TYP: Final = "custos-model-announcement+jws"
 
 
-def decode_announcement(data: bytes) -> Announcement:
+def encode_announcement(a: Announcement, key: SigningKey) -> bytes:
+    """Compact JWS (Ed25519) over the announcement: who promoted what is signed, like commands.
+
+    Without it, anyone able to write ``custos.models`` could make every worker switch to an
+    older (still validly signed) version.
+    """
+    from joserfc import jws
+
+    header = {"alg": ALG, "typ": ANNOUNCEMENT_TYP, "kid": key.kid}
+    return jws.serialize_compact(header, msgspec.json.encode(a), key.key, algorithms=[ALG]).encode()
+
+
+def decode_announcement(data: bytes, keys: KeySet) -> Announcement:
+    """The announcement, if a trusted key (the command JWKS) signed it; else ModelRefused."""
+    from joserfc import jws
+    from joserfc.errors import JoseError
+
+    text = data.decode("ascii", "replace").strip()
+    if text.startswith("{"):
+        raise ModelRefused("unsigned_announcement", "a bare JSON announcement: only signed ones")
     try:
-        return msgspec.json.decode(data, type=Announcement)
+        obj = jws.deserialize_compact(text, keys, algorithms=[ALG])
+    except JoseError as exc:
+        raise ModelRefused("bad_signature", f"announcement: {type(exc).__name__}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ModelRefused("bad_announcement", f"unreadable announcement: {exc!r}") from None
+    if obj.headers().get("typ") != ANNOUNCEMENT_TYP:
+        raise ModelRefused("bad_announcement", f"typ {obj.headers().get('typ')!r}")
+    try:
+        return msgspec.json.decode(obj.payload, type=Announcement)
     except msgspec.DecodeError as exc:
         raise ModelRefused("bad_announcement", f"unreadable announcement: {exc}") from None
+
+
+def announcement_keys(settings: Settings) -> KeySet:
+    """Keys trusted to sign announcements: the command JWKS (analysts' and the worker's keys)."""
+    from pipeline.responders.setup import trusted_keys
+
+    try:
+        return trusted_keys(settings)
+    except ConfigError as exc:
+        raise ModelRefused("no_trusted_keys", str(exc)) from None
 
 
 def local_public_key(settings: Settings) -> Ed25519PublicKey | None:
@@ -178,7 +223,7 @@ class ModelRuntime:
     def apply(self, detection: Detection, data: bytes) -> Report:
         """Act on one ``custos.models`` message: swap if verified, else keep and refuse."""
         try:
-            a = decode_announcement(data)
+            a = decode_announcement(data, announcement_keys(self.settings))
         except ModelRefused as exc:
             return self._refused(exc, {"bytes": str(len(data))}, detection.model_ref)
         requested = msgspec.to_builtins(a)

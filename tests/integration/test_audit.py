@@ -68,7 +68,7 @@ def test_auditor_records_decisions_and_verify_catches_a_tampered_copy(
     # A model promotion, and the worker refusing the promoted version.
     producer.produce(settings.models_topic, value=encode_announcement(Announcement(
         "promote", "detector", "7", "ab" * 32, "analyst:alice", 1, "better PR-AUC"
-    )))  # fmt: skip
+    ), key))  # fmt: skip
     producer.produce(settings.reports_topic, value=encode_report(Report(
         "model.refused", "worker:custos", 2, subject="detector", reason="artifact_hash",
         detail="artifact SHA-256 is 00…", requested={"version": "7"}
@@ -82,6 +82,7 @@ def test_auditor_records_decisions_and_verify_catches_a_tampered_copy(
     assert sorted(kinds[1:]) == ["alert.created", "model.promoted", "model.refused",
                                  "quarantine.done", "quarantine.issued"]  # fmt: skip
     promoted = next(json.loads(e) for e in entries if json.loads(e)["kind"] == "model.promoted")
+    assert promoted["detail"]["signed"] is True
     assert promoted["actor"] == "analyst:alice" and promoted["why"]["explanation"] == [
         "better PR-AUC"
     ]

@@ -21,6 +21,7 @@ from pipeline.keys import pem
 from pipeline.models.artifacts import encode_sklearn
 from pipeline.models.registry import ModelRegistry
 from pipeline.models.runtime import Announcement, encode_announcement
+from pipeline.quarantine.policy import command_key
 from tests.integration.test_worker import AGENT, _agent_call, _env, _produce, _start
 from tests.unit.test_models import _flip, _loda_artifact, _manifest
 
@@ -66,8 +67,11 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
     def announce(version: str) -> None:
         digest = hashlib.sha256(reg.manifest_bytes("detector", version)).hexdigest()
         a = Announcement("promote", "detector", version, digest, "analyst:itest", 1, "itest")
+        # Signed with the command key the worker trusts (its own JWKS, in the shared home).
+        key = command_key(isolated.command_key_path, isolated.command_jwks_path)
         producer = make_producer(isolated)
-        producer.produce(isolated.models_topic, key=b"detector", value=encode_announcement(a))
+        producer.produce(isolated.models_topic, key=b"detector",
+                         value=encode_announcement(a, key))  # fmt: skip
         assert producer.flush(30) == 0
 
     env = _env(isolated, tmp_path / "data", f"itest-models-{os.getpid()}-{int(time.time())}")

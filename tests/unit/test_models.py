@@ -15,12 +15,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pipeline.baselines import DEVIATIONS
 from pipeline.config import Settings
+from pipeline.credentials.tokens import SigningKey
 from pipeline.detectors import Loda, TailCalibrator
 from pipeline.keys import load_or_create, pem
 from pipeline.models import artifacts
 from pipeline.models.manifest import Manifest, ModelRefused, feature_schema, trusted_keys
 from pipeline.models.registry import ModelRegistry
 from pipeline.models.runtime import Announcement, ModelRuntime, encode_announcement
+from pipeline.quarantine.policy import command_key
 from pipeline.reports import Report
 from pipeline.scoring import Detection
 
@@ -225,9 +227,15 @@ def _settings(registry: ModelRegistry, tmp_path: Path, **kw: object) -> Settings
     )  # fmt: skip
 
 
-def _announce(registry: ModelRegistry, version: str, action: str = "promote") -> bytes:
+def _announce(
+    registry: ModelRegistry, version: str, action: str = "promote", key: SigningKey | None = None
+) -> bytes:
+    """A signed announcement; by default with the command key the runtime's settings trust."""
     digest = hashlib.sha256(registry.manifest_bytes("detector", version)).hexdigest()
-    return encode_announcement(Announcement(action, "detector", version, digest, "alice", 1))  # type: ignore[arg-type]
+    home = registry.root.parent / "home"
+    key = key or command_key(home / "keys" / "commands.jwk", home / "keys" / "commands.jwks.json")
+    a = Announcement(action, "detector", version, digest, "alice", 1)  # type: ignore[arg-type]
+    return encode_announcement(a, key)
 
 
 def test_a_fresh_worker_verifies_the_promoted_model_and_adopts_it_after_warm_up(
@@ -267,11 +275,17 @@ def test_announcements_swap_refuse_and_repeat_idempotently(
     assert det.detector is detector_v1  # still scoring with v1
 
     bad = rt.apply(det, b'{"action": "promote"}')
-    assert (bad.kind, bad.reason) == ("model.refused", "bad_announcement")
+    assert (bad.kind, bad.reason) == ("model.refused", "unsigned_announcement")
+    garbled = rt.apply(det, b"not.a.jws")
+    assert garbled.kind == "model.refused"
+    # Signed, but by a key the workers do not trust: anyone able to write the topic.
+    forged = rt.apply(det, _announce(registry, "1", key=SigningKey.generate()))
+    assert (forged.kind, forged.reason) == ("model.refused", "bad_signature")
+    assert det.detector is detector_v1
     # An announcement whose manifest hash is not the file's (the file changed since).
-    a = msgspec.json.decode(_announce(registry, "1"))
-    a["manifest_sha256"] = "0" * 64
-    assert rt.apply(det, msgspec.json.encode(a)).reason == "manifest_changed"
+    stale = Announcement("promote", "detector", "1", "0" * 64, "alice", 1)
+    key = command_key(settings.command_key_path, settings.command_jwks_path)
+    assert rt.apply(det, encode_announcement(stale, key)).reason == "manifest_changed"
 
 
 def test_a_swap_keeps_identity_state_and_scoring_continues(
