@@ -771,14 +771,28 @@ def agent_models() -> None:
 @click.pass_context
 def agent_models_list(ctx: click.Context) -> None:
     """The registry file (CUSTOS_MODEL_ALLOWLIST_FILE) with the topic's updates applied."""
-    from pipeline.agent_models import AgentModelRegistry, decode_update, load_agent_model_registry
+    from pipeline.agent_models import (
+        AgentModelRegistry,
+        InvalidAgentModelUpdate,
+        load_agent_model_registry,
+        verify_update,
+    )
     from pipeline.kafka.clients import read_all
+    from pipeline.responders.setup import trusted_keys
 
     settings = _settings(ctx)
     reg = (load_agent_model_registry(settings.model_allowlist_file)
            if settings.model_allowlist_file else AgentModelRegistry())  # fmt: skip
+    keys = trusted_keys(settings)
+    refused = 0
     for m in read_all(settings, settings.agent_models_topic, timeout_s=10):
-        reg.apply(decode_update(m.value() or b""))
+        try:  # what the workers apply: signed updates only
+            reg.apply(verify_update(m.value() or b"", keys))
+        except InvalidAgentModelUpdate:
+            refused += 1
+    if refused:
+        click.echo(f"({refused} update(s) on {settings.agent_models_topic} refused: unsigned, "
+                   "untrusted or invalid)")  # fmt: skip
     for b in reg:
         by = f"revoked by {b.revoked_by}: {b.revoked_reason}" if b.status == "revoked" else (
             f"approved by {b.approved_by or '?'}")  # fmt: skip
@@ -787,8 +801,9 @@ def agent_models_list(ctx: click.Context) -> None:
 
 
 def _agent_model_update(ctx: click.Context, **fields: Any) -> None:
-    from pipeline.agent_models import AgentModelUpdate, encode_update
+    from pipeline.agent_models import AgentModelUpdate, sign_update
     from pipeline.kafka.clients import make_producer
+    from pipeline.quarantine.policy import command_key
 
     settings = _settings(ctx)
     try:
@@ -796,7 +811,8 @@ def _agent_model_update(ctx: click.Context, **fields: Any) -> None:
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
     producer = make_producer(settings)
-    producer.produce(settings.agent_models_topic, key=update.key(), value=encode_update(update))
+    signed = sign_update(update, command_key(settings.command_key_path, settings.command_jwks_path))
+    producer.produce(settings.agent_models_topic, key=update.key(), value=signed)
     if producer.flush(30):
         raise click.ClickException(f"update not delivered to {settings.agent_models_topic}")
     click.echo(f"{update.action} {update.name} {update.version} {update.digest[:19]}… sent to "

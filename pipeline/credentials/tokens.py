@@ -39,12 +39,15 @@ __all__ = [
     "ALG",
     "REASONS",
     "CredentialRejected",
+    "SignedMessageError",
     "SigningKey",
     "TaskClaims",
     "check_claims",
     "decode",
     "issue",
+    "sign_compact",
     "verify",
+    "verify_compact",
 ]
 
 ALG: Final = "Ed25519"  # RFC 9864: the fully-specified successor of "EdDSA" with Ed25519
@@ -220,3 +223,53 @@ def check_claims(
     if scope is not None and scope not in c.scope:
         raise CredentialRejected("out_of_scope", f"{scope} not in {' '.join(c.scope)}")
     return c
+
+
+# --- signed control messages ------------------------------------------------------------------
+# The same keys sign analysts' and the worker's decisions on other topics (quarantine
+# commands, model announcements, agent-model registry updates); each kind has its own ``typ``
+# so a signature made for one can never be accepted as another.
+
+
+class SignedMessageError(CustosError):
+    """A signed control message was unsigned, forged or unreadable; ``reason`` says which."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def sign_compact(payload: bytes, key: SigningKey, typ: str) -> bytes:
+    """Compact JWS (Ed25519) of ``payload`` with an explicit ``typ``."""
+    from joserfc import jws
+
+    header = {"alg": ALG, "typ": typ, "kid": key.kid}
+    return jws.serialize_compact(header, payload, key.key, algorithms=[ALG]).encode()
+
+
+def verify_compact(data: bytes, keys: KeySet, typ: str) -> bytes:
+    """The payload of ``data`` if a key of ``keys`` signed it with ``typ``.
+
+    >>> k = SigningKey.generate()
+    >>> verify_compact(sign_compact(b"hi", k, "t"), k.public_keys(), "t")
+    b'hi'
+    >>> verify_compact(b'{"bare": "json"}', k.public_keys(), "t")
+    Traceback (most recent call last):
+    ...
+    pipeline.credentials.tokens.SignedMessageError: unsigned: bare JSON: only signed messages
+    """
+    from joserfc import jws
+
+    text = data.decode("ascii", "replace").strip()
+    if text.startswith("{"):
+        raise SignedMessageError("unsigned", "bare JSON: only signed messages")
+    try:
+        obj = jws.deserialize_compact(text, keys, algorithms=[ALG])
+    except JoseError as exc:
+        raise SignedMessageError("bad_signature", f"{type(exc).__name__}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise SignedMessageError("malformed", repr(exc)) from None
+    if obj.headers().get("typ") != typ:
+        raise SignedMessageError("malformed", f"typ {obj.headers().get('typ')!r}, not {typ!r}")
+    return bytes(obj.payload)

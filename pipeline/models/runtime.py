@@ -20,7 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
-from pipeline.credentials.tokens import ALG, SigningKey
+from pipeline.credentials.tokens import (
+    SignedMessageError,
+    SigningKey,
+    sign_compact,
+    verify_compact,
+)
 from pipeline.detectors import TailCalibrator
 from pipeline.errors import ConfigError
 from pipeline.models.manifest import ModelRefused
@@ -60,30 +65,18 @@ def encode_announcement(a: Announcement, key: SigningKey) -> bytes:
     Without it, anyone able to write ``custos.models`` could make every worker switch to an
     older (still validly signed) version.
     """
-    from joserfc import jws
-
-    header = {"alg": ALG, "typ": ANNOUNCEMENT_TYP, "kid": key.kid}
-    return jws.serialize_compact(header, msgspec.json.encode(a), key.key, algorithms=[ALG]).encode()
+    return sign_compact(msgspec.json.encode(a), key, ANNOUNCEMENT_TYP)
 
 
 def decode_announcement(data: bytes, keys: KeySet) -> Announcement:
     """The announcement, if a trusted key (the command JWKS) signed it; else ModelRefused."""
-    from joserfc import jws
-    from joserfc.errors import JoseError
-
-    text = data.decode("ascii", "replace").strip()
-    if text.startswith("{"):
-        raise ModelRefused("unsigned_announcement", "a bare JSON announcement: only signed ones")
     try:
-        obj = jws.deserialize_compact(text, keys, algorithms=[ALG])
-    except JoseError as exc:
-        raise ModelRefused("bad_signature", f"announcement: {type(exc).__name__}: {exc}") from None
-    except (ValueError, TypeError) as exc:
-        raise ModelRefused("bad_announcement", f"unreadable announcement: {exc!r}") from None
-    if obj.headers().get("typ") != ANNOUNCEMENT_TYP:
-        raise ModelRefused("bad_announcement", f"typ {obj.headers().get('typ')!r}")
+        payload = verify_compact(data, keys, ANNOUNCEMENT_TYP)
+    except SignedMessageError as exc:
+        reason = {"unsigned": "unsigned_announcement", "malformed": "bad_announcement"}
+        raise ModelRefused(reason.get(exc.reason, exc.reason), exc.detail) from None
     try:
-        return msgspec.json.decode(obj.payload, type=Announcement)
+        return msgspec.json.decode(payload, type=Announcement)
     except msgspec.DecodeError as exc:
         raise ModelRefused("bad_announcement", f"unreadable announcement: {exc}") from None
 

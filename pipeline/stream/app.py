@@ -34,10 +34,10 @@ from mode import CrashingSupervisor
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pipeline.agent_models import AgentModelRegistry, InvalidAgentModelUpdate
-from pipeline.agent_models import decode_update as decode_agent_model_update
+from pipeline.agent_models import verify_update as verify_agent_model_update
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
-from pipeline.errors import InvalidEvent
+from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.explanations import Signal
 from pipeline.feedback import decode as decode_feedback
 from pipeline.findings import build_finding, encode_finding
@@ -49,6 +49,7 @@ from pipeline.quarantine.decisions import release as release_command
 from pipeline.quarantine.policy import QuarantinePolicy, command_key
 from pipeline.reports import Report, config_report
 from pipeline.reports import encode as encode_report
+from pipeline.responders.setup import trusted_keys as trusted_command_keys
 from pipeline.schemas import Event, EventDecoder
 from pipeline.scoring import Detection
 
@@ -428,10 +429,19 @@ def create_app(
         async def on_agent_models(values: list[bytes], catching_up: bool) -> None:
             # Registry updates accumulate: all of them apply, in order (apply is idempotent).
             # Catching up, they were reported when they first arrived; only live ones are.
+            # Only updates signed by a trusted command key count (re-read: keys rotate).
             for value in values:
                 now = int(time.time() * 1000)
                 try:
-                    change = agent_models.apply(decode_agent_model_update(value))
+                    keys = trusted_command_keys(settings)
+                except ConfigError as exc:
+                    log.error("agent model update not applied: %s", exc)
+                    if not catching_up:
+                        await report(Report("agent_model.refused", service, now,
+                                            reason="no_trusted_keys", detail=str(exc)))  # fmt: skip
+                    continue
+                try:
+                    change = agent_models.apply(verify_agent_model_update(value, keys))
                 except InvalidAgentModelUpdate as exc:
                     log.error("agent model update refused: %s", exc)
                     if not catching_up:

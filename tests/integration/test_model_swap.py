@@ -119,7 +119,12 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
 def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
     isolated: Settings, tmp_path: Path
 ) -> None:
-    from pipeline.agent_models import AgentModelUpdate, encode_update, load_agent_model_registry
+    from pipeline.agent_models import (
+        AgentModelUpdate,
+        encode_update,
+        load_agent_model_registry,
+        sign_update,
+    )
 
     build = next(iter(load_agent_model_registry(isolated.model_allowlist_file)))
     model = {"name": build.name, "version": build.version, "digest": build.digest}
@@ -139,7 +144,14 @@ def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
                                   digest=build.digest, revoked_by="secops:itest",
                                   reason="weights leaked")  # fmt: skip
         producer = make_producer(isolated)
+        # Unsigned first: refused, the model stays approved.
         producer.produce(isolated.agent_models_topic, key=revoke.key(), value=encode_update(revoke))
+        assert producer.flush(30) == 0
+        unsigned = _reports(isolated, lambda d: d["kind"] == "agent_model.refused")
+        assert unsigned["reason"] == "unsigned"
+        key = command_key(isolated.command_key_path, isolated.command_jwks_path)
+        producer.produce(isolated.agent_models_topic, key=revoke.key(),
+                         value=sign_update(revoke, key))  # fmt: skip
         assert producer.flush(30) == 0
         applied = _reports(isolated, lambda d: d["kind"] == "agent_model.applied")
         assert applied["model"]["status"] == "revoked"
