@@ -707,8 +707,9 @@ def feedback() -> None:
 
 
 def _send_feedback(ctx: click.Context, **fields: Any) -> None:
-    from pipeline.feedback import Feedback, encode, new_uid
+    from pipeline.feedback import Feedback, new_uid, sign
     from pipeline.kafka.clients import make_producer
+    from pipeline.quarantine.policy import command_key
 
     settings = _settings(ctx)
     try:
@@ -717,7 +718,9 @@ def _send_feedback(ctx: click.Context, **fields: Any) -> None:
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
     producer = make_producer(settings)
-    producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=encode(fb))
+    # Signed with the analyst's command key: workers act on signed, fresh feedback only.
+    signed = sign(fb, command_key(settings.command_key_path, settings.command_jwks_path))
+    producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=signed)
     if producer.flush(30):
         raise click.ClickException(f"feedback not delivered to {settings.feedback_topic}")
     click.echo(f"{fb.action} {fb.identity} ({fb.uid}) sent; the worker's answer and the audit "

@@ -162,13 +162,18 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
             "detail": {k: v for k, v in u.items() if k not in ("name", "version", "digest")},
         }  # fmt: skip
     if topic_kind == "feedback":
-        fb = msgspec.json.decode(value)
+        import base64
+
+        text = value.decode("ascii", "replace").strip()
+        signed = not text.startswith("{")
+        body = base64.urlsafe_b64decode(text.split(".")[1] + "==") if signed else value
+        fb = msgspec.json.decode(body)
         return {
             "kind": f"feedback.{fb['action']}", "subject": fb["identity"], "actor": fb["by"],
             "why": {"explanation": [fb.get("reason")]},
             "refs": {"finding": fb.get("finding_uid"), "feedback": fb.get("uid")},
-            "detail": {k: fb[k] for k in ("learn_as_normal", "feature", "until_ms", "at_ms")
-                       if k in fb},
+            "detail": {"signed": signed, **{k: fb[k] for k in ("learn_as_normal", "feature",
+                                                               "until_ms", "at_ms") if k in fb}},
         }  # fmt: skip
     if topic_kind == "reports":
         r = msgspec.json.decode(value)

@@ -39,7 +39,7 @@ from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
 from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.explanations import Signal
-from pipeline.feedback import decode as decode_feedback
+from pipeline.feedback import verify as verify_feedback
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.ingest import IngestStats
 from pipeline.models.runtime import ModelRuntime
@@ -363,8 +363,11 @@ def create_app(
             msg = event.message
             now_ms = int(time.time() * 1000)
             try:
-                fb = decode_feedback(event.value or b"")
-            except InvalidEvent as exc:
+                fb = verify_feedback(event.value or b"", trusted_command_keys(settings),
+                                     now_ms=now_ms)  # fmt: skip
+            except (InvalidEvent, ConfigError) as exc:
+                if isinstance(exc, ConfigError):  # no trusted keys: nobody's feedback counts
+                    exc = InvalidEvent("no_trusted_keys", str(exc))
                 dl = dead_letter(
                     exc, key=event.key, value=event.value, topic=msg.topic,
                     partition=msg.partition, offset=msg.offset,

@@ -13,16 +13,19 @@ import msgspec
 from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
-from pipeline.feedback import Feedback, encode
+from pipeline.feedback import Feedback, encode, sign
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.quarantine.commands import verify
+from pipeline.quarantine.policy import command_key
 from tests.integration.test_model_swap import _finding, _reports
 from tests.integration.test_worker import AGENT, STRANGER, _agent_call, _env, _produce, _start
 
 
 def _send(settings: Settings, fb: Feedback) -> None:
+    """Signed with the analysts' command key, which the worker trusts (shared home)."""
+    key = command_key(settings.command_key_path, settings.command_jwks_path)
     producer = make_producer(settings)
-    producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=encode(fb))
+    producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=sign(fb, key))
     assert producer.flush(30) == 0
 
 
@@ -75,9 +78,11 @@ def test_confirm_quarantines_with_the_analysts_approval_false_positive_lifts_it(
                                  learn_as_normal=True, **base))  # type: ignore[arg-type]  # fmt: skip
         dup = _reports(isolated, lambda d: d["kind"] == "feedback.duplicate")
         assert dup["subject"] == AGENT
-        _send_raw(isolated, b"not feedback")
+        # Unsigned (anyone able to write the topic): dead-lettered, nothing released.
+        forged = Feedback(uid="fb-3", action="release", reason="let me out", **base)  # type: ignore[arg-type]
+        _send_raw(isolated, encode(forged))
         dead = read_all(isolated, isolated.deadletter_topic, expect=1, timeout_s=30)
-        assert dict(dead[0].headers() or [])["custos.reason"] == b"invalid_feedback"
+        assert dict(dead[0].headers() or [])["custos.reason"] == b"unsigned"
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
