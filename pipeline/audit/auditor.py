@@ -65,6 +65,17 @@ def read_log(
     return entries, texts
 
 
+def _signed_payload(value: bytes) -> tuple[bytes, bool]:
+    """The payload of a compact JWS as written (verifying it is the consumers' job, and they
+    report what they refuse), or the bytes themselves when unsigned."""
+    import base64
+
+    text = value.decode("ascii", "replace").strip()
+    if text.startswith("{"):
+        return value, False
+    return base64.urlsafe_b64decode(text.split(".")[1] + "=="), True
+
+
 def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
     """The audit fields of one decision message (``None``: nothing to record)."""
     if topic_kind == "alerts":
@@ -134,12 +145,7 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
                        "rejected": ext.get("rejected"), "expired": ext.get("expired")},
         }  # fmt: skip
     if topic_kind == "models":
-        import base64
-
-        # The announcement as signed (a JWS); verifying it is the workers' job, and audited.
-        text = value.decode("ascii", "replace").strip()
-        signed = not text.startswith("{")
-        body = base64.urlsafe_b64decode(text.split(".")[1] + "==") if signed else value
+        body, signed = _signed_payload(value)
         a = msgspec.json.decode(body)
         return {
             "kind": "model.promoted" if a.get("action") == "promote" else "model.rolled_back",
@@ -150,7 +156,8 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
             "detail": {"action": a.get("action"), "signed": signed},
         }  # fmt: skip
     if topic_kind == "agent_models":
-        u = msgspec.json.decode(value)
+        body, signed = _signed_payload(value)
+        u = msgspec.json.decode(body)
         return {
             "kind": f"agent_model.{u.get('action', 'other')}",
             "subject": u.get("name"),
@@ -159,14 +166,11 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
             "why": {"explanation": [u.get("reason") or u.get("action")]},
             "refs": {"model": {"name": u.get("name"), "version": u.get("version"),
                                "digest": u.get("digest")}},
-            "detail": {k: v for k, v in u.items() if k not in ("name", "version", "digest")},
+            "detail": {"signed": signed,
+                       **{k: v for k, v in u.items() if k not in ("name", "version", "digest")}},
         }  # fmt: skip
     if topic_kind == "feedback":
-        import base64
-
-        text = value.decode("ascii", "replace").strip()
-        signed = not text.startswith("{")
-        body = base64.urlsafe_b64decode(text.split(".")[1] + "==") if signed else value
+        body, signed = _signed_payload(value)
         fb = msgspec.json.decode(body)
         return {
             "kind": f"feedback.{fb['action']}", "subject": fb["identity"], "actor": fb["by"],

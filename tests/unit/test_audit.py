@@ -145,3 +145,33 @@ def test_inclusion_proofs_verify_against_the_checkpoint_root() -> None:
         proof = [bytes.fromhex(h) for h in p["proof"]]
         assert verify_inclusion(leaf_hash(entries[seq]), seq, c.size, proof, c.root)
         assert not verify_inclusion(leaf_hash(entries[seq + 1]), seq, c.size, proof, c.root)
+
+
+def test_signed_control_messages_are_recorded_with_who_and_why() -> None:
+    """Announcements, registry updates and feedback are JWS on their topics: the auditor
+    records what they say (and that they were signed); the consumers verify them."""
+    from pipeline.agent_models import AgentModelUpdate, sign_update
+    from pipeline.audit.auditor import record_for
+    from pipeline.credentials.tokens import SigningKey
+    from pipeline.feedback import Feedback
+    from pipeline.feedback import sign as sign_feedback
+    from pipeline.models.runtime import Announcement, encode_announcement
+
+    key = SigningKey.generate()
+    upd = AgentModelUpdate(action="revoke", name="m", version="1", digest="sha256:" + "0" * 64,
+                           reason="weights leaked", revoked_by="secops:bob")  # fmt: skip
+    rec = record_for("agent_models", sign_update(upd, key))
+    assert rec is not None
+    assert (rec["kind"], rec["actor"], rec["detail"]["signed"]) == (
+        "agent_model.revoke", "secops:bob", True)  # fmt: skip
+    fb = Feedback(uid="u", action="release", identity="agt-1", by="analyst:alice",
+                  reason="owner confirmed", at_ms=1)  # fmt: skip
+    rec = record_for("feedback", sign_feedback(fb, key))
+    assert rec is not None
+    assert (rec["kind"], rec["subject"], rec["actor"]) == ("feedback.release", "agt-1",
+                                                           "analyst:alice")  # fmt: skip
+    assert rec["why"]["explanation"] == ["owner confirmed"] and rec["detail"]["signed"]
+    a = Announcement("rollback", "detector", "1", "ab" * 32, "analyst:carol", 1, "FP spike")
+    rec = record_for("models", encode_announcement(a, key))
+    assert rec is not None
+    assert (rec["kind"], rec["actor"]) == ("model.rolled_back", "analyst:carol")
