@@ -432,17 +432,29 @@ def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, 
     return out
 
 
-def _send_command(settings: Any, key: bytes, message: dict[str, Any], what: str) -> None:
-    """Sign an analyst's command with the command key and hand it to the responders."""
-    from pipeline.kafka.clients import make_producer
-    from pipeline.quarantine.commands import sign
+def _analyst_key(settings: Any) -> Any:
+    """The key analysts' decisions are signed with (the local command key; created once)."""
     from pipeline.quarantine.policy import command_key
 
-    signed = sign(message, command_key(settings.command_key_path, settings.command_jwks_path))
+    return command_key(settings.command_key_path, settings.command_jwks_path)
+
+
+def _produce_one(settings: Any, topic: str, key: bytes, value: bytes, what: str) -> None:
+    """Write one record and wait for it: a decision the CLI reports as sent must be sent."""
+    from pipeline.kafka.clients import make_producer
+
     producer = make_producer(settings)
-    producer.produce(settings.quarantine_topic, key=key, value=signed)
+    producer.produce(topic, key=key, value=value)
     if producer.flush(30):
-        raise click.ClickException(f"{what} was not delivered")
+        raise click.ClickException(f"{what} was not delivered to {topic}")
+
+
+def _send_command(settings: Any, key: bytes, message: dict[str, Any], what: str) -> None:
+    """Sign an analyst's command with the command key and hand it to the responders."""
+    from pipeline.quarantine.commands import sign
+
+    signed = sign(message, _analyst_key(settings))
+    _produce_one(settings, settings.quarantine_topic, key, signed, what)
 
 
 @quarantine.command("pending")
@@ -708,8 +720,6 @@ def feedback() -> None:
 
 def _send_feedback(ctx: click.Context, **fields: Any) -> None:
     from pipeline.feedback import Feedback, new_uid, sign
-    from pipeline.kafka.clients import make_producer
-    from pipeline.quarantine.policy import command_key
 
     settings = _settings(ctx)
     try:
@@ -717,12 +727,9 @@ def _send_feedback(ctx: click.Context, **fields: Any) -> None:
                       **{k: v for k, v in fields.items() if v is not None})  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
-    producer = make_producer(settings)
     # Signed with the analyst's command key: workers act on signed, fresh feedback only.
-    signed = sign(fb, command_key(settings.command_key_path, settings.command_jwks_path))
-    producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=signed)
-    if producer.flush(30):
-        raise click.ClickException(f"feedback not delivered to {settings.feedback_topic}")
+    _produce_one(settings, settings.feedback_topic, fb.identity.encode(),
+                 sign(fb, _analyst_key(settings)), "feedback")  # fmt: skip
     click.echo(f"{fb.action} {fb.identity} ({fb.uid}) sent; the worker's answer and the audit "
                f"record follow on {settings.reports_topic} and {settings.audit_topic}")  # fmt: skip
 
@@ -805,19 +812,14 @@ def agent_models_list(ctx: click.Context) -> None:
 
 def _agent_model_update(ctx: click.Context, **fields: Any) -> None:
     from pipeline.agent_models import AgentModelUpdate, sign_update
-    from pipeline.kafka.clients import make_producer
-    from pipeline.quarantine.policy import command_key
 
     settings = _settings(ctx)
     try:
         update = AgentModelUpdate(**{k: v for k, v in fields.items() if v is not None})
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
-    producer = make_producer(settings)
-    signed = sign_update(update, command_key(settings.command_key_path, settings.command_jwks_path))
-    producer.produce(settings.agent_models_topic, key=update.key(), value=signed)
-    if producer.flush(30):
-        raise click.ClickException(f"update not delivered to {settings.agent_models_topic}")
+    _produce_one(settings, settings.agent_models_topic, update.key(),
+                 sign_update(update, _analyst_key(settings)), "update")  # fmt: skip
     click.echo(f"{update.action} {update.name} {update.version} {update.digest[:19]}… sent to "
                f"{settings.agent_models_topic}; every worker applies it")  # fmt: skip
 
@@ -888,20 +890,12 @@ def _announce(settings: Any, promo: Any, action: str, by: str, reason: str) -> N
 
     Workers accept only signed announcements, and still verify the version before swapping.
     """
-    import time
-
-    from pipeline.kafka.clients import make_producer
     from pipeline.models.runtime import Announcement, encode_announcement
-    from pipeline.quarantine.policy import command_key
 
     a = Announcement(action, promo.name, promo.version, promo.manifest_sha256, by,  # type: ignore[arg-type]
                      int(time.time() * 1000), reason)  # fmt: skip
-    signed = encode_announcement(a, command_key(settings.command_key_path,
-                                                settings.command_jwks_path))  # fmt: skip
-    producer = make_producer(settings)
-    producer.produce(settings.models_topic, key=promo.name.encode(), value=signed)
-    if producer.flush(30):
-        raise click.ClickException(f"announcement not delivered to {settings.models_topic}")
+    _produce_one(settings, settings.models_topic, promo.name.encode(),
+                 encode_announcement(a, _analyst_key(settings)), "announcement")  # fmt: skip
 
 
 @models.command("list")

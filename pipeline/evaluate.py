@@ -51,6 +51,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.directory import Directory
+from pipeline.feedback import Schedule
+from pipeline.feedback import read as read_feedback
 from pipeline.schemas import Event
 from pipeline.scoring import BatchResult, Detection
 from pipeline.simulate.directory import population_directory
@@ -106,20 +108,17 @@ def run_offline(
     buf: list[Event] = []
     fed = 0
     pending = swap_in
-    decisions_fb = sorted(feedback, key=lambda f: f.at_ms, reverse=True)
+    schedule = Schedule(feedback)
 
     def apply_feedback(until_ms: int | None) -> list[Decision]:
-        out: list[Decision] = []
-        while decisions_fb and (until_ms is None or decisions_fb[-1].at_ms <= until_ms):
-            out.extend(detection.apply_feedback(decisions_fb.pop(), store)[1])
-        return out
+        return [d for fb in schedule.due(until_ms) for d in detection.apply_feedback(fb, store)[1]]
 
     def run(events: list[Event]) -> BatchResult:
         nonlocal fed, pending
         if pending is not None and fed >= swap_after:
             detection.swap_model(pending)
             pending = None
-        earlier = apply_feedback(events[0].time_ms) if decisions_fb else []
+        earlier = apply_feedback(events[0].time_ms) if schedule else []
         result = detection.process(events, store)
         result.decisions[:0] = earlier
         fed += len(events)
@@ -798,7 +797,7 @@ def run_evaluation(
         swap_in=swap_in,
         swap_after=settings.model_warmup_events,
         batch=settings.worker_batch,
-        feedback=_read_feedback(feedback_path) if feedback_path else (),
+        feedback=read_feedback(feedback_path) if feedback_path else (),
     )
     for line in result.table():
         echo(line)
@@ -806,10 +805,3 @@ def run_evaluation(
         paths = result.write(Path(out_dir))
         echo(f"wrote {', '.join(p.name for p in paths)} to {out_dir}")
     return result
-
-
-def _read_feedback(path: Path | str) -> list[Feedback]:
-    from pipeline.feedback import decode
-
-    with open(path, "rb") as fh:
-        return [decode(line) for line in fh if line.strip()]

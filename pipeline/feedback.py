@@ -34,7 +34,9 @@ pipeline.errors.InvalidEvent: invalid_feedback: a suppression from feedback need
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Final, Literal
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from joserfc.jwk import KeySet
@@ -48,7 +50,18 @@ from pipeline.credentials.tokens import (
 )
 from pipeline.errors import InvalidEvent
 
-__all__ = ["Feedback", "FeedbackOutcome", "decode", "encode", "new_uid", "sign", "verify"]
+__all__ = [
+    "Feedback",
+    "FeedbackOutcome",
+    "Schedule",
+    "decode",
+    "encode",
+    "new_uid",
+    "read",
+    "release_message",
+    "sign",
+    "verify",
+]
 
 Action = Literal["confirm", "false_positive", "release", "suppress"]
 _Text = Annotated[str, Meta(min_length=1, max_length=1000)]
@@ -92,6 +105,44 @@ class FeedbackOutcome(msgspec.Struct, frozen=True, omit_defaults=True):
     finding_uid: str | None = None
     learned: int = 0  # events learned as normal
     release_command: str | None = None  # contain command to cancel
+
+
+class Schedule:
+    """Feedback in ``at_ms`` order, handed out as event time passes (replay, evaluation).
+
+    >>> fb = [Feedback(uid=str(t), action="release", identity="a", by="b", reason="r", at_ms=t)
+    ...       for t in (30, 10, 20)]
+    >>> s = Schedule(fb)
+    >>> [f.at_ms for f in s.due(20)], [f.at_ms for f in s.due(None)]
+    ([10, 20], [30])
+    """
+
+    def __init__(self, feedback: Iterable[Feedback] = ()) -> None:
+        self._left = sorted(feedback, key=lambda f: f.at_ms, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    def due(self, until_ms: int | None) -> Iterator[Feedback]:
+        """Feedback at or before ``until_ms`` (None: all that is left), oldest first."""
+        while self._left and (until_ms is None or self._left[-1].at_ms <= until_ms):
+            yield self._left.pop()
+
+
+def release_message(fb: Feedback, outcome: FeedbackOutcome, now_ms: int) -> dict[str, Any] | None:
+    """The cancel of the contain command an outcome lifts (to be signed), if it lifts one."""
+    if not outcome.release_command:
+        return None
+    from pipeline.quarantine.decisions import release
+
+    return release(fb.identity, command_id=outcome.release_command,
+                   reason=f"{fb.action}: {fb.reason}", by=fb.by, now_ms=now_ms)  # fmt: skip
+
+
+def read(path: Path | str) -> list[Feedback]:
+    """A feedback file for ``custos replay`` / ``custos evaluate`` (plain JSONL)."""
+    with open(path, "rb") as fh:
+        return [decode(line) for line in fh if line.strip()]
 
 
 def new_uid() -> str:

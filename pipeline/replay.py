@@ -37,12 +37,11 @@ import numpy as np
 from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
 from pipeline.explanations import Score
-from pipeline.feedback import Feedback
-from pipeline.feedback import decode as decode_feedback
+from pipeline.feedback import Schedule, release_message
+from pipeline.feedback import read as read_feedback
 from pipeline.findings import build_finding, encode_finding
 from pipeline.models.runtime import ModelRuntime
 from pipeline.policy import Decision
-from pipeline.quarantine.decisions import release as release_command
 from pipeline.quarantine.policy import QuarantinePolicy
 from pipeline.reports import Report
 from pipeline.reports import encode as encode_report
@@ -176,22 +175,15 @@ def replay(
     def report(r: Report) -> None:
         outs.reports.write(encode_report(r) + b"\n")
 
-    pending_fb: list[Feedback] = []
-    if feedback_path is not None:
-        with open(feedback_path, "rb") as fh:
-            pending_fb = sorted((decode_feedback(line) for line in fh if line.strip()),
-                                key=lambda f: f.at_ms, reverse=True)  # fmt: skip
+    schedule = Schedule(read_feedback(feedback_path) if feedback_path is not None else ())
 
     def apply_feedback_until(t_ms: int | None) -> None:
-        while pending_fb and (t_ms is None or pending_fb[-1].at_ms <= t_ms):
-            fb = pending_fb.pop()
+        for fb in schedule.due(t_ms):
             outcome, decisions = detection.apply_feedback(fb, store)
             res.feedback += 1
             publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
-            if outcome.release_command:
-                cancel = release_command(fb.identity, command_id=outcome.release_command,
-                                         reason=f"{fb.action}: {fb.reason}", by=fb.by,
-                                         now_ms=fb.at_ms)  # fmt: skip
+            cancel = release_message(fb, outcome, fb.at_ms)
+            if cancel is not None:
                 line = {"topic": "quarantine", "identity": fb.identity, "approval": "analyst",
                         "command": cancel}  # fmt: skip
                 outs.quarantine.write(msgspec.json.encode(line) + b"\n")

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import numpy as np
@@ -509,108 +509,53 @@ class Detection:
         st = self._fetch(uid, fb.at_ms, store)
         t = max(fb.at_ms, st.risk.updated_ms)
 
-        def done(outcome: str, detail: str, **kw: object) -> tuple[FeedbackOutcome, list[Decision]]:
-            return FeedbackOutcome(fb.uid, fb.action, uid, outcome, detail, **kw), []  # type: ignore[arg-type]
+        def outcome(kind: str, detail: str, **kw: Any) -> FeedbackOutcome:
+            return FeedbackOutcome(fb.uid, fb.action, uid, kind, detail, **kw)
 
         if fb.uid in st.feedback:
-            return done("duplicate", f"feedback {fb.uid} was already applied")
+            return outcome("duplicate", f"feedback {fb.uid} was already applied"), []
         inc = st.risk.incident
+        decisions: list[Decision] = []
         if fb.action == "suppress":
-            self.policy.suppress(
-                st.risk,
-                Suppression(
-                    identity=uid,
-                    feature=fb.feature,
-                    until_ms=fb.until_ms,
-                    reason=f"{fb.by}: {fb.reason}",
-                ),
-                t,
-            )
+            sup = Suppression(identity=uid, feature=fb.feature, until_ms=fb.until_ms,
+                              reason=f"{fb.by}: {fb.reason}")  # fmt: skip
+            self.policy.suppress(st.risk, sup, t)
             decisions = [d for d in [self.policy.tick(st.risk, t)] if d is not None]
-            what = fb.feature or "the whole identity"
-            outcome = FeedbackOutcome(
-                fb.uid,
-                fb.action,
-                uid,
-                "applied",
-                f"suppressed {what} until {fb.until_ms}",
-                finding_uid=inc.uid if inc else None,
-            )
+            done = outcome("applied", f"suppressed {fb.feature or 'the whole identity'} until "
+                           f"{fb.until_ms}", finding_uid=inc.uid if inc else None)  # fmt: skip
         elif inc is None or (inc.status_id == 0 and fb.action != "confirm"):
+            if not (fb.action == "release" and fb.finding_uid):
+                return outcome("no_incident", f"{uid} has no open incident"), []
             # Nothing alerted to act on; a release still cancels the finding's command.
-            if fb.action == "release" and fb.finding_uid:
-                outcome = FeedbackOutcome(
-                    fb.uid,
-                    fb.action,
-                    uid,
-                    "applied",
-                    "no open incident; cancelling the finding's command",
-                    finding_uid=fb.finding_uid,
-                    release_command=command_id_for(fb.finding_uid),
-                )
-                decisions = []
-            else:
-                return done("no_incident", f"{uid} has no open incident")
+            done = outcome("applied", "no open incident; cancelling the finding's command",
+                           finding_uid=fb.finding_uid,
+                           release_command=command_id_for(fb.finding_uid))  # fmt: skip
         elif fb.finding_uid and inc.uid and fb.finding_uid != inc.uid:
-            return done(
-                "finding_mismatch",
-                f"open incident is {inc.uid}, not {fb.finding_uid}",
-                finding_uid=inc.uid,
-            )
+            return outcome("finding_mismatch", f"open incident is {inc.uid}, not "
+                           f"{fb.finding_uid}", finding_uid=inc.uid), []  # fmt: skip
         elif fb.action == "confirm":
             d = self.policy.confirm(st.risk, t, f"compromise confirmed by {fb.by}: {fb.reason}")
             decisions = [d] if d is not None else []
-            outcome = FeedbackOutcome(
-                fb.uid,
-                fb.action,
-                uid,
-                "applied",
-                "incident quarantine-worthy, approved by the analyst",
-                finding_uid=st.risk.incident.uid if st.risk.incident else None,
-            )
+            after = st.risk.incident
+            done = outcome("applied", "incident quarantine-worthy, approved by the analyst",
+                           finding_uid=after.uid if after else None)  # fmt: skip
         elif fb.action == "false_positive":
-            first = inc.first_seen_ms
-            fid = inc.uid
-            quarantined = inc.quarantine
             d = self.policy.dismiss(st.risk, t, f"false positive ({fb.by}): {fb.reason}")
             decisions = [d] if d is not None else []
-            learned = 0
+            learned = self._learn_held(st, inc.first_seen_ms) if fb.learn_as_normal else 0
+            detail = "incident closed as a false positive"
             if fb.learn_as_normal:
-                keep = []
-                for raw in st.held:
-                    f = _FEATURES_DECODER.decode(raw)
-                    if f.time_ms >= first:
-                        self.baseline_model.learn_one(st.baseline, f)
-                        learned += 1
-                    else:
-                        keep.append(raw)
-                st.held = keep
-            outcome = FeedbackOutcome(
-                fb.uid,
-                fb.action,
-                uid,
-                "applied",
-                f"incident closed as a false positive; {learned} held event(s) learned as normal"
-                if fb.learn_as_normal
-                else "incident closed as a false positive",
-                finding_uid=fid,
-                learned=learned,
-                release_command=command_id_for(fid) if quarantined and fid else None,
-            )
+                detail += f"; {learned} held event(s) learned as normal"
+            done = outcome("applied", detail, finding_uid=inc.uid, learned=learned,
+                           release_command=command_id_for(inc.uid)
+                           if inc.quarantine and inc.uid else None)  # fmt: skip
         else:  # release
             inc.quarantine = False
             inc.emitted_quarantine = False
             st.risk.rev += 1
-            decisions = []
-            outcome = FeedbackOutcome(
-                fb.uid,
-                fb.action,
-                uid,
-                "applied",
-                "quarantine released; new evidence can quarantine again",
-                finding_uid=inc.uid,
-                release_command=command_id_for(inc.uid),
-            )
+            done = outcome("applied", "quarantine released; new evidence can quarantine again",
+                           finding_uid=inc.uid,
+                           release_command=command_id_for(inc.uid))  # fmt: skip
         st.feedback.append(fb.uid)
         if len(st.feedback) > FEEDBACK_SEEN_MAX:
             del st.feedback[0]
@@ -620,7 +565,20 @@ class Detection:
             self.open_incidents.add(uid)
         store[uid] = self.dump_state(st)
         self._decoded.pop(uid, None)
-        return outcome, decisions
+        return done, decisions
+
+    def _learn_held(self, st: IdentityState, since_ms: int) -> int:
+        """Learn the held events from ``since_ms`` on into the baseline; keep the older ones."""
+        keep, learned = [], 0
+        for raw in st.held:
+            f = _FEATURES_DECODER.decode(raw)
+            if f.time_ms >= since_ms:
+                self.baseline_model.learn_one(st.baseline, f)
+                learned += 1
+            else:
+                keep.append(raw)
+        st.held = keep
+        return learned
 
     def _peer_state(self, ev: Event, entry: DirectoryEntry | None) -> BaselineState:
         group = peer_group_key(ev, entry.peer_group if entry is not None else None)

@@ -30,6 +30,7 @@ import msgspec
 import numpy as np
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
+from joserfc.jwk import KeySet
 from mode import CrashingSupervisor
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -39,13 +40,13 @@ from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
 from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.explanations import Signal
+from pipeline.feedback import release_message
 from pipeline.feedback import verify as verify_feedback
 from pipeline.findings import build_finding, encode_finding
 from pipeline.kafka.ingest import IngestStats
 from pipeline.models.runtime import ModelRuntime
 from pipeline.policy import Decision
 from pipeline.quarantine.commands import sign as sign_command
-from pipeline.quarantine.decisions import release as release_command
 from pipeline.quarantine.policy import QuarantinePolicy, command_key
 from pipeline.reports import Report, config_report
 from pipeline.reports import encode as encode_report
@@ -277,6 +278,23 @@ def create_app(
             stats.quarantines += int(p.approval == "automatic")
             stats.approvals += int(p.approval != "automatic")
 
+    async def send_dead(event: Any, exc: InvalidEvent, now_ms: int) -> None:
+        """Bad input (an event, a feedback message) to the dead-letter topic, bytes intact."""
+        msg = event.message
+        dl = dead_letter(
+            exc, key=event.key, value=event.value, topic=msg.topic, partition=msg.partition,
+            offset=msg.offset, timestamp_ms=int(msg.timestamp * 1000), now_ms=now_ms,
+            source_headers=list(msg.headers or []),
+        )  # fmt: skip
+        try:
+            await bounded(dlq.send(key=dl.key, value=dl.value, headers=dl.headers))  # type: ignore[arg-type]
+        except Exception as send_error:
+            # faust commits the batch's offsets even when the agent crashes, so the
+            # record is kept on local disk before the worker goes down.
+            spill(spill_path, dl, send_error)
+            raise
+        stats.dead.add(msg.topic, dl.reason)
+
     async def handle(batch: Any) -> None:
         now_ms = int(time.time() * 1000)
         valid: list[Event] = []
@@ -288,19 +306,7 @@ def create_app(
             try:
                 ev = decoder.decode(value if value is not None else b"", now_ms)
             except InvalidEvent as exc:
-                dl = dead_letter(
-                    exc, key=event.key, value=value, topic=msg.topic, partition=msg.partition,
-                    offset=msg.offset, timestamp_ms=int(msg.timestamp * 1000), now_ms=now_ms,
-                    source_headers=list(msg.headers or []),
-                )  # fmt: skip
-                try:
-                    await bounded(dlq.send(key=dl.key, value=dl.value, headers=dl.headers))  # type: ignore[arg-type]
-                except Exception as send_error:
-                    # faust commits the batch's offsets even when the agent crashes, so the
-                    # record is kept on local disk before the worker goes down.
-                    spill(spill_path, dl, send_error)
-                    raise
-                stats.dead.add(msg.topic, dl.reason)
+                await send_dead(event, exc, now_ms)
                 continue
             if event.key != ev.identity_uid.encode():
                 await rekeyed.send(key=ev.identity_uid.encode(), value=value)
@@ -355,45 +361,39 @@ def create_app(
     async def apply_feedback(stream: Any) -> None:
         # Analyst decisions, keyed by identity: applied where the identity's state lives.
         async for batch in stream.take_events(100, within=settings.worker_batch_within_s):
+            keys: KeySet | None = None
+            missing = ""
+            try:  # read per batch, not per message: keys rotate, but not that often
+                keys = trusted_command_keys(settings)
+            except ConfigError as exc:  # no trusted keys: nobody's feedback counts
+                missing = str(exc)
             for event in batch:
-                await handle_feedback(event)
+                await handle_feedback(event, keys, missing)
 
-    async def handle_feedback(event: Any) -> None:
-        if True:
-            msg = event.message
-            now_ms = int(time.time() * 1000)
-            try:
-                fb = verify_feedback(event.value or b"", trusted_command_keys(settings),
-                                     now_ms=now_ms)  # fmt: skip
-            except (InvalidEvent, ConfigError) as exc:
-                if isinstance(exc, ConfigError):  # no trusted keys: nobody's feedback counts
-                    exc = InvalidEvent("no_trusted_keys", str(exc))
-                dl = dead_letter(
-                    exc, key=event.key, value=event.value, topic=msg.topic,
-                    partition=msg.partition, offset=msg.offset,
-                    timestamp_ms=int(msg.timestamp * 1000), now_ms=now_ms,
-                    source_headers=list(msg.headers or []),
-                )  # fmt: skip
-                await bounded(dlq.send(key=dl.key, value=dl.value, headers=dl.headers))  # type: ignore[arg-type]
-                stats.dead.add(msg.topic, dl.reason)
-                return
-            if event.key != fb.identity.encode():  # to the partition that owns the identity
-                await bounded(feedback_topic.send(key=fb.identity.encode(), value=event.value))
-                return
-            await changelog_metadata()
-            store.remember(fb.identity, event, {})
-            store.events = {fb.identity: event}
-            outcome, decisions = detection.apply_feedback(fb, store)
-            await publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
-            if outcome.release_command:
-                cancel = release_command(fb.identity, command_id=outcome.release_command,
-                                         reason=f"{fb.action}: {fb.reason}", by=fb.by,
-                                         now_ms=now_ms)  # fmt: skip
-                signed = sign_command(cancel, command_signer)
-                await bounded(quarantine_topic.send(key=fb.identity.encode(), value=signed))
-            await report(Report(f"feedback.{outcome.outcome}", service, now_ms,
-                                subject=fb.identity, reason=fb.action, detail=outcome.detail,
-                                requested=msgspec.to_builtins(fb)))  # fmt: skip
+    async def handle_feedback(event: Any, keys: KeySet | None, missing: str) -> None:
+        now_ms = int(time.time() * 1000)
+        try:
+            if keys is None:
+                raise InvalidEvent("no_trusted_keys", missing)
+            fb = verify_feedback(event.value or b"", keys, now_ms=now_ms)
+        except InvalidEvent as exc:
+            await send_dead(event, exc, now_ms)
+            return
+        if event.key != fb.identity.encode():  # to the partition that owns the identity
+            await bounded(feedback_topic.send(key=fb.identity.encode(), value=event.value))
+            return
+        await changelog_metadata()
+        store.remember(fb.identity, event, {})
+        store.events = {fb.identity: event}
+        outcome, decisions = detection.apply_feedback(fb, store)
+        await publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
+        cancel = release_message(fb, outcome, now_ms)
+        if cancel is not None:
+            signed = sign_command(cancel, command_signer)
+            await bounded(quarantine_topic.send(key=fb.identity.encode(), value=signed))
+        await report(Report(f"feedback.{outcome.outcome}", service, now_ms,
+                            subject=fb.identity, reason=fb.action, detail=outcome.detail,
+                            requested=msgspec.to_builtins(fb)))  # fmt: skip
 
     async def detect(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -432,17 +432,18 @@ def create_app(
         async def on_agent_models(values: list[bytes], catching_up: bool) -> None:
             # Registry updates accumulate: all of them apply, in order (apply is idempotent).
             # Catching up, they were reported when they first arrived; only live ones are.
-            # Only updates signed by a trusted command key count (re-read: keys rotate).
+            # Only updates signed by a trusted command key count (re-read per delivery: keys
+            # rotate).
+            try:
+                keys = trusted_command_keys(settings)
+            except ConfigError as exc:
+                log.error("%d agent model update(s) not applied: %s", len(values), exc)
+                if not catching_up:
+                    await report(Report("agent_model.refused", service, int(time.time() * 1000),
+                                        reason="no_trusted_keys", detail=str(exc)))  # fmt: skip
+                return
             for value in values:
                 now = int(time.time() * 1000)
-                try:
-                    keys = trusted_command_keys(settings)
-                except ConfigError as exc:
-                    log.error("agent model update not applied: %s", exc)
-                    if not catching_up:
-                        await report(Report("agent_model.refused", service, now,
-                                            reason="no_trusted_keys", detail=str(exc)))  # fmt: skip
-                    continue
                 try:
                     change = agent_models.apply(verify_agent_model_update(value, keys))
                 except InvalidAgentModelUpdate as exc:
