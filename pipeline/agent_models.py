@@ -10,7 +10,8 @@ registered build records its provenance and approval:
 * ``status`` - ``approved`` (default) or ``revoked``; ``approved_by``; ``revoked_reason`` and
   ``revoked_by`` once revoked.
 
-The registry is loaded from ``models/agent-models.yaml`` (:func:`load_agent_model_registry`;
+The registry is loaded from a YAML file such as ``models/examples/agent-models.yaml``
+(:func:`load_agent_model_registry`;
 the older ``name``/``version``/``digest``-only entries still load: they are approved builds
 without provenance) and changed at run time by :class:`AgentModelUpdate` messages from a control
 topic: :func:`decode_update` validates one message, :meth:`AgentModelRegistry.apply` applies it
@@ -429,13 +430,13 @@ def _describe(update: AgentModelUpdate, old: RegisteredModel | None, new: Regist
 
 
 def load_agent_model_registry(path: Path | str) -> AgentModelRegistry:
-    """Read ``models/agent-models.yaml``: ``models:`` (or a bare list) of registered builds.
+    """Read a registry YAML: ``models:`` (or a bare list) of registered builds.
 
     Every scalar is read as a string (YAML's BaseLoader), so ``version: 3.10`` stays "3.10".
     A malformed file raises ``ValueError``.
 
     >>> from pipeline.config import REPO_ROOT
-    >>> reg = load_agent_model_registry(REPO_ROOT / "models" / "agent-models.yaml")
+    >>> reg = load_agent_model_registry(REPO_ROOT / "models" / "examples" / "agent-models.yaml")
     >>> len(reg) >= 8, all(m.trained_by and m.lineage for m in reg)
     (True, True)
     """

@@ -311,21 +311,40 @@ def ingest(
               help="Write report.md, metrics.json and PNG plots into this directory.")
 @click.option("--feedback", "feedback_path", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Analyst feedback JSONL, replayed at each one's at_ms.")
+@click.option("--no-directory", is_flag=True,
+              help="Simulated runs: score without the population's identity directory "
+              "(a deployment on day one).")
+@click.option("--sweep", is_flag=True,
+              help="Run every --worlds x --seeds, with and without a directory, in one table.")
+@click.option("--worlds", default="all", show_default=True,
+              help="Sweep: comma-separated worlds (sim:<profile>, agentdojo) or 'all'.")
+@click.option("--seeds", default="1,2", show_default=True, help="Sweep: comma-separated seeds.")
 @click.pass_context
 def evaluate(
     ctx: click.Context, identities: int, duration: float, seed: int, events_path: str | None,
     labels_path: str | None, event_labels_path: str | None, directory_path: str | None,
-    out_dir: Path | None, feedback_path: str | None,
+    out_dir: Path | None, feedback_path: str | None, no_directory: bool, sweep: bool,
+    worlds: str, seeds: str,
 ) -> None:
     """Detection quality per attack scenario on labelled traffic (same code as the worker)."""
     from pipeline.evaluate import run_evaluation
 
+    if sweep:
+        from pipeline.sweep import run_sweep, world_names
+
+        names = world_names() if worlds == "all" else [w.strip() for w in worlds.split(",")]
+        modes = (False,) if no_directory else (False, True)
+        run_sweep(_settings(ctx), names, [int(x) for x in seeds.split(",")],
+                  identities=identities, duration_s=duration, directory_modes=modes,
+                  out_dir=out_dir, echo=click.echo)  # fmt: skip
+        return
     if events_path and not labels_path:
         raise click.UsageError("--events needs --labels")
     run_evaluation(_settings(ctx), events_path=events_path, labels_path=labels_path,
                    event_labels_path=event_labels_path, directory_path=directory_path,
                    identities=identities, duration_s=duration, seed=seed, out_dir=out_dir,
-                   echo=click.echo, feedback_path=feedback_path)
+                   echo=click.echo, feedback_path=feedback_path,
+                   with_directory=not no_directory)
 
 
 @main.command()

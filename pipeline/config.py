@@ -112,7 +112,18 @@ class Settings:
         3600.0, "Quiet period (risk below the close threshold) that closes an incident"
     )
     finding_update_interval_s: float = _setting(
-        300.0, "Emit finding updates at most this often, unless risk level rises or a rule fires"
+        1800.0,
+        "Update an open finding at most this often, unless its severity or risk level rises or "
+        "a new kind of evidence joins it",
+    )
+    incident_habituate_after_s: float = _setting(
+        86_400.0,
+        "An incident still open after this long without analyst confirmation is a baseline that "
+        "failed to learn: it closes as habituated, its held events are learned and its evidence "
+        "is suppressed for the identity for incident_habituate_suppress_s (recorded)",
+    )
+    incident_habituate_suppress_s: float = _setting(
+        7 * 86_400.0, "How long a habituated incident's evidence stays suppressed"
     )
     suppressions_file: str = _setting(
         "", "YAML/JSON list of suppressions {identity, feature, until, reason}; empty = none"
@@ -123,9 +134,15 @@ class Settings:
         "", "Identity directory JSONL (peer groups, sensitivity ceilings, approved models)"
     )
     model_allowlist_file: str = _setting(
-        str(REPO_ROOT / "models" / "agent-models.yaml"),
-        "Agent model registry (name, version, digest, trainer, lineage, approved/revoked), "
-        "updated live by agent_models_topic; empty = pin the first digest seen",
+        "",
+        "Agent model registry YAML (name, version, digest, trainer, lineage, approved/revoked), "
+        "updated live by agent_models_topic; empty = none (each agent's first digest is pinned; "
+        "models/examples/agent-models.yaml describes the simulator's builds)",
+    )
+    agent_models_enforce: bool = _setting(
+        False,
+        "Treat agent models the registry does not list as model_provenance violations; false = "
+        "pin them per agent and report each new (name, version, digest) once as inventory",
     )
 
     state_cache_size: int = _setting(

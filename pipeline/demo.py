@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
-from pipeline.config import Settings, env_var
+from pipeline.config import REPO_ROOT, Settings, env_var
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.clients import base_config, group_lag, make_producer
 from pipeline.kafka.topics import apply_topics, load_topics
@@ -48,10 +48,17 @@ def alert_line(finding: dict[str, Any]) -> str:
     )
 
 
+EXAMPLE_AGENT_MODELS = REPO_ROOT / "models" / "examples" / "agent-models.yaml"
+
+
 def _worker_env(settings: Settings, directory: Path) -> dict[str, str]:
     env = dict(os.environ)
     env[env_var("bootstrap")] = settings.bootstrap_servers
     env[env_var("directory_file")] = str(directory)
+    # The demo's world is the simulator's: its agent-model builds are registered in the
+    # example registry (a deployment brings its own, or none).
+    if not settings.model_allowlist_file:
+        env[env_var("model_allowlist_file")] = str(EXAMPLE_AGENT_MODELS)
     env[env_var("broker_port")] = str(settings.broker_port)
     env[env_var("broker_state_dir")] = str(settings.broker_state_path)
     return env

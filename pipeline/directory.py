@@ -25,7 +25,8 @@ Only ``uid`` and ``kind`` are required. Fields:
 Identities missing from the directory are allowed: rules then fall back to per-kind defaults and
 to what they learn per identity.
 
-The agent-model registry (``models/agent-models.yaml``) lives in :mod:`pipeline.agent_models`;
+The agent-model registry (e.g. ``models/examples/agent-models.yaml``) lives in
+:mod:`pipeline.agent_models`;
 ``ApprovedModel``, ``ModelAllowlist`` and ``load_model_allowlist`` are kept here as aliases of
 :class:`~pipeline.agent_models.RegisteredModel`, :class:`~pipeline.agent_models.AgentModelRegistry`
 and :func:`~pipeline.agent_models.load_agent_model_registry`.
@@ -209,5 +210,5 @@ def write_entries(entries: Iterable[DirectoryEntry], path: Path | str) -> int:
 ApprovedModel = RegisteredModel
 #: The agent-model registry (was: the allow-list of approved digests by name and version).
 ModelAllowlist = AgentModelRegistry
-#: Read ``models/agent-models.yaml`` into a :class:`~pipeline.agent_models.AgentModelRegistry`.
+#: Read a registry YAML into a :class:`~pipeline.agent_models.AgentModelRegistry`.
 load_model_allowlist = load_agent_model_registry

@@ -75,6 +75,7 @@ __all__ = [
     "average_precision",
     "compare",
     "evaluate",
+    "evaluate_as_worker",
     "p90",
     "roc_auc",
     "run_evaluation",
@@ -348,6 +349,30 @@ class Evaluation:
     row_results: list[RowResult] = field(default_factory=list)
     model: dict[str, str] | None = None  # detection.model_ref at the end
     source: str = ""  # what was evaluated, in words
+    # Per alerted incident (finding uid): update decisions and contain commands it produced.
+    updates: dict[str, int] = field(default_factory=dict)
+    contains: dict[str, int] = field(default_factory=dict)
+    # Benign identities (no labels row) that were sent a contain command: identity -> number
+    # of distinct incidents that contained them.
+    benign_contained: dict[str, int] = field(default_factory=dict)
+    inventory: int = 0  # informational inventory findings (new agent model builds)
+
+    @property
+    def contains_per_incident_max(self) -> int:
+        return max(self.contains.values(), default=0)
+
+    @property
+    def contains_per_contained_incident(self) -> float:
+        sent = [v for v in self.contains.values() if v]
+        return sum(sent) / len(sent) if sent else 0.0
+
+    @property
+    def updates_per_incident_max(self) -> int:
+        return max(self.updates.values(), default=0)
+
+    @property
+    def benign_quarantined_twice(self) -> int:
+        return sum(1 for v in self.benign_contained.values() if v > 1)
 
     @property
     def false_per_1000_identity_days(self) -> float:
@@ -425,6 +450,13 @@ class Evaluation:
             f"events): ROC-AUC/PR-AUC columns score the calibrated score; all, rule → 1.0: "
             f"{_f(roc, 3)} / {_f(pr, 3)}; mean of scenarios: {_f(m_roc, 3)} / {_f(m_pr, 3)}"
         )
+        out.append(
+            f"incidents: finding updates max {self.updates_per_incident_max}; contain commands "
+            f"per contained incident {self.contains_per_contained_incident:.1f} (max "
+            f"{self.contains_per_incident_max}); benign identities contained "
+            f"{len(self.benign_contained)} ({self.benign_quarantined_twice} more than once); "
+            f"inventory findings {self.inventory}"
+        )
         out.append(f"{self.events:,} events scored in {self.seconds:.1f} s "
                    f"({self.events_per_s:,.0f} events/s, one process)")  # fmt: skip
         return out
@@ -453,6 +485,12 @@ class Evaluation:
             "false_alerts": float(self.false_alerts),
             "precision": self.precision,
             "false_alerts_per_1000_identity_days": self.false_per_1000_identity_days,
+            "finding_updates_per_incident_max": float(self.updates_per_incident_max),
+            "contains_per_contained_incident": self.contains_per_contained_incident,
+            "contains_per_incident_max": float(self.contains_per_incident_max),
+            "benign_identities_contained": float(len(self.benign_contained)),
+            "benign_identities_contained_twice": float(self.benign_quarantined_twice),
+            "inventory_findings": float(self.inventory),
             "malicious_events": float(t.malicious_events),
             "event_prevalence": t.malicious_events / self.events if self.events else math.nan,
         }
@@ -593,6 +631,13 @@ def evaluate(
     rule_parts: list[B] = []
     code_parts: list[npt.NDArray[np.int16]] = []
     n = 0
+    updates: dict[str, int] = {}
+    contains: dict[str, int] = {}
+    contained: dict[str, set[str]] = {}
+    inventory = 0
+    from pipeline.quarantine.policy import QuarantinePolicy
+
+    quarantine = QuarantinePolicy(duration_ms=1)  # only its wants(): which decisions contain
     t0 = time.perf_counter()
     for chunk, result in run_offline(
         events, detection, batch=batch, swap_in=swap_in, swap_after=swap_after, feedback=feedback
@@ -616,6 +661,16 @@ def evaluate(
             )
             code_parts.append(np.asarray(labeller.codes(result), dtype=np.int16))
         for d in result.decisions:
+            if d.action == "create" and not d.is_alert and not d.risk_level_id and d.rules \
+                    and d.rules[0].rule == "model_inventory":
+                inventory += 1
+                continue
+            if d.action == "update":
+                updates[d.finding_uid] = updates.get(d.finding_uid, 0) + 1
+            if quarantine.wants(d):
+                contains[d.finding_uid] = contains.get(d.finding_uid, 0) + 1
+                if d.identity_uid not in attacked:
+                    contained.setdefault(d.identity_uid, set()).add(d.finding_uid)
             if d.is_alert and d.action in ("create", "update"):
                 alerting[d.identity_uid].append((d.time_ms, d.finding_uid))
                 seen = opened.get(d.finding_uid)
@@ -692,6 +747,10 @@ def evaluate(
         row_results=results,
         model=detection.model_ref,
         source=source,
+        updates={f: updates.get(f, 0) for f in opened},
+        contains={f: contains.get(f, 0) for f in opened},
+        benign_contained={k: len(v) for k, v in contained.items()},
+        inventory=inventory,
     )
 
 
@@ -712,6 +771,39 @@ def compare(evaluations: Mapping[str, Evaluation], keys: Sequence[str] | None = 
 
 
 # --- the command -------------------------------------------------------------------------------
+def evaluate_as_worker(
+    settings: Settings,
+    events: Sequence[Event],
+    labels: list[LabelRow],
+    *,
+    event_labels: Iterable[EventLabel] | None = None,
+    directory: Directory | None = None,
+    source: str = "",
+    feedback: Iterable[Feedback] = (),
+    echo: Callable[[str], None] = print,
+) -> Evaluation:
+    """:func:`evaluate` with the model the worker would score with (the promoted one,
+    verified, adopted after the warm-up) in the worker's batch size."""
+    from pipeline.models.runtime import ModelRuntime
+
+    detection = Detection(settings, directory=directory)
+    runtime = ModelRuntime(settings, "evaluate")
+    for r in runtime.start(detection):
+        echo(f"model: {r.kind} {r.detail or ''}".rstrip())
+    swap_in = runtime.pending[0] if runtime.pending is not None else None
+    return evaluate(
+        events,
+        labels,
+        detection,
+        event_labels=event_labels,
+        source=source,
+        swap_in=swap_in,
+        swap_after=settings.model_warmup_events,
+        batch=settings.worker_batch,
+        feedback=feedback,
+    )
+
+
 def run_evaluation(
     settings: Settings,
     *,
@@ -726,6 +818,7 @@ def run_evaluation(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     feedback_path: Path | str | None = None,
+    with_directory: bool = True,
 ) -> Evaluation:
     """``custos evaluate``: simulate (or read ``events_path``), evaluate, print, write outputs.
 
@@ -775,30 +868,16 @@ def run_evaluation(
         events = [decoder.decode(value) for _, _, value, _ in sim.events(progress=progress)]
         labels = sim.label_rows()
         event_labels = sim.event_labels()
-        directory = population_directory(identities, seed)
+        directory = population_directory(identities, seed) if with_directory else None
         source = (f"simulated: {identities:,} identities, {duration_s / 3600:g} h, "
-                  f"seed {seed}")  # fmt: skip
+                  f"seed {seed}{'' if with_directory else ', no directory'}")  # fmt: skip
     echo(f"{len(events):,} events, {len(labels)} labels rows ready in "
          f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
-    # The model the worker would score with: the promoted one, verified, after the warm-up.
-    from pipeline.models.runtime import ModelRuntime
-
-    detection = Detection(settings, directory=directory)
-    runtime = ModelRuntime(settings, "evaluate")
-    for r in runtime.start(detection):
-        echo(f"model: {r.kind} {r.detail or ''}".rstrip())
-    swap_in = runtime.pending[0] if runtime.pending is not None else None
-    result = evaluate(
-        events,
-        labels,
-        detection,
-        event_labels=event_labels,
-        source=source,
-        swap_in=swap_in,
-        swap_after=settings.model_warmup_events,
-        batch=settings.worker_batch,
-        feedback=read_feedback(feedback_path) if feedback_path else (),
-    )
+    result = evaluate_as_worker(
+        settings, events, labels, event_labels=event_labels, directory=directory,
+        source=source, feedback=read_feedback(feedback_path) if feedback_path else (),
+        echo=echo,
+    )  # fmt: skip
     for line in result.table():
         echo(line)
     if out_dir is not None:

@@ -5,10 +5,17 @@ scikit-learn, the score is not the decision threshold). Per identity it keeps a 
 :class:`RiskState`: a risk in [0, 100] that decays exponentially with *event* time, and at most
 one incident. Anomalous events (score at or above the noise floor) and Zero Trust rule hits add
 risk; once risk reaches the alert threshold (or a Critical rule fires) the incident opens a
-finding (``create``), later evidence refreshes it (``update``, rate-limited; a Critical rule
-firing again updates within ``critical_update_interval_s``, so a lapsed or released quarantine
-is re-issued at once) and a quiet period closes it (``close``). The next alert opens a new
-finding uid.
+finding (``create``), later evidence refreshes it (``update``: when its risk level rises, a
+new kind of evidence - a rule or a feature not in it yet - joins, or at most every
+``update_interval_s`` otherwise) and a quiet period closes it (``close``). The next alert opens
+a new finding uid. A quarantine-worthy incident asks for **one** contain command
+(``Decision.contain``); it is re-issued only within ``contain_renew_s`` of lapsing
+(``quarantine_duration_s``), while the incident is open, not released and still gathering
+evidence. An incident that stays open for ``habituate_after_s`` without an analyst confirming
+it is a baseline that failed to learn, not an attack in progress: it closes as *habituated*,
+its features and High rules are suppressed for the identity for ``habituate_suppress_s``
+(visible in the close and in the state), and events anomalous only in those features are
+learned again (:meth:`RiskPolicy.habituated`). Critical rules never habituate.
 
 Risk model (defaults in brackets; every one is a constructor argument and a setting):
 
@@ -17,7 +24,8 @@ Risk model (defaults in brackets; every one is a constructor argument and a sett
   by the share of its contribution weight that is not suppressed; below the floor it adds nothing;
   the share of its contribution weight on features already in the open incident counts only
   ``repeat_weight`` [1.0; settings 0.25]: the same harmless change repeated (one new network,
-  one job failing) is not corroboration, a second and different anomaly is;
+  one job failing) is not corroboration, a second and different anomaly is; the same holds for
+  a rule already in the incident firing again;
 - a rule adds ``rule_risk[severity_id]`` [High 30, settings 40; Critical 100]; a Critical rule
   also lifts risk to at least the quarantine threshold, so it alerts at once and is
   quarantine-worthy;
@@ -71,6 +79,7 @@ __all__ = [
     "RiskState",
     "Suppression",
     "finding_uid",
+    "inventory_decision",
     "load_suppressions",
 ]
 
@@ -90,6 +99,7 @@ STATUS_RESOLVED: Final = 4
 MAX_STATE_SUPPRESSIONS: Final = 8  # analyst suppressions kept in one identity's state
 
 _CRITICAL: Final = 5  # OCSF severity_id Critical
+_HABITUATED: Final = "habituated"  # reason prefix of the suppressions habituation adds
 _RISK_LEVELS: Final = ("Info", "Low", "Medium", "High", "Critical")
 # Stable namespace: finding uids are uuid5(identity, first event uid), identical on replay.
 _FINDING_NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/finding")
@@ -169,6 +179,10 @@ class Incident(msgspec.Struct, array_like=True, gc=False):
     emitted_level: int = 0  # risk level of the last emitted decision
     emitted_quarantine: bool = False
     credentials: list[str] = []  # credential uids seen in the evidence, most recent last
+    contain_ms: int = -1  # event time the incident's contain command was last (re)issued
+    released: bool = False  # an analyst released the quarantine: no command until new evidence
+    confirmed: bool = False  # an analyst confirmed the compromise: never habituated
+    evidence_ms: int = -1  # event time of the latest evidence (risk added or a rule fired)
 
 
 class RiskState(msgspec.Struct, array_like=True, gc=False):
@@ -246,6 +260,12 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     suppressed_by: str | None = None  # reason of the identity suppression, if any
     closed: Decision | None = None
     credentials: tuple[str, ...] = ()  # credential uids in the evidence (quarantine targets)
+    # (Re)issue the incident's one contain command now: on becoming quarantine-worthy, then only
+    # shortly before the last one lapses while new evidence keeps coming (never per re-detection).
+    contain: bool = False
+    # Closed because it stayed open past habituate_after_s unconfirmed: the baseline failed to
+    # learn; the caller learns the held events (its evidence is suppressed for a while).
+    habituated: bool = False
 
     def flatten(self) -> tuple[Decision, ...]:
         """The decisions to emit, in order (the overdue close first, if any)."""
@@ -339,7 +359,9 @@ class RiskPolicy:
     __slots__ = (
         "_by_identity",
         "_close_after_ms",
-        "_critical_interval_ms",
+        "_contain_renew_ms",
+        "_duration_ms",
+        "_habituate_ms",
         "_half_life_ms",
         "_interval_ms",
         "_rule_risk",
@@ -348,8 +370,10 @@ class RiskPolicy:
         "alert_threshold",
         "close_after_s",
         "close_threshold",
-        "critical_update_interval_s",
+        "contain_renew_s",
         "gain",
+        "habituate_after_s",
+        "habituate_suppress_s",
         "half_life_s",
         "level_thresholds",
         "max_contributions",
@@ -360,6 +384,7 @@ class RiskPolicy:
         "max_risk",
         "max_rules",
         "noise_floor",
+        "quarantine_duration_s",
         "quarantine_threshold",
         "repeat_weight",
         "rule_risk",
@@ -380,8 +405,11 @@ class RiskPolicy:
         level_thresholds: tuple[float, float, float, float] = (20.0, 40.0, 60.0, 80.0),
         close_threshold: float = 10.0,
         close_after_s: float = 3600.0,
-        update_interval_s: float = 300.0,
-        critical_update_interval_s: float = 5.0,
+        update_interval_s: float = 1800.0,
+        quarantine_duration_s: float = 3600.0,
+        contain_renew_s: float = 300.0,
+        habituate_after_s: float = 86_400.0,
+        habituate_suppress_s: float = 7 * 86_400.0,
         max_risk: float = 100.0,
         suppressions: Iterable[Suppression] = (),
         max_events: int = 20,
@@ -406,7 +434,10 @@ class RiskPolicy:
         self.close_threshold = float(close_threshold)
         self.close_after_s = float(close_after_s)
         self.update_interval_s = float(update_interval_s)
-        self.critical_update_interval_s = float(critical_update_interval_s)
+        self.quarantine_duration_s = float(quarantine_duration_s)
+        self.contain_renew_s = float(contain_renew_s)
+        self.habituate_after_s = float(habituate_after_s)
+        self.habituate_suppress_s = float(habituate_suppress_s)
         self.max_risk = float(max_risk)
         self.suppressions = tuple(suppressions)
         self.max_events = max_events
@@ -419,7 +450,9 @@ class RiskPolicy:
         self._half_life_ms = self.half_life_s * 1000.0
         self._close_after_ms = round(self.close_after_s * 1000.0)
         self._interval_ms = round(self.update_interval_s * 1000.0)
-        self._critical_interval_ms = round(self.critical_update_interval_s * 1000.0)
+        self._duration_ms = round(self.quarantine_duration_s * 1000.0)
+        self._contain_renew_ms = round(min(self.contain_renew_s, self.quarantine_duration_s) * 1000)
+        self._habituate_ms = round(self.habituate_after_s * 1000.0)
         self._rule_risk = self.rule_risk
         # Suppression index: per identity, and feature rules that apply to every identity.
         by_identity: dict[str, list[Suppression]] = {}
@@ -452,6 +485,10 @@ class RiskPolicy:
             problems.append("level_thresholds must be 4 non-decreasing values")
         if self.close_after_s < 0 or self.update_interval_s < 0:
             problems.append("close_after_s and update_interval_s must be >= 0")
+        if not self.quarantine_duration_s > 0 or self.contain_renew_s < 0:
+            problems.append("quarantine_duration_s must be > 0 and contain_renew_s >= 0")
+        if not self.habituate_after_s > 0 or self.habituate_suppress_s < 0:
+            problems.append("habituate_after_s must be > 0 and habituate_suppress_s >= 0")
         if self.max_events < 2:  # the first event is always kept, plus at least the latest
             problems.append("max_events must be >= 2")
         if min(self.max_contributions, self.max_rules, self.max_rationales) < 1:
@@ -486,6 +523,9 @@ class RiskPolicy:
             "close_threshold": settings.risk_close_threshold,
             "close_after_s": settings.incident_close_after_s,
             "update_interval_s": settings.finding_update_interval_s,
+            "quarantine_duration_s": settings.quarantine_duration_s,
+            "habituate_after_s": settings.incident_habituate_after_s,
+            "habituate_suppress_s": settings.incident_habituate_suppress_s,
             "suppressions": (*loaded, *suppressions),
         }
         kwargs.update(overrides)
@@ -518,10 +558,38 @@ class RiskPolicy:
         inc = state.incident
         if inc is None:
             return None
-        due = inc.quiet_ms + self._close_after_ms
+        due = min(inc.quiet_ms + self._close_after_ms, self._habituate_due(inc))
         if inc.pending and inc.status_id != _CANDIDATE:
             due = min(due, inc.last_emit_ms + self._interval_ms)
+        renew = self._renew_due(inc)
+        if renew is not None:
+            due = min(due, renew)
         return due
+
+    def _habituate_due(self, inc: Incident) -> int:
+        if inc.confirmed or any(r.severity_id >= _CRITICAL for r in inc.rules):
+            return 2**62
+        return inc.first_seen_ms + self._habituate_ms
+
+    def _renew_due(self, inc: Incident) -> int | None:
+        """When the contain command must be re-issued (None: it must not be)."""
+        if inc.contain_ms < 0 or not inc.quarantine or inc.released:
+            return None
+        if inc.evidence_ms <= inc.contain_ms:
+            return None  # nothing new since the command: let it lapse, the analyst decides
+        return inc.contain_ms + self._duration_ms - self._contain_renew_ms
+
+    def habituated(self, state: RiskState, score: Score) -> bool:
+        """True when ``score``'s anomaly lies only in features its identity habituated to.
+
+        Such events are learned (the baseline catches up) although they score high.
+        """
+        if score.rules or not score.contributions or not state.suppressions:
+            return False
+        names = {s.feature for s in state.suppressions
+                 if s.feature is not None and s.reason.startswith(_HABITUATED)
+                 and s.applies(score.time_ms)}  # fmt: skip
+        return all(c.feature in names for c in score.contributions)
 
     def identity_suppression(
         self, identity_uid: str, time_ms: int, state: RiskState | None = None
@@ -562,11 +630,24 @@ class RiskPolicy:
         inc.quiet_ms = max(inc.quiet_ms, now + math.ceil(
             self._half_life_ms * math.log2(state.risk / self.close_threshold)))  # fmt: skip
         inc.quarantine = True
+        inc.confirmed = True
+        inc.released = False
+        inc.contain_ms = -1  # an analyst's decision: its command goes out now
         action: Action = "update"
         if inc.status_id == _CANDIDATE:
             inc.uid = finding_uid(inc.identity_uid, inc.events[0] if inc.events else str(t))
             action = "create"
         return self._emit(state, inc, action, t, why, None)
+
+    def release(self, state: RiskState) -> None:
+        """An analyst released the quarantine: no contain again until a new kind of evidence."""
+        inc = state.incident
+        if inc is None:
+            return
+        inc.quarantine = False
+        inc.emitted_quarantine = False
+        inc.released = True
+        state.rev += 1
 
     def dismiss(self, state: RiskState, t: int, why: str) -> Decision | None:
         """An analyst marked the incident a false positive: close it, risk back to zero."""
@@ -613,8 +694,15 @@ class RiskPolicy:
             return None
         if now_ms >= inc.quiet_ms + self._close_after_ms:
             return self._close(state, inc, now_ms)
+        if now_ms >= self._habituate_due(inc):
+            return self._habituate(state, inc, now_ms)
         if inc.status_id == _CANDIDATE:
             return None
+        renew = self._renew_due(inc)
+        if renew is not None and now_ms >= renew:
+            sup = self.identity_suppression(inc.identity_uid, now_ms, state)
+            return self._emit(state, inc, "update", now_ms, "quarantine renewed: evidence "
+                              "continued since the last contain command", sup)  # fmt: skip
         sup = (
             self.identity_suppression(inc.identity_uid, now_ms, state)
             if self._suppressions or state.suppressions
@@ -633,6 +721,8 @@ class RiskPolicy:
         """A non-anomalous event while an incident is open: maybe close or flush it."""
         if t >= inc.quiet_ms + self._close_after_ms:
             return self._close(state, inc, t)
+        if t >= self._habituate_due(inc):
+            return self._habituate(state, inc, t)
         if (
             inc.pending
             and inc.status_id != _CANDIDATE
@@ -653,6 +743,9 @@ class RiskPolicy:
         if inc is not None and t >= inc.quiet_ms + self._close_after_ms:
             closed = self._close(state, inc, t)  # overdue: the tick has not run yet
             inc = None
+        elif inc is not None and t >= self._habituate_due(inc):
+            closed = self._habituate(state, inc, t)
+            inc = None  # its new suppressions apply to this event below
 
         sup: Suppression | None = None
         sup_features: frozenset[str] = frozenset()
@@ -689,12 +782,16 @@ class RiskPolicy:
             contributions = ()
         rules: list[RuleHit] = []
         critical = False
+        known_rules = {r.rule for r in inc.rules} if inc is not None else set()
         for r in score.rules:
             if r.rule in sup_features:
                 suppressed = True
                 continue
             rules.append(r)
-            add += self._rule_risk.get(r.severity_id, 0.0)
+            # A rule already in the incident firing again is the same fact again, not a
+            # second one (Critical rules still lift risk to the quarantine threshold below).
+            w = self.repeat_weight if r.rule in known_rules else 1.0
+            add += w * self._rule_risk.get(r.severity_id, 0.0)
             critical = critical or r.severity_id >= _CRITICAL
 
         if not anomalous and not rules:  # all noise or all suppressed: nothing to add
@@ -718,14 +815,19 @@ class RiskPolicy:
         if inc is None:
             inc = Incident(score.identity_uid, score.identity_kind, t, t, now)
             state.incident = inc
-        new_rule = self._merge(inc, score, contributions, rules, anomalous, suppressed)
+        new_rule, new_features = self._merge(
+            inc, score, contributions, rules, anomalous, suppressed
+        )
+        inc.evidence_ms = max(inc.evidence_ms, t)
+        if inc.released and new_rule:
+            inc.released = False  # a new kind of rule after a release: contain may go out again
         if risk > inc.peak_risk:
             inc.peak_risk = risk
         if risk >= self.close_threshold:  # when will it fall below the close threshold?
             inc.quiet_ms = now + math.ceil(
                 self._half_life_ms * math.log2(risk / self.close_threshold)
             )
-        if critical or risk >= self.quarantine_threshold:
+        if (critical or risk >= self.quarantine_threshold) and not inc.released:
             inc.quarantine = True
         inc.pending = True
 
@@ -751,12 +853,10 @@ class RiskPolicy:
                 reason = "quarantine-worthy"
             elif (sup is not None) != (inc.status_id == STATUS_SUPPRESSED):
                 reason = "identity suppressed" if sup is not None else "suppression ended"
-            elif critical and t - inc.last_emit_ms >= self._critical_interval_ms:
-                # A Critical rule again: containment must not wait for the periodic update
-                # (the last quarantine may have expired or been released meanwhile).
-                reason = "Critical rule again: " + ", ".join(
-                    r.rule for r in rules if r.severity_id >= _CRITICAL
-                )
+            elif (renew := self._renew_due(inc)) is not None and t >= renew:
+                reason = "quarantine renewed: evidence continued since the last contain command"
+            elif new_features:
+                reason = "new evidence: " + ", ".join(new_features)
             elif t - inc.last_emit_ms >= self._interval_ms:
                 reason = "new evidence (periodic update)"
             if reason:
@@ -776,8 +876,9 @@ class RiskPolicy:
         rules: list[RuleHit],
         anomalous: bool,
         suppressed: bool,
-    ) -> list[str]:
-        """Fold one event's evidence into the bounded incident summary; return new rule names."""
+    ) -> tuple[list[str], list[str]]:
+        """Fold one event's evidence into the bounded incident summary; return the names of
+        rules and of contribution features new to the incident."""
         t = score.time_ms
         if t < inc.first_seen_ms:
             inc.first_seen_ms = t
@@ -798,6 +899,10 @@ class RiskPolicy:
                 inc.confidence = score.score
             if contributions:
                 merged = {x.feature: x for x in inc.contributions}
+                # A new kind of evidence: the first behavioural evidence on an incident that
+                # had only rules (each further feature waits for the periodic update).
+                new_features = [] if merged else [x.feature for x in contributions
+                                                  if x.weight >= 0.5]  # fmt: skip
                 for x in contributions:
                     old = merged.get(x.feature)
                     if old is None or x.weight >= old.weight:  # strongest, latest on ties
@@ -805,6 +910,8 @@ class RiskPolicy:
                 top = sorted(merged.values(), key=lambda x: x.weight, reverse=True)
                 inc.contributions = top[: self.max_contributions]
         new_rules: list[str] = []
+        if not (anomalous and contributions):
+            new_features = []
         if rules:
             c.rule_hits += len(rules)
             inc.confidence = 1.0  # a rule checks facts, not likelihoods
@@ -829,7 +936,7 @@ class RiskPolicy:
                 if len(inc.rationales) >= self.max_rationales:
                     del inc.rationales[0]
                 inc.rationales.append(why)
-        return new_rules
+        return new_rules, new_features
 
     def _severity(self, inc: Incident) -> int:
         severity = self.severity_of(inc.peak_risk)
@@ -853,6 +960,12 @@ class RiskPolicy:
         else:
             status = STATUS_NEW if action == "create" else STATUS_IN_PROGRESS
         quarantine = inc.quarantine and sup is None
+        contain = False
+        if quarantine and not inc.released:
+            renew = self._renew_due(inc)
+            contain = inc.contain_ms < 0 or (renew is not None and t >= renew)
+            if contain:
+                inc.contain_ms = t
         level = self.level_of(inc.peak_risk)
         if action == "update":
             inc.counters.updates += 1
@@ -862,7 +975,32 @@ class RiskPolicy:
         inc.emitted_quarantine = quarantine
         inc.pending = False
         state.rev += 1
-        return self._decision(state, inc, action, t, reason, status, quarantine, sup)
+        return self._decision(
+            state, inc, action, t, reason, status, quarantine, sup, contain=contain
+        )
+
+    def _habituate(self, state: RiskState, inc: Incident, t: int) -> Decision | None:
+        """Close an incident that outlived ``habituate_after_s`` unconfirmed; suppress its
+        evidence for the identity for ``habituate_suppress_s`` (recorded in the state)."""
+        hours = (t - inc.first_seen_ms) / 3_600_000
+        why = f"{_HABITUATED} after {hours:.0f} h open without analyst confirmation"
+        until = t + round(self.habituate_suppress_s * 1000.0)
+        names = [c.feature for c in inc.contributions] + [r.rule for r in inc.rules]
+        for name in dict.fromkeys(names):
+            self.suppress(state, Suppression(identity=inc.identity_uid, feature=name,
+                                             until_ms=until, reason=why), t)  # fmt: skip
+        state.incident = None
+        state.risk = 0.0
+        state.updated_ms = max(t, state.updated_ms)
+        state.rev += 1
+        if inc.status_id == _CANDIDATE:
+            return None
+        reason = why + ("; suppressed for the identity: " + ", ".join(dict.fromkeys(names))
+                        if names else "")  # fmt: skip
+        return msgspec.structs.replace(
+            self._decision(state, inc, "close", t, reason, STATUS_RESOLVED, False, None),
+            habituated=True,
+        )
 
     def _close(self, state: RiskState, inc: Incident, t: int) -> Decision | None:
         """End the incident; a candidate that never alerted is dropped silently."""
@@ -888,6 +1026,8 @@ class RiskPolicy:
         quarantine: bool,
         sup: Suppression | None,
         was_suppressed: bool = False,
+        *,
+        contain: bool = False,
     ) -> Decision:
         suppressed = sup is not None or was_suppressed
         c = inc.counters
@@ -916,7 +1056,46 @@ class RiskPolicy:
             counters=Counters(c.events, c.anomalous, c.rule_hits, c.suppressed, c.updates),
             suppressed_by=(sup.reason or "suppressed") if sup is not None else None,
             credentials=tuple(inc.credentials),
+            contain=contain,
         )
+
+
+def inventory_decision(hit: RuleHit, *, key: str, identity_uid: str, identity_kind: str,
+                       time_ms: int, event_uid: str) -> Decision:
+    """A one-off informational finding (no incident, no risk, never an alert or a quarantine).
+
+    For facts an analyst should know once across the fleet - a model build Custos has not seen
+    before - rather than per identity and event. ``key`` names the fact: its finding uid is
+    ``finding_uid("inventory", key)``, the same in every worker that sees it first.
+
+    >>> h = RuleHit("model_inventory", 2, "first sighting of gpt-x 1")
+    >>> d = inventory_decision(h, key="sha256:ab", identity_uid="agt-1", identity_kind="agent",
+    ...                        time_ms=5, event_uid="e-1")
+    >>> d.severity_id, d.is_alert, d.quarantine, d.finding_uid == finding_uid("inventory",
+    ...                                                                       "sha256:ab")
+    (2, False, False, True)
+    """
+    return Decision(
+        action="create",
+        activity_id=ACTIVITY_IDS["create"],
+        identity_uid=identity_uid,
+        identity_kind=identity_kind,
+        finding_uid=finding_uid("inventory", key),
+        time_ms=time_ms,
+        first_seen_ms=time_ms,
+        last_seen_ms=time_ms,
+        risk=0.0,
+        peak_risk=0.0,
+        risk_level_id=0,
+        severity_id=hit.severity_id,
+        status_id=STATUS_NEW,
+        is_alert=False,
+        quarantine=False,
+        confidence=1.0,
+        reason="inventory: " + hit.text,
+        related_events=(event_uid,),
+        rules=(hit,),
+    )
 
 
 def finding_uid(identity_uid: str, first_event_uid: str) -> str:

@@ -14,10 +14,10 @@ rule                    severity fires when
                                  a step credential the holder already used is used again after
                                  the holder's task moved on to a later step
 ``model_provenance``    4        an agent runs a model digest that the model registry revoked,
-                                 that the directory does not approve for this agent, or that
-                                 the registry does not list (for the event's name + version, or
-                                 at all); with no registry and no directory digests, one other
-                                 than the first digest seen (pinned in the agent's state).
+                                 that the directory does not approve for this agent, or - only
+                                 with ``enforce_registry`` - that the registry does not list
+                                 (for the event's name + version, or at all); otherwise one
+                                 other than the first digest seen (pinned in the agent's state).
                                  Evidence ``reason``: ``revoked`` | ``not_approved_for_agent``
                                  | ``unregistered`` | ``changed_since_first_seen``
 ``agent_config_drift``  4        an agent's tool manifest or system prompt hash is not one the
@@ -26,8 +26,9 @@ rule                    severity fires when
                                  one hit. Evidence ``which``: ``tool_manifest`` |
                                  ``system_prompt``; ``reason``: ``not_approved_for_agent`` |
                                  ``changed``
-``sensitivity_ceiling`` 4        a resource is more sensitive than the identity's ceiling
-                                 (directory, else the per-kind default)
+``sensitivity_ceiling`` 4        a resource is more sensitive than the identity's ceiling in
+                                 the directory (no directory ceiling: no rule; sensitivity is
+                                 then learned like any behaviour, see :mod:`pipeline.baselines`)
 ``clone``               5        an agent / service is active outside its home environment
                                  (directory, else the first one seen) while it was active at
                                  home less than ``clone_window_ms`` before
@@ -87,6 +88,9 @@ RULES: Final[dict[str, int]] = {
     "unauthorised_delegation": 4,
     # Derived, not checked here: raised on the delegator of an unauthorised delegation.
     "delegated_outside_team": 4,
+    # Not checked here either: one informational finding per new agent model build
+    # (pipeline.scoring, policy.inventory_decision), never risk.
+    "model_inventory": 2,
 }
 STATE_VERSION: Final = 1
 _EARTH_KM: Final = 6371.0088  # mean Earth radius
@@ -200,12 +204,15 @@ class ZeroTrustRules:
     are ignored (geo-IP noise, mobile networks); ``clone_window_ms`` - how recently the
     identity must have been active at home for activity elsewhere to be a clone;
     ``grace_ms`` - clock-skew leeway after ``expires_at``; ``default_ceilings`` - sensitivity
-    ceiling (rank) per identity kind when the directory has none; ``agent_models`` - the
+    ceiling (rank) per identity kind when the directory has none (default: none, so hard
+    ceilings come only from a directory); ``agent_models`` - the
     agent-model registry (:class:`~pipeline.agent_models.AgentModelRegistry`;
-    ``model_allowlist`` is its former name, still accepted). The registry object is read on
-    every event, so :meth:`~pipeline.agent_models.AgentModelRegistry.apply` on it takes effect
-    at once; ``max_tasks`` / ``max_tokens`` - how many recent tasks, and step credentials per
-    task, the state remembers.
+    ``model_allowlist`` is its former name, still accepted); ``enforce_registry`` - a digest
+    the registry does not list is a violation (else it is pinned per agent like any other).
+    The registry object is read on every event, so
+    :meth:`~pipeline.agent_models.AgentModelRegistry.apply` on it takes effect at once;
+    ``max_tasks`` / ``max_tokens`` - how many recent tasks, and step credentials per task, the
+    state remembers.
 
     >>> ZeroTrustRules(travel_speed_kmh=1000).travel_speed_kmh
     1000.0
@@ -215,6 +222,7 @@ class ZeroTrustRules:
         "agent_models",
         "clone_window_ms",
         "default_ceilings",
+        "enforce_registry",
         "grace_ms",
         "max_tasks",
         "max_tokens",
@@ -234,6 +242,7 @@ class ZeroTrustRules:
         model_allowlist: AgentModelRegistry | None = None,
         max_tasks: int = 4,
         max_tokens: int = 8,
+        enforce_registry: bool = False,
     ) -> None:
         if agent_models is not None and model_allowlist is not None:
             raise ValueError("give agent_models or model_allowlist (its old name), not both")
@@ -241,13 +250,14 @@ class ZeroTrustRules:
             raise ValueError("travel speed must be positive; distances and windows >= 0")
         if max_tasks < 1 or max_tokens < 1:
             raise ValueError("max_tasks and max_tokens must be >= 1")
-        ceilings = {"human": 2, "service": 2, "agent": 1}  # unknown agents: Confidential at most
-        ceilings.update(default_ceilings or {})
+        # No default ceilings: a per-kind guess quarantined every service that reads Secret
+        # data by design. Without a directory, sensitivity is a learned behaviour.
+        ceilings = dict(default_ceilings or {})
         top = len(RANK_NAMES) - 1
-        if set(ceilings) != {"human", "service", "agent"} or not all(
+        if not set(ceilings) <= {"human", "service", "agent"} or not all(
             0 <= c <= top for c in ceilings.values()
         ):
-            raise ValueError(f"default_ceilings needs human/service/agent ranks 0..{top}")
+            raise ValueError(f"default_ceilings takes human/service/agent ranks 0..{top}")
         self.travel_speed_kmh = float(travel_speed_kmh)
         self.travel_min_km = float(travel_min_km)
         self.clone_window_ms = int(clone_window_ms)
@@ -256,6 +266,7 @@ class ZeroTrustRules:
         self.agent_models = agent_models if agent_models is not None else model_allowlist
         self.max_tasks = max_tasks
         self.max_tokens = max_tokens
+        self.enforce_registry = bool(enforce_registry)
 
     @property
     def model_allowlist(self) -> AgentModelRegistry | None:
@@ -467,10 +478,13 @@ class ZeroTrustRules:
         1. ``revoked`` - the registry revoked the digest (under any name): nothing overrides it;
         2. ``not_approved_for_agent`` - the directory lists the agent's approved digests and
            this is not one of them (it may be a fine model - for another agent);
-        3. ``unregistered`` - the registry knows the event's (name, version) but does not
-           approve this digest for it, or knows neither that model nor the digest;
-        4. ``changed_since_first_seen`` - only with no registry (an empty one counts as none) and
-           no directory digests: the first digest seen is pinned, any other one fires.
+        3. ``unregistered`` - only with ``enforce_registry``: the registry knows the event's
+           (name, version) but does not approve this digest for it, or knows neither that
+           model nor the digest;
+        4. ``changed_since_first_seen`` - no directory digests and the registry does not approve
+           the digest: the first digest seen is pinned, any other one fires. A deployment
+           Custos knows nothing about runs models no registry lists; what is a violation there
+           is a model changing under an agent, not the model being new to Custos.
         """
         reg = self.agent_models
         if reg is not None and not len(reg):
@@ -487,16 +501,25 @@ class ZeroTrustRules:
                 reason = "revoked"
         if reason is None and approved and digest not in approved:
             reason = "not_approved_for_agent"
+        registered = False
         if reason is None and reg is not None:
             # Known model, unknown build - or a digest no build of any model has.
-            if listed is not None and digest not in listed:
-                reason = "unregistered"
-            elif listed is None and status == "unregistered":
+            unknown = (listed is not None and digest not in listed) or (
+                listed is None and status == "unregistered"
+            )
+            registered = not unknown
+            if unknown and self.enforce_registry:
                 reason = "unregistered"
         if reason is None:
-            if reg is not None or approved:
-                return None  # the common case: registered and approved
+            if approved:
+                return None  # the common case: approved for this agent by the directory
             raw = bytes.fromhex(digest[7:])  # 32 bytes instead of a 71-character string
+            if registered:
+                # Registered and approved: the pin follows it, so a later switch to a build
+                # nobody registered is still a change under a pinned agent.
+                if state.model != raw:
+                    state.model = raw
+                return None
             pinned = state.model
             if pinned is None:
                 state.model = raw
@@ -627,8 +650,10 @@ class ZeroTrustRules:
     def _ceiling(self, event: Event, kind: str, entry: DirectoryEntry | None) -> RuleHit | None:
         if entry is not None and entry.sensitivity_ceiling is not None:
             ceiling, source = entry.sensitivity_ceiling, "directory"
-        else:
+        elif kind in self.default_ceilings:
             ceiling, source = self.default_ceilings[kind], "default"
+        else:
+            return None
         worst, worst_res, above = -1, None, 0
         rank_of = _RANK_OF
         for res in event.resources:

@@ -9,7 +9,7 @@ Shared state (peer-group baselines, the detector and its calibrator) belongs to 
 it is learned from everything the process sees, and :meth:`Detection.save_shared` /
 :meth:`load_shared` persist it beside the worker's tables.
 
->>> from pipeline.schemas import Event
+>>> from pipeline.schemas import Event, ModelRef
 >>> det = Detection()
 >>> ev = Event(uid="e1", class_uid=3002, activity_id=1, time_ms=1_790_000_000_000,
 ...            identity_uid="usr-1", identity_kind="human", country="DE", status_id=1)
@@ -48,9 +48,9 @@ from pipeline.features import Features, extract
 from pipeline.feedback import Feedback, FeedbackOutcome
 from pipeline.models.artifacts import SklearnDetector
 from pipeline.models.registry import Loaded
-from pipeline.policy import Decision, RiskPolicy, RiskState, Suppression
+from pipeline.policy import Decision, RiskPolicy, RiskState, Suppression, inventory_decision
 from pipeline.rules import RuleState, ZeroTrustRules
-from pipeline.schemas import Event
+from pipeline.schemas import Event, ModelRef
 
 STATE_VERSION = 1
 log = logging.getLogger("custos.scoring")
@@ -104,6 +104,7 @@ def surprise(rows: np.ndarray) -> np.ndarray:
     return np.asarray(total, dtype=np.float64)
 
 
+INVENTORY_MAX: Final = 4096  # model builds remembered for inventory findings
 HELD_MAX: Final = 8  # features of recent events kept out of the baseline, per identity
 FEEDBACK_SEEN_MAX: Final = 16  # feedback uids remembered per identity (idempotency)
 
@@ -197,7 +198,12 @@ class Detection:
             if settings.model_allowlist_file
             else None
         )
-        self.rules = rules or ZeroTrustRules(model_allowlist=allowlist)
+        self.rules = rules or ZeroTrustRules(
+            model_allowlist=allowlist, enforce_registry=settings.agent_models_enforce
+        )
+        # Agent model builds (digests) seen by this process: a build no registry approves is
+        # reported once, as inventory, not as a violation on every agent that runs it.
+        self.model_inventory: dict[str, None] = {}
         if policy is None:
             # from_settings reads settings.suppressions_file itself (once).
             policy = RiskPolicy.from_settings(settings)
@@ -355,6 +361,9 @@ class Detection:
             hits = self.rules.check(st.rules, ev, entry)
             if hits:
                 self._signals(ev, hits, result)
+            model = ev.model
+            if model is not None and model.digest and model.digest not in self.model_inventory:
+                self._inventory(ev, model, result)
             partial.append((ev, st, f, entry, why, hits))
             peer_w[i] = 1.0 - w_own
             own_max[i] = max(own_dev)
@@ -397,6 +406,8 @@ class Detection:
             decision = policy.decide(st.risk, sc)
             if decision is not None:
                 result.decisions.extend(decision.flatten())
+                if any(d.habituated for d in decision.flatten()):
+                    self._learn_held(st, 0)
             if st.risk.incident is not None:
                 self.open_incidents.add(uid)
             else:
@@ -408,7 +419,11 @@ class Detection:
             if cold[i]:
                 accept = own_max[i] < self.cold_gate
             else:
-                accept = score < gate and st.risk.incident is None
+                # Anomalous only where the identity habituated (an incident that stayed open
+                # unconfirmed): learned, so the baseline catches up instead of alerting forever.
+                accept = st.risk.incident is None and (
+                    score < gate or policy.habituated(st.risk, sc)
+                )
             if accept and not hits:
                 rate = bm.current_rate(st.baseline, f)
                 bm.learn_one(st.baseline, f)
@@ -429,6 +444,32 @@ class Detection:
             self.detector.learn_many(rows[learned])
         if result.rows is not None:
             result.rows[index] = rows
+
+    def _inventory(self, ev: Event, model: ModelRef, result: BatchResult) -> None:
+        """First sighting of a model build in this process: one inventory finding unless the
+        registry approves the build (approved builds are inventory already)."""
+        digest = str(model.digest)
+        inv = self.model_inventory
+        inv[digest] = None
+        if len(inv) > INVENTORY_MAX:
+            del inv[next(iter(inv))]
+        reg = self.rules.agent_models
+        if reg is not None and len(reg) and reg.status(digest) == "approved":
+            return
+        name = f"{model.name or '?'} {model.version or '?'}"
+        hit = RuleHit(
+            "model_inventory",
+            2,
+            f"first sighting of agent model {name} ({digest[:19]}…), on {ev.identity_uid}; "
+            f"no registry approves it (each agent is pinned to the build it runs)",
+            {"model_name": model.name, "model_version": model.version,
+             "observed_digest": digest, "first_agent": ev.identity_uid},
+        )  # fmt: skip
+        result.decisions.append(
+            inventory_decision(hit, key=digest, identity_uid=ev.identity_uid,
+                               identity_kind=ev.identity_kind, time_ms=ev.time_ms,
+                               event_uid=ev.uid)
+        )  # fmt: skip
 
     def _signals(self, ev: Event, hits: tuple[RuleHit, ...], result: BatchResult) -> None:
         """Derive evidence about other identities from this event's rule hits."""
@@ -550,10 +591,9 @@ class Detection:
                            release_command=command_id_for(inc.uid)
                            if inc.quarantine and inc.uid else None)  # fmt: skip
         else:  # release
-            inc.quarantine = False
-            inc.emitted_quarantine = False
-            st.risk.rev += 1
-            done = outcome("applied", "quarantine released; new evidence can quarantine again",
+            self.policy.release(st.risk)
+            done = outcome("applied", "quarantine released; a new kind of rule can quarantine "
+                           "again",
                            finding_uid=inc.uid,
                            release_command=command_id_for(inc.uid))  # fmt: skip
         st.feedback.append(fb.uid)
@@ -595,6 +635,8 @@ class Detection:
             decision = self.policy.tick(st.risk, now_ms)
             if decision is not None:
                 out.extend(decision.flatten())
+                if decision.habituated:
+                    self._learn_held(st, 0)
                 store[uid] = self.dump_state(st)
             if st.risk.incident is None:
                 self.open_incidents.discard(uid)
@@ -630,6 +672,7 @@ class Detection:
                 "cold_calibrator": dumps(self.cold_calibrator),
                 "model": self.model_ref,
                 "events_seen": self.events_seen,
+                "inventory": list(self.model_inventory),
             }
         )
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -659,6 +702,7 @@ class Detection:
             )
             ref = d.get("model")
             seen = int(d.get("events_seen", 0))
+            inventory = {str(x): None for x in d.get("inventory", ())}
         except (ValueError, TypeError, KeyError, msgspec.DecodeError) as exc:
             # Shared state is re-learned within minutes; a stale file must not stop the worker.
             log.warning("ignoring unreadable shared state %s (%s)", path, exc)
@@ -676,4 +720,5 @@ class Detection:
         self.calibrator, self.cold_calibrator = cal, cold
         self.saved_model_ref = ref
         self.events_seen = seen
+        self.model_inventory = inventory
         return True

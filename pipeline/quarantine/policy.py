@@ -2,11 +2,12 @@
 
 Pure code: decisions in, OpenC2 ``contain`` messages out (unsigned; the worker signs and sends).
 A decision is quarantine-worthy when the risk policy says so (a Critical rule, or risk at the
-quarantine threshold) and it is an alert (a suppressed identity is never quarantined). Every
-such create/update re-issues the incident's one command (same ``command_id``): responders
-refresh it (reason, credentials, expiry) instead of stacking quarantines. Severity decides
-the approval: at or above ``auto_min_severity`` it acts at once, below it the command waits
-on the approvals topic for an analyst.
+quarantine threshold) and it is an alert (a suppressed identity is never quarantined). The
+policy asks for the incident's one command once (``Decision.contain``) and again only shortly
+before it lapses while evidence continues (same ``command_id``: responders refresh it instead of
+stacking quarantines); a re-detection inside an open quarantine is evidence, not a command.
+Severity decides the approval: at or above ``auto_min_severity`` it acts at once, below it
+the command waits on the approvals topic for an analyst.
 
 >>> from pipeline.policy import RiskPolicy, RiskState
 >>> from pipeline.explanations import RuleHit, Score
@@ -73,7 +74,8 @@ class QuarantinePolicy:
         )
 
     def wants(self, d: Decision) -> bool:
-        return d.quarantine and d.is_alert and d.action in ("create", "update")
+        # d.contain: the incident's one command, re-issued only before it lapses (policy).
+        return d.contain and d.quarantine and d.is_alert and d.action in ("create", "update")
 
     def reason(self, d: Decision) -> str:
         """The explanation, reused verbatim: rules first, then the strongest deviations."""

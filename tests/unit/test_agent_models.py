@@ -36,7 +36,7 @@ def update(**kw: Any) -> bytes:
 
 
 def test_repository_registry_has_provenance_for_every_simulated_model() -> None:
-    reg = load_agent_model_registry(REPO_ROOT / "models" / "agent-models.yaml")
+    reg = load_agent_model_registry(REPO_ROOT / "models" / "examples" / "agent-models.yaml")
     cat = catalogue()
     assert len(reg) == len(cat.model_name) == 8
     for name, version, digest in zip(

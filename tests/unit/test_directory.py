@@ -129,7 +129,7 @@ def test_write_entries_round_trip(tmp_path: Path) -> None:
 
 
 def test_repository_allowlist_matches_the_simulator_models() -> None:
-    allow = load_model_allowlist(REPO_ROOT / "models" / "agent-models.yaml")
+    allow = load_model_allowlist(REPO_ROOT / "models" / "examples" / "agent-models.yaml")
     cat = catalogue()
     assert len(allow) == len(cat.model_name)
     for name, version, digest in zip(

@@ -112,21 +112,40 @@ def test_decisions_carry_the_credentials_seen_in_the_evidence_bounded() -> None:
     assert d is not None and d.quarantine and d.credentials == ("cred-0",)  # the create
     assert st.incident is not None
     assert st.incident.credentials == ["cred-2", "cred-3", "cred-0"]  # most recent last, bounded
-    later = p.tick(st, T0 + 600 * S)  # the held-back update carries them
+    later = p.tick(st, T0 + 1900 * S)  # the held-back update carries them
     assert later is not None and later.credentials == ("cred-2", "cred-3", "cred-0")
     assert RiskState.from_bytes(st.to_bytes()) == st
 
 
-def test_a_critical_rule_again_updates_at_once_not_after_the_periodic_interval() -> None:
-    p = RiskPolicy(update_interval_s=300, critical_update_interval_s=5)
+def test_one_contain_per_incident_renewed_only_before_it_lapses_while_evidence_continues() -> None:
+    p = RiskPolicy(update_interval_s=1800, quarantine_duration_s=3600, contain_renew_s=300,
+                   half_life_s=3600, close_after_s=3600)  # fmt: skip
     st = RiskState()
-    assert p.decide(st, score(T0, 0.1, rules=(CRITICAL,))).action == "create"  # type: ignore[union-attr]
-    assert p.decide(st, score(T0 + 2 * S, 0.1, rules=(CRITICAL,))) is None  # within 5 s: held
-    again = p.decide(st, score(T0 + 60 * S, 0.1, rules=(CRITICAL,)))
-    assert again is not None and again.action == "update" and again.quarantine
-    assert again.reason.startswith("Critical rule again")
-    assert p.decide(st, score(T0 + 90 * S, 0.1, rules=(HIGH,))) is not None  # a new rule
-    assert p.decide(st, score(T0 + 120 * S, 0.1, rules=(HIGH,))) is None  # High again: periodic
+    first = p.decide(st, score(T0, 0.1, rules=(CRITICAL,)))
+    assert first is not None and first.action == "create" and first.contain
+    # Re-detections inside the open quarantine are evidence, not commands (nor updates).
+    for i in range(1, 40):
+        d = p.decide(st, score(T0 + i * 60 * S, 0.1, rules=(CRITICAL,)))
+        assert d is None or not d.contain, i
+    assert p.due_ms(st) == T0 + 3300 * S  # renewal time: the cause is still there
+    renew = p.tick(st, T0 + 3300 * S)
+    assert renew is not None and renew.contain and renew.reason.startswith("quarantine renewed")
+    # No evidence after the renewal: it is not renewed again, it lapses.
+    assert st.incident is not None
+    assert p.tick(st, T0 + 6600 * S) is None or not p.tick(st, T0 + 6600 * S).contain  # type: ignore[union-attr]
+
+
+def test_released_incident_sends_no_contain_until_a_new_kind_of_rule() -> None:
+    p = RiskPolicy(quarantine_duration_s=3600)
+    st = RiskState()
+    assert p.decide(st, score(T0, 0.1, rules=(CRITICAL,))).contain  # type: ignore[union-attr]
+    p.release(st)
+    for i in range(1, 10):
+        d = p.decide(st, score(T0 + i * 600 * S, 0.1, rules=(CRITICAL,)))
+        assert d is None or not d.contain
+    other = RuleHit("clone", 5, "agent active outside its home environment")
+    d = p.decide(st, score(T0 + 6000 * S, 0.1, rules=(other,)))
+    assert d is not None and d.contain and "new rule clone" in d.reason
 
 
 def test_noise_below_floor_adds_nothing_and_leaves_state_untouched() -> None:
@@ -244,8 +263,11 @@ def test_new_rule_bypasses_rate_limit_and_held_update_is_flushed_by_tick() -> No
     p = RiskPolicy(update_interval_s=300)
     st = RiskState()
     assert p.decide(st, score(T0, 0.1, rules=(CRITICAL,))) is not None
-    # Same level (Critical), within the interval: held back.
-    assert p.decide(st, score(T0 + S, 0.9, contributions=(contrib("bytes_out"),))) is None
+    # The first behavioural evidence on a rule-only incident is a new kind: an update.
+    d = p.decide(st, score(T0 + S // 2, 0.9, contributions=(contrib("bytes_out"),)))
+    assert d is not None and d.reason == "new evidence: bytes_out"
+    # More behaviour, same level (Critical), within the interval: held back.
+    assert p.decide(st, score(T0 + S, 0.9, contributions=(contrib("asn"),))) is None
     d = p.decide(st, score(T0 + 2 * S, 0.1, rules=(HIGH,)))
     assert d is not None and d.action == "update" and "impossible_travel" in d.reason
     assert p.decide(st, score(T0 + 3 * S, 0.9, contributions=(contrib("country"),))) is None
@@ -598,3 +620,44 @@ def test_noop_decide_is_fast() -> None:
         p.decide(st, sc)
     per_call_us = (time.perf_counter() - start) / n * 1e6
     assert per_call_us < 5.0  # measured ~0.06 us; generous for slow CI machines
+
+
+def test_an_incident_open_a_day_unconfirmed_habituates_and_its_evidence_is_learned() -> None:
+    """The same anomaly for days without an analyst is a baseline that failed to learn."""
+    p = RiskPolicy(habituate_after_s=86_400, habituate_suppress_s=7 * 86_400, repeat_weight=0.25)
+    st = RiskState()
+    sens = contrib("sensitivity", 0.95)
+    decisions = []
+    t = T0
+    while t < T0 + 3 * 86_400 * S:  # hourly, the same cause
+        d = p.decide(st, score(t, 0.95, contributions=(sens,), rules=(HIGH,)))
+        decisions += list(d.flatten()) if d is not None else []
+        t += H
+    closes = [d for d in decisions if d.action == "close"]
+    assert closes and closes[0].habituated and "habituated" in closes[0].reason
+    assert closes[0].time_ms <= T0 + 86_400 * S + H
+    updates = [d for d in decisions if d.action == "update"]
+    assert len([d for d in decisions if d.action == "create"]) == 1  # no new incident after
+    assert len(updates) <= 50  # 30-min cap over one day, at most
+    assert not any(d.contain for d in decisions)  # High rule + behaviour: never contained
+    # The suppressions are recorded on the identity and let the same anomaly be learned.
+    assert {s.feature for s in st.suppressions} == {"sensitivity", "impossible_travel"}
+    later = score(t, 0.95, contributions=(sens,))
+    assert p.habituated(st, later) and p.decide(st, later) is None
+    assert not p.habituated(st, score(t, 0.95, contributions=(contrib("country"),)))
+
+
+def test_critical_and_confirmed_incidents_never_habituate() -> None:
+    p = RiskPolicy(habituate_after_s=3600)
+    st = RiskState()
+    p.decide(st, score(T0, 0.1, rules=(CRITICAL,)))
+    for i in range(1, 6):
+        d = p.decide(st, score(T0 + i * H, 0.1, rules=(CRITICAL,)))
+        assert d is None or not d.habituated
+    st2 = RiskState()
+    p.decide(st2, score(T0, 0.95, contributions=(contrib("bytes_out"),), rules=(HIGH,)))
+    p.confirm(st2, T0 + S, "confirmed by alice")
+    for i in range(1, 6):
+        d = p.decide(st2, score(T0 + i * H, 0.95, contributions=(contrib("bytes_out"),)))
+        assert d is None or not d.habituated
+    assert st.incident is not None and st2.incident is not None

@@ -89,6 +89,7 @@ def test_rule_table_names_and_severities() -> None:
         "impossible_travel": 4,
         "unauthorised_delegation": 4,
         "delegated_outside_team": 4,
+        "model_inventory": 2,
     }
 
 
@@ -239,7 +240,7 @@ def test_model_directory_digest_decides() -> None:
 
 def test_model_allowlist_by_name_and_version() -> None:
     allow = ModelAllowlist([ApprovedModel("gpt-4o", "2024-08-06", D_OK)])
-    rules = ZeroTrustRules(model_allowlist=allow)
+    rules = ZeroTrustRules(model_allowlist=allow, enforce_registry=True)
     no_digests = agent_entry(approved_digests=())
     assert rules.check(RuleState(), ev(model=model(D_OK)), no_digests) == ()
     (hit,) = rules.check(RuleState(), ev(model=model(D_BAD)), no_digests)
@@ -289,9 +290,26 @@ def test_model_revoked_digest_fires_even_where_the_directory_approves_it() -> No
     assert hit.evidence["reason"] == "revoked"
 
 
-def test_model_unregistered_digest_fires() -> None:
+def test_model_unregistered_digest_is_pinned_unless_enforced() -> None:
+    """A deployment's own models are not violations by default; a change under an agent is."""
     reg = registry(RegisteredModel("gpt-4o", "2024-08-06", D_OK))
-    rules = ZeroTrustRules(agent_models=reg)
+    rules, state = ZeroTrustRules(agent_models=reg), RuleState()
+    assert rules.check(state, ev(model=model(D_OTHER, "mystery", "1")), None) == ()
+    assert state.model == bytes.fromhex(D_OTHER[7:])  # pinned
+    assert rules.check(state, ev(model=model(D_OTHER, "mystery", "1")), None) == ()
+    (hit,) = rules.check(state, ev(model=model(D_BAD)), None)
+    assert hit.evidence["reason"] == "changed_since_first_seen"
+    # Registered builds move the pin; a switch from one to an unregistered build still fires.
+    state = RuleState()
+    assert rules.check(state, ev(model=model(D_OK)), None) == ()
+    (hit,) = rules.check(state, ev(model=model(D_BAD)), None)
+    assert hit.evidence["reason"] == "changed_since_first_seen"
+    assert hit.evidence["expected_digest"] == D_OK
+
+
+def test_model_unregistered_digest_fires_when_enforced() -> None:
+    reg = registry(RegisteredModel("gpt-4o", "2024-08-06", D_OK))
+    rules = ZeroTrustRules(agent_models=reg, enforce_registry=True)
     # The registry knows the model but not this build.
     (hit,) = rules.check(RuleState(), ev(model=model(D_BAD)), None)
     assert hit.evidence["reason"] == "unregistered" and hit.evidence["expected_digest"] == D_OK
@@ -309,7 +327,7 @@ def test_model_unregistered_digest_fires() -> None:
     assert rules.check(RuleState(), ev(model=model(D_OK, "alias", "1")), None) == ()
     state = RuleState()
     rules.check(state, ev(model=model(D_OTHER, "mystery", "1")), None)
-    assert state.model is None  # a registry decides: nothing is pinned
+    assert state.model is None  # an enforcing registry decides: nothing is pinned
 
 
 def test_model_approved_for_another_agent_fires() -> None:
@@ -329,7 +347,7 @@ def test_model_approved_for_another_agent_fires() -> None:
 
 def test_model_register_then_revoke_through_updates() -> None:
     reg = registry(RegisteredModel("gpt-4o", "2024-08-06", D_OK))
-    rules = ZeroTrustRules(agent_models=reg)
+    rules = ZeroTrustRules(agent_models=reg, enforce_registry=True)
     e = ev(model=model(D_BAD))
     assert rules_of(rules.check(RuleState(), e, None)) == ["model_provenance"]
     register = AgentModelUpdate(
@@ -449,13 +467,24 @@ def test_ceiling_reports_the_most_sensitive_resource() -> None:
     assert hit.evidence["resources_above"] == 3
 
 
-def test_ceiling_defaults_per_kind() -> None:
+def test_ceiling_only_from_the_directory_by_default() -> None:
+    """No per-kind guess: a service reading Top Secret data by design is not a rule hit."""
+    assert ZeroTrustRules().default_ceilings == {}
+    for kind in ("human", "service", "agent"):
+        e = ev(uid=f"{kind}-1", kind=kind, resources=res(4))
+        assert ZeroTrustRules().check(RuleState(), e, None) == ()
+    assert rules_of(ZeroTrustRules().check(RuleState(), ev(resources=res(4)),
+                                           agent_entry(sensitivity_ceiling=2))) == [
+        "sensitivity_ceiling"
+    ]  # fmt: skip
+
+
+def test_ceiling_defaults_per_kind_when_configured() -> None:
     rules = ZeroTrustRules(default_ceilings={"agent": 0})
-    assert ZeroTrustRules().default_ceilings == {"human": 2, "service": 2, "agent": 1}
     (hit,) = rules.check(RuleState(), ev(resources=res(2)), None)
     assert hit.evidence["ceiling_source"] == "default" and hit.evidence["ceiling"] == 0
-    human = ev(uid="usr-1", kind="human", resources=res(6))
-    assert rules.check(RuleState(), human, None) == ()  # human default: Restricted
+    human = ev(uid="usr-1", kind="human", resources=res(4))
+    assert rules.check(RuleState(), human, None) == ()  # no default for humans
     no_ceiling = agent_entry(sensitivity_ceiling=None)
     assert rules_of(rules.check(RuleState(), ev(resources=res(2)), no_ceiling)) == [
         "sensitivity_ceiling"
@@ -736,9 +765,8 @@ def run_rules(
 
 @pytest.fixture(scope="module")
 def zt_rules() -> ZeroTrustRules:
-    return ZeroTrustRules(
-        model_allowlist=load_model_allowlist(REPO_ROOT / "models" / "agent-models.yaml")
-    )
+    path = REPO_ROOT / "models" / "examples" / "agent-models.yaml"
+    return ZeroTrustRules(model_allowlist=load_model_allowlist(path), enforce_registry=True)
 
 
 def test_benign_simulated_traffic_fires_nothing(
