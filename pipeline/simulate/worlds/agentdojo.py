@@ -656,7 +656,7 @@ def _build_agents(
             for j, nm in enumerate(names):
                 calls = cat["user_tasks"][s][nm]
                 if "invite_user_to_slack" in calls or "update_password" in calls:
-                    w[j] *= 0.12
+                    w[j] *= 0.04
             weights[s] = w / w.sum()
         a = _Agent(
             idx=i,
