@@ -35,7 +35,7 @@ from pipeline.simulate.catalogue import (
 )
 from pipeline.simulate.seeds import Array, hash64, rng_for
 
-__all__ = ["Mix", "Population", "build_population"]
+__all__ = ["Mix", "Population", "Traits", "build_population"]
 
 _POP_STREAM: Final = 0x504F50  # "POP": the population's own random stream
 _NAME_KEY: Final = 0x4E414D45
@@ -73,6 +73,26 @@ class Mix:
         n_h = round(n * self.human / total)
         n_s = min(n - n_h, round(n * self.service / total))
         return n_h, n_s, n - n_h - n_s
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Traits:
+    """Habits only population profiles give (see :mod:`pipeline.simulate.profiles`).
+
+    Arrays have length ``n``; a zero means "not this identity". The default population has
+    none (``Population.traits is None``) and behaves exactly as it always has.
+    """
+
+    travel_stop_ms: Array  # int64: travellers stay this long in each place (0: never travel)
+    travel_phase_ms: Array  # int64: when a traveller's itinerary starts
+    batch_period_ms: Array  # int64: services running a batch job every period (0: none)
+    batch_phase_ms: Array  # int64: job start within the period
+    batch_len_ms: Array  # int64: how long one job runs
+    batch_calls: Array  # float32: API calls per job
+    chain_depth: int = 2  # most agents in one delegation chain (2: orchestrator → worker)
+    sub_delegate: float = 0.0  # chance a sub-orchestrator delegates a step further down
+    counterparties: bool = False  # write/send calls name their counterparty as a resource
+    secret_data: bool = False  # HR / payments hold Secret data (catalogue.secret_catalogue)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -117,6 +137,7 @@ class Population:
     pooled: Array  # int32 [n_pooled]: workers that only get tasks from orchestrators
     roots: Array  # int32 [n_roots]: agents that receive tasks directly (from their owner)
     n_teams: Array  # int16 [n_groups]
+    traits: Traits | None = None  # profile-only habits (None: the default world)
 
     # ---- identity strings (computed, never stored) -------------------------------------------
     def kind_of(self, i: int) -> int:
@@ -205,8 +226,24 @@ class Population:
         return bool((members == agent).any())
 
 
-def build_population(identities: int, seed: int = 7, mix: Mix | None = None) -> Population:
-    """Draw a population of ``identities`` identities (vectorised; 1,000,000 in a few seconds)."""
+def build_population(
+    identities: int, seed: int = 7, mix: Mix | None = None, profile: str = "default"
+) -> Population:
+    """Draw a population of ``identities`` identities (vectorised; 1,000,000 in a few seconds).
+
+    ``profile`` names a population profile (:data:`pipeline.simulate.profiles.PROFILES`): the
+    default population is drawn first, then the profile reshapes it with its own random stream,
+    so ``"default"`` is exactly the population this function always drew.
+    """
+    if profile != "default":
+        from pipeline.simulate.profiles import apply_profile, get_profile
+
+        prof = get_profile(profile)
+        return apply_profile(_draw(identities, seed, mix or prof.mix), prof, seed)
+    return _draw(identities, seed, mix)
+
+
+def _draw(identities: int, seed: int, mix: Mix | None) -> Population:
     if identities < 10:
         raise ValueError("a population needs at least 10 identities")
     mix = mix or Mix()
