@@ -232,9 +232,8 @@ def simulate(
 ) -> None:  # fmt: skip
     """Simulate humans, services and AI agents (with labelled attacks) into Kafka or a file."""
     from pipeline.simulate import simulate as run
-    from pipeline.simulate.sinks import open_sink
-
     from pipeline.simulate.profiles import PROFILES
+    from pipeline.simulate.sinks import open_sink
 
     if profile not in PROFILES:
         raise click.BadParameter(
