@@ -57,7 +57,7 @@ class Profile:
     # heavy_tail
     heavy_tail: bool = False  # Pareto / wide lognormal rates and volumes per identity
     human_rate_sigma: float = 1.8  # lognormal sigma of human API calls per hour
-    service_rate_alpha: float = 1.1  # Pareto shape of service API calls per hour
+    service_rate_alpha: float = 0.9  # Pareto shape of service API calls per hour
     agent_rate_sigma: float = 1.5  # lognormal sigma of agent tasks per hour
     volume_spread: float = 1.5  # per-identity sigma of log typical bytes (default 0.5 / 0.7)
     # shift_travel

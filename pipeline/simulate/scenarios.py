@@ -669,7 +669,11 @@ class _Planner:
     def task_exfil(self, c: int, rng: np.random.Generator) -> list[Batch] | None:
         pop, cat, h = self.pop, self.cat, self.h
         t = self.when(rng)
-        victim = self.take(rng, self.roots_active(t))
+        cands = self.roots_active(t)
+        # An agent with a real routine (the busier quarter): its usual tools are well known.
+        busy = pop.api_rate[cands] * pop.steps[cands]
+        cands = cands[busy >= np.quantile(busy, 0.75)] if len(cands) >= 4 else cands
+        victim = self.take(rng, cands)
         if not victim:
             return None
         v = victim[0]
