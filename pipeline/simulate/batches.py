@@ -57,6 +57,7 @@ _SPEC: Final[dict[str, tuple[Any, int]]] = {
     "why": (np.int16, -1),  # rationale index, -1 none
     "cfg": (np.int8, 0),  # agent configuration changed: CONFIG_TOOLS | CONFIG_PROMPT bits
     "cpty": (np.int64, -1),  # counterparty of a write/send call (profiles only), -1 none
+    "res_more": (np.int16, 0),  # further resources of res's block the call touches (scenarios)
     "camp": (np.int32, -1),  # ground truth: campaign index (never serialised)
 }
 
@@ -92,6 +93,7 @@ class Batch:
     why: Array
     cfg: Array
     cpty: Array
+    res_more: Array
     camp: Array
 
     @classmethod

@@ -211,6 +211,16 @@ class Encoder:
             self._configs[key] = hashes
         return hashes
 
+    def _block(self, res: int, more: int) -> list[msgspec.Raw]:
+        """``res`` and up to ``more`` further resources of its (service, rank) block."""
+        cat = self.cat
+        svc, rank = int(cat.res_service[res]), int(cat.res_rank[res])
+        start, count = int(cat.res_start[svc, rank]), int(cat.res_count[svc, rank])
+        if not start <= res < start + count:
+            return [self._resource_items[res]]
+        k = min(more, count - 1)
+        return [self._resource_items[start + (res - start + j) % count] for j in range(k + 1)]
+
     def _counterparty(self, cpty: int) -> msgspec.Raw:
         obj = self._cpty.get(cpty)
         if obj is None:
@@ -283,6 +293,8 @@ class Encoder:
         id_topic, api_topic = self.identity_topic, self.agent_topic
         has_cpty = bool((b.cpty >= 0).any())
         cptys = b.cpty.tolist() if has_cpty else [-1] * n
+        mores = b.res_more.tolist() if bool((b.res_more > 0).any()) else [0] * n
+        block = self._block
         items, counterparty = self._resource_items, self._counterparty
 
         cols = zip(
@@ -315,6 +327,7 @@ class Encoder:
             b.cfg.tolist(),
             b.camp.tolist(),
             cptys,
+            mores,
             aux,
             detail,
             strict=True,
@@ -349,6 +362,7 @@ class Encoder:
             cfg,
             camp,
             cpty,
+            more,
             aux_id,
             det,
         ) in cols:
@@ -409,14 +423,16 @@ class Encoder:
                     "traffic": {"bytes_in": b_in, "bytes_out": b_out},
                 }
                 if res >= 0:
-                    ev["resources"] = resources[res]
+                    ev["resources"] = resources[res] if not more else block(res, more)
                 elif peer >= 0:
                     ev["resources"] = [
                         {"uid": uid_of(peer), "type": "agent", "data_classification": _NOT_CONF}
                     ]
                 if cpty >= 0:  # profiles: whom the payment / mail / invite is for
                     cp = counterparty(cpty)
-                    ev["resources"] = [items[res], cp] if res >= 0 else [cp]
+                    ev["resources"] = (
+                        [*(block(res, more) if more else [items[res]]), cp] if res >= 0 else [cp]
+                    )
                 if failed:
                     ev["status_detail"] = "AccessDenied" if admin[op] else _API_FAILURE[det]
                 if task >= 0:

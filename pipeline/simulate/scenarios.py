@@ -31,7 +31,8 @@ but ``default`` does):
 
 9. ``task_exfil`` - within one task of 2-4 steps an agent calls its *usual* tools (valid
    credentials, usual model, usual hours) with 25-60x its usual bytes per call (``bytes_in``
-   for reads, ``bytes_out`` for writes / sends).
+   for reads, ``bytes_out`` for writes / sends); every other campaign each call also lists
+   10-40 resources of its usual resource's block in ``resources[]`` (a sweep).
 10. ``novel_counterparty`` - an agent or service performs a payment / mail / invite it normally
    performs, to a counterparty (``resources[]`` ``iban:`` / ``mail:`` / ``user:``) it never used.
 """
@@ -692,6 +693,9 @@ class _Planner:
         reads = np.asarray([cat.op_verb[o] == "r" for o in op.tolist()], dtype=bool)
         usual_in = np.exp(pop.in_mu[v] + cat.op_in_adj[op])
         usual_out = np.exp(pop.out_mu[v] + cat.op_out_adj[op])
+        if c % 2:  # every other campaign: each call also sweeps 10-40 resources at once
+            wide = rows[b.res[rows] >= 0]
+            b.res_more[wide] = rng.integers(10, 41, len(wide))
         b.bytes_in[rows[reads]] = (usual_in * factor)[reads].astype(np.int64)
         b.bytes_out[rows[~reads]] = (usual_out * factor)[~reads].astype(np.int64)
         self.last_idents = victim

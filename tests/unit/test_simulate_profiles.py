@@ -268,6 +268,7 @@ def test_task_exfil_is_one_task_of_usual_tools_with_huge_volumes() -> None:
     sim, events, labels = _encoded()
     camps = {c.campaign_id for c in sim.plan.campaigns if c.scenario == "task_exfil"}
     assert camps
+    sweeps = 0
     for cid in camps:
         bad = [e for e in events if labels.get(e["metadata"]["uid"]) == cid]
         assert 2 <= len(bad) <= 4 and all(e["class_uid"] == 6003 for e in bad)
@@ -296,6 +297,14 @@ def test_task_exfil_is_one_task_of_usual_tools_with_huge_volumes() -> None:
             overall = max(e["traffic"]["bytes_in"] / med_in, e["traffic"]["bytes_out"] / med_out)
             assert overall >= 25, overall
         assert all(r >= 10 for r in ratios) and (not ratios or np.median(ratios) >= 20)
+        # The sweep variant: one task touches many more resources than any usual task does.
+        per_task: dict[str, set[str]] = defaultdict(set)
+        for m in mine:
+            per_task[m["actor"]["session"]["uid"]].update(r["uid"] for r in m.get("resources", []))
+        touched = {r["uid"] for e in bad for r in e.get("resources", [])}
+        if len(touched) >= 3 * max(len(v) for v in per_task.values()) and len(touched) >= 20:
+            sweeps += 1
+    assert sweeps >= 1
 
 
 def test_novel_counterparty_writes_to_someone_new() -> None:
