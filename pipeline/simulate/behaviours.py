@@ -65,7 +65,7 @@ CP_ROLL_MS: Final = 7 * _DAY_MS  # one more counterparty joins the recent ones e
 CP_RECENT: Final = 8  # recent counterparties in use at a time
 CP_ATTACK_SLOT: Final = 1 << 40  # slots only attack campaigns use (never benign)
 _CP_KEY: Final = 0x43505459
-_TRAVEL_KEY: Final = 0x54524156
+_TRAVEL_KEY: Final = 0x54524156  # same key as Population.stop_geo
 FLIGHT_KMH: Final = 800.0  # travellers are silent while flying between stops (plus an hour)
 
 
@@ -176,14 +176,8 @@ class Habits:
 
     # ---- travel (profiles) --------------------------------------------------------------------
     def stop_geo(self, ident: Array, k: Array) -> Array:
-        """Where traveller ``ident`` is during its ``k``-th stop: home or another city."""
-        pop, cat = self.pop, self.cat
-        h = hash64(pop.key, ident, k, _TRAVEL_KEY)
-        away = unit(h) >= 0.4
-        other = cat.home_geos[
-            ((h >> np.uint64(8)) % np.uint64(len(cat.home_geos))).astype(np.int64)
-        ]
-        return np.where(away, other, pop.geo[ident]).astype(np.int16)
+        """Where traveller ``ident`` is during its ``k``-th stop (see Population.stop_geo)."""
+        return self.pop.stop_geo(ident, k)
 
     def _stops(self, ident: Array, time: Array) -> tuple[Array, Array, Array]:
         """Travellers among ``ident`` (mask), their stop index and time since it began."""

@@ -33,13 +33,14 @@ from pipeline.simulate.catalogue import (
     catalogue,
     ip_blocks,
 )
-from pipeline.simulate.seeds import Array, hash64, rng_for
+from pipeline.simulate.seeds import Array, hash64, rng_for, unit
 
 __all__ = ["Mix", "Population", "Traits", "build_population"]
 
 _POP_STREAM: Final = 0x504F50  # "POP": the population's own random stream
 _NAME_KEY: Final = 0x4E414D45
 _PREFIX_KEY: Final = 0x50524546
+_TRAVEL_KEY: Final = 0x54524156
 TEAM_SIZE: Final = 12  # humans per team within a role
 UID_PREFIX: Final = ("usr-", "svc-", "agt-")
 
@@ -93,6 +94,7 @@ class Traits:
     sub_delegate: float = 0.0  # chance a sub-orchestrator delegates a step further down
     counterparties: bool = False  # write/send calls name their counterparty as a resource
     secret_data: bool = False  # HR / payments hold Secret data (catalogue.secret_catalogue)
+    travellers: bool = False  # some identities have travel_stop_ms > 0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -181,7 +183,7 @@ class Population:
         Saturdays and Sundays - all in the person's own time zone. Evaluated per event, so
         habits do not depend on how the run is sliced.
         """
-        tz = catalogue().geo_tz_min[self.geo[ident]].astype(np.int64)
+        tz = catalogue().geo_tz_min[self.located(ident, t_ms)].astype(np.int64)
         local = np.asarray(t_ms, dtype=np.int64) // 60_000 + tz
         minute = local % 1440
         weekday = (local // 1440 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
@@ -193,6 +195,31 @@ class Population:
         factor[weekend] *= self.weekend[ident][weekend]
         first = working & (since < 30) & ~weekend
         return factor, first
+
+    def stop_geo(self, ident: Array, k: Array) -> Array:
+        """Where traveller ``ident`` is during its ``k``-th stop: home (40 %) or another city."""
+        cat = catalogue()
+        h = hash64(self.key, ident, k, _TRAVEL_KEY)
+        away = unit(h) >= 0.4
+        pick = ((h >> np.uint64(8)) % np.uint64(len(cat.home_geos))).astype(np.int64)
+        return np.where(away, cat.home_geos[pick], self.geo[ident]).astype(np.int16)
+
+    def located(self, ident: Array, t_ms: Array | int) -> Array:
+        """Where each identity is at ``t_ms``: home, or (profiles) a traveller's current stop.
+
+        Travellers keep the working hours of wherever they are.
+        """
+        traits = self.traits
+        if traits is None or not traits.travellers:
+            return self.geo[ident]
+        geo = self.geo[ident].copy()
+        stop = traits.travel_stop_ms[ident]
+        moving = stop > 0
+        if moving.any():
+            t = np.broadcast_to(np.asarray(t_ms, dtype=np.int64), np.shape(ident))[moving]
+            k = (t - traits.travel_phase_ms[ident[moving]]) // stop[moving]
+            geo[moving] = self.stop_geo(ident[moving], k)
+        return geo
 
     def human_activity(self, t_ms: int) -> tuple[Array, Array]:
         """:meth:`activity_at` for every human at one instant."""

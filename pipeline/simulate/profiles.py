@@ -283,6 +283,8 @@ class _Builder:
         t = self.traits
         t.travel_stop_ms[travellers] = rng.integers(lo, hi + 1, len(travellers)) * _DAY_MS
         t.travel_phase_ms[travellers] = rng.integers(0, 7 * _DAY_MS, len(travellers))
+        if len(travellers):
+            self.traits = dataclasses.replace(t, travellers=True)
         remote = _pick(rng, np.setdiff1d(rest, travellers), prof.remote_mobile_share)
         self.a("mobile")[remote] = rng.uniform(0.5, 0.95, len(remote)).astype(np.float32)
 

@@ -174,6 +174,15 @@ def test_shift_travel_has_night_workers_travellers_and_plausible_speeds() -> Non
     mean_d, max_d, _ = travel("default")
     assert max_d == 1 and max_c >= 3 and mean_c > mean_d
     assert fastest < 1_000.0  # km/h: nobody teleports (the attackers' events are excluded)
+    # Away from home, travellers keep the working hours of the city they are in.
+    sim, b = _batch("shift_travel", hours=24 * 6, identities=60)
+    pop = sim.population
+    assert pop.traits is not None
+    b = _benign(b)
+    away = (b.ident < pop.n_human) & (b.geo != pop.geo[np.minimum(b.ident, pop.n - 1)])
+    assert away.sum() >= 100
+    local_hour = ((b.time // MINUTE + sim.cat.geo_tz_min[b.geo]) % 1440) // 60
+    assert ((local_hour >= 7) & (local_hour < 19))[away].mean() > 0.8
     sim, _ = _batch("shift_travel")
     mobile = sim.population.mobile[: sim.population.n_human]
     assert (mobile >= 0.5).sum() >= 10
