@@ -61,7 +61,8 @@ _USER_TYPE: Final = {1: "User", 2: "Admin", 4: "Service", 99: "AI Agent"}
 _NOT_CONF: Final = {"confidentiality_id": 1, "confidentiality": "Not Confidential"}
 # Counterparties (profiles): Batch.cpty kind -> resource type.
 _CP_TYPE: Final = ("bank_account", "email_address", "user")
-_CP_COUNTRIES: Final = ("DE", "FR", "NL", "GB", "ES", "IE", "IT", "BE", "US", "SG")
+# IBAN countries of counterparties' banks.
+_CP_COUNTRIES: Final = ("DE", "FR", "NL", "GB", "ES", "IE", "IT", "BE", "CH", "AT")
 _CP_ORGS: Final = (
     "acme", "globex", "initech", "umbrella", "hooli", "vandelay", "stark", "wayne", "wonka",
     "tyrell", "soylent", "cyberdyne", "oscorp", "aperture", "gringotts", "monarch",
