@@ -217,22 +217,35 @@ def topics_list(ctx: click.Context) -> None:
     help="Also write the population's identity directory (JSONL) for replay / evaluate.",
 )
 @click.option("--no-attacks", is_flag=True, help="Only normal behaviour.")
+@click.option(
+    "--profile",
+    default="default",
+    show_default=True,
+    help="Population profile: default, secret_services, heavy_tail, shift_travel, "
+    "agent_fleet, bursty_batch, peer_mix (pipeline.simulate.profiles).",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context, identities: int, duration: float, seed: int, start_ms: int | None,
     rate: float | None, out: Path | None, labels: Path | None, event_labels: Path | None,
-    directory_out: Path | None, no_attacks: bool,
+    directory_out: Path | None, no_attacks: bool, profile: str,
 ) -> None:  # fmt: skip
     """Simulate humans, services and AI agents (with labelled attacks) into Kafka or a file."""
     from pipeline.simulate import simulate as run
+    from pipeline.simulate.profiles import PROFILES
     from pipeline.simulate.sinks import open_sink
 
+    if profile not in PROFILES:
+        raise click.BadParameter(
+            f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILES))}",
+            param_hint="--profile",
+        )
     settings = _settings(ctx)
     sink = open_sink(settings, out)
     report = run(
         settings, identities=identities, duration_s=duration, seed=seed, start_ms=start_ms,
         rate=rate, sink=sink, labels_path=labels, attacks=not no_attacks, progress=True,
-        event_labels_path=event_labels,
+        event_labels_path=event_labels, profile=profile,
     )  # fmt: skip
     where = str(out) if out else f"Kafka at {settings.bootstrap_servers}"
     click.echo(
@@ -247,7 +260,9 @@ def simulate(
         from pipeline.simulate.directory import write_directory
         from pipeline.simulate.population import build_population
 
-        n = write_directory(build_population(identities, seed=seed), directory_out)
+        n = write_directory(
+            build_population(identities, seed=seed, profile=profile), directory_out
+        )
         click.echo(f"{n:,} directory entries in {directory_out}")
 
 

@@ -9,7 +9,8 @@ Public API::
     simulate(settings, identities=..., duration_s=..., seed=7, start_ms=None, rate=None,
              sink=..., labels_path=None, attacks=True, progress=False) -> SimulationReport
     iter_events(settings, identities=..., duration_s=..., ...) -> (topic, key, value, time_ms)
-    Simulation(settings, ...)   # .events(), then .label_rows()
+    Simulation(settings, ..., profile="default")   # .events(), then .label_rows()
+    PROFILES                    # population profiles by name (pipeline.simulate.profiles)
     open_sink(settings, out)    # .jsonl / .parquet by suffix, Kafka when out is None
 
 Modules follow the data: ``catalogue`` (the static world) → ``population`` (identities and
@@ -20,6 +21,7 @@ the ground truth and ``run`` ties it together.
 
 from pipeline.simulate.labels import LabelRow, read_labels, write_labels
 from pipeline.simulate.population import Mix, Population, build_population
+from pipeline.simulate.profiles import PROFILES, Profile
 from pipeline.simulate.run import (
     Simulation,
     SimulationReport,
@@ -27,7 +29,7 @@ from pipeline.simulate.run import (
     iter_events,
     simulate,
 )
-from pipeline.simulate.scenarios import SCENARIOS
+from pipeline.simulate.scenarios import ALL_SCENARIOS, NEW_SCENARIOS, SCENARIOS
 from pipeline.simulate.sinks import (
     JsonlSink,
     KafkaSink,
@@ -39,6 +41,9 @@ from pipeline.simulate.sinks import (
 )
 
 __all__ = [
+    "ALL_SCENARIOS",
+    "NEW_SCENARIOS",
+    "PROFILES",
     "SCENARIOS",
     "JsonlSink",
     "KafkaSink",
@@ -48,6 +53,7 @@ __all__ = [
     "NullSink",
     "ParquetSink",
     "Population",
+    "Profile",
     "Simulation",
     "SimulationReport",
     "Sink",

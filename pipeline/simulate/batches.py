@@ -56,6 +56,8 @@ _SPEC: Final[dict[str, tuple[Any, int]]] = {
     "env": (np.int8, -1),  # environment, -1 none
     "why": (np.int16, -1),  # rationale index, -1 none
     "cfg": (np.int8, 0),  # agent configuration changed: CONFIG_TOOLS | CONFIG_PROMPT bits
+    "cpty": (np.int64, -1),  # counterparty of a write/send call (profiles only), -1 none
+    "res_more": (np.int16, 0),  # further resources of res's block the call touches (scenarios)
     "camp": (np.int32, -1),  # ground truth: campaign index (never serialised)
 }
 
@@ -90,6 +92,8 @@ class Batch:
     env: Array
     why: Array
     cfg: Array
+    cpty: Array
+    res_more: Array
     camp: Array
 
     @classmethod

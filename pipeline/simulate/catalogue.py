@@ -40,6 +40,7 @@ __all__ = [
     "catalogue",
     "ip_blocks",
     "model_digest",
+    "secret_catalogue",
 ]
 
 HUMAN: Final = 0
@@ -272,6 +273,34 @@ _AGENT_KINDS: Final = (
      (1, 2), False, 0.5),
 )  # fmt: skip
 
+# Peer groups that only population profiles use (weight 0 by default, so default populations
+# never draw them). They come after every default group, agent kinds first, so the indices of
+# the default groups (and everything keyed by them) do not move.
+EXTRA_AGENT_KINDS: Final = (
+    ("hr-assistant", 0, {"hr": 5, "email": 2, "vault": 1, "payments": 1, "tickets": 1},
+     (4, 5), False, 0.5),
+    ("secops", 0, {"vault": 4, "iam": 2, "monitoring": 3, "k8s": 2, "s3": 1},
+     (4, 5), False, 0.5),
+    ("workflow", 0, {"crm": 2, "email": 2, "tickets": 2, "kb": 2, "jira": 2, "slack": 1,
+                     "s3": 2, "warehouse": 2, "github": 1, "web": 1, "payments": 1, "hr": 1},
+     (1, 3), False, 0.4),
+)  # fmt: skip
+EXTRA_SERVICE_FAMILIES: Final = (
+    ("key-management", 0, {"vault": 8, "k8s": 1, "iam": 1}, (4, 5), False, 0.8),
+    ("payroll", 0, {"hr": 5, "payments": 4, "vault": 2, "warehouse": 1}, (4, 5), False, 0.8),
+    ("secrets-broker", 0, {"vault": 10}, (4, 5), False, 0.8),
+)  # fmt: skip
+# Secret / Top Secret data of services that hold none by default (payroll, treasury): these
+# resources exist in every catalogue but only :func:`secret_catalogue` makes them reachable.
+# service, stems, rank weights 0..5 replacing the service's default ones.
+_SECRET_DATA: Final = (
+    ("hr", (("salary-bands", "payroll-runs", "tax-ids"), ("executive-comp",)),
+     (15, 40, 15, 10, 15, 5)),
+    ("payments", (("bank-mandates", "settlement-keys"), ("treasury-wires",)),
+     (15, 10, 30, 20, 20, 5)),
+)  # fmt: skip
+_SECRET_DATA_COUNT: Final = (30, 8)  # resources per extra block (Secret, Top Secret)
+
 # Models agents run: name, version. Each agent kind prefers a few.
 _MODELS: Final = (
     ("gpt-4o", "2024-08-06"),
@@ -292,6 +321,9 @@ _KIND_MODELS: Final = {
     "ops": (7, 2, 6),
     "sales-assistant": (6, 3, 0),
     "finance-assistant": (1, 0, 3),
+    "hr-assistant": (1, 0, 3),
+    "secops": (7, 1, 0),
+    "workflow": (0, 1, 5, 7),
 }
 
 # Benign rationales by operation verb ({thing} and {svc} are filled in per operation).
@@ -453,6 +485,7 @@ class Catalogue:
     escalation_why: tuple[int, int]
     lateral_why: tuple[int, int]
     auth_service: dict[str, int]
+    secret_blocks: tuple[tuple[int, int, int, int], ...] = ()  # service, rank, start, count
 
     def op_id(self, service: str, name: str) -> int:
         """Index of an operation by service and name."""
@@ -618,6 +651,17 @@ def catalogue() -> Catalogue:
         res_uid.append(url)
         res_service.append(http)
         res_rank.append(0)
+    secret_blocks: list[tuple[int, int, int, int]] = []  # service, rank, start, count
+    for svc_name, stem_sets, _w in _SECRET_DATA:
+        svc = service_names.index(svc_name)
+        for r, stems, count in zip((4, 5), stem_sets, _SECRET_DATA_COUNT, strict=True):
+            secret_blocks.append((svc, r, len(res_uid), count))
+            rtype = rtypes[svc]
+            for _ in range(count):
+                i = len(res_uid)
+                res_uid.append(f"{svc_name}:{rtype}/{stems[i % len(stems)]}-{i:04d}")
+                res_service.append(svc)
+                res_rank.append(r)
     eff = np.zeros((n_svc, N_RANKS), dtype=np.int8)
     for svc in range(n_svc):
         best = 0
@@ -640,8 +684,15 @@ def catalogue() -> Catalogue:
     group_cdf: list[float] = []
     group_services: list[frozenset[int]] = []
     op_svc_arr = np.asarray(op_service)
-    for kind, table in ((HUMAN, _HUMAN_ROLES), (SERVICE, _SERVICE_FAMILIES), (AGENT, _AGENT_KINDS)):
-        total = sum(t[1] for t in table)
+    tables = (
+        (HUMAN, _HUMAN_ROLES, _HUMAN_ROLES),
+        (SERVICE, _SERVICE_FAMILIES, _SERVICE_FAMILIES),
+        (AGENT, _AGENT_KINDS, _AGENT_KINDS),
+        (AGENT, EXTRA_AGENT_KINDS, _AGENT_KINDS),
+        (SERVICE, EXTRA_SERVICE_FAMILIES, _SERVICE_FAMILIES),
+    )
+    for kind, table, of in tables:
+        total = sum(t[1] for t in of)
         for name, w, services, ceiling, admin, share in table:
             g = len(group_name)
             group_name.append(name)
@@ -672,7 +723,7 @@ def catalogue() -> Catalogue:
     model_name = [m[0] for m in _MODELS]
     model_version = [m[1] for m in _MODELS]
     digests = [model_digest(n, v) for n, v in _MODELS]
-    kind_models = tuple(_KIND_MODELS[t[0]] for t in _AGENT_KINDS)
+    kind_models = tuple(_KIND_MODELS[t[0]] for t in (*_AGENT_KINDS, *EXTRA_AGENT_KINDS))
 
     # ---- rationales
     rationale: list[str] = []
@@ -757,6 +808,47 @@ def catalogue() -> Catalogue:
         escalation_why=escalation_why,
         lateral_why=lateral_why,
         auth_service={name: service_names.index(name) for name in _AUTH_ONLY},
+        secret_blocks=tuple(secret_blocks),
+    )
+
+
+@lru_cache(maxsize=1)
+def secret_catalogue() -> Catalogue:
+    """The catalogue with Secret / Top Secret data in HR and payments (payroll, treasury).
+
+    Same resources, services and groups as :func:`catalogue` (the extra resources exist there
+    too, unreachable); only the per-service rank tables differ, so habitual picks of ``hr`` and
+    ``payments`` can land on Secret data.
+
+    >>> cat = secret_catalogue()
+    >>> hr = cat.service_id("hr")
+    >>> int(cat.res_count[hr, 4]) > 0, int(catalogue().res_count[hr, 4])
+    (True, 0)
+    """
+    import dataclasses
+
+    base = catalogue()
+    start = base.res_start.copy()
+    count = base.res_count.copy()
+    n_svc = len(base.service_name)
+    new_cdf = base.svc_rank_cdf.reshape(n_svc, N_RANKS).copy()
+    for svc, rank, first, k in base.secret_blocks:
+        start[svc, rank] = first
+        count[svc, rank] = k
+    for svc_name, _stems, rank_weights in _SECRET_DATA:
+        svc = base.service_id(svc_name)
+        rw = np.cumsum(np.asarray(rank_weights, dtype=np.float64))
+        new_cdf[svc] = svc + rw / rw[-1]
+        new_cdf[svc, -1] = svc + 1.0
+    eff = np.zeros((n_svc, N_RANKS), dtype=np.int8)
+    for svc in range(n_svc):
+        best = 0
+        for r in range(N_RANKS):
+            if count[svc, r] > 0:
+                best = r
+            eff[svc, r] = best
+    return dataclasses.replace(
+        base, res_start=start, res_count=count, eff_rank=eff, svc_rank_cdf=new_cdf.ravel()
     )
 
 

@@ -114,6 +114,8 @@ def expand(
         why=habits.rationale(op, rng),
         camp=camp,
     )
+    if habits.with_counterparties:
+        steps.cpty[:] = habits.counterparties(ident, op, time, rng)
     if not sign_in:
         return steps
     agent = seg.agent.astype(np.int64)
@@ -154,6 +156,7 @@ def delegate(
     b.svc[rows] = cat.op_service[habits.delegate_op]
     b.activity[rows] = cat.op_activity[habits.delegate_op]
     b.res[rows] = -1
+    b.cpty[rows] = -1
     b.peer[rows] = workers
     b.status[rows] = 1
     b.bytes_in[rows] = 200 + rng.integers(0, 400, len(rows))
@@ -216,4 +219,42 @@ def agent_events(
     ok = workers >= 0
     rows, workers = rows[ok], workers[ok]
     sub = delegate(habits, b, rows, workers, rng)
-    return Batch.concat([b, expand(habits, sub, rng)]), next_task + t
+    sb = expand(habits, sub, rng)
+    traits = pop.traits
+    if traits is None or traits.chain_depth <= 2:
+        return Batch.concat([b, sb]), next_task + t
+    return Batch.concat(
+        [b, sb, *_deeper(habits, sb, traits.chain_depth, traits.sub_delegate, rng)]
+    ), (next_task + t)
+
+
+def _deeper(
+    habits: Habits, level: Batch, depth: int, share: float, rng: np.random.Generator
+) -> list[Batch]:
+    """Profiles: workers that are sub-orchestrators delegate on, up to ``depth`` agents deep.
+
+    A sub-orchestrator turns its step 2 (sometimes 3 too) into a delegation to one of its own
+    habitual downstream agents (never back to itself or to whoever delegated to it).
+    """
+    pop = habits.pop
+    out: list[Batch] = []
+    for _ in range(depth - 2):
+        if not len(level):
+            break
+        api = level.eclass == API
+        subs = pop.team_size[level.ident] > 0
+        step_ok = (level.step == 2) | ((level.step == 3) & (rng.random(len(level)) < 0.3))
+        rows = np.flatnonzero(api & subs & step_ok & (rng.random(len(level)) < share))
+        if not len(rows):
+            break
+        orch = level.ident[rows]
+        slot = zipf_rank(rng.random(len(rows)), pop.team_size[orch])
+        workers = pop.team_member(orch, slot)
+        ok = (workers >= 0) & (workers != orch) & (workers != level.deleg[rows])
+        rows, workers = rows[ok], workers[ok]
+        if not len(rows):
+            break
+        sub = delegate(habits, level, rows, workers, rng)
+        level = expand(habits, sub, rng)
+        out.append(level)
+    return out

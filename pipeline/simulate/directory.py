@@ -107,8 +107,9 @@ def write_directory(population: Population, path: Path | str) -> int:
     return write_entries(directory_entries(population), path)
 
 
-def population_directory(identities: int, seed: int) -> Directory:
-    """The directory a worker would load for ``custos simulate --identities N --seed S``."""
+def population_directory(identities: int, seed: int, profile: str = "default") -> Directory:
+    """The directory a worker would load for ``custos simulate --identities N --seed S``
+    (``--profile P``)."""
     from pipeline.simulate.population import build_population
 
-    return Directory(directory_entries(build_population(identities, seed=seed)))
+    return Directory(directory_entries(build_population(identities, seed=seed, profile=profile)))

@@ -20,6 +20,7 @@ import msgspec
 import numpy as np
 
 from pipeline.simulate.batches import AUTH, Batch
+from pipeline.simulate.behaviours import CP_SHIFT
 from pipeline.simulate.catalogue import (
     AGENT,
     CONFIDENTIALITY_NAME,
@@ -32,7 +33,7 @@ from pipeline.simulate.catalogue import (
     agent_config_hash,
 )
 from pipeline.simulate.labels import LabelBook
-from pipeline.simulate.population import Population
+from pipeline.simulate.population import _FIRST, _LAST, Population
 from pipeline.simulate.seeds import Array, hash64, hex_ids, uuid_strings
 
 __all__ = ["OCSF_VERSION", "PRODUCT_NAME", "Encoder"]
@@ -58,6 +59,32 @@ _AUTH_FAILURE: Final = ("Invalid credentials", "MFA challenge failed", "Account 
 _API_FAILURE: Final = ("AccessDenied", "Throttling", "ResourceNotFound")
 _USER_TYPE: Final = {1: "User", 2: "Admin", 4: "Service", 99: "AI Agent"}
 _NOT_CONF: Final = {"confidentiality_id": 1, "confidentiality": "Not Confidential"}
+# Counterparties (profiles): Batch.cpty kind -> resource type.
+_CP_TYPE: Final = ("bank_account", "email_address", "user")
+# IBAN countries of counterparties' banks.
+_CP_COUNTRIES: Final = ("DE", "FR", "NL", "GB", "ES", "IE", "IT", "BE", "CH", "AT")
+_CP_ORGS: Final = (
+    "acme", "globex", "initech", "umbrella", "hooli", "vandelay", "stark", "wayne", "wonka",
+    "tyrell", "soylent", "cyberdyne", "oscorp", "aperture", "gringotts", "monarch",
+)  # fmt: skip
+_CP_MASK: Final = (1 << CP_SHIFT) - 1
+
+
+def counterparty_uid(cpty: int) -> tuple[str, str]:
+    """``(resources[].uid, resources[].type)`` of a ``Batch.cpty`` value.
+
+    >>> counterparty_uid((1 << 58) | 123456789)[1]
+    'email_address'
+    """
+    kind, h = cpty >> CP_SHIFT, cpty & _CP_MASK
+    domain = f"{_CP_ORGS[(h >> 15) % len(_CP_ORGS)]}{(h >> 19) % 90 + 10}.example"
+    if kind == 0:
+        cc = _CP_COUNTRIES[h % len(_CP_COUNTRIES)]
+        uid = f"iban:{cc}{(h >> 4) % 90 + 10}{(h >> 11) % 10**16:016d}"
+    else:
+        person = f"{_FIRST[(h >> 3) % len(_FIRST)]}.{_LAST[(h >> 9) % len(_LAST)]}"
+        uid = f"{'mail' if kind == 1 else 'user'}:{person}@{domain}"
+    return uid, _CP_TYPE[kind]
 
 
 def _ip(value: int) -> str:
@@ -120,6 +147,8 @@ class Encoder:
             )
             for r, uid in enumerate(cat.res_uid)
         ]
+        self._resource_items = [raw(msgspec.json.decode(r)[0]) for r in self._resources]
+        self._cpty: dict[int, msgspec.Raw] = {}
         self._apis = [
             raw({"operation": name, "service": {"name": cat.service_name[int(svc)]}})
             for name, svc in zip(cat.op_name, cat.op_service.tolist(), strict=True)
@@ -183,6 +212,26 @@ class Encoder:
             self._configs[key] = hashes
         return hashes
 
+    def _block(self, res: int, more: int) -> list[msgspec.Raw]:
+        """``res`` and up to ``more`` further resources of its (service, rank) block."""
+        cat = self.cat
+        svc, rank = int(cat.res_service[res]), int(cat.res_rank[res])
+        start, count = int(cat.res_start[svc, rank]), int(cat.res_count[svc, rank])
+        if not start <= res < start + count:
+            return [self._resource_items[res]]
+        k = min(more, count - 1)
+        return [self._resource_items[start + (res - start + j) % count] for j in range(k + 1)]
+
+    def _counterparty(self, cpty: int) -> msgspec.Raw:
+        obj = self._cpty.get(cpty)
+        if obj is None:
+            if len(self._cpty) > _CACHE_MAX:
+                self._cpty.clear()
+            uid, rtype = counterparty_uid(cpty)
+            obj = self._raw({"uid": uid, "type": rtype})
+            self._cpty[cpty] = obj
+        return obj
+
     def _endpoint(self, geo: int, asn: int, ip: int) -> msgspec.Raw:
         key = (geo, asn, ip)
         ep = self._endpoints.get(key)
@@ -243,6 +292,11 @@ class Encoder:
         encode = self._encode
         labels = self.labels
         id_topic, api_topic = self.identity_topic, self.agent_topic
+        has_cpty = bool((b.cpty >= 0).any())
+        cptys = b.cpty.tolist() if has_cpty else [-1] * n
+        mores = b.res_more.tolist() if bool((b.res_more > 0).any()) else [0] * n
+        block = self._block
+        items, counterparty = self._resource_items, self._counterparty
 
         cols = zip(
             uids,
@@ -273,6 +327,8 @@ class Encoder:
             b.why.tolist(),
             b.cfg.tolist(),
             b.camp.tolist(),
+            cptys,
+            mores,
             aux,
             detail,
             strict=True,
@@ -306,6 +362,8 @@ class Encoder:
             why,
             cfg,
             camp,
+            cpty,
+            more,
             aux_id,
             det,
         ) in cols:
@@ -366,11 +424,16 @@ class Encoder:
                     "traffic": {"bytes_in": b_in, "bytes_out": b_out},
                 }
                 if res >= 0:
-                    ev["resources"] = resources[res]
+                    ev["resources"] = resources[res] if not more else block(res, more)
                 elif peer >= 0:
                     ev["resources"] = [
                         {"uid": uid_of(peer), "type": "agent", "data_classification": _NOT_CONF}
                     ]
+                if cpty >= 0:  # profiles: whom the payment / mail / invite is for
+                    cp = counterparty(cpty)
+                    ev["resources"] = (
+                        [*(block(res, more) if more else [items[res]]), cp] if res >= 0 else [cp]
+                    )
                 if failed:
                     ev["status_detail"] = "AccessDenied" if admin[op] else _API_FAILURE[det]
                 if task >= 0:

@@ -33,13 +33,14 @@ from pipeline.simulate.catalogue import (
     catalogue,
     ip_blocks,
 )
-from pipeline.simulate.seeds import Array, hash64, rng_for
+from pipeline.simulate.seeds import Array, hash64, rng_for, unit
 
-__all__ = ["Mix", "Population", "build_population"]
+__all__ = ["Mix", "Population", "Traits", "build_population"]
 
 _POP_STREAM: Final = 0x504F50  # "POP": the population's own random stream
 _NAME_KEY: Final = 0x4E414D45
 _PREFIX_KEY: Final = 0x50524546
+_TRAVEL_KEY: Final = 0x54524156
 TEAM_SIZE: Final = 12  # humans per team within a role
 UID_PREFIX: Final = ("usr-", "svc-", "agt-")
 
@@ -73,6 +74,27 @@ class Mix:
         n_h = round(n * self.human / total)
         n_s = min(n - n_h, round(n * self.service / total))
         return n_h, n_s, n - n_h - n_s
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Traits:
+    """Habits only population profiles give (see :mod:`pipeline.simulate.profiles`).
+
+    Arrays have length ``n``; a zero means "not this identity". The default population has
+    none (``Population.traits is None``) and behaves exactly as it always has.
+    """
+
+    travel_stop_ms: Array  # int64: travellers stay this long in each place (0: never travel)
+    travel_phase_ms: Array  # int64: when a traveller's itinerary starts
+    batch_period_ms: Array  # int64: services running a batch job every period (0: none)
+    batch_phase_ms: Array  # int64: job start within the period
+    batch_len_ms: Array  # int64: how long one job runs
+    batch_calls: Array  # float32: API calls per job
+    chain_depth: int = 2  # most agents in one delegation chain (2: orchestrator → worker)
+    sub_delegate: float = 0.0  # chance a sub-orchestrator delegates a step further down
+    counterparties: bool = False  # write/send calls name their counterparty as a resource
+    secret_data: bool = False  # HR / payments hold Secret data (catalogue.secret_catalogue)
+    travellers: bool = False  # some identities have travel_stop_ms > 0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -117,6 +139,7 @@ class Population:
     pooled: Array  # int32 [n_pooled]: workers that only get tasks from orchestrators
     roots: Array  # int32 [n_roots]: agents that receive tasks directly (from their owner)
     n_teams: Array  # int16 [n_groups]
+    traits: Traits | None = None  # profile-only habits (None: the default world)
 
     # ---- identity strings (computed, never stored) -------------------------------------------
     def kind_of(self, i: int) -> int:
@@ -160,7 +183,7 @@ class Population:
         Saturdays and Sundays - all in the person's own time zone. Evaluated per event, so
         habits do not depend on how the run is sliced.
         """
-        tz = catalogue().geo_tz_min[self.geo[ident]].astype(np.int64)
+        tz = catalogue().geo_tz_min[self.located(ident, t_ms)].astype(np.int64)
         local = np.asarray(t_ms, dtype=np.int64) // 60_000 + tz
         minute = local % 1440
         weekday = (local // 1440 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
@@ -172,6 +195,31 @@ class Population:
         factor[weekend] *= self.weekend[ident][weekend]
         first = working & (since < 30) & ~weekend
         return factor, first
+
+    def stop_geo(self, ident: Array, k: Array) -> Array:
+        """Where traveller ``ident`` is during its ``k``-th stop: home (40 %) or another city."""
+        cat = catalogue()
+        h = hash64(self.key, ident, k, _TRAVEL_KEY)
+        away = unit(h) >= 0.4
+        pick = ((h >> np.uint64(8)) % np.uint64(len(cat.home_geos))).astype(np.int64)
+        return np.where(away, cat.home_geos[pick], self.geo[ident]).astype(np.int16)
+
+    def located(self, ident: Array, t_ms: Array | int) -> Array:
+        """Where each identity is at ``t_ms``: home, or (profiles) a traveller's current stop.
+
+        Travellers keep the working hours of wherever they are.
+        """
+        traits = self.traits
+        if traits is None or not traits.travellers:
+            return self.geo[ident]
+        geo = self.geo[ident].copy()
+        stop = traits.travel_stop_ms[ident]
+        moving = stop > 0
+        if moving.any():
+            t = np.broadcast_to(np.asarray(t_ms, dtype=np.int64), np.shape(ident))[moving]
+            k = (t - traits.travel_phase_ms[ident[moving]]) // stop[moving]
+            geo[moving] = self.stop_geo(ident[moving], k)
+        return geo
 
     def human_activity(self, t_ms: int) -> tuple[Array, Array]:
         """:meth:`activity_at` for every human at one instant."""
@@ -205,8 +253,24 @@ class Population:
         return bool((members == agent).any())
 
 
-def build_population(identities: int, seed: int = 7, mix: Mix | None = None) -> Population:
-    """Draw a population of ``identities`` identities (vectorised; 1,000,000 in a few seconds)."""
+def build_population(
+    identities: int, seed: int = 7, mix: Mix | None = None, profile: str = "default"
+) -> Population:
+    """Draw a population of ``identities`` identities (vectorised; 1,000,000 in a few seconds).
+
+    ``profile`` names a population profile (:data:`pipeline.simulate.profiles.PROFILES`): the
+    default population is drawn first, then the profile reshapes it with its own random stream,
+    so ``"default"`` is exactly the population this function always drew.
+    """
+    if profile != "default":
+        from pipeline.simulate.profiles import apply_profile, get_profile
+
+        prof = get_profile(profile)
+        return apply_profile(_draw(identities, seed, mix or prof.mix), prof, seed)
+    return _draw(identities, seed, mix)
+
+
+def _draw(identities: int, seed: int, mix: Mix | None) -> Population:
     if identities < 10:
         raise ValueError("a population needs at least 10 identities")
     mix = mix or Mix()

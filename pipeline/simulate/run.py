@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline.simulate.batches import Batch
 from pipeline.simulate.behaviours import Habits, human_events, service_events
-from pipeline.simulate.catalogue import catalogue
+from pipeline.simulate.catalogue import catalogue, secret_catalogue
 from pipeline.simulate.chains import agent_events
 from pipeline.simulate.events import Encoder
 from pipeline.simulate.labels import (
@@ -39,7 +39,8 @@ from pipeline.simulate.labels import (
     write_labels,
 )
 from pipeline.simulate.population import Mix, Population, build_population
-from pipeline.simulate.scenarios import DAY_MS, SCENARIOS, AttackPlan, plan_attacks
+from pipeline.simulate.profiles import get_profile
+from pipeline.simulate.scenarios import DAY_MS, AttackPlan, plan_attacks
 from pipeline.simulate.seeds import rng_for
 from pipeline.simulate.sinks import Sink
 
@@ -116,24 +117,32 @@ class Simulation:
         attacks: bool = True,
         mix: Mix | None = None,
         campaigns_per_scenario: int | None = None,
-        scenarios: tuple[str, ...] = SCENARIOS,
+        scenarios: tuple[str, ...] | None = None,
         slice_s: float | None = None,
         drift_min_window_s: float = DAY_MS / 1000,
         population: Population | None = None,
         label_events: bool = False,
+        profile: str = "default",
     ) -> None:
+        """``profile`` names a population profile (:data:`pipeline.simulate.profiles.PROFILES`);
+        ``scenarios`` defaults to the profile's (``default``: the original eight)."""
         if duration_s <= 0:
             raise ValueError("duration_s must be positive")
         if slice_s is None:
             slice_s = auto_slice_s(identities)
         if slice_s <= 0:
             raise ValueError("slice_s must be positive")
+        prof = get_profile(profile)
+        if scenarios is None:
+            scenarios = prof.scenarios
+        self.profile = prof.name
         self.seed = seed
         self.start_ms = default_start(duration_s) if start_ms is None else int(start_ms)
         self.end_ms = self.start_ms + int(duration_s * 1000)
         self.slice_ms = max(1, int(slice_s * 1000))
-        self.cat = catalogue()
-        self.population = population or build_population(identities, seed, mix)
+        self.population = population or build_population(identities, seed, mix, prof.name)
+        traits = self.population.traits
+        self.cat = secret_catalogue() if traits is not None and traits.secret_data else catalogue()
         self.habits = Habits(self.population, self.cat)
         self.plan = (
             plan_attacks(
@@ -237,6 +246,7 @@ def iter_events(
     progress: bool = False,
     mix: Mix | None = None,
     campaigns_per_scenario: int | None = None,
+    profile: str = "default",
 ) -> Iterator[tuple[str, bytes, bytes, int]]:
     """Generate ``(topic, key, value, time_ms)`` tuples without a sink (labels: use Simulation)."""
     sim = Simulation(
@@ -248,6 +258,7 @@ def iter_events(
         attacks=attacks,
         mix=mix,
         campaigns_per_scenario=campaigns_per_scenario,
+        profile=profile,
     )
     yield from sim.events(progress)
 
@@ -267,6 +278,7 @@ def simulate(
     mix: Mix | None = None,
     campaigns_per_scenario: int | None = None,
     event_labels_path: Path | None = None,
+    profile: str = "default",
 ) -> SimulationReport:
     """Simulate ``identities`` over ``duration_s`` seconds of event time into ``sink``.
 
@@ -274,6 +286,7 @@ def simulate(
     possible). The sink is closed at the end. Ground truth goes to ``labels_path`` (JSONL) when
     given, and is always in the report; ``event_labels_path`` (JSONL) also gets one line per
     malicious event (exact event-level ground truth; the other outputs do not change).
+    ``profile`` picks a population profile (``"default"``: the original world).
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive")
@@ -287,6 +300,7 @@ def simulate(
         mix=mix,
         campaigns_per_scenario=campaigns_per_scenario,
         label_events=event_labels_path is not None,
+        profile=profile,
     )
     per_topic: dict[str, int] = {settings.identity_topic: 0, settings.agent_topic: 0}
     n = 0

@@ -25,6 +25,16 @@ Scenarios (``SCENARIOS``):
    prompt too).
 8. ``slow_drift`` - bytes_out creeping up a few percent per day; planned only for windows of at
    least ``drift_min_window_ms`` (a day by default), since it is invisible in shorter runs.
+
+Added with population profiles (``NEW_SCENARIOS``; planned when asked for, which every profile
+but ``default`` does):
+
+9. ``task_exfil`` - within one task of 2-4 steps an agent calls its *usual* tools (valid
+   credentials, usual model, usual hours) with 25-60x its usual bytes per call (``bytes_in``
+   for reads, ``bytes_out`` for writes / sends); every other campaign each call also lists
+   10-40 resources of its usual resource's block in ``resources[]`` (a sweep).
+10. ``novel_counterparty`` - an agent or service performs a payment / mail / invite it normally
+   performs, to a counterparty (``resources[]`` ``iban:`` / ``mail:`` / ``user:``) it never used.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from typing import Final
 import numpy as np
 
 from pipeline.simulate.batches import API, AUTH, Batch
-from pipeline.simulate.behaviours import Habits
+from pipeline.simulate.behaviours import CP_ATTACK_SLOT, Habits
 from pipeline.simulate.catalogue import (
     AGENT,
     CONFIG_PROMPT,
@@ -51,6 +61,8 @@ from pipeline.simulate.chains import Segments, delegate, expand
 from pipeline.simulate.seeds import Array, rng_for
 
 __all__ = [
+    "ALL_SCENARIOS",
+    "NEW_SCENARIOS",
     "SCENARIOS",
     "AttackPlan",
     "Campaign",
@@ -69,6 +81,10 @@ SCENARIOS: Final = (
     "model_swap",
     "slow_drift",
 )
+#: Scenarios added with population profiles: planned only when asked for (every profile but
+#: ``default`` asks by default), so runs of the default profile keep their campaigns.
+NEW_SCENARIOS: Final = ("task_exfil", "novel_counterparty")
+ALL_SCENARIOS: Final = (*SCENARIOS, *NEW_SCENARIOS)
 DAY_MS: Final = 86_400_000
 _MIN: Final = 60_000
 _CAMP_STREAM: Final = 0x43414D50
@@ -644,6 +660,94 @@ class _Planner:
         self.last_idents = victim
         return []
 
+    # ---- 9. bulk exfiltration through the usual tools, inside one task ------------------------
+    def usual_ops(self, v: int, rng: np.random.Generator, k: int = 400) -> tuple[Array, Array]:
+        """The operations identity ``v`` habitually calls and how often (a sample of ``k``)."""
+        ops, counts = np.unique(self.h.ops(np.full(k, v, dtype=np.int64), rng), return_counts=True)
+        common = counts >= max(4, int(0.03 * k))
+        return ops[common].astype(np.int16), counts[common]
+
+    def task_exfil(self, c: int, rng: np.random.Generator) -> list[Batch] | None:
+        pop, cat, h = self.pop, self.cat, self.h
+        t = self.when(rng)
+        cands = self.roots_active(t)
+        # An agent with a real routine (the busier quarter): its usual tools are well known.
+        busy = pop.api_rate[cands] * pop.steps[cands]
+        cands = cands[busy >= np.quantile(busy, 0.75)] if len(cands) >= 4 else cands
+        victim = self.take(rng, cands)
+        if not victim:
+            return None
+        v = victim[0]
+        ops, counts = self.usual_ops(v, rng)
+        if not len(ops):
+            self.taken[v] = False
+            return None
+        b = expand(h, self.segment(v, t, int(rng.integers(2, 5)), c), rng)
+        b.camp[b.eclass == AUTH] = -1  # the task token itself is ordinary
+        rows = np.flatnonzero(b.eclass == API)
+        b.op[rows] = rng.choice(ops, size=len(rows), p=counts / counts.sum())
+        b.status[rows] = 1
+        self._refresh(b, rows, rng)
+        op = b.op[rows]
+        factor = rng.uniform(25.0, 60.0, len(rows))
+        reads = np.asarray([cat.op_verb[o] == "r" for o in op.tolist()], dtype=bool)
+        usual_in = np.exp(pop.in_mu[v] + cat.op_in_adj[op])
+        usual_out = np.exp(pop.out_mu[v] + cat.op_out_adj[op])
+        if c % 2:  # every other campaign: each call also sweeps 10-40 resources at once
+            wide = rows[b.res[rows] >= 0]
+            b.res_more[wide] = rng.integers(10, 41, len(wide))
+        b.bytes_in[rows[reads]] = (usual_in * factor)[reads].astype(np.int64)
+        b.bytes_out[rows[~reads]] = (usual_out * factor)[~reads].astype(np.int64)
+        self.last_idents = victim
+        return [b]
+
+    # ---- 10. a write / send to a counterparty never used before -------------------------------
+    def novel_counterparty(self, c: int, rng: np.random.Generator) -> list[Batch] | None:
+        pop, h = self.pop, self.h
+        t = self.when(rng)
+        agents = self.roots_active(t)
+        services = self.free(np.arange(pop.n_human, pop.n_human + pop.n_service, dtype=np.int64))
+        pool = np.concatenate([agents, services])
+        if not len(pool):
+            return None
+        cands = rng.permutation(pool)[:400]
+        k = 200
+        sample = h.ops(np.repeat(cands, k), rng)
+        sends = (h.cp_kind[sample] >= 0).reshape(len(cands), k)
+        share = sends.mean(axis=1)
+        eligible = cands[share >= 0.02]
+        if not len(eligible):
+            return None
+        is_agent = pop.kind[eligible] == AGENT
+        prefer = eligible[is_agent] if is_agent.any() and rng.random() < 0.7 else eligible
+        victim = self.take(rng, prefer)
+        if not victim:
+            return None
+        v = victim[0]
+        row = int(np.flatnonzero(cands == v)[0])
+        own = sample[row * k : (row + 1) * k]
+        own = own[h.cp_kind[own] >= 0]
+        vals, counts = np.unique(own, return_counts=True)
+        op = int(vals[np.argmax(counts)])
+        cpty = int(h.counterparty_ids(v, int(h.cp_kind[op]), CP_ATTACK_SLOT + c)[0])
+        n_send = int(rng.integers(1, 4))
+        if pop.kind[v] == AGENT:
+            b = expand(h, self.segment(v, t, n_send + int(rng.integers(1, 3)), c), rng)
+            api = np.flatnonzero(b.eclass == API)
+            rows = api[-n_send:]
+            b.camp[:] = -1  # the rest of the task is the agent's ordinary work
+        else:
+            times = self.spread(rng, t, n_send, self.fit(t, int(rng.integers(1, 10)) * _MIN))
+            b = h.api_events(np.full(n_send, v, dtype=np.int64), times, rng)
+            rows = np.arange(n_send)
+        b.op[rows] = op
+        b.status[rows] = 1
+        self._refresh(b, rows, rng)
+        b.cpty[rows] = cpty
+        b.camp[rows] = c
+        self.last_idents = victim
+        return [b]
+
     # ---- shared ---------------------------------------------------------------------------------
     def _refresh(
         self, b: Batch, rows: Array, rng: np.random.Generator, min_rank: Array | None = None
@@ -659,13 +763,15 @@ class _Planner:
         b_in, b_out = self.h.volumes(who, op, b.status[rows], rng)
         b.bytes_in[rows] = b_in
         b.bytes_out[rows] = b_out
+        if self.h.with_counterparties:
+            b.cpty[rows] = self.h.counterparties(who, op, b.time[rows], rng)
         stated = rows[b.why[rows] >= 0]  # agents explain each call: keep the reason on topic
         b.why[stated] = self.h.rationale(b.op[stated], rng)
 
     def run(
         self, per_scenario: int, scenarios: tuple[str, ...], drift_min_window_ms: int
     ) -> AttackPlan:
-        for s_idx, scenario in enumerate(SCENARIOS):
+        for s_idx, scenario in enumerate(ALL_SCENARIOS):
             if scenario not in scenarios:
                 continue
             if scenario == "slow_drift" and self.end - self.start < drift_min_window_ms:
@@ -706,7 +812,7 @@ def plan_attacks(
     drift_min_window_ms: int = DAY_MS,
 ) -> AttackPlan:
     """Plan every campaign of a run over ``[start_ms, end_ms)`` (deterministic for a seed)."""
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(ALL_SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenarios: {sorted(unknown)}")
     if per_scenario is None:
