@@ -14,6 +14,12 @@ with the defaults):
 * the request rate: EW mean / variance of log(events in the last ``burst_window_ms``), each
   event weighted by the time it stands for (1 / rate), so a burst does not teach its own rate,
 * how often the identity fails, uses MFA, is delegated, and which sensitivity ranks it touches,
+* per task (``Features.task``) and per clock hour: the running volume and distinct resources
+  (a 64-bit linear-counting sketch), and EW mean / variance of completed tasks' and hours'
+  totals, learned only from tasks and hours none of whose events was held back
+  (:meth:`BaselineModel.taint`), so an attack does not teach its own bulk; aggregates are
+  observed for *every* event (:meth:`BaselineModel.observe`), learned or not,
+* a long-horizon EW mean / variance of log bytes_out (drift),
 * per categorical feature, ``cat_slots`` remembered values (hash, count, hour last seen) with
   least-frequently- then least-recently-used eviction, how often the feature is present, how
   often its value was new (novelty is discounted where it is the norm), and the name of the
@@ -31,12 +37,19 @@ dimension         meaning
 bytes_out         z-score of log bytes_out, high side only
 bytes_in          z-score of log bytes_in, high side only
 n_resources       z-score of the number of resources touched, high side only
-sensitivity       the resource's rank is above what the identity usually touches
+sensitivity       the resource's rank is rare for the identity, more so the further it is above
+                  its usual maximum (no hard ceiling without a directory)
 failure           a failure where failures are rare
 no_mfa            a logon without MFA where MFA is usual
 chain_depth       delegated where delegation is rare, or not delegated where it is the norm
 burst             current short-window request rate far above the usual rate
 off_hours         this hour (weekday / weekend) is rare in the time profile
+task_volume       bytes so far in this task (session) above the identity's usual task total
+task_resources    distinct resources so far in this task above its usual per-task count
+hour_volume       bytes so far in this clock hour above the identity's usual hourly total
+drift             bytes_out persistently above the identity's long-horizon typical (half-life
+                  ``drift_half_life_events``; a one-sided CUSUM): a slow ramp, caught before
+                  it has become the baseline
 country … auth_…  one per :data:`~pipeline.features.CATEGORICAL` feature: first seen / rare
 ================  =========================================================================
 
@@ -120,6 +133,10 @@ DEVIATIONS: Final[tuple[str, ...]] = (
     "chain_depth",
     "burst",
     "off_hours",
+    "task_volume",
+    "task_resources",
+    "hour_volume",
+    "drift",
     *CATEGORICAL,
 )
 DEVIATION_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(DEVIATIONS)}
@@ -139,6 +156,10 @@ _D_CAT0: Final = DEVIATION_INDEX[CATEGORICAL[0]]
     _D_CHAIN,
     _D_BURST,
     _D_HOURS,
+    _D_TASK_VOL,
+    _D_TASK_RES,
+    _D_HOUR_VOL,
+    _D_DRIFT,
 ) = range(_D_CAT0)
 _X_BYTES_OUT, _X_BYTES_IN, _X_FAIL, _X_NOMFA, _X_SENS, _X_NRES, _X_CHAIN = range(_N_NUM)
 _C_DELEGATOR: Final = CATEGORICAL_INDEX["delegator"]
@@ -162,6 +183,35 @@ _ZSPEC: Final = (
     (_D_NRES, _X_NRES, 3, 1.0),
 )
 _RATE_VAR_FLOOR: Final = 0.25  # log events/min: sd 0.5 ≈ x1.6
+# Aggregates (BaselineState.agg): running task / hour sums and EW stats of completed totals.
+(
+    _A_TASK_BYTES, _A_TASK_CALLS, _A_TASK2_BYTES, _A_TASK2_CALLS, _A_TW, _A_TB_MEAN, _A_TB_VAR,
+    _A_TR_MEAN, _A_TR_VAR, _A_HOUR_BYTES, _A_HW, _A_HB_MEAN, _A_HB_VAR, _A_SW, _A_SLOW_MEAN,
+    _A_SLOW_VAR, _A_CUSUM, _A_CP_SEEN, _A_CP_NEW,
+) = range(19)  # fmt: skip
+_N_AGG: Final = 19
+# Counterparties: a 256-bit Bloom filter (2 probes) of every one an identity wrote to, so a
+# first payee is "never seen" however many regular ones there are (6 slots churn), with an
+# EW count of writes and of writes to a new one (how usual a new counterparty is).
+_CP_WORDS: Final = 4
+_CP_BITS: Final = 64 * _CP_WORDS
+_AGG_VAR_FLOOR: Final = 0.25  # log bytes: sd 0.5 ≈ x1.6 between one task's total and another's
+_AGG_MIN_W: Final = 3.0  # completed tasks / hours before their totals are a baseline
+_AGG_HALF_LIFE: Final = 100.0  # completed tasks / hours after which old totals weigh half
+_DRIFT_MIN_W: Final = 300.0  # long-horizon events before drift is judged
+# Drift: a one-sided CUSUM of log bytes_out against the long-horizon mean, in its sds. Each
+# event adds z - _DRIFT_SLACK (floored at 0); _DRIFT_H is where drift starts to count. Under
+# no drift the sum exceeds _DRIFT_H with probability ~exp(-2 x slack x H) = e^-30 per event;
+# a shift of 0.4 sd crosses it after ~400 events.
+_SENS_STEP_NATS: Final = 1.5  # surprise per sensitivity rank above the usual maximum
+_DRIFT_SLACK: Final = 0.25
+_DRIFT_H: Final = 60.0
+_AGG_KEEP: Final = 0.5 ** (1.0 / _AGG_HALF_LIFE)
+_TAINT_TASK: Final = 1  # BaselineState.taint bits: the task / hour / other task held back
+_TAINT_HOUR: Final = 2  # an event (its total is not learned)
+_TAINT_TASK2: Final = 4
+_C_RESOURCE: Final = CATEGORICAL_INDEX["resource"]
+_C_COUNTERPARTY: Final = CATEGORICAL_INDEX["counterparty"]
 _VAR_PRIOR_EVENTS: Final = 10.0  # extra prior variance that fades over the first events
 
 _HOUR_MS: Final = 3_600_000
@@ -189,7 +239,7 @@ _MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
 _U16: Final = 0xFFFF
 _U32: Final = 0xFFFFFFFF
 _NO_NAME: Final = 0xFF
-_NAME_BYTES: Final = 20  # bytes kept per "most used" name (explanations only)
+_NAME_BYTES: Final = 12  # bytes kept per "most used" name (explanations only)
 # Counts stay below 2 x half-life (a merge halves until they do), then grow by at most one
 # half-life before the next halving: < 3 x 16000 < 2^16, the u16 wire format.
 _MAX_HALF_LIFE: Final = 16_000
@@ -207,6 +257,8 @@ _PLURAL: Final[dict[str, str]] = {
     "model": "models",
     "environment": "environments",
     "auth_protocol": "auth protocols",
+    "counterparty": "counterparties",
+    "combo": "tool x resource class combinations",
 }
 _DASH: Final = "\u2013"  # en dash, as in "08\u201318 UTC"
 _WEEKDAY: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -217,6 +269,8 @@ _HEAD: Final = struct.Struct(
     f"{2 * _N_NUM}f"  # means, variances
     f"{_N_BUCKETS}H{_N_RANKS}H{_N_CAT}H{_N_CAT}H"  # hours, sensitivity ranks, present, novel
     f"{_N_CAT}B{_N_CAT}B"  # slots used, index of the named slot
+    f"IQIQiB{_N_AGG}f{_CP_WORDS}Q"  # two tasks (key, resource sketch), hour key, taint bits,
+    # aggregates, counterparty Bloom filter
 )
 
 
@@ -238,7 +292,10 @@ class BaselineState:
     """
 
     __slots__ = (
+        "agg",
+        "cp_bloom",
         "first_ms",
+        "hour_key",
         "hours",
         "last_ms",
         "mean",
@@ -259,6 +316,11 @@ class BaselineState:
         "slot_count",
         "slot_hash",
         "slot_hour",
+        "taint",
+        "task_bits",
+        "task_bits2",
+        "task_key",
+        "task_key2",
         "var",
         "w",
     )
@@ -293,6 +355,14 @@ class BaselineState:
         # The most used value per feature: its slot (-1 = unknown) and shortened text.
         self.name_slot = [-1] * _N_CAT
         self.name_text: list[str | None] = [None] * _N_CAT
+        self.task_key = 0  # Features.task of the running task (0 = none)
+        self.task_bits = 0  # linear-counting sketch of its distinct resources
+        self.task_key2 = 0  # the task before it (two tasks may interleave)
+        self.task_bits2 = 0
+        self.hour_key = 0  # clock hour (since the epoch) of the running hour
+        self.taint = 0  # _TAINT_* bits: the running task / hour held back an event
+        self.agg = [0.0] * _N_AGG
+        self.cp_bloom = [0] * _CP_WORDS
 
     def __repr__(self) -> str:
         return f"BaselineState(n={self.n}, last_ms={self.last_ms})"
@@ -365,18 +435,23 @@ def blend_contributions(
 
 
 def peer_group_key(event_or_features: Any, directory_group: str | None = None) -> str:
-    """The peer baseline an identity is compared with: ``<kind>:<directory group | default>``.
+    """The peer baseline an event is compared with: ``<kind>:<directory group>``, or without
+    one, ``<kind>:svc:<service>`` - identities of a kind that use the same service (what they
+    actually do), and ``<kind>:default`` for events without a service.
 
-    Takes an :class:`~pipeline.schemas.Event` or :class:`~pipeline.features.Features`
-    (anything with ``identity_kind``).
+    Takes an :class:`~pipeline.schemas.Event` (anything with ``identity_kind`` and ``service``).
 
     >>> from pipeline.schemas import Event
     >>> e = Event(uid="e", class_uid=3002, activity_id=1, time_ms=0, identity_uid="a",
-    ...           identity_kind="human")
+    ...           identity_kind="human", service="crm")
     >>> peer_group_key(e), peer_group_key(e, "finance")
-    ('human:default', 'human:finance')
+    ('human:svc:crm', 'human:finance')
     """
-    return f"{event_or_features.identity_kind}:{directory_group or 'default'}"
+    kind = event_or_features.identity_kind
+    if directory_group:
+        return f"{kind}:{directory_group}"
+    service = getattr(event_or_features, "service", None)
+    return f"{kind}:svc:{service}" if service else f"{kind}:default"
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -400,7 +475,8 @@ class BaselineModel:
     explain_threshold: deviations at or above this get a :class:`Contribution`.
     max_contributions: at most this many contributions, strongest first.
     scope: ``"identity"`` or ``"peer"``: only the wording of explanations changes, and a peer
-        model's contributions have kind ``peer``.
+        model's contributions have kind ``peer``; peer states neither observe tasks nor hours.
+    drift_half_life_events: half-life of the long-horizon bytes_out statistic (``drift``).
 
     A state belongs to the model (``cat_slots``) that created or decoded it.
 
@@ -410,11 +486,13 @@ class BaselineModel:
 
     __slots__ = (
         "_alpha_keep",
+        "_alpha_slow",
         "_k",
         "_tau",
         "_who",
         "burst_window_ms",
         "cat_slots",
+        "drift_half_life_events",
         "evidence_events",
         "explain_threshold",
         "half_life_events",
@@ -442,6 +520,7 @@ class BaselineModel:
         explain_threshold: float = 0.3,
         max_contributions: int = 5,
         scope: Literal["identity", "peer"] = "identity",
+        drift_half_life_events: int = 8000,
     ) -> None:
         if not 1 <= half_life_events <= _MAX_HALF_LIFE:
             raise ValueError(f"half_life_events must be in 1..{_MAX_HALF_LIFE}")
@@ -463,8 +542,12 @@ class BaselineModel:
         self.explain_threshold = explain_threshold
         self.max_contributions = max_contributions
         self.scope = scope
+        if drift_half_life_events <= half_life_events:
+            raise ValueError("drift_half_life_events must exceed half_life_events")
+        self.drift_half_life_events = drift_half_life_events
         # Derived once, so the per-event paths only multiply.
         self._alpha_keep = 0.5 ** (1.0 / half_life_events)  # EW weight kept per event
+        self._alpha_slow = 0.5 ** (1.0 / drift_half_life_events)
         self._tau = float(burst_window_ms)
         self._k = float(evidence_events)
         self._who = "identity" if scope == "identity" else "peer group"
@@ -490,6 +573,7 @@ class BaselineModel:
             "explain_threshold",
             "max_contributions",
             "scope",
+            "drift_half_life_events",
         )
         return {name: getattr(self, name) for name in names}
 
@@ -541,8 +625,8 @@ class BaselineModel:
         then learns and compares *per-identity* rates, not the whole group's.
 
         >>> m = BaselineModel()
-        >>> m.current_rate(m.new_state(), Features("a", "human", 0, 0, (0.0,) * 7, (0,) * 10,
-        ...                                        (None,) * 10, "e", 0))
+        >>> m.current_rate(m.new_state(), Features("a", "human", 0, 0, (0.0,) * 7, (0,) * 12,
+        ...                                        (None,) * 12, "e", 0))
         1.0
         """
         if state.n == 0:
@@ -623,6 +707,14 @@ class BaselineModel:
                 inc = b * d
                 mean[i] += inc
                 var[i] = keep * (var[i] + d * inc)
+        if x[_X_BYTES_OUT]:  # the long horizon of the same statistic (drift)
+            a = state.agg
+            sw = a[_A_SW] * self._alpha_slow + 1.0
+            a[_A_SW] = sw
+            d = x[_X_BYTES_OUT] - a[_A_SLOW_MEAN]
+            inc = d / sw
+            a[_A_SLOW_MEAN] += inc
+            a[_A_SLOW_VAR] = (1.0 - 1.0 / sw) * (a[_A_SLOW_VAR] + d * inc)
         u = 1.0 / rate
         rw = state.rate_w * ak + u
         state.rate_w = rw
@@ -671,9 +763,90 @@ class BaselineModel:
                 name_slot[c] = j
                 state.name_text[c] = _shorten(value, _NAME_BYTES) if value else None
 
+        cp = features.cat_hashes[_C_COUNTERPARTY]
+        if cp and self.scope == "identity":
+            a = state.agg
+            a[_A_CP_SEEN] = a[_A_CP_SEEN] * _AGG_KEEP + 1.0
+            new = not _bloom_has(state.cp_bloom, cp)
+            a[_A_CP_NEW] = a[_A_CP_NEW] * _AGG_KEEP + (1.0 if new and a[_A_CP_SEEN] > 1.0 else 0.0)
+            if new:
+                _bloom_add(state.cp_bloom, cp)
         state.since_halve += 1
         if state.since_halve >= self.half_life_events:
             self._halve(state)
+
+    def observe(self, state: BaselineState, features: Features) -> None:
+        """Count one event into its task's and clock hour's running totals (every event,
+        learned or not: an attack's calls must add up). Call it before :meth:`deviations`.
+
+        A task or hour that ends (another one starts) is folded into the baseline of
+        completed totals unless it held back an event (:meth:`taint`). Two tasks may
+        interleave without ending each other.
+
+        >>> from pipeline.features import extract
+        >>> from pipeline.schemas import Event
+        >>> m = BaselineModel()
+        >>> s = m.new_state()
+        >>> for task in ("t1", "t1", "t2", "t3"):
+        ...     m.observe(s, extract(Event(uid="e", class_uid=6003, activity_id=2, time_ms=0,
+        ...                                identity_uid="a", identity_kind="agent",
+        ...                                session_uid=task, bytes_out=1000)))
+        >>> s.agg[_A_TW], round(math.expm1(s.agg[_A_TB_MEAN]))  # t1 ended: 2 calls, 2000 B
+        (1.0, 2000)
+        """
+        if self.scope != "identity":
+            return
+        a = state.agg
+        task = features.task
+        if task and task != state.task_key:
+            if task == state.task_key2:  # back to the other running task
+                state.task_key, state.task_key2 = state.task_key2, state.task_key
+                state.task_bits, state.task_bits2 = state.task_bits2, state.task_bits
+                a[_A_TASK_BYTES], a[_A_TASK2_BYTES] = a[_A_TASK2_BYTES], a[_A_TASK_BYTES]
+                a[_A_TASK_CALLS], a[_A_TASK2_CALLS] = a[_A_TASK2_CALLS], a[_A_TASK_CALLS]
+                t = state.taint
+                state.taint = (t & _TAINT_HOUR) | (t & _TAINT_TASK) << 2 | (t & _TAINT_TASK2) >> 2
+            else:  # a new task: the older of the two running ones has ended
+                if state.task_key2 and a[_A_TASK2_CALLS] and not state.taint & _TAINT_TASK2:
+                    self._fold_task(a, a[_A_TASK2_BYTES], _distinct(state.task_bits2))
+                state.task_key2, state.task_bits2 = state.task_key, state.task_bits
+                a[_A_TASK2_BYTES], a[_A_TASK2_CALLS] = a[_A_TASK_BYTES], a[_A_TASK_CALLS]
+                state.taint = (state.taint & _TAINT_HOUR) | (state.taint & _TAINT_TASK) << 2
+                state.task_key, state.task_bits = task, 0
+                a[_A_TASK_BYTES] = a[_A_TASK_CALLS] = 0.0
+        if task:
+            a[_A_TASK_BYTES] += features.volume
+            a[_A_TASK_CALLS] += 1.0
+            res = features.cat_hashes[_C_RESOURCE]
+            if res:
+                state.task_bits |= 1 << (res & 63)
+        hour = features.time_ms // _HOUR_MS
+        if hour > state.hour_key:  # a late event of an earlier hour counts into this one
+            if state.hour_key and a[_A_HOUR_BYTES] > 0.0 and not state.taint & _TAINT_HOUR:
+                w = a[_A_HW] * _AGG_KEEP + 1.0
+                a[_A_HW] = w
+                a[_A_HB_MEAN], a[_A_HB_VAR] = _ew(a[_A_HB_MEAN], a[_A_HB_VAR], w,
+                                                  math.log1p(a[_A_HOUR_BYTES]))  # fmt: skip
+            state.hour_key = hour
+            a[_A_HOUR_BYTES] = 0.0
+            state.taint &= ~_TAINT_HOUR
+        a[_A_HOUR_BYTES] += features.volume
+        out = features.numeric[_X_BYTES_OUT]
+        if out and a[_A_SW] >= _DRIFT_MIN_W:  # every event: a drift must not hide by being held
+            z = (out - a[_A_SLOW_MEAN]) / math.sqrt(a[_A_SLOW_VAR] + _ZSPEC[0][3])
+            a[_A_CUSUM] = max(0.0, a[_A_CUSUM] + z - _DRIFT_SLACK)
+
+    @staticmethod
+    def _fold_task(a: list[float], total: float, distinct: float) -> None:
+        w = a[_A_TW] * _AGG_KEEP + 1.0
+        a[_A_TW] = w
+        a[_A_TB_MEAN], a[_A_TB_VAR] = _ew(a[_A_TB_MEAN], a[_A_TB_VAR], w, math.log1p(total))
+        a[_A_TR_MEAN], a[_A_TR_VAR] = _ew(a[_A_TR_MEAN], a[_A_TR_VAR], w, math.log1p(distinct))
+
+    def taint(self, state: BaselineState) -> None:
+        """The event just observed was held back (not learned): its task's and hour's totals
+        must not become the baseline of normal totals."""
+        state.taint |= _TAINT_TASK | _TAINT_HOUR
 
     def _insert(self, state: BaselineState, c: int, h: int, hour: int, churn: bool) -> int:
         """Remember a value that is not in feature ``c``'s slots; returns its slot."""
@@ -768,9 +941,14 @@ class BaselineModel:
         if rank:
             sens = state.sens
             total = sum(sens)
-            if total:  # share of resource events at this rank or above
-                tail = sum(sens[rank:]) / total
-                dev[_D_SENS] = (1.0 - exp(-total / k)) * exp(-tail / rare)
+            if total:
+                # How rare (smoothed share of resource events at this rank or above) and how
+                # far above the usual maximum: surprise in nats, read back unbounded.
+                share = sum(sens[rank:]) / total
+                if share < rare * _SHARE_NEGLIGIBLE:
+                    above = max(0, rank - _usual_max(sens, rare))
+                    nats = -math.log1p(-0.999 * exp(-share / rare)) + _SENS_STEP_NATS * above
+                    dev[_D_SENS] = (1.0 - exp(-total / k)) * (1.0 - exp(-nats))
 
         if rate is None:
             rate = self.current_rate(state, features)
@@ -781,6 +959,26 @@ class BaselineModel:
             z = d / math.sqrt(state.rate_var + _RATE_VAR_FLOOR * prior)
             if z > z0:
                 dev[_D_BURST] = 1.0 - exp((z0 - z) / zs)
+
+        a = state.agg
+        if a[_A_TW] >= _AGG_MIN_W and features.task and features.task == state.task_key:
+            sd = math.sqrt(a[_A_TB_VAR] + _AGG_VAR_FLOOR)
+            z = (math.log1p(a[_A_TASK_BYTES]) - a[_A_TB_MEAN]) / sd
+            if z > z0:
+                dev[_D_TASK_VOL] = 1.0 - exp((z0 - z) / zs)
+            z = (math.log1p(_distinct(state.task_bits)) - a[_A_TR_MEAN]) / math.sqrt(
+                a[_A_TR_VAR] + _AGG_VAR_FLOOR
+            )
+            if z > z0:
+                dev[_D_TASK_RES] = 1.0 - exp((z0 - z) / zs)
+        if a[_A_HW] >= _AGG_MIN_W and features.volume:
+            z = (math.log1p(a[_A_HOUR_BYTES]) - a[_A_HB_MEAN]) / math.sqrt(
+                a[_A_HB_VAR] + _AGG_VAR_FLOOR
+            )
+            if z > z0:
+                dev[_D_HOUR_VOL] = 1.0 - exp((z0 - z) / zs)
+        if a[_A_CUSUM] > _DRIFT_H and x[_X_BYTES_OUT]:
+            dev[_D_DRIFT] = 1.0 - exp((_DRIFT_H - a[_A_CUSUM]) / (0.1 * _DRIFT_H))
 
         recent = state.recent
         if recent:
@@ -824,8 +1022,20 @@ class BaselineModel:
                 dev[_D_CAT0 + c] = (
                     exp(-share / rare)
                     * (1.0 - exp(-seen / k))  # evidence for this feature
-                    * (1.0 - exp(-min(1.0, seen / recent) / _PRESENCE_SCALE))  # usually absent?
-                )
+                    # Usually absent? Not for counterparties: only writes have one, and their
+                    # novelty is judged among the identity's writes.
+                    * (1.0 if c == _C_COUNTERPARTY
+                       else 1.0 - exp(-min(1.0, seen / recent) / _PRESENCE_SCALE))
+                )  # fmt: skip
+
+        cp = features.cat_hashes[_C_COUNTERPARTY]
+        if cp and self.scope == "identity":
+            writes = a[_A_CP_SEEN]
+            if writes and not _bloom_has(state.cp_bloom, cp):
+                share = a[_A_CP_NEW] / writes  # how often its writes went to someone new
+                dev[_D_CAT0 + _C_COUNTERPARTY] = exp(-share / rare) * (1.0 - exp(-writes / k))
+            else:
+                dev[_D_CAT0 + _C_COUNTERPARTY] = 0.0
 
         thr = self.explain_threshold
         if max(dev) < thr:  # the common case: nothing to explain
@@ -859,6 +1069,31 @@ class BaselineModel:
             kind = "zscore"
             baseline = f"{peer}typical {spread}"
             text = f"{name} {observed} vs {baseline}"
+        elif dim in (_D_TASK_VOL, _D_HOUR_VOL):
+            a = state.agg
+            task = dim == _D_TASK_VOL
+            total = a[_A_TASK_BYTES] if task else a[_A_HOUR_BYTES]
+            m, v = (a[_A_TB_MEAN], a[_A_TB_VAR]) if task else (a[_A_HB_MEAN], a[_A_HB_VAR])
+            typical = math.expm1(m)
+            kind = "zscore"
+            where = f"this task ({a[_A_TASK_CALLS]:.0f} calls)" if task else "this hour"
+            observed = f"{_fmt_bytes(total)} so far in {where}"
+            spread = f"{_fmt_bytes(typical)} ± {_fmt_bytes(math.expm1(m + math.sqrt(v)) - typical)}"
+            baseline = f"typical {'task' if task else 'hourly'} total {spread}"
+            text = f"{observed} vs {baseline}"
+        elif dim == _D_TASK_RES:
+            a = state.agg
+            kind = "zscore"
+            observed = f"{_distinct(state.task_bits):.0f} distinct resources in this task"
+            baseline = f"typically {math.expm1(a[_A_TR_MEAN]):.0f} per task"
+            text = f"{observed} vs {baseline}"
+        elif dim == _D_DRIFT:
+            a = state.agg
+            kind = "drift"
+            observed = f"bytes_out now typically {_fmt_bytes(math.expm1(state.mean[_X_BYTES_OUT]))}"
+            baseline = f"long-run typical {_fmt_bytes(math.expm1(a[_A_SLOW_MEAN]))}"
+            text = (f"{observed}, persistently above its {baseline} "
+                    f"(cumulative excess {a[_A_CUSUM]:.0f} sd)")  # fmt: skip
         elif dim == _D_BURST:
             kind = "burst"
             observed = f"{_fmt_num(rate)} requests/min"
@@ -878,8 +1113,13 @@ class BaselineModel:
             rank = f.sensitivity_rank
             kind = "first_seen" if sum(state.sens[rank:]) == 0 else "rare"
             observed = SENSITIVITY_NAMES[rank]
-            baseline = f"usual maximum {SENSITIVITY_NAMES[_usual_max(state.sens, self.rare_share)]}"
-            text = f"sensitivity {observed} above {who}'s {baseline}"
+            usual = _usual_max(state.sens, self.rare_share)
+            baseline = f"usual maximum {SENSITIVITY_NAMES[usual]}"
+            if rank > usual:
+                text = f"sensitivity {observed} above {who}'s {baseline}"
+            else:
+                share = sum(state.sens[rank:]) / max(1, sum(state.sens))
+                text = f"sensitivity {observed} rare for {who} ({_pct(share)} of its resources)"
         elif dim == _D_FAIL:
             kind = "rare"
             observed = "failure"
@@ -1030,6 +1270,13 @@ class BaselineModel:
                     if s.slot_hash[j] == h and s.slot_count[j] >= best:
                         best = s.slot_count[j]
                         s.name_slot[c], s.name_text[c] = j, x.name_text[c]
+        # Running tasks and hours, and the totals' baselines: the newer state's (they are
+        # sequences in time; combining two shards' running sums would double-count).
+        s.agg = new.agg[:]
+        s.task_key, s.task_bits, s.task_key2, s.task_bits2 = (
+            new.task_key, new.task_bits, new.task_key2, new.task_bits2)  # fmt: skip
+        s.hour_key, s.taint = new.hour_key, new.taint
+        s.cp_bloom = [x | y for x, y in zip(old.cp_bloom, new.cp_bloom, strict=True)]
         while s.recent >= 2 * self.half_life_events:  # keep every count within u16
             self._halve(s)
         return s
@@ -1108,6 +1355,14 @@ class BaselineModel:
             *state.novel,
             *used,
             *name_idx,
+            state.task_key,
+            state.task_bits,
+            state.task_key2,
+            state.task_bits2,
+            state.hour_key,
+            state.taint,
+            *state.agg,
+            *state.cp_bloom,
         )
         if _BIG_ENDIAN:
             for arr in (hashes, counts, ages):
@@ -1167,6 +1422,12 @@ class BaselineModel:
         p += _N_CAT
         used = v[p : p + _N_CAT]
         name_idx = v[p + _N_CAT : p + 2 * _N_CAT]
+        p += 2 * _N_CAT
+        s.task_key, s.task_bits, s.task_key2, s.task_bits2, s.hour_key, s.taint = v[p : p + 6]
+        s.agg = list(v[p + 6 : p + 6 + _N_AGG])
+        s.cp_bloom = list(v[p + 6 + _N_AGG : p + 6 + _N_AGG + _CP_WORDS])
+        if not all(-_MAX_FLOAT < x < _MAX_FLOAT for x in s.agg):
+            raise StateFormatError("implausible baseline aggregates")
         total = sum(used)
         off = _HEAD.size
         if len(data) < off + 8 * total:
@@ -1261,6 +1522,46 @@ def _copy(state: BaselineState) -> BaselineState:
         value = getattr(state, name)
         setattr(s, name, value[:] if isinstance(value, list | array) else value)
     return s
+
+
+def _ew(mean: float, var: float, w: float, x: float) -> tuple[float, float]:
+    """One bias-corrected EW update of (mean, variance) with the new weight sum ``w``."""
+    b = 1.0 / w
+    d = x - mean
+    inc = b * d
+    return mean + inc, (1.0 - b) * (var + d * inc)
+
+
+def _bloom_probes(h: int) -> tuple[int, int]:
+    return h & (_CP_BITS - 1), (h >> 16) & (_CP_BITS - 1)  # two independent bytes of the crc
+
+
+def _bloom_has(words: list[int], h: int) -> bool:
+    """Whether a counterparty hash may have been added (false positives grow with the fill).
+
+    >>> w = [0] * _CP_WORDS
+    >>> _bloom_add(w, 12345); _bloom_has(w, 12345), _bloom_has(w, 999)
+    (True, False)
+    """
+    for b in _bloom_probes(h):
+        if not words[b >> 6] >> (b & 63) & 1:
+            return False
+    return True
+
+
+def _bloom_add(words: list[int], h: int) -> None:
+    for b in _bloom_probes(h):
+        words[b >> 6] |= 1 << (b & 63)
+
+
+def _distinct(bits: int) -> float:
+    """Distinct values in a 64-bit linear-counting sketch (exact for a few, ±10 % for ~50).
+
+    >>> _distinct(0), round(_distinct(0b111), 2)
+    (0.0, 3.07)
+    """
+    zeros = 64 - bits.bit_count()
+    return 64.0 * math.log(64.0 / zeros) if zeros else 64.0 * math.log(128.0)
 
 
 def _combine(

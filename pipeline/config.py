@@ -145,6 +145,16 @@ class Settings:
         "pin them per agent and report each new (name, version, digest) once as inventory",
     )
 
+    calibration_window: int = _setting(
+        20_000,
+        "Raw detector scores a calibrator ranks an event among (its tail resolution: a score of "
+        "1.0 means rarer than all of them)",
+    )
+    busy_events_per_hour: float = _setting(
+        20.0,
+        "Identities busier than this (events/h) need rarer events to add risk: scores are "
+        "discounted by half the log of the excess (0 = off)",
+    )
     state_cache_size: int = _setting(
         50_000, "Decoded identity states kept in memory (LRU; about 4 KB each); 0 = off"
     )

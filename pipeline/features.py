@@ -43,7 +43,19 @@ delegator      ``unmapped.delegated_by``                     as is
 model          ``unmapped.model.digest``                     as is
 environment    ``unmapped.environment``                      as is
 auth_protocol  ``auth_protocol``                             as is
+counterparty   ``resources[].uid`` of a call that changes    the first resource that names a party
+               or sends something (``activity_id`` 1 Create, (type account / email / user /
+               3 Update, 4 Delete)                           payee / contact / member / phone...,
+                                                             or uid ``iban:``, ``mailto:``,
+                                                             ``user:``, ...): payee, recipient
+combo          ``api.operation`` x ``resources[].type`` x    ``operation|type|rank`` of the most
+               sensitivity rank                              sensitive resource: rare
+                                                             combinations of familiar parts
 =============  ============================================  =====================================
+
+Aggregation keys (not features themselves; :mod:`pipeline.baselines` accumulates per key):
+``task`` = stable 32-bit hash of ``actor.session.uid``, else ``unmapped.credential.task_uid``
+(0 = none), and ``volume`` = ``bytes_in + bytes_out`` (raw bytes).
 
 Each categorical value is hashed to a stable unsigned 32-bit integer,
 ``zlib.crc32(b"<feature>\\x00<value>")`` (a crc of 0 is mapped to 1), so the hash is the same in
@@ -91,7 +103,7 @@ __all__ = [
     "sensitivity_rank",
 ]
 
-FEATURE_SCHEMA_VERSION: Final = 1
+FEATURE_SCHEMA_VERSION: Final = 2
 
 NUMERIC: Final[tuple[str, ...]] = (
     "bytes_out",
@@ -115,6 +127,8 @@ CATEGORICAL: Final[tuple[str, ...]] = (
     "model",
     "environment",
     "auth_protocol",
+    "counterparty",
+    "combo",
 )
 CATEGORICAL_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(CATEGORICAL)}
 
@@ -147,7 +161,11 @@ _SEED: Final[tuple[int, ...]] = tuple(zlib.crc32(n.encode() + b"\x00") for n in 
     _S_MODEL,
     _S_ENV,
     _S_AUTH,
+    _S_COUNTERPARTY,
+    _S_COMBO,
 ) = _SEED
+_S_TASK: Final = zlib.crc32(b"task\x00")
+_WRITES: Final = frozenset({1, 3, 4})  # OCSF API Activity: Create, Update, Delete
 
 
 class Features(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -156,7 +174,7 @@ class Features(msgspec.Struct, frozen=True, gc=False, array_like=True):
     ``numeric`` follows :data:`NUMERIC`; ``cat_hashes`` and ``cat_values`` follow
     :data:`CATEGORICAL` (hash 0 / value ``None`` = absent). Encodes as a compact array.
 
-    >>> f = Features("bob", "human", 0, 72, (0.0,) * 7, (0,) * 10, (None,) * 10, "e-1", 0)
+    >>> f = Features("bob", "human", 0, 72, (0.0,) * 7, (0,) * 12, (None,) * 12, "e-1", 0)
     >>> msgspec.msgpack.decode(msgspec.msgpack.encode(f), type=Features) == f
     True
     """
@@ -171,6 +189,8 @@ class Features(msgspec.Struct, frozen=True, gc=False, array_like=True):
     event_uid: str
     sensitivity_rank: int
     mfa: int = -1  # 1 MFA used, 0 not used, -1 unknown / not an authentication
+    task: int = 0  # hash of the session / credential task (0 = none): per-task aggregation
+    volume: float = 0.0  # bytes_in + bytes_out, raw
 
 
 def cat_hash(feature: str, value: str | None) -> int:
@@ -237,6 +257,28 @@ def ip_prefix(ip: str) -> str | None:
     return str(ipaddress.IPv4Network((int(addr) & 0xFFFFFF00, 24)))
 
 
+_PARTY_TYPES: Final = ("account", "email", "user", "recipient", "payee", "contact", "member",
+                        "phone", "iban", "person", "party", "customer", "vendor")  # fmt: skip
+_PARTY_SCHEMES: Final = ("mailto:", "mail:", "email:", "iban:", "acct:", "account:", "user:",
+                         "tel:", "payee:", "contact:")  # fmt: skip
+
+
+@lru_cache(maxsize=1 << 12)
+def is_party(uid: str, rtype: str | None) -> bool:
+    """Whether a resource names a party (payee, recipient, invitee) rather than an object.
+
+    By its type (``bank_account``, ``email_address``, ``user``, ...) or, only when it has no
+    type, by the scheme of its uid (``iban:``, ``mailto:``, ``user:``, ...).
+
+    >>> is_party("iban:DE89", None), is_party("x", "email_address"), is_party("file:1", "file")
+    (True, True, False)
+    """
+    if rtype:
+        low = rtype.lower()
+        return any(t in low for t in _PARTY_TYPES)
+    return uid[:8].lower().startswith(_PARTY_SCHEMES)
+
+
 def extract(event: Event) -> Features:
     """The :class:`Features` of one event (pure, deterministic, ≈2 µs).
 
@@ -256,16 +298,24 @@ def extract(event: Event) -> Features:
 
     rank = 0
     resource: str | None = None
+    rtype: str | None = None
+    party: str | None = None
     resources = event.resources
     if resources:
         best = -1
+        write = event.activity_id in _WRITES
         for r in resources:
             rk = _RANK.get(r.confidentiality_id, 0)
             if rk > rank:
                 rank = rk
-            if rk > best and r.uid:  # the most sensitive resource that has an id
-                best = rk
-                resource = r.uid
+            uid = r.uid
+            if uid:
+                if rk > best:  # the most sensitive resource that has an id
+                    best = rk
+                    resource = uid
+                    rtype = r.type
+                if write and party is None and is_party(uid, r.type):
+                    party = uid
 
     mfa = -1
     is_mfa = event.is_mfa
@@ -297,6 +347,11 @@ def extract(event: Event) -> Features:
     model = model_ref.digest if model_ref is not None else None
     environment = event.environment or None
     auth = event.auth_protocol or None
+    counterparty = party
+    combo = f"{operation or service or ''}|{rtype or ''}|{rank}" if resource else None
+    session = event.session_uid or (
+        event.credential.task_uid if event.credential is not None else None
+    )
     # Unrolled on purpose: a loop or generator costs ~2x here (hot path).
     hashes = (
         (crc(country.encode(), _S_COUNTRY) or 1) if country else 0,
@@ -309,6 +364,8 @@ def extract(event: Event) -> Features:
         (crc(model.encode(), _S_MODEL) or 1) if model else 0,
         (crc(environment.encode(), _S_ENV) or 1) if environment else 0,
         (crc(auth.encode(), _S_AUTH) or 1) if auth else 0,
+        (crc(counterparty.encode(), _S_COUNTERPARTY) or 1) if counterparty else 0,
+        (crc(combo.encode(), _S_COMBO) or 1) if combo else 0,
     )
     values = (
         country,
@@ -321,6 +378,8 @@ def extract(event: Event) -> Features:
         model or None,
         environment,
         auth,
+        counterparty,
+        combo,
     )
     return Features(
         event.identity_uid,
@@ -333,4 +392,6 @@ def extract(event: Event) -> Features:
         event.uid,
         rank,
         mfa,
+        (crc(session.encode(), _S_TASK) or 1) if session else 0,
+        float((bytes_in or 0) + (bytes_out or 0)),
     )

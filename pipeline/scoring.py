@@ -21,6 +21,7 @@ it is learned from everything the process sees, and :meth:`Detection.save_shared
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
@@ -63,14 +64,16 @@ _FEATURES_DECODER: Final = msgspec.msgpack.Decoder(Features)
 # independent evidence would make one harmless change (a trip, a new API) look like three.
 _GROUPS: Final = tuple(
     np.array([DEVIATION_INDEX[name] for name in group])
-    for group in (("country", "asn", "ip_prefix"), ("service", "operation", "resource"))
+    for group in (("country", "asn", "ip_prefix"),
+                  ("service", "operation", "resource", "combo"))
 )
 _GROUPED: Final = np.concatenate(_GROUPS)
 _ECHO: Final = 0.25  # weight of a group's weaker members beside its strongest
 # z-scored dimensions keep growing with z (an exponential tail: -log p = (z - offset) / scale);
 # the others are shares and saturate at "never seen".
-_ZDIMS: Final = np.array([DEVIATION_INDEX[d] for d in ("bytes_out", "bytes_in", "n_resources",
-                                                       "burst")])  # fmt: skip
+_ZDIMS: Final = np.array([DEVIATION_INDEX[d] for d in (
+    "bytes_out", "bytes_in", "n_resources", "burst", "task_volume", "task_resources",
+    "hour_volume", "drift", "sensitivity")])  # fmt: skip
 _Z_CAP: Final = 1e-12
 
 
@@ -172,6 +175,7 @@ class Detection:
         policy: RiskPolicy | None = None,
         learn_gate: float | None = None,
         cold_gate: float = 0.85,
+        busy_events_per_hour: float | None = None,
         state_cache_size: int | None = None,
         keep_rows: bool = False,
     ) -> None:
@@ -185,8 +189,8 @@ class Detection:
         # A group's volumes spread wider than any one member's: its z-scores get a softer tail.
         self.peer_model = peer_model or BaselineModel(cat_slots=16, scope="peer", z_scale=3.0)
         self.detector: Loda | SklearnDetector = detector or Loda(n_features=len(DEVIATIONS))
-        self.calibrator = calibrator or TailCalibrator()
-        self.cold_calibrator = TailCalibrator()
+        self.calibrator = calibrator or TailCalibrator(size=settings.calibration_window)
+        self.cold_calibrator = TailCalibrator(size=settings.calibration_window)
         # Which signed model the shared detector started from (None: the built-in cold start).
         self.model_ref: dict[str, str] | None = None
         # The model a saved shared state said it ran (load_shared); the worker re-verifies it.
@@ -210,6 +214,10 @@ class Detection:
         self.policy = policy
         self.learn_gate = learn_gate
         self.cold_gate = cold_gate
+        self.busy_events_per_hour = (
+            settings.busy_events_per_hour if busy_events_per_hour is None
+            else busy_events_per_hour
+        )  # fmt: skip
         self.peers: dict[str, BaselineState] = {}
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
@@ -348,6 +356,7 @@ class Detection:
             f = extract(ev)
             entry = directory.lookup(ev.identity_uid) if directory is not None else None
             w_own = bm.own_weight(st.baseline)
+            bm.observe(st.baseline, f)  # task / hour totals count every event, learned or not
             own_dev, own_why = bm.deviations(st.baseline, f)
             if w_own < 0.99:
                 # Cold start: lean on the peer group until the identity has its own evidence.
@@ -384,6 +393,8 @@ class Detection:
         # gated event look maximally rare. A few anomalies barely move its quantiles.
         self.calibrator.learn_many(raw[~cold])
 
+        if self.busy_events_per_hour > 0:
+            calibrated = np.maximum(0.0, calibrated - self._busy_discount(partial))
         learned = np.zeros(n, dtype=bool)
         policy = self.policy
         gate = self.learn_gate if self.learn_gate is not None else policy.noise_floor
@@ -434,6 +445,7 @@ class Detection:
                     pm.learn_one(self._peer_state(ev, entry), f, rate)
             else:
                 sc = msgspec.structs.replace(sc, learned=False)
+                bm.taint(st.baseline)
                 if st.risk.incident is not None:
                     # Part of an incident: kept for a "false positive, learn as normal".
                     st.held.append(_FEATURES_ENCODER.encode(f))
@@ -444,6 +456,24 @@ class Detection:
             self.detector.learn_many(rows[learned])
         if result.rows is not None:
             result.rows[index] = rows
+
+    def _busy_discount(self, partial: list[Any]) -> np.ndarray:
+        """How much less one tail event says about an identity busier than
+        ``busy_events_per_hour``: a score is a tail probability per *event*, and an identity
+        with 100x the events meets 100x the tail events per hour without being attacked.
+        Half the log of the excess (a square root: busy identities still alert), on the
+        calibrator's scale."""
+        out = np.zeros(len(partial))
+        ref = self.busy_events_per_hour
+        scale = 0.5 / math.log10(max(10.0, float(self.calibrator.size)))
+        for i, p in enumerate(partial):
+            b = p[1].baseline
+            hours = (b.last_ms - b.first_ms) / 3_600_000
+            if hours >= 1.0:
+                rate = b.n / hours
+                if rate > ref:
+                    out[i] = scale * math.log10(rate / ref)
+        return out
 
     def _inventory(self, ev: Event, model: ModelRef, result: BatchResult) -> None:
         """First sighting of a model build in this process: one inventory finding unless the

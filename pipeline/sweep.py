@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["TUNED_ON", "SweepRow", "load_world", "run_sweep", "sweep_table", "world_names"]
 
 #: Worlds the detection defaults were tuned on; every other world is held out.
-TUNED_ON: tuple[str, ...] = ("sim:default",)
+TUNED_ON: tuple[str, ...] = ("sim:default", "sim:secret_services", "sim:heavy_tail")
+#: Every world starts at this event time (2026-10-01 00:00 UTC), so a sweep is reproducible
+#: whenever it runs (the simulator's own default start follows the wall clock).
+START_MS = 1_790_812_800_000
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ def load_world(
 
         if with_directory:
             raise CustosError("the agentdojo world has no directory")
-        w = build_world(agents=identities, days=duration_s / 86_400, seed=seed)
+        w = build_world(agents=identities, days=duration_s / 86_400, seed=seed,
+                        start_ms=START_MS)  # fmt: skip
         events = [decoder.decode(encode_event_dict(d)) for d in w.events]
         return events, list(w.labels), list(w.event_labels), None, (
             f"agentdojo: {identities} agents, {duration_s / 86_400:g} d, seed {seed}"
@@ -108,7 +112,7 @@ def load_world(
 
     kwargs: dict[str, Any] = {} if profile == "default" else {"profile": profile}
     sim = Simulation(settings, identities=identities, duration_s=duration_s, seed=seed,
-                     label_events=True, **kwargs)  # fmt: skip
+                     label_events=True, start_ms=START_MS, **kwargs)  # fmt: skip
     events = [decoder.decode(value) for _, _, value, _ in sim.events(progress=False)]
     directory = None
     if with_directory:

@@ -7,6 +7,7 @@ import math
 import random
 from typing import Any
 
+import msgspec
 import pytest
 from river import stats
 
@@ -109,6 +110,10 @@ def test_deviation_dimensions() -> None:
         "chain_depth",
         "burst",
         "off_hours",
+        "task_volume",
+        "task_resources",
+        "hour_volume",
+        "drift",
         *CATEGORICAL,
     )
 
@@ -457,7 +462,10 @@ def test_size_stays_under_1kb_with_many_distinct_long_values() -> None:
         )
         m.learn_one(s, f)
     size = len(m.to_bytes(s))
-    assert size <= m.max_bytes <= 1024
+    # 12 categorical features (counterparty, combo), task / hour / drift aggregates and the
+    # counterparty Bloom filter: the worst case grew past 1 KB; typical identities fill far
+    # fewer slots.
+    assert size <= m.max_bytes <= 1184
     assert size > 700  # the bound is meaningful: this state is nearly full
     assert m.to_bytes(m.from_bytes(m.to_bytes(s))) == m.to_bytes(s)
 
@@ -531,7 +539,8 @@ def test_merge_with_an_empty_state_copies_and_never_mutates() -> None:
 
 def test_peer_group_key() -> None:
     e = ev(MONDAY, identity_kind="agent")
-    assert peer_group_key(e) == "agent:default"
+    assert peer_group_key(e) == f"agent:svc:{e.service}" if e.service else "agent:default"
+    assert peer_group_key(msgspec.structs.replace(e, service=None)) == "agent:default"
     assert peer_group_key(extract(e), "agent/coding") == "agent:agent/coding"
 
 
@@ -626,3 +635,106 @@ def test_blend_contributions_keeps_the_dominant_side_and_blended_weights() -> No
     blended[DEVIATION_INDEX["bytes_out"]] = 0.2
     out = blend_contributions(own, peer, blended, 0.6)
     assert [(c.text, c.weight) for c in out] == [("own country", 0.8)]  # bytes_out < 0.3
+
+
+# --- tasks, hours, drift, sensitivity distance --------------------------------------------------
+
+
+def _agent(t: int, i: int, task: str, nbytes: int, res: str = "r-1", **kw: Any) -> Event:
+    return ev(t, i, identity_uid="agt-1", identity_kind="agent", session_uid=task,
+              bytes_in=nbytes, bytes_out=None, resources=(Resource(res, "file", 1),),
+              **kw)  # fmt: skip
+
+
+def _observe_learn(m: BaselineModel, s: BaselineState, e: Event) -> list[float]:
+    f = extract(e)
+    m.observe(s, f)
+    dev = m.deviations(s, f)[0]
+    m.learn_one(s, f)
+    return dev
+
+
+def test_bulk_through_usual_tools_within_one_task_is_a_task_deviation() -> None:
+    """Each call is only a few times its usual size; the task as a whole is 30x its norm."""
+    m, s = BaselineModel(), BaselineModel().new_state()
+    t, i = MONDAY, 0
+    for task in range(60):  # normal tasks: 3 calls of ~10 KB
+        for _ in range(3):
+            _observe_learn(m, s, _agent(t, i, f"t{task}", 10_000))
+            t, i = t + 60_000, i + 1
+    devs = []
+    for _ in range(30):  # one task: 30 calls of 40 KB each (4x per call)
+        f = extract(_agent(t, i, "bulk", 40_000))
+        m.observe(s, f)
+        devs.append(m.deviations(s, f)[0])
+        t, i = t + 1000, i + 1
+    assert devs[0][DEVIATION_INDEX["task_volume"]] < 0.5
+    assert max(d[DEVIATION_INDEX["task_volume"]] for d in devs[:6]) > 0.9  # within its first calls
+    assert max(d[DEVIATION_INDEX["bytes_in"]] for d in devs) < 0.99
+
+
+def test_tainted_tasks_are_not_learned_and_two_tasks_may_interleave() -> None:
+    m, s = BaselineModel(), BaselineModel().new_state()
+    for j, task in enumerate(("a", "b", "a", "b", "c")):
+        m.observe(s, extract(_agent(MONDAY + j, j, task, 1000)))
+    assert s.agg[4] == 1.0  # a ended (2 calls): one completed task, b still running beside c
+    m.taint(s)  # an event of c was held back: c must not teach its total
+    for j, task in enumerate(("d", "e")):
+        m.observe(s, extract(_agent(MONDAY + 10 + j, 10 + j, task, 1000)))
+    assert s.agg[4] == pytest.approx(1.0 * 0.5 ** (1 / 100) + 1.0)  # b folded, c (tainted) not
+    assert m.from_bytes(m.to_bytes(s)).agg == pytest.approx(s.agg)
+
+
+def test_slow_drift_crosses_the_cusum_stationary_noise_does_not() -> None:
+    rng = random.Random(4)
+
+    def run(growth: float) -> float:
+        m, s = BaselineModel(), BaselineModel().new_state()
+        top = 0.0
+        for k in range(4000):
+            day = k / 300
+            size = int(math.exp(rng.gauss(8, 0.7)) * (1 + growth) ** max(0.0, day - 1))
+            d = _observe_learn(m, s, ev(MONDAY + k * 288_000, k, bytes_out=size))
+            top = max(top, d[DEVIATION_INDEX["drift"]])
+        return top
+
+    assert run(0.0) == 0.0
+    assert run(0.06) > 0.9
+
+
+def test_sensitivity_far_above_the_usual_maximum_counts_more() -> None:
+    m, s = BaselineModel(), BaselineModel().new_state()
+    for k in range(300):
+        m.learn_one(s, extract(ev(MONDAY + k * 60_000, k, resources=(Resource("r", "t", 6),))))
+
+    def sens(cid: int) -> float:
+        e = ev(MONDAY + DAY, 999, resources=(Resource("x", "t", cid),))
+        return m.deviations(s, extract(e))[0][DEVIATION_INDEX["sensitivity"]]
+
+    restricted, secret, top = sens(6), sens(3), sens(4)  # ranks 2 (usual), 3, 4
+    assert restricted == 0.0 and 0.9 < secret < top
+    assert -math.log(1 - top) - -math.log(1 - secret) == pytest.approx(1.5, abs=0.3)
+
+
+def test_a_first_counterparty_stands_out_among_more_regulars_than_slots() -> None:
+    """20 regular payees (more than the 6 slots remember) and then a new one."""
+    m, s = BaselineModel(), BaselineModel().new_state()
+
+    def pay(k: int, payee: str) -> Event:
+        return ev(MONDAY + k * 600_000, k, activity_id=1, operation="send_money",
+                  resources=(Resource(f"iban:{payee}", "bank_account", None),))  # fmt: skip
+
+    for k in range(400):
+        m.learn_one(s, extract(pay(k, f"REG{k % 20}")))
+    cp = DEVIATION_INDEX["counterparty"]
+    assert m.deviations(s, extract(pay(500, "REG7")))[0][cp] == 0.0
+    dev, why = m.deviations(s, extract(pay(501, "ATTACKER")))
+    assert dev[cp] > 0.5 and "first use of counterparty" in why[0].text
+    # A Bloom filter: a few new payees may look known (false positives), most must not.
+    flagged = [m.deviations(s, extract(pay(502 + j, f"NEW{j}")))[0][cp] > 0.5 for j in range(40)]
+    assert sum(flagged) >= 34
+    # An identity that pays someone new half the time: a new payee is nothing special.
+    m2, s2 = BaselineModel(), BaselineModel().new_state()
+    for k in range(400):
+        m2.learn_one(s2, extract(pay(k, f"P{k // 2 if k % 2 else 0}")))
+    assert m2.deviations(s2, extract(pay(501, "ATTACKER")))[0][cp] < 0.05

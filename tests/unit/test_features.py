@@ -26,7 +26,7 @@ from pipeline.features import (
     ip_prefix,
     sensitivity_rank,
 )
-from pipeline.schemas import Event, ModelRef, Resource
+from pipeline.schemas import Credential, Event, ModelRef, Resource
 
 T = 1_767_225_600_000  # Thursday 2026-01-01 00:00 UTC
 DIGEST = "sha256:" + "ab" * 32
@@ -55,7 +55,7 @@ def cat(f: Features, name: str) -> tuple[int, str | None]:
 
 
 def test_constants_fix_the_order_and_version() -> None:
-    assert FEATURE_SCHEMA_VERSION == 1
+    assert FEATURE_SCHEMA_VERSION == 2
     assert NUMERIC == (
         "bytes_out",
         "bytes_in",
@@ -76,6 +76,8 @@ def test_constants_fix_the_order_and_version() -> None:
         "model",
         "environment",
         "auth_protocol",
+        "counterparty",
+        "combo",
     )
     f = extract(ev())
     assert len(f.numeric) == len(NUMERIC)
@@ -223,6 +225,8 @@ def test_categorical_values_and_sources() -> None:
         "model": DIGEST,
         "environment": "prod-eu",
         "auth_protocol": "OIDC",
+        "counterparty": None,
+        "combo": None,
     }
     for name, value, h in zip(CATEGORICAL, f.cat_values, f.cat_hashes, strict=True):
         assert h == cat_hash(name, value)
@@ -271,3 +275,30 @@ def test_features_encode_compactly_and_round_trip() -> None:
 def test_extract_is_deterministic() -> None:
     e = ev(country="DE", src_ip="203.0.113.7", operation="x", delegated_by="u")
     assert extract(e) == extract(e)
+
+
+def test_counterparty_is_the_target_of_writes_only() -> None:
+    data, payee = Resource("file:13", "file", 3), Resource("iban:DE89", "bank_account", None)
+    send = extract(ev(activity_id=1, operation="send_money", resources=(data, payee)))
+    assert cat(send, "counterparty")[1] == "iban:DE89"  # the party, not the data
+    assert cat(send, "resource")[1] == "file:13"  # the data resource stays the most sensitive
+    read = extract(ev(activity_id=2, operation="read_file", resources=(data, payee)))
+    assert cat(read, "counterparty") == (0, None)  # reads have no counterparty
+    post = extract(ev(activity_id=1, operation="post", resources=(Resource("chan-1", "channel"),)))
+    assert cat(post, "counterparty") == (0, None)  # an object, not a party
+    untyped = extract(ev(activity_id=3, resources=(Resource("mailto:eve@x.example", None),)))
+    assert cat(untyped, "counterparty")[1] == "mailto:eve@x.example"
+
+
+def test_combo_is_tool_by_resource_class() -> None:
+    f = extract(ev(operation="read_file", resources=(Resource("file:1", "file", 3),)))
+    assert cat(f, "combo")[1] == "read_file|file|3"
+    assert cat(extract(ev(operation="read_file")), "combo") == (0, None)
+
+
+def test_task_key_comes_from_the_session_else_the_credential_task() -> None:
+    a = extract(ev(session_uid="task-1"))
+    b = extract(ev(credential=Credential(uid="c", issued_to="agent-7", task_uid="task-1")))
+    assert a.task == b.task != 0 and extract(ev()).task == 0
+    assert extract(ev(session_uid="task-2")).task != a.task
+    assert extract(ev(bytes_in=100, bytes_out=23)).volume == 123.0

@@ -148,3 +148,72 @@ def test_an_unauthorised_delegation_becomes_evidence_about_the_delegator() -> No
     # The delegator's state now holds the incident; applying the same evidence again updates it.
     assert det.load_state(store["agt-orch-9"]).risk.incident is not None
     assert all(d.action != "create" for d in det.apply_signals(out.signals, store))
+
+
+def _with_model(i: int, uid: str, digest: str) -> Event:
+    from pipeline.schemas import ModelRef
+
+    return msgspec.structs.replace(_call(i, uid=uid, issued_to=uid),
+                                   model=ModelRef("gpt-x", "1", digest))  # fmt: skip
+
+
+D_A, D_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def test_a_build_nobody_registered_is_one_inventory_finding_across_the_fleet() -> None:
+    from pipeline.config import Settings
+
+    det = Detection(Settings())  # default settings: no registry, no directory
+    store: dict[str, bytes] = {}
+    out = det.process([_with_model(i, f"agt-{i % 5}", D_A) for i in range(50)], store)
+    inv = [d for d in out.decisions if d.rules and d.rules[0].rule == "model_inventory"]
+    assert len(inv) == 1 and not inv[0].is_alert and not inv[0].quarantine
+    assert inv[0].severity_id == 2 and not [d for d in out.decisions if d.is_alert]
+    # The same build again (another batch): nothing; a new build under a pinned agent: a hit
+    # on that agent, and one more inventory finding for the new build.
+    out = det.process([_with_model(60, "agt-1", D_A), _with_model(61, "agt-2", D_B)], store)
+    rules = [r.rule for s in out.scores for r in s.rules]
+    assert rules == ["model_provenance"]
+    inv2 = [d for d in out.decisions if d.rules and d.rules[0].rule == "model_inventory"]
+    assert len(inv2) == 1 and inv2[0].finding_uid != inv[0].finding_uid
+
+
+def test_a_registered_build_is_no_inventory_and_enforcement_makes_unknown_ones_violations(
+    tmp_path: Path,
+) -> None:
+    from pipeline.config import Settings
+
+    reg = tmp_path / "agent-models.yaml"
+    reg.write_text(f"models:\n  - {{name: gpt-x, version: '1', digest: '{D_A}'}}\n")
+    det = Detection(Settings(model_allowlist_file=str(reg)))
+    out = det.process([_with_model(i, "agt-1", D_A) for i in range(5)], {})
+    assert not out.decisions and not any(s.rules for s in out.scores)
+    strict = Detection(Settings(model_allowlist_file=str(reg), agent_models_enforce=True))
+    out = strict.process([_with_model(0, "agt-9", D_B)], {})
+    assert [r.evidence["reason"] for s in out.scores for r in s.rules] == ["unregistered"]
+
+
+def test_busy_identities_need_rarer_events_to_add_risk() -> None:
+    from pipeline.config import Settings
+
+    def run(busy: float) -> list[float]:
+        det = Detection(Settings(busy_events_per_hour=busy))
+        store: dict[str, bytes] = {}
+        # agt-busy: 1 call every 15 s (240/h); agt-calm: 1 every 10 min; both for 2 days.
+        events = [_call(i, uid="agt-busy", issued_to="agt-busy") for i in range(0, 11_520)]
+        events = [msgspec.structs.replace(e, time_ms=T0 + k * 15_000) for k, e in enumerate(events)]
+        calm = [msgspec.structs.replace(_call(i, uid="agt-calm", issued_to="agt-calm"),
+                                        time_ms=T0 + i * 600_000) for i in range(288)]  # fmt: skip
+        allev = sorted(events + calm, key=lambda e: e.time_ms)
+        for k in range(0, len(allev), 2000):
+            det.process(allev[k : k + 2000], store)
+        t = T0 + 3 * 86_400_000
+        odd = [msgspec.structs.replace(_call(0, uid=u, issued_to=u), uid=f"odd-{u}", time_ms=t,
+                                       bytes_in=50_000_000, service="vault")
+               for u in ("agt-busy", "agt-calm")]  # fmt: skip
+        return [s.score for s in det.process(odd, store).scores]
+
+    busy_off, calm_off = run(0.0)
+    busy_on, calm_on = run(20.0)
+    assert calm_on == calm_off  # below the reference rate: untouched
+    assert busy_on < busy_off  # 240 events/h: the same event says less
