@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.ensemble import IsolationForest
 
 from pipeline.baselines import DEVIATIONS
-from pipeline.config import Settings, env_var
+from pipeline.config import REPO_ROOT, Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.keys import pem
 from pipeline.models.artifacts import encode_sklearn
@@ -126,7 +126,9 @@ def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
         sign_update,
     )
 
-    build = next(iter(load_agent_model_registry(isolated.model_allowlist_file)))
+    # A deployment with a registry (none is loaded by default): the simulator's example one.
+    registry = REPO_ROOT / "models" / "examples" / "agent-models.yaml"
+    build = next(iter(load_agent_model_registry(registry)))
     model = {"name": build.name, "version": build.version, "digest": build.digest}
 
     def call(uid: str, t: int) -> dict[str, Any]:
@@ -135,6 +137,7 @@ def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
         return event
 
     env = _env(isolated, tmp_path / "data", f"itest-agentm-{os.getpid()}-{int(time.time())}")
+    env[env_var("model_allowlist_file")] = str(registry)
     now = int(time.time() * 1000)
     worker = _start(env, tmp_path / "worker.log")
     try:
