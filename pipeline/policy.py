@@ -183,6 +183,8 @@ class Incident(msgspec.Struct, array_like=True, gc=False):
     released: bool = False  # an analyst released the quarantine: no command until new evidence
     confirmed: bool = False  # an analyst confirmed the compromise: never habituated
     evidence_ms: int = -1  # event time of the latest evidence (risk added or a rule fired)
+    periodic: int = 0  # periodic updates emitted: each doubles the interval to the next
+    contains: int = 0  # contain commands issued: each renewal doubles the quarantine's duration
 
 
 class RiskState(msgspec.Struct, array_like=True, gc=False):
@@ -263,6 +265,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # (Re)issue the incident's one contain command now: on becoming quarantine-worthy, then only
     # shortly before the last one lapses while new evidence keeps coming (never per re-detection).
     contain: bool = False
+    contain_duration_ms: int = 0  # its duration: quarantine_duration_s, doubled per renewal
     # Closed because it stayed open past habituate_after_s unconfirmed: the baseline failed to
     # learn; the caller learns the held events (its evidence is suppressed for a while).
     habituated: bool = False
@@ -560,7 +563,7 @@ class RiskPolicy:
             return None
         due = min(inc.quiet_ms + self._close_after_ms, self._habituate_due(inc))
         if inc.pending and inc.status_id != _CANDIDATE:
-            due = min(due, inc.last_emit_ms + self._interval_ms)
+            due = min(due, inc.last_emit_ms + self._period_ms(inc))
         renew = self._renew_due(inc)
         if renew is not None:
             due = min(due, renew)
@@ -577,7 +580,19 @@ class RiskPolicy:
             return None
         if inc.evidence_ms <= inc.contain_ms:
             return None  # nothing new since the command: let it lapse, the analyst decides
-        return inc.contain_ms + self._duration_ms - self._contain_renew_ms
+        return inc.contain_ms + self._contain_ms_of(inc.contains) - self._contain_renew_ms
+
+    def _contain_ms_of(self, k: int) -> int:
+        """Duration of the k-th contain command (1-based): the first lasts
+        ``quarantine_duration_s``, each renewal twice the one before (capped at 64x), so a
+        compromise whose evidence goes on for days costs a handful of commands, not one an hour."""
+        return self._duration_ms << min(max(k - 1, 0), 6)
+
+    def _period_ms(self, inc: Incident) -> int:
+        """Interval to the next periodic update: ``update_interval_s``, doubled after each one
+        (capped at 64x): an incident whose evidence keeps coming for days is not news every
+        half hour."""
+        return self._interval_ms << min(inc.periodic, 6)
 
     def habituated(self, state: RiskState, score: Score) -> bool:
         """True when ``score``'s anomaly lies only in features its identity habituated to.
@@ -633,6 +648,7 @@ class RiskPolicy:
         inc.confirmed = True
         inc.released = False
         inc.contain_ms = -1  # an analyst's decision: its command goes out now
+        inc.contains = 0
         action: Action = "update"
         if inc.status_id == _CANDIDATE:
             inc.uid = finding_uid(inc.identity_uid, inc.events[0] if inc.events else str(t))
@@ -711,7 +727,7 @@ class RiskPolicy:
         if (sup is not None) != (inc.status_id == STATUS_SUPPRESSED):
             reason = "identity suppressed" if sup is not None else "suppression ended"
             return self._emit(state, inc, "update", now_ms, reason, sup)
-        if inc.pending and now_ms - inc.last_emit_ms >= self._interval_ms:
+        if inc.pending and now_ms - inc.last_emit_ms >= self._period_ms(inc):
             return self._emit(state, inc, "update", now_ms, "new evidence (periodic update)", sup)
         return None
 
@@ -726,7 +742,7 @@ class RiskPolicy:
         if (
             inc.pending
             and inc.status_id != _CANDIDATE
-            and t - inc.last_emit_ms >= self._interval_ms
+            and t - inc.last_emit_ms >= self._period_ms(inc)
         ):
             sup = (
                 self.identity_suppression(inc.identity_uid, t, state)
@@ -857,7 +873,7 @@ class RiskPolicy:
                 reason = "quarantine renewed: evidence continued since the last contain command"
             elif new_features:
                 reason = "new evidence: " + ", ".join(new_features)
-            elif t - inc.last_emit_ms >= self._interval_ms:
+            elif t - inc.last_emit_ms >= self._period_ms(inc):
                 reason = "new evidence (periodic update)"
             if reason:
                 decision = self._emit(state, inc, "update", t, reason, sup)
@@ -966,9 +982,12 @@ class RiskPolicy:
             contain = inc.contain_ms < 0 or (renew is not None and t >= renew)
             if contain:
                 inc.contain_ms = t
+                inc.contains += 1
         level = self.level_of(inc.peak_risk)
         if action == "update":
             inc.counters.updates += 1
+            if reason.endswith("(periodic update)"):
+                inc.periodic += 1
         inc.status_id = status
         inc.last_emit_ms = t
         inc.emitted_level = level
@@ -976,7 +995,8 @@ class RiskPolicy:
         inc.pending = False
         state.rev += 1
         return self._decision(
-            state, inc, action, t, reason, status, quarantine, sup, contain=contain
+            state, inc, action, t, reason, status, quarantine, sup, contain=contain,
+            contain_ms=self._contain_ms_of(inc.contains) if contain else 0,
         )
 
     def _habituate(self, state: RiskState, inc: Incident, t: int) -> Decision | None:
@@ -1028,6 +1048,7 @@ class RiskPolicy:
         was_suppressed: bool = False,
         *,
         contain: bool = False,
+        contain_ms: int = 0,
     ) -> Decision:
         suppressed = sup is not None or was_suppressed
         c = inc.counters
@@ -1057,6 +1078,7 @@ class RiskPolicy:
             suppressed_by=(sup.reason or "suppressed") if sup is not None else None,
             credentials=tuple(inc.credentials),
             contain=contain,
+            contain_duration_ms=contain_ms,
         )
 
 

@@ -98,7 +98,8 @@ class QuarantinePolicy:
             approval = "automatic" if d.severity_id >= self.auto_min_severity else "required"
             message = contain(
                 d.identity_uid, finding_uid=d.finding_uid, reason=self.reason(d),
-                duration_ms=self.duration_ms, now_ms=now_ms, sender=self.sender,
+                duration_ms=d.contain_duration_ms or self.duration_ms, now_ms=now_ms,
+                sender=self.sender,
                 credentials=d.credentials, dry_run=self.dry_run,
                 approval="required" if approved_by else approval,
                 severity_id=d.severity_id, risk_score=round(d.peak_risk),

@@ -245,14 +245,13 @@ def test_repeated_anomalies_give_one_create_then_rate_limited_updates() -> None:
     assert actions[0] == "create" and actions.count("create") == 1
     assert set(actions[1:]) == {"update"}
     assert len({d.finding_uid for d in decisions}) == 1
-    # Level rises (Medium -> High -> Critical) bypass the limit; otherwise one per 300 s.
+    # Level rises (Medium -> High -> Critical) bypass the limit; otherwise 300 s, then 600,
+    # 1200, ... after each periodic update (an incident that goes on is not news each time).
     assert len(decisions) <= 1 + 3 + 3600 // 300
-    periodic = 0
-    for prev, d in itertools.pairwise(decisions):
-        if d.reason.startswith("new evidence"):
-            periodic += 1
-            assert d.time_ms - prev.time_ms >= 300 * S
-    assert periodic >= 5
+    gaps = [d.time_ms - prev.time_ms for prev, d in itertools.pairwise(decisions)
+            if d.reason.startswith("new evidence")]  # fmt: skip
+    assert len(gaps) == 3  # at 300, 600 and 1200 s after the previous one within the hour
+    assert all(g >= 300 * S * 2**k for k, g in enumerate(gaps))
     assert [d.status_id for d in decisions[:2]] == [STATUS_NEW, STATUS_IN_PROGRESS]
     assert decisions[-1].counters.updates == len(decisions) - 1
     assert len(decisions[-1].related_events) == 20  # bounded
@@ -661,3 +660,22 @@ def test_critical_and_confirmed_incidents_never_habituate() -> None:
         d = p.decide(st2, score(T0 + i * H, 0.95, contributions=(contrib("bytes_out"),)))
         assert d is None or not d.habituated
     assert st.incident is not None and st2.incident is not None
+
+
+def test_renewals_double_the_quarantine_so_days_of_evidence_cost_few_commands() -> None:
+    p = RiskPolicy(quarantine_duration_s=3600, contain_renew_s=300)
+    st = RiskState()
+    contains = []
+    for i in range(48 * 6):  # a Critical rule every 10 minutes for two days
+        d = p.decide(st, score(T0 + i * 600 * S, 0.1, rules=(CRITICAL,)))
+        t = p.tick(st, T0 + i * 600 * S + 300 * S)
+        contains += [x for x in (d, t) if x is not None and x.contain]
+    durations = [c.contain_duration_ms // (3600 * S) for c in contains]
+    assert durations[:4] == [1, 2, 4, 8] and len(contains) <= 6
+    # Each renewal comes shortly before the previous command lapses.
+    for prev, nxt in itertools.pairwise(contains):
+        assert nxt.time_ms <= prev.time_ms + prev.contain_duration_ms
+    from pipeline.quarantine.policy import QuarantinePolicy
+
+    [cmd] = QuarantinePolicy(duration_ms=3_600_000).commands([contains[1]], now_ms=T0)
+    assert cmd.message["body"]["openc2"]["request"]["args"]["duration"] == 2 * 3_600_000
