@@ -6,12 +6,13 @@ scikit-learn, the score is not the decision threshold). Per identity it keeps a 
 one incident. Anomalous events (score at or above the noise floor) and Zero Trust rule hits add
 risk; once risk reaches the alert threshold (or a Critical rule fires) the incident opens a
 finding (``create``), later evidence refreshes it (``update``: when its risk level rises, a
-new kind of evidence - a rule or a feature not in it yet - joins, or at most every
-``update_interval_s`` otherwise) and a quiet period closes it (``close``). The next alert opens
+new kind of evidence - a new rule, or behaviour on a rule-only incident - joins, or otherwise
+after ``update_interval_s``, an interval that doubles after each such periodic update) and a
+quiet period closes it (``close``). The next alert opens
 a new finding uid. A quarantine-worthy incident asks for **one** contain command
 (``Decision.contain``); it is re-issued only within ``contain_renew_s`` of lapsing
-(``quarantine_duration_s``), while the incident is open, not released and still gathering
-evidence. An incident that stays open for ``habituate_after_s`` without an analyst confirming
+(``quarantine_duration_s``, doubled for each renewal), while the incident is open, not
+released and still gathering evidence. An incident that stays open for ``habituate_after_s`` without an analyst confirming
 it is a baseline that failed to learn, not an attack in progress: it closes as *habituated*,
 its features and High rules are suppressed for the identity for ``habituate_suppress_s``
 (visible in the close and in the state), and events anomalous only in those features are

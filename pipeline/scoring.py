@@ -9,7 +9,7 @@ Shared state (peer-group baselines, the detector and its calibrator) belongs to 
 it is learned from everything the process sees, and :meth:`Detection.save_shared` /
 :meth:`load_shared` persist it beside the worker's tables.
 
->>> from pipeline.schemas import Event, ModelRef
+>>> from pipeline.schemas import Event
 >>> det = Detection()
 >>> ev = Event(uid="e1", class_uid=3002, activity_id=1, time_ms=1_790_000_000_000,
 ...            identity_uid="usr-1", identity_kind="human", country="DE", status_id=1)
