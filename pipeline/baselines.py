@@ -1284,7 +1284,7 @@ class BaselineModel:
     # --- serialisation ------------------------------------------------------------------------
 
     def to_bytes(self, state: BaselineState) -> bytes:
-        """Compact, versioned binary form (≤ :attr:`max_bytes`, 1,166 B with the defaults; 434 B empty).
+        """Compact, versioned binary form (≤ :attr:`max_bytes`: 1,166 B with the defaults).
 
         Layout (little-endian): a fixed header (versions, counters, float32 means /
         variances, the count vectors, slots used and named slot per feature), then the used
