@@ -11,12 +11,13 @@ after ``update_interval_s``, an interval that doubles after each such periodic u
 quiet period closes it (``close``). The next alert opens
 a new finding uid. A quarantine-worthy incident asks for **one** contain command
 (``Decision.contain``); it is re-issued only within ``contain_renew_s`` of lapsing
-(``quarantine_duration_s``, doubled for each renewal), while the incident is open, not
-released and still gathering evidence. An incident that stays open for ``habituate_after_s``
-without an analyst confirming it is a baseline that failed to learn, not an attack in progress: it closes as *habituated*,
-its features and High rules are suppressed for the identity for ``habituate_suppress_s``
-(visible in the close and in the state), and events anomalous only in those features are
-learned again (:meth:`RiskPolicy.habituated`). Critical rules never habituate.
+(``quarantine_duration_s``, doubled for each renewal), while the incident is open, not released
+and still gathering evidence. An incident that stays open for ``habituate_after_s`` without an
+analyst confirming it is a baseline that failed to learn, not an attack in progress: it closes
+as *habituated*, its features and High rules are suppressed for the identity for
+``habituate_suppress_s`` (visible in the close and in the state), and events anomalous only in
+those features are learned again (:meth:`RiskPolicy.habituated`). Critical rules never
+habituate.
 
 Risk model (defaults in brackets; every one is a constructor argument and a setting):
 
