@@ -17,7 +17,8 @@ rule                    severity fires when
                                  that the directory does not approve for this agent, or - only
                                  with ``enforce_registry`` - that the registry does not list
                                  (for the event's name + version, or at all); otherwise one
-                                 other than the first digest seen (pinned in the agent's state).
+                                 other than the digest the agent is pinned to, once per change
+                                 (the pin moves; Medium, 3, when the version changed too).
                                  Evidence ``reason``: ``revoked`` | ``not_approved_for_agent``
                                  | ``unregistered`` | ``changed_since_first_seen``
 ``agent_config_drift``  4        an agent's tool manifest or system prompt hash is not one the
@@ -111,8 +112,8 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
       country) for ``impossible_travel``; ``loc_ms`` -1 = none yet.
     * ``env`` - learned home environment (only when the directory gives none); ``env_ms`` - last
       time the identity was active in its home environment (``clone``), -1 = never.
-    * ``model`` - pinned model digest, 32 raw bytes (only when neither the directory nor the
-      model registry decides).
+    * ``model`` - pinned model: 32 digest bytes + a CRC-32 of its name and version, then the
+      previous pin (only when neither the directory nor the model registry decides).
     * ``tasks`` - the holder's most recent tasks, oldest first, each
       ``[task key, highest step seen, token fingerprint, ...]`` (CRC-32s; bounded).
     * ``tools`` / ``prompt`` - the agent's pinned tool-manifest / system-prompt hash: 32 raw
@@ -191,6 +192,13 @@ def _span(ms: int) -> str:
     if ms < 24 * _HOUR_MS:
         return f"{ms / _HOUR_MS:.1f} h"
     return f"{ms / (24 * _HOUR_MS):.1f} d"
+
+
+_PIN: Final = 36  # a pinned model: digest (32 bytes) + CRC-32 of its name and version
+
+
+def _version_crc(model: ModelRef) -> bytes:
+    return zlib.crc32(f"{model.name}\x00{model.version}".encode()).to_bytes(4, "little")
 
 
 def _short(digest: str) -> str:
@@ -502,6 +510,7 @@ class ZeroTrustRules:
         if reason is None and approved and digest not in approved:
             reason = "not_approved_for_agent"
         registered = False
+        severity = 4
         if reason is None and reg is not None:
             # Known model, unknown build - or a digest no build of any model has.
             unknown = (listed is not None and digest not in listed) or (
@@ -513,24 +522,35 @@ class ZeroTrustRules:
         if reason is None:
             if approved:
                 return None  # the common case: approved for this agent by the directory
-            raw = bytes.fromhex(digest[7:])  # 32 bytes instead of a 71-character string
+            # The pin: 32 digest bytes + a CRC of (name, version), then the previous pin.
+            key = bytes.fromhex(digest[7:]) + _version_crc(model)
+            pinned = state.model
             if registered:
                 # Registered and approved: the pin follows it, so a later switch to a build
                 # nobody registered is still a change under a pinned agent.
-                if state.model != raw:
-                    state.model = raw
+                if pinned is None or pinned[:32] != key[:32]:
+                    state.model = key
                 return None
-            pinned = state.model
             if pinned is None:
-                state.model = raw
+                state.model = key
                 return None
-            if pinned == raw:
+            current, previous = pinned[:_PIN], pinned[_PIN : 2 * _PIN]
+            if current[:32] == key[:32]:
+                return None  # the common case: the build it runs
+            # One hit per change: the pin moves (the replaced build is kept, so a rollback or
+            # an old replica in a rolling redeploy is not a second hit).
+            state.model = key + current
+            if previous[:32] == key[:32]:
                 return None
             reason, source, expected = (
                 "changed_since_first_seen",
                 "first seen",
-                "sha256:" + pinned.hex(),
+                "sha256:" + current[:32].hex(),
             )
+            # Same name and version, other bytes: a tampered or swapped build (High). A new
+            # version is an upgrade nobody registered: evidence (Medium), not an alert alone.
+            if len(current) == _PIN and current[32:] != key[32:]:
+                severity = 3
         elif reason == "not_approved_for_agent":
             source, expected = "directory", ", ".join(approved)
         else:
@@ -572,11 +592,14 @@ class ZeroTrustRules:
                 f"registry does not list {where}; {want}"
             )
         else:
+            what = "a new version" if severity == 3 else "the same model and version"
             text = (
                 f"agent {uid} runs {name} with digest {_short(digest)}, changed since first "
-                f"seen; {want}"
+                f"seen ({what}); {want}"
             )
-        return RuleHit("model_provenance", 4, text, evidence)
+        if reason == "changed_since_first_seen":
+            evidence["version_changed"] = severity == 3
+        return RuleHit("model_provenance", severity, text, evidence)
 
     # ---- agent configuration -------------------------------------------------------------------
     def _drift(

@@ -255,7 +255,7 @@ def test_model_first_digest_is_pinned_only_without_a_registry(
 ) -> None:
     rules, state = ZeroTrustRules(agent_models=registry), RuleState()
     assert rules.check(state, ev(model=model(D_BAD)), None) == ()
-    assert state.model == bytes.fromhex("b" * 64)
+    assert state.model is not None and state.model[:32] == bytes.fromhex("b" * 64)
     assert rules.check(state, ev(model=model(D_BAD)), None) == ()
     (hit,) = rules.check(state, ev(model=model(D_OTHER)), None)
     assert hit.evidence["source"] == "first seen" and hit.evidence["expected_digest"] == D_BAD
@@ -295,7 +295,7 @@ def test_model_unregistered_digest_is_pinned_unless_enforced() -> None:
     reg = registry(RegisteredModel("gpt-4o", "2024-08-06", D_OK))
     rules, state = ZeroTrustRules(agent_models=reg), RuleState()
     assert rules.check(state, ev(model=model(D_OTHER, "mystery", "1")), None) == ()
-    assert state.model == bytes.fromhex(D_OTHER[7:])  # pinned
+    assert state.model is not None and state.model[:32] == bytes.fromhex(D_OTHER[7:])
     assert rules.check(state, ev(model=model(D_OTHER, "mystery", "1")), None) == ()
     (hit,) = rules.check(state, ev(model=model(D_BAD)), None)
     assert hit.evidence["reason"] == "changed_since_first_seen"
@@ -688,7 +688,7 @@ def test_state_written_before_the_config_pins_still_decodes() -> None:
     )  # fmt: skip
     state = RuleState.from_bytes(old)
     assert (state.loc_cc, state.env, state.tasks) == ("DE", "prod-eu", [[7, 2, 99]])
-    assert state.model == bytes.fromhex("a" * 64) and state.tools is None and state.prompt is None
+    assert state.model is not None and state.model[:32] == bytes.fromhex("a" * 64) and state.tools is None and state.prompt is None
     # It keeps working: the first hashes are pinned, not reported as changes.
     rules = ZeroTrustRules()
     assert rules.check(state, ev(tool_manifest_hash=H1, system_prompt_hash=H2), None) == ()
@@ -843,3 +843,19 @@ def test_attacks_are_caught_on_the_labelled_identities(
         assert entry is not None and entry.sensitivity_ceiling is not None
         if entry.sensitivity_ceiling < 3:
             assert "sensitivity_ceiling" in rules_after(row), row
+
+
+def test_a_changed_model_fires_once_per_change_and_a_new_version_is_medium() -> None:
+    rules, state = ZeroTrustRules(), RuleState()
+    assert rules.check(state, ev(model=model(D_OK, "gpt-4o", "1")), None) == ()
+    # Same name and version, other bytes: High, once; the pin moves.
+    (hit,) = rules.check(state, ev(model=model(D_BAD, "gpt-4o", "1")), None)
+    assert hit.severity_id == 4 and hit.evidence["version_changed"] is False
+    assert rules.check(state, ev(model=model(D_BAD, "gpt-4o", "1")), None) == ()
+    # Back to the previous build (rollback, old replica): no hit.
+    assert rules.check(state, ev(model=model(D_OK, "gpt-4o", "1")), None) == ()
+    # An upgrade to a new version nobody registered: Medium evidence, once.
+    (hit,) = rules.check(state, ev(model=model(D_OTHER, "gpt-4o", "2")), None)
+    assert hit.severity_id == 3 and hit.evidence["version_changed"] is True
+    assert "a new version" in hit.text
+    assert rules.check(state, ev(model=model(D_OTHER, "gpt-4o", "2")), None) == ()
