@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,4 +109,7 @@ def test_notebook_runs(name: str, run_env: tuple[Path, dict[str, str]]) -> None:
         # Published into the temporary registry, verified as a worker verifies it.
         assert "verified like a worker" in text
         assert (root / "models" / "detector" / "2" / "manifest.json").exists()
-        assert not (REPO_ROOT / "models" / "detector" / "2").exists()
+        # ... and nothing in the repository's own registry changed.
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "models"], cwd=REPO_ROOT,
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert changed == "", changed

@@ -688,7 +688,8 @@ def test_state_written_before_the_config_pins_still_decodes() -> None:
     )  # fmt: skip
     state = RuleState.from_bytes(old)
     assert (state.loc_cc, state.env, state.tasks) == ("DE", "prod-eu", [[7, 2, 99]])
-    assert state.model is not None and state.model[:32] == bytes.fromhex("a" * 64) and state.tools is None and state.prompt is None
+    assert state.model is not None and state.model[:32] == bytes.fromhex("a" * 64)
+    assert state.tools is None and state.prompt is None
     # It keeps working: the first hashes are pinned, not reported as changes.
     rules = ZeroTrustRules()
     assert rules.check(state, ev(tool_manifest_hash=H1, system_prompt_hash=H2), None) == ()
