@@ -661,8 +661,7 @@ def evaluate(
             )
             code_parts.append(np.asarray(labeller.codes(result), dtype=np.int16))
         for d in result.decisions:
-            if d.action == "create" and not d.is_alert and not d.risk_level_id and d.rules \
-                    and d.rules[0].rule == "model_inventory":
+            if d.rules and d.rules[0].rule == "model_inventory":  # policy.inventory_decision
                 inventory += 1
                 continue
             if d.action == "update":
