@@ -460,7 +460,7 @@ def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, 
         try:
             out.append((m.key() or b"", verify(m.value() or b"", keys,
                                                now_ms=int(_time.time() * 1000),
-                                               max_age_ms=10**12)))  # fmt: skip
+                                               max_age_ms=10**12, executable=False)))  # fmt: skip
         except CommandRejected as exc:
             click.echo(f"skipping an invalid command at offset {m.offset()}: {exc}", err=True)
     return out

@@ -57,7 +57,10 @@ TYP: Final = "custos-openc2+jws"
 TO: Final = ("custos-responders",)
 _NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/quarantine")
 
-REJECT_REASONS: Final = ("unsigned", "bad_signature", "malformed", "expired", "replayed")
+REJECT_REASONS: Final = (
+    "unsigned", "bad_signature", "malformed", "expired", "replayed",
+    "unapproved",  # a contain that still waits for a human (approval "required" or unknown)
+)  # fmt: skip
 
 
 class CommandRejected(CustosError):
@@ -182,8 +185,32 @@ def sign(message: dict[str, Any], key: SigningKey) -> bytes:
     return sign_compact(msgspec.json.encode(message, order="sorted"), key, TYP)
 
 
-def verify(data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = 300_000) -> dict[str, Any]:
+def _check_approval(req: dict[str, Any]) -> None:
+    """Only ``automatic`` and ``approved`` (with who approved) may act.
+
+    ``required`` is the form the worker puts on ``custos.approvals`` for a human: signed, valid
+    and current, so without this check a copy of it onto the quarantine topic is executed.
+    """
+    args = req.get("args")
+    ext = args.get("x-custos") if isinstance(args, dict) else None
+    approval = ext.get("approval", "automatic") if isinstance(ext, dict) else None
+    if approval == "automatic":
+        return
+    if approval == "approved":
+        by = ext.get("approved_by") if isinstance(ext, dict) else None
+        if isinstance(by, str) and by.strip():
+            return
+        raise CommandRejected("unapproved", "approval 'approved' without approved_by")
+    raise CommandRejected("unapproved", f"approval {approval!r}: waits for an analyst")
+
+
+def verify(
+    data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = 300_000, executable: bool = True
+) -> dict[str, Any]:
     """The message if ``data`` is a valid command, signed by a trusted key and still current.
+
+    ``executable`` (responders): a contain must also be ``automatic`` or ``approved`` by
+    someone, else ``unapproved``; readers of the approvals topic pass False.
 
     Current: a ``contain`` until its duration is over (at least ``max_age_ms``), a ``cancel``
     for ``max_age_ms`` after it was created.
@@ -199,6 +226,8 @@ def verify(data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = 300_000)
     except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
         raise CommandRejected("malformed", f"headers: {exc!r}") from None
     req = request_of(message)
+    if executable and req["action"] == "contain":
+        _check_approval(req)
     # A contain stays actionable for its own duration: a responder that was down for a while
     # must still carry out a quarantine that is in force (re-applying it is idempotent, and the
     # request-id store answers a replayed one). Anything else - a cancel, above all - must be

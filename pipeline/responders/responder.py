@@ -6,8 +6,9 @@ where responses go), so it is tested without Kafka; :func:`run_responder` is the
 
 For each command:
 
-1. verify the signature and freshness (:func:`pipeline.quarantine.commands.verify`); a refused
-   command gets a 401 (unsigned, forged) or 400 (expired, malformed) response - the audit trail;
+1. verify the signature, freshness and approval (:func:`pipeline.quarantine.commands.verify`);
+   a refused command gets a 401 (unsigned, forged), 403 (a contain still waiting for an
+   analyst's approval) or 400 (expired, malformed) response - the audit trail;
 2. a ``request_id`` already answered gets its stored final response again (redelivery); the same
    ``request_id`` on *different* content is refused as ``replayed``;
 3. ``status 102`` at once, then every adapter, with retries and exponential backoff for 5xx and
@@ -249,7 +250,7 @@ class Responder:
         return out
 
     def _refuse(self, value: bytes, reason: str, detail: str, emit: Emit) -> dict[str, Any]:
-        code = 401 if reason in ("unsigned", "bad_signature") else 400
+        code = {"unsigned": 401, "bad_signature": 401, "unapproved": 403}.get(reason, 400)
         log.warning("refused command (%s): %s", reason, detail)
         final = response(
             _peek_request_id(value), code, f"rejected: {reason}: {detail}"[:500],
@@ -373,7 +374,7 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
 
             final, cmd = responder.handle(msg.value() or b"", emit)
             code = status_of(final)
-            if code in (400, 401):  # refused: keep the original bytes beside the response
+            if code in (400, 401, 403):  # refused: keep the original bytes beside the response
                 producer.produce(
                     settings.quarantine_deadletter_topic, key=key, value=msg.value(),
                     headers=[("custos.reason", final["body"]["openc2"]["response"]["results"]

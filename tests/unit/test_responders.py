@@ -212,6 +212,37 @@ def test_duplicates_get_the_stored_answer_and_forgeries_are_refused(
     assert broker.registry.blocked("usr-ceo", time.time()) is None
 
 
+def test_contain_waiting_for_an_analyst_is_never_executed(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    """Issue 12.4: the worker's ``approval: required`` form, copied onto the quarantine topic."""
+    from pipeline.quarantine.decisions import approve
+
+    broker, url = live_broker
+    live = broker.issue("agt-1", "task-1", 1, ("crm.read",), 1)
+    key = SigningKey.generate("w1")
+    responder = _responder(url, key)
+    now = int(time.time() * 1000)
+    pending = contain("agt-1", finding_uid="f-9", reason="r", duration_ms=3_600_000, now_ms=now,
+                      sender="custos-worker", approval="required")  # fmt: skip
+    no_approver = approve(pending, by="analyst:alice", now_ms=now)
+    no_approver["body"]["openc2"]["request"]["args"]["x-custos"]["approved_by"] = " "
+    odd = approve(pending, by="analyst:alice", now_ms=now)
+    odd["body"]["openc2"]["request"]["args"]["x-custos"]["approval"] = "Automatic"
+    for message in (pending, no_approver, odd):
+        rec = Recorder()
+        final, cmd = responder.handle(sign(message, key), rec)
+        results = final["body"]["openc2"]["response"]["results"]["x-custos"]
+        assert (status_of(final), results["rejected"], cmd) == (403, "unapproved", None)
+        assert rec.out == [final]  # no 102: nothing was started
+    assert broker.registry.blocked("agt-1", time.time()) is None
+    assert broker.check(live.credential, agent="agt-1", operation="crm.read")
+    # The analyst's approval of the same command is carried out.
+    final, _ = responder.handle(sign(approve(pending, by="analyst:alice", now_ms=now), key),
+                                Recorder())  # fmt: skip
+    assert status_of(final) == 200 and broker.registry.blocked("agt-1", time.time()) is not None
+
+
 def test_release_lifts_only_its_own_block(live_broker: tuple[CredentialBroker, str]) -> None:
     broker, url = live_broker
     key = SigningKey.generate("w1")
