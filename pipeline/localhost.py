@@ -29,12 +29,14 @@ def free_port() -> int:
 
 
 def call_json(
-    method: str, url: str, bearer: str, body: dict[str, Any] | None = None, timeout: float = 5.0
+    method: str, url: str, bearer: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """One JSON call with a bearer token: (HTTP status, JSON answer); 0 when nobody answered."""
     req = urllib.request.Request(
         url, data=json.dumps(body or {}).encode(), method=method,
-        headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json",
+                 **(headers or {})},
     )  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:

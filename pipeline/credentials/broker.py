@@ -15,7 +15,9 @@ route                                      auth     what
 ``POST /v1/access``                        bearer   a resource server's check of one use:
                                                     ``Authorization: Bearer <credential>``,
                                                     ``{agent, task?, step?, operation, service?}``
-                                                    → 200 allowed / 403 with the reason
+                                                    → 200 allowed / 403 with the reason;
+                                                    ``X-Custos-Resource-Token``: the caller is
+                                                    a resource server vouching for ``agent``
 ``POST /introspect``                       token    RFC 7662 (form ``token``)
 ``POST /revoke``                           token    RFC 7009 (form ``token``): 200 also for an
                                                     unknown or already revoked token
@@ -27,10 +29,17 @@ route                                      auth     what
 =========================================  =======  =============================================
 
 "token" = ``Authorization: Bearer <broker API token>`` (``CUSTOS_BROKER_TOKEN`` or generated on
-first run into the state directory, mode 0600). In ``/v1/access`` the presenter's identity is
-what the transport established (mTLS / SPIFFE in production); this reference takes it from the
-request body. Every refused use is also published as an input event
-(:mod:`pipeline.credentials.rejections`), so detection sees it.
+first run into the state directory, mode 0600).
+
+Who presented a credential is a security decision: a ``wrong_holder`` event on the presenter is
+a Critical ``credential_misuse`` and an automatic quarantine of that identity. So ``agent`` in a
+``/v1/access`` body is believed only from a resource server that authenticates
+(``X-Custos-Resource-Token``: the API token; in production the identity mTLS / SPIFFE
+established). Without it the body is a claim: the check still refuses whatever does not match,
+but the refusal is recorded on the credential's *holder* (the identity the signature proves),
+with the claimed presenter as unverified context - never on the identity the caller named, so
+an unauthenticated request cannot quarantine anybody. Every refused use is published as an input
+event (:mod:`pipeline.credentials.rejections`), so detection sees it.
 """
 
 from __future__ import annotations
@@ -163,9 +172,14 @@ class CredentialBroker:
         step: int | None = None,
         service: str | None = None,
         src_ip: str | None = None,
+        presenter_verified: bool = True,
     ) -> TaskClaims:
         """One use of a credential: the claims if it may proceed, else
-        :class:`CredentialRejected` (and a rejection event)."""
+        :class:`CredentialRejected` (and a rejection event).
+
+        ``presenter_verified`` False: ``agent`` is only what the caller says (no resource
+        server vouched for it), so a refusal is recorded on the credential's holder.
+        """
         now = self.clock()
         claims: TaskClaims | None = None
         try:
@@ -182,9 +196,14 @@ class CredentialBroker:
             if block is not None:
                 raise CredentialRejected("holder_blocked", f"{agent}: {block.reason}")
         except CredentialRejected as exc:
+            subject, claimed = agent, None
+            if not presenter_verified:
+                # Blame only what the signature proves: the holder, else the caller's address.
+                subject = claims.sub if claims is not None else f"unverified@{src_ip or '?'}"
+                claimed = agent
             self._reject(
-                agent, claims, exc.reason, exc.detail, operation=operation, service=service,
-                task=task, step=step, src_ip=src_ip,
+                subject, claims, exc.reason, exc.detail, operation=operation, service=service,
+                task=task, step=step, src_ip=src_ip, claimed_presenter=claimed,
             )  # fmt: skip
             raise
         return claims
@@ -201,14 +220,15 @@ class CredentialBroker:
         task: str | None = None,
         step: int | None = None,
         src_ip: str | None = None,
+        claimed_presenter: str | None = None,
     ) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.info("rejected %s for %s: %s", reason, agent, detail)
+        log.info("rejected %s for %r: %s", reason, agent, detail)
         if self.on_reject is not None:
             event = rejection_event(
                 presenter=agent, claims=claims, reason=reason, detail=detail,
                 operation=operation, service=service, now_ms=int(self.clock() * 1000),
-                src_ip=src_ip, task=task, step=step,
+                src_ip=src_ip, task=task, step=step, claimed_presenter=claimed_presenter,
             )  # fmt: skip
             self.on_reject(agent, event)
 
@@ -383,11 +403,15 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
                 {"allowed": False, "reason": "malformed", "detail": "no bearer credential"},
                 status=401,
             )
+        vouched = request.headers.get("X-Custos-Resource-Token")
+        verified = vouched is not None and hmac.compare_digest(
+            vouched.encode("utf-8", "surrogateescape"), api_token.encode()
+        )
         try:
             c = broker.check(
                 token, agent=agent, operation=operation, task=field(d, "task", str, None),
                 step=field(d, "step", int, None), service=field(d, "service", str, None),
-                src_ip=request.remote,
+                src_ip=request.remote, presenter_verified=verified,
             )  # fmt: skip
         except CredentialRejected as exc:
             return web.json_response(

@@ -41,9 +41,16 @@ def rejection_event(
     src_ip: str | None,
     task: str | None = None,
     step: int | None = None,
+    claimed_presenter: str | None = None,
 ) -> dict[str, Any]:
-    """The OCSF 6003 event for one refused use (``claims`` None: the token was unreadable)."""
+    """The OCSF 6003 event for one refused use (``claims`` None: the token was unreadable).
+
+    ``claimed_presenter``: who an unauthenticated caller said presented it (context only:
+    ``presenter`` is then the credential's holder, the identity the signature proves).
+    """
     unmapped: dict[str, Any] = {"identity_kind": "agent", "rejection": reason}
+    if claimed_presenter is not None:
+        unmapped["presenter"] = {"uid": claimed_presenter, "verified": False}
     if claims is not None:
         unmapped["credential"] = {
             "uid": claims.jti,

@@ -516,3 +516,48 @@ def test_a_quarantine_ends_when_its_duration_is_over(
     assert final["body"]["openc2"]["response"]["results"]["x-custos"]["identity"] == "agt-1"
     assert broker.registry.blocked("agt-1", time.time()) is None
     assert responder.expire(Recorder()) == []  # done once
+
+
+def test_an_unauthenticated_access_check_blames_nobody_it_names(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    """Issue 12.5: ``agent`` in the body is a claim unless a resource server vouches for it."""
+    from pipeline.localhost import call_json
+    from pipeline.rules import RuleState, ZeroTrustRules
+    from pipeline.schemas import EventDecoder
+
+    broker, url = live_broker
+    events: list[tuple[str, dict[str, Any]]] = []
+    broker.on_reject = lambda key, event: events.append((key, event))
+    mine = broker.issue("agt-A", "task-1", 1, ("crm.read",), 1)
+    broker.complete(mine.claims.jti, by="test")
+    victim = broker.issue("agt-victim", "task-7", 1, ("crm.read",), 1)
+    use = {"agent": "agt-victim", "task": "task-1", "step": 1, "operation": "crm.read"}
+
+    def misuse_on(event: dict[str, Any]) -> list[str]:
+        decoded = EventDecoder().decode(msgspec.json.encode(event))
+        return [h.rule for h in ZeroTrustRules().check(RuleState(), decoded, None)]
+
+    code, answer = call_json("POST", f"{url}/v1/access", mine.credential, use)
+    assert (code, answer["reason"]) == (403, "wrong_holder")
+    [(key, event)] = events
+    assert key == event["actor"]["user"]["uid"] == "agt-A"  # the holder the signature proves
+    assert event["unmapped"]["presenter"] == {"uid": "agt-victim", "verified": False}
+    assert misuse_on(event) == []  # nothing Critical, no automatic contain of anybody
+    assert broker.registry.blocked("agt-victim", time.time()) is None
+    assert broker.check(victim.credential, agent="agt-victim", operation="crm.read")
+    # Garbage with a named victim: recorded on the caller's address, not on the victim.
+    events.clear()
+    code, _ = call_json("POST", f"{url}/v1/access", "not-a-jws", use)
+    assert code == 403 and events[0][0].startswith("unverified@")
+    # A resource server that authenticates vouches for the presenter: misuse on it, as before.
+    events.clear()
+    code, _ = call_json("POST", f"{url}/v1/access", mine.credential, use,
+                        headers={"X-Custos-Resource-Token": TOKEN})  # fmt: skip
+    [(key, event)] = events
+    assert code == 403 and key == "agt-victim" and "presenter" not in event["unmapped"]
+    assert misuse_on(event) == ["credential_misuse"]
+    events.clear()
+    code, _ = call_json("POST", f"{url}/v1/access", mine.credential, use,
+                        headers={"X-Custos-Resource-Token": "guess"})  # fmt: skip
+    assert code == 403 and events[0][0] == "agt-A"  # a wrong token vouches for nothing
