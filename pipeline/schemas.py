@@ -96,6 +96,14 @@ Asn = Annotated[int, Meta(ge=0, le=4_294_967_295)]  # 32-bit AS numbers (RFC 679
 # OCI-style digest: lower-case hex only, so equal models always compare equal as strings.
 Sha256Digest = Annotated[str, Meta(pattern=r"\Asha256:[0-9a-f]{64}\Z")]
 ModelDigest = Sha256Digest  # a model's weights / image; tool manifests and prompts use the same
+# Every string Custos reads ends up in findings, commands and state, often more than once (a
+# finding repeats the identity uid about 13 times): bounding them here bounds every output by
+# construction, and an over-long one is dead-lettered with the original bytes intact.
+MAX_NAME_CHARS: Final = 1024  # identifiers: uids, names, ARNs, SPIFFE ids (2 KB bytes max)
+MAX_TEXT_CHARS: Final = 4096  # free text (an agent's rationale)
+MAX_RESOURCES: Final = 256  # resources[] per event
+Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT_CHARS)]
 
 
 # --- OCSF input mirror ------------------------------------------------------------------------
@@ -108,30 +116,30 @@ ModelDigest = Sha256Digest  # a model's weights / image; tool manifests and prom
 class Product(Struct, frozen=True, gc=False):
     """``metadata.product``."""
 
-    name: str | None = None
+    name: Name | None = None
 
 
 class Metadata(Struct, frozen=True, gc=False):
     """``metadata``: ``uid`` is the unique event id (required by Custos)."""
 
-    uid: str | None = None
-    version: str | None = None
+    uid: Name | None = None
+    version: Name | None = None
     product: Product | None = None
-    correlation_uid: str | None = None
+    correlation_uid: Name | None = None
 
 
 class User(Struct, frozen=True, gc=False):
     """``user`` (3002) or ``actor.user`` (6003)."""
 
-    uid: str | None = None
-    name: str | None = None
+    uid: Name | None = None
+    name: Name | None = None
     type_id: UserTypeId | None = None
 
 
 class Session(Struct, frozen=True, gc=False):
     """``actor.session``: for agents, the task id."""
 
-    uid: str | None = None
+    uid: Name | None = None
 
 
 class Actor(Struct, frozen=True, gc=False):
@@ -144,13 +152,13 @@ class Actor(Struct, frozen=True, gc=False):
 class Service(Struct, frozen=True, gc=False):
     """``service`` (3002) or ``api.service`` (6003)."""
 
-    name: str | None = None
+    name: Name | None = None
 
 
 class Api(Struct, frozen=True, gc=False):
     """``api``: the tool or API an identity called."""
 
-    operation: str | None = None
+    operation: Name | None = None
     service: Service | None = None
 
 
@@ -163,8 +171,8 @@ class DataClassification(Struct, frozen=True, gc=False):
 class OcsfResource(Struct, frozen=True, gc=False):
     """One element of ``resources[]``."""
 
-    uid: str | None = None
-    type: str | None = None
+    uid: Name | None = None
+    type: Name | None = None
     data_classification: DataClassification | None = None
 
 
@@ -185,7 +193,7 @@ class AutonomousSystem(Struct, frozen=True, gc=False):
 class SrcEndpoint(Struct, frozen=True, gc=False):
     """``src_endpoint``: where the request came from."""
 
-    ip: str | None = None
+    ip: Name | None = None
     location: Location | None = None
     autonomous_system: AutonomousSystem | None = None
 
@@ -193,8 +201,8 @@ class SrcEndpoint(Struct, frozen=True, gc=False):
 class DstEndpoint(Struct, frozen=True, gc=False):
     """``dst_endpoint``: what was logged on to."""
 
-    ip: str | None = None
-    hostname: str | None = None
+    ip: Name | None = None
+    hostname: Name | None = None
 
 
 class Traffic(Struct, frozen=True, gc=False):
@@ -211,9 +219,9 @@ class Credential(Struct, frozen=True, gc=False):
     3
     """
 
-    uid: str | None = None
-    issued_to: str | None = None
-    task_uid: str | None = None
+    uid: Name | None = None
+    issued_to: Name | None = None
+    task_uid: Name | None = None
     step: NonNegInt | None = None
     expires_at: Expiry | None = None  # ms since epoch; floats are truncated to int on decode
 
@@ -225,8 +233,8 @@ class ModelRef(Struct, frozen=True, gc=False):
     'm'
     """
 
-    name: str | None = None
-    version: str | None = None
+    name: Name | None = None
+    version: Name | None = None
     digest: ModelDigest | None = None
 
 
@@ -236,9 +244,9 @@ class Unmapped(Struct, frozen=True, gc=False):
     identity_kind: IdentityKind | None = None
     credential: Credential | None = None
     model: ModelRef | None = None
-    delegated_by: str | None = None
-    environment: str | None = None
-    rationale: str | None = None
+    delegated_by: Name | None = None
+    environment: Name | None = None
+    rationale: Text | None = None
     # Hashes of the agent's configuration (what it may call, what it is told): drift detection.
     tool_manifest_hash: Sha256Digest | None = None
     system_prompt_hash: Sha256Digest | None = None
@@ -260,12 +268,12 @@ class OcsfEvent(Struct, frozen=True, gc=False):
     metadata: Metadata | None = None
     status_id: StatusId | None = None
     is_mfa: bool | None = None
-    auth_protocol: str | None = None
+    auth_protocol: Name | None = None
     user: User | None = None
     actor: Actor | None = None
     api: Api | None = None
     service: Service | None = None
-    resources: list[OcsfResource] | None = None
+    resources: Annotated[list[OcsfResource], Meta(max_length=MAX_RESOURCES)] | None = None
     src_endpoint: SrcEndpoint | None = None
     dst_endpoint: DstEndpoint | None = None
     traffic: Traffic | None = None
@@ -457,6 +465,8 @@ class EventDecoder:
             if user is None or not user.uid or user.uid.isspace():
                 raise InvalidEvent("missing_identity", "actor.user.uid is required for class 6003")
         identity_uid: str = user.uid
+        if not identity_uid.isprintable():
+            raise _unprintable("identity uid", identity_uid)
 
         now = _time.time_ns() // 1_000_000 if now_ms is None else now_ms
         if t < self.min_time_ms or t > now + self.max_future_skew_ms:
@@ -535,8 +545,14 @@ class EventDecoder:
                 credential = msgspec.structs.replace(
                     credential, expires_at=int(credential.expires_at)
                 )
+            if credential is not None and credential.issued_to is not None and not (
+                credential.issued_to.isprintable()
+            ):
+                raise _unprintable("unmapped.credential.issued_to", credential.issued_to)
             model = ext.model
             delegated_by = ext.delegated_by
+            if delegated_by is not None and not delegated_by.isprintable():
+                raise _unprintable("unmapped.delegated_by", delegated_by)
             environment = ext.environment
             rationale = ext.rationale
             tool_manifest_hash = ext.tool_manifest_hash
@@ -606,6 +622,16 @@ class EventDecoder:
                 "unsupported_class", _detail(f"class_uid {cls_uid} is not 3002 or 6003")
             )
         return InvalidEvent(reason, _detail(message))
+
+
+def _unprintable(what: str, value: str) -> InvalidEvent:
+    """An identity uid with control, format or separator characters (NUL, zero-width, bidi
+    overrides, line breaks): shown to analysts and used as a Kafka key, it could pass for
+    another identity or break a log line, so it is refused rather than cleaned up."""
+    bad = next(c for c in value if not c.isprintable())
+    return InvalidEvent(
+        "invalid_value", f"{what} contains the non-printable character U+{ord(bad):04X}"
+    )
 
 
 def encode_event_dict(d: dict[str, Any]) -> bytes:

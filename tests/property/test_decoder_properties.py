@@ -48,7 +48,9 @@ json_values = st.recursive(
     max_leaves=12,
 )
 text = st.text(max_size=24)
-identity = st.text(min_size=1, max_size=24).filter(lambda s: not s.isspace())
+# Identity uids are printable (no control, format or separator characters: see below).
+identity = st.text(min_size=1, max_size=24).filter(lambda s: not s.isspace() and s.isprintable())
+printable = st.text(max_size=24).filter(str.isprintable)
 hex64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 country = st.text(
     alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", min_size=2, max_size=2
@@ -109,13 +111,13 @@ def unmappeds(draw: st.DrawFn) -> dict[str, Any]:
                 identity_kind=st.sampled_from(["human", "service", "agent"]),
                 credential=optional_fields(
                     uid=text,
-                    issued_to=text,
+                    issued_to=printable,
                     task_uid=text,
                     step=nonneg,
                     expires_at=nonneg | st.floats(0, 4e12),
                 ),
                 model=optional_fields(name=text, version=text, digest=hex64.map("sha256:".__add__)),
-                delegated_by=text,
+                delegated_by=printable,
                 environment=text,
                 rationale=text,
             )

@@ -568,3 +568,72 @@ def test_docs_examples_decode(dec: EventDecoder) -> None:
     assert call.credential is not None and call.model is not None
     assert call.tool_manifest_hash is not None and call.system_prompt_hash is not None
     assert call.delegated_by == "u-alice" and call.rationale and len(call.resources) == 2
+
+
+# --- bounded by construction (issue 12.1, 12.9) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["actor.user.uid", "actor.user.name", "metadata.uid", "api.operation",
+     "unmapped.credential.issued_to", "unmapped.credential.uid", "unmapped.delegated_by",
+     "resources.0.uid"],
+)  # fmt: skip
+def test_over_long_identifiers_are_dead_lettered(dec: EventDecoder, path: str) -> None:
+    from pipeline.schemas import MAX_NAME_CHARS
+
+    assert dec.decode(enc(with_(AGENT_CALL, path, "x" * MAX_NAME_CHARS)), now_ms=NOW)
+    assert reason_of(dec, enc(with_(AGENT_CALL, path, "x" * 400_000))) == "invalid_value"
+
+
+def test_resource_lists_and_free_text_are_bounded(dec: EventDecoder) -> None:
+    from pipeline.schemas import MAX_RESOURCES, MAX_TEXT_CHARS
+
+    many = [{"uid": f"r-{i}", "type": "object"} for i in range(MAX_RESOURCES + 1)]
+    assert reason_of(dec, enc(with_(AGENT_CALL, "resources", many))) == "invalid_value"
+    assert dec.decode(enc(with_(AGENT_CALL, "resources", many[:-1])), now_ms=NOW)
+    long_text = with_(AGENT_CALL, "unmapped.rationale", "y" * (MAX_TEXT_CHARS + 1))
+    assert reason_of(dec, enc(long_text)) == "invalid_value"
+
+
+@pytest.mark.parametrize("char", ["\x00", "\u200b", "\u202e", "\u2066", "\n", "\x1b", "\ufeff"])
+@pytest.mark.parametrize("path", ["actor.user.uid", "unmapped.credential.issued_to",
+                                  "unmapped.delegated_by"])  # fmt: skip
+def test_identity_uids_with_invisible_characters_are_refused(
+    dec: EventDecoder, char: str, path: str
+) -> None:
+    """NUL, zero-width, bidi overrides, line breaks: an uid that can pass for another one."""
+    with pytest.raises(InvalidEvent) as info:
+        dec.decode(enc(with_(AGENT_CALL, path, f"agent{char}42")), now_ms=NOW)
+    assert info.value.reason == "invalid_value" and f"U+{ord(char):04X}" in info.value.detail
+
+
+def test_the_largest_valid_event_makes_a_finding_far_below_the_broker_limit() -> None:
+    """Every string at its bound, a credential of another agent (a Critical finding)."""
+    from pipeline.findings import build_finding, encode_finding
+    from pipeline.schemas import MAX_NAME_CHARS, MAX_RESOURCES, MAX_TEXT_CHARS
+    from pipeline.scoring import Detection
+
+    n = MAX_NAME_CHARS
+    big = copy.deepcopy(AGENT_CALL)
+    big["actor"] = {"user": {"uid": "a" * n, "name": "b" * n}, "session": {"uid": "s" * n}}
+    big["metadata"]["uid"] = "m" * n
+    big["api"] = {"operation": "o" * n, "service": {"name": "v" * n}}
+    big["resources"] = [{"uid": f"{i:04d}" + "r" * (n - 4), "type": "t" * n,
+                         "data_classification": {"confidentiality_id": 4}}
+                        for i in range(MAX_RESOURCES)]  # fmt: skip
+    big["unmapped"].update(
+        credential={"uid": "c" * n, "issued_to": "i" * n, "task_uid": "k" * n, "step": 1,
+                    "expires_at": T - 600_000},
+        delegated_by="d" * n, environment="e" * n, rationale="w" * MAX_TEXT_CHARS,
+        model={"name": "n" * n, "version": "v" * n, "digest": DIGEST},
+    )  # fmt: skip
+    data = enc(big)
+    assert len(data) < 1_048_576  # it is a valid event under the default input limit
+    events = [EventDecoder().decode(data, now_ms=NOW)]
+    for i in range(1, 40):  # an incident that keeps going: evidence accumulates
+        events.append(msgspec.structs.replace(events[0], uid=f"{i:04d}" + "m" * (n - 4),
+                                              time_ms=T + i * 1000))  # fmt: skip
+    result = Detection().process(events, {})
+    sizes = [len(encode_finding(build_finding(d, product_version="t"))) for d in result.decisions]
+    assert sizes and max(sizes) < 512 * 1024, max(sizes)
