@@ -47,6 +47,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import time
@@ -309,6 +310,33 @@ def load_api_token(settings: Settings) -> str:
     return token
 
 
+_MAX_NAME_CHARS = 1024  # as the input contract (pipeline.schemas): ids end up in events
+_MAX_TEXT_CHARS = 1000
+_MAX_TOKEN_CHARS = 16_384
+_MAX_INT = 2**31 - 1  # steps, ceilings, TTLs, times in s: SQLite INTEGER and JSON safe
+
+
+def _is_name(v: str) -> bool:
+    """Non-empty, bounded, printable (no NUL, line breaks, zero-width, bidi, lone surrogates)."""
+    return 0 < len(v) <= _MAX_NAME_CHARS and v.isprintable() and not v.isspace()
+
+
+def _strict_json(text: str) -> Any:
+    """JSON with duplicate keys refused (another parser would read the other value)."""
+    import json
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) != len(items):
+            raise ValueError("duplicate key")
+        return out
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+
+
 def web_app(broker: CredentialBroker, api_token: str) -> Any:
     """The aiohttp application (thin: parse, call the broker, shape the answer)."""
     from aiohttp import web
@@ -319,38 +347,78 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
         auth = request.headers.get("Authorization", "")
         return auth[7:].strip() if auth[:7].lower() == "bearer " else None
 
+    def same(got: str | None, want: str) -> bool:
+        # Headers are decoded with surrogateescape: bytes that are not UTF-8 must not raise.
+        return got is not None and hmac.compare_digest(
+            got.encode("utf-8", "surrogateescape"), want.encode()
+        )
+
     def require_token(request: web.Request) -> str:
         """The caller's name for the audit fields; 401 unless it holds the API token."""
-        got = bearer(request)
-        if got is None or not hmac.compare_digest(got.encode(), api_token.encode()):
+        if not same(bearer(request), api_token):
             raise web.HTTPUnauthorized(
                 headers={"WWW-Authenticate": 'Bearer realm="custos-broker"'},
                 text='{"error": "invalid_token"}',
                 content_type="application/json",
             )
-        return request.headers.get("X-Custos-Caller", "api")
+        caller = request.headers.get("X-Custos-Caller", "api")
+        return caller if _is_name(caller) else "api"
 
     async def body(request: web.Request) -> dict[str, Any]:
         try:
-            data = await request.json()
-        except ValueError:
-            raise bad("body must be a JSON object") from None
+            data = await request.json(loads=_strict_json)
+        except ValueError:  # also UnicodeDecodeError and duplicate keys
+            raise bad("body must be a JSON object (UTF-8, no duplicate keys)") from None
         if not isinstance(data, dict):
             raise bad("body must be a JSON object")
         return data
 
+    async def form_token(request: web.Request) -> str:
+        try:
+            form = await request.post()
+        except ValueError:  # not UTF-8, not a form
+            raise bad("body must be an application/x-www-form-urlencoded form") from None
+        token = form.get("token")
+        if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
+            raise bad("token required")
+        return token
+
     def bad(msg: str) -> web.HTTPBadRequest:
+        import json
+
         return web.HTTPBadRequest(
-            text=f'{{"error": "invalid_request", "error_description": "{msg}"}}',
+            text=json.dumps({"error": "invalid_request", "error_description": msg}),
             content_type="application/json",
         )
 
     def field(d: dict[str, Any], name: str, typ: Any, default: Any = ...) -> Any:
+        """``d[name]`` of type ``typ``; names are printable and bounded, numbers in range."""
         v = d.get(name, default)
         if v is ... or (v is not None and not isinstance(v, typ)) or isinstance(v, bool):
             kind = " or ".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
             raise bad(f"{name}: {kind} required")
+        if isinstance(v, str) and not _is_name(v):
+            raise bad(f"{name}: 1 to {_MAX_NAME_CHARS} printable characters")
+        if isinstance(v, int) and not 0 <= v <= _MAX_INT:
+            raise bad(f"{name}: an integer from 0 to {_MAX_INT}")
+        if isinstance(v, float) and not (math.isfinite(v) and 0 <= v <= _MAX_INT):
+            raise bad(f"{name}: a finite number from 0 to {_MAX_INT}")
         return v
+
+    def text(d: dict[str, Any], name: str, default: Any = ...) -> Any:
+        """Free text (a reason): bounded, printable, may contain spaces."""
+        v = d.get(name, default)
+        if v is ... or (v is not None and not isinstance(v, str)):
+            raise bad(f"{name}: str required")
+        if isinstance(v, str) and not (0 < len(v) <= _MAX_TEXT_CHARS and v.isprintable()):
+            raise bad(f"{name}: 1 to {_MAX_TEXT_CHARS} printable characters")
+        return v
+
+    def path_uid(request: web.Request) -> str:
+        uid = request.match_info["uid"]
+        if not _is_name(uid):
+            raise bad(f"identity: 1 to {_MAX_NAME_CHARS} printable characters")
+        return uid
 
     @routes.get("/.well-known/jwks.json")
     async def jwks(request: web.Request) -> web.Response:
@@ -365,7 +433,8 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
         require_token(request)
         d = await body(request)
         scope = field(d, "scope", list, [])
-        if not all(isinstance(s, str) and s and " " not in s for s in scope):
+        if len(scope) > 256 or not all(isinstance(s, str) and _is_name(s) and " " not in s
+                                       for s in scope):  # fmt: skip
             raise bad("scope: list of operation names")
         try:
             got = broker.issue(
@@ -390,6 +459,8 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
     async def complete(request: web.Request) -> web.Response:
         by = require_token(request)
         jti = request.match_info["jti"]
+        if not _is_name(jti):
+            raise bad("jti: printable characters")
         return web.json_response({"jti": jti, "completed": broker.complete(jti, by=by)})
 
     @routes.post("/v1/access")
@@ -398,15 +469,14 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
         d = await body(request)
         agent = field(d, "agent", str)
         operation = field(d, "operation", str)
+        if token is not None and len(token) > _MAX_TOKEN_CHARS:
+            raise bad("credential too long")
         if token is None:
             return web.json_response(
                 {"allowed": False, "reason": "malformed", "detail": "no bearer credential"},
                 status=401,
             )
-        vouched = request.headers.get("X-Custos-Resource-Token")
-        verified = vouched is not None and hmac.compare_digest(
-            vouched.encode("utf-8", "surrogateescape"), api_token.encode()
-        )
+        verified = same(request.headers.get("X-Custos-Resource-Token"), api_token)
         try:
             c = broker.check(
                 token, agent=agent, operation=operation, task=field(d, "task", str, None),
@@ -422,37 +492,29 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
     @routes.post("/introspect")
     async def introspect(request: web.Request) -> web.Response:
         require_token(request)
-        form = await request.post()
-        token = form.get("token")
-        if not isinstance(token, str):
-            raise bad("token required")
-        return web.json_response(broker.introspect(token))
+        return web.json_response(broker.introspect(await form_token(request)))
 
     @routes.post("/revoke")
     async def revoke(request: web.Request) -> web.Response:
         by = require_token(request)
-        form = await request.post()
-        token = form.get("token")
-        if not isinstance(token, str):
-            raise bad("token required")
-        broker.revoke_token(token, by=by)
+        broker.revoke_token(await form_token(request), by=by)
         return web.Response(status=200)  # RFC 7009 §2.2: 200 whether or not it was valid
 
     @routes.post("/v1/identities/{uid}/revoke")
     async def revoke_identity(request: web.Request) -> web.Response:
         by = require_token(request)
         d = await body(request)
-        uid = request.match_info["uid"]
-        ids = broker.revoke_identity(uid, reason=field(d, "reason", str, "revoked"), by=by)
+        uid = path_uid(request)
+        ids = broker.revoke_identity(uid, reason=text(d, "reason", "revoked"), by=by)
         return web.json_response({"identity": uid, "revoked": ids})
 
     @routes.post("/v1/identities/{uid}/block")
     async def block(request: web.Request) -> web.Response:
         by = require_token(request)
         d = await body(request)
-        uid = request.match_info["uid"]
+        uid = path_uid(request)
         new, ids = broker.block(
-            uid, reason=field(d, "reason", str), by=by,
+            uid, reason=text(d, "reason"), by=by,
             until=field(d, "until", (int, float), None),
             command_id=field(d, "command_id", str, None), revoke=d.get("revoke", True) is True,
         )  # fmt: skip
@@ -461,14 +523,17 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
     @routes.delete("/v1/identities/{uid}/block")
     async def unblock(request: web.Request) -> web.Response:
         require_token(request)
-        uid = request.match_info["uid"]
-        lifted = broker.unblock(uid, command_id=request.query.get("command_id"))
+        uid = path_uid(request)
+        command_id = request.query.get("command_id")
+        if command_id is not None and not _is_name(command_id):
+            raise bad("command_id: printable characters")
+        lifted = broker.unblock(uid, command_id=command_id)
         return web.json_response({"identity": uid, "unblocked": lifted})
 
     @routes.get("/v1/identities/{uid}")
     async def identity(request: web.Request) -> web.Response:
         require_token(request)
-        uid = request.match_info["uid"]
+        uid = path_uid(request)
         now = broker.clock()
         b = broker.registry.blocked(uid, now)
         return web.json_response(

@@ -561,3 +561,78 @@ def test_an_unauthenticated_access_check_blames_nobody_it_names(
     code, _ = call_json("POST", f"{url}/v1/access", mine.credential, use,
                         headers={"X-Custos-Resource-Token": "guess"})  # fmt: skip
     assert code == 403 and events[0][0] == "agt-A"  # a wrong token vouches for nothing
+
+
+def test_hostile_requests_to_the_broker_get_a_4xx_with_a_reason_never_a_500(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    """Issue 12.6: lone surrogates, empty names, 2^70, NaN, non-UTF-8 headers and bodies."""
+    import http.client
+
+    broker, url = live_broker
+    events: list[dict[str, Any]] = []
+    broker.on_reject = lambda key, event: events.append(event)
+    port = int(url.rsplit(":", 1)[1])
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    ok = {"agent": "agt-1", "task": "t-1", "step": 1, "scope": ["crm.read"], "ceiling": 1}
+    issued = broker.issue("agt-1", "t-1", 1, ("crm.read",), 1)
+
+    def raw(method: str, path: str, body: bytes, headers: dict[str, Any]) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.putrequest(method, path)
+            for k, v in {"Content-Length": str(len(body)), **headers}.items():
+                conn.putheader(k, v)
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def post(path: str, doc: Any, headers: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode("utf-8", "surrogatepass")
+        return raw("POST", path, data,
+                   {"Content-Type": "application/json", **(auth if headers is None else headers)})
+
+    cases: list[tuple[str, Any, dict[str, Any] | None]] = [
+        ("/v1/credentials", {**ok, "agent": "agt-\ud800"}, None),  # lone surrogate
+        ("/v1/credentials", {**ok, "agent": ""}, None),
+        ("/v1/credentials", {**ok, "agent": " "}, None),
+        ("/v1/credentials", {**ok, "agent": "agt\x00-1"}, None),
+        ("/v1/credentials", {**ok, "agent": "agt\u202e-1"}, None),
+        ("/v1/credentials", {**ok, "agent": "a" * 5000}, None),
+        ("/v1/credentials", {**ok, "task": ""}, None),
+        ("/v1/credentials", {**ok, "step": -1}, None),
+        ("/v1/credentials", {**ok, "step": 2**70}, None),
+        ("/v1/credentials", {**ok, "ceiling": 2**70}, None),
+        ("/v1/credentials", {**ok, "ttl_s": 0}, None),
+        ("/v1/credentials", {**ok, "scope": ["x"] * 1000}, None),
+        ("/v1/credentials", b'{"agent": "a", "agent": "b", "task": "t", "step": 1}', None),
+        ("/v1/credentials", b'{"agent": "a", "task": "t", "step": NaN}', None),
+        ("/v1/credentials", b"\xff\xfe not utf-8", None),
+        ("/v1/credentials", ok, {"Authorization": b"Bearer \xff\xfe".decode("latin-1")}),
+        ("/v1/access", {"agent": "agt-\ud800", "operation": "crm.read"},
+         {"Authorization": f"Bearer {issued.credential}"}),
+        ("/v1/access", {"agent": "agt-1", "operation": "crm.read"},
+         {"Authorization": "Bearer " + "x" * 20_000}),
+        ("/v1/identities/agt-1/block", {"reason": "r", "until": float("nan")}, None),
+        ("/v1/identities/agt-1/block", b'{"reason": "r", "until": Infinity}', None),
+        ("/v1/identities/agt-1/block", {"reason": "r", "until": 1e300}, None),
+        ("/v1/identities/agt-1/block", {"reason": ""}, None),
+        ("/v1/identities/agt%00x/block", {"reason": "r"}, None),
+        ("/v1/identities/agt-1/revoke", {"reason": "r\x00"}, None),
+    ]  # fmt: skip
+    for path, doc, headers in cases:
+        code, answer = post(path, doc, headers)
+        assert 400 <= code < 500, (path, doc, code, answer[:200])
+        assert answer.strip(), (path, doc)  # a reason (aiohttp's own for an over-long header)
+    for path in ("/introspect", "/revoke"):
+        code, _ = raw("POST", path, b"token=\xff\xfe%ff",
+                      {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", **auth})
+        assert 400 <= code < 500, (path, code)
+    code, _ = raw("GET", "/v1/identities/agt-1", b"", {"Authorization": "Bearer \xff\xfe"})
+    assert code == 401
+    # Nothing was issued, blocked or blamed by any of it (malformed requests name nobody).
+    assert broker.registry.live("agt-1", time.time()) == [issued.claims.jti]
+    assert broker.registry.blocked("agt-1", time.time()) is None
+    assert events == []
