@@ -690,10 +690,11 @@ def replay(
                      feedback_path=Path(feedback_path) if feedback_path else None)  # fmt: skip
     dead = ", ".join(f"{k} {v}" for k, v in sorted(res.dead_reasons.items())) or "none"
     model = f"{res.model['name']} {res.model['version']}" if res.model else "built-in cold start"
-    click.echo(f"replayed {res.events:,} events in {res.seconds:.1f} s "
+    click.echo(f"replayed {res.events:,} records in {res.seconds:.1f} s "
                f"({res.events_per_s:,.0f} events/s): {res.scored:,} scored, "
                f"{res.findings:,} findings ({res.alerts:,} alerts), {res.commands:,} quarantine "
-               f"commands, {res.dead:,} dead letters ({dead}); model at the end: {model}")
+               f"commands, {res.dead:,} dead letters ({dead}): every record scored or "
+               f"dead-lettered; model at the end: {model}")
     click.echo(f"outputs in {out_dir}: alerts.jsonl quarantine.jsonl scores.parquet "
                "features.parquet deadletter.jsonl reports.jsonl")
 

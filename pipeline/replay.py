@@ -69,10 +69,10 @@ def read_raw(path: Path) -> Iterator[tuple[int, bytes]]:
                 n += 1
         return
     with open(path, "rb") as fh:
+        # Every line is a record, a blank one too (an empty message, a tombstone exported as
+        # nothing): it is dead-lettered like the worker's, never dropped without a count.
         for n, line in enumerate(fh):
-            line = line.rstrip(b"\r\n")
-            if line.strip():
-                yield n, line
+            yield n, line.rstrip(b"\r\n")
 
 
 @dataclass
@@ -215,6 +215,8 @@ def replay(
         for offset, raw in read_raw(events_path):
             res.events += 1
             try:
+                if not raw.strip():
+                    raise InvalidEvent("invalid_json", "empty record (an empty line)")
                 valid.append(decoder.decode(raw))
             except InvalidEvent as exc:
                 res.dead += 1
@@ -246,6 +248,9 @@ def replay(
         apply_feedback_until(None)
         if detection.watermark_ms:
             publish(detection.tick(detection.watermark_ms, store))
+        if res.scored + res.dead != res.events:  # every record is scored or dead-lettered
+            raise RuntimeError(f"replay lost records: {res.events} read, {res.scored} scored, "
+                               f"{res.dead} dead-lettered")  # fmt: skip
     finally:
         res.seconds = time.perf_counter() - t0
         outs.close()

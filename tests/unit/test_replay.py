@@ -130,3 +130,27 @@ def test_evaluate_counts_exactly_the_alerts_replay_publishes(
     result = run_evaluation(settings, events_path=str(parquet), labels_path=labels,
                             directory_path=settings.directory_file, echo=print)
     assert alerted and {a.finding_uid for a in result.alert_records} == alerted
+
+
+def test_replay_accounts_for_every_record_of_a_hostile_file(
+    data: tuple[Settings, Path, Path], tmp_path: Path
+) -> None:
+    """Issue 12.8: empty records, tombstones and junk are dead-lettered and counted, none lost."""
+    from pipeline.simulate.malformed import bad_samples
+
+    settings, jsonl, _ = data
+    good = jsonl.read_bytes().splitlines()[:300]
+    bad = [s.value for s in bad_samples(1_760_000_000_000, tag="replay") if s.value is not None]
+    bad = [b for b in bad if b"\n" not in b and b"\r" not in b]  # one record per line
+    hostile = [b"", b"   ", b"\t", b"null", b"{}", b"[]", b"\xff\xfe", *bad]
+    lines = [x for pair in zip(good, hostile * 50, strict=False) for x in pair] + hostile
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    res = replay(settings, path, tmp_path / "out")
+    assert res.events == len(lines) and res.scored + res.dead == res.events
+    assert res.scored == len({json.loads(g)["metadata"]["uid"] for g in good})
+    dead = [json.loads(x) for x in (tmp_path / "out" / "deadletter.jsonl").read_text().splitlines()]
+    assert len(dead) == res.dead
+    by_offset = {d["offset"]: base64.b64decode(d["value_b64"]) for d in dead}
+    assert all(by_offset[d["offset"]] == lines[d["offset"]] for d in dead)  # bytes intact
+    assert by_offset[1] == b"" and dead[0]["reason"] == "invalid_json"
