@@ -62,7 +62,8 @@ def dead_letter(
         value = b""
     # Producers' own headers are kept (minus ours, which would be ambiguous) for tracing.
     for name, val in source_headers or []:
-        if not name.startswith(HEADER_PREFIX):
+        # Case and padding do not make a spoofed "Custos.Reason" any less ours to a reader.
+        if not str(name).strip().casefold().startswith(HEADER_PREFIX):
             headers.append((name, val))
     return DeadLetter(key=key, value=value, headers=headers, reason=error.reason)
 

@@ -99,6 +99,8 @@ STATUS_IN_PROGRESS: Final = 2
 STATUS_SUPPRESSED: Final = 3
 STATUS_RESOLVED: Final = 4
 MAX_STATE_SUPPRESSIONS: Final = 8  # analyst suppressions kept in one identity's state
+#: The longest quarantine one contain command may ask for (responders refuse longer ones).
+MAX_CONTAIN_MS: Final = 90 * 86_400_000
 
 _CRITICAL: Final = 5  # OCSF severity_id Critical
 _HABITUATED: Final = "habituated"  # reason prefix of the suppressions habituation adds
@@ -490,8 +492,9 @@ class RiskPolicy:
             problems.append("level_thresholds must be 4 non-decreasing values")
         if self.close_after_s < 0 or self.update_interval_s < 0:
             problems.append("close_after_s and update_interval_s must be >= 0")
-        if not self.quarantine_duration_s > 0 or self.contain_renew_s < 0:
-            problems.append("quarantine_duration_s must be > 0 and contain_renew_s >= 0")
+        if not 0 < self.quarantine_duration_s <= MAX_CONTAIN_MS / 1000 or self.contain_renew_s < 0:
+            problems.append(f"quarantine_duration_s must be in (0, {MAX_CONTAIN_MS // 1000}] and "
+                            "contain_renew_s >= 0")  # fmt: skip
         if not self.habituate_after_s > 0 or self.habituate_suppress_s < 0:
             problems.append("habituate_after_s must be > 0 and habituate_suppress_s >= 0")
         if self.max_events < 2:  # the first event is always kept, plus at least the latest
@@ -588,7 +591,7 @@ class RiskPolicy:
         """Duration of the k-th contain command (1-based): the first lasts
         ``quarantine_duration_s``, each renewal twice the one before (capped at 64x), so a
         compromise whose evidence goes on for days costs a handful of commands, not one an hour."""
-        return self._duration_ms << min(max(k - 1, 0), 6)
+        return min(self._duration_ms << min(max(k - 1, 0), 6), MAX_CONTAIN_MS)
 
     def _period_ms(self, inc: Incident) -> int:
         """Interval to the next periodic update: ``update_interval_s``, doubled after each one

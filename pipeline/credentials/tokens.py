@@ -260,12 +260,17 @@ def verify_compact(data: bytes, keys: KeySet, typ: str) -> bytes:
     pipeline.credentials.tokens.SignedMessageError: unsigned: bare JSON: only signed messages
     """
     from joserfc import jws
+    from joserfc.errors import DecodeError
 
     text = data.decode("ascii", "replace").strip()
     if text.startswith("{"):
         raise SignedMessageError("unsigned", "bare JSON: only signed messages")
+    if not text:
+        raise SignedMessageError("malformed", "empty message")
     try:
         obj = jws.deserialize_compact(text, keys, algorithms=[ALG])
+    except DecodeError as exc:  # not a compact JWS at all: junk, not a forgery
+        raise SignedMessageError("malformed", f"not a compact JWS: {exc}") from None
     except JoseError as exc:
         raise SignedMessageError("bad_signature", f"{type(exc).__name__}: {exc}") from None
     except (ValueError, TypeError) as exc:

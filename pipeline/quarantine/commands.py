@@ -40,6 +40,7 @@ from pipeline.credentials.tokens import (
     verify_compact,
 )
 from pipeline.errors import CustosError
+from pipeline.policy import MAX_CONTAIN_MS
 
 __all__ = [
     "REJECT_REASONS",
@@ -56,6 +57,9 @@ __all__ = [
 TYP: Final = "custos-openc2+jws"
 TO: Final = ("custos-responders",)
 _NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/quarantine")
+
+MAX_SKEW_MS: Final = 300_000  # clocks of worker, analysts and responders may differ this much
+MAX_DURATION_MS: Final = MAX_CONTAIN_MS  # the longest quarantine a command may ask for
 
 REJECT_REASONS: Final = (
     "unsigned", "bad_signature", "malformed", "expired", "replayed",
@@ -185,6 +189,19 @@ def sign(message: dict[str, Any], key: SigningKey) -> bytes:
     return sign_compact(msgspec.json.encode(message, order="sorted"), key, TYP)
 
 
+def _check_window(req: dict[str, Any], created: int) -> None:
+    """A contain starts when it was made and lasts at most :data:`MAX_DURATION_MS`."""
+    args = req.get("args")
+    if not isinstance(args, dict):
+        raise CommandRejected("malformed", "contain without args")
+    duration = args.get("duration")
+    if type(duration) is not int or not 0 < duration <= MAX_DURATION_MS:
+        raise CommandRejected("malformed", f"duration {duration!r:.40} not in 1..{MAX_DURATION_MS}")
+    start = args.get("start_time", created)
+    if type(start) is not int or abs(start - created) > MAX_SKEW_MS:
+        raise CommandRejected("malformed", f"start_time {start!r:.40} is not its creation time")
+
+
 def _check_approval(req: dict[str, Any]) -> None:
     """Only ``automatic`` and ``approved`` (with who approved) may act.
 
@@ -225,7 +242,11 @@ def verify(
         str(message["headers"]["request_id"])
     except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
         raise CommandRejected("malformed", f"headers: {exc!r}") from None
+    if created > now_ms + MAX_SKEW_MS:  # a command dated ahead would never expire
+        raise CommandRejected("malformed", f"created {(created - now_ms) / 1000:.0f} s ahead")
     req = request_of(message)
+    if req["action"] == "contain":
+        _check_window(req, created)
     if executable and req["action"] == "contain":
         _check_approval(req)
     # A contain stays actionable for its own duration: a responder that was down for a while
@@ -234,7 +255,7 @@ def verify(
     # fresh: an old captured release must not lift a quarantine.
     args = req.get("args") or {}
     limit = max_age_ms
-    if req["action"] == "contain" and isinstance(args.get("duration"), int):
+    if req["action"] == "contain":  # duration and start_time checked above
         start = args.get("start_time", created)
         limit = max(max_age_ms, int(start) - created + int(args["duration"]))
     if now_ms - created > limit:

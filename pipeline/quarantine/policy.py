@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from pipeline.credentials.tokens import SigningKey
-from pipeline.policy import Decision
+from pipeline.policy import MAX_CONTAIN_MS, Decision
 from pipeline.quarantine.commands import contain
 from pipeline.quarantine.decisions import approve
 
@@ -56,8 +56,8 @@ class QuarantinePolicy:
         sender: str = "custos-worker",
         max_reason_chars: int = 600,
     ) -> None:
-        if duration_ms <= 0:
-            raise ValueError("duration_ms must be > 0")
+        if not 0 < duration_ms <= MAX_CONTAIN_MS:
+            raise ValueError(f"duration_ms must be in 1..{MAX_CONTAIN_MS}")
         self.duration_ms = duration_ms
         self.auto_min_severity = auto_min_severity
         self.dry_run = dry_run

@@ -17,7 +17,9 @@ def test_dead_letter_keeps_original_bytes_and_names_the_source() -> None:
         offset=123456,
         timestamp_ms=1_700_000_000_000,
         now_ms=1_700_000_000_999,
-        source_headers=[("traceparent", b"00-abc"), ("custos.reason", b"forged")],
+        source_headers=[("traceparent", b"00-abc"), ("custos.reason", b"forged"),
+                        ("Custos.Reason", b"forged"), ("CUSTOS.source.offset", b"1"),
+                        (" custos.detail", b"forged")],
     )
     h = dict(dl.headers)
     assert dl.value is raw and dl.key == b"user-1" and dl.reason == "invalid_json"
@@ -28,6 +30,9 @@ def test_dead_letter_keeps_original_bytes_and_names_the_source() -> None:
     assert h["traceparent"] == b"00-abc"
     # A producer cannot smuggle in its own verdict: only one custos.reason, ours.
     assert [k for k, _ in dl.headers].count("custos.reason") == 1
+    # ... whatever its case or padding.
+    assert b"forged" not in dict(dl.headers).values()
+    assert "CUSTOS.source.offset" not in dict(dl.headers)
 
 
 def test_detail_is_bounded() -> None:

@@ -85,7 +85,7 @@ def test_signed_commands_verify_and_forgeries_do_not() -> None:
     assert reason_of(data, key, now_ms=NOW + 3_601_000) == "expired"
     release = cancel("agt-7", command_id="c", reason="r", now_ms=NOW, sender="a", by="a")
     assert reason_of(sign(release, key), key, now_ms=NOW + 301_000) == "expired"
-    assert reason_of(b"garbage", key) in {"malformed", "bad_signature"}
+    assert reason_of(b"garbage", key) == "malformed"
     # A task credential is signed by the same kind of key but is not a command.
     token = issue(TaskClaims(sub="a", task="t", step=1, scope=(), ceiling=0, iat=0, exp=1,
                              jti="c", iss="custos"), key)  # fmt: skip
@@ -110,3 +110,36 @@ def test_approve_keeps_the_command_and_records_who_approved() -> None:
     rel = release("agt-7", command_id=req["command_id"], reason="fp", by="analyst:alice",
                   now_ms=NOW)  # fmt: skip
     assert request_of(rel)["target"] == {"command": req["command_id"]}
+
+
+def test_commands_dated_ahead_or_asking_too_much_are_refused() -> None:
+    """Issue 12.9: a contain created ten years ahead never expired; durations are bounded."""
+    from pipeline.quarantine.commands import MAX_DURATION_MS, MAX_SKEW_MS
+
+    key = SigningKey.generate("k1")
+    ten_years = 10 * 365 * 86_400_000
+    ahead = contain("agt-7", finding_uid="f", reason="r", duration_ms=3_600_000,
+                    now_ms=NOW + ten_years, sender="w")  # fmt: skip
+    assert reason_of(sign(ahead, key), key) == "malformed"
+    slightly = contain("agt-7", finding_uid="f", reason="r", duration_ms=3_600_000,
+                       now_ms=NOW + MAX_SKEW_MS - 1000, sender="w")  # fmt: skip
+    assert verify(sign(slightly, key), key.public_keys(), now_ms=NOW)  # clock skew is fine
+    forever = _contain()
+    forever["body"]["openc2"]["request"]["args"]["duration"] = MAX_DURATION_MS + 1
+    assert reason_of(sign(forever, key), key) == "malformed"
+    late_start = _contain()
+    late_start["body"]["openc2"]["request"]["args"]["start_time"] = NOW + ten_years
+    assert reason_of(sign(late_start, key), key) == "malformed"
+    for odd in (0, -5, 1.5, "3600000", None):
+        bad = _contain()
+        bad["body"]["openc2"]["request"]["args"]["duration"] = odd
+        assert reason_of(sign(bad, key), key) == "malformed", odd
+    release = cancel("agt-7", command_id="c", reason="r", now_ms=NOW + ten_years, sender="a",
+                     by="a")  # fmt: skip
+    assert reason_of(sign(release, key), key) == "malformed"
+
+
+def test_empty_and_junk_are_malformed_not_forged() -> None:
+    key = SigningKey.generate("k1")
+    for junk in (b"", b"   ", b"garbage", b"a.b.c", b"\xff\xfe", b"<xml/>"):
+        assert reason_of(junk, key) == "malformed", junk
