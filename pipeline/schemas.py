@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from pipeline.duplicate_keys import duplicate_key
 from pipeline.errors import InvalidEvent
 
 if TYPE_CHECKING:
@@ -436,6 +437,9 @@ class EventDecoder:
             raise InvalidEvent("invalid_json", _detail(str(exc))) from None
         except RecursionError:
             raise InvalidEvent("invalid_json", "JSON nested too deeply") from None
+        dup = duplicate_key(data)
+        if dup is not None:  # parsers disagree on which value counts: an attribution trick
+            raise InvalidEvent("invalid_json", _detail(f"duplicate object key {dup!r}"))
 
         cls_uid = raw.class_uid
         if cls_uid is None:

@@ -637,3 +637,26 @@ def test_the_largest_valid_event_makes_a_finding_far_below_the_broker_limit() ->
     result = Detection().process(events, {})
     sizes = [len(encode_finding(build_finding(d, product_version="t"))) for d in result.decisions]
     assert sizes and max(sizes) < 512 * 1024, max(sizes)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"class_uid": 3002, "class_uid": 6003}',
+        b'{"class_uid": 3002, "class\\u005fuid": 6003}',  # the same name, escaped
+        b'{"actor": {"user": {"uid": "agt-1", "uid": "agt-victim"}}}',
+        b'{"unmapped": {"credential": {"issued_to": "a"}}, "unmapped": {}}',
+        b'{"resources": [{"uid": "r", "uid": "s"}]}',
+    ],
+)
+def test_duplicate_keys_are_refused_wherever_they_are(dec: EventDecoder, data: bytes) -> None:
+    """Issue 12.9: msgspec keeps the last value, other parsers the first: refuse both."""
+    spliced = enc(AGENT_CALL)[:-1] + b', "x-dup": ' + data + b"}"  # deep in a valid event
+    for raw in (data, spliced):
+        with pytest.raises(InvalidEvent, match="duplicate object key") as info:
+            dec.decode(raw, now_ms=NOW)
+        assert info.value.reason == "invalid_json"
+
+
+def test_same_key_in_different_objects_is_fine(dec: EventDecoder) -> None:
+    assert dec.decode(enc(AGENT_CALL), now_ms=NOW).identity_uid == "agent-42"  # uid x4, type x2

@@ -1,0 +1,131 @@
+"""Duplicate object keys in JSON: refused, because parsers disagree on which value counts.
+
+RFC 8259 leaves duplicate names undefined: msgspec (and Custos before this) keeps the last
+value, other parsers the first. ``{"actor": {"user": {"uid": "agt-1", "uid": "agt-2"}}}`` is one
+identity to Custos and another to the SIEM that stored it, so an event with a repeated key
+is dead-lettered instead.
+
+:func:`has_duplicate_keys` runs on every event, after the JSON is known to be valid: a compiled
+scan (numba) hashes each key of each object and compares it with the object's other keys,
+about a microsecond for an ordinary event. Anything it cannot settle cheaply - two keys with the
+same hash, a key with escapes (``"uid"`` and ``"\\u0075id"`` are the same name), more than
+:data:`MAX_FAST_KEYS` keys open at once, nesting beyond :data:`MAX_FAST_DEPTH` - goes to an
+exact check with the standard library's parser.
+
+>>> has_duplicate_keys(b'{"a": 1, "b": {"a": 2}}')
+False
+>>> has_duplicate_keys(b'{"a": 1, "b": 2, "a": 3}')
+True
+>>> has_duplicate_keys(b'{"uid": 1, "\\\\u0075id": 2}')
+True
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import numpy as np
+from numba import njit
+
+__all__ = ["MAX_FAST_DEPTH", "MAX_FAST_KEYS", "duplicate_key", "has_duplicate_keys"]
+
+MAX_FAST_DEPTH: Final = 64
+MAX_FAST_KEYS: Final = 512
+
+_CLEAN: Final = 0  # no object repeats a key
+_UNSURE: Final = 2  # the exact check decides
+
+
+@njit(cache=True, nogil=True)
+def _scan(buf: Any, max_depth: int, max_keys: int) -> int:  # pragma: no cover - compiled
+    n = buf.shape[0]
+    is_object = np.zeros(max_depth, np.bool_)
+    first_key = np.zeros(max_depth, np.int64)  # index into keys of the object's first key
+    keys = np.zeros(max_keys, np.uint64)
+    n_keys = 0
+    depth = 0
+    key_next = False  # the next string is an object key
+    i = 0
+    while i < n:
+        c = buf[i]
+        if c == 34:  # a string: hash it (FNV-1a) and find its end
+            h = np.uint64(14695981039346656037)
+            escaped = False
+            j = i + 1
+            while j < n:
+                d = buf[j]
+                if d == 92:  # backslash: the next byte is escaped
+                    escaped = True
+                    j += 2
+                    continue
+                if d == 34:
+                    break
+                h = (h ^ np.uint64(d)) * np.uint64(1099511628211)
+                j += 1
+            if key_next:
+                if escaped:
+                    return 2
+                for k in range(first_key[depth - 1], n_keys):
+                    if keys[k] == h:
+                        return 2  # very likely a duplicate; a hash collision is possible
+                if n_keys >= max_keys:
+                    return 2
+                keys[n_keys] = h
+                n_keys += 1
+                key_next = False
+            i = j + 1
+            continue
+        if c == 123 or c == 91:  # { or [
+            if depth >= max_depth:
+                return 2
+            is_object[depth] = c == 123
+            first_key[depth] = n_keys
+            depth += 1
+            key_next = c == 123
+        elif c == 125 or c == 93:  # } or ]
+            depth -= 1
+            if depth < 0:
+                return 2
+            n_keys = first_key[depth]
+            key_next = False
+        elif c == 44:  # , : in an object, a key follows
+            key_next = depth > 0 and is_object[depth - 1]
+        i += 1
+    return 0
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(items)
+    if len(out) != len(items):
+        seen: set[str] = set()
+        for name, _ in items:
+            if name in seen:
+                raise _Duplicate(name)
+            seen.add(name)
+    return out
+
+
+def duplicate_key(data: bytes) -> str | None:
+    """The first repeated key of ``data`` (valid JSON), or None.
+
+    >>> duplicate_key(b'{"class_uid": 3002, "class_uid": 6003}')
+    'class_uid'
+    """
+    if _scan(np.frombuffer(data, np.uint8), MAX_FAST_DEPTH, MAX_FAST_KEYS) == _CLEAN:
+        return None
+    try:
+        json.loads(data, object_pairs_hook=_pairs)
+    except _Duplicate as exc:
+        return str(exc)
+    except (ValueError, RecursionError):  # what msgspec accepted and json does not: undecidable
+        return "(undecidable: the standard parser refused the document)"
+    return None
+
+
+def has_duplicate_keys(data: bytes) -> bool:
+    return duplicate_key(data) is not None
