@@ -96,7 +96,8 @@ def read_all(
     """Every record of ``topic`` from the beginning (no group, no commits).
 
     Stops at the end of all partitions as they were when called, or once ``expect``
-    records arrived, or at ``timeout_s``. For tests, exports and inspections.
+    records arrived, or at ``timeout_s``. With ``expect`` it waits for records still to come
+    (an empty topic is not "done"). For tests, exports and inspections.
     """
     consumer = Consumer(
         base_config(settings, **{"group.id": "custos-read-all", "enable.auto.commit": False})
@@ -104,6 +105,14 @@ def read_all(
     try:
         md = consumer.list_topics(topic, timeout=10)
         parts = md.topics[topic].partitions
+        if expect is not None:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+            waited: list[Message] = []
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and len(waited) < expect:
+                waited.extend(m for m in consumer.consume(num_messages=10_000, timeout=0.5)
+                              if m.error() is None)  # fmt: skip
+            return waited
         ends = {}
         tps = []
         for p in parts:
@@ -124,8 +133,6 @@ def read_all(
                 out.append(msg)
                 if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
                     done.add(msg.partition() or 0)
-            if expect is not None and len(out) >= expect:
-                break
         return out
     finally:
         consumer.close()

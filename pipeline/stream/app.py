@@ -110,6 +110,170 @@ class TableStore(MutableMapping[str, bytes]):
         return len(self.table)
 
 
+class Staged(MutableMapping[str, bytes]):
+    """State writes of one unit of work, held back until its outputs are delivered.
+
+    Results before state: if the worker dies after writing an identity's new state but before
+    its findings and commands reach the broker, the restarted worker re-reads the events, finds
+    the incident already recorded in the state and never reports it. Reads see the staged
+    writes first; :meth:`commit` writes them to the table (its changelog) afterwards.
+    """
+
+    def __init__(self, base: MutableMapping[str, bytes]) -> None:
+        self.base = base
+        self.writes: dict[str, bytes | None] = {}  # None: deleted
+
+    def __getitem__(self, key: str) -> bytes:
+        if key in self.writes:
+            value = self.writes[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self.base[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.writes:
+            value = self.writes[key]
+            return default if value is None else value
+        return self.base.get(key, default)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.writes[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.writes[key] = None
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.writes:
+            return self.writes[key] is not None
+        return key in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set(self.writes)
+        yield from (k for k, v in self.writes.items() if v is not None)
+        yield from (k for k in self.base if k not in seen)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def commit(self) -> int:
+        for key, value in self.writes.items():
+            if value is None:
+                self.base.pop(key, None)
+            else:
+                self.base[key] = value
+        n = len(self.writes)
+        self.writes.clear()
+        return n
+
+
+class OutputRefused(RuntimeError):
+    """The broker refused or did not acknowledge an output: the input must not be committed."""
+
+
+class Outbox:
+    """The outputs of one unit of work: sent at once, then awaited together (delivered).
+
+    faust's own path attaches a send to the current event and publishes it at commit time,
+    where a refusal is only logged and the offset is committed anyway. Here every output is
+    sent immediately and :meth:`delivered` waits for the broker's acknowledgement of each.
+    A refusal calls ``die`` (the worker stops before the input is committed) after the
+    failed write's ``on_refused`` (a dead letter is kept on disk); ``then`` callbacks
+    (counters) run only once everything is delivered.
+    """
+
+    def __init__(self, timeout_s: float, die: Callable[[str], None]) -> None:
+        self.timeout_s = timeout_s
+        self.die = die
+        self.pending: list[tuple[str, Any, Callable[[BaseException], None] | None]] = []
+        self.then: list[Callable[[], None]] = []
+
+    def _refused(self, reason: str) -> OutputRefused:
+        self.die(reason)
+        return OutputRefused(reason)
+
+    async def send(
+        self, topic: Any, key: bytes | None, value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_refused: Callable[[BaseException], None] | None = None,
+    ) -> None:  # fmt: skip
+        name = topic.get_topic_name()
+        try:
+            fut = await asyncio.wait_for(
+                topic.send(key=key, value=value, headers=headers, force=True), self.timeout_s
+            )
+        except Exception as exc:
+            if on_refused is not None:
+                on_refused(exc)
+            raise self._refused(f"write to {name} failed: {exc!r}") from exc
+        self.pending.append((name, fut, on_refused))
+
+    async def barrier(self) -> int:
+        """Wait until everything sent so far is acknowledged (what follows depends on it)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return 0
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(f for _, f, _ in pending), return_exceptions=True),
+                self.timeout_s,
+            )
+        except TimeoutError:
+            results = [TimeoutError(f"not acknowledged in {self.timeout_s} s")] * len(pending)
+        failed = [(name, res, cb) for (name, _, cb), res in zip(pending, results, strict=True)
+                  if isinstance(res, BaseException)]  # fmt: skip
+        for _, res, cb in failed:
+            if cb is not None:
+                cb(res)
+        if failed:
+            name, res, _ = failed[0]
+            raise self._refused(f"{len(failed)} of {len(pending)} writes failed, first on "
+                                f"{name}: {res!r}")  # fmt: skip
+        return len(pending)
+
+    async def delivered(self) -> int:
+        """:meth:`barrier`, then the ``then`` callbacks."""
+        n = await self.barrier()
+        then, self.then = self.then, []
+        for callback in then:
+            callback()
+        return n
+
+
+def _die(reason: str) -> None:
+    """Stop now, before faust acknowledges and commits the offsets of the unit in flight.
+
+    An exception is not enough: faust's batching acknowledges a batch's events in a
+    ``finally`` and commits them on shutdown, so a crash would still move the offsets past
+    input whose outputs never arrived. The restarted worker re-reads it instead.
+    """
+    import os
+    import sys
+
+    log.critical("an output was refused or not acknowledged; stopping without commit: %s", reason)
+    for h in logging.getLogger().handlers + log.handlers:
+        h.flush()
+    sys.stderr.flush()
+    os._exit(70)  # EX_SOFTWARE
+
+
+class _SendErrors(faust.Sensor):
+    """Any refused write (changelog, control, reports) stops the worker before a commit.
+
+    faust flushes the producer and then commits; a failed record completes its future with
+    an error during that flush, which is when this runs.
+    """
+
+    def __init__(self, die: Callable[[str], None]) -> None:
+        super().__init__()
+        self.die = die
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        self.die(f"write refused by the broker: {exc!r}")
+
+
 @dataclass
 class WorkerStats(IngestStats):
     """Ingest counters plus what detection produced."""
@@ -187,9 +351,16 @@ def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faus
 
 
 def create_app(
-    settings: Settings, detection: Detection | None = None, *, store_url: str = "rocksdb://"
+    settings: Settings,
+    detection: Detection | None = None,
+    *,
+    store_url: str = "rocksdb://",
+    die: Callable[[str], None] = _die,
 ) -> faust.App:
-    """Build the faust app and its agent for ``settings`` (nothing runs until started)."""
+    """Build the faust app and its agent for ``settings`` (nothing runs until started).
+
+    ``die``: how the worker stops when an output is refused (tests pass a recorder).
+    """
     detection = detection or Detection(settings)
     decoder = EventDecoder.from_settings(settings)
     stats = WorkerStats()
@@ -216,6 +387,10 @@ def create_app(
         ))  # fmt: skip
 
     app = faust_app(settings, data, store_url)
+    app.sensors.add(_SendErrors(die))
+    # One unit of work at a time (a batch, signals, feedback, a tick): its state is staged
+    # while its outputs are delivered, and no other unit may read the identity meanwhile.
+    work = asyncio.Lock()
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                            "key_serializer": "raw", "value_serializer": "raw"}  # fmt: skip
     rekeyed = app.topic(
@@ -257,28 +432,46 @@ def create_app(
             await producer.partitions_for(table.changelog_topic.get_topic_name())
             changelog_known = True
 
-    async def bounded(send: Any) -> Any:
-        # aiokafka retries some failures (an unknown or invalid topic) forever; a write that
-        # cannot complete must crash the worker (see the error policy below), not stall it.
-        return await asyncio.wait_for(send, timeout=settings.worker_send_timeout_s)
-
-    async def publish(decisions: list[Decision], approved_by: str | None = None) -> None:
+    async def publish(
+        out: Outbox, decisions: list[Decision], approved_by: str | None = None
+    ) -> None:
+        """Queue findings, then commands, on ``out`` (counted once delivered)."""
+        findings = alerts_n = quarantines = approvals = 0
         for d in decisions:
             finding = build_finding(d, product_version=_version())
-            await bounded(alerts.send(key=d.identity_uid.encode(), value=encode_finding(finding)))
-            stats.findings += 1
-            stats.alerts += int(d.is_alert and d.action == "create")
-        # After the findings: a responder may look the finding up when the command arrives.
+            await out.send(alerts, d.identity_uid.encode(), encode_finding(finding))
+            findings += 1
+            alerts_n += int(d.is_alert and d.action == "create")
         now_ms = int(time.time() * 1000)
         # An analyst's confirmation is the human approval: such commands never wait.
-        for p in quarantine.commands(decisions, now_ms, approved_by=approved_by):
+        commands = quarantine.commands(decisions, now_ms, approved_by=approved_by)
+        if commands:
+            # The findings first, acknowledged: no quarantine without its finding on record
+            # (a responder or analyst looks it up when the command arrives).
+            await out.barrier()
+        for p in commands:
             topic = approvals_topic if p.approval == "required" else quarantine_topic
             signed = sign_command(p.message, command_signer)
-            await bounded(topic.send(key=p.identity.encode(), value=signed))
-            stats.quarantines += int(p.approval == "automatic")
-            stats.approvals += int(p.approval != "automatic")
+            await out.send(topic, p.identity.encode(), signed)
+            quarantines += int(p.approval == "automatic")
+            approvals += int(p.approval != "automatic")
 
-    async def send_dead(event: Any, exc: InvalidEvent, now_ms: int) -> None:
+        def count() -> None:
+            stats.findings += findings
+            stats.alerts += alerts_n
+            stats.quarantines += quarantines
+            stats.approvals += approvals
+
+        out.then.append(count)
+
+    async def finish(out: Outbox, staged: Staged | None = None) -> None:
+        """Delivery, then state, then the counters; a refusal stops the worker uncommitted."""
+        await out.delivered()
+        if staged is not None and staged.writes:
+            await changelog_metadata()
+            staged.commit()
+
+    async def send_dead(out: Outbox, event: Any, exc: InvalidEvent, now_ms: int) -> None:
         """Bad input (an event, a feedback message) to the dead-letter topic, bytes intact."""
         msg = event.message
         dl = dead_letter(
@@ -286,17 +479,18 @@ def create_app(
             offset=msg.offset, timestamp_ms=int(msg.timestamp * 1000), now_ms=now_ms,
             source_headers=list(msg.headers or []),
         )  # fmt: skip
-        try:
-            await bounded(dlq.send(key=dl.key, value=dl.value, headers=dl.headers))  # type: ignore[arg-type]
-        except Exception as send_error:
-            # faust commits the batch's offsets even when the agent crashes, so the
-            # record is kept on local disk before the worker goes down.
-            spill(spill_path, dl, send_error)
-            raise
-        stats.dead.add(msg.topic, dl.reason)
+        # A refused dead letter stops the worker; the record is kept on local disk first.
+        await out.send(dlq, dl.key, dl.value, headers=dl.headers,  # type: ignore[arg-type]
+                       on_refused=lambda e: spill(spill_path, dl, e))  # fmt: skip
+        out.then.append(lambda: stats.dead.add(msg.topic, dl.reason))
 
     async def handle(batch: Any) -> None:
+        async with work:
+            await handle_batch(batch)
+
+    async def handle_batch(batch: Any) -> None:
         now_ms = int(time.time() * 1000)
+        out = Outbox(settings.worker_send_timeout_s, die)
         valid: list[Event] = []
         mine: dict[str, Any] = {}  # identity uid -> one of its events in this batch
         stamps: list[float] = []  # Kafka timestamps of the valid events (latency metric)
@@ -306,42 +500,47 @@ def create_app(
             try:
                 ev = decoder.decode(value if value is not None else b"", now_ms)
             except InvalidEvent as exc:
-                await send_dead(event, exc, now_ms)
+                await send_dead(out, event, exc, now_ms)
                 continue
             if event.key != ev.identity_uid.encode():
-                await rekeyed.send(key=ev.identity_uid.encode(), value=value)
+                await out.send(rekeyed, ev.identity_uid.encode(), value)
                 continue
             valid.append(ev)
             stamps.append(msg.timestamp)
             store.remember(ev.identity_uid, event, mine)
         if not valid:
+            await finish(out)
             return
-        await changelog_metadata()
+        staged = Staged(store)
         t0 = time.perf_counter()
-        store.events = mine  # no await from here to the end of process(): no interleaving
-        result = detection.process(valid, store)
+        result = detection.process(valid, staged)
         stats.score_seconds += time.perf_counter() - t0
-        stats.batches += 1
-        stats.scored += len(valid)
-        stats.record("inputs", valid, 0)
-        done = time.time()
-        stats.latency_ms.extend((done - ts) * 1000 for ts in stamps)
         if settings.emit_scores:
             for s in result.scores:
-                await scores_topic.send(key=s.identity_uid.encode(), value=msgspec.json.encode(s))
+                await out.send(scores_topic, s.identity_uid.encode(), msgspec.json.encode(s))
         for sig in result.signals:
-            await bounded(
-                signals_topic.send(key=sig.identity_uid.encode(), value=msgspec.msgpack.encode(sig))
-            )
-            stats.signals += 1
-        await publish(result.decisions)
+            await out.send(signals_topic, sig.identity_uid.encode(), msgspec.msgpack.encode(sig))
+        await publish(out, result.decisions)
+
+        def count() -> None:
+            stats.batches += 1
+            stats.scored += len(valid)
+            stats.signals += len(result.signals)
+            stats.record("inputs", valid, 0)
+            done = time.time()
+            stats.latency_ms.extend((done - ts) * 1000 for ts in stamps)
+
+        out.then.append(count)
+        store.events = mine  # the table files each identity's write under its own partition
+        await finish(out, staged)
         adopted = runtime.maybe_adopt(detection)
         if adopted is not None:
             await report(adopted)
 
     async def report(r: Report) -> None:
-        await bounded(reports_topic.send(key=(r.subject or r.service).encode(),
-                                         value=encode_report(r)))  # fmt: skip
+        out = Outbox(settings.worker_send_timeout_s, die)
+        await out.send(reports_topic, (r.subject or r.service).encode(), encode_report(r))
+        await finish(out)
 
     async def apply_signals(stream: Any) -> None:
         decode = msgspec.msgpack.Decoder(Signal).decode
@@ -354,9 +553,12 @@ def create_app(
                 sig = decode(event.value)  # our own writes: a decode error is a bug (crash)
                 store.remember(sig.identity_uid, event, mine)
                 signals.append(sig)
-            await changelog_metadata()
-            store.events = mine
-            await publish(detection.apply_signals(signals, store))
+            async with work:
+                out = Outbox(settings.worker_send_timeout_s, die)
+                staged = Staged(store)
+                await publish(out, detection.apply_signals(signals, staged))
+                store.events = mine
+                await finish(out, staged)
 
     async def apply_feedback(stream: Any) -> None:
         # Analyst decisions, keyed by identity: applied where the identity's state lives.
@@ -368,32 +570,38 @@ def create_app(
             except ConfigError as exc:  # no trusted keys: nobody's feedback counts
                 missing = str(exc)
             for event in batch:
-                await handle_feedback(event, keys, missing)
+                async with work:
+                    await handle_feedback(event, keys, missing)
 
     async def handle_feedback(event: Any, keys: KeySet | None, missing: str) -> None:
         now_ms = int(time.time() * 1000)
+        out = Outbox(settings.worker_send_timeout_s, die)
         try:
             if keys is None:
                 raise InvalidEvent("no_trusted_keys", missing)
             fb = verify_feedback(event.value or b"", keys, now_ms=now_ms)
         except InvalidEvent as exc:
-            await send_dead(event, exc, now_ms)
+            await send_dead(out, event, exc, now_ms)
+            await finish(out)
             return
         if event.key != fb.identity.encode():  # to the partition that owns the identity
-            await bounded(feedback_topic.send(key=fb.identity.encode(), value=event.value))
+            await out.send(feedback_topic, fb.identity.encode(), event.value)
+            await finish(out)
             return
-        await changelog_metadata()
         store.remember(fb.identity, event, {})
-        store.events = {fb.identity: event}
-        outcome, decisions = detection.apply_feedback(fb, store)
-        await publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
+        staged = Staged(store)
+        outcome, decisions = detection.apply_feedback(fb, staged)
+        await publish(out, decisions, approved_by=fb.by if fb.action == "confirm" else None)
         cancel = release_message(fb, outcome, now_ms)
         if cancel is not None:
             signed = sign_command(cancel, command_signer)
-            await bounded(quarantine_topic.send(key=fb.identity.encode(), value=signed))
-        await report(Report(f"feedback.{outcome.outcome}", service, now_ms,
-                            subject=fb.identity, reason=fb.action, detail=outcome.detail,
-                            requested=msgspec.to_builtins(fb)))  # fmt: skip
+            await out.send(quarantine_topic, fb.identity.encode(), signed)
+        r = Report(f"feedback.{outcome.outcome}", service, now_ms,
+                   subject=fb.identity, reason=fb.action, detail=outcome.detail,
+                   requested=msgspec.to_builtins(fb))  # fmt: skip
+        await out.send(reports_topic, fb.identity.encode(), encode_report(r))
+        store.events = {fb.identity: event}
+        await finish(out, staged)
 
     async def detect(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -469,9 +677,12 @@ def create_app(
         # Close quiet incidents (event time: simulated time may run faster than the clock)
         # and checkpoint the shared detector state beside the tables.
         if detection.watermark_ms:
-            await changelog_metadata()
-            store.events = {}  # writes go by the key's partition (no batch is running)
-            await publish(detection.tick(detection.watermark_ms, store))
+            async with work:
+                out = Outbox(settings.worker_send_timeout_s, die)
+                staged = Staged(store)
+                await publish(out, detection.tick(detection.watermark_ms, staged))
+                store.events = {}  # writes go by the key's partition (no batch is running)
+                await finish(out, staged)
         detection.save_shared(shared_path)
 
     @app.page("/custos/metrics")

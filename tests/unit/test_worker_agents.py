@@ -165,3 +165,42 @@ def test_signals_agent_raises_risk_of_the_identity_the_signal_is_about(
     assert key == b"agt-orch-9"
     assert finding["evidences"][0]["actor"]["user"]["uid"] == "agt-orch-9"
     assert [e["uid"] for e in finding["finding_info"]["related_events"]] == ["e-60"]
+
+
+def test_a_refused_finding_stops_the_worker_before_state_commands_or_counts(
+    tmp_path: Path, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12.1/12.2: results before state, delivery before commit, nothing silently lost."""
+    from pipeline.config import Settings
+
+    async def send(self: Any, key: Any = None, value: Any = None, partition: Any = None,
+                   timestamp: Any = None, headers: Any = None, **_: Any) -> Any:  # fmt: skip
+        sent.append((self.get_topic_name(), key, value, dict(headers or [])))
+        done = asyncio.get_running_loop().create_future()
+        if self.get_topic_name() == "custos.alerts":  # what the broker answers a 5 MB record
+            done.set_exception(RuntimeError("MessageSizeTooLargeError"))
+        else:
+            done.set_result(None)
+        return done
+
+    monkeypatch.setattr(faust.topics.Topic, "send", send)
+    died: list[str] = []
+    settings = Settings.from_env(
+        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.01, app_id="unit-worker",
+        home=str(tmp_path / "home"), quarantine_auto_min_severity=5,
+    )  # fmt: skip
+    app = create_app(settings, store_url="memory://", die=died.append)
+    now = int(time.time() * 1000)
+
+    async def run() -> None:
+        async with app.agents["detect"].test_context() as agent:
+            await agent.put(key=b"agt-1", value=_call("misuse", "agt-1", now - 1000, "agt-2"))
+            await _until(lambda: bool(died))
+
+    asyncio.run(run())  # the agent crashes after die() (here a recorder; in production exit)
+    assert died and "custos.alerts" in died[0] and "MessageSizeTooLargeError" in died[0]
+    topics = [m[0] for m in sent]
+    assert "custos.alerts" in topics
+    assert "custos.quarantine" not in topics  # no command without its finding on record
+    assert not [t for t in topics if t.endswith("identity-state-changelog")]  # state not written
+    assert app.custos_stats.findings == 0 and app.custos_stats.scored == 0
