@@ -686,14 +686,21 @@ class Detection:
         return previous
 
     def save_shared(self, path: Path) -> None:
-        """Persist peer baselines, detector and calibrator (atomically: write, then rename).
+        """Persist :meth:`shared_bytes` (atomically: write, then rename)."""
+        blob = self.shared_bytes()
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+
+    def shared_bytes(self) -> bytes:
+        """Peer baselines, detector and calibrators as bytes (what :meth:`load_shared_bytes` reads).
 
         A frozen (scikit-learn) detector is not written: only its model reference is, and the
         worker reloads and re-verifies it from the registry on start.
         """
         from pipeline.detectors import dumps
 
-        blob = msgspec.msgpack.encode(
+        return msgspec.msgpack.encode(
             {
                 "version": STATE_VERSION,
                 "peers": {k: self.peer_model.to_bytes(v) for k, v in self.peers.items()},
@@ -705,12 +712,15 @@ class Detection:
                 "inventory": list(self.model_inventory),
             }
         )
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(path)
 
     def load_shared(self, path: Path) -> bool:
-        """Restore :meth:`save_shared`'s file; False (and nothing changed) if absent or unusable.
+        """Restore :meth:`save_shared`'s file; False (and nothing changed) if absent or unusable."""
+        if not path.exists():
+            return False
+        return self.load_shared_bytes(path.read_bytes(), str(path))
+
+    def load_shared_bytes(self, blob: bytes, where: str = "shared state") -> bool:
+        """Restore :meth:`shared_bytes`; False (and nothing changed) if unusable.
 
         ``saved_model_ref`` is set to the model the state was learned with; when the detector
         itself was not saved (a frozen model), the current one is left for the caller to
@@ -718,10 +728,8 @@ class Detection:
         """
         from pipeline.detectors import loads
 
-        if not path.exists():
-            return False
         try:
-            d = msgspec.msgpack.decode(path.read_bytes())
+            d = msgspec.msgpack.decode(blob)
             if d.get("version") != STATE_VERSION:
                 raise ValueError(f"version {d.get('version')}")
             peers = {k: self.peer_model.from_bytes(v) for k, v in d["peers"].items()}
@@ -735,7 +743,7 @@ class Detection:
             inventory = {str(x): None for x in d.get("inventory", ())}
         except (ValueError, TypeError, KeyError, msgspec.DecodeError) as exc:
             # Shared state is re-learned within minutes; a stale file must not stop the worker.
-            log.warning("ignoring unreadable shared state %s (%s)", path, exc)
+            log.warning("ignoring unreadable shared state %s (%s)", where, exc)
             return False
         if not (
             (det is None or isinstance(det, Loda))

@@ -53,6 +53,14 @@ from pipeline.reports import encode as encode_report
 from pipeline.responders.setup import trusted_keys as trusted_command_keys
 from pipeline.schemas import Event, EventDecoder
 from pipeline.scoring import Detection
+from pipeline.stream.offsets import (
+    SOURCE_HEADER,
+    SharedCheckpoint,
+    Source,
+    parse_source,
+    unwrap,
+    wrap,
+)
 
 log = logging.getLogger("custos.worker")
 
@@ -71,6 +79,14 @@ class TableStore(MutableMapping[str, bytes]):
         self.partitions = partitions
         self.events: dict[str, Any] = {}  # identity uid → one of its events in this batch
         self.by_partition: dict[int, Any] = {}  # partition → a recent event from it
+        # Offsets the next write of an identity includes (pipeline.stream.offsets): set by the
+        # unit of work before its state is committed; a write without marks keeps the old ones.
+        self.marks: dict[str, dict[Source, int]] = {}
+
+    def applied(self, key: str) -> dict[Source, int]:
+        """The input offsets ``key``'s stored state already includes."""
+        value = self.table.get(key.encode())
+        return unwrap(value)[1] if value is not None else {}
 
     def remember(self, uid: str, event: Any, batch: dict[str, Any]) -> None:
         """Note ``event`` as ``uid``'s in a batch's own map (agents interleave at awaits)."""
@@ -89,15 +105,18 @@ class TableStore(MutableMapping[str, bytes]):
         value = self.table[key.encode()]
         if value is None:
             raise KeyError(key)
-        return value  # type: ignore[no-any-return]
+        return unwrap(value)[0]
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.table.get(key.encode())
-        return default if value is None else value
+        return default if value is None else unwrap(value)[0]
 
     def __setitem__(self, key: str, value: bytes) -> None:
+        marks = self.marks.pop(key, None)
+        if marks is None:
+            marks = self.applied(key)
         self._enter(key)
-        self.table[key.encode()] = value
+        self.table[key.encode()] = wrap(value, marks)
 
     def __delitem__(self, key: str) -> None:
         self._enter(key)
@@ -259,6 +278,23 @@ def _die(reason: str) -> None:
     os._exit(70)  # EX_SOFTWARE
 
 
+class _Checkpoints(faust.Sensor):
+    """Save the shared models' checkpoint just before faust commits input offsets.
+
+    The checkpoint is the snapshot taken at the end of the last unit of work; every offset
+    faust is about to commit belongs to a unit that ended, so the saved shared state always
+    includes at least what is committed (a kill loses no shared learning, see offsets.py).
+    """
+
+    def __init__(self, checkpoint: SharedCheckpoint) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        self.checkpoint.save()
+        return None
+
+
 class _SendErrors(faust.Sensor):
     """Any refused write (changelog, control, reports) stops the worker before a commit.
 
@@ -366,12 +402,20 @@ def create_app(
     stats = WorkerStats()
     data = datadir(settings)
     data.mkdir(parents=True, exist_ok=True)
-    shared_path = data / "shared-state.msgpack"
+    shared_path = data / "shared-state.msgpack"  # before checkpoints carried offsets
+    checkpoint = SharedCheckpoint(data / "shared-checkpoint.msgpack")
     spill_path = data / "deadletter-spill.jsonl"
     if spill_path.exists() and spill_path.stat().st_size:
         log.warning("%s holds dead letters a previous run could not publish", spill_path)
-    if detection.load_shared(shared_path):
+    saved = checkpoint.load()
+    if saved is not None and detection.load_shared_bytes(saved[0], str(checkpoint.path)):
+        log.info("loaded the shared models' checkpoint from %s (%d sources)", checkpoint.path,
+                 len(saved[1]))  # fmt: skip
+    elif detection.load_shared(shared_path):
         log.info("loaded shared detector state from %s", shared_path)
+        checkpoint.offsets = {}
+    # Max offset per source of the units of work that ended (what a snapshot includes).
+    processed: dict[Source, int] = dict(checkpoint.offsets)
     service = f"worker:{settings.app_id}"
     runtime = ModelRuntime(settings, service)
     # Reports waiting for the producer: configuration and the model chosen at start.
@@ -388,6 +432,7 @@ def create_app(
 
     app = faust_app(settings, data, store_url)
     app.sensors.add(_SendErrors(die))
+    app.sensors.add(_Checkpoints(checkpoint))
     # One unit of work at a time (a batch, signals, feedback, a tick): its state is staged
     # while its outputs are delivered, and no other unit may read the identity meanwhile.
     work = asyncio.Lock()
@@ -420,6 +465,31 @@ def create_app(
         use_partitioner=True,
     )
     store = TableStore(table, settings.worker_partitions)
+    # Stable small numbers for the sources offsets are recorded under (offsets.py).
+    topic_index = {settings.identity_topic: 1, settings.agent_topic: 2,
+                   rekeyed.get_topic_name(): 3, signals_topic.get_topic_name(): 5}  # fmt: skip
+
+    def source_of(event: Any) -> tuple[Source, int]:
+        """Where a record was first read: a re-keyed one names its origin in a header."""
+        msg = event.message
+        idx = topic_index.get(msg.topic, 0)
+        if idx == 3:
+            for name, value in msg.headers or ():
+                if name == SOURCE_HEADER:
+                    origin = parse_source(value)
+                    if origin is not None:
+                        # Its own mark: a re-keyed record can trail the identity's direct
+                        # records of the same source partition.
+                        (t, p), off = origin
+                        return (128 + t, p), off
+        return (idx, msg.partition), msg.offset
+
+    def snapshot(done: dict[Source, int]) -> None:
+        """End of a unit of work: its offsets count as processed; the shared models' snapshot."""
+        for src, off in done.items():
+            if off > processed.get(src, -1):
+                processed[src] = off
+        checkpoint.snapshot(detection.shared_bytes(), processed)
     changelog_known = store_url.startswith("memory:")  # test_context: no Kafka, no changelog
 
     async def changelog_metadata() -> None:
@@ -467,9 +537,11 @@ def create_app(
     async def finish(out: Outbox, staged: Staged | None = None) -> None:
         """Delivery, then state, then the counters; a refusal stops the worker uncommitted."""
         await out.delivered()
-        if staged is not None and staged.writes:
-            await changelog_metadata()
-            staged.commit()
+        if staged is not None:
+            if staged.writes:
+                await changelog_metadata()
+                staged.commit()
+            store.marks = {}  # a unit's marks never outlive it (only units hold the lock)
 
     async def send_dead(out: Outbox, event: Any, exc: InvalidEvent, now_ms: int) -> None:
         """Bad input (an event, a feedback message) to the dead-letter topic, bytes intact."""
@@ -492,24 +564,45 @@ def create_app(
         now_ms = int(time.time() * 1000)
         out = Outbox(settings.worker_send_timeout_s, die)
         valid: list[Event] = []
+        again: list[Event] = []  # applied to their identity before a restart, not to shared
         mine: dict[str, Any] = {}  # identity uid -> one of its events in this batch
+        applied: dict[str, dict[Source, int]] = {}  # what each identity's state includes
+        done: dict[Source, int] = {}
         stamps: list[float] = []  # Kafka timestamps of the valid events (latency metric)
         for event in batch:
             msg = event.message
             value = event.value
+            src, offset = source_of(event)
+            done[src] = max(done.get(src, -1), offset)
             try:
                 ev = decoder.decode(value if value is not None else b"", now_ms)
             except InvalidEvent as exc:
                 await send_dead(out, event, exc, now_ms)
                 continue
-            if event.key != ev.identity_uid.encode():
-                await out.send(rekeyed, ev.identity_uid.encode(), value)
+            uid = ev.identity_uid
+            if event.key != uid.encode():
+                where = f"{src[0]}:{src[1]}:{offset}".encode()
+                await out.send(rekeyed, uid.encode(), value, headers=[(SOURCE_HEADER, where)])
                 continue
+            marks = applied.get(uid)
+            if marks is None:
+                marks = applied[uid] = store.applied(uid)
+            if offset <= marks.get(src, -1):  # re-read after a restart: in the state already
+                if offset > checkpoint.offsets.get(src, -1):
+                    again.append(ev)
+                continue
+            marks[src] = offset
             valid.append(ev)
             stamps.append(msg.timestamp)
-            store.remember(ev.identity_uid, event, mine)
+            store.remember(uid, event, mine)
+        if again:
+            # The shared models (peers, detector, calibrators) learn these once; the identity
+            # states and outputs of this pass are thrown away: they were written before.
+            detection.process(again, Staged(store))
+            log.info("%d re-read events applied to the shared models only", len(again))
         if not valid:
             await finish(out)
+            snapshot(done)
             return
         staged = Staged(store)
         t0 = time.perf_counter()
@@ -527,12 +620,14 @@ def create_app(
             stats.scored += len(valid)
             stats.signals += len(result.signals)
             stats.record("inputs", valid, 0)
-            done = time.time()
-            stats.latency_ms.extend((done - ts) * 1000 for ts in stamps)
+            now = time.time()
+            stats.latency_ms.extend((now - ts) * 1000 for ts in stamps)
 
         out.then.append(count)
         store.events = mine  # the table files each identity's write under its own partition
+        store.marks = {uid: applied[uid] for uid in mine}
         await finish(out, staged)
+        snapshot(done)
         adopted = runtime.maybe_adopt(detection)
         if adopted is not None:
             await report(adopted)
@@ -547,18 +642,31 @@ def create_app(
         async for batch in stream.take_events(
             settings.worker_batch, within=settings.worker_batch_within_s
         ):
-            mine: dict[str, Any] = {}
-            signals = []
-            for event in batch:
-                sig = decode(event.value)  # our own writes: a decode error is a bug (crash)
-                store.remember(sig.identity_uid, event, mine)
-                signals.append(sig)
             async with work:
+                mine: dict[str, Any] = {}
+                applied: dict[str, dict[Source, int]] = {}
+                done: dict[Source, int] = {}
+                signals = []
+                for event in batch:
+                    sig = decode(event.value)  # our own writes: a decode error is a bug (crash)
+                    src, offset = source_of(event)
+                    done[src] = max(done.get(src, -1), offset)
+                    uid = sig.identity_uid
+                    marks = applied.get(uid)
+                    if marks is None:
+                        marks = applied[uid] = store.applied(uid)
+                    if offset <= marks.get(src, -1):
+                        continue  # applied before a restart
+                    marks[src] = offset
+                    store.remember(uid, event, mine)
+                    signals.append(sig)
                 out = Outbox(settings.worker_send_timeout_s, die)
                 staged = Staged(store)
                 await publish(out, detection.apply_signals(signals, staged))
                 store.events = mine
+                store.marks = {uid: applied[uid] for uid in mine}
                 await finish(out, staged)
+                snapshot(done)
 
     async def apply_feedback(stream: Any) -> None:
         # Analyst decisions, keyed by identity: applied where the identity's state lives.
@@ -602,6 +710,7 @@ def create_app(
         await out.send(reports_topic, fb.identity.encode(), encode_report(r))
         store.events = {fb.identity: event}
         await finish(out, staged)
+        snapshot({})
 
     async def detect(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -683,7 +792,8 @@ def create_app(
                 await publish(out, detection.tick(detection.watermark_ms, staged))
                 store.events = {}  # writes go by the key's partition (no batch is running)
                 await finish(out, staged)
-        detection.save_shared(shared_path)
+                snapshot({})
+        checkpoint.save()
 
     @app.page("/custos/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -23,6 +23,7 @@ from pipeline.explanations import RuleHit, Signal
 from pipeline.quarantine.commands import subject_of, verify
 from pipeline.simulate.malformed import bad_samples, valid_logon
 from pipeline.stream.app import create_app
+from pipeline.stream.offsets import unwrap
 
 Sent = list[tuple[str, bytes | None, bytes | None, dict[str, bytes]]]
 
@@ -110,7 +111,11 @@ def test_detect_agent_scores_dead_letters_and_rekeys(tmp_path: Path, sent: Sent)
     # usr-1's state went to the table (its changelog), keyed by the identity.
     changelog = [m for m in sent if m[0].endswith("identity-state-changelog")]
     assert changelog and {m[1] for m in changelog} == {b"usr-1"}
-    assert app.custos_detection.load_state(changelog[-1][2]).baseline.n >= 1
+    core, applied = unwrap(changelog[-1][2] or b"")
+    assert app.custos_detection.load_state(core).baseline.n >= 1
+    # ... with the input offsets it includes (exactly-once on restart, issue 12.3).
+    [(_source, offset)] = applied.items()  # the test context has its own topic name
+    assert offset >= 4
 
 
 def test_detect_agent_publishes_an_ocsf_finding_for_a_critical_rule(

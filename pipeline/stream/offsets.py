@@ -1,0 +1,129 @@
+"""Which input records a piece of state already includes: exactly-once effects on restart.
+
+Kafka gives the worker at-least-once input: after a kill it re-reads everything since the last
+committed offset, although identity states (written to the table's changelog) and the shared
+models may already include some of it. Applying those events again double-counts them - volumes,
+rule counters, risk, a finding that lists one event twice. So each piece of state records the
+source records it includes:
+
+* an identity's table value carries, in a small envelope, the last offset applied from each
+  source (input topic, partition) - written in the same table write as the state, so the two
+  can never disagree (:func:`wrap` / :func:`unwrap`);
+* the shared models' checkpoint carries the offsets of everything they learned
+  (:class:`SharedCheckpoint`), saved whenever the worker commits offsets.
+
+A re-read record at or below its identity's mark is not applied to the identity again; if it
+is above the shared checkpoint's mark too, only the shared models learn it (once).
+
+Sources are ``(topic index, partition)``; a re-keyed event counts under the record it was
+first read from (its ``custos.source`` header; index + 128, apart from the identity's direct
+records of that partition, which it may trail), so re-keying it twice after a crash still
+applies it once.
+
+>>> value = wrap(b"\\x94state", {(1, 0): 41, (2, 3): 7})
+>>> unwrap(value)
+(b'\\x94state', {(1, 0): 41, (2, 3): 7})
+>>> unwrap(b"\\x94legacy")  # written before envelopes: nothing known to be applied
+(b'\\x94legacy', {})
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+__all__ = ["SOURCE_HEADER", "SharedCheckpoint", "Source", "parse_source", "unwrap", "wrap"]
+
+Source = tuple[int, int]  # (topic index, partition)
+
+#: Header on a re-keyed record: where it was first read ("<topic index>:<partition>:<offset>").
+SOURCE_HEADER: Final = "custos.source"
+
+# 0xc1 is the one byte msgpack never uses: a core state (a msgpack array) cannot start with it.
+_MAGIC: Final = b"\xc1"
+_ENTRY: Final = struct.Struct("<BHQ")
+_MAX_ENTRIES: Final = 255
+
+
+def wrap(core: bytes, applied: dict[Source, int]) -> bytes:
+    """The table value: ``core`` state behind the offsets it includes."""
+    if not applied:
+        return core
+    items = sorted(applied.items())[-_MAX_ENTRIES:]
+    head = b"".join(_ENTRY.pack(t, p, o) for (t, p), o in items)
+    return _MAGIC + bytes([len(items)]) + head + core
+
+
+def unwrap(value: bytes) -> tuple[bytes, dict[Source, int]]:
+    """(core state, offsets applied) of a table value."""
+    if not value.startswith(_MAGIC) or len(value) < 2:
+        return value, {}
+    n = value[1]
+    end = 2 + n * _ENTRY.size
+    applied = {(t, p): o for t, p, o in (_ENTRY.unpack_from(value, 2 + i * _ENTRY.size)
+                                         for i in range(n))}  # fmt: skip
+    return value[end:], applied
+
+
+def parse_source(header: bytes | None) -> tuple[Source, int] | None:
+    """The ``custos.source`` header of a re-keyed record, or None."""
+    if not header:
+        return None
+    try:
+        t, p, o = (int(x) for x in header.decode("ascii").split(":"))
+    except ValueError:
+        return None
+    if not (0 <= t < 256 and 0 <= p < 65536 and o >= 0):
+        return None
+    return (t, p), o
+
+
+class SharedCheckpoint:
+    """The shared models' bytes with the input offsets they include, saved atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.blob: bytes | None = None  # the latest snapshot (taken between units of work)
+        self.offsets: dict[Source, int] = {}
+        self._saved: bytes | None = None
+
+    def snapshot(self, blob: bytes, offsets: dict[Source, int]) -> None:
+        self.blob = blob
+        self.offsets = dict(offsets)
+
+    def save(self) -> bool:
+        """Write the latest snapshot (fsync, then rename); False when nothing changed."""
+        if self.blob is None:
+            return False
+        data = msgspec.msgpack.encode(
+            {"shared": self.blob, "offsets": [[t, p, o] for (t, p), o in self.offsets.items()]}
+        )
+        if data == self._saved:
+            return False
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self.path)
+        self._saved = data
+        return True
+
+    def load(self) -> tuple[bytes, dict[Source, int]] | None:
+        """(shared bytes, offsets) of the saved checkpoint, or None."""
+        if not self.path.exists():
+            return None
+        try:
+            d = msgspec.msgpack.decode(self.path.read_bytes())
+            blob = d["shared"]
+            offsets = {(int(t), int(p)): int(o) for t, p, o in d["offsets"]}
+        except (ValueError, TypeError, KeyError, msgspec.DecodeError):
+            return None
+        if not isinstance(blob, bytes):
+            return None
+        self.blob, self.offsets = blob, offsets
+        return blob, offsets
