@@ -22,7 +22,9 @@ route                                      auth     what
 ``POST /revoke``                           token    RFC 7009 (form ``token``): 200 also for an
                                                     unknown or already revoked token
 ``POST /v1/identities/{uid}/revoke``       token    revoke every live credential of ``uid``
-``POST /v1/identities/{uid}/block``        token    quarantine: block issuance (and revoke)
+``POST /v1/identities/{uid}/block``        token    quarantine: block issuance (and revoke);
+                                                    ``revoked_earlier``: what an earlier attempt
+                                                    of the same ``command_id`` revoked
 ``DELETE /v1/identities/{uid}/block``      token    release (``?command_id=`` lifts only the
                                                     block that command created)
 ``GET /v1/identities/{uid}``               token    blocked?, live credentials
@@ -513,12 +515,17 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
         by = require_token(request)
         d = await body(request)
         uid = path_uid(request)
+        command_id = field(d, "command_id", str, None)
         new, ids = broker.block(
             uid, reason=text(d, "reason"), by=by,
             until=field(d, "until", (int, float), None),
-            command_id=field(d, "command_id", str, None), revoke=d.get("revoke", True) is True,
+            command_id=command_id, revoke=d.get("revoke", True) is True,
         )  # fmt: skip
-        return web.json_response({"identity": uid, "newly_blocked": new, "revoked": ids})
+        answer: dict[str, Any] = {"identity": uid, "newly_blocked": new, "revoked": ids}
+        if command_id is not None:  # what an earlier attempt of the same command revoked
+            earlier = broker.registry.revoked_by_command(uid, command_id)
+            answer["revoked_earlier"] = [j for j in earlier if j not in ids]
+        return web.json_response(answer)
 
     @routes.delete("/v1/identities/{uid}/block")
     async def unblock(request: web.Request) -> web.Response:

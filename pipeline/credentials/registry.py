@@ -194,6 +194,18 @@ class Registry:
         )
         return ids
 
+    def revoked_by_command(self, identity: str, command_id: str) -> list[str]:
+        """Credentials of ``identity`` a quarantine command revoked (its block's reason starts
+        ``quarantine <command id> ``): a re-run after a crash reports them as its own."""
+        prefix = f"quarantine {command_id} "
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT jti FROM credentials WHERE sub = ? AND state = 'revoked'"
+                " AND substr(reason, 1, ?) = ?",
+                (identity, len(prefix), prefix),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def live(self, identity: str, now_s: float) -> list[str]:
         with self._lock:
             rows = self._db.execute(

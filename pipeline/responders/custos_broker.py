@@ -6,7 +6,8 @@ with the command id); dry run → ``GET /v1/identities/{uid}`` (what would be re
 that command created, so a stale release cannot end a newer quarantine.
 
 Credentials the command names but the broker no longer holds live count as ``not_found``
-(success: revocation is idempotent).
+(success: revocation is idempotent); those an earlier attempt of the same command revoked (a
+responder killed before it answered) are reported as revoked.
 
 >>> from pipeline.responders.base import Command
 >>> cmd = Command("contain", "r-1", "c-1", "agt-1", "f-1", "misuse", ("cred-1",), 0, 60_000,
@@ -70,6 +71,11 @@ class CustosBrokerAdapter:
         if cmd.dry_run:
             return Outcome(would_revoke=list(doc.get("live", [])), detail="dry run")
         revoked = [str(j) for j in doc.get("revoked", [])]
-        gone = [c for c in cmd.credentials if c not in revoked]
+        # A responder killed after revoking re-runs the command: what its first attempt
+        # revoked is still this command's doing, not "not found".
+        earlier = [str(j) for j in doc.get("revoked_earlier", [])]
+        gone = [c for c in cmd.credentials if c not in revoked and c not in earlier]
         detail = "blocked" if doc.get("newly_blocked") else "block refreshed"
-        return Outcome(revoked=revoked, not_found=gone, detail=detail)
+        if earlier:
+            detail += f"; {len(earlier)} revoked by an earlier attempt of this command"
+        return Outcome(revoked=revoked + earlier, not_found=gone, detail=detail)

@@ -318,7 +318,10 @@ def test_a_responder_killed_before_acking_converges_on_restart(
     final, _ = Responder(adapters, key.public_keys(), store).handle(data, rec)
     assert rec.statuses() == [102, 200]
     got = final["body"]["openc2"]["response"]["results"]["x-custos"]["adapters"]["custos-broker"]
-    assert got["revoked"] == [] and got["not_found"] == [a.claims.jti]  # already revoked: done
+    # Issue 12.7: the first attempt's revocation is reported as this command's, not as
+    # "not found" (the answer an auditor reads must say the credential was revoked).
+    assert got["revoked"] == [a.claims.jti] and got["not_found"] == []
+    assert "earlier attempt" in got["detail"]
 
     # Killed after storing, before the final ack left: the stored answer is sent again.
     def dies_on_the_final_ack(r: dict[str, Any]) -> None:
