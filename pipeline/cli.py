@@ -42,8 +42,33 @@ class _Duration(click.ParamType):
 DURATION = _Duration()
 
 
+#: Kafka principal of each command on a secure managed broker (pipeline.kafka.security): a
+#: process may write only what its service writes. Commands not listed read only (console).
+_PRINCIPALS = {
+    "worker": "worker", "ingest": "worker", "respond": "responder", "audit run": "auditor",
+    "broker": "broker", "simulate": "producer",
+    "quarantine approve": "analyst", "quarantine release": "analyst", "feedback": "analyst",
+    "agent-models register": "analyst", "agent-models approve": "analyst",
+    "agent-models revoke": "analyst", "models promote": "analyst", "models rollback": "analyst",
+    "kafka": "admin", "topics": "admin", "config": "admin", "demo": "admin", "bench": "admin",
+    "bench-response": "admin",
+}  # fmt: skip
+
+
+def _principal(command_path: str) -> str:
+    words = command_path.split()[1:]  # without the program name
+    for n in range(len(words), 0, -1):
+        got = _PRINCIPALS.get(" ".join(words[:n]))
+        if got is not None:
+            return got
+    return "console"
+
+
 def _settings(ctx: click.Context) -> Settings:
-    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())  # type: ignore[no-any-return]
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        obj["settings"] = Settings.from_env().as_principal(_principal(ctx.command_path))
+    return obj["settings"]  # type: ignore[no-any-return]
 
 
 class _Group(click.Group):

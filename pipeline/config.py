@@ -49,11 +49,25 @@ class Settings:
     kafka_libs: str = _setting(
         "", "Cache of the broker jars Maven copies; empty = <home>/kafka/libs"
     )
+    kafka_secure: bool = _setting(
+        False,
+        "Managed broker: TLS on the client listener, SCRAM logins, one principal per Custos "
+        "service and ACLs (custos kafka up creates them; docs/KAFKA-SECURITY.md)",
+    )
+    kafka_principal: str = _setting(
+        "",
+        "Kafka principal of this process on a secure managed broker (worker, responder, "
+        "auditor, broker, producer, analyst, console, admin); empty = the command's own",
+    )
     security_protocol: str = _setting(
         "PLAINTEXT", "Client security protocol for an existing cluster (PLAINTEXT, SASL_SSL...)"
     )
+    sasl_mechanism: str = _setting(
+        "SCRAM-SHA-512", "SASL mechanism for an existing cluster (SCRAM-SHA-512, PLAIN...)"
+    )
     sasl_username: str = _setting("", "SASL username for an existing cluster")
     sasl_password: str = _setting("", "SASL password for an existing cluster", secret=True)
+    ssl_ca_file: str = _setting("", "CA certificate (PEM) the cluster's TLS certificate chains to")
     compression: str = _setting("lz4", "Producer compression (none, gzip, snappy, lz4, zstd)")
 
     # --- Topics ----------------------------------------------------------------------------
@@ -364,20 +378,53 @@ class Settings:
             else self.home_path / "kafka" / "libs"
         )
 
+    def kafka_auth(self) -> KafkaAuth:
+        """How this process authenticates to Kafka (the secure managed broker, or settings).
+
+        On a secure managed broker the principal's password is the file ``custos kafka up``
+        wrote for it (``<home>/kafka/principals/<name>.password``, mode 0600); explicit
+        ``sasl_username`` / ``sasl_password`` win.
+        """
+        if self.managed_broker and self.kafka_secure:
+            principal = self.sasl_username or self.kafka_principal or "admin"
+            password = self.sasl_password
+            if not password:
+                path = self.kafka_security_path / "principals" / f"{principal}.password"
+                try:
+                    password = path.read_text().strip()
+                except OSError:
+                    raise ConfigError(
+                        f"no Kafka password for principal {principal!r} at {path}: run "
+                        "`custos kafka up` (it creates the principals) or set "
+                        "CUSTOS_SASL_USERNAME / CUSTOS_SASL_PASSWORD"
+                    ) from None
+            return KafkaAuth("SASL_SSL", "SCRAM-SHA-512", principal, password,
+                             str(self.kafka_security_path / "tls" / "ca.pem"))  # fmt: skip
+        return KafkaAuth(self.security_protocol, self.sasl_mechanism, self.sasl_username,
+                         self.sasl_password, self.ssl_ca_file)  # fmt: skip
+
     def client_config(self) -> dict[str, str]:
         """librdkafka settings shared by every confluent-kafka client Custos creates."""
         conf = {"bootstrap.servers": self.bootstrap_servers}
-        if self.security_protocol != "PLAINTEXT":
-            conf["security.protocol"] = self.security_protocol
-        if self.sasl_username:
-            conf.update(
-                {
-                    "sasl.mechanisms": "PLAIN",
-                    "sasl.username": self.sasl_username,
-                    "sasl.password": self.sasl_password,
-                }
-            )
+        auth = self.kafka_auth()
+        if auth.protocol != "PLAINTEXT":
+            conf["security.protocol"] = auth.protocol
+        if auth.username:
+            conf.update({"sasl.mechanisms": auth.mechanism, "sasl.username": auth.username,
+                         "sasl.password": auth.password})  # fmt: skip
+        if auth.ca_file:
+            conf["ssl.ca.location"] = auth.ca_file
         return conf
+
+    def as_principal(self, name: str) -> Settings:
+        """These settings for a process running as Kafka principal ``name`` (unless set)."""
+        if self.kafka_principal or self.sasl_username:
+            return self
+        return dataclasses.replace(self, kafka_principal=name)
+
+    @property
+    def kafka_security_path(self) -> Path:
+        return self.home_path / "kafka" / "security"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -399,6 +446,25 @@ class Settings:
             shown = MASK if f.metadata.get("secret") and value else str(value)
             rows.append((f.name, env_var(f.name), shown, str(f.metadata.get("doc", ""))))
         return rows
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaAuth:
+    """Client security for Kafka: protocol, SASL login, CA file (empty strings: none)."""
+
+    protocol: str
+    mechanism: str
+    username: str
+    password: str
+    ca_file: str
+
+    def ssl_context(self) -> Any:
+        """For aiokafka (faust, control-topic readers): None unless TLS is on."""
+        if "SSL" not in self.protocol:
+            return None
+        import ssl
+
+        return ssl.create_default_context(cafile=self.ca_file or None)
 
 
 def env_var(name: str) -> str:

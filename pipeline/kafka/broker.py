@@ -120,30 +120,60 @@ class Broker:
         return cmd
 
     # --- storage ----------------------------------------------------------------------------
-    def render_properties(self) -> str:
+    def render_properties(self, passwords: dict[str, str] | None = None) -> str:
         s = self.settings
-        return Template(PROPERTIES_TEMPLATE.read_text()).substitute(
+        text = Template(PROPERTIES_TEMPLATE.read_text()).substitute(
             host=s.kafka_host,
             port=s.kafka_port,
             controller_port=s.kafka_controller_port,
             log_dirs=self.data_dir,
         )
+        if passwords is None:
+            return text
+        from pipeline.kafka.security import server_properties
+
+        # Later keys win in a Java properties file: the secure listeners replace the plain ones.
+        return text + "\n" + server_properties(s, passwords)
 
     def ensure_storage(self, java: str) -> None:
         """Write server.properties; format the log directory only if it never was."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.properties.write_text(self.render_properties())
-        if (self.data_dir / "meta.properties").exists():
+        passwords = None
+        if self.settings.kafka_secure:
+            from pipeline.kafka.security import ensure_secrets
+
+            passwords = ensure_secrets(self.settings)
+        # The secure form holds the admin password: readable by its owner only.
+        self.properties.unlink(missing_ok=True)
+        fd = os.open(self.properties, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.render_properties(passwords))
+        marker = self.root / "security"
+        formatted = (self.data_dir / "meta.properties").exists()
+        if formatted:
+            was_secure = (marker / "formatted-secure").exists()
+            if was_secure != self.settings.kafka_secure:
+                raise KafkaError(
+                    f"{self.data_dir} was formatted {'with' if was_secure else 'without'} "
+                    f"CUSTOS_KAFKA_SECURE; {'set it again' if was_secure else 'remove the data'}"
+                    " (the admin login is created when the storage is formatted)"
+                )
             return
         cluster_id = new_cluster_id()
+        extra: list[str] = []
+        if passwords is not None:  # the broker's own login must exist before it starts
+            extra = ["--add-scram", f"SCRAM-SHA-512=[name=admin,password={passwords['admin']}]"]
         cmd = self._jvm(
             java, "kafka.tools.StorageTool", "format",
-            "-t", cluster_id, "-c", str(self.properties), "--ignore-formatted",
+            "-t", cluster_id, "-c", str(self.properties), "--ignore-formatted", *extra,
         )  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise KafkaError(f"formatting {self.data_dir} failed:\n{proc.stdout}{proc.stderr}")
+        if passwords is not None:
+            marker.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (marker / "formatted-secure").write_text(cluster_id)
 
     # --- process ----------------------------------------------------------------------------
     def pid(self) -> int | None:
@@ -186,7 +216,12 @@ class Broker:
         if not self.settings.managed_broker:
             raise KafkaError(f"CUSTOS_BOOTSTRAP={self.settings.bootstrap}: not managed here")
         t0 = time.monotonic()
+        if self.settings.kafka_secure:  # logins and TLS files first: even the probe needs them
+            from pipeline.kafka.security import ensure_secrets
+
+            ensure_secrets(self.settings)
         if self.pid() is not None or self.answering() is not None:
+            self._secure()  # principals and ACLs are brought to the plan on every `up`
             return False, 0.0
         self.ensure_jars()
         java = self._java()
@@ -208,12 +243,19 @@ class Broker:
                     f"see {self.server_log} and {self.stdout_file}:\n{self.tail(20)}"
                 )
             if self.answering(timeout=1.0) is not None:
+                self._secure()
                 return True, time.monotonic() - t0
             time.sleep(0.3)
         raise KafkaError(
             f"the broker did not answer on {self.settings.bootstrap_servers} within "
             f"{self.settings.kafka_start_timeout_s:.0f} s; see {self.server_log}:\n{self.tail(20)}"
         )
+
+    def _secure(self) -> None:
+        if self.settings.kafka_secure:
+            from pipeline.kafka.security import apply_acls, ensure_secrets
+
+            apply_acls(self.settings, ensure_secrets(self.settings))
 
     def down(self, timeout: float = 60.0) -> bool:
         """Stop the broker cleanly (SIGTERM = controlled shutdown). False if it was not running."""

@@ -366,6 +366,7 @@ def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faus
     """
     return faust.App(
         settings.app_id,
+        **_faust_auth(settings),
         broker=f"kafka://{settings.bootstrap_servers}",
         store=store,
         datadir=str(data),
@@ -384,6 +385,32 @@ def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faus
         key_serializer="raw",
         value_serializer="raw",
     )
+
+
+def _faust_auth(settings: Settings) -> dict[str, Any]:
+    """faust's ``broker_credentials`` for a secured cluster (nothing for PLAINTEXT)."""
+    auth = settings.kafka_auth()
+    if auth.protocol == "PLAINTEXT":
+        return {}
+    if auth.username:
+        creds: Any = faust.SASLCredentials(username=auth.username, password=auth.password,
+                                           ssl_context=auth.ssl_context(),
+                                           mechanism=auth.mechanism)  # fmt: skip
+    else:
+        creds = faust.SSLCredentials(auth.ssl_context())
+    return {"broker_credentials": creds}
+
+
+def aiokafka_auth(settings: Settings) -> dict[str, Any]:
+    """The same for a plain aiokafka client (control-topic readers)."""
+    auth = settings.kafka_auth()
+    if auth.protocol == "PLAINTEXT":
+        return {}
+    out: dict[str, Any] = {"security_protocol": auth.protocol, "ssl_context": auth.ssl_context()}
+    if auth.username:
+        out.update(sasl_mechanism=auth.mechanism, sasl_plain_username=auth.username,
+                   sasl_plain_password=auth.password)  # fmt: skip
+    return out
 
 
 def create_app(
@@ -820,7 +847,8 @@ async def follow(
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **aiokafka_auth(settings))  # fmt: skip
     await consumer.start()
     try:
         parts = await _partitions(settings, topic)
