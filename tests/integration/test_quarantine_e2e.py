@@ -256,3 +256,87 @@ def test_a_quarantine_that_cannot_be_carried_out_is_dead_lettered_and_alerted(
     statuses = sorted(msgspec.json.decode(m.value())["body"]["openc2"]["response"]["status"]
                       for m in read_all(isolated, isolated.acks_topic, timeout_s=3))  # fmt: skip
     assert statuses == [102, 401, 503]
+
+
+def test_responder_killed_mid_flight_answers_every_command_once_and_truthfully(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    """kill -9 of ``custos respond`` while it works through 120 quarantines (issue 12.3, 12.7):
+    after a restart every command has exactly one final 200, every credential is revoked, and
+    each final answer reports that credential as revoked (not as "not found")."""
+    from pipeline.quarantine.commands import contain, sign
+    from pipeline.quarantine.policy import command_key
+
+    n = 120
+    broker_port = free_port()
+    env = _env(isolated, tmp_path, broker_port=str(broker_port),
+               responder_group=f"e2e-kill-{os.getpid()}-{int(time.time())}")  # fmt: skip
+    logs = {name: open(tmp_path / f"{name}.log", "ab") for name in ("broker", "respond")}
+
+    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=env,
+                                stdout=logs[name], stderr=subprocess.STDOUT)  # fmt: skip
+
+    broker = start("broker", "broker")
+    responder: subprocess.Popen[bytes] | None = None
+    try:
+        base = f"http://127.0.0.1:{broker_port}"
+        _wait(lambda: healthy(base), 30, "broker up")
+        token = (tmp_path / "broker" / "api-token").read_text().strip()
+        home = tmp_path / "home"
+        key = command_key(home / "keys" / "commands.jwk", home / "keys" / "commands.jwks.json")
+        creds: dict[str, str] = {}
+        producer = make_producer(isolated)
+        now = int(time.time() * 1000)
+        for i in range(n):
+            agent = f"agt-kill-{i:02d}"
+            ask = {"agent": agent, "task": "t-1", "step": 1, "scope": ["x"]}
+            code, got = call_json("POST", f"{base}/v1/credentials", token, ask)
+            assert code == 201, got
+            creds[agent] = got["jti"]
+            msg = contain(agent, finding_uid=f"f-kill-{i}", reason="test", duration_ms=3_600_000,
+                          now_ms=now, sender="e2e", credentials=(got["jti"],))  # fmt: skip
+            producer.produce(isolated.quarantine_topic, key=agent.encode(), value=sign(msg, key))
+        assert producer.flush(30) == 0
+        # Kill once some, not all, are answered (each command: HTTP calls, a stored answer,
+        # a synchronous commit).
+        responder = start("respond", "respond")
+
+        def finals() -> list[dict[str, Any]]:
+            docs = [msgspec.json.decode(m.value())
+                    for m in read_all(isolated, isolated.acks_topic, timeout_s=2)]  # fmt: skip
+            return [d for d in docs if d["body"]["openc2"]["response"]["status"] != 102]
+
+        _wait(lambda: len(finals()) >= 10, 90, "first answers")
+        responder.send_signal(signal.SIGKILL)
+        responder.wait(30)
+        killed_at = len(finals())
+        responder = start("respond", "respond")
+        _wait(lambda: len({d["headers"]["request_id"] for d in finals()}) >= n, 120,
+              "every command answered")  # fmt: skip
+        time.sleep(2)
+        answers = finals()
+    finally:
+        for p in (responder, broker):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    by_request: dict[str, list[dict[str, Any]]] = {}
+    for d in answers:
+        by_request.setdefault(d["headers"]["request_id"], []).append(d)
+    print(f"responder kill: {n} commands, {killed_at} answered before the kill, "
+          f"{len(answers)} final answers after the restart")  # fmt: skip
+    assert killed_at < n, "the kill came after the last answer: nothing was in flight"
+    assert len(by_request) == n
+    for rid, got in by_request.items():
+        statuses = {d["body"]["openc2"]["response"]["status"] for d in got}
+        assert statuses == {200}, (rid, statuses)
+        results = got[-1]["body"]["openc2"]["response"]["results"]["x-custos"]
+        broker_result = results["adapters"]["custos-broker"]
+        assert broker_result["revoked"] == [creds[results["identity"]]], broker_result
+        assert broker_result["not_found"] == []
+        # A redelivered command gets the same stored answer, never a second, different one.
+        assert all(d["body"] == got[0]["body"] for d in got), rid
