@@ -492,10 +492,17 @@ def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, 
 
 
 def _analyst_key(settings: Any) -> Any:
-    """The key analysts' decisions are signed with (the local command key; created once)."""
+    """The key registry and model updates are signed with (the local command key)."""
     from pipeline.quarantine.policy import command_key
 
     return command_key(settings.command_key_path, settings.command_jwks_path)
+
+
+def _approver_key(settings: Any) -> Any:
+    """This analyst's own key: approvals, releases and feedback."""
+    from pipeline.responders.setup import analyst_key
+
+    return analyst_key(settings)
 
 
 def _produce_one(settings: Any, topic: str, key: bytes, value: bytes, what: str) -> None:
@@ -512,7 +519,7 @@ def _send_command(settings: Any, key: bytes, message: dict[str, Any], what: str)
     """Sign an analyst's command with the command key and hand it to the responders."""
     from pipeline.quarantine.commands import sign
 
-    signed = sign(message, _analyst_key(settings))
+    signed = sign(message, _approver_key(settings))
     _produce_one(settings, settings.quarantine_topic, key, signed, what)
 
 
@@ -789,7 +796,7 @@ def _send_feedback(ctx: click.Context, **fields: Any) -> None:
         raise click.UsageError(str(exc)) from None
     # Signed with the analyst's command key: workers act on signed, fresh feedback only.
     _produce_one(settings, settings.feedback_topic, fb.identity.encode(),
-                 sign(fb, _analyst_key(settings)), "feedback")  # fmt: skip
+                 sign(fb, _approver_key(settings)), "feedback")  # fmt: skip
     click.echo(f"{fb.action} {fb.identity} ({fb.uid}) sent; the worker's answer and the audit "
                f"record follow on {settings.reports_topic} and {settings.audit_topic}")  # fmt: skip
 

@@ -216,6 +216,16 @@ class Settings:
         "JWKS of keys whose commands responders accept; empty = the public half of "
         "command_key_file, written beside it",
     )
+    analyst_key_file: str = _setting(
+        "",
+        "Private JWK this analyst signs approvals, releases and feedback with; empty = "
+        "<home>/keys/analyst.jwk (generated on first use, mode 0600)",
+    )
+    analyst_trusted_jwks: str = _setting(
+        "",
+        "JWKS of analysts' keys: only their signature makes a contain 'approved'; empty = "
+        "<home>/keys/analysts.jwks.json (the local analyst key is added on first use)",
+    )
 
     # --- Responders (`custos respond`) ------------------------------------------------------------
     responder_group: str = _setting("custos-responders", "Consumer group of the responders")
@@ -345,6 +355,18 @@ class Settings:
         if self.command_trusted_jwks:
             return Path(self.command_trusted_jwks).expanduser()
         return self.command_key_path.with_suffix(".jwks.json")
+
+    @property
+    def analyst_key_path(self) -> Path:
+        if self.analyst_key_file:
+            return Path(self.analyst_key_file).expanduser()
+        return self.home_path / "keys" / "analyst.jwk"
+
+    @property
+    def analyst_jwks_path(self) -> Path:
+        if self.analyst_trusted_jwks:
+            return Path(self.analyst_trusted_jwks).expanduser()
+        return self.home_path / "keys" / "analysts.jwks.json"
 
     @property
     def responder_state_path(self) -> Path:

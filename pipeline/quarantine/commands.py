@@ -202,6 +202,41 @@ def _check_window(req: dict[str, Any], created: int) -> None:
         raise CommandRejected("malformed", f"start_time {start!r:.40} is not its creation time")
 
 
+def _approval_of(req: dict[str, Any]) -> Any:
+    ext = (req.get("args") or {}).get("x-custos") or {}
+    return ext.get("approval", "automatic") if isinstance(ext, dict) else None
+
+
+def _check_approver(
+    data: bytes, message: dict[str, Any], req: dict[str, Any], approvers: KeySet | None,
+    created: int,
+) -> None:  # fmt: skip
+    """An ``approved`` contain carries an analyst's signature (not only the worker's word)."""
+    if approvers is None:
+        raise CommandRejected("unapproved", "no analyst keys are trusted: nobody can approve")
+    try:
+        verify_compact(data, approvers, TYP)
+        return  # signed by an analyst (custos quarantine approve)
+    except SignedMessageError:
+        pass
+    ext = req["args"]["x-custos"]
+    proof = ext.get("approval_proof")
+    if not isinstance(proof, str):
+        raise CommandRejected("unapproved", "approved, but neither signed by an analyst nor "
+                              "carrying an analyst's signed confirmation")  # fmt: skip
+    from pipeline.errors import InvalidEvent
+    from pipeline.feedback import verify as verify_feedback
+
+    try:  # the confirmation must be as fresh as the command it led to
+        fb = verify_feedback(proof.encode("ascii", "replace"), approvers, now_ms=created)
+    except InvalidEvent as exc:
+        raise CommandRejected("unapproved", f"approval proof: {exc}") from None
+    if fb.action != "confirm" or fb.identity != subject_of(message) or fb.by != ext.get(
+        "approved_by"
+    ):
+        raise CommandRejected("unapproved", "the approval proof confirms something else")
+
+
 def _check_approval(req: dict[str, Any]) -> None:
     """Only ``automatic`` and ``approved`` (with who approved) may act.
 
@@ -222,12 +257,21 @@ def _check_approval(req: dict[str, Any]) -> None:
 
 
 def verify(
-    data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = 300_000, executable: bool = True
+    data: bytes,
+    keys: KeySet,
+    *,
+    now_ms: int,
+    max_age_ms: int = 300_000,
+    executable: bool = True,
+    approvers: KeySet | None = None,
 ) -> dict[str, Any]:
     """The message if ``data`` is a valid command, signed by a trusted key and still current.
 
-    ``executable`` (responders): a contain must also be ``automatic`` or ``approved`` by
-    someone, else ``unapproved``; readers of the approvals topic pass False.
+    ``executable`` (responders): a contain must also be ``automatic``, or ``approved`` with an
+    analyst's signature - the command itself signed by a key of ``approvers``, or carrying the
+    analyst's signed confirmation of that identity (``approval_proof``: the worker turns a
+    ``confirm`` feedback into the command) - else ``unapproved``. Readers of the approvals
+    topic pass ``executable=False``.
 
     Current: a ``contain`` until its duration is over (at least ``max_age_ms``), a ``cancel``
     for ``max_age_ms`` after it was created.
@@ -249,6 +293,8 @@ def verify(
         _check_window(req, created)
     if executable and req["action"] == "contain":
         _check_approval(req)
+        if _approval_of(req) == "approved":
+            _check_approver(data, message, req, approvers, created)
     # A contain stays actionable for its own duration: a responder that was down for a while
     # must still carry out a quarantine that is in force (re-applying it is idempotent, and the
     # request-id store answers a replayed one). Anything else - a cancel, above all - must be

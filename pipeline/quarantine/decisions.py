@@ -31,8 +31,14 @@ from pipeline.quarantine.commands import CommandRejected, cancel, request_of, su
 __all__ = ["approve", "describe", "release"]
 
 
-def approve(pending: dict[str, Any], *, by: str, now_ms: int) -> dict[str, Any]:
-    """The approved version of a pending contain command (starts now, for its full duration)."""
+def approve(
+    pending: dict[str, Any], *, by: str, now_ms: int, proof: str | None = None
+) -> dict[str, Any]:
+    """The approved version of a pending contain command (starts now, for its full duration).
+
+    ``proof``: the analyst's signed ``confirm`` feedback when the worker, not the analyst,
+    signs the command (responders check it against the analysts' keys).
+    """
     req = request_of(pending)
     ext = req.get("args", {}).get("x-custos", {})
     if req["action"] != "contain" or ext.get("approval") != "required":
@@ -45,6 +51,8 @@ def approve(pending: dict[str, Any], *, by: str, now_ms: int) -> dict[str, Any]:
     args["start_time"] = now_ms
     args["x-custos"]["approval"] = "approved"
     args["x-custos"]["approved_by"] = by
+    if proof is not None:
+        args["x-custos"]["approval_proof"] = proof
     return out
 
 

@@ -84,7 +84,11 @@ class QuarantinePolicy:
         return text[: self.max_reason_chars]
 
     def commands(
-        self, decisions: Iterable[Decision], now_ms: int, approved_by: str | None = None
+        self,
+        decisions: Iterable[Decision],
+        now_ms: int,
+        approved_by: str | None = None,
+        approval_proof: str | None = None,
     ) -> list[Pending]:
         """Contain commands for the quarantine-worthy decisions.
 
@@ -105,7 +109,7 @@ class QuarantinePolicy:
                 severity_id=d.severity_id, risk_score=round(d.peak_risk),
             )  # fmt: skip
             if approved_by:
-                message = approve(message, by=approved_by, now_ms=now_ms)
+                message = approve(message, by=approved_by, now_ms=now_ms, proof=approval_proof)
                 approval = "approved"
             out.append(Pending(d.identity_uid, message, approval))
         return out

@@ -147,6 +147,7 @@ class Responder:
         attempts: int = 4,
         backoff_s: float = 0.2,
         max_age_ms: int = 300_000,
+        analysts: Callable[[], KeySet | None] = lambda: None,
     ) -> None:
         if not adapters:
             raise ValueError("a responder needs at least one adapter")
@@ -164,6 +165,9 @@ class Responder:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.max_age_ms = max_age_ms
+        # Analysts' keys, looked up per command (a new analyst needs no responder restart):
+        # only their signature makes an "approved" contain executable.
+        self.analysts = analysts
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -173,7 +177,10 @@ class Responder:
         now = self._now_ms()
         digest = hashlib.sha256(value).hexdigest()
         try:
-            message = verify(value, self.keys, now_ms=now, max_age_ms=self.max_age_ms)
+            analysts = self.analysts()
+            keys = self.keys if analysts is None else KeySet([*self.keys.keys, *analysts.keys])
+            message = verify(value, keys, now_ms=now, max_age_ms=self.max_age_ms,
+                             approvers=analysts)  # fmt: skip
             cmd = Command.from_message(message)
         except CommandRejected as exc:
             return self._refuse(value, exc.reason, exc.detail, emit), None
@@ -330,13 +337,13 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     from pipeline.kafka.clients import make_producer
     from pipeline.reports import config_report
     from pipeline.reports import encode as encode_report
-    from pipeline.responders.setup import adapters_from_settings, trusted_keys
+    from pipeline.responders.setup import adapters_from_settings, analyst_keys, trusted_keys
 
     store = ResponseStore(settings.responder_state_path / "responses.sqlite3")
     responder = Responder(
         adapters_from_settings(settings), trusted_keys(settings), store,
         sender=settings.responder_id, attempts=settings.responder_attempts,
-        backoff_s=settings.responder_backoff_s,
+        backoff_s=settings.responder_backoff_s, analysts=lambda: analyst_keys(settings),
     )  # fmt: skip
     producer = make_producer(settings)
     # The configuration this responder runs with (secrets masked), for the audit log.

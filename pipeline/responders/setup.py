@@ -10,7 +10,9 @@ from joserfc.jwk import KeySet
 from pipeline.errors import ConfigError
 from pipeline.responders.base import Adapter
 
-__all__ = ["adapters_from_settings", "trusted_keys"]
+__all__ = [
+    "adapters_from_settings", "analyst_key", "analyst_keys", "trusted_keys", "with_analysts",
+]  # fmt: skip
 
 
 def trusted_keys(settings: Any) -> KeySet:
@@ -25,6 +27,45 @@ def trusted_keys(settings: Any) -> KeySet:
         return KeySet.import_key_set(msgspec.json.decode(path.read_bytes()))
     except (ValueError, msgspec.DecodeError) as exc:
         raise ConfigError(f"unreadable JWKS {path}: {exc}") from None
+
+
+def analyst_keys(settings: Any) -> KeySet | None:
+    """The JWKS of analysts (``analyst_trusted_jwks``); None when there is none yet."""
+    path = settings.analyst_jwks_path
+    if not path.exists():
+        return None
+    try:
+        return KeySet.import_key_set(msgspec.json.decode(path.read_bytes()))
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"unreadable JWKS {path}: {exc}") from None
+
+
+def analyst_key(settings: Any) -> Any:
+    """This analyst's own key (``analyst_key_file``; created once, mode 0600).
+
+    Its public half is added to the analysts' JWKS (``analyst_trusted_jwks``) that responders
+    and workers trust: convenient on one machine; in production whoever admits analysts
+    lists their keys there, not the analysts themselves.
+    """
+    from pipeline.credentials.tokens import SigningKey
+
+    key = SigningKey.load_or_create(settings.analyst_key_path)
+    path = settings.analyst_jwks_path
+    known = msgspec.json.decode(path.read_bytes()) if path.exists() else {"keys": []}
+    if not any(k.get("kid") == key.kid for k in known.get("keys", [])):
+        known["keys"] = [*known.get("keys", []), *key.jwks()["keys"]]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(known))
+        tmp.replace(path)
+    return key
+
+
+def with_analysts(commands: KeySet, analysts: KeySet | None) -> KeySet:
+    """Command keys and analysts' keys together (who may sign a message at all)."""
+    if analysts is None:
+        return commands
+    return KeySet([*commands.keys, *analysts.keys])
 
 
 def adapters_from_settings(settings: Any) -> list[Adapter]:

@@ -50,6 +50,7 @@ from pipeline.quarantine.commands import sign as sign_command
 from pipeline.quarantine.policy import QuarantinePolicy, command_key
 from pipeline.reports import Report, config_report
 from pipeline.reports import encode as encode_report
+from pipeline.responders.setup import analyst_keys, with_analysts
 from pipeline.responders.setup import trusted_keys as trusted_command_keys
 from pipeline.schemas import Event, EventDecoder
 from pipeline.scoring import Detection
@@ -530,8 +531,9 @@ def create_app(
             changelog_known = True
 
     async def publish(
-        out: Outbox, decisions: list[Decision], approved_by: str | None = None
-    ) -> None:
+        out: Outbox, decisions: list[Decision], approved_by: str | None = None,
+        proof: str | None = None,
+    ) -> None:  # fmt: skip
         """Queue findings, then commands, on ``out`` (counted once delivered)."""
         findings = alerts_n = quarantines = approvals = 0
         for d in decisions:
@@ -541,7 +543,8 @@ def create_app(
             alerts_n += int(d.is_alert and d.action == "create")
         now_ms = int(time.time() * 1000)
         # An analyst's confirmation is the human approval: such commands never wait.
-        commands = quarantine.commands(decisions, now_ms, approved_by=approved_by)
+        commands = quarantine.commands(decisions, now_ms, approved_by=approved_by,
+                                       approval_proof=proof)  # fmt: skip
         if commands:
             # The findings first, acknowledged: no quarantine without its finding on record
             # (a responder or analyst looks it up when the command arrives).
@@ -701,7 +704,7 @@ def create_app(
             keys: KeySet | None = None
             missing = ""
             try:  # read per batch, not per message: keys rotate, but not that often
-                keys = trusted_command_keys(settings)
+                keys = with_analysts(trusted_command_keys(settings), analyst_keys(settings))
             except ConfigError as exc:  # no trusted keys: nobody's feedback counts
                 missing = str(exc)
             for event in batch:
@@ -726,7 +729,10 @@ def create_app(
         store.remember(fb.identity, event, {})
         staged = Staged(store)
         outcome, decisions = detection.apply_feedback(fb, staged)
-        await publish(out, decisions, approved_by=fb.by if fb.action == "confirm" else None)
+        confirm = fb.action == "confirm"
+        # The analyst's signed confirmation travels with the command it approves.
+        await publish(out, decisions, approved_by=fb.by if confirm else None,
+                      proof=(event.value or b"").decode("ascii", "replace") if confirm else None)
         cancel = release_message(fb, outcome, now_ms)
         if cancel is not None:
             signed = sign_command(cancel, command_signer)

@@ -16,14 +16,14 @@ from pipeline.config import Settings
 from pipeline.feedback import Feedback, encode, sign
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.quarantine.commands import verify
-from pipeline.quarantine.policy import command_key
+from pipeline.responders.setup import analyst_key, analyst_keys, with_analysts
 from tests.integration.test_model_swap import _finding, _reports
 from tests.integration.test_worker import AGENT, STRANGER, _agent_call, _env, _produce, _start
 
 
 def _send(settings: Settings, fb: Feedback) -> None:
-    """Signed with the analysts' command key, which the worker trusts (shared home)."""
-    key = command_key(settings.command_key_path, settings.command_jwks_path)
+    """Signed with the analyst's own key, which the worker trusts (shared home)."""
+    key = analyst_key(settings)
     producer = make_producer(settings)
     producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=sign(fb, key))
     assert producer.flush(30) == 0
@@ -36,7 +36,10 @@ def _commands(settings: Settings, pred: Any, timeout: float = 60) -> dict[str, A
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for m in read_all(settings, settings.quarantine_topic, timeout_s=3):
-            c = verify(m.value(), jwks, now_ms=int(time.time() * 1000), max_age_ms=10**9)
+            # As a responder would: an approved contain needs the analyst's signed proof.
+            c = verify(m.value(), with_analysts(jwks, analyst_keys(settings)),
+                       now_ms=int(time.time() * 1000), max_age_ms=10**9,
+                       approvers=analyst_keys(settings))  # fmt: skip
             if pred(c["body"]["openc2"]["request"]):
                 return c  # type: ignore[no-any-return]
         time.sleep(0.5)

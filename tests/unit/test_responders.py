@@ -237,10 +237,58 @@ def test_contain_waiting_for_an_analyst_is_never_executed(
         assert rec.out == [final]  # no 102: nothing was started
     assert broker.registry.blocked("agt-1", time.time()) is None
     assert broker.check(live.credential, agent="agt-1", operation="crm.read")
+    approved = approve(pending, by="analyst:alice", now_ms=now)
+
+    def code(message: dict[str, Any], signer: SigningKey, r: Responder = responder) -> Any:
+        final, _ = r.handle(sign(message, signer), Recorder())
+        results = final["body"]["openc2"]["response"]["results"].get("x-custos", {})
+        return status_of(final), results.get("rejected")
+
+    # "approved" in the worker's own hand is not an approval: an analyst must have signed.
+    assert code(approved, key) == (403, "unapproved")
+    alice = SigningKey.generate("analyst-alice")
+    with_alice = _responder(url, key, analysts=alice.public_keys)
+    assert code(approved, key, with_alice) == (403, "unapproved")
+    assert broker.registry.blocked("agt-1", time.time()) is None
     # The analyst's approval of the same command is carried out.
-    final, _ = responder.handle(sign(approve(pending, by="analyst:alice", now_ms=now), key),
-                                Recorder())  # fmt: skip
-    assert status_of(final) == 200 and broker.registry.blocked("agt-1", time.time()) is not None
+    assert code(approved, alice, with_alice) == (200, None)
+    assert broker.registry.blocked("agt-1", time.time()) is not None
+
+
+def test_an_analysts_signed_confirmation_approves_the_workers_command(
+    live_broker: tuple[CredentialBroker, str],
+) -> None:
+    """``custos feedback confirm``: the worker signs the command and carries the proof."""
+    from pipeline.feedback import Feedback
+    from pipeline.feedback import sign as sign_feedback
+    from pipeline.quarantine.decisions import approve
+
+    broker, url = live_broker
+    worker, alice = SigningKey.generate("w1"), SigningKey.generate("analyst-alice")
+    responder = _responder(url, worker, analysts=alice.public_keys)
+    now = int(time.time() * 1000)
+
+    def proof(identity: str, signer: SigningKey, action: str = "confirm") -> str:
+        fb = Feedback(uid=f"fb-{identity}-{action}", action=action, identity=identity,  # type: ignore[arg-type]
+                      by="analyst:alice", reason="owner never did this", at_ms=now)  # fmt: skip
+        return sign_feedback(fb, signer).decode()
+
+    def attempt(identity: str, token: str) -> tuple[int, Any]:
+        pending = contain(identity, finding_uid=f"f-{identity}", reason="r", duration_ms=60_000,
+                          now_ms=now, sender="custos-worker", approval="required")  # fmt: skip
+        message = approve(pending, by="analyst:alice", now_ms=now, proof=token)
+        final, _ = responder.handle(sign(message, worker), Recorder())
+        return status_of(final), final["body"]["openc2"]["response"]["results"].get(
+            "x-custos", {}).get("rejected")  # fmt: skip
+
+    assert attempt("agt-1", proof("agt-1", alice)) == (200, None)
+    assert attempt("agt-2", proof("agt-2", worker)) == (403, "unapproved")  # not an analyst's
+    assert attempt("agt-3", proof("agt-other", alice)) == (403, "unapproved")  # someone else
+    assert attempt("agt-4", proof("agt-4", alice, "release")) == (403, "unapproved")
+    assert attempt("agt-5", "not-a-jws") == (403, "unapproved")
+    blocked = {a for a in ("agt-1", "agt-2", "agt-3", "agt-4", "agt-5")
+               if broker.registry.blocked(a, time.time())}  # fmt: skip
+    assert blocked == {"agt-1"}
 
 
 def test_release_lifts_only_its_own_block(live_broker: tuple[CredentialBroker, str]) -> None:
