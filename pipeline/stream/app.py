@@ -461,6 +461,12 @@ def create_app(
     app = faust_app(settings, data, store_url)
     app.sensors.add(_SendErrors(die))
     app.sensors.add(_Checkpoints(checkpoint))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _final_checkpoint(app: Any, *args: Any, **kwargs: Any) -> None:
+        # A clean stop keeps the shared models up to the last unit of work, whether or not
+        # faust commits once more on its way down.
+        checkpoint.save()
     # One unit of work at a time (a batch, signals, feedback, a tick): its state is staged
     # while its outputs are delivered, and no other unit may read the identity meanwhile.
     work = asyncio.Lock()
