@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.directory import Directory
-from pipeline.feedback import Schedule
+from pipeline.engine import Engine
 from pipeline.feedback import read as read_feedback
 from pipeline.schemas import Event
 from pipeline.scoring import BatchResult, Detection
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
     from pipeline.config import Settings
     from pipeline.feedback import Feedback
     from pipeline.models.registry import Loaded
-    from pipeline.policy import Decision
 
 __all__ = [
     "AlertRecord",
@@ -95,7 +94,8 @@ def run_offline(
     swap_after: int = 0,
     feedback: Iterable[Feedback] = (),
 ) -> Iterator[tuple[list[Event], BatchResult]]:
-    """Feed events (in the given order) through ``detection`` in micro-batches.
+    """Feed events (in the given order) through ``detection`` in micro-batches
+    (:class:`pipeline.engine.Engine`, the loop replay runs too).
 
     ``feedback``: analyst decisions applied before the first batch that starts at or after
     each one's ``at_ms`` (as :func:`pipeline.replay.replay` does); their findings come with
@@ -105,40 +105,13 @@ def run_offline(
     batch boundary where at least ``swap_after`` events have been fed (as a worker adopts a
     promoted model after its warm-up).
     """
-    store: dict[str, bytes] = {}
-    buf: list[Event] = []
-    fed = 0
-    pending = swap_in
-    schedule = Schedule(feedback)
+    pending = [swap_in] if swap_in is not None else []
 
-    def apply_feedback(until_ms: int | None) -> list[Decision]:
-        return [d for fb in schedule.due(until_ms) for d in detection.apply_feedback(fb, store)[1]]
+    def swap(engine: Engine) -> None:
+        if pending and engine.fed >= swap_after:
+            detection.swap_model(pending.pop())
 
-    def run(events: list[Event]) -> BatchResult:
-        nonlocal fed, pending
-        if pending is not None and fed >= swap_after:
-            detection.swap_model(pending)
-            pending = None
-        earlier = apply_feedback(events[0].time_ms) if schedule else []
-        result = detection.process(events, store)
-        result.decisions[:0] = earlier
-        fed += len(events)
-        if result.signals:  # the worker routes these through Kafka to the owning partition
-            result.decisions.extend(detection.apply_signals(result.signals, store))
-        return result
-
-    for ev in events:
-        buf.append(ev)
-        if len(buf) >= batch:
-            yield buf, run(buf)
-            buf = []
-    if buf:
-        yield buf, run(buf)
-    late = apply_feedback(None)
-    if detection.watermark_ms:
-        late += detection.tick(detection.watermark_ms, store)
-    if late:
-        yield [], BatchResult(decisions=late)
+    yield from Engine(detection, feedback=feedback).run(events, batch, before=swap)
 
 
 # --- small statistics ----------------------------------------------------------------------------

@@ -35,9 +35,10 @@ import msgspec
 import numpy as np
 
 from pipeline.config import Settings
+from pipeline.engine import Engine
 from pipeline.errors import InvalidEvent
 from pipeline.explanations import Score
-from pipeline.feedback import Schedule, release_message
+from pipeline.feedback import Feedback, FeedbackOutcome, release_message
 from pipeline.feedback import read as read_feedback
 from pipeline.findings import build_finding, encode_finding
 from pipeline.models.runtime import ModelRuntime
@@ -170,27 +171,25 @@ def replay(
     decoder = EventDecoder(max_future_skew_ms=10**13)
     res = ReplayResult()
     outs = _Outputs(out)
-    store: dict[str, bytes] = {}
 
     def report(r: Report) -> None:
         outs.reports.write(encode_report(r) + b"\n")
 
-    schedule = Schedule(read_feedback(feedback_path) if feedback_path is not None else ())
+    def on_feedback(fb: Feedback, outcome: FeedbackOutcome, decisions: list[Decision]) -> None:
+        res.feedback += 1
+        publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
+        cancel = release_message(fb, outcome, fb.at_ms)
+        if cancel is not None:
+            line = {"topic": "quarantine", "identity": fb.identity, "approval": "analyst",
+                    "command": cancel}  # fmt: skip
+            outs.quarantine.write(msgspec.json.encode(line) + b"\n")
+            res.commands += 1
+        kind = f"feedback.{outcome.outcome}"
+        report(Report(kind, "replay", fb.at_ms, subject=fb.identity, reason=fb.action,
+                      detail=outcome.detail))  # fmt: skip
 
-    def apply_feedback_until(t_ms: int | None) -> None:
-        for fb in schedule.due(t_ms):
-            outcome, decisions = detection.apply_feedback(fb, store)
-            res.feedback += 1
-            publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
-            cancel = release_message(fb, outcome, fb.at_ms)
-            if cancel is not None:
-                line = {"topic": "quarantine", "identity": fb.identity, "approval": "analyst",
-                        "command": cancel}  # fmt: skip
-                outs.quarantine.write(msgspec.json.encode(line) + b"\n")
-                res.commands += 1
-            kind = f"feedback.{outcome.outcome}"
-            report(Report(kind, "replay", fb.at_ms, subject=fb.identity, reason=fb.action,
-                          detail=outcome.detail))  # fmt: skip
+    engine = Engine(detection, feedback=read_feedback(feedback_path) if feedback_path else (),
+                    on_feedback=on_feedback)  # fmt: skip
 
     def publish(decisions: list[Decision], approved_by: str | None = None) -> None:
         for d in decisions:
@@ -229,25 +228,17 @@ def replay(
                     ).encode() + b"\n"
                 )  # fmt: skip
         valid.sort(key=lambda e: e.time_ms)  # stable: ties keep file order
-        batch = settings.worker_batch
-        for i in range(0, len(valid), batch):
-            apply_feedback_until(valid[i].time_ms)
-            result = detection.process(valid[i : i + batch], store)
+        for chunk, result in engine.run(valid, settings.worker_batch):
             for s in result.scores:
                 _score_row(outs.rows, s)
             if result.rows is not None:
                 outs.features.append(result.rows.astype(np.float32))
             res.scored += len(result.scores)
-            decisions = result.decisions
-            if result.signals:  # the worker routes these through <app>-signals
-                decisions = decisions + detection.apply_signals(result.signals, store)
-            publish(decisions)
-            adopted = runtime.maybe_adopt(detection)
-            if adopted is not None:
-                report(adopted)
-        apply_feedback_until(None)
-        if detection.watermark_ms:
-            publish(detection.tick(detection.watermark_ms, store))
+            publish(result.decisions)
+            if chunk:  # a model is adopted at a batch boundary, as the worker does
+                adopted = runtime.maybe_adopt(detection)
+                if adopted is not None:
+                    report(adopted)
         if res.scored + res.dead != res.events:  # every record is scored or dead-lettered
             raise RuntimeError(f"replay lost records: {res.events} read, {res.scored} scored, "
                                f"{res.dead} dead-lettered")  # fmt: skip
