@@ -2,9 +2,10 @@
 
 Pure code: no Kafka, no files. :class:`Engine` drives a :class:`~pipeline.scoring.Detection`
 over micro-batches with the per-identity state in any ``str → bytes`` mapping. ``custos replay``
-(files out), ``custos evaluate``, training and the notebooks (memory) all run it; the worker
-runs the same :meth:`Detection.process` per batch but routes signals and feedback through Kafka
-topics to the worker owning each identity (the parity test checks both give the same findings).
+(files out), ``custos evaluate``, training and the notebooks (memory) run its loop
+(:meth:`Engine.run`); the worker calls its steps one unit of work at a time (:meth:`step` with
+signals routed through Kafka to the worker owning each identity, :meth:`signals`,
+:meth:`feedback`, :meth:`tick`); the parity test checks both give the same findings.
 
 Per batch, in order: analyst feedback whose time has come (before the first batch that starts
 at or after its ``at_ms``), the batch itself, the signals it raised about other identities
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 
+from pipeline.explanations import Signal
 from pipeline.feedback import Feedback, FeedbackOutcome, Schedule
 from pipeline.policy import Decision
 from pipeline.schemas import Event
@@ -58,22 +60,50 @@ class Engine:
                 out.extend(decisions)
         return out
 
-    def step(self, events: Sequence[Event]) -> BatchResult:
-        """One micro-batch (non-empty): feedback due, detection, the signals it raised."""
+    def step(
+        self,
+        events: Sequence[Event],
+        store: MutableMapping[str, bytes] | None = None,
+        *,
+        route_signals: bool = False,
+    ) -> BatchResult:
+        """One micro-batch (non-empty): feedback due, detection, the signals it raised.
+
+        ``store``: this batch's state view (the worker stages writes until its outputs are
+        delivered); ``route_signals``: leave ``result.signals`` to the caller, which sends
+        each to the worker owning its identity, instead of applying them here.
+        """
+        store = self.store if store is None else store
         earlier = self._feedback_until(events[0].time_ms) if self.schedule else []
-        result = self.detection.process(events, self.store)
+        result = self.detection.process(events, store)
         self.fed += len(events)
         result.decisions[:0] = earlier
-        if result.signals:  # the worker routes these through Kafka to the owning partition
-            result.decisions.extend(self.detection.apply_signals(result.signals, self.store))
+        if result.signals and not route_signals:
+            result.decisions.extend(self.detection.apply_signals(result.signals, store))
         return result
+
+    def signals(
+        self, signals: Sequence[Signal], store: MutableMapping[str, bytes] | None = None
+    ) -> list[Decision]:
+        """Evidence about identities this process owns, raised elsewhere (routed signals)."""
+        return self.detection.apply_signals(list(signals), self.store if store is None else store)
+
+    def feedback(
+        self, fb: Feedback, store: MutableMapping[str, bytes] | None = None
+    ) -> tuple[FeedbackOutcome, list[Decision]]:
+        """One analyst decision as it arrives (the worker's feedback topic)."""
+        return self.detection.apply_feedback(fb, self.store if store is None else store)
+
+    def tick(self, store: MutableMapping[str, bytes] | None = None) -> list[Decision]:
+        """Close quiet incidents as of the last event time."""
+        if not self.detection.watermark_ms:
+            return []
+        return self.detection.tick(self.detection.watermark_ms,
+                                   self.store if store is None else store)  # fmt: skip
 
     def finish(self) -> list[Decision]:
         """Feedback still due, then a tick at the last event time (quiet incidents close)."""
-        late = self._feedback_until(None)
-        if self.detection.watermark_ms:
-            late += self.detection.tick(self.detection.watermark_ms, self.store)
-        return late
+        return self._feedback_until(None) + self.tick()
 
     def run(
         self,

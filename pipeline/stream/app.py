@@ -38,6 +38,7 @@ from pipeline.agent_models import AgentModelRegistry, InvalidAgentModelUpdate
 from pipeline.agent_models import verify_update as verify_agent_model_update
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetter, dead_letter
+from pipeline.engine import Engine
 from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.explanations import Signal
 from pipeline.feedback import release_message
@@ -458,6 +459,7 @@ def create_app(
                                         for x in detection.policy.suppressions]},
         ))  # fmt: skip
 
+    engine = Engine(detection)  # every unit of work below is one engine call
     app = faust_app(settings, data, store_url)
     app.sensors.add(_SendErrors(die))
     app.sensors.add(_Checkpoints(checkpoint))
@@ -634,7 +636,7 @@ def create_app(
         if again:
             # The shared models (peers, detector, calibrators) learn these once; the identity
             # states and outputs of this pass are thrown away: they were written before.
-            detection.process(again, Staged(store))
+            engine.step(again, Staged(store), route_signals=True)
             log.info("%d re-read events applied to the shared models only", len(again))
         if not valid:
             await finish(out)
@@ -642,7 +644,7 @@ def create_app(
             return
         staged = Staged(store)
         t0 = time.perf_counter()
-        result = detection.process(valid, staged)
+        result = engine.step(valid, staged, route_signals=True)
         stats.score_seconds += time.perf_counter() - t0
         if settings.emit_scores:
             for s in result.scores:
@@ -698,7 +700,7 @@ def create_app(
                     signals.append(sig)
                 out = Outbox(settings.worker_send_timeout_s, die)
                 staged = Staged(store)
-                await publish(out, detection.apply_signals(signals, staged))
+                await publish(out, engine.signals(signals, staged))
                 store.events = mine
                 store.marks = {uid: applied[uid] for uid in mine}
                 await finish(out, staged)
@@ -734,7 +736,7 @@ def create_app(
             return
         store.remember(fb.identity, event, {})
         staged = Staged(store)
-        outcome, decisions = detection.apply_feedback(fb, staged)
+        outcome, decisions = engine.feedback(fb, staged)
         confirm = fb.action == "confirm"
         # The analyst's signed confirmation travels with the command it approves.
         await publish(out, decisions, approved_by=fb.by if confirm else None,
@@ -828,7 +830,7 @@ def create_app(
             async with work:
                 out = Outbox(settings.worker_send_timeout_s, die)
                 staged = Staged(store)
-                await publish(out, detection.tick(detection.watermark_ms, staged))
+                await publish(out, engine.tick(staged))
                 store.events = {}  # writes go by the key's partition (no batch is running)
                 await finish(out, staged)
                 snapshot({})
