@@ -43,6 +43,7 @@ from joserfc.jwk import KeySet
 from msgspec import Meta
 
 from pipeline.credentials.tokens import (
+    FEEDBACK_TYP,
     SignedMessageError,
     SigningKey,
     sign_compact,
@@ -165,7 +166,6 @@ def encode(fb: Feedback) -> bytes:
     return msgspec.json.encode(fb)
 
 
-FEEDBACK_TYP: Final = "custos-feedback+jws"
 MAX_AGE_MS: Final = 300_000
 
 

@@ -34,6 +34,7 @@ import msgspec
 from joserfc.jwk import KeySet
 
 from pipeline.credentials.tokens import (
+    FEEDBACK_TYP,
     SignedMessageError,
     SigningKey,
     sign_compact,
@@ -224,17 +225,28 @@ def _check_approver(
     if not isinstance(proof, str):
         raise CommandRejected("unapproved", "approved, but neither signed by an analyst nor "
                               "carrying an analyst's signed confirmation")  # fmt: skip
-    from pipeline.errors import InvalidEvent
-    from pipeline.feedback import verify as verify_feedback
-
-    try:  # the confirmation must be as fresh as the command it led to
-        fb = verify_feedback(proof.encode("ascii", "replace"), approvers, now_ms=created)
-    except InvalidEvent as exc:
+    try:
+        fb = msgspec.json.decode(
+            verify_compact(proof.encode("ascii", "replace"), approvers, FEEDBACK_TYP),
+            type=_Confirmation,
+        )
+    except (SignedMessageError, msgspec.DecodeError) as exc:
         raise CommandRejected("unapproved", f"approval proof: {exc}") from None
+    if abs(created - fb.at_ms) > MAX_SKEW_MS:  # as fresh as the command it led to
+        raise CommandRejected("unapproved", "the approval proof is not from this decision")
     if fb.action != "confirm" or fb.identity != subject_of(message) or fb.by != ext.get(
         "approved_by"
     ):
         raise CommandRejected("unapproved", "the approval proof confirms something else")
+
+
+class _Confirmation(msgspec.Struct):
+    """What an approval proof must say (a signed ``custos.feedback`` message, pipeline.feedback)."""
+
+    action: str
+    identity: str
+    by: str
+    at_ms: int
 
 
 def _check_approval(req: dict[str, Any]) -> None:
