@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
-from pipeline.localhost import free_port
+from pipeline.ops.localhost import free_port
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pipeline.audit.log import AuditLog
-from pipeline.keys import load_or_create, load_public, public_path
+from pipeline.control.keys import load_or_create, load_public, public_path
 
 __all__ = ["audit_keys", "load_public", "public_key_path", "read_log", "record_for", "run_auditor"]
 

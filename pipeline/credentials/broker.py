@@ -312,7 +312,7 @@ def load_api_token(settings: Settings) -> str:
     return token
 
 
-_MAX_NAME_CHARS = 1024  # as the input contract (pipeline.schemas): ids end up in events
+_MAX_NAME_CHARS = 1024  # as the input contract (pipeline.events.schemas): ids end up in events
 _MAX_TEXT_CHARS = 1000
 _MAX_TOKEN_CHARS = 16_384
 _MAX_INT = 2**31 - 1  # steps, ceilings, TTLs, times in s: SQLite INTEGER and JSON safe
@@ -560,9 +560,9 @@ def run_broker(settings: Settings) -> None:
 
     if not ipaddress.ip_address(settings.broker_host).is_loopback:
         raise ConfigError(f"broker_host {settings.broker_host} is not a loopback address")
+    from pipeline.control.reports import config_report, encode
     from pipeline.credentials.rejections import KafkaRejectionSink
     from pipeline.kafka.clients import make_producer
-    from pipeline.reports import config_report, encode
 
     sink = KafkaRejectionSink(settings)
     # The configuration this broker runs with (secrets masked), for the audit log.

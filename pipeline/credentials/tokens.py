@@ -52,7 +52,7 @@ __all__ = [
 
 ALG: Final = "Ed25519"  # RFC 9864: the fully-specified successor of "EdDSA" with Ed25519
 TYP: Final = "custos-task+jwt"  # explicit type (RFC 8725 §3.11): not confusable with other JWTs
-#: Analyst feedback on custos.feedback (pipeline.feedback); also checked inside an approved
+#: Analyst feedback on custos.feedback (pipeline.control.feedback); also checked inside an approved
 #: contain command, whose proof it is (pipeline.quarantine.commands).
 FEEDBACK_TYP: Final = "custos-feedback+jws"
 

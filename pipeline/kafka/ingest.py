@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from pipeline.config import Settings
-from pipeline.deadletter import ReasonCounter, dead_letter
 from pipeline.errors import InvalidEvent, KafkaError
+from pipeline.events.deadletter import ReasonCounter, dead_letter
+from pipeline.events.schemas import Event, EventDecoder
 from pipeline.kafka.clients import make_consumer, make_producer
-from pipeline.schemas import Event, EventDecoder
 
 
 @dataclass

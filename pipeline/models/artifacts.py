@@ -2,7 +2,7 @@
 
 Two kinds, named by the manifest's ``kind``:
 
-* ``loda`` - Custos's online detector (:class:`pipeline.detectors.Loda`) and calibrator, as
+* ``loda`` - Custos's online detector (:class:`pipeline.scores.detectors.Loda`) and calibrator, as
   msgpack of plain numbers and byte strings. Loaded, it keeps learning online in the worker.
 * ``sklearn`` - any scikit-learn estimator with ``score_samples`` (higher = more normal, e.g.
   IsolationForest) in skops format. Loading refuses every type outside a short allow-list
@@ -13,7 +13,7 @@ Both carry the calibrator's recent raw scores, so calibrated scores (and with th
 thresholds) mean the same from the first event after a swap.
 
 >>> import numpy as np
->>> from pipeline.detectors import Loda, TailCalibrator
+>>> from pipeline.scores.detectors import Loda, TailCalibrator
 >>> det, cal = Loda(n_features=3, seed=1), TailCalibrator(size=500, refresh=100)
 >>> det.learn_many(np.random.default_rng(0).uniform(0, 0.1, (500, 3)))
 >>> cal.learn_many(det.score_many(np.random.default_rng(1).uniform(0, 0.1, (500, 3))))
@@ -35,10 +35,10 @@ from typing import Any, Final, Protocol
 import msgspec
 import numpy as np
 
-from pipeline.detectors import FloatArray, Loda, TailCalibrator
-from pipeline.detectors import dumps as dump_state
-from pipeline.detectors import loads as load_state
 from pipeline.models.manifest import ModelRefused
+from pipeline.scores.detectors import FloatArray, Loda, TailCalibrator
+from pipeline.scores.detectors import dumps as dump_state
+from pipeline.scores.detectors import loads as load_state
 
 __all__ = [
     "SKOPS_ALLOWED",
@@ -56,7 +56,7 @@ SKOPS_ALLOWED: Final = frozenset({"sklearn.tree._tree.Tree"})
 
 
 class SharedDetector(Protocol):
-    """What :class:`pipeline.scoring.Detection` needs from its shared detector."""
+    """What :class:`pipeline.scores.scoring.Detection` needs from its shared detector."""
 
     def score_many(self, x: FloatArray) -> FloatArray: ...
     def learn_many(self, x: FloatArray) -> None: ...

@@ -37,8 +37,8 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from pipeline.control.keys import key_id
 from pipeline.errors import CustosError
-from pipeline.keys import key_id
 
 __all__ = [
     "Manifest",
@@ -116,8 +116,8 @@ def feature_schema() -> str:
 
     A model trained on other inputs (renamed, added, reordered deviations) must not be loaded.
     """
-    from pipeline.baselines import DEVIATIONS
-    from pipeline.features import FEATURE_SCHEMA_VERSION
+    from pipeline.baselines.baselines import DEVIATIONS
+    from pipeline.baselines.features import FEATURE_SCHEMA_VERSION
 
     names = hashlib.sha256(",".join(DEVIATIONS).encode()).hexdigest()[:12]
     return f"custos.deviations/{FEATURE_SCHEMA_VERSION}/{len(DEVIATIONS)}/{names}"

@@ -270,7 +270,7 @@ def trusted_model_keys(
     registry_root: Path, extra: Iterable[Path] = (), local: Ed25519PublicKey | None = None
 ) -> dict[str, Ed25519PublicKey]:
     """Keys trusted to sign models: the registry's ``keys/*.pub.pem``, ``extra``, ``local``."""
-    from pipeline.keys import load_public
+    from pipeline.control.keys import load_public
 
     keys = [load_public(p) for p in sorted((registry_root / "keys").glob("*.pub.pem"))]
     keys += [load_public(Path(p)) for p in extra]

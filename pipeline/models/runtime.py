@@ -1,7 +1,7 @@
 """Which model a running worker scores with, and how it changes: verified loads, hot swaps.
 
 Pure of Kafka and faust: the worker feeds it the bytes of ``custos.models`` announcements and
-publishes the :class:`~pipeline.reports.Report` s it returns; tests and notebooks call it
+publishes the :class:`~pipeline.control.reports.Report` s it returns; tests and notebooks call it
 directly. Every path either swaps in a fully verified model or keeps the current one and says
 why (``model.refused``): a worker never scores with an unverified model, and never stops
 scoring because a new one is bad.
@@ -20,18 +20,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
+from pipeline.control.reports import Report
 from pipeline.credentials.tokens import (
     SignedMessageError,
     SigningKey,
     sign_compact,
     verify_compact,
 )
-from pipeline.detectors import TailCalibrator
 from pipeline.errors import ConfigError
 from pipeline.models.manifest import ModelRefused
 from pipeline.models.registry import Loaded, ModelRegistry, trusted_model_keys
-from pipeline.reports import Report
-from pipeline.scoring import Detection
+from pipeline.scores.detectors import TailCalibrator
+from pipeline.scores.scoring import Detection
 
 __all__ = [
     "Announcement",
@@ -93,7 +93,7 @@ def announcement_keys(settings: Settings) -> KeySet:
 
 def local_public_key(settings: Settings) -> Ed25519PublicKey | None:
     """The local signing key's public half, if it exists and is trusted by configuration."""
-    from pipeline.keys import load_public, public_path
+    from pipeline.control.keys import load_public, public_path
 
     pub = public_path(settings.model_signing_key_path)
     if settings.model_trust_local_key and pub.exists():

@@ -1,7 +1,7 @@
 """Training Custos's shared detector, and the provenance that goes into its manifest.
 
 Training the ``loda`` detector is running the worker's own code path offline
-(:func:`pipeline.evaluate.run_offline`) over a training stream: the detector learns exactly
+(:func:`pipeline.offline.evaluate.run_offline`) over a training stream: the detector learns exactly
 what the learning gate lets through in production, and its calibrator the scores it saw. The
 resulting state is the artifact; a worker that loads it scores well from its first event
 instead of spending its first hours calibrating.
@@ -24,12 +24,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pipeline.config import REPO_ROOT, Settings
-from pipeline.detectors import Loda
-from pipeline.evaluate import Evaluation, run_offline
+from pipeline.events.schemas import Event, EventDecoder
 from pipeline.models.artifacts import encode_loda
 from pipeline.models.manifest import Manifest, TrainingData, feature_schema
-from pipeline.schemas import Event, EventDecoder
-from pipeline.scoring import Detection
+from pipeline.offline.evaluate import Evaluation, run_offline
+from pipeline.scores.detectors import Loda
+from pipeline.scores.scoring import Detection
 from pipeline.simulate.directory import population_directory
 
 __all__ = [
@@ -191,9 +191,9 @@ def train_and_publish(
     ``seed``). Held-out data: a simulation with ``eval_seed`` (another population, other
     attacks); the model is swapped in after the cold-start warm-up, as a worker would.
     """
-    from pipeline.evaluate import evaluate
     from pipeline.models.artifacts import decode
     from pipeline.models.registry import Loaded, ModelRegistry, sha256_hex
+    from pipeline.offline.evaluate import evaluate
     from pipeline.simulate import Simulation
 
     t0 = time.perf_counter()
@@ -265,10 +265,10 @@ _placeholder = Manifest(
 
 # --- scikit-learn detectors from exported features (the notebooks) -----------------------------
 def _deviation_matrix(features: Any) -> Any:
-    """The :data:`~pipeline.baselines.DEVIATIONS` columns of ``features`` as float64, in order."""
+    """The :data:`~pipeline.baselines.baselines.DEVIATIONS` columns of ``features``, float64."""
     import numpy as np
 
-    from pipeline.baselines import DEVIATIONS
+    from pipeline.baselines.baselines import DEVIATIONS
 
     missing = [c for c in DEVIATIONS if c not in features.columns]
     if missing:
@@ -316,7 +316,7 @@ def train_isolation_forest(
     rows the worker's learning gate let through (``learned``) unless ``learned_only`` is false:
     like the online detector, it must learn what normal is, not the attacks.
 
-    The calibrator needs the raw scores :class:`~pipeline.scoring.Detection` will produce with
+    The calibrator needs the raw scores :class:`~pipeline.scores.scoring.Detection` produces with
     this detector: ``SklearnDetector.score_many(rows) + surprise(rows)``. It should see every
     event's score, gated or not (a reference of normal ones only makes every gated event look
     maximally rare), but not new identities' (Detection calibrates those apart): pass those
@@ -324,7 +324,7 @@ def train_isolation_forest(
     rows are used (a seeded sample; the calibrator keeps that many).
 
     >>> import numpy as np, pandas as pd
-    >>> from pipeline.baselines import DEVIATIONS
+    >>> from pipeline.baselines.baselines import DEVIATIONS
     >>> rng = np.random.default_rng(0)
     >>> df = pd.DataFrame(rng.uniform(0, 0.2, (600, len(DEVIATIONS))), columns=list(DEVIATIONS))
     >>> df["learned"] = True
@@ -336,7 +336,7 @@ def train_isolation_forest(
     from sklearn.ensemble import IsolationForest
 
     from pipeline.models.artifacts import SklearnDetector, encode_sklearn
-    from pipeline.scoring import surprise
+    from pipeline.scores.scoring import surprise
 
     train = features
     if learned_only and "learned" in features.columns:

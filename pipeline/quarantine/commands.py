@@ -33,6 +33,7 @@ from typing import Any, Final
 import msgspec
 from joserfc.jwk import KeySet
 
+from pipeline.alerts.policy import MAX_CONTAIN_MS
 from pipeline.credentials.tokens import (
     FEEDBACK_TYP,
     SignedMessageError,
@@ -41,7 +42,6 @@ from pipeline.credentials.tokens import (
     verify_compact,
 )
 from pipeline.errors import CustosError
-from pipeline.policy import MAX_CONTAIN_MS
 
 __all__ = [
     "REJECT_REASONS",
@@ -241,7 +241,7 @@ def _check_approver(
 
 
 class _Confirmation(msgspec.Struct):
-    """What an approval proof must say (a signed ``custos.feedback`` message, pipeline.feedback)."""
+    """What an approval proof must say: a signed ``custos.feedback`` message (control.feedback)."""
 
     action: str
     identity: str

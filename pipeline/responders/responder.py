@@ -334,9 +334,9 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     from confluent_kafka import Consumer, KafkaError
 
     from pipeline import __version__
+    from pipeline.control.reports import config_report
+    from pipeline.control.reports import encode as encode_report
     from pipeline.kafka.clients import make_producer
-    from pipeline.reports import config_report
-    from pipeline.reports import encode as encode_report
     from pipeline.responders.setup import adapters_from_settings, analyst_keys, trusted_keys
 
     store = ResponseStore(settings.responder_state_path / "responses.sqlite3")

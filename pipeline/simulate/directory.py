@@ -1,6 +1,6 @@
 """Export the simulated population as an identity directory (what the IdP / agent registry knows).
 
-One :class:`~pipeline.directory.DirectoryEntry` per identity, in identity order (deterministic):
+One :class:`~pipeline.scores.directory.DirectoryEntry` per identity, in identity order:
 
 * ``peer_group`` - ``human/<role>/team-NN``, ``service/<family>``, ``agent/<agent kind>``;
 * ``sensitivity_ceiling`` - the identity's simulator ceiling, mapped onto the directory's
@@ -17,7 +17,7 @@ One :class:`~pipeline.directory.DirectoryEntry` per identity, in identity order 
 
 >>> import tempfile
 >>> from pathlib import Path
->>> from pipeline.directory import Directory
+>>> from pipeline.scores.directory import Directory
 >>> from pipeline.simulate.population import build_population
 >>> pop = build_population(50, seed=3)
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.directory import CONFIDENTIALITY_RANK, Directory, DirectoryEntry, write_entries
+from pipeline.scores.directory import CONFIDENTIALITY_RANK, Directory, DirectoryEntry, write_entries
 from pipeline.simulate.catalogue import (
     AGENT,
     HUMAN,

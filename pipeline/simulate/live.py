@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from pipeline.localhost import call_json
+from pipeline.ops.localhost import call_json
 from pipeline.simulate.catalogue import agent_config_hash
 
 __all__ = ["LiveAgents", "agent_call_event"]

@@ -1,7 +1,7 @@
 """The faust worker: the only module that imports faust.
 
 Input topics → decode (bad input → dead-letter topic) → micro-batches → the pure detection core
-(:mod:`pipeline.scoring`) with per-identity state in a RocksDB-backed table whose changelog
+(:mod:`pipeline.scores.scoring`) with per-identity state in a RocksDB-backed table whose changelog
 lets a restarted or rebalanced worker resume → OCSF findings on ``custos.alerts``.
 
 Partitioning: the state table writes its changelog *by key* (``use_partitioner``) with the
@@ -34,27 +34,27 @@ from joserfc.jwk import KeySet
 from mode import CrashingSupervisor
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from pipeline.agent_models import AgentModelRegistry, InvalidAgentModelUpdate
-from pipeline.agent_models import verify_update as verify_agent_model_update
+from pipeline.alerts.findings import build_finding, encode_finding
+from pipeline.alerts.policy import Decision
 from pipeline.config import Settings
-from pipeline.deadletter import DeadLetter, dead_letter
+from pipeline.control.feedback import release_message
+from pipeline.control.feedback import verify as verify_feedback
+from pipeline.control.reports import Report, config_report
+from pipeline.control.reports import encode as encode_report
 from pipeline.engine import Engine
 from pipeline.errors import ConfigError, InvalidEvent
-from pipeline.explanations import Signal
-from pipeline.feedback import release_message
-from pipeline.feedback import verify as verify_feedback
-from pipeline.findings import build_finding, encode_finding
+from pipeline.events.deadletter import DeadLetter, dead_letter
+from pipeline.events.schemas import Event, EventDecoder
 from pipeline.kafka.ingest import IngestStats
 from pipeline.models.runtime import ModelRuntime
-from pipeline.policy import Decision
 from pipeline.quarantine.commands import sign as sign_command
 from pipeline.quarantine.policy import QuarantinePolicy, command_key
-from pipeline.reports import Report, config_report
-from pipeline.reports import encode as encode_report
 from pipeline.responders.setup import analyst_keys, with_analysts
 from pipeline.responders.setup import trusted_keys as trusted_command_keys
-from pipeline.schemas import Event, EventDecoder
-from pipeline.scoring import Detection
+from pipeline.scores.agent_models import AgentModelRegistry, InvalidAgentModelUpdate
+from pipeline.scores.agent_models import verify_update as verify_agent_model_update
+from pipeline.scores.explanations import Signal
+from pipeline.scores.scoring import Detection
 from pipeline.stream.offsets import (
     SOURCE_HEADER,
     SharedCheckpoint,
@@ -838,7 +838,7 @@ def create_app(
 
     @app.page("/custos/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        from pipeline.metrics import render
+        from pipeline.ops.metrics import render
 
         body = render(stats, lambda: _worker_metrics(stats, detection))
         return web.text(body, content_type="text/plain")

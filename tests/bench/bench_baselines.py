@@ -24,9 +24,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from pipeline.baselines import BaselineModel, BaselineState, blend, peer_group_key
-from pipeline.features import Features, extract
-from pipeline.schemas import Event, ModelRef, Resource
+from pipeline.baselines.baselines import BaselineModel, BaselineState, blend, peer_group_key
+from pipeline.baselines.features import Features, extract
+from pipeline.events.schemas import Event, ModelRef, Resource
 
 START_MS = 1_767_225_600_000  # Thursday 2026-01-01 00:00 UTC
 DAY_MS = 86_400_000

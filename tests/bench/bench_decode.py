@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.schemas import EventDecoder, encode_event_dict
+from pipeline.events.schemas import EventDecoder, encode_event_dict
 
 COUNTRIES = ["DE", "FR", "IE", "US", "GB", "NL", "SE", "JP", "BR", "IN"]
 SERVICES = ["vpn", "okta", "github", "aws-console", "jira", "mail"]

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import msgspec
 
+from pipeline.alerts.findings import build_finding, encode_finding
+from pipeline.alerts.policy import RiskPolicy, RiskState
 from pipeline.audit.auditor import run_auditor
 from pipeline.audit.log import canonical
 from pipeline.config import Settings, env_var
-from pipeline.explanations import RuleHit, Score
-from pipeline.findings import build_finding, encode_finding
+from pipeline.control.reports import Report
+from pipeline.control.reports import encode as encode_report
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.kafka.topics import TopicSpec, apply_topics
 from pipeline.models.runtime import Announcement, encode_announcement
-from pipeline.policy import RiskPolicy, RiskState
 from pipeline.quarantine.commands import contain, sign
 from pipeline.quarantine.policy import command_key
-from pipeline.reports import Report
-from pipeline.reports import encode as encode_report
+from pipeline.scores.explanations import RuleHit, Score
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

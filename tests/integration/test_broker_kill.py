@@ -25,7 +25,7 @@ from pipeline.config import Settings, env_var
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.kafka.topics import apply_topics, load_topics
-from pipeline.localhost import free_port
+from pipeline.ops.localhost import free_port
 from tests.integration.test_worker import _start
 
 N = 3_000

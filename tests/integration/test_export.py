@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import Settings
-from pipeline.export import FIXED_COLUMNS, ExportError, export_topic, export_topics
 from pipeline.kafka.clients import make_admin, make_producer
-from pipeline.replay import replay
+from pipeline.offline.export import FIXED_COLUMNS, ExportError, export_topic, export_topics
+from pipeline.offline.replay import replay
 from pipeline.simulate import simulate
 from pipeline.simulate.sinks import KafkaSink
 

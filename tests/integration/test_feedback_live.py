@@ -13,7 +13,7 @@ import msgspec
 from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
-from pipeline.feedback import Feedback, encode, sign
+from pipeline.control.feedback import Feedback, encode, sign
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.quarantine.commands import verify
 from pipeline.responders.setup import analyst_key, analyst_keys, with_analysts

@@ -17,8 +17,8 @@ import msgspec
 
 from pipeline.config import Settings
 from pipeline.errors import InvalidEvent
+from pipeline.events.schemas import EventDecoder
 from pipeline.kafka.clients import make_producer, read_all
-from pipeline.schemas import EventDecoder
 from pipeline.simulate.hostile import corpus
 from tests.integration.test_worker import _env, _start
 

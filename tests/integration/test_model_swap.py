@@ -14,16 +14,16 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.ensemble import IsolationForest
 
-from pipeline.baselines import DEVIATIONS
+from pipeline.baselines.baselines import DEVIATIONS
 from pipeline.config import REPO_ROOT, Settings, env_var
+from pipeline.control.keys import pem
 from pipeline.kafka.clients import make_producer, read_all
-from pipeline.keys import pem
 from pipeline.models.artifacts import encode_sklearn
 from pipeline.models.registry import ModelRegistry
 from pipeline.models.runtime import Announcement, encode_announcement
 from pipeline.quarantine.policy import command_key
 from tests.integration.test_worker import AGENT, _agent_call, _env, _produce, _start
-from tests.unit.test_models import _flip, _loda_artifact, _manifest
+from tests.unit.models.test_models import _flip, _loda_artifact, _manifest
 
 
 def _reports(settings: Settings, pred: Any, timeout: float = 60) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
 def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
     isolated: Settings, tmp_path: Path
 ) -> None:
-    from pipeline.agent_models import (
+    from pipeline.scores.agent_models import (
         AgentModelUpdate,
         encode_update,
         load_agent_model_registry,

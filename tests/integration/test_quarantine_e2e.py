@@ -18,7 +18,7 @@ import msgspec
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
-from pipeline.localhost import call_json, free_port, healthy, wait_until
+from pipeline.ops.localhost import call_json, free_port, healthy, wait_until
 
 AGENT = "agt-e2e-001"
 

@@ -12,8 +12,8 @@ import msgspec
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
-from pipeline.localhost import wait_until
-from pipeline.replay import replay
+from pipeline.offline.replay import replay
+from pipeline.ops.localhost import wait_until
 from pipeline.simulate import Simulation
 from pipeline.simulate.directory import write_directory
 from pipeline.simulate.population import build_population

@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.events.schemas import Event
 from pipeline.kafka.ingest import Ingest
-from pipeline.schemas import Event
 from pipeline.simulate import iter_events, simulate
 from pipeline.simulate.labels import read_labels
 from pipeline.simulate.sinks import KafkaSink

@@ -18,7 +18,7 @@ from joserfc.jwk import KeySet
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
-from pipeline.localhost import free_port
+from pipeline.ops.localhost import free_port
 from pipeline.quarantine.commands import verify
 from pipeline.simulate.malformed import bad_samples
 

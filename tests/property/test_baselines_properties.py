@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.baselines import DEVIATIONS, BaselineModel, BaselineState, StateFormatError
-from pipeline.features import CATEGORICAL, Features, extract
-from pipeline.schemas import Event, ModelRef, Resource
+from pipeline.baselines.baselines import DEVIATIONS, BaselineModel, BaselineState, StateFormatError
+from pipeline.baselines.features import CATEGORICAL, Features, extract
+from pipeline.events.schemas import Event, ModelRef, Resource
 
 PROFILE = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 START = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InvalidEvent
-from pipeline.schemas import (
+from pipeline.events.schemas import (
     REASONS,
     Actor,
     Credential,

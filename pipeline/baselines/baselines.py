@@ -1,0 +1,1643 @@
+"""Per-identity and peer-group baselines: what each identity normally does, in constant space.
+
+One stateless, shared :class:`BaselineModel` holds the hyperparameters (river / scikit-learn
+style); each identity (and each peer group) owns a compact mutable :class:`BaselineState`.
+``learn_one`` and ``deviations`` are separate so the caller can keep anomalous events out of the
+baseline (poisoning protection): score first, then learn only what it accepts.
+
+What a state remembers (all bounded; ``to_bytes`` ≤ :attr:`BaselineModel.max_bytes`, 1,166 bytes
+with the defaults):
+
+* exponentially weighted mean / variance of every numeric feature (half-life in events;
+  volumes and resource counts only over the events that carry them),
+* a time profile: 24 hours x (weekday, weekend) event counts,
+* the request rate: EW mean / variance of log(events in the last ``burst_window_ms``), each
+  event weighted by the time it stands for (1 / rate), so a burst does not teach its own rate,
+* how often the identity fails, uses MFA, is delegated, and which sensitivity ranks it touches,
+* per task (``Features.task``) and per clock hour: the running volume and distinct resources
+  (a 64-bit linear-counting sketch), and EW mean / variance of completed tasks' and hours'
+  totals, learned only from tasks and hours none of whose events was held back
+  (:meth:`BaselineModel.taint`), so an attack does not teach its own bulk; aggregates are
+  observed for *every* event (:meth:`BaselineModel.observe`), learned or not,
+* a long-horizon EW mean / variance of log bytes_out (drift),
+* per categorical feature, ``cat_slots`` remembered values (hash, count, hour last seen) with
+  least-frequently- then least-recently-used eviction, how often the feature is present, how
+  often its value was new (novelty is discounted where it is the norm), and the name of the
+  most used value (for explanations).
+
+Counts are integers halved every ``half_life_events`` learned events: a decay that serialises
+exactly (``to_bytes(from_bytes(b)) == b``), so a state can be written back after every event
+without drift. Means and variances are float32 on the wire.
+
+The deviation vector (:data:`DEVIATIONS`, each in [0, 1], high = unusual):
+
+================  =========================================================================
+dimension         meaning
+================  =========================================================================
+bytes_out         z-score of log bytes_out, high side only
+bytes_in          z-score of log bytes_in, high side only
+n_resources       z-score of the number of resources touched, high side only
+sensitivity       the resource's rank is rare for the identity, more so the further it is above
+                  its usual maximum (no hard ceiling without a directory)
+failure           a failure where failures are rare
+no_mfa            a logon without MFA where MFA is usual
+chain_depth       delegated where delegation is rare, or not delegated where it is the norm
+burst             current short-window request rate far above the usual rate
+off_hours         this hour (weekday / weekend) is rare in the time profile
+task_volume       bytes so far in this task (session) above the identity's usual task total
+task_resources    distinct resources so far in this task above its usual per-task count
+hour_volume       bytes so far in this clock hour above the identity's usual hourly total
+drift             bytes_out persistently above the identity's long-horizon typical (half-life
+                  ``drift_half_life_events``; a one-sided CUSUM): a slow ramp, caught before
+                  it has become the baseline
+country … auth_…  one per :data:`~.features.CATEGORICAL` feature: first seen / rare
+================  =========================================================================
+
+z-scores map to ``1 - exp(-max(0, z - z_offset) / z_scale)``; shares (how often this value or
+outcome was seen) map to ``exp(-share / rare_share)``, scaled by the evidence behind them
+(``1 - exp(-n / evidence_events)``). An empty state deviates nowhere, so a new identity is
+scored against its peer group's state instead (:func:`own_weight`, :func:`blend`).
+
+Peer groups use the same class (``BaselineModel(cat_slots=16, scope="peer")``), one state per
+:func:`peer_group_key`. Per event: ``rate = model.current_rate(own, f)``, ``model.deviations(own,
+f)``, ``peer_model.deviations(peer, f, rate)``, ``blend(...)`` with ``model.own_weight(own)``;
+then, for accepted events, ``model.learn_one(own, f)`` and ``peer_model.learn_one(peer, f,
+rate)`` (the rate makes the group learn per-identity request rates, not the group's total).
+
+>>> from pipeline.baselines.features import extract
+>>> from pipeline.events.schemas import Event
+>>> model = BaselineModel()
+>>> state = model.new_state()
+>>> def ev(i, country="DE", op="crm.read"):
+...     return Event(uid=f"e{i}", class_uid=6003, activity_id=2,
+...                  time_ms=1_767_261_600_000 + i * 600_000,  # Thursday 10:00 UTC onwards
+...                  identity_uid="alice", identity_kind="human", country=country,
+...                  operation=op, bytes_out=1000)
+>>> for i in range(200):
+...     model.learn_one(state, extract(ev(i)))
+>>> dev, why = model.deviations(state, extract(ev(200, country="BR", op="crm.export")))
+>>> round(dev[DEVIATION_INDEX["country"]], 2), dev[DEVIATION_INDEX["bytes_out"]]
+(0.99, 0.0)
+>>> why[0].text
+'country BR never seen (usually DE)'
+>>> len(model.to_bytes(state)) <= model.max_bytes < 1200
+True
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from array import array
+from collections.abc import Sequence
+from typing import Any, Final, Literal
+
+import msgspec
+
+from pipeline.baselines.features import (
+    CATEGORICAL,
+    CATEGORICAL_INDEX,
+    FEATURE_SCHEMA_VERSION,
+    NUMERIC,
+    SENSITIVITY_NAMES,
+    Features,
+)
+from pipeline.errors import CustosError
+from pipeline.scores.explanations import Contribution
+
+__all__ = [
+    "DEVIATIONS",
+    "DEVIATION_INDEX",
+    "STATE_VERSION",
+    "BaselineModel",
+    "BaselineState",
+    "StateFormatError",
+    "blend",
+    "blend_contributions",
+    "own_weight",
+    "peer_group_key",
+]
+
+#: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
+#: feature schema version the state was learned on).
+STATE_VERSION: Final = 1
+
+DEVIATIONS: Final[tuple[str, ...]] = (
+    "bytes_out",
+    "bytes_in",
+    "n_resources",
+    "sensitivity",
+    "failure",
+    "no_mfa",
+    "chain_depth",
+    "burst",
+    "off_hours",
+    "task_volume",
+    "task_resources",
+    "hour_volume",
+    "drift",
+    *CATEGORICAL,
+)
+DEVIATION_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(DEVIATIONS)}
+
+_N_NUM: Final = len(NUMERIC)
+_N_CAT: Final = len(CATEGORICAL)
+_N_DEV: Final = len(DEVIATIONS)
+_N_RANKS: Final = len(SENSITIVITY_NAMES)
+_D_CAT0: Final = DEVIATION_INDEX[CATEGORICAL[0]]
+(
+    _D_BYTES_OUT,
+    _D_BYTES_IN,
+    _D_NRES,
+    _D_SENS,
+    _D_FAIL,
+    _D_NOMFA,
+    _D_CHAIN,
+    _D_BURST,
+    _D_HOURS,
+    _D_TASK_VOL,
+    _D_TASK_RES,
+    _D_HOUR_VOL,
+    _D_DRIFT,
+) = range(_D_CAT0)
+_X_BYTES_OUT, _X_BYTES_IN, _X_FAIL, _X_NOMFA, _X_SENS, _X_NRES, _X_CHAIN = range(_N_NUM)
+_C_DELEGATOR: Final = CATEGORICAL_INDEX["delegator"]
+_BINARY: Final = (_X_FAIL, _X_NOMFA, _X_CHAIN)  # 0/1 features: their means are shares
+# EW weight groups: (group, numeric index that must be non-zero for the group to learn, or
+# -1 for always, member features). Volumes are learned only from events that carry them: a
+# logon has no bytes, and averaging its "0" in would make every API call look huge.
+_GROUPS: Final = (
+    (0, -1, (_X_FAIL, _X_NOMFA, _X_CHAIN)),
+    (1, _X_BYTES_OUT, (_X_BYTES_OUT,)),
+    (2, _X_BYTES_IN, (_X_BYTES_IN,)),
+    (3, _X_NRES, (_X_SENS, _X_NRES)),
+)
+_N_GROUPS: Final = len(_GROUPS)
+# (deviation index, numeric index, weight group, variance floor) of the z-scored features. The
+# floors keep a perfectly regular identity from turning noise into huge z: sd 0.25 in log
+# bytes ≈ x1.3.
+_ZSPEC: Final = (
+    (_D_BYTES_OUT, _X_BYTES_OUT, 1, 0.0625),
+    (_D_BYTES_IN, _X_BYTES_IN, 2, 0.0625),
+    (_D_NRES, _X_NRES, 3, 1.0),
+)
+_RATE_VAR_FLOOR: Final = 0.25  # log events/min: sd 0.5 ≈ x1.6
+# Aggregates (BaselineState.agg): running task / hour sums and EW stats of completed totals.
+(
+    _A_TASK_BYTES, _A_TASK_CALLS, _A_TASK2_BYTES, _A_TASK2_CALLS, _A_TW, _A_TB_MEAN, _A_TB_VAR,
+    _A_TR_MEAN, _A_TR_VAR, _A_HOUR_BYTES, _A_HW, _A_HB_MEAN, _A_HB_VAR, _A_SW, _A_SLOW_MEAN,
+    _A_SLOW_VAR, _A_CUSUM, _A_CP_SEEN, _A_CP_NEW,
+) = range(19)  # fmt: skip
+_N_AGG: Final = 19
+# Counterparties: a 256-bit Bloom filter (2 probes) of every one an identity wrote to, so a
+# first payee is "never seen" however many regular ones there are (6 slots churn), with an
+# EW count of writes and of writes to a new one (how usual a new counterparty is).
+_CP_WORDS: Final = 4
+_CP_BITS: Final = 64 * _CP_WORDS
+_AGG_VAR_FLOOR: Final = 0.25  # log bytes: sd 0.5 ≈ x1.6 between one task's total and another's
+_AGG_MIN_W: Final = 3.0  # completed tasks / hours before their totals are a baseline
+_AGG_HALF_LIFE: Final = 100.0  # completed tasks / hours after which old totals weigh half
+_DRIFT_MIN_W: Final = 300.0  # long-horizon events before drift is judged
+# Drift: a one-sided CUSUM of log bytes_out against the long-horizon mean, in its sds. Each
+# event adds z - _DRIFT_SLACK (floored at 0); _DRIFT_H is where drift starts to count. Under
+# no drift the sum exceeds _DRIFT_H with probability ~exp(-2 x slack x H) = e^-30 per event;
+# a shift of 0.4 sd crosses it after ~400 events.
+_SENS_STEP_NATS: Final = 1.5  # surprise per sensitivity rank above the usual maximum
+_DRIFT_SLACK: Final = 0.25
+_DRIFT_H: Final = 60.0
+_AGG_KEEP: Final = 0.5 ** (1.0 / _AGG_HALF_LIFE)
+_TAINT_TASK: Final = 1  # BaselineState.taint bits: the task / hour / other task held back
+_TAINT_HOUR: Final = 2  # an event (its total is not learned)
+_TAINT_TASK2: Final = 4
+_C_RESOURCE: Final = CATEGORICAL_INDEX["resource"]
+_C_COUNTERPARTY: Final = CATEGORICAL_INDEX["counterparty"]
+_VAR_PRIOR_EVENTS: Final = 10.0  # extra prior variance that fades over the first events
+
+_HOUR_MS: Final = 3_600_000
+_DAY_MS: Final = 86_400_000
+_N_BUCKETS: Final = 48  # 24 hours x (weekday, weekend)
+# hour_of_week (Monday 00:00 = 0) → profile bucket; weekend = Saturday and Sunday.
+_BUCKET: Final[tuple[int, ...]] = tuple(h % 24 + (24 if h >= 120 else 0) for h in range(168))
+# Off-hours smoothing: a bucket counts fully, its neighbour hours half, the same hour of the
+# other day type a little (a weekday worker on a Saturday noon is unusual, not alarming).
+_NEIGHBOUR_W: Final = 0.5
+_OTHER_DAY_W: Final = 0.1
+_HOUR_NORM: Final = _N_BUCKETS / (1.0 + 2 * _NEIGHBOUR_W + _OTHER_DAY_W)
+_HOUR_SHARE_SCALE: Final = 0.25  # smoothed share / uniform share at which off_hours ≈ 0.37
+_HOUR_PRIOR: Final = 24.0  # pseudo-events spread uniformly: a young profile has no "never"
+_PRESENCE_SCALE: Final = 0.2  # a feature present in 20 % of events counts ~63 % for novelty
+_SHARE_NEGLIGIBLE: Final = 21.0  # exp(-21) < 1e-9: shares this many rare_share are "usual"
+_CHURN_MIN: Final = 20  # events of a feature before "most of its values are new" is trusted
+_ACTIVE_MASS: Final = 0.95  # "active mostly 08-18": smallest window holding 95 % of events
+
+_BIG_ENDIAN: Final = sys.byteorder == "big"  # the wire format is little-endian
+# Plausibility bounds for decoded states (far beyond anything learned, far below float32 max).
+_MAX_W: Final = 1e7
+_MAX_FLOAT: Final = 1e15
+_MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
+_U16: Final = 0xFFFF
+_U32: Final = 0xFFFFFFFF
+_NO_NAME: Final = 0xFF
+_NAME_BYTES: Final = 12  # bytes kept per "most used" name (explanations only)
+# Counts stay below 2 x half-life (a merge halves until they do), then grow by at most one
+# half-life before the next halving: < 3 x 16000 < 2^16, the u16 wire format.
+_MAX_HALF_LIFE: Final = 16_000
+
+# Categories whose novelty reads "X never seen (usually Y)"; the others "first use of X".
+_WHERE: Final = frozenset({"country", "asn", "ip_prefix", "environment", "model", "auth_protocol"})
+_PLURAL: Final[dict[str, str]] = {
+    "country": "countries",
+    "asn": "ASNs",
+    "ip_prefix": "IP prefixes",
+    "service": "services",
+    "operation": "operations",
+    "resource": "resources",
+    "delegator": "delegators",
+    "model": "models",
+    "environment": "environments",
+    "auth_protocol": "auth protocols",
+    "counterparty": "counterparties",
+    "combo": "tool x resource class combinations",
+}
+_DASH: Final = "\u2013"  # en dash, as in "08\u201318 UTC"
+_WEEKDAY: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+_HEAD: Final = struct.Struct(
+    "<BBBIHHqq"  # versions, K, n, recent, since_halve, first / last ms
+    f"{_N_GROUPS}fffffHH"  # EW weights, rate counter / mean / var / weight, MFA counts
+    f"{2 * _N_NUM}f"  # means, variances
+    f"{_N_BUCKETS}H{_N_RANKS}H{_N_CAT}H{_N_CAT}H"  # hours, sensitivity ranks, present, novel
+    f"{_N_CAT}B{_N_CAT}B"  # slots used, index of the named slot
+    f"IQIQiB{_N_AGG}f{_CP_WORDS}Q"  # two tasks (key, resource sketch), hour key, taint bits,
+    # aggregates, counterparty Bloom filter
+)
+
+
+class StateFormatError(CustosError, ValueError):
+    """Bytes that are not a baseline state this code can read (version, truncation)."""
+
+
+class BaselineState:
+    """One identity's (or peer group's) baseline: mutable, constant size, no behaviour.
+
+    Create it with :meth:`BaselineModel.new_state` and change it only through that model.
+    Fields are plain lists, numbers and typed arrays (fast in CPython, few objects). The
+    categorical memory is flat: feature ``c`` owns ``slot_*[c * cat_slots : (c + 1) *
+    cat_slots]``, used slots first, hash 0 = free; :meth:`BaselineModel.known_values` reads it.
+
+    >>> s = BaselineModel(cat_slots=6).new_state()
+    >>> s.n, len(s.mean), len(s.hours), len(s.slot_hash)
+    (0, 7, 48, 72)
+    """
+
+    __slots__ = (
+        "agg",
+        "cp_bloom",
+        "first_ms",
+        "hour_key",
+        "hours",
+        "last_ms",
+        "mean",
+        "mfa_known",
+        "mfa_no",
+        "n",
+        "name_slot",
+        "name_text",
+        "novel",
+        "present",
+        "rate_c",
+        "rate_mean",
+        "rate_var",
+        "rate_w",
+        "recent",
+        "sens",
+        "since_halve",
+        "slot_count",
+        "slot_hash",
+        "slot_hour",
+        "taint",
+        "task_bits",
+        "task_bits2",
+        "task_key",
+        "task_key2",
+        "var",
+        "w",
+    )
+
+    def __init__(self, cat_slots: int) -> None:
+        self.n = 0  # events learned, ever
+        self.recent = 0  # events learned, halved with the counts (always == sum(hours))
+        self.since_halve = 0
+        self.first_ms = 0
+        self.last_ms = 0
+        # EW weight sum per _GROUPS entry: bias-corrected updates (exact early means).
+        self.w = [0.0] * _N_GROUPS
+        self.mean = [0.0] * _N_NUM
+        self.var = [0.0] * _N_NUM
+        self.rate_c = 0.0  # events in the short window, decayed to last_ms
+        # EW mean / variance of log(rate) at each event, each weighted by 1 / rate (the time
+        # it stands for): a burst of 60 events counts like one minute, not like 60 minutes.
+        self.rate_mean = 0.0
+        self.rate_var = 0.0
+        self.rate_w = 0.0
+        self.mfa_known = 0  # authentications with a known MFA outcome
+        self.mfa_no = 0  # ... of which without MFA
+        self.hours = [0] * _N_BUCKETS
+        self.sens = [0] * _N_RANKS  # events that touched resources, by max rank
+        self.present = [0] * _N_CAT  # events where the categorical feature had a value
+        self.novel = [0] * _N_CAT  # ... and that value was not remembered
+        size = _N_CAT * cat_slots
+        # Typed arrays, not lists: in a list every hash and hour number is an int object.
+        self.slot_hash = array("I", bytes(4 * size))
+        self.slot_count = array("H", bytes(2 * size))
+        self.slot_hour = array("i", bytes(4 * size))  # hours since the epoch
+        # The most used value per feature: its slot (-1 = unknown) and shortened text.
+        self.name_slot = [-1] * _N_CAT
+        self.name_text: list[str | None] = [None] * _N_CAT
+        self.task_key = 0  # Features.task of the running task (0 = none)
+        self.task_bits = 0  # linear-counting sketch of its distinct resources
+        self.task_key2 = 0  # the task before it (two tasks may interleave)
+        self.task_bits2 = 0
+        self.hour_key = 0  # clock hour (since the epoch) of the running hour
+        self.taint = 0  # _TAINT_* bits: the running task / hour held back an event
+        self.agg = [0.0] * _N_AGG
+        self.cp_bloom = [0] * _CP_WORDS
+
+    def __repr__(self) -> str:
+        return f"BaselineState(n={self.n}, last_ms={self.last_ms})"
+
+
+# --- module functions -------------------------------------------------------------------------
+
+
+def own_weight(state: BaselineState, warmup_events: float) -> float:
+    """Weight of an identity's own baseline vs its peer group's: 0 when new, → 1 with evidence.
+
+    ``1 - exp(-3 n / warmup_events)``: ≈0.95 once ``warmup_events`` events were learned.
+
+    >>> s = BaselineModel().new_state()
+    >>> own_weight(s, 50)
+    0.0
+    >>> s.n = 50
+    >>> round(own_weight(s, 50), 2)
+    0.95
+    """
+    if warmup_events <= 0:
+        return 1.0
+    return 1.0 - math.exp(-3.0 * state.n / warmup_events)
+
+
+def blend(own_dev: Sequence[float], peer_dev: Sequence[float], w_own: float) -> list[float]:
+    """Cold-start mix of two deviation vectors: ``w_own * own + (1 - w_own) * peer``.
+
+    >>> blend([1.0, 0.0], [0.0, 0.5], 0.25)
+    [0.25, 0.375]
+    """
+    w_peer = 1.0 - w_own
+    return [w_own * o + w_peer * p for o, p in zip(own_dev, peer_dev, strict=True)]
+
+
+def blend_contributions(
+    own: Sequence[Contribution],
+    peer: Sequence[Contribution],
+    blended: Sequence[float],
+    w_own: float,
+    limit: int = 5,
+    threshold: float = 0.3,
+) -> list[Contribution]:
+    """Explain a :func:`blend`-ed vector: per feature, the side that contributed more.
+
+    A kept contribution's ``weight`` becomes the blended deviation; features whose blended
+    deviation is below ``threshold`` are dropped. Strongest first, at most ``limit``.
+
+    >>> own = [Contribution("country", "first_seen", 0.9, "BR", "usually DE", "own text")]
+    >>> peer = [Contribution("country", "peer", 0.8, "BR", "usually DE", "peer text")]
+    >>> blended = [0.0] * len(DEVIATIONS)
+    >>> blended[DEVIATION_INDEX["country"]] = 0.82
+    >>> [(c.text, c.weight) for c in blend_contributions(own, peer, blended, 0.2)]
+    [('peer text', 0.82)]
+    """
+    best: dict[str, tuple[float, Contribution]] = {}
+    for side, scale in ((own, w_own), (peer, 1.0 - w_own)):
+        for c in side:
+            share = c.weight * scale
+            if c.feature not in best or share > best[c.feature][0]:
+                best[c.feature] = (share, c)
+    out: list[Contribution] = []
+    for feature, (_, c) in best.items():
+        i = DEVIATION_INDEX.get(feature)
+        weight = blended[i] if i is not None and i < len(blended) else c.weight
+        if weight >= threshold:
+            out.append(msgspec.structs.replace(c, weight=weight))
+    out.sort(key=lambda c: -c.weight)
+    return out[:limit]
+
+
+def peer_group_key(event_or_features: Any, directory_group: str | None = None) -> str:
+    """The peer baseline an event is compared with: ``<kind>:<directory group>``, or without
+    one, ``<kind>:svc:<service>`` - identities of a kind that use the same service (what they
+    actually do), and ``<kind>:default`` for events without a service.
+
+    Takes an :class:`~pipeline.events.schemas.Event` (anything with ``identity_kind``, ``service``).
+
+    >>> from pipeline.events.schemas import Event
+    >>> e = Event(uid="e", class_uid=3002, activity_id=1, time_ms=0, identity_uid="a",
+    ...           identity_kind="human", service="crm")
+    >>> peer_group_key(e), peer_group_key(e, "finance")
+    ('human:svc:crm', 'human:finance')
+    """
+    kind = event_or_features.identity_kind
+    if directory_group:
+        return f"{kind}:{directory_group}"
+    service = getattr(event_or_features, "service", None)
+    return f"{kind}:svc:{service}" if service else f"{kind}:default"
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+class BaselineModel:
+    """Hyperparameters and algorithms of a baseline; shared and stateless (one per scope).
+
+    Parameters
+    ----------
+    half_life_events: events after which old behaviour weighs half (means, counts); ≤ 16384.
+    cat_slots: values remembered per categorical feature (identities 6; peer groups ~16).
+    ttl_ms: a state that learned nothing for this long is :meth:`expired` (default 90 days).
+    warmup_events: evidence at which the own baseline dominates the peer's (:meth:`own_weight`).
+    burst_window_ms: time constant of the short-window request counter.
+    evidence_events: observations after which novelty / rarity counts ~63 % (``1 - e^-1``).
+    rare_share: a value / outcome seen this share of the time scores ``e^-1`` ≈ 0.37.
+    z_offset, z_scale: ``1 - exp(-max(0, z - z_offset) / z_scale)`` maps z-scores to [0, 1]
+        (an exponential tail: ``-log(1 - deviation)`` grows linearly with z, which
+        :func:`pipeline.scores.scoring.surprise` reads back without a cap).
+    explain_threshold: deviations at or above this get a :class:`Contribution`.
+    max_contributions: at most this many contributions, strongest first.
+    scope: ``"identity"`` or ``"peer"``: only the wording of explanations changes, and a peer
+        model's contributions have kind ``peer``; peer states neither observe tasks nor hours.
+    drift_half_life_events: half-life of the long-horizon bytes_out statistic (``drift``).
+
+    A state belongs to the model (``cat_slots``) that created or decoded it.
+
+    >>> BaselineModel(cat_slots=16, scope="peer").max_bytes > BaselineModel().max_bytes
+    True
+    """
+
+    __slots__ = (
+        "_alpha_keep",
+        "_alpha_slow",
+        "_k",
+        "_tau",
+        "_who",
+        "burst_window_ms",
+        "cat_slots",
+        "drift_half_life_events",
+        "evidence_events",
+        "explain_threshold",
+        "half_life_events",
+        "max_bytes",
+        "max_contributions",
+        "rare_share",
+        "scope",
+        "ttl_ms",
+        "warmup_events",
+        "z_offset",
+        "z_scale",
+    )
+
+    def __init__(
+        self,
+        half_life_events: int = 1000,
+        cat_slots: int = 6,
+        ttl_ms: int = 90 * _DAY_MS,
+        warmup_events: int = 50,
+        burst_window_ms: float = 60_000.0,
+        evidence_events: float = 10.0,
+        rare_share: float = 0.03,
+        z_offset: float = 1.0,
+        z_scale: float = 1.0,
+        explain_threshold: float = 0.3,
+        max_contributions: int = 5,
+        scope: Literal["identity", "peer"] = "identity",
+        drift_half_life_events: int = 8000,
+    ) -> None:
+        if not 1 <= half_life_events <= _MAX_HALF_LIFE:
+            raise ValueError(f"half_life_events must be in 1..{_MAX_HALF_LIFE}")
+        if not 1 <= cat_slots < _NO_NAME:
+            raise ValueError("cat_slots must be in 1..254")
+        if min(burst_window_ms, evidence_events, rare_share, z_scale) <= 0:
+            raise ValueError("burst_window_ms, evidence_events, rare_share, z_scale must be > 0")
+        if scope not in ("identity", "peer"):
+            raise ValueError("scope must be 'identity' or 'peer'")
+        self.half_life_events = half_life_events
+        self.cat_slots = cat_slots
+        self.ttl_ms = ttl_ms
+        self.warmup_events = warmup_events
+        self.burst_window_ms = burst_window_ms
+        self.evidence_events = evidence_events
+        self.rare_share = rare_share
+        self.z_offset = z_offset
+        self.z_scale = z_scale
+        self.explain_threshold = explain_threshold
+        self.max_contributions = max_contributions
+        self.scope = scope
+        if drift_half_life_events <= half_life_events:
+            raise ValueError("drift_half_life_events must exceed half_life_events")
+        self.drift_half_life_events = drift_half_life_events
+        # Derived once, so the per-event paths only multiply.
+        self._alpha_keep = 0.5 ** (1.0 / half_life_events)  # EW weight kept per event
+        self._alpha_slow = 0.5 ** (1.0 / drift_half_life_events)
+        self._tau = float(burst_window_ms)
+        self._k = float(evidence_events)
+        self._who = "identity" if scope == "identity" else "peer group"
+        #: Upper bound of ``len(to_bytes(state))``.
+        self.max_bytes = _HEAD.size + _N_CAT * (8 * cat_slots + 1 + _NAME_BYTES)
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (scikit-learn convention).
+
+        >>> BaselineModel(cat_slots=16).get_params()["cat_slots"]
+        16
+        """
+        names = (
+            "half_life_events",
+            "cat_slots",
+            "ttl_ms",
+            "warmup_events",
+            "burst_window_ms",
+            "evidence_events",
+            "rare_share",
+            "z_offset",
+            "z_scale",
+            "explain_threshold",
+            "max_contributions",
+            "scope",
+            "drift_half_life_events",
+        )
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"BaselineModel({args})"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def new_state(self) -> BaselineState:
+        """An empty state: no evidence, every deviation 0.
+
+        >>> BaselineModel().new_state().n
+        0
+        """
+        return BaselineState(self.cat_slots)
+
+    def evidence(self, state: BaselineState) -> float:
+        """Events learned by ``state`` (not decayed): the cold-start evidence.
+
+        >>> BaselineModel().evidence(BaselineModel().new_state())
+        0.0
+        """
+        return float(state.n)
+
+    def own_weight(self, state: BaselineState) -> float:
+        """:func:`own_weight` with this model's ``warmup_events``.
+
+        >>> BaselineModel().own_weight(BaselineModel().new_state())
+        0.0
+        """
+        return own_weight(state, self.warmup_events)
+
+    def expired(self, state: BaselineState, now_ms: int) -> bool:
+        """True when the state learned nothing for longer than ``ttl_ms`` (or never learned).
+
+        >>> m = BaselineModel(ttl_ms=1000)
+        >>> s = m.new_state(); s.n, s.last_ms = 1, 5000
+        >>> m.expired(s, 5900), m.expired(s, 6001)
+        (False, True)
+        """
+        return state.n == 0 or now_ms - state.last_ms > self.ttl_ms
+
+    def current_rate(self, state: BaselineState, features: Features) -> float:
+        """Events in the short window ending at this event, this event included (≥ 1).
+
+        Call it on the identity's own state before learning the event, and pass it as
+        ``rate=`` to the peer state's :meth:`deviations` / :meth:`learn_one`: the peer group
+        then learns and compares *per-identity* rates, not the whole group's.
+
+        >>> m = BaselineModel()
+        >>> m.current_rate(m.new_state(), Features("a", "human", 0, 0, (0.0,) * 7, (0,) * 12,
+        ...                                        (None,) * 12, "e", 0))
+        1.0
+        """
+        if state.n == 0:
+            return 1.0
+        dt = features.time_ms - state.last_ms
+        if dt <= 0:  # same millisecond or out of order: nothing to decay
+            return state.rate_c + 1.0
+        return state.rate_c * math.exp(-dt / self._tau) + 1.0
+
+    def known_values(self, state: BaselineState, feature: str) -> list[tuple[int, int, int]]:
+        """The remembered values of one categorical feature: ``(hash, count, hour)``, most
+        used first (``hour`` = hours since the epoch when last seen).
+
+        >>> m = BaselineModel()
+        >>> m.known_values(m.new_state(), "country")
+        []
+        """
+        k = self.cat_slots
+        base = CATEGORICAL_INDEX[feature] * k
+        rows = [
+            (state.slot_hash[j], state.slot_count[j], state.slot_hour[j])
+            for j in range(base, base + k)
+            if state.slot_hash[j]
+        ]
+        rows.sort(key=lambda r: (-r[1], -r[2]))
+        return rows
+
+    # --- learning -----------------------------------------------------------------------------
+
+    def learn_one(
+        self, state: BaselineState, features: Features, rate: float | None = None
+    ) -> None:
+        """Fold one event into ``state`` (in place). ``rate``: see :meth:`current_rate`.
+
+        >>> from pipeline.baselines.features import extract
+        >>> from pipeline.events.schemas import Event
+        >>> m = BaselineModel()
+        >>> s = m.new_state()
+        >>> m.learn_one(s, extract(Event(uid="e", class_uid=3002, activity_id=1, time_ms=0,
+        ...                              identity_uid="a", identity_kind="human", country="DE")))
+        >>> s.n, len(m.known_values(s, "country")), s.name_text[0]
+        (1, 1, 'DE')
+        """
+        t = features.time_ms
+        last = state.last_ms
+        if state.n == 0:
+            state.first_ms = last = t
+        counter = state.rate_c
+        if t > last:  # out-of-order events count, but never move time backwards
+            counter *= math.exp((last - t) / self._tau)
+            last = t
+        state.last_ms = last
+        counter += 1.0
+        state.rate_c = counter
+        if rate is None:
+            rate = counter
+        elif rate < 1.0:  # a rate includes the event itself
+            rate = 1.0
+        state.n += 1
+        state.recent += 1
+
+        # Bias-corrected EW mean / variance (West's weighted Welford update): the exact mean
+        # and variance of the first events, then weight 1 - 2^(-1/half_life) per event.
+        ak = self._alpha_keep
+        mean = state.mean
+        var = state.var
+        weights = state.w
+        x = features.numeric
+        for g, cond, members in _GROUPS:
+            if cond >= 0 and not x[cond]:
+                continue
+            w = weights[g] * ak + 1.0
+            weights[g] = w
+            b = 1.0 / w
+            keep = 1.0 - b
+            for i in members:
+                d = x[i] - mean[i]
+                inc = b * d
+                mean[i] += inc
+                var[i] = keep * (var[i] + d * inc)
+        if x[_X_BYTES_OUT]:  # the long horizon of the same statistic (drift)
+            a = state.agg
+            sw = a[_A_SW] * self._alpha_slow + 1.0
+            a[_A_SW] = sw
+            d = x[_X_BYTES_OUT] - a[_A_SLOW_MEAN]
+            inc = d / sw
+            a[_A_SLOW_MEAN] += inc
+            a[_A_SLOW_VAR] = (1.0 - 1.0 / sw) * (a[_A_SLOW_VAR] + d * inc)
+        u = 1.0 / rate
+        rw = state.rate_w * ak + u
+        state.rate_w = rw
+        br = u / rw
+        d = math.log(rate) - state.rate_mean
+        inc = br * d
+        state.rate_mean += inc
+        state.rate_var = (1.0 - br) * (state.rate_var + d * inc)
+
+        state.hours[_BUCKET[features.hour_of_week]] += 1
+        if x[_X_NRES]:
+            state.sens[features.sensitivity_rank] += 1
+        mfa = features.mfa
+        if mfa >= 0:
+            state.mfa_known += 1
+            if mfa == 0:
+                state.mfa_no += 1
+
+        hour = t // _HOUR_MS
+        k = self.cat_slots
+        present = state.present
+        name_slot = state.name_slot
+        sh = state.slot_hash
+        sc = state.slot_count
+        st = state.slot_hour
+        base = -k
+        for c, h in enumerate(features.cat_hashes):
+            base += k
+            if not h:
+                continue
+            seen = present[c] = present[c] + 1
+            try:
+                j = sh.index(h, base, base + k)
+            except ValueError:  # a value not remembered (rare once the identity is known)
+                # Where most values are new (a peer group's resources), skip the exact
+                # least-recently-used tie-break: it would cost a Python loop on every event.
+                churn = seen > _CHURN_MIN and state.novel[c] * 2 > seen
+                j = self._insert(state, c, h, hour, churn)
+            else:
+                sc[j] += 1
+                if hour > st[j]:
+                    st[j] = hour
+            named = name_slot[c]
+            if named != j and (named < 0 or sc[j] > sc[named]):
+                value = features.cat_values[c]
+                name_slot[c] = j
+                state.name_text[c] = _shorten(value, _NAME_BYTES) if value else None
+
+        cp = features.cat_hashes[_C_COUNTERPARTY]
+        if cp and self.scope == "identity":
+            a = state.agg
+            a[_A_CP_SEEN] = a[_A_CP_SEEN] * _AGG_KEEP + 1.0
+            new = not _bloom_has(state.cp_bloom, cp)
+            a[_A_CP_NEW] = a[_A_CP_NEW] * _AGG_KEEP + (1.0 if new and a[_A_CP_SEEN] > 1.0 else 0.0)
+            if new:
+                _bloom_add(state.cp_bloom, cp)
+        state.since_halve += 1
+        if state.since_halve >= self.half_life_events:
+            self._halve(state)
+
+    def observe(self, state: BaselineState, features: Features) -> None:
+        """Count one event into its task's and clock hour's running totals (every event,
+        learned or not: an attack's calls must add up). Call it before :meth:`deviations`.
+
+        A task or hour that ends (another one starts) is folded into the baseline of
+        completed totals unless it held back an event (:meth:`taint`). Two tasks may
+        interleave without ending each other.
+
+        >>> from pipeline.baselines.features import extract
+        >>> from pipeline.events.schemas import Event
+        >>> m = BaselineModel()
+        >>> s = m.new_state()
+        >>> for task in ("t1", "t1", "t2", "t3"):
+        ...     m.observe(s, extract(Event(uid="e", class_uid=6003, activity_id=2, time_ms=0,
+        ...                                identity_uid="a", identity_kind="agent",
+        ...                                session_uid=task, bytes_out=1000)))
+        >>> s.agg[_A_TW], round(math.expm1(s.agg[_A_TB_MEAN]))  # t1 ended: 2 calls, 2000 B
+        (1.0, 2000)
+        """
+        if self.scope != "identity":
+            return
+        a = state.agg
+        task = features.task
+        if task and task != state.task_key:
+            if task == state.task_key2:  # back to the other running task
+                state.task_key, state.task_key2 = state.task_key2, state.task_key
+                state.task_bits, state.task_bits2 = state.task_bits2, state.task_bits
+                a[_A_TASK_BYTES], a[_A_TASK2_BYTES] = a[_A_TASK2_BYTES], a[_A_TASK_BYTES]
+                a[_A_TASK_CALLS], a[_A_TASK2_CALLS] = a[_A_TASK2_CALLS], a[_A_TASK_CALLS]
+                t = state.taint
+                state.taint = (t & _TAINT_HOUR) | (t & _TAINT_TASK) << 2 | (t & _TAINT_TASK2) >> 2
+            else:  # a new task: the older of the two running ones has ended
+                if state.task_key2 and a[_A_TASK2_CALLS] and not state.taint & _TAINT_TASK2:
+                    self._fold_task(a, a[_A_TASK2_BYTES], _distinct(state.task_bits2))
+                state.task_key2, state.task_bits2 = state.task_key, state.task_bits
+                a[_A_TASK2_BYTES], a[_A_TASK2_CALLS] = a[_A_TASK_BYTES], a[_A_TASK_CALLS]
+                state.taint = (state.taint & _TAINT_HOUR) | (state.taint & _TAINT_TASK) << 2
+                state.task_key, state.task_bits = task, 0
+                a[_A_TASK_BYTES] = a[_A_TASK_CALLS] = 0.0
+        if task:
+            a[_A_TASK_BYTES] += features.volume
+            a[_A_TASK_CALLS] += 1.0
+            res = features.cat_hashes[_C_RESOURCE]
+            if res:
+                state.task_bits |= 1 << (res & 63)
+        hour = features.time_ms // _HOUR_MS
+        if hour > state.hour_key:  # a late event of an earlier hour counts into this one
+            if state.hour_key and a[_A_HOUR_BYTES] > 0.0 and not state.taint & _TAINT_HOUR:
+                w = a[_A_HW] * _AGG_KEEP + 1.0
+                a[_A_HW] = w
+                a[_A_HB_MEAN], a[_A_HB_VAR] = _ew(a[_A_HB_MEAN], a[_A_HB_VAR], w,
+                                                  math.log1p(a[_A_HOUR_BYTES]))  # fmt: skip
+            state.hour_key = hour
+            a[_A_HOUR_BYTES] = 0.0
+            state.taint &= ~_TAINT_HOUR
+        a[_A_HOUR_BYTES] += features.volume
+        out = features.numeric[_X_BYTES_OUT]
+        if out and a[_A_SW] >= _DRIFT_MIN_W:  # every event: a drift must not hide by being held
+            z = (out - a[_A_SLOW_MEAN]) / math.sqrt(a[_A_SLOW_VAR] + _ZSPEC[0][3])
+            a[_A_CUSUM] = max(0.0, a[_A_CUSUM] + z - _DRIFT_SLACK)
+
+    @staticmethod
+    def _fold_task(a: list[float], total: float, distinct: float) -> None:
+        w = a[_A_TW] * _AGG_KEEP + 1.0
+        a[_A_TW] = w
+        a[_A_TB_MEAN], a[_A_TB_VAR] = _ew(a[_A_TB_MEAN], a[_A_TB_VAR], w, math.log1p(total))
+        a[_A_TR_MEAN], a[_A_TR_VAR] = _ew(a[_A_TR_MEAN], a[_A_TR_VAR], w, math.log1p(distinct))
+
+    def taint(self, state: BaselineState) -> None:
+        """The event just observed was held back (not learned): its task's and hour's totals
+        must not become the baseline of normal totals."""
+        state.taint |= _TAINT_TASK | _TAINT_HOUR
+
+    def _insert(self, state: BaselineState, c: int, h: int, hour: int, churn: bool) -> int:
+        """Remember a value that is not in feature ``c``'s slots; returns its slot."""
+        k = self.cat_slots
+        base = c * k
+        sh = state.slot_hash
+        sc = state.slot_count
+        st = state.slot_hour
+        if sh[base]:  # the first value an identity shows is its baseline, not a novelty
+            state.novel[c] += 1
+        end = base + k
+        if sh[end - 1]:  # full: evict the least used, then least recently used, value
+            counts = sc[base:end]
+            low = min(counts)
+            j = base + counts.index(low)
+            if not churn and counts.count(low) > 1:
+                for i in range(j + 1, end):
+                    if sc[i] == low and st[i] < st[j]:
+                        j = i
+            if state.name_slot[c] == j:
+                state.name_slot[c] = -1
+        else:
+            j = sh.index(0, base, end)  # the first free slot
+        sh[j] = h
+        sc[j] = 1
+        st[j] = hour
+        return j
+
+    def _halve(self, state: BaselineState) -> None:
+        """The integer decay step: every count halves once per half-life of events."""
+        state.since_halve = 0
+        state.hours = [v >> 1 for v in state.hours]
+        state.recent = sum(state.hours)
+        state.sens = [v >> 1 for v in state.sens]
+        state.present = [v >> 1 for v in state.present]
+        state.novel = [v >> 1 for v in state.novel]
+        state.slot_count = array("H", [v >> 1 for v in state.slot_count])
+        state.mfa_known >>= 1
+        state.mfa_no >>= 1
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    def deviations(
+        self, state: BaselineState, features: Features, rate: float | None = None
+    ) -> tuple[list[float], list[Contribution]]:
+        """How unusual ``features`` is for ``state``: the :data:`DEVIATIONS` vector in [0, 1],
+        and explanations of its strongest dimensions (≥ ``explain_threshold``).
+
+        Does not change ``state``. ``rate``: see :meth:`current_rate` (for peer states).
+
+        >>> from pipeline.baselines.features import extract
+        >>> from pipeline.events.schemas import Event
+        >>> m = BaselineModel()
+        >>> dev, why = m.deviations(m.new_state(), extract(Event(
+        ...     uid="e", class_uid=3002, activity_id=1, time_ms=0, identity_uid="a",
+        ...     identity_kind="human", country="DE")))
+        >>> len(dev) == len(DEVIATIONS), max(dev), why
+        (True, 0.0, [])
+        """
+        dev = [0.0] * _N_DEV
+        n = state.n
+        if n == 0:
+            return dev, []
+        exp = math.exp
+        k = self._k
+        rare = self.rare_share
+        z0 = self.z_offset
+        zs = self.z_scale
+        x = features.numeric
+        mean = state.mean
+        var = state.var
+        prior = 1.0 + _VAR_PRIOR_EVENTS / (n + 1)
+        conf_n = 1.0 - exp(-n / k)
+
+        weights = state.w
+        for di, xi, g, floor in _ZSPEC:
+            d = x[xi] - mean[xi]
+            if d > 0.0 and weights[g]:  # high side only, and only once there is a baseline
+                z = d / math.sqrt(var[xi] + floor * (1.0 + _VAR_PRIOR_EVENTS / (weights[g] + 1)))
+                if z > z0:
+                    dev[di] = 1.0 - exp((z0 - z) / zs)
+
+        # Outcomes: how often the identity showed this outcome before (share → rarity).
+        if x[_X_FAIL]:
+            dev[_D_FAIL] = conf_n * exp(-mean[_X_FAIL] / rare)
+        if features.mfa == 0 and state.mfa_known:
+            share = state.mfa_no / state.mfa_known
+            dev[_D_NOMFA] = (1.0 - exp(-state.mfa_known / k)) * exp(-share / rare)
+        chain = mean[_X_CHAIN]
+        dev[_D_CHAIN] = conf_n * exp(-(chain if x[_X_CHAIN] else 1.0 - chain) / rare)
+        rank = features.sensitivity_rank
+        if rank:
+            sens = state.sens
+            total = sum(sens)
+            if total:
+                # How rare (smoothed share of resource events at this rank or above) and how
+                # far above the usual maximum: surprise in nats, read back unbounded.
+                share = sum(sens[rank:]) / total
+                if share < rare * _SHARE_NEGLIGIBLE:
+                    above = max(0, rank - _usual_max(sens, rare))
+                    nats = -math.log1p(-0.999 * exp(-share / rare)) + _SENS_STEP_NATS * above
+                    dev[_D_SENS] = (1.0 - exp(-total / k)) * (1.0 - exp(-nats))
+
+        if rate is None:
+            rate = self.current_rate(state, features)
+        elif rate < 1.0:  # a rate includes the event itself
+            rate = 1.0
+        d = math.log(rate) - state.rate_mean
+        if d > 0.0:
+            z = d / math.sqrt(state.rate_var + _RATE_VAR_FLOOR * prior)
+            if z > z0:
+                dev[_D_BURST] = 1.0 - exp((z0 - z) / zs)
+
+        a = state.agg
+        if a[_A_TW] >= _AGG_MIN_W and features.task and features.task == state.task_key:
+            sd = math.sqrt(a[_A_TB_VAR] + _AGG_VAR_FLOOR)
+            z = (math.log1p(a[_A_TASK_BYTES]) - a[_A_TB_MEAN]) / sd
+            if z > z0:
+                dev[_D_TASK_VOL] = 1.0 - exp((z0 - z) / zs)
+            z = (math.log1p(_distinct(state.task_bits)) - a[_A_TR_MEAN]) / math.sqrt(
+                a[_A_TR_VAR] + _AGG_VAR_FLOOR
+            )
+            if z > z0:
+                dev[_D_TASK_RES] = 1.0 - exp((z0 - z) / zs)
+        if a[_A_HW] >= _AGG_MIN_W and features.volume:
+            z = (math.log1p(a[_A_HOUR_BYTES]) - a[_A_HB_MEAN]) / math.sqrt(
+                a[_A_HB_VAR] + _AGG_VAR_FLOOR
+            )
+            if z > z0:
+                dev[_D_HOUR_VOL] = 1.0 - exp((z0 - z) / zs)
+        if a[_A_CUSUM] > _DRIFT_H and x[_X_BYTES_OUT]:
+            dev[_D_DRIFT] = 1.0 - exp((_DRIFT_H - a[_A_CUSUM]) / (0.1 * _DRIFT_H))
+
+        recent = state.recent
+        if recent:
+            hours = state.hours
+            b = _BUCKET[features.hour_of_week]
+            day = b - b % 24
+            smooth = (
+                hours[b]
+                + _NEIGHBOUR_W * (hours[day + (b + 1) % 24] + hours[day + (b - 1) % 24])
+                + _OTHER_DAY_W * hours[(b + 24) % 48]
+            )
+            # This bucket's share relative to a uniform week, with a uniform prior.
+            q = (smooth * _HOUR_NORM + _HOUR_PRIOR) / (recent + _HOUR_PRIOR)
+            dev[_D_HOURS] = exp(-q / _HOUR_SHARE_SCALE)
+
+            kk = self.cat_slots
+            present = state.present
+            novel = state.novel
+            name_slot = state.name_slot
+            sh = state.slot_hash
+            base = -kk
+            for c, h in enumerate(features.cat_hashes):
+                base += kk
+                if not h:
+                    continue
+                named = name_slot[c]
+                if named >= 0 and sh[named] == h:  # the usual value: nothing unusual
+                    continue
+                seen = present[c]
+                if not seen:
+                    continue
+                # The chance of this value: its own share if remembered, plus the share of
+                # events that brought a new value (novelty is unremarkable where it is common).
+                share = novel[c] / seen
+                if share > _SHARE_NEGLIGIBLE * rare:  # exp(-share / rare) < 1e-9: skip lookup
+                    continue
+                try:
+                    share += state.slot_count[sh.index(h, base, base + kk)] / seen
+                except ValueError:
+                    pass
+                dev[_D_CAT0 + c] = (
+                    exp(-share / rare)
+                    * (1.0 - exp(-seen / k))  # evidence for this feature
+                    # Usually absent? Not for counterparties: only writes have one, and their
+                    # novelty is judged among the identity's writes.
+                    * (1.0 if c == _C_COUNTERPARTY
+                       else 1.0 - exp(-min(1.0, seen / recent) / _PRESENCE_SCALE))
+                )  # fmt: skip
+
+        cp = features.cat_hashes[_C_COUNTERPARTY]
+        if cp and self.scope == "identity":
+            writes = a[_A_CP_SEEN]
+            if writes and not _bloom_has(state.cp_bloom, cp):
+                share = a[_A_CP_NEW] / writes  # how often its writes went to someone new
+                dev[_D_CAT0 + _C_COUNTERPARTY] = exp(-share / rare) * (1.0 - exp(-writes / k))
+            else:
+                dev[_D_CAT0 + _C_COUNTERPARTY] = 0.0
+
+        thr = self.explain_threshold
+        if max(dev) < thr:  # the common case: nothing to explain
+            return dev, []
+        top = [i for i in range(_N_DEV) if dev[i] >= thr]
+        top.sort(key=dev.__getitem__, reverse=True)
+        return dev, [
+            self._explain(state, features, i, dev[i], rate) for i in top[: self.max_contributions]
+        ]
+
+    # --- explanations (only for the few strongest dimensions: the slow path) ----------------
+
+    def _explain(
+        self, state: BaselineState, f: Features, dim: int, weight: float, rate: float
+    ) -> Contribution:
+        name = DEVIATIONS[dim]
+        who = self._who
+        peer = "peer " if self.scope == "peer" else ""
+        if dim >= _D_CAT0:
+            kind, observed, baseline, text = self._explain_cat(state, f, dim - _D_CAT0)
+        elif dim in (_D_BYTES_OUT, _D_BYTES_IN, _D_NRES):
+            xi = {_D_BYTES_OUT: _X_BYTES_OUT, _D_BYTES_IN: _X_BYTES_IN}.get(dim, _X_NRES)
+            m, sd = state.mean[xi], math.sqrt(max(state.var[xi], 0.0))
+            if xi == _X_NRES:
+                observed = _fmt_num(f.numeric[xi])
+                spread = f"{_fmt_num(m)} ± {_fmt_num(sd)}"
+            else:
+                typical = math.expm1(m)
+                observed = _fmt_bytes(math.expm1(f.numeric[xi]))
+                spread = f"{_fmt_bytes(typical)} ± {_fmt_bytes(math.expm1(m + sd) - typical)}"
+            kind = "zscore"
+            baseline = f"{peer}typical {spread}"
+            text = f"{name} {observed} vs {baseline}"
+        elif dim in (_D_TASK_VOL, _D_HOUR_VOL):
+            a = state.agg
+            task = dim == _D_TASK_VOL
+            total = a[_A_TASK_BYTES] if task else a[_A_HOUR_BYTES]
+            m, v = (a[_A_TB_MEAN], a[_A_TB_VAR]) if task else (a[_A_HB_MEAN], a[_A_HB_VAR])
+            typical = math.expm1(m)
+            kind = "zscore"
+            where = f"this task ({a[_A_TASK_CALLS]:.0f} calls)" if task else "this hour"
+            observed = f"{_fmt_bytes(total)} so far in {where}"
+            spread = f"{_fmt_bytes(typical)} ± {_fmt_bytes(math.expm1(m + math.sqrt(v)) - typical)}"
+            baseline = f"typical {'task' if task else 'hourly'} total {spread}"
+            text = f"{observed} vs {baseline}"
+        elif dim == _D_TASK_RES:
+            a = state.agg
+            kind = "zscore"
+            observed = f"{_distinct(state.task_bits):.0f} distinct resources in this task"
+            baseline = f"typically {math.expm1(a[_A_TR_MEAN]):.0f} per task"
+            text = f"{observed} vs {baseline}"
+        elif dim == _D_DRIFT:
+            a = state.agg
+            kind = "drift"
+            observed = f"bytes_out now typically {_fmt_bytes(math.expm1(state.mean[_X_BYTES_OUT]))}"
+            baseline = f"long-run typical {_fmt_bytes(math.expm1(a[_A_SLOW_MEAN]))}"
+            text = (f"{observed}, persistently above its {baseline} "
+                    f"(cumulative excess {a[_A_CUSUM]:.0f} sd)")  # fmt: skip
+        elif dim == _D_BURST:
+            kind = "burst"
+            observed = f"{_fmt_num(rate)} requests/min"
+            baseline = f"{peer}typical {_fmt_num(math.exp(state.rate_mean))}"
+            text = f"{observed} vs {baseline}"
+        elif dim == _D_HOURS:
+            kind = "off_hours"
+            t = f.time_ms
+            day = f.hour_of_week // 24
+            clock = f"{(t // _HOUR_MS) % 24:02d}:{(t // 60_000) % 60:02d} UTC"
+            observed = f"{_WEEKDAY[day]} {clock}" if day >= 5 else clock
+            baseline = f"active mostly {_active_window(state.hours)} UTC"
+            if day >= 5 and sum(state.hours[24:]) < 0.1 * max(1, state.recent):
+                baseline += " on weekdays"
+            text = f"{observed} — {who} {baseline}"
+        elif dim == _D_SENS:
+            rank = f.sensitivity_rank
+            kind = "first_seen" if sum(state.sens[rank:]) == 0 else "rare"
+            observed = SENSITIVITY_NAMES[rank]
+            usual = _usual_max(state.sens, self.rare_share)
+            baseline = f"usual maximum {SENSITIVITY_NAMES[usual]}"
+            if rank > usual:
+                text = f"sensitivity {observed} above {who}'s {baseline}"
+            else:
+                share = sum(state.sens[rank:]) / max(1, sum(state.sens))
+                text = f"sensitivity {observed} rare for {who} ({_pct(share)} of its resources)"
+        elif dim == _D_FAIL:
+            kind = "rare"
+            observed = "failure"
+            baseline = f"fails {_pct(state.mean[_X_FAIL])} of events"
+            text = f"failed event — {who} {baseline}"
+        elif dim == _D_NOMFA:
+            kind = "rare"
+            observed = "no MFA"
+            baseline = f"MFA on {_pct(1.0 - state.mfa_no / max(1, state.mfa_known))} of logons"
+            text = f"logon without MFA — {who} uses {baseline}"
+        else:  # _D_CHAIN
+            kind = "rare"
+            if f.numeric[_X_CHAIN]:
+                observed = f"delegated by `{f.cat_values[_C_DELEGATOR]}`"
+            else:
+                observed = "not delegated"
+            baseline = f"delegated in {_pct(state.mean[_X_CHAIN])} of events"
+            text = f"{observed} — {who} {baseline}"
+        return Contribution(name, "peer" if peer else kind, weight, observed, baseline, text)
+
+    def _explain_cat(self, state: BaselineState, f: Features, c: int) -> tuple[str, str, str, str]:
+        """(kind, observed, baseline, text) of a categorical deviation."""
+        name = CATEGORICAL[c]
+        value = f.cat_values[c] or ""
+        shown = _shorten(value, 60)
+        k = self.cat_slots
+        base = c * k
+        hashes = state.slot_hash[base : base + k]
+        used = k - hashes.count(0)
+        named = state.name_slot[c]
+        usual = state.name_text[c] if named >= 0 else None
+        scope = " in peer group" if self.scope == "peer" else ""
+        h = f.cat_hashes[c]
+        if h not in hashes:
+            kind = "first_seen"
+            if name in _WHERE:
+                baseline = f"usually {usual}" if usual else "usual value unknown"
+                return kind, shown, baseline, f"{name} {shown} never seen{scope} ({baseline})"
+            known = f"{used}+" if used == k and state.novel[c] else str(used)
+            baseline = f"known: {known} {_PLURAL[name]}"
+            if usual:
+                baseline += f", most used `{usual}`"
+            days = (f.time_ms - state.first_ms) // _DAY_MS
+            where = f" in {days} days" if days >= 1 else f" ({baseline})"
+            return kind, shown, baseline, f"first use of {name} `{shown}`{scope}{where}"
+        j = base + hashes.index(h)
+        share = state.slot_count[j] / max(1, state.present[c])
+        age_h = max(0, f.time_ms // _HOUR_MS - state.slot_hour[j])
+        ago = f"{age_h // 24} days ago" if age_h >= 48 else f"{age_h} h ago"
+        baseline = f"{_pct(share)} of {_PLURAL[name]}, last {ago}"
+        if usual and usual != value:
+            baseline += f"; usually `{usual}`"
+        return "rare", shown, baseline, f"{name} `{shown}` rarely used{scope} ({baseline})"
+
+    # --- merge --------------------------------------------------------------------------------
+
+    def merge(self, a: BaselineState, b: BaselineState) -> BaselineState:
+        """One state as if it had learned both streams; neither input changes.
+
+        Meant for two parts of one stream (two workers, replay + live, or two shards of a
+        peer group). When one state ended before the other began, the older one is decayed by
+        the newer one's events, which gives the means / variances of sequential learning;
+        overlapping states are combined without decay. Counts add; each categorical feature
+        keeps its most used, then most recent, ``cat_slots`` values.
+
+        >>> m = BaselineModel()
+        >>> m.merge(m.new_state(), m.new_state()).n
+        0
+        """
+        if a.n == 0 or b.n == 0:
+            return _copy(b if a.n == 0 else a)
+        old, new = (a, b) if (a.first_ms, a.last_ms) <= (b.first_ms, b.last_ms) else (b, a)
+        half_life = self.half_life_events
+        s = self.new_state()
+        sequential = old.last_ms <= new.first_ms
+        if sequential:  # one after the other: decay the older state
+            keep_w = self._alpha_keep**new.n  # what is left of its EW weight
+            # The halvings the older counts would have seen while the newer state learned.
+            shift = (old.since_halve + new.n) // half_life
+            s.since_halve = (
+                (old.since_halve + new.n) % half_life if new.n < half_life else new.since_halve
+            )
+        else:  # concurrent (e.g. two shards of a peer group): no decay
+            keep_w, shift = 1.0, 0
+            s.since_halve = max(old.since_halve, new.since_halve)
+
+        def add(u: int, v: int) -> int:
+            return min(_U16, (u >> shift) + v)
+
+        s.n = old.n + new.n
+        s.first_ms = old.first_ms
+        s.last_ms = max(old.last_ms, new.last_ms)
+        for g, _, members in _GROUPS:
+            # The older weight decays by keep^m, m = the newer state's events in this group;
+            # for a state learned from scratch that is exactly 1 - (1 - keep) * weight.
+            decay = max(0.0, 1.0 - (1.0 - self._alpha_keep) * new.w[g]) if sequential else 1.0
+            wo, wn = old.w[g] * decay, new.w[g]
+            s.w[g] = wo + wn
+            if not s.w[g]:
+                continue
+            fo, fn = wo / s.w[g], wn / s.w[g]
+            for i in members:
+                s.mean[i], s.var[i] = _combine(
+                    fo, old.mean[i], old.var[i], fn, new.mean[i], new.var[i]
+                )
+        rwo = old.rate_w * keep_w
+        s.rate_w = rwo + new.rate_w
+        s.rate_mean, s.rate_var = _combine(
+            rwo / s.rate_w,
+            old.rate_mean,
+            old.rate_var,
+            new.rate_w / s.rate_w,
+            new.rate_mean,
+            new.rate_var,
+        )
+        # The short-window counter is a sum of exp-decayed events: decay both to the end.
+        s.rate_c = sum(
+            x.rate_c * math.exp(-(s.last_ms - x.last_ms) / self._tau) for x in (old, new)
+        )
+        s.mfa_known = add(old.mfa_known, new.mfa_known)
+        s.mfa_no = add(old.mfa_no, new.mfa_no)
+        s.hours = [add(u, v) for u, v in zip(old.hours, new.hours, strict=True)]
+        s.recent = sum(s.hours)
+        s.sens = [add(u, v) for u, v in zip(old.sens, new.sens, strict=True)]
+        s.present = [add(u, v) for u, v in zip(old.present, new.present, strict=True)]
+        s.novel = [add(u, v) for u, v in zip(old.novel, new.novel, strict=True)]
+        k = self.cat_slots
+        for c in range(_N_CAT):
+            base = c * k
+            slots: dict[int, list[int]] = {}
+            for x, x_shift in ((old, shift), (new, 0)):
+                for j in range(base, base + k):
+                    h = x.slot_hash[j]
+                    if h:
+                        got = slots.setdefault(h, [0, x.slot_hour[j]])
+                        got[0] = min(_U16, got[0] + (x.slot_count[j] >> x_shift))
+                        got[1] = max(got[1], x.slot_hour[j])
+            ranked = sorted(slots.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:k]
+            for j, (h, (cnt, hour)) in enumerate(ranked, start=base):
+                s.slot_hash[j], s.slot_count[j], s.slot_hour[j] = h, cnt, hour
+            best = -1
+            for x in (old, new):
+                named = x.name_slot[c]
+                if named < 0 or x.name_text[c] is None:
+                    continue
+                h = x.slot_hash[named]
+                for j in range(base, base + len(ranked)):
+                    if s.slot_hash[j] == h and s.slot_count[j] >= best:
+                        best = s.slot_count[j]
+                        s.name_slot[c], s.name_text[c] = j, x.name_text[c]
+        # Running tasks and hours, and the totals' baselines: the newer state's (they are
+        # sequences in time; combining two shards' running sums would double-count).
+        s.agg = new.agg[:]
+        s.task_key, s.task_bits, s.task_key2, s.task_bits2 = (
+            new.task_key, new.task_bits, new.task_key2, new.task_bits2)  # fmt: skip
+        s.hour_key, s.taint = new.hour_key, new.taint
+        s.cp_bloom = [x | y for x, y in zip(old.cp_bloom, new.cp_bloom, strict=True)]
+        while s.recent >= 2 * self.half_life_events:  # keep every count within u16
+            self._halve(s)
+        return s
+
+    # --- serialisation ------------------------------------------------------------------------
+
+    def to_bytes(self, state: BaselineState) -> bytes:
+        """Compact, versioned binary form (≤ :attr:`max_bytes`: 1,166 B with the defaults).
+
+        Layout (little-endian): a fixed header (versions, counters, float32 means /
+        variances, the count vectors, slots used and named slot per feature), then the used
+        slots of all features: hashes (u32), counts (u16), age in hours before ``last_ms``
+        (u16), then the names (u8 length + UTF-8). Counts are exact and floats float32, so
+        re-encoding a decoded state gives the same bytes.
+
+        >>> m = BaselineModel()
+        >>> b = m.to_bytes(m.new_state())
+        >>> b[0] == STATE_VERSION, m.to_bytes(m.from_bytes(b)) == b, len(b)
+        (True, True, 434)
+        """
+        k = self.cat_slots
+        last_hour = state.last_ms // _HOUR_MS
+        sh = state.slot_hash
+        sc = state.slot_count
+        st = state.slot_hour
+        used: list[int] = []
+        name_idx: list[int] = []
+        hashes = array("I")
+        counts = array("H")
+        hours: list[int] = []
+        names: list[bytes] = []
+        base = 0
+        for c in range(_N_CAT):
+            end = base + k
+            m = k if sh[end - 1] else sh.index(0, base, end) - base  # used slots come first
+            used.append(m)
+            if m:
+                end = base + m
+                hashes.extend(sh[base:end])
+                counts.extend(sc[base:end])
+                hours.extend(st[base:end])
+            named = state.name_slot[c] - base
+            text = state.name_text[c]
+            if text is not None and 0 <= named < m:
+                name_idx.append(named)
+                raw = text.encode()[:_NAME_BYTES]
+                names.append(bytes((len(raw),)) + raw)
+            else:
+                name_idx.append(_NO_NAME)
+            base += k
+        try:
+            ages = array("H", [last_hour - h for h in hours])
+        except OverflowError:  # older than 7.5 years: just "very old" (never fail to save)
+            ages = array("H", [min(_U16, max(0, last_hour - h)) for h in hours])
+        head = _HEAD.pack(
+            STATE_VERSION,
+            FEATURE_SCHEMA_VERSION,
+            k,
+            min(_U32, state.n),
+            state.recent,
+            state.since_halve,
+            state.first_ms,
+            state.last_ms,
+            *state.w,
+            state.rate_c,
+            state.rate_mean,
+            state.rate_var,
+            state.rate_w,
+            state.mfa_known,
+            state.mfa_no,
+            *state.mean,
+            *state.var,
+            *state.hours,
+            *state.sens,
+            *state.present,
+            *state.novel,
+            *used,
+            *name_idx,
+            state.task_key,
+            state.task_bits,
+            state.task_key2,
+            state.task_bits2,
+            state.hour_key,
+            state.taint,
+            *state.agg,
+            *state.cp_bloom,
+        )
+        if _BIG_ENDIAN:
+            for arr in (hashes, counts, ages):
+                arr.byteswap()
+        return b"".join((head, hashes.tobytes(), counts.tobytes(), ages.tobytes(), *names))
+
+    def _cap(self) -> int:
+        """Largest count a valid state can hold (see ``_MAX_HALF_LIFE``)."""
+        return 3 * self.half_life_events
+
+    def from_bytes(self, data: bytes) -> BaselineState:
+        """Inverse of :meth:`to_bytes`; raises :class:`StateFormatError` on foreign bytes.
+
+        A state written with more ``cat_slots`` keeps its most used values.
+
+        >>> BaselineModel().from_bytes(b"\\x09")
+        Traceback (most recent call last):
+        ...
+        pipeline.baselines.baselines.StateFormatError: baseline state version 9, expected 1
+        """
+        if not data or data[0] != STATE_VERSION:
+            raise StateFormatError(
+                f"baseline state version {data[0] if data else None}, expected {STATE_VERSION}"
+            )
+        try:
+            return self._decode(data)
+        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
+            if isinstance(exc, StateFormatError):
+                raise
+            raise StateFormatError(f"corrupt baseline state: {exc}") from None
+
+    def _decode(self, data: bytes) -> BaselineState:
+        v = _HEAD.unpack_from(data)
+        if v[1] != FEATURE_SCHEMA_VERSION:
+            raise StateFormatError(
+                f"baseline learned on feature schema {v[1]}, expected {FEATURE_SCHEMA_VERSION}"
+            )
+        s = self.new_state()
+        s.n, s.recent, s.since_halve, s.first_ms, s.last_ms = v[3:8]
+        if not -_MAX_ABS_MS < s.first_ms <= s.last_ms < _MAX_ABS_MS:
+            raise StateFormatError("implausible baseline state times")
+        p = 8 + _N_GROUPS
+        s.w = list(v[8:p])
+        s.rate_c, s.rate_mean, s.rate_var, s.rate_w, s.mfa_known, s.mfa_no = v[p : p + 6]
+        p += 6
+        s.mean = list(v[p : p + _N_NUM])
+        p += _N_NUM
+        s.var = list(v[p : p + _N_NUM])
+        p += _N_NUM
+        s.hours = list(v[p : p + _N_BUCKETS])
+        p += _N_BUCKETS
+        s.sens = list(v[p : p + _N_RANKS])
+        p += _N_RANKS
+        s.present = list(v[p : p + _N_CAT])
+        p += _N_CAT
+        s.novel = list(v[p : p + _N_CAT])
+        p += _N_CAT
+        used = v[p : p + _N_CAT]
+        name_idx = v[p + _N_CAT : p + 2 * _N_CAT]
+        p += 2 * _N_CAT
+        s.task_key, s.task_bits, s.task_key2, s.task_bits2, s.hour_key, s.taint = v[p : p + 6]
+        s.agg = list(v[p + 6 : p + 6 + _N_AGG])
+        s.cp_bloom = list(v[p + 6 + _N_AGG : p + 6 + _N_AGG + _CP_WORDS])
+        if not all(-_MAX_FLOAT < x < _MAX_FLOAT for x in s.agg):
+            raise StateFormatError("implausible baseline aggregates")
+        total = sum(used)
+        off = _HEAD.size
+        if len(data) < off + 8 * total:
+            raise StateFormatError("baseline state truncated")
+        hashes = array("I")
+        hashes.frombytes(data[off : off + 4 * total])
+        off += 4 * total
+        counts = array("H")
+        counts.frombytes(data[off : off + 2 * total])
+        off += 2 * total
+        ages = array("H")
+        ages.frombytes(data[off : off + 2 * total])
+        off += 2 * total
+        if _BIG_ENDIAN:
+            for arr in (hashes, counts, ages):
+                arr.byteswap()
+        k = self.cat_slots
+        last_hour = s.last_ms // _HOUR_MS
+        hours = array("i", [last_hour - a for a in ages])
+        p = 0
+        for c in range(_N_CAT):
+            m = used[c]
+            base = c * k
+            if m <= k:
+                s.slot_hash[base : base + m] = hashes[p : p + m]
+                s.slot_count[base : base + m] = counts[p : p + m]
+                s.slot_hour[base : base + m] = hours[p : p + m]
+                if name_idx[c] < m:
+                    s.name_slot[c] = base + name_idx[c]
+            else:  # written with more slots: keep the most used, then most recent
+                keep = sorted(range(p, p + m), key=lambda i: (-counts[i], ages[i]))[:k]
+                for j, i in enumerate(keep, start=base):
+                    s.slot_hash[j], s.slot_count[j] = hashes[i], counts[i]
+                    s.slot_hour[j] = hours[i]
+                    if i - p == name_idx[c]:
+                        s.name_slot[c] = j
+            p += m
+        for c in range(_N_CAT):
+            if name_idx[c] == _NO_NAME:
+                continue
+            size = data[off]
+            text = data[off + 1 : off + 1 + size].decode()
+            off += 1 + size
+            if s.name_slot[c] >= 0:
+                s.name_text[c] = text
+        if off != len(data):
+            raise StateFormatError(f"baseline state has {len(data) - off} trailing bytes")
+        self._sanitize(s)
+        return s
+
+    def _sanitize(self, s: BaselineState) -> None:
+        """Reject values no model could have learned; decay counts into this model's range.
+
+        Whatever decodes can then be scored, learned and written back without overflow.
+        """
+        floats = (*s.w, s.rate_w, s.rate_c, s.rate_mean, s.rate_var, *s.mean, *s.var)
+        if not (
+            all(map(math.isfinite, floats))
+            and 0.0 <= min(s.w)
+            and max(s.w) <= _MAX_W
+            and 0.0 <= s.rate_w <= _MAX_W
+            and 0.0 <= s.rate_c <= _MAX_FLOAT
+            and s.rate_mean <= _MAX_FLOAT
+            and 0.0 <= s.rate_var <= _MAX_FLOAT
+            and min(s.mean) >= 0.0  # every numeric feature is >= 0 ...
+            and max(s.mean) <= _MAX_FLOAT
+            and max(s.mean[i] for i in _BINARY) <= 1.0  # ... and these are shares
+            and s.rate_mean >= 0.0  # log(rate), rate >= 1
+            and 0.0 <= min(s.var)
+            and max(s.var) <= _MAX_FLOAT
+            and (s.n > 0 or not (s.recent or any(s.slot_hash)))  # learned nothing: empty
+        ):
+            raise StateFormatError("implausible baseline state values")
+        cap = self._cap()
+        counts = (s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present, *s.novel)
+        if max(counts) > cap or max(s.slot_count, default=0) > cap:
+            # Not written by a model with this half-life: decay into range, so that learning
+            # can never overflow a u16 count.
+            s.slot_count = array("H", [min(cap, v) for v in s.slot_count])
+            while max(s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present) > cap:
+                self._halve(s)
+            s.novel = [min(cap, v) for v in s.novel]
+            s.since_halve = 0
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _copy(state: BaselineState) -> BaselineState:
+    s = BaselineState(0)
+    for name in BaselineState.__slots__:
+        value = getattr(state, name)
+        setattr(s, name, value[:] if isinstance(value, list | array) else value)
+    return s
+
+
+def _ew(mean: float, var: float, w: float, x: float) -> tuple[float, float]:
+    """One bias-corrected EW update of (mean, variance) with the new weight sum ``w``."""
+    b = 1.0 / w
+    d = x - mean
+    inc = b * d
+    return mean + inc, (1.0 - b) * (var + d * inc)
+
+
+def _bloom_probes(h: int) -> tuple[int, int]:
+    return h & (_CP_BITS - 1), (h >> 16) & (_CP_BITS - 1)  # two independent bytes of the crc
+
+
+def _bloom_has(words: list[int], h: int) -> bool:
+    """Whether a counterparty hash may have been added (false positives grow with the fill).
+
+    >>> w = [0] * _CP_WORDS
+    >>> _bloom_add(w, 12345); _bloom_has(w, 12345), _bloom_has(w, 999)
+    (True, False)
+    """
+    for b in _bloom_probes(h):
+        if not words[b >> 6] >> (b & 63) & 1:
+            return False
+    return True
+
+
+def _bloom_add(words: list[int], h: int) -> None:
+    for b in _bloom_probes(h):
+        words[b >> 6] |= 1 << (b & 63)
+
+
+def _distinct(bits: int) -> float:
+    """Distinct values in a 64-bit linear-counting sketch (exact for a few, ±10 % for ~50).
+
+    >>> _distinct(0), round(_distinct(0b111), 2)
+    (0.0, 3.07)
+    """
+    zeros = 64 - bits.bit_count()
+    return 64.0 * math.log(64.0 / zeros) if zeros else 64.0 * math.log(128.0)
+
+
+def _combine(
+    fa: float, ma: float, va: float, fb: float, mb: float, vb: float
+) -> tuple[float, float]:
+    """Weighted mean / variance of two groups whose weight fractions add up to 1."""
+    m = fa * ma + fb * mb
+    return m, fa * (va + (ma - m) ** 2) + fb * (vb + (mb - m) ** 2)
+
+
+def _usual_max(sens: Sequence[int], rare_share: float) -> int:
+    """Highest rank touched at least ``rare_share`` of the time (the identity's ceiling)."""
+    total = sum(sens)
+    for rank in range(len(sens) - 1, 0, -1):
+        if total and sens[rank] >= rare_share * total:
+            return rank
+    return 0
+
+
+def _active_window(hours: Sequence[int]) -> str:
+    """Smallest circular hour range holding ``_ACTIVE_MASS`` of events, e.g. ``08-18``.
+
+    >>> _active_window([0] * 8 + [5] * 10 + [0] * 30)
+    '08\\u201318'
+    """
+    by_hour = [hours[h] + hours[h + 24] for h in range(24)]
+    total = sum(by_hour)
+    if not total:
+        return f"00{_DASH}24"
+    need = _ACTIVE_MASS * total
+    best_start, best_len = 0, 24
+    end = 0
+    mass = 0
+    for start in range(24):  # two pointers over the doubled day: O(48)
+        while end < start + 24 and mass < need:
+            mass += by_hour[end % 24]
+            end += 1
+        if mass >= need and end - start < best_len:
+            best_start, best_len = start, end - start
+        mass -= by_hour[start]
+    return f"{best_start:02d}{_DASH}{(best_start + best_len) % 24 or 24:02d}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """At most ``limit`` UTF-8 bytes, keeping both ends (ids often differ at the end).
+
+    >>> _shorten("s3://finance/reports/2025/q3.xlsx", 20)
+    's3://fin…5/q3.xlsx'
+    """
+    if len(text) <= limit and len(text.encode()) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    short = text[:keep] + "…" + text[-(limit - 3 - keep) :]
+    if len(short.encode()) <= limit:
+        return short
+    return text.encode()[: limit - 3].decode(errors="ignore") + "…"
+
+
+def _fmt_bytes(n: float) -> str:
+    """Human byte count in decimal units.
+
+    >>> _fmt_bytes(48_000_000), _fmt_bytes(512), _fmt_bytes(1_250)
+    ('48.0 MB', '512 B', '1.2 KB')
+    """
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000.0
+        if n < 1000 or unit == "TB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}".removesuffix(".0")
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.1f}%" if share < 0.1 else f"{share * 100:.0f}%"

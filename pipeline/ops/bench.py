@@ -1,0 +1,386 @@
+"""``custos bench``: printed figures, never timed tests.
+
+1. Offline core: the pure detection path (decode → features → baselines → detector → rules →
+   policy) over simulated events in one process: events/s, state bytes per identity, RSS.
+2. Through Kafka: the same events into fresh topics, then (a) raw confluent-kafka consumption
+   for reference, (b) faust alone (the worker's consumer setup, an agent that only counts:
+   :mod:`pipeline.stream.ceiling`) and (c) one faust worker draining them: events/s. Then a
+   paced phase with the worker caught up gives event → scored latency (Kafka timestamp to batch
+   scored, p50/p99).
+
+The last line printed is one JSON object (events_per_s, p50_ms, p99_ms, bytes_per_identity,
+identities, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Settings, env_var
+from pipeline.events.schemas import EventDecoder
+from pipeline.kafka.clients import make_producer, read_all
+from pipeline.kafka.topics import TopicSpec, apply_topics
+from pipeline.ops.localhost import free_port, stop
+from pipeline.ops.metrics import scrape
+from pipeline.scores.directory import Directory
+from pipeline.scores.scoring import Detection
+from pipeline.simulate import Simulation
+from pipeline.simulate.directory import write_directory
+
+Echo = Callable[[str], None]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_offline(
+    settings: Settings, identities: int, duration_s: float, seed: int, directory: Directory
+) -> tuple[dict[str, Any], list[tuple[str, bytes, bytes, int]]]:
+    sim = Simulation(settings, identities=identities, duration_s=duration_s, seed=seed)
+    raw = list(sim.events())
+    decoder = EventDecoder(max_future_skew_ms=10**13)
+    det = Detection(settings, directory=directory)
+    store: dict[str, bytes] = {}
+    t0 = time.perf_counter()
+    batch = []
+    for _, _, value, _ in raw:
+        batch.append(decoder.decode(value))
+        if len(batch) >= settings.worker_batch:
+            det.process(batch, store)
+            batch = []
+    det.process(batch, store)
+    secs = time.perf_counter() - t0
+    sizes = [len(v) for v in store.values()]
+    return {
+        "events": len(raw),
+        "seconds": secs,
+        "events_per_s": len(raw) / secs,
+        "identities_seen": len(store),
+        "bytes_per_identity": sum(sizes) / max(1, len(sizes)),
+        "max_bytes_per_identity": max(sizes, default=0),
+        "rss_mb": _rss_mb(),
+    }, raw
+
+
+def bench_kafka(
+    settings: Settings,
+    raw: list[tuple[str, bytes, bytes, int]],
+    directory_path: Path,
+    echo: Echo,
+    paced_rate: float,
+    paced_seconds: float,
+    audit_records: int = 0,
+) -> dict[str, Any]:
+    tag = f"bench-{int(time.time())}"
+    s = dataclasses.replace(
+        settings,
+        identity_topic=f"{tag}.identity",
+        agent_topic=f"{tag}.agent",
+        deadletter_topic=f"{tag}.dlq",
+        alerts_topic=f"{tag}.alerts",
+        scores_topic=f"{tag}.scores",
+        models_topic=f"{tag}.models",
+        agent_models_topic=f"{tag}.agent-models",
+        reports_topic=f"{tag}.reports",
+        feedback_topic=f"{tag}.feedback",
+        app_id=f"{tag}-worker",
+    )
+    parts = s.worker_partitions
+    names = (s.identity_topic, s.agent_topic, s.deadletter_topic, s.alerts_topic, s.scores_topic,
+             s.feedback_topic)  # fmt: skip
+    apply_topics(s, [TopicSpec(t, parts, 1, {}) for t in names])
+    control = (s.models_topic, s.agent_models_topic, s.reports_topic)
+    apply_topics(s, [TopicSpec(t, 1, 1, {}) for t in control])
+    topic = {settings.identity_topic: s.identity_topic, settings.agent_topic: s.agent_topic}
+    producer = make_producer(s)
+    t0 = time.perf_counter()
+    for t, key, value, _ in raw:
+        while True:
+            try:
+                producer.produce(topic[t], key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    produce_s = time.perf_counter() - t0
+    echo(f"  produced {len(raw):,} events in {produce_s:.1f} s ({len(raw) / produce_s:,.0f}/s)")
+
+    t0 = time.perf_counter()
+    n_raw = sum(len(read_all(s, tp, timeout_s=300)) for tp in (s.identity_topic, s.agent_topic))
+    raw_s = time.perf_counter() - t0
+    echo(f"  raw confluent-kafka consume: {n_raw:,} in {raw_s:.1f} s ({n_raw / raw_s:,.0f}/s)")
+
+    env = dict(os.environ)
+    for name, setting in {
+        "bootstrap": s.bootstrap_servers, "identity_topic": s.identity_topic,
+        "agent_topic": s.agent_topic, "deadletter_topic": s.deadletter_topic,
+        "alerts_topic": s.alerts_topic, "scores_topic": s.scores_topic,
+        "models_topic": s.models_topic, "agent_models_topic": s.agent_models_topic,
+        "reports_topic": s.reports_topic, "feedback_topic": s.feedback_topic,
+        "directory_file": str(directory_path),
+        "worker_datadir": tempfile.mkdtemp(prefix="custos-bench-"),
+    }.items():  # fmt: skip
+        env[env_var(name)] = setting
+    log = Path(env[env_var("worker_datadir")]) / "worker.log"
+
+    # faust's own ceiling on the same topics: the worker's consumer setup, an agent that counts.
+    port = free_port()
+    env.update({env_var("app_id"): f"{s.app_id}-ceiling", env_var("worker_web_port"): str(port)})
+    ceiling = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.stream.ceiling"], env=env,
+        stdout=open(log.with_name("ceiling.log"), "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        ceiling_rate = _drain(ceiling, port, "custos_ceiling_consumed_total", len(raw), log)
+    finally:
+        stop([ceiling])
+    echo(f"  faust alone (agent only counts): {ceiling_rate:,.0f} events/s")
+
+    port = free_port()
+    env.update({env_var("app_id"): s.app_id, env_var("worker_web_port"): str(port)})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker"], env=env,
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        worker_rate = _drain(worker, port, "custos_scored_total", len(raw), log)
+        rss = _proc_rss_mb(worker.pid)
+        echo(f"  faust worker drained {len(raw):,} events: {worker_rate:,.0f} events/s, "
+             f"RSS {rss:,.0f} MB")  # fmt: skip
+
+        # Paced phase: the worker is caught up; send at a steady rate and read the latency.
+        paced = raw[: int(paced_rate * paced_seconds)]
+        t0 = time.perf_counter()
+        for i, (t, key, value, _) in enumerate(paced):
+            producer.produce(topic[t], key=key, value=value)
+            if i % 200 == 0:
+                producer.poll(0)
+                ahead = i / paced_rate - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush(60)
+        deadline = time.perf_counter() + 120
+        while time.perf_counter() < deadline:
+            m = scrape(port)
+            if m.get("custos_scored_total", 0.0) >= len(raw) + len(paced):
+                break
+            time.sleep(0.5)
+        p50 = m.get('custos_event_to_score_ms{quantile="0.5"}', 0.0)
+        p99 = m.get('custos_event_to_score_ms{quantile="0.99"}', 0.0)
+        echo(f"  paced {paced_rate:,.0f} events/s for {paced_seconds:.0f} s: "
+             f"event → scored p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
+    finally:
+        stop([worker])
+    audit = (
+        bench_audit(s, env, len(raw), log, echo, worker_rate, audit_records)
+        if audit_records
+        else {}
+    )
+    return {
+        **audit,
+        "produce_per_s": len(raw) / produce_s,
+        "raw_consume_per_s": n_raw / raw_s,
+        "faust_ceiling_per_s": ceiling_rate,
+        "worker_events_per_s": worker_rate,
+        "worker_rss_mb": rss,
+        "p50_ms": p50,
+        "p99_ms": p99,
+    }
+
+
+def bench_audit(
+    s: Settings, env: dict[str, str], n_events: int, log: Path, echo: Echo, alone: float,
+    records: int = 20_000,
+) -> dict[str, Any]:
+    """Audit log cost: append throughput alone, then the auditor and a worker side by side.
+
+    The auditor works through ``records`` findings (an alert storm) while a second worker (a
+    new consumer group) drains the same events again; the worker's events/s against ``alone``
+    (its rate without the auditor) is the audit's cost on detection on this machine.
+    """
+    import threading
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pipeline.alerts.findings import build_finding, encode_finding
+    from pipeline.alerts.policy import RiskPolicy, RiskState
+    from pipeline.audit.log import AuditLog
+    from pipeline.scores.explanations import RuleHit, Score
+
+    pure = AuditLog("bench")
+    t0 = time.perf_counter()
+    for i in range(records):
+        pure.append(kind="alert.created", subject=f"agt-{i % 1000}", actor="custos",
+                    time_ms=i, why={"explanation": ["credential_misuse: ..."]},
+                    refs={"finding": f"f-{i}", "events": [f"e-{i}"]},
+                    detail={"risk": 80})  # fmt: skip
+    append_rate = records / (time.perf_counter() - t0)
+    echo(f"  audit log append (pure, one process): {append_rate:,.0f} records/s")
+
+    a = dataclasses.replace(s, alerts_topic=f"{s.alerts_topic}-audit-in",
+                            audit_topic=f"{s.alerts_topic}-audit",
+                            audit_checkpoints_topic=f"{s.alerts_topic}-audit-cp",
+                            quarantine_topic=f"{s.alerts_topic}-audit-q",
+                            approvals_topic=f"{s.alerts_topic}-audit-ap",
+                            acks_topic=f"{s.alerts_topic}-audit-acks",
+                            auditor_group=f"{s.app_id}-auditor",
+                            home=tempfile.mkdtemp(prefix="custos-bench-audit-"))  # fmt: skip
+    apply_topics(a, [TopicSpec(t, 1, 1, {}) for t in (
+        a.alerts_topic, a.audit_topic, a.audit_checkpoints_topic, a.quarantine_topic,
+        a.approvals_topic, a.acks_topic)])  # fmt: skip
+    hit = RuleHit("credential_misuse", 5, "agt-1 used credential c-1 issued to agt-2")
+    producer = make_producer(a)
+    for i in range(records):
+        d = RiskPolicy().decide(RiskState(), Score(f"e-{i}", f"agt-{i % 1000}", "agent",
+                                                   1_790_000_000_000 + i, 0.1, 0.0,
+                                                   rules=(hit,), rationale="told to"))  # fmt: skip
+        assert d is not None
+        while True:
+            try:
+                value = encode_finding(build_finding(d, product_version="b"))
+                producer.produce(a.alerts_topic, key=d.identity_uid.encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+
+    aenv = dict(env)
+    for name in ("alerts_topic", "audit_topic", "audit_checkpoints_topic", "quarantine_topic",
+                 "approvals_topic", "acks_topic", "auditor_group", "home"):  # fmt: skip
+        aenv[env_var(name)] = str(getattr(a, name))
+    port = free_port()
+    wenv = dict(env)
+    wenv.update({env_var("app_id"): f"{s.app_id}-2", env_var("worker_web_port"): str(port),
+                 env_var("worker_datadir"): tempfile.mkdtemp(prefix="custos-bench-")})  # fmt: skip
+    auditor = subprocess.Popen([sys.executable, "-m", "pipeline", "audit", "run"], env=aenv,
+                               stdout=open(log.with_name("auditor.log"), "wb"),
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=wenv,
+                              stdout=open(log.with_name("worker-2.log"), "wb"),
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    t0 = time.perf_counter()
+    finished: list[float] = []
+
+    def watch_audit() -> None:
+        # The auditor's finish, seen while the worker drains (they run side by side).
+        watch = Consumer({"bootstrap.servers": a.bootstrap_servers, "group.id": "bench-watch"})
+        try:
+            while time.perf_counter() - t0 < 600:
+                tp = TopicPartition(a.audit_topic, 0)
+                _, high = watch.get_watermark_offsets(tp, timeout=10)
+                if high >= records + 1:  # + its config.start record
+                    finished.append(time.perf_counter() - t0)
+                    return
+                time.sleep(0.2)
+        finally:
+            watch.close()
+
+    watcher = threading.Thread(target=watch_audit, daemon=True)
+    watcher.start()
+    try:
+        rate = _drain(worker, port, "custos_scored_total", n_events, log)
+        watcher.join(600)
+    finally:
+        stop([worker, auditor])
+    audit_s = finished[0] if finished else None
+    audited = records / audit_s if audit_s else 0.0
+    echo(f"  auditor through Kafka: {records:,} findings in {audit_s or 0:.1f} s "
+         f"({audited:,.0f} records/s, checkpoint every {a.audit_checkpoint_records})")  # fmt: skip
+    echo(f"  worker beside the auditor: {rate:,.0f} events/s vs {alone:,.0f} alone "
+         f"({rate / alone:.0%})")  # fmt: skip
+    return {"audit_append_per_s": round(append_rate), "auditor_records_per_s": round(audited),
+            "worker_with_auditor_per_s": round(rate)}  # fmt: skip
+
+
+def _drain(proc: subprocess.Popen[bytes], port: int, metric: str, n: int, log: Path) -> float:
+    """Wait until ``metric`` reaches ``n``; events/s from the first counted event on."""
+    first = None
+    t_start = time.perf_counter()
+    while True:
+        time.sleep(1.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"bench process exited; see {log}")
+        done = scrape(port).get(metric, 0.0)
+        if first is None and done > 0:
+            first = (time.perf_counter(), done)
+        if done >= n:
+            break
+        if time.perf_counter() - t_start > 1800:
+            raise RuntimeError(f"bench process did not drain within 30 min; see {log}")
+    assert first is not None
+    secs = time.perf_counter() - first[0]
+    return (n - first[1]) / secs if secs > 0 else 0.0
+
+
+def _proc_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    identities: int,
+    duration_s: float,
+    seed: int,
+    kafka: bool,
+    paced_rate: float,
+    paced_seconds: float,
+    audit_records: int = 0,
+    echo: Echo = print,
+) -> dict[str, Any]:
+    from pipeline.simulate.population import build_population
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory_path = Path(tmp) / "directory.jsonl"
+        write_directory(build_population(identities, seed=seed), directory_path)
+        directory = Directory.load(directory_path)
+        echo(f"bench: {identities:,} identities, {duration_s / 3600:.1f} h of simulated traffic")
+        offline, raw = bench_offline(settings, identities, duration_s, seed, directory)
+        echo(f"  offline core: {offline['events']:,} events in {offline['seconds']:.1f} s "
+             f"({offline['events_per_s']:,.0f}/s); state {offline['bytes_per_identity']:.0f} B "
+             f"per identity (max {offline['max_bytes_per_identity']}); "
+             f"RSS {offline['rss_mb']:,.0f} MB")  # fmt: skip
+        result: dict[str, Any] = {
+            "identities": identities,
+            "events": offline["events"],
+            "offline_events_per_s": round(offline["events_per_s"]),
+            "bytes_per_identity": round(offline["bytes_per_identity"]),
+        }
+        if kafka:
+            if settings.managed_broker:
+                from pipeline.kafka.broker import Broker
+
+                Broker(settings).up()
+            k = bench_kafka(settings, raw, directory_path, echo, paced_rate, paced_seconds,
+                            audit_records)  # fmt: skip
+            result.update(
+                events_per_s=round(k["worker_events_per_s"]),
+                p50_ms=round(k["p50_ms"], 1),
+                p99_ms=round(k["p99_ms"], 1),
+                raw_consume_per_s=round(k["raw_consume_per_s"]),
+                faust_ceiling_per_s=round(k["faust_ceiling_per_s"]),
+                produce_per_s=round(k["produce_per_s"]),
+                worker_rss_mb=round(k["worker_rss_mb"]),
+                **{key: v for key, v in k.items() if key.startswith(("audit", "worker_with"))},
+            )
+        else:
+            result.update(events_per_s=result["offline_events_per_s"], p50_ms=None, p99_ms=None)
+    echo(json.dumps(result))
+    return result

@@ -1,0 +1,762 @@
+"""(baseline, features, detector, rules) → explained score → risk decision, per micro-batch.
+
+This is the one code path every consumer runs: the faust worker, ``custos replay``,
+``custos evaluate`` and the notebooks. It imports neither Kafka nor faust. Per-identity state
+lives in any ``MutableMapping[str, bytes]`` — a faust table backed by RocksDB in the worker,
+a plain dict offline — and is read once and written back once per identity per batch.
+
+Shared state (peer-group baselines, the detector and its calibrator) belongs to the process:
+it is learned from everything the process sees, and :meth:`Detection.save_shared` /
+:meth:`load_shared` persist it beside the worker's tables.
+
+>>> from pipeline.events.schemas import Event
+>>> det = Detection()
+>>> ev = Event(uid="e1", class_uid=3002, activity_id=1, time_ms=1_790_000_000_000,
+...            identity_uid="usr-1", identity_kind="human", country="DE", status_id=1)
+>>> out = det.process([ev], {})
+>>> len(out.scores), 0.0 <= out.scores[0].score <= 1.0, out.decisions
+(1, True, [])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections import OrderedDict
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import numpy as np
+
+from pipeline.alerts.policy import Decision, RiskPolicy, RiskState, Suppression, inventory_decision
+from pipeline.baselines.baselines import (
+    DEVIATION_INDEX,
+    DEVIATIONS,
+    BaselineModel,
+    BaselineState,
+    blend,
+    blend_contributions,
+    peer_group_key,
+)
+from pipeline.baselines.features import Features, extract
+from pipeline.config import Settings
+from pipeline.control.feedback import Feedback, FeedbackOutcome
+from pipeline.events.schemas import Event, ModelRef
+from pipeline.models.artifacts import SklearnDetector
+from pipeline.models.registry import Loaded
+from pipeline.scores.detectors import Loda, TailCalibrator
+from pipeline.scores.directory import Directory, DirectoryEntry, load_model_allowlist
+from pipeline.scores.explanations import Contribution, RuleHit, Score, Signal
+from pipeline.scores.rules import RuleState, ZeroTrustRules
+
+STATE_VERSION = 1
+log = logging.getLogger("custos.scoring")
+_FEATURES_ENCODER: Final = msgspec.msgpack.Encoder()
+_FEATURES_DECODER: Final = msgspec.msgpack.Decoder(Features)
+
+
+# Deviations that move together: a new network shows as a new country, ASN and IP prefix at
+# once, a new tool as a new service, operation and resource. Counting each group's members as
+# independent evidence would make one harmless change (a trip, a new API) look like three.
+_GROUPS: Final = tuple(
+    np.array([DEVIATION_INDEX[name] for name in group])
+    for group in (("country", "asn", "ip_prefix"),
+                  ("service", "operation", "resource", "combo"))
+)
+_GROUPED: Final = np.concatenate(_GROUPS)
+_ECHO: Final = 0.25  # weight of a group's weaker members beside its strongest
+# z-scored dimensions keep growing with z (an exponential tail: -log p = (z - offset) / scale);
+# the others are shares and saturate at "never seen".
+_ZDIMS: Final = np.array([DEVIATION_INDEX[d] for d in (
+    "bytes_out", "bytes_in", "n_resources", "burst", "task_volume", "task_resources",
+    "hour_volume", "drift", "sensitivity")])  # fmt: skip
+_Z_CAP: Final = 1e-12
+
+
+def surprise(rows: np.ndarray) -> np.ndarray:
+    """Sum of -log(1 - deviation): each deviation read as an independent tail probability.
+
+    Within a group of correlated deviations, the strongest counts fully and the others by
+    ``_ECHO``.
+
+    >>> row = np.zeros((1, len(DEVIATIONS)))
+    >>> row[0, [DEVIATION_INDEX["asn"], DEVIATION_INDEX["ip_prefix"]]] = 0.9
+    >>> one = row.copy(); one[0, DEVIATION_INDEX["ip_prefix"]] = 0.0
+    >>> bool(surprise(one)[0] < surprise(row)[0] < 2 * surprise(one)[0])
+    True
+
+    Shares saturate at "never seen"; a z-scored volume keeps growing with z:
+
+    >>> seen, huge = np.zeros((1, len(DEVIATIONS))), np.zeros((1, len(DEVIATIONS)))
+    >>> seen[0, DEVIATION_INDEX["service"]] = 1.0
+    >>> huge[0, DEVIATION_INDEX["bytes_out"]] = 1.0 - 1e-6  # z = offset + 13.8 scales
+    >>> round(float(surprise(seen)[0]), 1), round(float(surprise(huge)[0]), 1)
+    (6.9, 13.8)
+    """
+    tails = -np.log1p(-0.999 * rows)
+    tails[:, _ZDIMS] = -np.log(np.maximum(1.0 - rows[:, _ZDIMS], _Z_CAP))
+    total = tails.sum(axis=1) - tails[:, _GROUPED].sum(axis=1)
+    for g in _GROUPS:
+        part = tails[:, g]
+        strongest = part.max(axis=1)
+        total += strongest + _ECHO * (part.sum(axis=1) - strongest)
+    return np.asarray(total, dtype=np.float64)
+
+
+INVENTORY_MAX: Final = 4096  # model builds remembered for inventory findings
+HELD_MAX: Final = 8  # features of recent events kept out of the baseline, per identity
+FEEDBACK_SEEN_MAX: Final = 16  # feedback uids remembered per identity (idempotency)
+
+
+class IdentityState:
+    """Everything Custos keeps per identity: baseline, rule facts, risk. One table value.
+
+    ``held``: the encoded features of the most recent events kept out of the baseline (at
+    most :data:`HELD_MAX`), so an analyst's "false positive, learn this as normal" can still
+    teach them. ``feedback``: uids of feedback already applied.
+    """
+
+    __slots__ = ("baseline", "feedback", "held", "risk", "rules")
+
+    def __init__(
+        self,
+        baseline: BaselineState,
+        rules: RuleState,
+        risk: RiskState,
+        held: list[bytes] | None = None,
+        feedback: list[str] | None = None,
+    ) -> None:
+        self.baseline = baseline
+        self.rules = rules
+        self.risk = risk
+        self.held = held if held is not None else []
+        self.feedback = feedback if feedback is not None else []
+
+
+@dataclass
+class BatchResult:
+    scores: list[Score] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    # Evidence about other identities, to be applied where their state lives (apply_signals).
+    signals: list[Signal] = field(default_factory=list)
+    # The deviation vectors that fed the detector, one row per score (``keep_rows`` only):
+    # the features data scientists train detectors on.
+    rows: np.ndarray | None = None
+
+
+class Detection:
+    """The detection core with its hyperparameters; see the module docstring.
+
+    ``learn_gate``: an event whose calibrated score reaches this value (default: the policy's
+    noise floor, where events start to count as evidence), that fired a rule, or whose identity
+    has an incident building up, is not learned into the baselines (nor the detector): a
+    compromised identity must not teach Custos that its compromise is normal. A harmless novelty
+    that scores below the gate is learned at once, so it is "first use" once, not forever.
+    ``cold_gate``: a new identity (mostly scored against its peers) learns every event whose
+    strongest deviation from its *own* young baseline stays below this value.
+    Analyst feedback can release gated events later.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        directory: Directory | None = None,
+        baseline_model: BaselineModel | None = None,
+        peer_model: BaselineModel | None = None,
+        detector: Loda | SklearnDetector | None = None,
+        calibrator: TailCalibrator | None = None,
+        model: Loaded | None = None,
+        rules: ZeroTrustRules | None = None,
+        policy: RiskPolicy | None = None,
+        learn_gate: float | None = None,
+        cold_gate: float = 0.85,
+        busy_events_per_hour: float | None = None,
+        state_cache_size: int | None = None,
+        keep_rows: bool = False,
+    ) -> None:
+        settings = settings or Settings()
+        self.keep_rows = keep_rows
+        self.settings = settings
+        if directory is None and settings.directory_file:
+            directory = Directory.load(settings.directory_file)
+        self.directory = directory
+        self.baseline_model = baseline_model or BaselineModel()
+        # A group's volumes spread wider than any one member's: its z-scores get a softer tail.
+        self.peer_model = peer_model or BaselineModel(cat_slots=16, scope="peer", z_scale=3.0)
+        self.detector: Loda | SklearnDetector = detector or Loda(n_features=len(DEVIATIONS))
+        self.calibrator = calibrator or TailCalibrator(size=settings.calibration_window)
+        self.cold_calibrator = TailCalibrator(size=settings.calibration_window)
+        # Which signed model the shared detector started from (None: the built-in cold start).
+        self.model_ref: dict[str, str] | None = None
+        # The model a saved shared state said it ran (load_shared); the worker re-verifies it.
+        self.saved_model_ref: dict[str, str] | None = None
+        if model is not None:
+            self.swap_model(model)
+        allowlist = (
+            load_model_allowlist(settings.model_allowlist_file)
+            if settings.model_allowlist_file
+            else None
+        )
+        self.rules = rules or ZeroTrustRules(
+            model_allowlist=allowlist, enforce_registry=settings.agent_models_enforce
+        )
+        # Agent model builds (digests) seen by this process: a build no registry approves is
+        # reported once, as inventory, not as a violation on every agent that runs it.
+        self.model_inventory: dict[str, None] = {}
+        if policy is None:
+            # from_settings reads settings.suppressions_file itself (once).
+            policy = RiskPolicy.from_settings(settings)
+        self.policy = policy
+        self.learn_gate = learn_gate
+        self.cold_gate = cold_gate
+        self.busy_events_per_hour = (
+            settings.busy_events_per_hour if busy_events_per_hour is None
+            else busy_events_per_hour
+        )  # fmt: skip
+        self.peers: dict[str, BaselineState] = {}
+        self.open_incidents: set[str] = set()  # identities whose risk state has an incident
+        self.watermark_ms = 0  # latest event time processed: the clock incidents age by
+        self.events_seen = 0  # events processed since the shared state began (saved with it)
+        self.state_resets = 0
+        # LRU of decoded identity states, validated by their stored bytes: decoding a state
+        # costs more than scoring an event, and active identities come back batch after batch.
+        self.state_cache_size = (
+            settings.state_cache_size if state_cache_size is None else state_cache_size
+        )
+        self._decoded: OrderedDict[str, tuple[bytes, IdentityState]] = OrderedDict()
+
+    # --- state (de)serialisation ---------------------------------------------------------------
+    def load_state(self, data: bytes | None) -> IdentityState:
+        """Decode a stored state; an unreadable one (older layout, corruption) starts afresh.
+
+        Starting afresh costs that identity its history (it is scored against its peers
+        again), which beats stopping the worker for everyone; ``state_resets`` counts it.
+        """
+        if data:
+            try:
+                version, base, rules, risk, *extra = msgspec.msgpack.decode(data)
+                if version == STATE_VERSION:
+                    held, seen = extra[0] if extra else ([], [])
+                    return IdentityState(
+                        self.baseline_model.from_bytes(base),
+                        RuleState.from_bytes(rules),
+                        RiskState.from_bytes(risk),
+                        list(held),
+                        list(seen),
+                    )
+            except (ValueError, TypeError, msgspec.DecodeError) as exc:
+                log.warning("unreadable identity state (%s): starting afresh", exc)
+            self.state_resets += 1
+        return IdentityState(self.baseline_model.new_state(), RuleState(), RiskState())
+
+    def dump_state(self, st: IdentityState) -> bytes:
+        parts: tuple[object, ...] = (
+            STATE_VERSION,
+            self.baseline_model.to_bytes(st.baseline),
+            st.rules.to_bytes(),
+            st.risk.to_bytes(),
+        )
+        if st.held or st.feedback:  # most identities have neither: no extra byte for them
+            parts = (*parts, (st.held, st.feedback))
+        return msgspec.msgpack.encode(parts)
+
+    # --- the hot path --------------------------------------------------------------------------
+    def process(self, events: Sequence[Event], store: MutableMapping[str, bytes]) -> BatchResult:
+        """Score a micro-batch and decide; each identity's state is read and written once.
+
+        The batch runs in *rounds*: round k holds the k-th event of every identity in it, so an
+        identity's events are scored and learned in order while the detector and calibrator
+        still work on whole rounds (vectorised). Learning waits for the calibrated score: an
+        event is learned only when it fired no rule, scored below ``learn_gate`` and its
+        identity has no incident building up.
+        """
+        result = BatchResult()
+        if not events:
+            return result
+        # Event-time order inside the batch: an identity's sign-ins and API calls arrive on
+        # different topics and partitions, interleaved by chance; its baseline, rules (travel,
+        # clones, step order) and risk must see them as they happened. Stable: ties keep
+        # arrival order. Scores (and rows) come back in this order.
+        if any(events[i].time_ms > events[i + 1].time_ms for i in range(len(events) - 1)):
+            events = sorted(events, key=lambda e: e.time_ms)
+        cache: dict[str, IdentityState] = {}
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for i, ev in enumerate(events):
+            uid = ev.identity_uid
+            k = seen.get(uid, 0)
+            seen[uid] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(i)
+            if k == 0:
+                cache[uid] = self._fetch(uid, ev.time_ms, store)
+        # A canonical order inside each round: what identities learn into shared state (peer
+        # groups) must not depend on how partitions interleaved on the way in, so the worker
+        # and `custos replay` agree on the same input.
+        for idx in rounds:
+            idx.sort(key=lambda i: events[i].identity_uid)
+        scores: list[Score | None] = [None] * len(events)
+        if self.keep_rows:
+            result.rows = np.empty((len(events), len(DEVIATIONS)))
+        for idx in rounds:
+            self._round([events[i] for i in idx], idx, cache, scores, result)
+        result.scores = [s for s in scores if s is not None]
+
+        decoded = self._decoded
+        for uid, st in cache.items():
+            data = store[uid] = self.dump_state(st)
+            if self.state_cache_size:
+                decoded[uid] = (data, st)
+                decoded.move_to_end(uid)
+        while len(decoded) > self.state_cache_size:
+            decoded.popitem(last=False)
+        self.watermark_ms = max(self.watermark_ms, max(ev.time_ms for ev in events))
+        self.events_seen += len(events)
+        return result
+
+    def _fetch(self, uid: str, time_ms: int, store: MutableMapping[str, bytes]) -> IdentityState:
+        data = store.get(uid)
+        hot = self._decoded.get(uid)
+        # Reuse the decoded object when the stored bytes are still the ones we wrote
+        # (a rebalance or another writer changes them, and then we decode again).
+        if hot is not None and data is not None and hot[0] == data:
+            st = hot[1]
+            self._decoded.move_to_end(uid)
+        else:
+            st = self.load_state(data)
+        if self.baseline_model.expired(st.baseline, time_ms):
+            st.baseline = self.baseline_model.new_state()  # dormant past the TTL: start afresh
+        return st
+
+    def _round(
+        self,
+        events: list[Event],
+        index: list[int],
+        cache: dict[str, IdentityState],
+        scores: list[Score | None],
+        result: BatchResult,
+    ) -> None:
+        """Score, decide and learn one round (at most one event per identity)."""
+        bm, pm = self.baseline_model, self.peer_model
+        directory = self.directory
+        n = len(events)
+        rows = np.empty((n, len(DEVIATIONS)))
+        peer_w = np.zeros(n)
+        own_max = np.zeros(n)
+        partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
+                            list[Contribution], tuple[RuleHit, ...]]] = []  # fmt: skip
+        for i, ev in enumerate(events):
+            st = cache[ev.identity_uid]
+            f = extract(ev)
+            entry = directory.lookup(ev.identity_uid) if directory is not None else None
+            w_own = bm.own_weight(st.baseline)
+            bm.observe(st.baseline, f)  # task / hour totals count every event, learned or not
+            own_dev, own_why = bm.deviations(st.baseline, f)
+            if w_own < 0.99:
+                # Cold start: lean on the peer group until the identity has its own evidence.
+                peer = self._peer_state(ev, entry)
+                peer_dev, peer_why = pm.deviations(peer, f, bm.current_rate(st.baseline, f))
+                dev = blend(own_dev, peer_dev, w_own)
+                why = blend_contributions(own_why, peer_why, dev, w_own)
+            else:
+                dev, why = own_dev, own_why
+            rows[i] = dev
+            hits = self.rules.check(st.rules, ev, entry)
+            if hits:
+                self._signals(ev, hits, result)
+            model = ev.model
+            if model is not None and model.digest and model.digest not in self.model_inventory:
+                self._inventory(ev, model, result)
+            partial.append((ev, st, f, entry, why, hits))
+            peer_w[i] = 1.0 - w_own
+            own_max[i] = max(own_dev)
+
+        # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
+        # seen by few projections); the independent-tails surprise keeps it visible.
+        raw = self.detector.score_many(rows) + surprise(rows)
+        # New identities are judged among new identities: everything about them is "first
+        # seen" to some degree, which would otherwise set the bar that warm identities'
+        # genuinely rare events have to clear.
+        cold = peer_w > 0.5
+        calibrated = self.calibrator.transform_many(raw)
+        if cold.any():
+            calibrated[cold] = self.cold_calibrator.transform_many(raw[cold])
+            self.cold_calibrator.learn_many(raw[cold])
+        # The calibrator sees every raw score: its job is to say how rare a score is among all
+        # events. Learning only the "normal" ones would truncate the reference and make every
+        # gated event look maximally rare. A few anomalies barely move its quantiles.
+        self.calibrator.learn_many(raw[~cold])
+
+        if self.busy_events_per_hour > 0:
+            calibrated = np.maximum(0.0, calibrated - self._busy_discount(partial))
+        learned = np.zeros(n, dtype=bool)
+        policy = self.policy
+        gate = self.learn_gate if self.learn_gate is not None else policy.noise_floor
+        for i, (ev, st, f, entry, why, hits) in enumerate(partial):
+            uid = ev.identity_uid
+            score = float(calibrated[i])
+            sc = Score(
+                event_uid=ev.uid,
+                identity_uid=uid,
+                identity_kind=ev.identity_kind,
+                time_ms=ev.time_ms,
+                score=score,
+                raw=float(raw[i]),
+                contributions=tuple(why),
+                rules=hits,
+                peer_weight=float(peer_w[i]),
+                rationale=ev.rationale,
+                credential_uid=ev.credential.uid if ev.credential is not None else None,
+            )
+            decision = policy.decide(st.risk, sc)
+            if decision is not None:
+                result.decisions.extend(decision.flatten())
+                if any(d.habituated for d in decision.flatten()):
+                    self._learn_held(st, 0)
+            if st.risk.incident is not None:
+                self.open_incidents.add(uid)
+            else:
+                self.open_incidents.discard(uid)
+            # Poisoning protection: what looks like (part of) an attack is not learned. While an
+            # incident builds up, nothing is: the attacker's quieter events are not normal either.
+            # A new identity differs from its peers in harmless ways (its own address, owner,
+            # environment) and must still build a baseline: it is gated on its own deviations.
+            if cold[i]:
+                accept = own_max[i] < self.cold_gate
+            else:
+                # Anomalous only where the identity habituated (an incident that stayed open
+                # unconfirmed): learned, so the baseline catches up instead of alerting forever.
+                accept = st.risk.incident is None and (
+                    score < gate or policy.habituated(st.risk, sc)
+                )
+            if accept and not hits:
+                rate = bm.current_rate(st.baseline, f)
+                bm.learn_one(st.baseline, f)
+                learned[i] = True
+                # Peer groups learn from new members and, one event in 8, established ones -
+                # chosen by the event's uid, so the choice does not depend on arrival order.
+                if peer_w[i] > 0.01 or zlib.crc32(ev.uid.encode()) % 8 == 0:
+                    pm.learn_one(self._peer_state(ev, entry), f, rate)
+            else:
+                sc = msgspec.structs.replace(sc, learned=False)
+                bm.taint(st.baseline)
+                if st.risk.incident is not None:
+                    # Part of an incident: kept for a "false positive, learn as normal".
+                    st.held.append(_FEATURES_ENCODER.encode(f))
+                    if len(st.held) > HELD_MAX:
+                        del st.held[0]
+            scores[index[i]] = sc
+        if learned.any():
+            self.detector.learn_many(rows[learned])
+        if result.rows is not None:
+            result.rows[index] = rows
+
+    def _busy_discount(self, partial: list[Any]) -> np.ndarray:
+        """How much less one tail event says about an identity busier than
+        ``busy_events_per_hour``: a score is a tail probability per *event*, and an identity
+        with 100x the events meets 100x the tail events per hour without being attacked.
+        Half the log of the excess (a square root: busy identities still alert), on the
+        calibrator's scale."""
+        out = np.zeros(len(partial))
+        ref = self.busy_events_per_hour
+        scale = 0.5 / math.log10(max(10.0, float(self.calibrator.size)))
+        for i, p in enumerate(partial):
+            b = p[1].baseline
+            hours = (b.last_ms - b.first_ms) / 3_600_000
+            if hours >= 1.0:
+                rate = b.n / hours
+                if rate > ref:
+                    out[i] = scale * math.log10(rate / ref)
+        return out
+
+    def _inventory(self, ev: Event, model: ModelRef, result: BatchResult) -> None:
+        """First sighting of a model build in this process: one inventory finding unless the
+        registry approves the build (approved builds are inventory already)."""
+        digest = str(model.digest)
+        inv = self.model_inventory
+        inv[digest] = None
+        if len(inv) > INVENTORY_MAX:
+            del inv[next(iter(inv))]
+        reg = self.rules.agent_models
+        if reg is not None and len(reg) and reg.status(digest) == "approved":
+            return
+        name = f"{model.name or '?'} {model.version or '?'}"
+        hit = RuleHit(
+            "model_inventory",
+            2,
+            f"first sighting of agent model {name} ({digest[:19]}…), on {ev.identity_uid}; "
+            f"no registry approves it (each agent is pinned to the build it runs)",
+            {"model_name": model.name, "model_version": model.version,
+             "observed_digest": digest, "first_agent": ev.identity_uid},
+        )  # fmt: skip
+        result.decisions.append(
+            inventory_decision(hit, key=digest, identity_uid=ev.identity_uid,
+                               identity_kind=ev.identity_kind, time_ms=ev.time_ms,
+                               event_uid=ev.uid)
+        )  # fmt: skip
+
+    def _signals(self, ev: Event, hits: tuple[RuleHit, ...], result: BatchResult) -> None:
+        """Derive evidence about other identities from this event's rule hits."""
+        for h in hits:
+            if h.rule != "unauthorised_delegation":
+                continue
+            delegator = str(h.evidence.get("delegated_by") or "")
+            if not delegator or any(
+                s.identity_uid == delegator and s.source_uid == ev.identity_uid
+                for s in result.signals
+            ):  # one signal per (delegator, agent) and batch: the task's steps repeat it
+                continue
+            entry = self.directory.lookup(delegator) if self.directory is not None else None
+            result.signals.append(
+                Signal(
+                    identity_uid=delegator,
+                    identity_kind=entry.kind if entry is not None else "unknown",
+                    time_ms=ev.time_ms,
+                    event_uid=ev.uid,
+                    source_uid=ev.identity_uid,
+                    rule=RuleHit(
+                        "delegated_outside_team",
+                        4,
+                        f"{delegator} handed a task to {ev.identity_uid}, which the directory "
+                        f"does not allow it to delegate to (lateral movement?)",
+                        {"delegate": ev.identity_uid, "event_uid": ev.uid},
+                    ),
+                )
+            )
+
+    def apply_signals(
+        self, signals: Sequence[Signal], store: MutableMapping[str, bytes]
+    ) -> list[Decision]:
+        """Fold signals about identities whose state is in ``store`` into their risk.
+
+        A signal is a rule hit without an event of the identity's own: it adds risk and
+        evidence to the incident (the revealing event's uid becomes a related event), and
+        changes neither baselines nor rule state.
+        """
+        out: list[Decision] = []
+        touched: dict[str, IdentityState] = {}
+        for sig in signals:
+            uid = sig.identity_uid
+            st = touched.get(uid)
+            if st is None:
+                st = touched[uid] = self._fetch(uid, sig.time_ms, store)
+            score = Score(
+                event_uid=sig.event_uid,
+                identity_uid=uid,
+                identity_kind=sig.identity_kind,
+                time_ms=sig.time_ms,
+                score=0.0,
+                raw=0.0,
+                rules=(sig.rule,),
+                learned=False,
+            )
+            decision = self.policy.decide(st.risk, score)
+            if decision is not None:
+                out.extend(decision.flatten())
+            if st.risk.incident is not None:
+                self.open_incidents.add(uid)
+        for uid, st in touched.items():
+            store[uid] = self.dump_state(st)
+            self._decoded.pop(uid, None)
+        return out
+
+    def apply_feedback(
+        self, fb: Feedback, store: MutableMapping[str, bytes]
+    ) -> tuple[FeedbackOutcome, list[Decision]]:
+        """Apply one analyst decision to its identity's state; see :mod:`pipeline.control.feedback`.
+
+        Idempotent: a feedback uid already applied to the identity changes nothing. The
+        caller publishes the decisions (findings) and acts on ``release_command``.
+        """
+        from pipeline.quarantine.commands import command_id_for
+
+        uid = fb.identity
+        st = self._fetch(uid, fb.at_ms, store)
+        t = max(fb.at_ms, st.risk.updated_ms)
+
+        def outcome(kind: str, detail: str, **kw: Any) -> FeedbackOutcome:
+            return FeedbackOutcome(fb.uid, fb.action, uid, kind, detail, **kw)
+
+        if fb.uid in st.feedback:
+            return outcome("duplicate", f"feedback {fb.uid} was already applied"), []
+        inc = st.risk.incident
+        decisions: list[Decision] = []
+        if fb.action == "suppress":
+            sup = Suppression(identity=uid, feature=fb.feature, until_ms=fb.until_ms,
+                              reason=f"{fb.by}: {fb.reason}")  # fmt: skip
+            self.policy.suppress(st.risk, sup, t)
+            decisions = [d for d in [self.policy.tick(st.risk, t)] if d is not None]
+            done = outcome("applied", f"suppressed {fb.feature or 'the whole identity'} until "
+                           f"{fb.until_ms}", finding_uid=inc.uid if inc else None)  # fmt: skip
+        elif inc is None or (inc.status_id == 0 and fb.action != "confirm"):
+            if not (fb.action == "release" and fb.finding_uid):
+                return outcome("no_incident", f"{uid} has no open incident"), []
+            # Nothing alerted to act on; a release still cancels the finding's command.
+            done = outcome("applied", "no open incident; cancelling the finding's command",
+                           finding_uid=fb.finding_uid,
+                           release_command=command_id_for(fb.finding_uid))  # fmt: skip
+        elif fb.finding_uid and inc.uid and fb.finding_uid != inc.uid:
+            return outcome("finding_mismatch", f"open incident is {inc.uid}, not "
+                           f"{fb.finding_uid}", finding_uid=inc.uid), []  # fmt: skip
+        elif fb.action == "confirm":
+            d = self.policy.confirm(st.risk, t, f"compromise confirmed by {fb.by}: {fb.reason}")
+            decisions = [d] if d is not None else []
+            after = st.risk.incident
+            done = outcome("applied", "incident quarantine-worthy, approved by the analyst",
+                           finding_uid=after.uid if after else None)  # fmt: skip
+        elif fb.action == "false_positive":
+            d = self.policy.dismiss(st.risk, t, f"false positive ({fb.by}): {fb.reason}")
+            decisions = [d] if d is not None else []
+            learned = self._learn_held(st, inc.first_seen_ms) if fb.learn_as_normal else 0
+            detail = "incident closed as a false positive"
+            if fb.learn_as_normal:
+                detail += f"; {learned} held event(s) learned as normal"
+            done = outcome("applied", detail, finding_uid=inc.uid, learned=learned,
+                           release_command=command_id_for(inc.uid)
+                           if inc.quarantine and inc.uid else None)  # fmt: skip
+        else:  # release
+            self.policy.release(st.risk)
+            done = outcome("applied", "quarantine released; a new kind of rule can quarantine "
+                           "again",
+                           finding_uid=inc.uid,
+                           release_command=command_id_for(inc.uid))  # fmt: skip
+        st.feedback.append(fb.uid)
+        if len(st.feedback) > FEEDBACK_SEEN_MAX:
+            del st.feedback[0]
+        if st.risk.incident is None:
+            self.open_incidents.discard(uid)
+        else:
+            self.open_incidents.add(uid)
+        store[uid] = self.dump_state(st)
+        self._decoded.pop(uid, None)
+        return done, decisions
+
+    def _learn_held(self, st: IdentityState, since_ms: int) -> int:
+        """Learn the held events from ``since_ms`` on into the baseline; keep the older ones."""
+        keep, learned = [], 0
+        for raw in st.held:
+            f = _FEATURES_DECODER.decode(raw)
+            if f.time_ms >= since_ms:
+                self.baseline_model.learn_one(st.baseline, f)
+                learned += 1
+            else:
+                keep.append(raw)
+        st.held = keep
+        return learned
+
+    def _peer_state(self, ev: Event, entry: DirectoryEntry | None) -> BaselineState:
+        group = peer_group_key(ev, entry.peer_group if entry is not None else None)
+        peer = self.peers.get(group)
+        if peer is None:
+            peer = self.peers[group] = self.peer_model.new_state()
+        return peer
+
+    def tick(self, now_ms: int, store: MutableMapping[str, bytes]) -> list[Decision]:
+        """Let time pass for open incidents (closing quiet ones); call it periodically."""
+        out: list[Decision] = []
+        for uid in list(self.open_incidents):
+            st = self.load_state(store.get(uid))
+            decision = self.policy.tick(st.risk, now_ms)
+            if decision is not None:
+                out.extend(decision.flatten())
+                if decision.habituated:
+                    self._learn_held(st, 0)
+                store[uid] = self.dump_state(st)
+            if st.risk.incident is None:
+                self.open_incidents.discard(uid)
+        return out
+
+    # --- shared state --------------------------------------------------------------------------
+    def swap_model(self, model: Loaded) -> dict[str, str] | None:
+        """Run on a verified model's detector and calibrator from now on; returns the old ref.
+
+        Per-identity baselines, peer baselines, rule and risk state are untouched: a swap
+        changes how deviation vectors are scored, not what Custos knows about identities.
+        """
+        previous = self.model_ref
+        self.detector = model.bundle.detector
+        self.calibrator = model.bundle.calibrator
+        self.model_ref = model.ref
+        return previous
+
+    def save_shared(self, path: Path) -> None:
+        """Persist :meth:`shared_bytes` (atomically: write, then rename)."""
+        blob = self.shared_bytes()
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+
+    def shared_bytes(self) -> bytes:
+        """Peer baselines, detector and calibrators as bytes (what :meth:`load_shared_bytes` reads).
+
+        A frozen (scikit-learn) detector is not written: only its model reference is, and the
+        worker reloads and re-verifies it from the registry on start.
+        """
+        from pipeline.scores.detectors import dumps
+
+        return msgspec.msgpack.encode(
+            {
+                "version": STATE_VERSION,
+                "peers": {k: self.peer_model.to_bytes(v) for k, v in self.peers.items()},
+                "detector": dumps(self.detector) if isinstance(self.detector, Loda) else None,
+                "calibrator": dumps(self.calibrator),
+                "cold_calibrator": dumps(self.cold_calibrator),
+                "model": self.model_ref,
+                "events_seen": self.events_seen,
+                "inventory": list(self.model_inventory),
+            }
+        )
+
+    def load_shared(self, path: Path) -> bool:
+        """Restore :meth:`save_shared`'s file; False (and nothing changed) if absent or unusable."""
+        if not path.exists():
+            return False
+        return self.load_shared_bytes(path.read_bytes(), str(path))
+
+    def load_shared_bytes(self, blob: bytes, where: str = "shared state") -> bool:
+        """Restore :meth:`shared_bytes`; False (and nothing changed) if unusable.
+
+        ``saved_model_ref`` is set to the model the state was learned with; when the detector
+        itself was not saved (a frozen model), the current one is left for the caller to
+        replace by that model.
+        """
+        from pipeline.scores.detectors import loads
+
+        try:
+            d = msgspec.msgpack.decode(blob)
+            if d.get("version") != STATE_VERSION:
+                raise ValueError(f"version {d.get('version')}")
+            peers = {k: self.peer_model.from_bytes(v) for k, v in d["peers"].items()}
+            det = loads(d["detector"]) if d["detector"] is not None else None
+            cal = loads(d["calibrator"])
+            cold: Loda | TailCalibrator = (
+                loads(d["cold_calibrator"]) if "cold_calibrator" in d else TailCalibrator()
+            )
+            ref = d.get("model")
+            seen = int(d.get("events_seen", 0))
+            inventory = {str(x): None for x in d.get("inventory", ())}
+        except (ValueError, TypeError, KeyError, msgspec.DecodeError) as exc:
+            # Shared state is re-learned within minutes; a stale file must not stop the worker.
+            log.warning("ignoring unreadable shared state %s (%s)", where, exc)
+            return False
+        if not (
+            (det is None or isinstance(det, Loda))
+            and isinstance(cal, TailCalibrator)
+            and isinstance(cold, TailCalibrator)
+        ):
+            return False
+        self.peers = peers
+        if det is not None:
+            self.detector = det
+            self.model_ref = ref
+        self.calibrator, self.cold_calibrator = cal, cold
+        self.saved_model_ref = ref
+        self.events_seen = seen
+        self.model_inventory = inventory
+        return True

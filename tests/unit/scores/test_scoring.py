@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from pipeline.alerts.policy import RiskPolicy
+from pipeline.events.schemas import Credential, Event
+from pipeline.scores.directory import Directory, DirectoryEntry
+from pipeline.scores.scoring import Detection
+
+T0 = 1_790_000_000_000
+
+
+def _call(i: int, uid: str = "agt-1", issued_to: str = "agt-1") -> Event:
+    return Event(
+        uid=f"e{i}", class_uid=6003, activity_id=2, time_ms=T0 + i * 30_000,
+        identity_uid=uid, identity_kind="agent", service="crm", operation="crm.read",
+        bytes_in=2000, bytes_out=300, environment="prod-eu", status_id=1,
+        credential=Credential(uid=f"c-{issued_to}", issued_to=issued_to, task_uid="t1", step=1,
+                              expires_at=T0 + 10**9),
+    )  # fmt: skip
+
+
+def test_state_lives_in_the_store_and_another_instance_resumes_from_it() -> None:
+    store: dict[str, bytes] = {}
+    first = Detection()
+    out = first.process([_call(i) for i in range(200)], store)
+    assert out.scores[0].peer_weight == 1.0  # brand new: scored against its peers only
+    assert set(store) == {"agt-1"}
+    again = Detection(state_cache_size=0).process([_call(300)], store)
+    assert again.scores[0].peer_weight < 0.05  # own baseline restored from the bytes
+
+
+def test_cached_state_is_not_used_once_the_stored_bytes_changed() -> None:
+    store: dict[str, bytes] = {}
+    det = Detection()
+    det.process([_call(i) for i in range(200)], store)
+    del store["agt-1"]  # e.g. another worker owns it now, or the state expired
+    out = det.process([_call(300)], store)
+    assert out.scores[0].peer_weight == 1.0
+
+
+def test_rule_hits_are_not_learned_and_unreadable_state_starts_afresh() -> None:
+    store: dict[str, bytes] = {"agt-1": b"\x93garbage"}
+    det = Detection()
+    out = det.process([_call(0), _call(1, issued_to="agt-2")], store)
+    assert det.state_resets == 1
+    normal, misuse = out.scores
+    assert normal.learned and not misuse.learned
+    assert [h.rule for h in misuse.rules] == ["credential_misuse"]
+    assert all(0.0 <= s.score <= 1.0 for s in out.scores)
+    assert any(d.quarantine for d in out.decisions)  # Critical rule: alert with quarantine
+
+
+def test_shared_state_round_trips_and_a_bad_file_is_ignored(tmp_path: Path) -> None:
+    det = Detection()
+    det.process([_call(i, uid=f"agt-{i % 7}") for i in range(400)], {})
+    path = tmp_path / "shared.msgpack"
+    det.save_shared(path)
+    other = Detection()
+    assert other.load_shared(path) is True
+    assert set(other.peers) == set(det.peers)
+    assert other.cold_calibrator.n_ == det.cold_calibrator.n_ > 0
+    assert (other.detector.counts_ == det.detector.counts_).all()
+    path.write_bytes(b"not msgpack at all")
+    assert Detection().load_shared(path) is False
+
+
+def _warm(det: Detection, store: dict[str, bytes], n: int = 400) -> None:
+    # Several identities, so the calibrators have a reference; agt-1 is the one under test.
+    det.process([_call(i, uid=f"agt-{i % 4}", issued_to=f"agt-{i % 4}") for i in range(n)], store)
+
+
+def test_events_are_scored_and_learned_in_order_within_a_batch() -> None:
+    store: dict[str, bytes] = {}
+    det = Detection()
+    batch = [_call(i, uid=f"agt-{i % 3}", issued_to=f"agt-{i % 3}") for i in range(30)]
+    out = det.process(batch, store)
+    assert [s.event_uid for s in out.scores] == [e.uid for e in batch]  # input order kept
+    n_learned = det.load_state(store["agt-0"]).baseline.n
+    assert n_learned == sum(1 for s in out.scores if s.identity_uid == "agt-0" and s.learned)
+
+
+def _novel_ops(start: int) -> list[Event]:
+    return [
+        Event(uid=f"n{i}", class_uid=6003, activity_id=2, time_ms=T0 + (start + i) * 30_000,
+              identity_uid="agt-1", identity_kind="agent", service="crm",
+              operation="crm.search", bytes_in=2000, bytes_out=300, environment="prod-eu",
+              status_id=1)
+        for i in range(3)
+    ]  # fmt: skip
+
+
+def test_below_the_gate_a_novelty_is_learned_once_above_it_never() -> None:
+    def novelty_flags(det: Detection) -> list[tuple[bool, str]]:
+        store: dict[str, bytes] = {}
+        _warm(det, store)
+        out = det.process(_novel_ops(400), store)
+        return [(s.learned, next(c.text for c in s.contributions if c.feature == "operation"))
+                for s in out.scores]  # fmt: skip
+
+    # A gate above every score (and a policy that adds no risk): the first use is learned,
+    # and the same operation is merely rare from then on.
+    lenient = novelty_flags(Detection(learn_gate=1.01, policy=RiskPolicy(gain=0.0)))
+    assert [learned for learned, _ in lenient] == [True, True, True]
+    assert lenient[0][1].startswith("first use of operation")
+    assert all("rarely used" in text for _, text in lenient[1:])
+    # The default gate (the policy's noise floor): this novelty scores above it, so it stays
+    # out of the baseline and keeps counting as a first use.
+    strict = novelty_flags(Detection())
+    assert [learned for learned, _ in strict] == [False, False, False]
+    assert all(text.startswith("first use of operation") for _, text in strict)
+
+
+def test_nothing_is_learned_while_an_incident_builds_up() -> None:
+    store: dict[str, bytes] = {}
+    det = Detection()
+    _warm(det, store)
+    # A Critical rule opens an incident; the identity's later, ordinary events are not learned.
+    out = det.process([_call(500, issued_to="agt-2"), _call(501), _call(502)], store)
+    assert det.load_state(store["agt-1"]).risk.incident is not None
+    assert [s.learned for s in out.scores] == [False, False, False]
+
+
+def test_an_unauthorised_delegation_becomes_evidence_about_the_delegator() -> None:
+    directory = Directory(
+        [
+            DirectoryEntry("agt-1", "agent", "agent/crm", delegators=("agt-orch-1",)),
+            DirectoryEntry("agt-orch-9", "agent", "agent/orchestrator"),
+        ]
+    )
+    det = Detection(directory=directory)
+    store: dict[str, bytes] = {}
+    calls = [msgspec.structs.replace(_call(i), delegated_by="agt-orch-1") for i in range(50)]
+    assert det.process(calls, store).signals == []  # the allowed orchestrator: nothing
+    stranger = [msgspec.structs.replace(_call(60 + i), delegated_by="agt-orch-9") for i in range(3)]
+    out = det.process(stranger, store)
+    assert [h.rule for h in out.scores[0].rules] == ["unauthorised_delegation"]
+    # Three steps of one task: one signal, about the delegator, naming the revealing event.
+    [sig] = out.signals
+    assert (sig.identity_uid, sig.identity_kind, sig.source_uid) == ("agt-orch-9", "agent", "agt-1")
+    assert sig.event_uid == "e60" and sig.rule.rule == "delegated_outside_team"
+    decisions = det.apply_signals(out.signals, store)
+    assert [(d.identity_uid, d.action) for d in decisions] == [("agt-orch-9", "create")]
+    assert decisions[0].related_events == ("e60",)
+    assert "agt-orch-9" in det.open_incidents
+    # The delegator's state now holds the incident; applying the same evidence again updates it.
+    assert det.load_state(store["agt-orch-9"]).risk.incident is not None
+    assert all(d.action != "create" for d in det.apply_signals(out.signals, store))
+
+
+def _with_model(i: int, uid: str, digest: str) -> Event:
+    from pipeline.events.schemas import ModelRef
+
+    return msgspec.structs.replace(_call(i, uid=uid, issued_to=uid),
+                                   model=ModelRef("gpt-x", "1", digest))  # fmt: skip
+
+
+D_A, D_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def test_a_build_nobody_registered_is_one_inventory_finding_across_the_fleet() -> None:
+    from pipeline.config import Settings
+
+    det = Detection(Settings())  # default settings: no registry, no directory
+    store: dict[str, bytes] = {}
+    out = det.process([_with_model(i, f"agt-{i % 5}", D_A) for i in range(50)], store)
+    inv = [d for d in out.decisions if d.rules and d.rules[0].rule == "model_inventory"]
+    assert len(inv) == 1 and not inv[0].is_alert and not inv[0].quarantine
+    assert inv[0].severity_id == 2 and not [d for d in out.decisions if d.is_alert]
+    # The same build again (another batch): nothing; a new build under a pinned agent: a hit
+    # on that agent, and one more inventory finding for the new build.
+    out = det.process([_with_model(60, "agt-1", D_A), _with_model(61, "agt-2", D_B)], store)
+    rules = [r.rule for s in out.scores for r in s.rules]
+    assert rules == ["model_provenance"]
+    inv2 = [d for d in out.decisions if d.rules and d.rules[0].rule == "model_inventory"]
+    assert len(inv2) == 1 and inv2[0].finding_uid != inv[0].finding_uid
+
+
+def test_a_registered_build_is_no_inventory_and_enforcement_makes_unknown_ones_violations(
+    tmp_path: Path,
+) -> None:
+    from pipeline.config import Settings
+
+    reg = tmp_path / "agent-models.yaml"
+    reg.write_text(f"models:\n  - {{name: gpt-x, version: '1', digest: '{D_A}'}}\n")
+    det = Detection(Settings(model_allowlist_file=str(reg)))
+    out = det.process([_with_model(i, "agt-1", D_A) for i in range(5)], {})
+    assert not out.decisions and not any(s.rules for s in out.scores)
+    strict = Detection(Settings(model_allowlist_file=str(reg), agent_models_enforce=True))
+    out = strict.process([_with_model(0, "agt-9", D_B)], {})
+    assert [r.evidence["reason"] for s in out.scores for r in s.rules] == ["unregistered"]
+
+
+def test_busy_identities_need_rarer_events_to_add_risk() -> None:
+    from pipeline.config import Settings
+
+    def run(busy: float) -> list[float]:
+        det = Detection(Settings(busy_events_per_hour=busy))
+        store: dict[str, bytes] = {}
+        # agt-busy: 1 call every 15 s (240/h); agt-calm: 1 every 10 min; both for 2 days.
+        events = [_call(i, uid="agt-busy", issued_to="agt-busy") for i in range(0, 11_520)]
+        events = [msgspec.structs.replace(e, time_ms=T0 + k * 15_000) for k, e in enumerate(events)]
+        calm = [msgspec.structs.replace(_call(i, uid="agt-calm", issued_to="agt-calm"),
+                                        time_ms=T0 + i * 600_000) for i in range(288)]  # fmt: skip
+        allev = sorted(events + calm, key=lambda e: e.time_ms)
+        for k in range(0, len(allev), 2000):
+            det.process(allev[k : k + 2000], store)
+        t = T0 + 3 * 86_400_000
+        odd = [msgspec.structs.replace(_call(0, uid=u, issued_to=u), uid=f"odd-{u}", time_ms=t,
+                                       bytes_in=50_000_000, service="vault")
+               for u in ("agt-busy", "agt-calm")]  # fmt: skip
+        return [s.score for s in det.process(odd, store).scores]
+
+    busy_off, calm_off = run(0.0)
+    busy_on, calm_on = run(20.0)
+    assert calm_on == calm_off  # below the reference rate: untouched
+    assert busy_on < busy_off  # 240 events/h: the same event says less
