@@ -324,19 +324,18 @@ def _is_name(v: str) -> bool:
 
 
 def _strict_json(text: str) -> Any:
-    """JSON with duplicate keys refused (another parser would read the other value)."""
+    """JSON without NaN/Infinity and with duplicate keys refused (the event decoder's check)."""
     import json
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(items)
-        if len(out) != len(items):
-            raise ValueError("duplicate key")
-        return out
+    from pipeline.events.duplicate_keys import duplicate_key
 
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
-    return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    doc = json.loads(text, parse_constant=constant)
+    if duplicate_key(text.encode("utf-8", "surrogatepass")) is not None:
+        raise ValueError("duplicate key")
+    return doc
 
 
 def web_app(broker: CredentialBroker, api_token: str) -> Any:

@@ -1,4 +1,5 @@
-"""Factories for the fast confluent-kafka clients every Custos process uses."""
+"""Factories for the Kafka clients every Custos process uses (confluent-kafka; faust and
+aiokafka get their security settings from here too)."""
 
 from __future__ import annotations
 
@@ -153,3 +154,31 @@ def group_lag(settings: Settings, group: str, topics: list[str]) -> int:
         return total
     finally:
         consumer.close()
+
+
+def faust_auth(settings: Settings) -> dict[str, Any]:
+    """faust's ``broker_credentials`` for a secured cluster (nothing for PLAINTEXT)."""
+    auth = settings.kafka_auth()
+    if auth.protocol == "PLAINTEXT":
+        return {}
+    import faust  # only the worker needs it: the other clients stay faust-free
+
+    if auth.username:
+        creds: Any = faust.SASLCredentials(username=auth.username, password=auth.password,
+                                           ssl_context=auth.ssl_context(),
+                                           mechanism=auth.mechanism)  # fmt: skip
+    else:
+        creds = faust.SSLCredentials(auth.ssl_context())
+    return {"broker_credentials": creds}
+
+
+def aiokafka_auth(settings: Settings) -> dict[str, Any]:
+    """The same for a plain aiokafka client (control-topic readers)."""
+    auth = settings.kafka_auth()
+    if auth.protocol == "PLAINTEXT":
+        return {}
+    out: dict[str, Any] = {"security_protocol": auth.protocol, "ssl_context": auth.ssl_context()}
+    if auth.username:
+        out.update(sasl_mechanism=auth.mechanism, sasl_plain_username=auth.username,
+                   sasl_plain_password=auth.password)  # fmt: skip
+    return out

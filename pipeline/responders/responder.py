@@ -45,6 +45,7 @@ from joserfc.jwk import KeySet
 from pipeline.credentials.registry import open_durable
 from pipeline.quarantine.commands import CommandRejected, verify
 from pipeline.responders.base import Adapter, Command, HttpRequest, HttpResponse, Outcome, send_http
+from pipeline.responders.setup import with_analysts
 
 __all__ = ["Responder", "ResponseStore", "failure_finding", "response", "run_responder"]
 
@@ -178,8 +179,8 @@ class Responder:
         digest = hashlib.sha256(value).hexdigest()
         try:
             analysts = self.analysts()
-            keys = self.keys if analysts is None else KeySet([*self.keys.keys, *analysts.keys])
-            message = verify(value, keys, now_ms=now, max_age_ms=self.max_age_ms,
+            message = verify(value, with_analysts(self.keys, analysts), now_ms=now,
+                             max_age_ms=self.max_age_ms,
                              approvers=analysts)  # fmt: skip
             cmd = Command.from_message(message)
         except CommandRejected as exc:

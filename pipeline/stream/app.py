@@ -45,6 +45,7 @@ from pipeline.engine import Engine
 from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.events.deadletter import DeadLetter, dead_letter
 from pipeline.events.schemas import Event, EventDecoder
+from pipeline.kafka.clients import aiokafka_auth, faust_auth
 from pipeline.kafka.ingest import IngestStats
 from pipeline.models.runtime import ModelRuntime
 from pipeline.quarantine.commands import sign as sign_command
@@ -84,10 +85,23 @@ class TableStore(MutableMapping[str, bytes]):
         # Offsets the next write of an identity includes (pipeline.stream.offsets): set by the
         # unit of work before its state is committed; a write without marks keeps the old ones.
         self.marks: dict[str, dict[Source, int]] = {}
+        # Values read by applied() in this unit of work: the core reads the same identity
+        # right after, and one RocksDB get per identity and batch is enough (forget() per unit).
+        self._read: dict[str, bytes | None] = {}
+
+    def forget(self) -> None:
+        """End of a unit of work: later units read the table afresh (rebalances move it)."""
+        self._read.clear()
+        self.marks = {}
+
+    def _value(self, key: str) -> bytes | None:
+        if key in self._read:
+            return self._read[key]
+        return self.table.get(key.encode())  # type: ignore[no-any-return]
 
     def applied(self, key: str) -> dict[Source, int]:
         """The input offsets ``key``'s stored state already includes."""
-        value = self.table.get(key.encode())
+        value = self._read[key] = self.table.get(key.encode())
         return unwrap(value)[1] if value is not None else {}
 
     def remember(self, uid: str, event: Any, batch: dict[str, Any]) -> None:
@@ -104,23 +118,25 @@ class TableStore(MutableMapping[str, bytes]):
             _current_event.set(weakref.ref(event))
 
     def __getitem__(self, key: str) -> bytes:
-        value = self.table[key.encode()]
+        value = self._value(key)
         if value is None:
             raise KeyError(key)
         return unwrap(value)[0]
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self.table.get(key.encode())
+        value = self._value(key)
         return default if value is None else unwrap(value)[0]
 
     def __setitem__(self, key: str, value: bytes) -> None:
         marks = self.marks.pop(key, None)
         if marks is None:
             marks = self.applied(key)
+        self._read.pop(key, None)
         self._enter(key)
         self.table[key.encode()] = wrap(value, marks)
 
     def __delitem__(self, key: str) -> None:
+        self._read.pop(key, None)
         self._enter(key)
         del self.table[key.encode()]
 
@@ -368,7 +384,7 @@ def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faus
     """
     return faust.App(
         settings.app_id,
-        **_faust_auth(settings),
+        **faust_auth(settings),
         broker=f"kafka://{settings.bootstrap_servers}",
         store=store,
         datadir=str(data),
@@ -387,32 +403,6 @@ def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faus
         key_serializer="raw",
         value_serializer="raw",
     )
-
-
-def _faust_auth(settings: Settings) -> dict[str, Any]:
-    """faust's ``broker_credentials`` for a secured cluster (nothing for PLAINTEXT)."""
-    auth = settings.kafka_auth()
-    if auth.protocol == "PLAINTEXT":
-        return {}
-    if auth.username:
-        creds: Any = faust.SASLCredentials(username=auth.username, password=auth.password,
-                                           ssl_context=auth.ssl_context(),
-                                           mechanism=auth.mechanism)  # fmt: skip
-    else:
-        creds = faust.SSLCredentials(auth.ssl_context())
-    return {"broker_credentials": creds}
-
-
-def aiokafka_auth(settings: Settings) -> dict[str, Any]:
-    """The same for a plain aiokafka client (control-topic readers)."""
-    auth = settings.kafka_auth()
-    if auth.protocol == "PLAINTEXT":
-        return {}
-    out: dict[str, Any] = {"security_protocol": auth.protocol, "ssl_context": auth.ssl_context()}
-    if auth.username:
-        out.update(sasl_mechanism=auth.mechanism, sasl_plain_username=auth.username,
-                   sasl_plain_password=auth.password)  # fmt: skip
-    return out
 
 
 def create_app(
@@ -520,12 +510,16 @@ def create_app(
                         return (128 + t, p), off
         return (idx, msg.partition), msg.offset
 
-    def snapshot(done: dict[Source, int]) -> None:
-        """End of a unit of work: its offsets count as processed; the shared models' snapshot."""
+    def snapshot(done: dict[Source, int], learned: bool = True) -> None:
+        """End of a unit of work: its offsets count as processed; the shared models' snapshot
+        (serialised again only if the unit may have changed them)."""
         for src, off in done.items():
             if off > processed.get(src, -1):
                 processed[src] = off
-        checkpoint.snapshot(detection.shared_bytes(), processed)
+        blob = checkpoint.blob
+        if learned or blob is None:
+            blob = detection.shared_bytes()
+        checkpoint.snapshot(blob, processed)
     changelog_known = store_url.startswith("memory:")  # test_context: no Kafka, no changelog
 
     async def changelog_metadata() -> None:
@@ -579,7 +573,7 @@ def create_app(
             if staged.writes:
                 await changelog_metadata()
                 staged.commit()
-            store.marks = {}  # a unit's marks never outlive it (only units hold the lock)
+            store.forget()  # a unit's marks and reads never outlive it (units hold the lock)
 
     async def send_dead(out: Outbox, event: Any, exc: InvalidEvent, now_ms: int) -> None:
         """Bad input (an event, a feedback message) to the dead-letter topic, bytes intact."""
@@ -599,6 +593,7 @@ def create_app(
             await handle_batch(batch)
 
     async def handle_batch(batch: Any) -> None:
+        store.forget()
         now_ms = int(time.time() * 1000)
         out = Outbox(settings.worker_send_timeout_s, die)
         valid: list[Event] = []
@@ -640,7 +635,7 @@ def create_app(
             log.info("%d re-read events applied to the shared models only", len(again))
         if not valid:
             await finish(out)
-            snapshot(done)
+            snapshot(done, learned=bool(again))  # dead letters and re-keying teach nothing
             return
         staged = Staged(store)
         t0 = time.perf_counter()
@@ -681,6 +676,7 @@ def create_app(
             settings.worker_batch, within=settings.worker_batch_within_s
         ):
             async with work:
+                store.forget()
                 mine: dict[str, Any] = {}
                 applied: dict[str, dict[Source, int]] = {}
                 done: dict[Source, int] = {}
