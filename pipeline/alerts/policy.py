@@ -510,16 +510,16 @@ class RiskPolicy:
     def from_settings(
         cls, settings: Settings, *, suppressions: Iterable[Suppression] = (), **overrides: Any
     ) -> RiskPolicy:
-        """Build from the ``risk_*``, ``incident_*``, ``finding_*`` and suppression settings.
+        """Build from the ``risk_*``, ``incident_*`` and ``finding_*`` settings; reads no file.
 
-        ``suppressions`` are added to those of ``settings.suppressions_file``.
+        ``suppressions``: the analysts' standing suppressions (``settings.suppressions_file``
+        is read by whoever builds the core: ``Detection.from_settings``).
 
         >>> from pipeline.config import Settings
         >>> p = RiskPolicy.from_settings(Settings.from_env({"CUSTOS_RISK_NOISE_FLOOR": "0.7"}))
         >>> p.noise_floor, p.alert_threshold, p.half_life_s
         (0.7, 40.0, 3600.0)
         """
-        loaded = load_suppressions(settings.suppressions_file) if settings.suppressions_file else ()
         kwargs: dict[str, Any] = {
             "half_life_s": settings.risk_half_life_s,
             "noise_floor": settings.risk_noise_floor,
@@ -534,7 +534,7 @@ class RiskPolicy:
             "quarantine_duration_s": settings.quarantine_duration_s,
             "habituate_after_s": settings.incident_habituate_after_s,
             "habituate_suppress_s": settings.incident_habituate_suppress_s,
-            "suppressions": (*loaded, *suppressions),
+            "suppressions": tuple(suppressions),
         }
         kwargs.update(overrides)
         return cls(**kwargs)

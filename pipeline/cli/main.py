@@ -475,9 +475,9 @@ def quarantine() -> None:
 def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
     import time as _time
 
+    from pipeline.control.signing import trusted_keys
     from pipeline.kafka.clients import read_all
     from pipeline.quarantine.commands import CommandRejected, verify
-    from pipeline.responders.setup import trusted_keys
 
     keys = trusted_keys(settings)
     out = []
@@ -493,14 +493,14 @@ def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, 
 
 def _analyst_key(settings: Any) -> Any:
     """The key registry and model updates are signed with (the local command key)."""
-    from pipeline.quarantine.policy import command_key
+    from pipeline.control.signing import command_key
 
     return command_key(settings.command_key_path, settings.command_jwks_path)
 
 
 def _approver_key(settings: Any) -> Any:
     """This analyst's own key: approvals, releases and feedback."""
-    from pipeline.responders.setup import analyst_key
+    from pipeline.control.signing import analyst_key
 
     return analyst_key(settings)
 
@@ -786,7 +786,8 @@ def feedback() -> None:
 
 
 def _send_feedback(ctx: click.Context, **fields: Any) -> None:
-    from pipeline.control.feedback import Feedback, new_uid, sign
+    from pipeline.control.feedback import Feedback, new_uid
+    from pipeline.control.signing import sign_feedback
 
     settings = _settings(ctx)
     try:
@@ -796,7 +797,7 @@ def _send_feedback(ctx: click.Context, **fields: Any) -> None:
         raise click.UsageError(str(exc)) from None
     # Signed with the analyst's command key: workers act on signed, fresh feedback only.
     _produce_one(settings, settings.feedback_topic, fb.identity.encode(),
-                 sign(fb, _approver_key(settings)), "feedback")  # fmt: skip
+                 sign_feedback(fb, _approver_key(settings)), "feedback")  # fmt: skip
     click.echo(f"{fb.action} {fb.identity} ({fb.uid}) sent; the worker's answer and the audit "
                f"record follow on {settings.reports_topic} and {settings.audit_topic}")  # fmt: skip
 
@@ -848,13 +849,12 @@ def agent_models() -> None:
 @click.pass_context
 def agent_models_list(ctx: click.Context) -> None:
     """The registry file (CUSTOS_MODEL_ALLOWLIST_FILE) with the topic's updates applied."""
+    from pipeline.control.signing import trusted_keys, verify_agent_model_update
     from pipeline.kafka.clients import read_all
-    from pipeline.responders.setup import trusted_keys
     from pipeline.scores.agent_models import (
         AgentModelRegistry,
         InvalidAgentModelUpdate,
         load_agent_model_registry,
-        verify_update,
     )
 
     settings = _settings(ctx)
@@ -864,7 +864,7 @@ def agent_models_list(ctx: click.Context) -> None:
     refused = 0
     for m in read_all(settings, settings.agent_models_topic, timeout_s=10):
         try:  # what the workers apply: signed updates only
-            reg.apply(verify_update(m.value() or b"", keys))
+            reg.apply(verify_agent_model_update(m.value() or b"", keys))
         except InvalidAgentModelUpdate:
             refused += 1
     if refused:
@@ -878,7 +878,8 @@ def agent_models_list(ctx: click.Context) -> None:
 
 
 def _agent_model_update(ctx: click.Context, **fields: Any) -> None:
-    from pipeline.scores.agent_models import AgentModelUpdate, sign_update
+    from pipeline.control.signing import sign_agent_model_update
+    from pipeline.scores.agent_models import AgentModelUpdate
 
     settings = _settings(ctx)
     try:
@@ -886,7 +887,7 @@ def _agent_model_update(ctx: click.Context, **fields: Any) -> None:
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
     _produce_one(settings, settings.agent_models_topic, update.key(),
-                 sign_update(update, _analyst_key(settings)), "update")  # fmt: skip
+                 sign_agent_model_update(update, _analyst_key(settings)), "update")  # fmt: skip
     click.echo(f"{update.action} {update.name} {update.version} {update.digest[:19]}… sent to "
                f"{settings.agent_models_topic}; every worker applies it")  # fmt: skip
 

@@ -10,11 +10,11 @@
   ``until_ms``: suppressions from feedback are always time-bounded.
 
 Messages are keyed by identity and go to the worker that owns that identity's state. On the
-topic they are signed (:func:`sign`: compact JWS by an analyst's command key, as quarantine
-approvals and releases are) and fresh (``at_ms`` within five minutes): a release or a "false
-positive" lifts a quarantine, so the right to write the topic must not be enough. Each is
-applied once (``uid``: a repeat changes nothing), answered on ``custos.reports`` and recorded
-by the auditor. :func:`verify` / :func:`decode` turn bad bytes into
+topic they are signed (:mod:`pipeline.control.signing`: compact JWS by an analyst's key, as
+quarantine approvals and releases are) and fresh (``at_ms`` within five minutes): a release or
+a "false positive" lifts a quarantine, so the right to write the topic must not be enough. Each
+is applied once (``uid``: a repeat changes nothing), answered on ``custos.reports`` and recorded
+by the auditor. ``verify_feedback`` and :func:`decode` turn bad bytes into
 :class:`~pipeline.errors.InvalidEvent` (a reason such as ``invalid_feedback``, ``unsigned``,
 ``bad_signature``, ``expired_feedback``), so they are dead-lettered like any bad input.
 Files of feedback for ``custos replay`` / ``custos evaluate`` are plain JSONL (:func:`decode`).
@@ -39,16 +39,8 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
-from joserfc.jwk import KeySet
 from msgspec import Meta
 
-from pipeline.credentials.tokens import (
-    FEEDBACK_TYP,
-    SignedMessageError,
-    SigningKey,
-    sign_compact,
-    verify_compact,
-)
 from pipeline.errors import InvalidEvent
 
 __all__ = [
@@ -60,8 +52,6 @@ __all__ = [
     "new_uid",
     "read",
     "release_message",
-    "sign",
-    "verify",
 ]
 
 Action = Literal["confirm", "false_positive", "release", "suppress"]
@@ -164,38 +154,3 @@ def decode(data: bytes) -> Feedback:
 
 def encode(fb: Feedback) -> bytes:
     return msgspec.json.encode(fb)
-
-
-MAX_AGE_MS: Final = 300_000
-
-
-def sign(fb: Feedback, key: SigningKey) -> bytes:
-    """The feedback as the topic carries it: a compact JWS by the analyst's command key."""
-    return sign_compact(encode(fb), key, FEEDBACK_TYP)
-
-
-def verify(data: bytes, keys: KeySet, *, now_ms: int, max_age_ms: int = MAX_AGE_MS) -> Feedback:
-    """Feedback a trusted key signed at most ``max_age_ms`` ago (a captured one expires).
-
-    >>> from pipeline.credentials.tokens import SigningKey
-    >>> k = SigningKey.generate()
-    >>> fb = Feedback(uid="u", action="release", identity="agt-1", by="analyst:a", reason="r",
-    ...               at_ms=1_000)
-    >>> verify(sign(fb, k), k.public_keys(), now_ms=2_000) == fb
-    True
-    >>> verify(sign(fb, k), k.public_keys(), now_ms=1_000 + MAX_AGE_MS + 1)
-    Traceback (most recent call last):
-    ...
-    pipeline.errors.InvalidEvent: expired_feedback: signed 300 s ago, at most 300 s
-    """
-    if len(data) > MAX_BYTES * 2:
-        raise InvalidEvent("invalid_feedback", f"{len(data)} bytes, at most {MAX_BYTES * 2}")
-    try:
-        payload = verify_compact(data, keys, FEEDBACK_TYP)
-    except SignedMessageError as exc:
-        raise InvalidEvent(exc.reason, exc.detail) from None
-    fb = decode(payload)
-    if abs(now_ms - fb.at_ms) > max_age_ms:
-        raise InvalidEvent("expired_feedback", f"signed {(now_ms - fb.at_ms) // 1000} s ago, "
-                           f"at most {max_age_ms // 1000} s")  # fmt: skip
-    return fb

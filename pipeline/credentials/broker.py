@@ -58,16 +58,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.control.signing import SigningKey
 from pipeline.credentials.registry import Block, Registry
 from pipeline.credentials.rejections import RejectionSink, rejection_event
-from pipeline.credentials.tokens import (
-    CredentialRejected,
-    SigningKey,
-    TaskClaims,
-    check_claims,
-    decode,
-    issue,
-)
+from pipeline.credentials.tokens import CredentialRejected, TaskClaims, check_claims, decode, issue
 from pipeline.errors import ConfigError, CustosError
 
 __all__ = ["Blocked", "CredentialBroker", "Issued", "load_api_token", "web_app"]

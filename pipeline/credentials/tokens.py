@@ -1,7 +1,6 @@
 """Ephemeral task credentials: signed JWTs bound to one agent, one task, one step.
 
-Pure code (no I/O): :class:`SigningKey` wraps an Ed25519 key (JWS ``alg`` ``Ed25519``, the
-fully-specified identifier of RFC 9864); :func:`issue` signs :class:`TaskClaims`;
+Pure code (no I/O): :func:`issue` signs :class:`TaskClaims`;
 :func:`verify` checks a presented credential against what the presenter says it is doing and
 returns the claims, or raises :class:`CredentialRejected` with a stable reason code. Whether a
 credential was revoked, completed or its holder blocked is state, not crypto: the registry
@@ -23,38 +22,21 @@ pipeline.credentials.tokens.CredentialRejected: wrong_holder: credential of agt-
 
 from __future__ import annotations
 
-import os
 import secrets
-from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, OKPKey
+from joserfc.jwk import KeySet
 
+from pipeline.control.signing import ALG, TASK_TYP, SigningKey
 from pipeline.errors import CustosError
 
 __all__ = [
-    "ALG",
-    "REASONS",
-    "CredentialRejected",
-    "SignedMessageError",
-    "SigningKey",
-    "TaskClaims",
-    "check_claims",
-    "decode",
-    "issue",
-    "sign_compact",
-    "verify",
-    "verify_compact",
-]
+    "REASONS", "CredentialRejected", "TaskClaims", "check_claims", "decode", "issue", "verify",
+]  # fmt: skip
 
-ALG: Final = "Ed25519"  # RFC 9864: the fully-specified successor of "EdDSA" with Ed25519
-TYP: Final = "custos-task+jwt"  # explicit type (RFC 8725 §3.11): not confusable with other JWTs
-#: Analyst feedback on custos.feedback (pipeline.control.feedback); also checked inside an approved
-#: contain command, whose proof it is (pipeline.quarantine.commands).
-FEEDBACK_TYP: Final = "custos-feedback+jws"
 
 #: Why a presented credential was refused (stable codes: events, metrics and tests use them).
 REASONS: Final = (
@@ -127,45 +109,9 @@ class TaskClaims(msgspec.Struct, frozen=True, kw_only=True):
         return "cred-" + secrets.token_hex(12)
 
 
-class SigningKey:
-    """The broker's Ed25519 key with its key id; the public half is published as a JWKS."""
-
-    def __init__(self, key: OKPKey) -> None:
-        if key.as_dict(private=False).get("crv") != "Ed25519":
-            raise ValueError("task credentials are signed with Ed25519 keys only")
-        self.key = key
-        self.kid: str = str(key.kid)
-
-    @classmethod
-    def generate(cls, kid: str | None = None) -> SigningKey:
-        kid = kid or "custos-" + secrets.token_hex(4)
-        return cls(OKPKey.generate_key("Ed25519", parameters={"kid": kid}, private=True))
-
-    @classmethod
-    def load_or_create(cls, path: Path) -> SigningKey:
-        """Read the private JWK at ``path``, or create it (mode 0600) on first run."""
-        if path.exists():
-            data = msgspec.json.decode(path.read_bytes())
-            return cls(OKPKey.import_key(data))
-        key = cls.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(msgspec.json.encode(key.key.as_dict(private=True)))
-        return key
-
-    def jwks(self) -> dict[str, Any]:
-        public = self.key.as_dict(private=False)
-        public.update({"use": "sig", "alg": ALG, "kid": self.kid})
-        return {"keys": [public]}
-
-    def public_keys(self) -> KeySet:
-        return KeySet.import_key_set(self.jwks())  # type: ignore[arg-type]
-
-
 def issue(claims: TaskClaims, key: SigningKey) -> str:
     """Sign ``claims`` into a compact JWS (JWT)."""
-    header = {"alg": ALG, "typ": TYP, "kid": key.kid}
+    header = {"alg": ALG, "typ": TASK_TYP, "kid": key.kid}
     return jwt.encode(header, claims.to_claims(), key.key, algorithms=[ALG])
 
 
@@ -178,8 +124,8 @@ def decode(token: str, keys: KeySet) -> TaskClaims:
         raise CredentialRejected(code, f"{type(exc).__name__}: {exc}") from None
     except (ValueError, TypeError) as exc:  # not even a JWS
         raise CredentialRejected("malformed", repr(exc)) from None
-    if t.header.get("typ") != TYP:
-        raise CredentialRejected("malformed", f"typ {t.header.get('typ')!r}, expected {TYP}")
+    if t.header.get("typ") != TASK_TYP:
+        raise CredentialRejected("malformed", f"typ {t.header.get('typ')!r}, expected {TASK_TYP}")
     return TaskClaims.from_claims(t.claims)
 
 
@@ -226,58 +172,3 @@ def check_claims(
     if scope is not None and scope not in c.scope:
         raise CredentialRejected("out_of_scope", f"{scope} not in {' '.join(c.scope)}")
     return c
-
-
-# --- signed control messages ------------------------------------------------------------------
-# The same keys sign analysts' and the worker's decisions on other topics (quarantine
-# commands, model announcements, agent-model registry updates); each kind has its own ``typ``
-# so a signature made for one can never be accepted as another.
-
-
-class SignedMessageError(CustosError):
-    """A signed control message was unsigned, forged or unreadable; ``reason`` says which."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def sign_compact(payload: bytes, key: SigningKey, typ: str) -> bytes:
-    """Compact JWS (Ed25519) of ``payload`` with an explicit ``typ``."""
-    from joserfc import jws
-
-    header = {"alg": ALG, "typ": typ, "kid": key.kid}
-    return jws.serialize_compact(header, payload, key.key, algorithms=[ALG]).encode()
-
-
-def verify_compact(data: bytes, keys: KeySet, typ: str) -> bytes:
-    """The payload of ``data`` if a key of ``keys`` signed it with ``typ``.
-
-    >>> k = SigningKey.generate()
-    >>> verify_compact(sign_compact(b"hi", k, "t"), k.public_keys(), "t")
-    b'hi'
-    >>> verify_compact(b'{"bare": "json"}', k.public_keys(), "t")
-    Traceback (most recent call last):
-    ...
-    pipeline.credentials.tokens.SignedMessageError: unsigned: bare JSON: only signed messages
-    """
-    from joserfc import jws
-    from joserfc.errors import DecodeError
-
-    text = data.decode("ascii", "replace").strip()
-    if text.startswith("{"):
-        raise SignedMessageError("unsigned", "bare JSON: only signed messages")
-    if not text:
-        raise SignedMessageError("malformed", "empty message")
-    try:
-        obj = jws.deserialize_compact(text, keys, algorithms=[ALG])
-    except DecodeError as exc:  # not a compact JWS at all: junk, not a forgery
-        raise SignedMessageError("malformed", f"not a compact JWS: {exc}") from None
-    except JoseError as exc:
-        raise SignedMessageError("bad_signature", f"{type(exc).__name__}: {exc}") from None
-    except (ValueError, TypeError) as exc:
-        raise SignedMessageError("malformed", repr(exc)) from None
-    if obj.headers().get("typ") != typ:
-        raise SignedMessageError("malformed", f"typ {obj.headers().get('typ')!r}, not {typ!r}")
-    return bytes(obj.payload)

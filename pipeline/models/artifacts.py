@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 import numpy as np
@@ -43,7 +43,6 @@ from pipeline.scores.detectors import loads as load_state
 __all__ = [
     "SKOPS_ALLOWED",
     "Bundle",
-    "SharedDetector",
     "SklearnDetector",
     "decode",
     "encode_loda",
@@ -55,15 +54,8 @@ __all__ = [
 SKOPS_ALLOWED: Final = frozenset({"sklearn.tree._tree.Tree"})
 
 
-class SharedDetector(Protocol):
-    """What :class:`pipeline.scores.scoring.Detection` needs from its shared detector."""
-
-    def score_many(self, x: FloatArray) -> FloatArray: ...
-    def learn_many(self, x: FloatArray) -> None: ...
-
-
 class SklearnDetector:
-    """A fitted scikit-learn estimator as a frozen shared detector.
+    """A fitted scikit-learn estimator as a frozen shared detector (a ``Detector``).
 
     ``score_many`` is ``scale * -score_samples(x)`` (high = anomalous); ``scale`` brings the
     estimator's units near the per-event surprise it is added to. ``learn_many`` does nothing:

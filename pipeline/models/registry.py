@@ -43,6 +43,7 @@ from pipeline.models.manifest import (
 )
 from pipeline.models.manifest import decode as decode_manifest
 from pipeline.models.manifest import encode as encode_manifest
+from pipeline.scores.detectors import Loda, TailCalibrator
 
 __all__ = ["Loaded", "ModelRegistry", "Promotion", "trusted_model_keys"]
 
@@ -66,6 +67,14 @@ class Loaded:
     manifest: Manifest
     manifest_sha256: str
     bundle: artifacts.Bundle
+
+    @property
+    def detector(self) -> artifacts.SklearnDetector | Loda:
+        return self.bundle.detector
+
+    @property
+    def calibrator(self) -> TailCalibrator:
+        return self.bundle.calibrator
 
     @property
     def ref(self) -> dict[str, str]:

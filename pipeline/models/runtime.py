@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final, Literal
+from typing import Literal
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -21,10 +21,12 @@ from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
 from pipeline.control.reports import Report
-from pipeline.credentials.tokens import (
+from pipeline.control.signing import (
+    ANNOUNCEMENT_TYP,
     SignedMessageError,
     SigningKey,
     sign_compact,
+    trusted_keys,
     verify_compact,
 )
 from pipeline.errors import ConfigError
@@ -56,9 +58,6 @@ class Announcement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reason: str = ""
 
 
-ANNOUNCEMENT_TYP: Final = "custos-model-announcement+jws"
-
-
 def encode_announcement(a: Announcement, key: SigningKey) -> bytes:
     """Compact JWS (Ed25519) over the announcement: who promoted what is signed, like commands.
 
@@ -83,8 +82,6 @@ def decode_announcement(data: bytes, keys: KeySet) -> Announcement:
 
 def announcement_keys(settings: Settings) -> KeySet:
     """Keys trusted to sign announcements: the command JWKS (analysts' and the worker's keys)."""
-    from pipeline.responders.setup import trusted_keys
-
     try:
         return trusted_keys(settings)
     except ConfigError as exc:

@@ -731,8 +731,8 @@ def compare(evaluations: Mapping[str, Evaluation], keys: Sequence[str] | None = 
 
     For notebooks comparing models on the same held-out events::
 
-        base = evaluate(events, labels, Detection(settings, directory=d), event_labels=marks)
-        cand = evaluate(events, labels, Detection(settings, directory=d), event_labels=marks,
+        base = evaluate(events, labels, Detection.from_settings(settings, directory=d), event_labels=marks)
+        cand = evaluate(events, labels, Detection.from_settings(settings, directory=d), event_labels=marks,
                         swap_in=loaded, swap_after=settings.model_warmup_events)
         compare({"built-in": base, "candidate": cand})
     """
@@ -758,7 +758,7 @@ def evaluate_as_worker(
     verified, adopted after the warm-up) in the worker's batch size."""
     from pipeline.models.runtime import ModelRuntime
 
-    detection = Detection(settings, directory=directory)
+    detection = Detection.from_settings(settings, directory=directory)
     runtime = ModelRuntime(settings, "evaluate")
     for r in runtime.start(detection):
         echo(f"model: {r.kind} {r.detail or ''}".rstrip())

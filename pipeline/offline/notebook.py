@@ -223,7 +223,7 @@ class Dataset:
         from pipeline.scores.directory import Directory
         from pipeline.scores.scoring import Detection
 
-        return Detection(settings, directory=Directory.load(self.directory_path))
+        return Detection.from_settings(settings, directory=Directory.load(self.directory_path))
 
     def info(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.root / "dataset.json").read_text())

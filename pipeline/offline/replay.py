@@ -164,7 +164,7 @@ def replay(
     """
     from pipeline import __version__
 
-    detection = detection or Detection(settings, keep_rows=True)
+    detection = detection or Detection.from_settings(settings, keep_rows=True)
     runtime = ModelRuntime(settings, "replay")
     quarantine = QuarantinePolicy.from_settings(settings)
     # Recorded traffic: any time is plausible (the worker bounds future skew by wall clock).

@@ -50,7 +50,7 @@ def bench_offline(
     sim = Simulation(settings, identities=identities, duration_s=duration_s, seed=seed)
     raw = list(sim.events())
     decoder = EventDecoder(max_future_skew_ms=10**13)
-    det = Detection(settings, directory=directory)
+    det = Detection.from_settings(settings, directory=directory)
     store: dict[str, bytes] = {}
     t0 = time.perf_counter()
     batch = []

@@ -16,7 +16,7 @@ so repeated detections re-issue *the same command* (a new ``request_id``, same
 (a contain expires with its duration, a cancel ``max_age_ms`` after its creation). Replays are
 a responder's business: it keeps the request ids it answered (:mod:`pipeline.responders`).
 
->>> from pipeline.credentials.tokens import SigningKey
+>>> from pipeline.control.signing import SigningKey
 >>> key = SigningKey.generate("k1")
 >>> msg = contain("agt-7", finding_uid="f-1", reason="credential misuse", duration_ms=3_600_000,
 ...               credentials=("cred-1",), now_ms=1_000_000, sender="custos-worker")
@@ -34,7 +34,8 @@ import msgspec
 from joserfc.jwk import KeySet
 
 from pipeline.alerts.policy import MAX_CONTAIN_MS
-from pipeline.credentials.tokens import (
+from pipeline.control.signing import (
+    COMMAND_TYP,
     FEEDBACK_TYP,
     SignedMessageError,
     SigningKey,
@@ -55,7 +56,6 @@ __all__ = [
     "verify",
 ]
 
-TYP: Final = "custos-openc2+jws"
 TO: Final = ("custos-responders",)
 _NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/quarantine")
 
@@ -187,7 +187,7 @@ def subject_of(message: dict[str, Any]) -> str:
 
 def sign(message: dict[str, Any], key: SigningKey) -> bytes:
     """Compact JWS over the canonical (sorted-key) JSON of ``message``."""
-    return sign_compact(msgspec.json.encode(message, order="sorted"), key, TYP)
+    return sign_compact(msgspec.json.encode(message, order="sorted"), key, COMMAND_TYP)
 
 
 def _check_window(req: dict[str, Any], created: int) -> None:
@@ -216,7 +216,7 @@ def _check_approver(
     if approvers is None:
         raise CommandRejected("unapproved", "no analyst keys are trusted: nobody can approve")
     try:
-        verify_compact(data, approvers, TYP)
+        verify_compact(data, approvers, COMMAND_TYP)
         return  # signed by an analyst (custos quarantine approve)
     except SignedMessageError:
         pass
@@ -289,7 +289,7 @@ def verify(
     for ``max_age_ms`` after it was created.
     """
     try:
-        payload = verify_compact(data, keys, TYP)
+        payload = verify_compact(data, keys, COMMAND_TYP)
     except SignedMessageError as exc:
         raise CommandRejected(exc.reason, exc.detail) from None
     try:

@@ -24,17 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from pipeline.alerts.policy import MAX_CONTAIN_MS, Decision
-from pipeline.credentials.tokens import SigningKey
 from pipeline.quarantine.commands import contain
 from pipeline.quarantine.decisions import approve
 
-__all__ = ["Pending", "QuarantinePolicy", "command_key"]
+__all__ = ["Pending", "QuarantinePolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +109,3 @@ class QuarantinePolicy:
                 approval = "approved"
             out.append(Pending(d.identity_uid, message, approval))
         return out
-
-
-def command_key(key_path: Path, jwks_path: Path) -> SigningKey:
-    """The key that signs commands (created on first run) and its public JWKS beside it."""
-    key = SigningKey.load_or_create(key_path)
-    public = msgspec.json.encode(key.jwks())
-    if not jwks_path.exists() or jwks_path.read_bytes() != public:
-        tmp = jwks_path.with_suffix(".tmp")
-        tmp.write_bytes(public)
-        tmp.replace(jwks_path)
-    return key

@@ -42,10 +42,10 @@ from typing import Any
 import msgspec
 from joserfc.jwk import KeySet
 
+from pipeline.control.signing import with_analysts
 from pipeline.credentials.registry import open_durable
 from pipeline.quarantine.commands import CommandRejected, verify
 from pipeline.responders.base import Adapter, Command, HttpRequest, HttpResponse, Outcome, send_http
-from pipeline.responders.setup import with_analysts
 
 __all__ = ["Responder", "ResponseStore", "failure_finding", "response", "run_responder"]
 
@@ -337,8 +337,9 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     from pipeline import __version__
     from pipeline.control.reports import config_report
     from pipeline.control.reports import encode as encode_report
+    from pipeline.control.signing import analyst_keys, trusted_keys
     from pipeline.kafka.clients import make_producer
-    from pipeline.responders.setup import adapters_from_settings, analyst_keys, trusted_keys
+    from pipeline.responders.setup import adapters_from_settings
 
     store = ResponseStore(settings.responder_state_path / "responses.sqlite3")
     responder = Responder(

@@ -1,71 +1,14 @@
-"""Responders from settings: which adapters, which keys a command must be signed with."""
+"""Responders from settings: which adapters (the keys a command must be signed with are
+:func:`pipeline.control.signing.trusted_keys`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-from joserfc.jwk import KeySet
-
 from pipeline.errors import ConfigError
 from pipeline.responders.base import Adapter
 
-__all__ = [
-    "adapters_from_settings", "analyst_key", "analyst_keys", "trusted_keys", "with_analysts",
-]  # fmt: skip
-
-
-def trusted_keys(settings: Any) -> KeySet:
-    """The JWKS of command signers (``command_trusted_jwks``, or the worker's public key)."""
-    path = settings.command_jwks_path
-    if not path.exists():
-        raise ConfigError(
-            f"no trusted command keys at {path}: start the worker once (it writes its public "
-            "key there) or set CUSTOS_COMMAND_TRUSTED_JWKS"
-        )
-    try:
-        return KeySet.import_key_set(msgspec.json.decode(path.read_bytes()))
-    except (ValueError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"unreadable JWKS {path}: {exc}") from None
-
-
-def analyst_keys(settings: Any) -> KeySet | None:
-    """The JWKS of analysts (``analyst_trusted_jwks``); None when there is none yet."""
-    path = settings.analyst_jwks_path
-    if not path.exists():
-        return None
-    try:
-        return KeySet.import_key_set(msgspec.json.decode(path.read_bytes()))
-    except (ValueError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"unreadable JWKS {path}: {exc}") from None
-
-
-def analyst_key(settings: Any) -> Any:
-    """This analyst's own key (``analyst_key_file``; created once, mode 0600).
-
-    Its public half is added to the analysts' JWKS (``analyst_trusted_jwks``) that responders
-    and workers trust: convenient on one machine; in production whoever admits analysts
-    lists their keys there, not the analysts themselves.
-    """
-    from pipeline.credentials.tokens import SigningKey
-
-    key = SigningKey.load_or_create(settings.analyst_key_path)
-    path = settings.analyst_jwks_path
-    known = msgspec.json.decode(path.read_bytes()) if path.exists() else {"keys": []}
-    if not any(k.get("kid") == key.kid for k in known.get("keys", [])):
-        known["keys"] = [*known.get("keys", []), *key.jwks()["keys"]]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(known))
-        tmp.replace(path)
-    return key
-
-
-def with_analysts(commands: KeySet, analysts: KeySet | None) -> KeySet:
-    """Command keys and analysts' keys together (who may sign a message at all)."""
-    if analysts is None:
-        return commands
-    return KeySet([*commands.keys, *analysts.keys])
+__all__ = ["adapters_from_settings"]
 
 
 def adapters_from_settings(settings: Any) -> list[Adapter]:
@@ -107,7 +50,7 @@ def adapters_from_settings(settings: Any) -> list[Adapter]:
         elif name == "ssf":
             from pathlib import Path
 
-            from pipeline.credentials.tokens import SigningKey
+            from pipeline.control.signing import SigningKey
             from pipeline.responders.ssf import SsfTransmitter
 
             if not settings.ssf_receiver_url or not settings.ssf_audience:

@@ -9,7 +9,7 @@ For a contain command, two SETs (RFC 8417) are pushed (RFC 8935: ``POST``,
 Signed with Ed25519 (JWS ``alg`` ``Ed25519``). Receivers deduplicate by ``jti``, so ``jti`` is
 derived from the command's request id and the event type: a retried push is the same SET.
 
->>> from pipeline.credentials.tokens import SigningKey
+>>> from pipeline.control.signing import SigningKey
 >>> from pipeline.responders.base import Command
 >>> cmd = Command("contain", "r-1", "c-1", "agt-1", "f-1", "misuse", (), 5_000, None, False)
 >>> a = SsfTransmitter("http://127.0.0.1:9/events", SigningKey.generate("t1"),
@@ -30,7 +30,7 @@ from typing import Any, Final
 import msgspec
 from joserfc import jwt
 
-from pipeline.credentials.tokens import ALG, SigningKey
+from pipeline.control.signing import ALG, SigningKey
 from pipeline.responders.base import Command, HttpRequest, HttpResponse, Outcome, by_status
 
 __all__ = ["CAEP", "SsfTransmitter"]

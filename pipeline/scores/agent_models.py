@@ -45,15 +45,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 import yaml
-from joserfc.jwk import KeySet
 from msgspec import Meta
 
-from pipeline.credentials.tokens import (
-    SignedMessageError,
-    SigningKey,
-    sign_compact,
-    verify_compact,
-)
 from pipeline.errors import CustosError
 from pipeline.events.schemas import ModelDigest
 
@@ -71,8 +64,6 @@ __all__ = [
     "decode_update",
     "encode_update",
     "load_agent_model_registry",
-    "sign_update",
-    "verify_update",
 ]
 
 ModelStatus = Literal["approved", "revoked"]
@@ -87,8 +78,6 @@ Lineage = str | dict[str, str]
 #: Stable reason codes of :class:`InvalidAgentModelUpdate` (counted per reason, like dead letters).
 REASONS: Final[tuple[str, ...]] = ("oversized", "invalid_json", "missing_field", "invalid_value",
                                     "unsigned", "bad_signature", "malformed")  # fmt: skip
-#: JWS ``typ`` of a signed update on the control topic (see :func:`sign_update`).
-UPDATE_TYP: Final = "custos-agent-model-update+jws"
 MAX_UPDATE_BYTES: Final = 65_536
 
 # Bounds on control messages: they are small, human-written records, never bulk data.
@@ -252,35 +241,6 @@ def encode_update(update: AgentModelUpdate) -> bytes:
     b'{"action":"approve","name":"m","versio'
     """
     return _ENCODE(update)
-
-
-def sign_update(update: AgentModelUpdate, key: SigningKey) -> bytes:
-    """The update as the control topic carries it: a compact JWS by the command key.
-
-    Approving or revoking a model is a security decision: a worker applies only updates a
-    trusted key (the command JWKS, as for analysts' quarantine decisions) signed.
-    """
-    return sign_compact(encode_update(update), key, UPDATE_TYP)
-
-
-def verify_update(data: bytes, keys: KeySet) -> AgentModelUpdate:
-    """:func:`decode_update` of a message a trusted key signed; else InvalidAgentModelUpdate.
-
-    >>> from pipeline.credentials.tokens import SigningKey
-    >>> k = SigningKey.generate()
-    >>> u = AgentModelUpdate(action="approve", name="m", version="1", digest="sha256:" + "0" * 64)
-    >>> verify_update(sign_update(u, k), k.public_keys()) == u
-    True
-    >>> verify_update(encode_update(u), k.public_keys())
-    Traceback (most recent call last):
-    ...
-    pipeline.scores.agent_models.InvalidAgentModelUpdate: unsigned: bare JSON: only signed messages
-    """
-    try:
-        payload = verify_compact(data, keys, UPDATE_TYP)
-    except SignedMessageError as exc:
-        raise InvalidAgentModelUpdate(exc.reason, exc.detail) from None
-    return decode_update(payload)
 
 
 class AgentModelRegistry:

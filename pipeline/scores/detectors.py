@@ -6,9 +6,12 @@ Every identity's baseline turns an event into a vector of normalised deviations 
 rare (new country + new tool + 40x volume at 03:00), and a calibrator turns its raw score into
 a stable [0, 1] scale so that policy thresholds mean the same thing over time.
 
-Both follow river's conventions (``learn_one`` / ``score_one``, high = anomalous,
-hyperparameters in the constructor, constant-size state) and add ``learn_many`` /
-``score_many`` on numpy arrays, because the worker scores micro-batches.
+:class:`Detector` is what the core asks of a detector: :class:`Loda` (online, the cold start)
+and a frozen scikit-learn estimator from a signed model (:mod:`pipeline.models.artifacts`)
+implement it, and :class:`SignedModel` is how a verified model reaches the core, so the core
+needs no registry and no signature code. Both follow river's conventions (``learn_one`` /
+``score_one``, high = anomalous, hyperparameters in the constructor, constant-size state) and
+add ``learn_many`` / ``score_many`` on numpy arrays, because the worker scores micro-batches.
 
 >>> import numpy as np
 >>> loda = Loda(n_features=4, seed=1)
@@ -23,12 +26,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class Detector(Protocol):
+    """A shared detector over deviation vectors: high = anomalous; learning may do nothing."""
+
+    def score_many(self, x: FloatArray) -> FloatArray: ...
+    def learn_many(self, x: FloatArray) -> None: ...
+
+
+class SignedModel(Protocol):
+    """A verified model as the registry hands it to the core (see ``Detection.swap_model``)."""
+
+    @property
+    def detector(self) -> Detector: ...
+    @property
+    def calibrator(self) -> TailCalibrator: ...
+    @property
+    def ref(self) -> dict[str, str]: ...  # name, version and hashes: what reports cite
 
 
 class Loda:

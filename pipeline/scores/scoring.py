@@ -32,7 +32,14 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from pipeline.alerts.policy import Decision, RiskPolicy, RiskState, Suppression, inventory_decision
+from pipeline.alerts.policy import (
+    Decision,
+    RiskPolicy,
+    RiskState,
+    Suppression,
+    inventory_decision,
+    load_suppressions,
+)
 from pipeline.baselines.baselines import (
     DEVIATION_INDEX,
     DEVIATIONS,
@@ -45,10 +52,9 @@ from pipeline.baselines.baselines import (
 from pipeline.baselines.features import Features, extract
 from pipeline.config import Settings
 from pipeline.control.feedback import Feedback, FeedbackOutcome
+from pipeline.errors import ConfigError
 from pipeline.events.schemas import Event, ModelRef
-from pipeline.models.artifacts import SklearnDetector
-from pipeline.models.registry import Loaded
-from pipeline.scores.detectors import Loda, TailCalibrator
+from pipeline.scores.detectors import Detector, Loda, SignedModel, TailCalibrator
 from pipeline.scores.directory import Directory, DirectoryEntry, load_model_allowlist
 from pipeline.scores.explanations import Contribution, RuleHit, Score, Signal
 from pipeline.scores.rules import RuleState, ZeroTrustRules
@@ -168,9 +174,9 @@ class Detection:
         directory: Directory | None = None,
         baseline_model: BaselineModel | None = None,
         peer_model: BaselineModel | None = None,
-        detector: Loda | SklearnDetector | None = None,
+        detector: Detector | None = None,
         calibrator: TailCalibrator | None = None,
-        model: Loaded | None = None,
+        model: SignedModel | None = None,
         rules: ZeroTrustRules | None = None,
         policy: RiskPolicy | None = None,
         learn_gate: float | None = None,
@@ -180,15 +186,22 @@ class Detection:
         keep_rows: bool = False,
     ) -> None:
         settings = settings or Settings()
+        # The constructor stores; from_settings reads. A file the settings name but nobody
+        # read would silently run without its directory, registry or suppressions.
+        unread = [name for name, given in (("directory_file", directory),
+                                           ("model_allowlist_file", rules),
+                                           ("suppressions_file", policy))
+                  if getattr(settings, name) and given is None]  # fmt: skip
+        if unread:
+            raise ConfigError(f"settings name {', '.join(unread)}: build the core with "
+                              "Detection.from_settings, which reads them")  # fmt: skip
         self.keep_rows = keep_rows
         self.settings = settings
-        if directory is None and settings.directory_file:
-            directory = Directory.load(settings.directory_file)
         self.directory = directory
         self.baseline_model = baseline_model or BaselineModel()
         # A group's volumes spread wider than any one member's: its z-scores get a softer tail.
         self.peer_model = peer_model or BaselineModel(cat_slots=16, scope="peer", z_scale=3.0)
-        self.detector: Loda | SklearnDetector = detector or Loda(n_features=len(DEVIATIONS))
+        self.detector: Detector = detector or Loda(n_features=len(DEVIATIONS))
         self.calibrator = calibrator or TailCalibrator(size=settings.calibration_window)
         self.cold_calibrator = TailCalibrator(size=settings.calibration_window)
         # Which signed model the shared detector started from (None: the built-in cold start).
@@ -197,21 +210,11 @@ class Detection:
         self.saved_model_ref: dict[str, str] | None = None
         if model is not None:
             self.swap_model(model)
-        allowlist = (
-            load_model_allowlist(settings.model_allowlist_file)
-            if settings.model_allowlist_file
-            else None
-        )
-        self.rules = rules or ZeroTrustRules(
-            model_allowlist=allowlist, enforce_registry=settings.agent_models_enforce
-        )
+        self.rules = rules or ZeroTrustRules(enforce_registry=settings.agent_models_enforce)
         # Agent model builds (digests) seen by this process: a build no registry approves is
         # reported once, as inventory, not as a violation on every agent that runs it.
         self.model_inventory: dict[str, None] = {}
-        if policy is None:
-            # from_settings reads settings.suppressions_file itself (once).
-            policy = RiskPolicy.from_settings(settings)
-        self.policy = policy
+        self.policy = policy or RiskPolicy.from_settings(settings)
         self.learn_gate = learn_gate
         self.cold_gate = cold_gate
         self.busy_events_per_hour = (
@@ -229,6 +232,29 @@ class Detection:
             settings.state_cache_size if state_cache_size is None else state_cache_size
         )
         self._decoded: OrderedDict[str, tuple[bytes, IdentityState]] = OrderedDict()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, directory: Directory | None = None, **kwargs: Any
+    ) -> Detection:
+        """The core as configured: reads the files ``settings`` name, then builds.
+
+        The identity directory (``directory_file``, unless ``directory`` is given), the
+        agent-model registry (``model_allowlist_file``) and the analysts' standing suppressions
+        (``suppressions_file``); ``kwargs`` go to the constructor and win over the files.
+        """
+        if directory is None and settings.directory_file:
+            directory = Directory.load(settings.directory_file)
+        if "rules" not in kwargs and settings.model_allowlist_file:
+            kwargs["rules"] = ZeroTrustRules(
+                model_allowlist=load_model_allowlist(settings.model_allowlist_file),
+                enforce_registry=settings.agent_models_enforce,
+            )
+        if "policy" not in kwargs and settings.suppressions_file:
+            kwargs["policy"] = RiskPolicy.from_settings(
+                settings, suppressions=load_suppressions(settings.suppressions_file)
+            )
+        return cls(settings, directory=directory, **kwargs)
 
     # --- state (de)serialisation ---------------------------------------------------------------
     def load_state(self, data: bytes | None) -> IdentityState:
@@ -673,15 +699,15 @@ class Detection:
         return out
 
     # --- shared state --------------------------------------------------------------------------
-    def swap_model(self, model: Loaded) -> dict[str, str] | None:
+    def swap_model(self, model: SignedModel) -> dict[str, str] | None:
         """Run on a verified model's detector and calibrator from now on; returns the old ref.
 
         Per-identity baselines, peer baselines, rule and risk state are untouched: a swap
         changes how deviation vectors are scored, not what Custos knows about identities.
         """
         previous = self.model_ref
-        self.detector = model.bundle.detector
-        self.calibrator = model.bundle.calibrator
+        self.detector = model.detector
+        self.calibrator = model.calibrator
         self.model_ref = model.ref
         return previous
 

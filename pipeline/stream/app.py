@@ -38,9 +38,16 @@ from pipeline.alerts.findings import build_finding, encode_finding
 from pipeline.alerts.policy import Decision
 from pipeline.config import Settings
 from pipeline.control.feedback import release_message
-from pipeline.control.feedback import verify as verify_feedback
 from pipeline.control.reports import Report, config_report
 from pipeline.control.reports import encode as encode_report
+from pipeline.control.signing import (
+    analyst_keys,
+    command_key,
+    verify_agent_model_update,
+    verify_feedback,
+    with_analysts,
+)
+from pipeline.control.signing import trusted_keys as trusted_command_keys
 from pipeline.engine import Engine
 from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.events.deadletter import DeadLetter, dead_letter
@@ -49,11 +56,8 @@ from pipeline.kafka.clients import aiokafka_auth, faust_auth
 from pipeline.kafka.ingest import IngestStats
 from pipeline.models.runtime import ModelRuntime
 from pipeline.quarantine.commands import sign as sign_command
-from pipeline.quarantine.policy import QuarantinePolicy, command_key
-from pipeline.responders.setup import analyst_keys, with_analysts
-from pipeline.responders.setup import trusted_keys as trusted_command_keys
+from pipeline.quarantine.policy import QuarantinePolicy
 from pipeline.scores.agent_models import AgentModelRegistry, InvalidAgentModelUpdate
-from pipeline.scores.agent_models import verify_update as verify_agent_model_update
 from pipeline.scores.explanations import Signal
 from pipeline.scores.scoring import Detection
 from pipeline.stream.offsets import (
@@ -416,7 +420,7 @@ def create_app(
 
     ``die``: how the worker stops when an output is refused (tests pass a recorder).
     """
-    detection = detection or Detection(settings)
+    detection = detection or Detection.from_settings(settings)
     decoder = EventDecoder.from_settings(settings)
     stats = WorkerStats()
     data = datadir(settings)

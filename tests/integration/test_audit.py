@@ -19,11 +19,11 @@ from pipeline.audit.log import canonical
 from pipeline.config import Settings, env_var
 from pipeline.control.reports import Report
 from pipeline.control.reports import encode as encode_report
+from pipeline.control.signing import command_key
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.kafka.topics import TopicSpec, apply_topics
 from pipeline.models.runtime import Announcement, encode_announcement
 from pipeline.quarantine.commands import contain, sign
-from pipeline.quarantine.policy import command_key
 from pipeline.scores.explanations import RuleHit, Score
 
 

@@ -13,10 +13,10 @@ import msgspec
 from joserfc.jwk import KeySet
 
 from pipeline.config import Settings
-from pipeline.control.feedback import Feedback, encode, sign
+from pipeline.control.feedback import Feedback, encode
+from pipeline.control.signing import analyst_key, analyst_keys, sign_feedback, with_analysts
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.quarantine.commands import verify
-from pipeline.responders.setup import analyst_key, analyst_keys, with_analysts
 from tests.integration.test_model_swap import _finding, _reports
 from tests.integration.test_worker import AGENT, STRANGER, _agent_call, _env, _produce, _start
 
@@ -25,7 +25,8 @@ def _send(settings: Settings, fb: Feedback) -> None:
     """Signed with the analyst's own key, which the worker trusts (shared home)."""
     key = analyst_key(settings)
     producer = make_producer(settings)
-    producer.produce(settings.feedback_topic, key=fb.identity.encode(), value=sign(fb, key))
+    producer.produce(settings.feedback_topic, key=fb.identity.encode(),
+                     value=sign_feedback(fb, key))  # fmt: skip
     assert producer.flush(30) == 0
 
 

@@ -17,11 +17,11 @@ from sklearn.ensemble import IsolationForest
 from pipeline.baselines.baselines import DEVIATIONS
 from pipeline.config import REPO_ROOT, Settings, env_var
 from pipeline.control.keys import pem
+from pipeline.control.signing import command_key
 from pipeline.kafka.clients import make_producer, read_all
 from pipeline.models.artifacts import encode_sklearn
 from pipeline.models.registry import ModelRegistry
 from pipeline.models.runtime import Announcement, encode_announcement
-from pipeline.quarantine.policy import command_key
 from tests.integration.test_worker import AGENT, _agent_call, _env, _produce, _start
 from tests.unit.models.test_models import _flip, _loda_artifact, _manifest
 
@@ -119,11 +119,11 @@ def test_tampered_model_refused_signed_one_swapped_in_live(
 def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
     isolated: Settings, tmp_path: Path
 ) -> None:
+    from pipeline.control.signing import sign_agent_model_update
     from pipeline.scores.agent_models import (
         AgentModelUpdate,
         encode_update,
         load_agent_model_registry,
-        sign_update,
     )
 
     # A deployment with a registry (none is loaded by default): the simulator's example one.
@@ -154,7 +154,7 @@ def test_a_revoked_agent_model_trips_the_rule_in_a_running_worker(
         assert unsigned["reason"] == "unsigned"
         key = command_key(isolated.command_key_path, isolated.command_jwks_path)
         producer.produce(isolated.agent_models_topic, key=revoke.key(),
-                         value=sign_update(revoke, key))  # fmt: skip
+                         value=sign_agent_model_update(revoke, key))  # fmt: skip
         assert producer.flush(30) == 0
         applied = _reports(isolated, lambda d: d["kind"] == "agent_model.applied")
         assert applied["model"]["status"] == "revoked"

@@ -214,9 +214,9 @@ def test_a_quarantine_that_cannot_be_carried_out_is_dead_lettered_and_alerted(
 ) -> None:
     """The credential broker is down: retries, then 503, the command in the dead-letter topic
     with its original bytes, and a Critical finding - never dropped silently."""
+    from pipeline.control.signing import command_key
     from pipeline.kafka.topics import TopicSpec, apply_topics
     from pipeline.quarantine.commands import contain, sign
-    from pipeline.quarantine.policy import command_key
 
     dlq = f"{isolated.quarantine_topic}.dlq"
     apply_topics(isolated, [TopicSpec(dlq, 1, 1, {})])
@@ -264,8 +264,8 @@ def test_responder_killed_mid_flight_answers_every_command_once_and_truthfully(
     """kill -9 of ``custos respond`` while it works through 120 quarantines (issue 12.3, 12.7):
     after a restart every command has exactly one final 200, every credential is revoked, and
     each final answer reports that credential as revoked (not as "not found")."""
+    from pipeline.control.signing import command_key
     from pipeline.quarantine.commands import contain, sign
-    from pipeline.quarantine.policy import command_key
 
     n = 120
     broker_port = free_port()

@@ -4,6 +4,8 @@
   are listed in the note of the issue that added them).
 - The pure core (the engine and everything it runs) imports no Kafka client: the worker,
   replay, evaluate and notebooks share it, and only ``stream/`` and ``kafka/`` talk to Kafka.
+- Nor does it import JWS code or the model registry: signed messages reach it verified
+  (``control/signing.py``), models as a ``SignedModel`` (``scores/detectors.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,22 @@ def test_no_module_level_import_cycles() -> None:
 def test_the_core_imports_no_kafka_client(module: str) -> None:
     code = (f"import sys, {module}; print(sorted(m for m in ('faust', 'confluent_kafka', "
             "'aiokafka', 'mode') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    assert out == "[]", f"{module} pulls in {out}"
+
+
+CORE = ["pipeline.engine", "pipeline.scores.scoring", "pipeline.events.schemas",
+        "pipeline.baselines.features", "pipeline.baselines.baselines", "pipeline.alerts.policy",
+        "pipeline.scores.rules", "pipeline.scores.agent_models", "pipeline.alerts.findings",
+        "pipeline.scores.detectors", "pipeline.control.feedback", "pipeline.offline.evaluate"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_the_core_imports_no_jws_code_and_no_model_registry(module: str) -> None:
+    banned = ("joserfc", "pipeline.control.signing", "pipeline.models.registry",
+              "pipeline.models.artifacts", "pipeline.models.runtime")  # fmt: skip
+    code = f"import sys, {module}; print(sorted(m for m in {banned!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()  # fmt: skip
     assert out == "[]", f"{module} pulls in {out}"

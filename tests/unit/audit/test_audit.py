@@ -152,15 +152,14 @@ def test_signed_control_messages_are_recorded_with_who_and_why() -> None:
     records what they say (and that they were signed); the consumers verify them."""
     from pipeline.audit.auditor import record_for
     from pipeline.control.feedback import Feedback
-    from pipeline.control.feedback import sign as sign_feedback
-    from pipeline.credentials.tokens import SigningKey
+    from pipeline.control.signing import SigningKey, sign_agent_model_update, sign_feedback
     from pipeline.models.runtime import Announcement, encode_announcement
-    from pipeline.scores.agent_models import AgentModelUpdate, sign_update
+    from pipeline.scores.agent_models import AgentModelUpdate
 
     key = SigningKey.generate()
     upd = AgentModelUpdate(action="revoke", name="m", version="1", digest="sha256:" + "0" * 64,
                            reason="weights leaked", revoked_by="secops:bob")  # fmt: skip
-    rec = record_for("agent_models", sign_update(upd, key))
+    rec = record_for("agent_models", sign_agent_model_update(upd, key))
     assert rec is not None
     assert (rec["kind"], rec["actor"], rec["detail"]["signed"]) == (
         "agent_model.revoke", "secops:bob", True)  # fmt: skip

@@ -13,16 +13,10 @@ import msgspec
 import pytest
 
 from pipeline.config import Settings
+from pipeline.control.signing import SigningKey
 from pipeline.credentials.broker import Blocked, CredentialBroker, load_api_token, web_app
 from pipeline.credentials.registry import Registry
-from pipeline.credentials.tokens import (
-    CredentialRejected,
-    SigningKey,
-    TaskClaims,
-    decode,
-    issue,
-    verify,
-)
+from pipeline.credentials.tokens import CredentialRejected, TaskClaims, decode, issue, verify
 from pipeline.events.schemas import EventDecoder
 from pipeline.scores.rules import RuleState, ZeroTrustRules
 

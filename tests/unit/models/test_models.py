@@ -17,12 +17,11 @@ from pipeline.baselines.baselines import DEVIATIONS
 from pipeline.config import Settings
 from pipeline.control.keys import load_or_create, pem
 from pipeline.control.reports import Report
-from pipeline.credentials.tokens import SigningKey
+from pipeline.control.signing import SigningKey, command_key
 from pipeline.models import artifacts
 from pipeline.models.manifest import Manifest, ModelRefused, feature_schema, trusted_keys
 from pipeline.models.registry import ModelRegistry
 from pipeline.models.runtime import Announcement, ModelRuntime, encode_announcement
-from pipeline.quarantine.policy import command_key
 from pipeline.scores.detectors import Loda, TailCalibrator
 from pipeline.scores.scoring import Detection
 
@@ -243,7 +242,7 @@ def test_a_fresh_worker_verifies_the_promoted_model_and_adopts_it_after_warm_up(
 ) -> None:
     registry.promote("detector", "1", by="alice")
     settings = _settings(registry, tmp_path, model_warmup_events=5)
-    det = Detection(settings)
+    det = Detection.from_settings(settings)
     rt = ModelRuntime(settings, "worker:test")
     [pending] = rt.start(det)
     assert pending.kind == "model.pending" and det.model_ref is None
@@ -259,7 +258,7 @@ def test_announcements_swap_refuse_and_repeat_idempotently(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
     settings = _settings(registry, tmp_path, model_warmup_events=0)
-    det = Detection(settings)
+    det = Detection.from_settings(settings)
     rt = ModelRuntime(settings, "worker:test")
     first = rt.apply(det, _announce(registry, "1"))
     assert first.kind == "model.loaded" and det.model_ref and det.model_ref["version"] == "1"
@@ -294,7 +293,7 @@ def test_a_swap_keeps_identity_state_and_scoring_continues(
     from pipeline.events.schemas import Event
 
     settings = _settings(registry, tmp_path, model_warmup_events=0)
-    det = Detection(settings)
+    det = Detection.from_settings(settings)
     store: dict[str, bytes] = {}
     evs = [Event(uid=f"e{i}", class_uid=3002, activity_id=1, time_ms=1_790_000_000_000 + i,
                  identity_uid="usr-1", identity_kind="human", country="DE", status_id=1)
@@ -312,12 +311,12 @@ def test_saved_state_remembers_the_model_and_a_restart_resumes_it(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
     settings = _settings(registry, tmp_path, model_warmup_events=0)
-    det = Detection(settings)
+    det = Detection.from_settings(settings)
     rt = ModelRuntime(settings, "worker:test")
     rt.apply(det, _announce(registry, "2"))
     det.save_shared(tmp_path / "shared.msgpack")
 
-    again = Detection(settings)
+    again = Detection.from_settings(settings)
     assert again.load_shared(tmp_path / "shared.msgpack")
     [r] = ModelRuntime(settings, "worker:test").start(again)
     assert r.kind == "model.resumed" and again.model_ref == det.model_ref
@@ -336,13 +335,13 @@ def test_a_restarted_worker_with_a_frozen_model_reverifies_it(
     (reg.root / "keys").mkdir()
     (reg.root / "keys" / "k.pub.pem").write_bytes(pem(key.public_key()))
     settings = _settings(reg, tmp_path, model_warmup_events=0)
-    det = Detection(settings)
+    det = Detection.from_settings(settings)
     ModelRuntime(settings, "w").apply(det, _announce(reg, "1"))
     assert isinstance(det.detector, artifacts.SklearnDetector)
     det.save_shared(tmp_path / "shared.msgpack")
 
     _flip(reg.root / "detector" / "1" / "detector.skops")  # tampered while the worker was down
-    again = Detection(settings)
+    again = Detection.from_settings(settings)
     assert again.load_shared(tmp_path / "shared.msgpack")
     reports = ModelRuntime(settings, "w").start(again)
     assert [r.kind for r in reports] == ["model.refused", "model.none"]

@@ -8,7 +8,8 @@ import json
 import msgspec
 import pytest
 
-from pipeline.credentials.tokens import SigningKey, TaskClaims, issue
+from pipeline.control.signing import SigningKey
+from pipeline.credentials.tokens import TaskClaims, issue
 from pipeline.quarantine.commands import (
     CommandRejected,
     cancel,

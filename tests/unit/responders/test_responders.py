@@ -19,9 +19,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from pipeline.control.signing import SigningKey
 from pipeline.credentials.broker import CredentialBroker, web_app
 from pipeline.credentials.registry import Registry
-from pipeline.credentials.tokens import CredentialRejected, SigningKey
+from pipeline.credentials.tokens import CredentialRejected
 from pipeline.ops.localhost import free_port
 from pipeline.quarantine.commands import cancel, command_id_for, contain, sign
 from pipeline.responders.base import Command, HttpRequest, HttpResponse, send_http
@@ -260,7 +261,7 @@ def test_an_analysts_signed_confirmation_approves_the_workers_command(
 ) -> None:
     """``custos feedback confirm``: the worker signs the command and carries the proof."""
     from pipeline.control.feedback import Feedback
-    from pipeline.control.feedback import sign as sign_feedback
+    from pipeline.control.signing import sign_feedback
     from pipeline.quarantine.decisions import approve
 
     broker, url = live_broker

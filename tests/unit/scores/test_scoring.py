@@ -185,10 +185,12 @@ def test_a_registered_build_is_no_inventory_and_enforcement_makes_unknown_ones_v
 
     reg = tmp_path / "agent-models.yaml"
     reg.write_text(f"models:\n  - {{name: gpt-x, version: '1', digest: '{D_A}'}}\n")
-    det = Detection(Settings(model_allowlist_file=str(reg)))
+    det = Detection.from_settings(Settings(model_allowlist_file=str(reg)))
     out = det.process([_with_model(i, "agt-1", D_A) for i in range(5)], {})
     assert not out.decisions and not any(s.rules for s in out.scores)
-    strict = Detection(Settings(model_allowlist_file=str(reg), agent_models_enforce=True))
+    strict = Detection.from_settings(
+        Settings(model_allowlist_file=str(reg), agent_models_enforce=True)
+    )
     out = strict.process([_with_model(0, "agt-9", D_B)], {})
     assert [r.evidence["reason"] for s in out.scores for r in s.rules] == ["unregistered"]
 
@@ -217,3 +219,21 @@ def test_busy_identities_need_rarer_events_to_add_risk() -> None:
     busy_on, calm_on = run(20.0)
     assert calm_on == calm_off  # below the reference rate: untouched
     assert busy_on < busy_off  # 240 events/h: the same event says less
+
+
+def test_the_constructor_reads_no_file_and_refuses_settings_that_name_one(tmp_path: Path) -> None:
+    import pytest
+
+    from pipeline.config import Settings
+    from pipeline.errors import ConfigError
+
+    reg = tmp_path / "agent-models.yaml"
+    reg.write_text(f"models:\n  - {{name: gpt-x, version: '1', digest: '{D_A}'}}\n")
+    supp = tmp_path / "suppressions.yaml"
+    supp.write_text("- {identity: agt-1, reason: lab agent}\n")
+    settings = Settings(model_allowlist_file=str(reg), suppressions_file=str(supp))
+    with pytest.raises(ConfigError, match="model_allowlist_file, suppressions_file"):
+        Detection(settings)  # a core that silently ignored its registry would misjudge agents
+    det = Detection.from_settings(settings)
+    assert det.rules.agent_models is not None and len(det.rules.agent_models) == 1
+    assert [s.identity for s in det.policy.suppressions] == ["agt-1"]
