@@ -332,12 +332,12 @@ def failure_finding(
 
 def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     """``custos respond``: the consumer-group loop on the quarantine topic."""
-    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import KafkaError
 
     from pipeline import __version__
     from pipeline.control.reports import config_report
     from pipeline.control.reports import encode as encode_report
-    from pipeline.kafka.clients import make_producer
+    from pipeline.kafka.clients import make_consumer, make_producer
     from pipeline.responders.setup import adapters_from_settings, analyst_keys, trusted_keys
 
     store = ResponseStore(settings.responder_state_path / "responses.sqlite3")
@@ -350,10 +350,8 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     # The configuration this responder runs with (secrets masked), for the audit log.
     me = f"responder:{settings.responder_id}"
     producer.produce(settings.reports_topic, value=encode_report(config_report(settings, me)))
-    conf = settings.client_config()
-    conf.update({"group.id": settings.responder_group, "enable.auto.commit": False,
-                 "auto.offset.reset": "earliest"})  # fmt: skip
-    consumer = Consumer(conf)
+    # This consumer has always left librdkafka's log on stderr (the producer's goes to logging).
+    consumer = make_consumer(settings, settings.responder_group, bulk_fetch=False, logger=None)
     consumer.subscribe([settings.quarantine_topic])
     handled = 0
     next_sweep = 0.0
