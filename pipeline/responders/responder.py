@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 from joserfc.jwk import KeySet
 
+from pipeline.alerts.findings import build_failure_finding
 from pipeline.credentials.registry import open_durable
 from pipeline.quarantine.commands import CommandRejected, verify
 from pipeline.responders.base import Adapter, Command, HttpRequest, HttpResponse, Outcome, send_http
@@ -311,23 +312,21 @@ def failure_finding(
     """A Critical OCSF Detection Finding: a quarantine did not complete (never silently)."""
     status = status_of(final)
     text = final["body"]["openc2"]["response"]["status_text"]
-    return {
-        "class_uid": 2004, "category_uid": 2, "activity_id": 1, "type_uid": 200401,
-        "time": now_ms, "severity_id": 5, "severity": "Critical", "status_id": 1,
-        "is_alert": True, "risk_level_id": 4, "risk_score": 100,
-        "message": f"quarantine of {cmd.identity} failed ({status}): {text}",
-        "metadata": {"uid": str(uuid.uuid4()), "version": "1.8.0",
-                     "product": {"name": "Custos", "vendor_name": "Custos", "version": version}},
-        "finding_info": {
-            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"custos-failed/{cmd.request_id}")),
-            "title": f"Quarantine of {cmd.identity} failed",
-            "desc": text, "types": ["Quarantine failure"],
-            "related_events": ([{"uid": cmd.finding_uid}] if cmd.finding_uid else []),
-        },
-        "evidences": [{"actor": {"user": {"uid": cmd.identity}}}],
-        "unmapped": {"command_id": cmd.command_id, "request_id": cmd.request_id,
-                     "response": final["body"]["openc2"]["response"]},
-    }  # fmt: skip
+    return build_failure_finding(
+        # One finding per failed request: a redelivered command's failure is the same one.
+        finding_uid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"custos-failed/{cmd.request_id}")),
+        identity_uid=cmd.identity,
+        title=f"Quarantine of {cmd.identity} failed",
+        message=f"quarantine of {cmd.identity} failed ({status}): {text}",
+        desc=text,
+        types=["Quarantine failure"],
+        related_events=[cmd.finding_uid] if cmd.finding_uid else [],
+        time_ms=now_ms,
+        event_uid=str(uuid.uuid4()),
+        product_version=version,
+        unmapped={"command_id": cmd.command_id, "request_id": cmd.request_id,
+                  "response": final["body"]["openc2"]["response"]},
+    )  # fmt: skip
 
 
 def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
