@@ -336,6 +336,7 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     from pipeline import __version__
     from pipeline.control.reports import config_report
     from pipeline.control.reports import encode as encode_report
+    from pipeline.events.deadletter import dead_letter_headers
     from pipeline.kafka.clients import make_consumer, make_producer
     from pipeline.responders.setup import adapters_from_settings, analyst_keys, trusted_keys
 
@@ -379,21 +380,18 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
 
             final, cmd = responder.handle(msg.value() or b"", emit)
             code = status_of(final)
+            reason: str | None = None
             if code in (400, 401, 403):  # refused: keep the original bytes beside the response
-                producer.produce(
-                    settings.quarantine_deadletter_topic, key=key, value=msg.value(),
-                    headers=[("custos.reason", final["body"]["openc2"]["response"]["results"]
-                              ["x-custos"]["rejected"].encode()),
-                             ("custos.source.offset", str(msg.offset()).encode()),
-                             ("custos.source.partition", str(msg.partition()).encode())],
-                )  # fmt: skip
+                reason = final["body"]["openc2"]["response"]["results"]["x-custos"]["rejected"]
             elif code >= 500 and cmd is not None:
-                producer.produce(
-                    settings.quarantine_deadletter_topic, key=key, value=msg.value(),
-                    headers=[("custos.reason", b"quarantine_failed"),
-                             ("custos.source.offset", str(msg.offset()).encode()),
-                             ("custos.source.partition", str(msg.partition()).encode())],
-                )  # fmt: skip
+                reason = "quarantine_failed"
+            if reason is not None:
+                # A consumed record always has both (None is for one not produced yet).
+                headers = dead_letter_headers(reason, partition=msg.partition() or 0,
+                                              offset=msg.offset() or 0)  # fmt: skip
+                producer.produce(settings.quarantine_deadletter_topic, key=key, value=msg.value(),
+                                 headers=headers)  # fmt: skip
+            if code >= 500 and cmd is not None:
                 finding = failure_finding(cmd, final, int(time.time() * 1000), __version__)
                 producer.produce(settings.alerts_topic, key=key, value=msgspec.json.encode(finding))
                 log.critical("quarantine %s of %s failed: dead-lettered, alert raised",
