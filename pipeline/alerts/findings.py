@@ -1,4 +1,7 @@
-"""OCSF 1.8 Detection Finding (class 2004) built from a policy :class:`Decision`.
+"""OCSF 1.8 Detection Finding (class 2004): every finding Custos publishes is built here.
+
+:func:`build_finding` builds one from a policy :class:`Decision`; :func:`build_failure_finding`
+one about Custos itself, an action of its own that did not complete (a failed quarantine).
 
 One incident is one finding: ``create`` (activity 1, status New), ``update`` (2, In Progress)
 and ``close`` (3, Resolved) share ``finding_info.uid``; a suppressed identity's findings carry
@@ -19,6 +22,7 @@ b'alice'
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -29,6 +33,7 @@ __all__ = [
     "CATEGORY_UID",
     "CLASS_UID",
     "OCSF_VERSION",
+    "build_failure_finding",
     "build_finding",
     "encode_finding",
     "finding_key",
@@ -56,6 +61,14 @@ _MESSAGE_MAX: Final = 300  # one line in a SIEM list view
 # Per-emission event uid namespace (metadata.uid): deterministic, so a replay deduplicates.
 _EVENT_NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/finding-event")
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+def _metadata(event_uid: str, product_version: str) -> dict[str, Any]:
+    return {
+        "uid": event_uid,
+        "version": OCSF_VERSION,
+        "product": {"name": "Custos", "vendor_name": "Custos", "version": product_version},
+    }
 
 
 def _user(d: Decision) -> dict[str, Any]:
@@ -173,11 +186,7 @@ def build_finding(decision: Decision, *, product_version: str) -> dict[str, Any]
         "risk_level_id": d.risk_level_id,
         "risk_level": _RISK_LEVEL.get(d.risk_level_id, "Unknown"),
         "message": _message(d, risk_score),
-        "metadata": {
-            "uid": str(event_uid),
-            "version": OCSF_VERSION,
-            "product": {"name": "Custos", "vendor_name": "Custos", "version": product_version},
-        },
+        "metadata": _metadata(str(event_uid), product_version),
         "finding_info": finding_info,
         "evidences": [{"actor": {"user": _user(d)}}],
         "anomaly_analyses": [_anomaly_analysis(d)],
@@ -204,6 +213,59 @@ def build_finding(decision: Decision, *, product_version: str) -> dict[str, Any]
                 "suppressed_by": d.suppressed_by,
             }
         },
+    }
+
+
+def build_failure_finding(
+    *,
+    finding_uid: str,
+    identity_uid: str,
+    title: str,
+    message: str,
+    desc: str,
+    types: Sequence[str],
+    related_events: Sequence[str],
+    time_ms: int,
+    event_uid: str,
+    product_version: str,
+    unmapped: dict[str, Any],
+) -> dict[str, Any]:
+    """A Critical alert (create, status New, risk 100) that an action of Custos failed.
+
+    Such a failure must never pass silently, so it is a finding of its own rather than an
+    update of the incident (``related_events`` links that one). The caller supplies the ids
+    (``event_uid`` per emission, ``finding_uid`` per failure): this stays a pure function.
+
+    >>> f = build_failure_finding(finding_uid="f-1", identity_uid="agt-1", title="t",
+    ...     message="m", desc="d", types=["Quarantine failure"], related_events=["f-0"],
+    ...     time_ms=0, event_uid="e-1", product_version="0.1.0", unmapped={})
+    >>> f["type_uid"], f["severity"], f["finding_info"]["related_events"]
+    (200401, 'Critical', [{'uid': 'f-0'}])
+    """
+    activity, severity_id, risk_level_id = 1, 5, 4
+    return {
+        "class_uid": CLASS_UID,
+        "category_uid": CATEGORY_UID,
+        "activity_id": activity,
+        "type_uid": CLASS_UID * 100 + activity,
+        "time": time_ms,
+        "severity_id": severity_id,
+        "severity": _SEVERITY[severity_id],
+        "status_id": 1,
+        "is_alert": True,
+        "risk_level_id": risk_level_id,
+        "risk_score": 100,
+        "message": message,
+        "metadata": _metadata(event_uid, product_version),
+        "finding_info": {
+            "uid": finding_uid,
+            "title": title,
+            "desc": desc,
+            "types": list(types),
+            "related_events": [{"uid": uid} for uid in related_events],
+        },
+        "evidences": [{"actor": {"user": {"uid": identity_uid}}}],
+        "unmapped": unmapped,
     }
 
 

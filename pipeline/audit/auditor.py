@@ -193,9 +193,9 @@ def record_for(topic_kind: str, value: bytes) -> dict[str, Any] | None:
 
 def run_auditor(settings: Any, *, stop_after_s: float | None = None) -> None:
     """Consume the decision topics, append records, sign checkpoints. Until interrupted."""
-    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import KafkaError
 
-    from pipeline.kafka.clients import make_producer, read_all
+    from pipeline.kafka.clients import make_consumer, make_producer, read_all
 
     key, _ = audit_keys(settings.home_path)
     existing = [m.value() or b"" for m in read_all(settings, settings.audit_topic, timeout_s=10)]
@@ -211,10 +211,8 @@ def run_auditor(settings: Any, *, stop_after_s: float | None = None) -> None:
              settings.models_topic: "models", settings.agent_models_topic: "agent_models",
              settings.reports_topic: "reports", settings.feedback_topic: "feedback"}  # fmt: skip
     producer = make_producer(settings)
-    conf = settings.client_config()
-    conf.update({"group.id": settings.auditor_group, "enable.auto.commit": False,
-                 "auto.offset.reset": "earliest"})  # fmt: skip
-    consumer = Consumer(conf)
+    # This consumer has always left librdkafka's log on stderr (the producer's goes to logging).
+    consumer = make_consumer(settings, settings.auditor_group, bulk_fetch=False, logger=None)
     consumer.subscribe(list(kinds))
     cp_dir = settings.home_path / "audit" / "checkpoints"
     cp_dir.mkdir(parents=True, exist_ok=True)

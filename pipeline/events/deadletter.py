@@ -1,7 +1,9 @@
 """Dead-letter records for input that breaks the event contract (pure: no Kafka here).
 
 The record keeps the original key and value byte for byte; everything Custos adds travels in
-headers, so a fixed event can be re-published from the dead-letter topic unchanged.
+headers, so a fixed event can be re-published from the dead-letter topic unchanged. Every
+dead-letter topic's headers come from :func:`dead_letter_headers` (the responder's refused
+commands too), so readers find the reason and source position under the same names.
 
 >>> from pipeline.errors import InvalidEvent
 >>> err = InvalidEvent("invalid_json", "unexpected character")
@@ -31,6 +33,37 @@ class DeadLetter:
     reason: str
 
 
+def dead_letter_headers(
+    reason: str,
+    *,
+    partition: int,
+    offset: int,
+    topic: str | None = None,
+    detail: str | None = None,
+    now_ms: int | None = None,
+    timestamp_ms: int | None = None,
+) -> list[tuple[str, str | bytes | None]]:
+    """Why a record was dead-lettered and where it came from; what is ``None`` is left out.
+
+    >>> dead_letter_headers("unsigned", partition=0, offset=7)  # doctest: +NORMALIZE_WHITESPACE
+    [('custos.reason', b'unsigned'), ('custos.source.partition', b'0'),
+     ('custos.source.offset', b'7')]
+    """
+    headers: list[tuple[str, str | bytes | None]] = [("custos.reason", reason.encode())]
+    if detail is not None:
+        # Bounded: a detail quoting a 1 MB payload must not make the DLQ record oversized too.
+        headers.append(("custos.detail", detail[:1000].encode("utf-8", "replace")))
+    if topic is not None:
+        headers.append(("custos.source.topic", topic.encode()))
+    headers += [("custos.source.partition", str(partition).encode()),
+                ("custos.source.offset", str(offset).encode())]  # fmt: skip
+    if now_ms is not None:
+        headers.append(("custos.dlq.time", str(now_ms).encode()))
+    if timestamp_ms is not None:
+        headers.append(("custos.source.timestamp", str(timestamp_ms).encode()))
+    return headers
+
+
 def dead_letter(
     error: InvalidEvent,
     *,
@@ -44,17 +77,9 @@ def dead_letter(
     source_headers: Sequence[tuple[str, str | bytes | None]] | None = None,
 ) -> DeadLetter:
     """Build the dead-letter record for one rejected input message."""
-    headers: list[tuple[str, str | bytes | None]] = [
-        ("custos.reason", error.reason.encode()),
-        # Bounded: a detail quoting a 1 MB payload must not make the DLQ record oversized too.
-        ("custos.detail", error.detail[:1000].encode("utf-8", "replace")),
-        ("custos.source.topic", topic.encode()),
-        ("custos.source.partition", str(partition).encode()),
-        ("custos.source.offset", str(offset).encode()),
-        ("custos.dlq.time", str(now_ms).encode()),
-    ]
-    if timestamp_ms is not None:
-        headers.append(("custos.source.timestamp", str(timestamp_ms).encode()))
+    headers = dead_letter_headers(error.reason, partition=partition, offset=offset, topic=topic,
+                                  detail=error.detail, now_ms=now_ms,
+                                  timestamp_ms=timestamp_ms)  # fmt: skip
     if key is None and value is None:
         # A tombstone has no bytes to keep; Kafka clients refuse a record with neither key
         # nor value, so the dead letter carries an empty value and says what it was.

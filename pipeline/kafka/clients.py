@@ -26,8 +26,14 @@ _LOG = logging.getLogger("custos.kafka.client")
 
 
 def base_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The settings every client shares (servers, TLS/SASL, log routing), then ``overrides``.
+
+    ``logger=None`` leaves librdkafka's log on stderr, its default.
+    """
     conf: dict[str, Any] = {**settings.client_config(), "logger": _LOG}
     conf.update(overrides)
+    if conf["logger"] is None:
+        del conf["logger"]
     return conf
 
 
@@ -42,7 +48,6 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
     identity's events land on the partition the faust worker expects for that key.
     """
     conf: dict[str, Any] = {
-        **base_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": settings.compression,
@@ -54,21 +59,31 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
         "partitioner": "murmur2_random",
     }
     conf.update(overrides)
-    return Producer(conf)
+    return Producer(base_config(settings, **conf))
 
 
-def make_consumer(settings: Settings, group_id: str | None = None, **overrides: Any) -> Consumer:
-    """A consumer that commits only what the caller has finished with (no auto-commit)."""
-    conf: dict[str, Any] = {
-        **base_config(settings),
-        "group.id": group_id or settings.group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "fetch.max.bytes": 52_428_800,
-        "max.partition.fetch.bytes": 2_097_152,
-    }
+def make_consumer(
+    settings: Settings,
+    group_id: str | None = None,
+    *,
+    manual_commit: bool = True,
+    bulk_fetch: bool = True,
+    **overrides: Any,
+) -> Consumer:
+    """A consumer in group ``group_id`` (``settings.group_id`` by default).
+
+    ``manual_commit``: it commits only what the caller has finished with (no auto-commit),
+    and a group with no commit yet starts at the earliest record. ``bulk_fetch``: larger
+    fetches, for the ingest loop. Readers that only assign partitions or read watermarks
+    turn both off: their group id is one the client requires, never joined.
+    """
+    conf: dict[str, Any] = {"group.id": group_id or settings.group_id}
+    if manual_commit:
+        conf.update({"enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    if bulk_fetch:
+        conf.update({"fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 2_097_152})
     conf.update(overrides)
-    return Consumer(conf)
+    return Consumer(base_config(settings, **conf))
 
 
 _ELECTING: Final = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,

@@ -206,7 +206,8 @@ def train_and_publish(
         sim = Simulation(settings, identities=identities, duration_s=duration_s, seed=seed)
         source, sim_seed = f"custos simulate --identities {identities} --seed {seed}", seed
         raw = (value for _, _, value, _ in sim.events())
-        detection = Detection.from_settings(settings, directory=population_directory(identities, seed))
+        directory = population_directory(identities, seed)
+        detection = Detection.from_settings(settings, directory=directory)
     artifact, fp = train_loda(raw, detection)
     echo(f"trained on {fp.rows:,} events in {time.perf_counter() - t0:.0f} s")
 
@@ -215,7 +216,8 @@ def train_and_publish(
     )
     decoder = EventDecoder(max_future_skew_ms=10**13)
     events = [decoder.decode(v) for _, _, v, _ in held.events()]
-    candidate = Detection.from_settings(settings, directory=population_directory(eval_identities, eval_seed))
+    held_out = population_directory(eval_identities, eval_seed)
+    candidate = Detection.from_settings(settings, directory=held_out)
     # Held out as a worker would run it: the candidate adopted after the cold-start warm-up.
     result = evaluate(
         events, held.label_rows(), candidate,

@@ -731,8 +731,9 @@ def compare(evaluations: Mapping[str, Evaluation], keys: Sequence[str] | None = 
 
     For notebooks comparing models on the same held-out events::
 
-        base = evaluate(events, labels, Detection.from_settings(settings, directory=d), event_labels=marks)
-        cand = evaluate(events, labels, Detection.from_settings(settings, directory=d), event_labels=marks,
+        core = lambda: Detection.from_settings(settings, directory=d)
+        base = evaluate(events, labels, core(), event_labels=marks)
+        cand = evaluate(events, labels, core(), event_labels=marks,
                         swap_in=loaded, swap_after=settings.model_warmup_events)
         compare({"built-in": base, "candidate": cand})
     """

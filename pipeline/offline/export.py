@@ -567,9 +567,9 @@ def export_topics(
     one file (rows per partition in offset order; partitions interleave), e.g. both event
     topics for ``custos replay``, which reads the ``value`` column.
     """
-    from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException
+    from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException
 
-    from pipeline.kafka.clients import base_config
+    from pipeline.kafka.clients import make_consumer
 
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
         raise ExportError(f"empty window: until ({_iso(until_ms)}) is not after since "
@@ -577,20 +577,16 @@ def export_topics(
     t0 = time.perf_counter()
     out = Path(out_path)
     res = ExportResult(out, list(topics), since_ms, until_ms)
-    consumer = Consumer(
-        base_config(
-            settings,
-            **{
-                # A group id is required by the client, but assign() never joins the group,
-                # and with auto-commit and offset storing off nothing is ever committed.
-                "group.id": f"custos-export-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "queued.max.messages.kbytes": 65_536,  # bounded prefetch
-            },
-        )
-    )
+    # A group id is required by the client, but assign() never joins the group,
+    # and with auto-commit and offset storing off nothing is ever committed.
+    reader: dict[str, Any] = {
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "queued.max.messages.kbytes": 65_536,  # bounded prefetch
+    }
+    consumer = make_consumer(settings, f"custos-export-{uuid.uuid4().hex[:8]}",
+                             manual_commit=False, bulk_fetch=False, **reader)  # fmt: skip
     writer = ParquetExportWriter(out, row_group=row_group, max_depth=max_depth)
     lo = -math.inf if since_ms is None else since_ms
     hi = math.inf if until_ms is None else until_ms

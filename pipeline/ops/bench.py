@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import Settings, env_var
 from pipeline.events.schemas import EventDecoder
-from pipeline.kafka.clients import make_producer, read_all
+from pipeline.kafka.clients import make_consumer, make_producer, read_all
 from pipeline.kafka.topics import TopicSpec, apply_topics
 from pipeline.ops.localhost import free_port, stop
 from pipeline.ops.metrics import scrape
@@ -211,7 +211,7 @@ def bench_audit(
     """
     import threading
 
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     from pipeline.alerts.findings import build_finding, encode_finding
     from pipeline.alerts.policy import RiskPolicy, RiskState
@@ -273,8 +273,10 @@ def bench_audit(
     finished: list[float] = []
 
     def watch_audit() -> None:
-        # The auditor's finish, seen while the worker drains (they run side by side).
-        watch = Consumer({"bootstrap.servers": a.bootstrap_servers, "group.id": "bench-watch"})
+        # The auditor's finish, seen while the worker drains (they run side by side). The
+        # factory brings a secured cluster's TLS/SCRAM; librdkafka keeps logging to stderr.
+        watch = make_consumer(a, "bench-watch", manual_commit=False, bulk_fetch=False,
+                              logger=None)  # fmt: skip
         try:
             while time.perf_counter() - t0 < 600:
                 tp = TopicPartition(a.audit_topic, 0)

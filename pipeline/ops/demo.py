@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, TopicPartition
 
 from pipeline.config import REPO_ROOT, Settings, env_var
 from pipeline.kafka.broker import Broker
-from pipeline.kafka.clients import base_config, group_lag, make_producer
+from pipeline.kafka.clients import group_lag, make_consumer, make_producer
 from pipeline.kafka.topics import apply_topics, load_topics
 from pipeline.ops.localhost import free_port, healthy, stop, wait_until
 from pipeline.simulate.malformed import bad_samples
@@ -109,7 +109,8 @@ def run_demo(
     settings = dataclasses.replace(settings, directory_file=str(directory))
 
     # Watch the outputs from their current end: this run's findings and dead letters only.
-    watch = Consumer(base_config(settings, **{"group.id": f"custos-demo-watch-{time.time_ns()}"}))
+    watch = make_consumer(settings, f"custos-demo-watch-{time.time_ns()}", manual_commit=False,
+                          bulk_fetch=False)  # fmt: skip
     parts = []
     for topic in (settings.alerts_topic, settings.deadletter_topic):
         md = watch.list_topics(topic, timeout=10)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.kafka.clients import base_config, group_lag, make_admin
+from pipeline.kafka.clients import group_lag, make_admin, make_consumer
 from pipeline.ops.metrics import scrape
 
 
@@ -20,7 +20,7 @@ def collect(settings: Settings) -> list[str]:
     except Exception as exc:  # unreachable broker: say so and stop here
         return [*lines, f"kafka:  not reachable at {settings.bootstrap_servers} ({exc})"]
 
-    consumer = Consumer(base_config(settings, **{"group.id": settings.app_id}))
+    consumer = make_consumer(settings, settings.app_id, manual_commit=False, bulk_fetch=False)
     try:
         lines.append("topics:")
         for name in sorted(t for t in md.topics if not t.startswith("__")):

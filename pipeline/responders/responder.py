@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 from joserfc.jwk import KeySet
 
+from pipeline.alerts.findings import build_failure_finding
 from pipeline.control.signing import with_analysts
 from pipeline.credentials.registry import open_durable
 from pipeline.quarantine.commands import CommandRejected, verify
@@ -311,34 +312,33 @@ def failure_finding(
     """A Critical OCSF Detection Finding: a quarantine did not complete (never silently)."""
     status = status_of(final)
     text = final["body"]["openc2"]["response"]["status_text"]
-    return {
-        "class_uid": 2004, "category_uid": 2, "activity_id": 1, "type_uid": 200401,
-        "time": now_ms, "severity_id": 5, "severity": "Critical", "status_id": 1,
-        "is_alert": True, "risk_level_id": 4, "risk_score": 100,
-        "message": f"quarantine of {cmd.identity} failed ({status}): {text}",
-        "metadata": {"uid": str(uuid.uuid4()), "version": "1.8.0",
-                     "product": {"name": "Custos", "vendor_name": "Custos", "version": version}},
-        "finding_info": {
-            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"custos-failed/{cmd.request_id}")),
-            "title": f"Quarantine of {cmd.identity} failed",
-            "desc": text, "types": ["Quarantine failure"],
-            "related_events": ([{"uid": cmd.finding_uid}] if cmd.finding_uid else []),
-        },
-        "evidences": [{"actor": {"user": {"uid": cmd.identity}}}],
-        "unmapped": {"command_id": cmd.command_id, "request_id": cmd.request_id,
-                     "response": final["body"]["openc2"]["response"]},
-    }  # fmt: skip
+    return build_failure_finding(
+        # One finding per failed request: a redelivered command's failure is the same one.
+        finding_uid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"custos-failed/{cmd.request_id}")),
+        identity_uid=cmd.identity,
+        title=f"Quarantine of {cmd.identity} failed",
+        message=f"quarantine of {cmd.identity} failed ({status}): {text}",
+        desc=text,
+        types=["Quarantine failure"],
+        related_events=[cmd.finding_uid] if cmd.finding_uid else [],
+        time_ms=now_ms,
+        event_uid=str(uuid.uuid4()),
+        product_version=version,
+        unmapped={"command_id": cmd.command_id, "request_id": cmd.request_id,
+                  "response": final["body"]["openc2"]["response"]},
+    )  # fmt: skip
 
 
 def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     """``custos respond``: the consumer-group loop on the quarantine topic."""
-    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import KafkaError
 
     from pipeline import __version__
     from pipeline.control.reports import config_report
     from pipeline.control.reports import encode as encode_report
     from pipeline.control.signing import analyst_keys, trusted_keys
-    from pipeline.kafka.clients import make_producer
+    from pipeline.events.deadletter import dead_letter_headers
+    from pipeline.kafka.clients import make_consumer, make_producer
     from pipeline.responders.setup import adapters_from_settings
 
     store = ResponseStore(settings.responder_state_path / "responses.sqlite3")
@@ -351,10 +351,8 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
     # The configuration this responder runs with (secrets masked), for the audit log.
     me = f"responder:{settings.responder_id}"
     producer.produce(settings.reports_topic, value=encode_report(config_report(settings, me)))
-    conf = settings.client_config()
-    conf.update({"group.id": settings.responder_group, "enable.auto.commit": False,
-                 "auto.offset.reset": "earliest"})  # fmt: skip
-    consumer = Consumer(conf)
+    # This consumer has always left librdkafka's log on stderr (the producer's goes to logging).
+    consumer = make_consumer(settings, settings.responder_group, bulk_fetch=False, logger=None)
     consumer.subscribe([settings.quarantine_topic])
     handled = 0
     next_sweep = 0.0
@@ -383,21 +381,18 @@ def run_responder(settings: Any, *, stop_after: int | None = None) -> None:
 
             final, cmd = responder.handle(msg.value() or b"", emit)
             code = status_of(final)
+            reason: str | None = None
             if code in (400, 401, 403):  # refused: keep the original bytes beside the response
-                producer.produce(
-                    settings.quarantine_deadletter_topic, key=key, value=msg.value(),
-                    headers=[("custos.reason", final["body"]["openc2"]["response"]["results"]
-                              ["x-custos"]["rejected"].encode()),
-                             ("custos.source.offset", str(msg.offset()).encode()),
-                             ("custos.source.partition", str(msg.partition()).encode())],
-                )  # fmt: skip
+                reason = final["body"]["openc2"]["response"]["results"]["x-custos"]["rejected"]
             elif code >= 500 and cmd is not None:
-                producer.produce(
-                    settings.quarantine_deadletter_topic, key=key, value=msg.value(),
-                    headers=[("custos.reason", b"quarantine_failed"),
-                             ("custos.source.offset", str(msg.offset()).encode()),
-                             ("custos.source.partition", str(msg.partition()).encode())],
-                )  # fmt: skip
+                reason = "quarantine_failed"
+            if reason is not None:
+                # A consumed record always has both (None is for one not produced yet).
+                headers = dead_letter_headers(reason, partition=msg.partition() or 0,
+                                              offset=msg.offset() or 0)  # fmt: skip
+                producer.produce(settings.quarantine_deadletter_topic, key=key, value=msg.value(),
+                                 headers=headers)  # fmt: skip
+            if code >= 500 and cmd is not None:
                 finding = failure_finding(cmd, final, int(time.time() * 1000), __version__)
                 producer.produce(settings.alerts_topic, key=key, value=msgspec.json.encode(finding))
                 log.critical("quarantine %s of %s failed: dead-lettered, alert raised",

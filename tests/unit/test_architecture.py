@@ -6,6 +6,7 @@
   replay, evaluate and notebooks share it, and only ``stream/`` and ``kafka/`` talk to Kafka.
 - Nor does it import JWS code or the model registry: signed messages reach it verified
   (``control/signing.py``), models as a ``SignedModel`` (``scores/detectors.py``).
+- Only ``kafka/`` builds confluent-kafka clients (its factories); everything else asks them.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def test_the_core_imports_no_kafka_client(module: str) -> None:
 CORE = ["pipeline.engine", "pipeline.scores.scoring", "pipeline.events.schemas",
         "pipeline.baselines.features", "pipeline.baselines.baselines", "pipeline.alerts.policy",
         "pipeline.scores.rules", "pipeline.scores.agent_models", "pipeline.alerts.findings",
-        "pipeline.scores.detectors", "pipeline.control.feedback", "pipeline.offline.evaluate"]  # fmt: skip
+        "pipeline.scores.detectors", "pipeline.control.feedback",
+        "pipeline.offline.evaluate"]  # fmt: skip
 
 
 @pytest.mark.parametrize("module", CORE)
@@ -89,3 +91,68 @@ def test_the_core_imports_no_jws_code_and_no_model_registry(module: str) -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()  # fmt: skip
     assert out == "[]", f"{module} pulls in {out}"
+
+
+_CLIENTS = frozenset({"Producer", "Consumer", "AdminClient"})
+
+
+def _is_confluent(module: str) -> bool:
+    return module.split(".")[0] == "confluent_kafka"
+
+
+def _hand_built_clients(source: str) -> list[str]:
+    """Where ``source`` imports a confluent-kafka client class or calls one through the module.
+
+    Importing the class is what building one by hand needs; exceptions, offsets and
+    ``TopicPartition`` stay importable anywhere.
+    """
+    found: list[str] = []
+    modules: set[str] = set()  # local names bound to confluent_kafka or one of its submodules
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and _is_confluent(node.module or ""):
+            found += [f"line {node.lineno}: from {node.module} import {a.name}"
+                      for a in node.names if a.name in _CLIENTS]  # fmt: skip
+        elif isinstance(node, ast.Import):
+            modules.update((a.asname or a.name).split(".")[0] for a in node.names
+                           if _is_confluent(a.name))  # fmt: skip
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in _CLIENTS):  # fmt: skip
+            root = node.func.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in modules:
+                found.append(f"line {node.lineno}: {ast.unparse(node.func)}(...)")
+    return found
+
+
+def test_only_kafka_package_builds_confluent_kafka_clients() -> None:
+    """Every client comes from ``pipeline/kafka/clients.py``, so the TLS/SCRAM settings and the
+    tuned defaults reach all of them."""
+    offenders = {
+        str(f.relative_to(ROOT.parent)): hits
+        for f in sorted(ROOT.rglob("*.py"))
+        if f.relative_to(ROOT).parts[0] != "kafka"
+        if (hits := _hand_built_clients(f.read_text()))
+    }
+    assert offenders == {}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # How pipeline/audit/auditor.py built its consumer before the factories took it over.
+        "def run(settings):\n    from confluent_kafka import Consumer, KafkaError\n"
+        "    conf = settings.client_config()\n    return Consumer(conf)\n",
+        "from confluent_kafka.admin import AdminClient\n",
+        "import confluent_kafka as ck\nck.Producer({})\n",
+        "import confluent_kafka.admin\nconfluent_kafka.admin.AdminClient({})\n",
+    ],
+)
+def test_the_client_check_catches_a_hand_built_client(source: str) -> None:
+    assert _hand_built_clients(source)
+
+
+def test_the_client_check_allows_the_rest_of_confluent_kafka() -> None:
+    assert _hand_built_clients("from confluent_kafka import KafkaException, TopicPartition\n") == []

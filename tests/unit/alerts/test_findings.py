@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated, Literal
 
@@ -11,6 +12,8 @@ from msgspec import Meta
 
 from pipeline.alerts.findings import build_finding, encode_finding, finding_key
 from pipeline.alerts.policy import Decision, RiskPolicy, RiskState, Suppression
+from pipeline.responders.base import Command
+from pipeline.responders.responder import failure_finding, response
 from pipeline.scores.explanations import Contribution, RuleHit, Score
 
 T0 = 1_760_000_000_000
@@ -137,6 +140,76 @@ def validate(finding: dict[str, object]) -> DetectionFinding:
     return msgspec.json.decode(encode_finding(finding), type=DetectionFinding)
 
 
+# --- OCSF 1.8 itself: Detection Finding's required attributes, and the types and enums of the
+# optional ones Custos fills (absent is fine, present must fit). Every finding Custos publishes,
+# the policy's and the responder's "quarantine failed", must decode with these.
+
+Unset = msgspec.UnsetType
+UNSET = msgspec.UNSET
+
+
+class OcsfProduct(msgspec.Struct):
+    name: str | Unset = UNSET
+    vendor_name: str | Unset = UNSET
+    version: str | Unset = UNSET
+
+
+class OcsfMetadata(msgspec.Struct):
+    product: OcsfProduct
+    version: Literal["1.8.0"]
+    uid: str | Unset = UNSET
+
+
+class OcsfRelated(msgspec.Struct):
+    uid: str
+
+
+class OcsfFindingInfo(msgspec.Struct):
+    uid: Annotated[str, Meta(min_length=1)]
+    title: str | Unset = UNSET
+    desc: str | Unset = UNSET
+    types: list[str] | Unset = UNSET
+    related_events: list[OcsfRelated] | Unset = UNSET
+
+
+class OcsfUser(msgspec.Struct):
+    uid: str | Unset = UNSET
+    type_id: Literal[0, 1, 2, 3, 4, 99] | Unset = UNSET
+
+
+class OcsfActor(msgspec.Struct):
+    user: OcsfUser | Unset = UNSET
+
+
+class OcsfEvidence(msgspec.Struct):
+    actor: OcsfActor | Unset = UNSET
+
+
+class OcsfDetectionFinding(msgspec.Struct):
+    activity_id: Literal[0, 1, 2, 3, 99]
+    category_uid: Literal[2]
+    class_uid: Literal[2004]
+    metadata: OcsfMetadata
+    severity_id: Literal[0, 1, 2, 3, 4, 5, 6, 99]
+    time: TimeMs
+    type_uid: Literal[200400, 200401, 200402, 200403, 200499]
+    finding_info: OcsfFindingInfo
+    status_id: Literal[0, 1, 2, 3, 4, 5, 6, 99] | Unset = UNSET
+    is_alert: bool | Unset = UNSET
+    confidence_score: Percent | Unset = UNSET
+    risk_score: Percent | Unset = UNSET
+    risk_level_id: Literal[0, 1, 2, 3, 4, 99] | Unset = UNSET
+    message: str | Unset = UNSET
+    evidences: list[OcsfEvidence] | Unset = UNSET
+    unmapped: dict[str, object] | Unset = UNSET
+
+
+def validate_ocsf(finding: dict[str, object]) -> OcsfDetectionFinding:
+    f = msgspec.json.decode(encode_finding(finding), type=OcsfDetectionFinding)
+    assert f.type_uid == f.class_uid * 100 + f.activity_id
+    return f
+
+
 # --- Fixtures ----------------------------------------------------------------------------------
 
 BYTES_OUT = Contribution(
@@ -188,6 +261,35 @@ def test_every_required_and_recommended_field_is_present_and_typed() -> None:
         assert f.anomaly_analyses[0].analysis_targets[0].name == "agent-b"
         assert f.finding_info.first_seen_time == T0
         assert f.finding_info.last_seen_time >= f.finding_info.first_seen_time
+
+
+def test_policy_findings_are_ocsf_detection_findings() -> None:
+    for d in incident():
+        validate_ocsf(build_finding(d, product_version=VERSION))
+
+
+def test_the_responders_quarantine_failure_is_an_ocsf_detection_finding() -> None:
+    cmd = Command("contain", "r-1", "c-1", "agent-b", "f-1", "credential misuse", ("cred-1",),
+                  T0, None, False)  # fmt: skip
+    final = response("r-1", 503, "custos-broker: connection refused", sender="responder",
+                     to="custos-worker", now_ms=T0 + S)  # fmt: skip
+    raw = failure_finding(cmd, final, T0 + S, VERSION)
+    f = validate_ocsf(raw)
+    assert (f.activity_id, f.severity_id, f.status_id, f.is_alert) == (1, 5, 1, True)
+    assert f.metadata.product.version == VERSION
+    assert f.evidences and f.evidences[0].actor and f.evidences[0].actor.user
+    assert f.evidences[0].actor.user.uid == "agent-b"
+    assert f.finding_info.related_events == [OcsfRelated("f-1")]  # the incident it failed
+    assert f.message == "quarantine of agent-b failed (503): custos-broker: connection refused"
+    # Deterministic per request: a redelivered failure is the same finding.
+    assert failure_finding(cmd, final, T0 + 2 * S, VERSION)["finding_info"] == raw["finding_info"]
+    unlinked = failure_finding(dataclasses.replace(cmd, finding_uid=None), final, T0, VERSION)
+    assert validate_ocsf(unlinked).finding_info.related_events == []
+    # The mirror does refuse what OCSF refuses: no finding uid, another class.
+    with pytest.raises(msgspec.ValidationError):
+        validate_ocsf({**raw, "finding_info": {"title": "x"}})
+    with pytest.raises(msgspec.ValidationError):
+        validate_ocsf({**raw, "class_uid": 2001})
 
 
 def test_one_incident_is_one_finding_uid_with_create_update_close() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 
 from pipeline.errors import InvalidEvent
-from pipeline.events.deadletter import ReasonCounter, dead_letter
+from pipeline.events.deadletter import ReasonCounter, dead_letter, dead_letter_headers
 
 
 def test_dead_letter_keeps_original_bytes_and_names_the_source() -> None:
@@ -68,3 +68,10 @@ def test_a_tombstone_becomes_an_empty_value_with_a_marker() -> None:
         key=None, value=None, topic="t", partition=0, offset=5, timestamp_ms=None, now_ms=0,
     )  # fmt: skip
     assert dl.value == b"" and dict(dl.headers)["custos.source.tombstone"] == b"1"
+
+
+def test_headers_for_a_refused_command_say_why_and_where_from() -> None:
+    # What the responder's dead letters carry: a reason and the command's position only.
+    h = dead_letter_headers("quarantine_failed", partition=2, offset=17)
+    assert h == [("custos.reason", b"quarantine_failed"), ("custos.source.partition", b"2"),
+                 ("custos.source.offset", b"17")]  # fmt: skip
