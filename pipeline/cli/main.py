@@ -283,7 +283,7 @@ def simulate(
         click.echo(f"{report.campaigns} attack campaigns labelled in {labels}")
     if directory_out:
         from pipeline.simulate.directory import write_directory
-        from pipeline.simulate.population import build_population
+        from pipeline.simulate.profiles import build_population
 
         n = write_directory(
             build_population(identities, seed=seed, profile=profile), directory_out

@@ -36,7 +36,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -51,7 +51,6 @@ __all__ = [
     "encode",
     "new_uid",
     "read",
-    "release_message",
 ]
 
 Action = Literal["confirm", "false_positive", "release", "suppress"]
@@ -118,16 +117,6 @@ class Schedule:
         """Feedback at or before ``until_ms`` (None: all that is left), oldest first."""
         while self._left and (until_ms is None or self._left[-1].at_ms <= until_ms):
             yield self._left.pop()
-
-
-def release_message(fb: Feedback, outcome: FeedbackOutcome, now_ms: int) -> dict[str, Any] | None:
-    """The cancel of the contain command an outcome lifts (to be signed), if it lifts one."""
-    if not outcome.release_command:
-        return None
-    from pipeline.quarantine.decisions import release
-
-    return release(fb.identity, command_id=outcome.release_command,
-                   reason=f"{fb.action}: {fb.reason}", by=fb.by, now_ms=now_ms)  # fmt: skip
 
 
 def read(path: Path | str) -> list[Feedback]:

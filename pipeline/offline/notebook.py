@@ -249,7 +249,7 @@ def ensure_dataset(
     from pipeline.offline.replay import replay
     from pipeline.simulate import simulate
     from pipeline.simulate.directory import write_directory
-    from pipeline.simulate.population import build_population
+    from pipeline.simulate.profiles import build_population
     from pipeline.simulate.sinks import ParquetSink
 
     root = Path(data_dir) / f"sim-{identities}-{duration_s:g}s-seed{seed}"

@@ -37,7 +37,7 @@ import numpy as np
 from pipeline.alerts.findings import build_finding, encode_finding
 from pipeline.alerts.policy import Decision
 from pipeline.config import Settings
-from pipeline.control.feedback import Feedback, FeedbackOutcome, release_message
+from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.control.feedback import read as read_feedback
 from pipeline.control.reports import Report
 from pipeline.control.reports import encode as encode_report
@@ -45,6 +45,7 @@ from pipeline.engine import Engine
 from pipeline.errors import InvalidEvent
 from pipeline.events.schemas import Event, EventDecoder
 from pipeline.models.runtime import ModelRuntime
+from pipeline.quarantine.decisions import release_for
 from pipeline.quarantine.policy import QuarantinePolicy
 from pipeline.scores.explanations import Score
 from pipeline.scores.scoring import Detection
@@ -178,7 +179,7 @@ def replay(
     def on_feedback(fb: Feedback, outcome: FeedbackOutcome, decisions: list[Decision]) -> None:
         res.feedback += 1
         publish(decisions, approved_by=fb.by if fb.action == "confirm" else None)
-        cancel = release_message(fb, outcome, fb.at_ms)
+        cancel = release_for(fb, outcome, fb.at_ms)
         if cancel is not None:
             line = {"topic": "quarantine", "identity": fb.identity, "approval": "analyst",
                     "command": cancel}  # fmt: skip

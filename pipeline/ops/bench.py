@@ -347,7 +347,7 @@ def run_bench(
     audit_records: int = 0,
     echo: Echo = print,
 ) -> dict[str, Any]:
-    from pipeline.simulate.population import build_population
+    from pipeline.simulate.profiles import build_population
 
     with tempfile.TemporaryDirectory() as tmp:
         directory_path = Path(tmp) / "directory.jsonl"

@@ -90,7 +90,7 @@ def run_demo(
     """Run the whole loop once; return the final figures (also echoed as it goes)."""
     from pipeline.simulate import simulate
     from pipeline.simulate.directory import write_directory
-    from pipeline.simulate.population import build_population
+    from pipeline.simulate.profiles import build_population
     from pipeline.simulate.sinks import KafkaSink
 
     if settings.managed_broker:

@@ -26,9 +26,10 @@ import copy
 import uuid
 from typing import Any
 
+from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.quarantine.commands import CommandRejected, cancel, request_of, subject_of
 
-__all__ = ["approve", "describe", "release"]
+__all__ = ["approve", "describe", "release", "release_for"]
 
 
 def approve(
@@ -59,6 +60,14 @@ def approve(
 def release(identity: str, *, command_id: str, reason: str, by: str, now_ms: int) -> dict[str, Any]:
     """Release ``identity``: cancel its contain command ``command_id``."""
     return cancel(identity, command_id=command_id, reason=reason, now_ms=now_ms, sender=by, by=by)
+
+
+def release_for(fb: Feedback, outcome: FeedbackOutcome, now_ms: int) -> dict[str, Any] | None:
+    """The cancel of the contain command a feedback outcome lifts (to be signed), if any."""
+    if not outcome.release_command:
+        return None
+    return release(fb.identity, command_id=outcome.release_command,
+                   reason=f"{fb.action}: {fb.reason}", by=fb.by, now_ms=now_ms)  # fmt: skip
 
 
 def describe(message: dict[str, Any]) -> str:

@@ -20,8 +20,8 @@ the ground truth and ``run`` ties it together.
 """
 
 from pipeline.simulate.labels import LabelRow, read_labels, write_labels
-from pipeline.simulate.population import Mix, Population, build_population
-from pipeline.simulate.profiles import PROFILES, Profile
+from pipeline.simulate.population import Mix, Population
+from pipeline.simulate.profiles import PROFILES, Profile, build_population
 from pipeline.simulate.run import (
     Simulation,
     SimulationReport,

@@ -7,7 +7,7 @@ recomputed from the seed each time (a hash of identity and favourite slot), neve
 Peers look alike because a share of each identity's picks (``group_team_share``) is keyed by its
 team (humans) or its family / kind (services, agents) instead of by the identity itself.
 
->>> from pipeline.simulate.population import build_population
+>>> from pipeline.simulate.profiles import build_population
 >>> from pipeline.simulate.seeds import rng_for
 >>> pop = build_population(300, seed=3)
 >>> habits = Habits(pop)

@@ -9,7 +9,7 @@ task. An orchestrator's delegation is itself a step: a call to ``a2a``/``tasks.d
 resource is the downstream agent, followed by that agent's own segment with
 ``delegated_by`` = the orchestrator.
 
->>> from pipeline.simulate.population import build_population
+>>> from pipeline.simulate.profiles import build_population
 >>> from pipeline.simulate.seeds import rng_for
 >>> from pipeline.simulate.behaviours import Habits
 >>> pop = build_population(400, seed=5)

@@ -18,7 +18,7 @@ One :class:`~pipeline.scores.directory.DirectoryEntry` per identity, in identity
 >>> import tempfile
 >>> from pathlib import Path
 >>> from pipeline.scores.directory import Directory
->>> from pipeline.simulate.population import build_population
+>>> from pipeline.simulate.profiles import build_population
 >>> pop = build_population(50, seed=3)
 >>> with tempfile.TemporaryDirectory() as tmp:
 ...     n = write_directory(pop, Path(tmp) / "directory.jsonl")
@@ -54,7 +54,7 @@ _CEILING: tuple[int, ...] = tuple(CONFIDENTIALITY_RANK[c] for c in RANK_CONFIDEN
 def directory_entries(population: Population) -> Iterator[DirectoryEntry]:
     """The directory entry of every identity, in identity order.
 
-    >>> from pipeline.simulate.population import build_population
+    >>> from pipeline.simulate.profiles import build_population
     >>> pop = build_population(20, seed=1)
     >>> e = next(directory_entries(pop))
     >>> e.kind, e.peer_group.startswith("human/"), e.home_environment
@@ -110,6 +110,6 @@ def write_directory(population: Population, path: Path | str) -> int:
 def population_directory(identities: int, seed: int, profile: str = "default") -> Directory:
     """The directory a worker would load for ``custos simulate --identities N --seed S``
     (``--profile P``)."""
-    from pipeline.simulate.population import build_population
+    from pipeline.simulate.profiles import build_population
 
     return Directory(directory_entries(build_population(identities, seed=seed, profile=profile)))

@@ -6,7 +6,7 @@ million identities take a few tens of megabytes. Identities are laid out by kind
 and resources are *not* stored: they are recomputed from the seed (see
 :mod:`pipeline.simulate.behaviours`).
 
->>> pop = build_population(200, seed=1)
+>>> pop = draw_population(200, seed=1)
 >>> pop.n, pop.n_human + pop.n_service + pop.n_agent
 (200, 200)
 >>> pop.uid(0), pop.uid(pop.n_human), pop.uid(pop.n - 1)
@@ -35,7 +35,7 @@ from pipeline.simulate.catalogue import (
 )
 from pipeline.simulate.seeds import Array, hash64, rng_for, unit
 
-__all__ = ["Mix", "Population", "Traits", "build_population"]
+__all__ = ["Mix", "Population", "Traits", "draw_population"]
 
 _POP_STREAM: Final = 0x504F50  # "POP": the population's own random stream
 _NAME_KEY: Final = 0x4E414D45
@@ -253,20 +253,10 @@ class Population:
         return bool((members == agent).any())
 
 
-def build_population(
-    identities: int, seed: int = 7, mix: Mix | None = None, profile: str = "default"
-) -> Population:
-    """Draw a population of ``identities`` identities (vectorised; 1,000,000 in a few seconds).
-
-    ``profile`` names a population profile (:data:`pipeline.simulate.profiles.PROFILES`): the
-    default population is drawn first, then the profile reshapes it with its own random stream,
-    so ``"default"`` is exactly the population this function always drew.
-    """
-    if profile != "default":
-        from pipeline.simulate.profiles import apply_profile, get_profile
-
-        prof = get_profile(profile)
-        return apply_profile(_draw(identities, seed, mix or prof.mix), prof, seed)
+def draw_population(identities: int, seed: int = 7, mix: Mix | None = None) -> Population:
+    """Draw the default population of ``identities`` identities (vectorised; 1,000,000 in a few
+    seconds). A world's profile reshapes it afterwards
+    (:func:`pipeline.simulate.profiles.build_population`)."""
     return _draw(identities, seed, mix)
 
 

@@ -15,7 +15,6 @@ population does not have. So ``profile="default"`` is byte-identical to a run wi
 >>> sorted(PROFILES)  # doctest: +NORMALIZE_WHITESPACE
 ['agent_fleet', 'bursty_batch', 'default', 'heavy_tail', 'peer_mix', 'secret_services',
  'shift_travel']
->>> from pipeline.simulate.population import build_population
 >>> pop = build_population(200, seed=1, profile="secret_services")
 >>> pop.traits is not None and pop.traits.secret_data
 True
@@ -30,11 +29,11 @@ from typing import Final
 import numpy as np
 
 from pipeline.simulate.catalogue import AGENT, HUMAN, SERVICE, catalogue
-from pipeline.simulate.population import TEAM_SIZE, Mix, Population, Traits
+from pipeline.simulate.population import TEAM_SIZE, Mix, Population, Traits, draw_population
 from pipeline.simulate.scenarios import ALL_SCENARIOS, SCENARIOS
 from pipeline.simulate.seeds import Array, hash64, rng_for
 
-__all__ = ["PROFILES", "Profile", "apply_profile", "get_profile"]
+__all__ = ["PROFILES", "Profile", "apply_profile", "build_population", "get_profile"]
 
 _PROFILE_STREAM: Final = 0x50524F46  # "PROF"
 _DAY_MS: Final = 86_400_000
@@ -393,3 +392,18 @@ def apply_profile(pop: Population, profile: Profile | str, seed: int) -> Populat
     if prof.name == "default":
         return pop
     return _Builder(pop, prof, seed).build()
+
+
+def build_population(
+    identities: int, seed: int = 7, mix: Mix | None = None, profile: str = "default"
+) -> Population:
+    """Draw a population of ``identities`` identities for the world ``profile``.
+
+    The default population is drawn first (:func:`~pipeline.simulate.population.draw_population`),
+    then the profile reshapes it with its own random stream, so ``"default"`` is exactly the
+    population the default draw gives.
+    """
+    if profile == "default":
+        return draw_population(identities, seed, mix)
+    prof = get_profile(profile)
+    return apply_profile(draw_population(identities, seed, mix or prof.mix), prof, seed)

@@ -38,8 +38,8 @@ from pipeline.simulate.labels import (
     write_event_labels,
     write_labels,
 )
-from pipeline.simulate.population import Mix, Population, build_population
-from pipeline.simulate.profiles import get_profile
+from pipeline.simulate.population import Mix, Population
+from pipeline.simulate.profiles import build_population, get_profile
 from pipeline.simulate.scenarios import DAY_MS, AttackPlan, plan_attacks
 from pipeline.simulate.seeds import rng_for
 from pipeline.simulate.sinks import Sink

@@ -16,7 +16,7 @@ from pipeline.offline.replay import replay
 from pipeline.ops.localhost import wait_until
 from pipeline.simulate import Simulation
 from pipeline.simulate.directory import write_directory
-from pipeline.simulate.population import build_population
+from pipeline.simulate.profiles import build_population
 from pipeline.simulate.sinks import JsonlSink
 from tests.integration.test_worker import _env, _start
 

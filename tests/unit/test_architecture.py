@@ -1,7 +1,8 @@
 """How the package may depend on itself (issue 13): checks that guard the boundaries.
 
-- No import cycles among modules at module level (function-level imports that break one
-  are listed in the note of the issue that added them).
+- No import cycles among modules, counting imports inside functions too (a lazy import that
+  closes a loop is still a tie both ways); ``if TYPE_CHECKING:`` imports never run and are not
+  counted.
 - The pure core (the engine and everything it runs) imports no Kafka client: the worker,
   replay, evaluate and notebooks share it, and only ``stream/`` and ``kafka/`` talk to Kafka.
 - Nor does it import JWS code or the model registry: signed messages reach it verified
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "pipeline"
 
 
-def _module_graph() -> dict[str, set[str]]:
+def _imports(nodes: list[ast.stmt], lazy: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements that run: module level, and with ``lazy`` those inside functions
+    too; never ``if TYPE_CHECKING:`` blocks (annotations only, they never execute)."""
+    for node in nodes:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif lazy or isinstance(node, ast.If | ast.Try | ast.With):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                yield from _imports(getattr(node, field, []) or [], lazy)
+
+
+def _module_graph(lazy: bool = False) -> dict[str, set[str]]:
     mods: dict[str, Path] = {}
     for f in ROOT.rglob("*.py"):
         name = ".".join(f.relative_to(ROOT.parent).with_suffix("").parts)
@@ -29,7 +44,7 @@ def _module_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, f in mods.items():
         deps: set[str] = set()
-        for node in ast.parse(f.read_text()).body:  # module level only; TYPE_CHECKING skipped
+        for node in _imports(ast.parse(f.read_text()).body, lazy):
             if isinstance(node, ast.ImportFrom) and node.module and node.module in mods:
                 deps.add(node.module)
                 deps.update(f"{node.module}.{a.name}" for a in node.names
@@ -40,8 +55,9 @@ def _module_graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_module_level_import_cycles() -> None:
-    graph = _module_graph()
+@pytest.mark.parametrize("lazy", [False, True], ids=["module-level", "function-level too"])
+def test_no_import_cycles(lazy: bool) -> None:
+    graph = _module_graph(lazy)
     assert len(graph) > 50
     done: set[str] = set()
     path: list[str] = []
@@ -59,6 +75,13 @@ def test_no_module_level_import_cycles() -> None:
 
     for m in sorted(graph):
         visit(m)
+
+
+def test_the_cycle_check_sees_imports_inside_functions() -> None:
+    tree = ast.parse("def f():\n    if x:\n        from a import b\n"
+                     "if TYPE_CHECKING:\n    import c\n")  # fmt: skip
+    assert [n.module for n in _imports(tree.body, True) if isinstance(n, ast.ImportFrom)] == ["a"]
+    assert list(_imports(tree.body, False)) == []
 
 
 @pytest.mark.parametrize(

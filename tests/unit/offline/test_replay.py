@@ -15,7 +15,7 @@ from pipeline.offline.replay import SCORE_COLUMNS, replay
 from pipeline.simulate import Simulation
 from pipeline.simulate.directory import write_directory
 from pipeline.simulate.labels import write_labels
-from pipeline.simulate.population import build_population
+from pipeline.simulate.profiles import build_population
 from pipeline.simulate.sinks import JsonlSink, ParquetSink
 
 BAD = b'{"class_uid": 3002, "time": "yesterday"}'

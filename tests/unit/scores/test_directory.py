@@ -26,7 +26,7 @@ from pipeline.simulate.catalogue import (
     catalogue,
 )
 from pipeline.simulate.directory import directory_entries, write_directory
-from pipeline.simulate.population import build_population
+from pipeline.simulate.profiles import build_population
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
