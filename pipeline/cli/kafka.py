@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline.cli.common import settings_for
+
+if TYPE_CHECKING:
+    from pipeline.kafka.broker import Broker
 
 
 @click.group()
@@ -15,7 +17,8 @@ def kafka() -> None:
     """Run the local single-node Kafka 4.x broker (KRaft) from Maven Central jars."""
 
 
-def _broker(ctx: click.Context) -> Any:
+def _broker(ctx: click.Context) -> Broker:
+    """The managed broker; on an existing cluster (CUSTOS_BOOTSTRAP) say so and exit 0."""
     from pipeline.kafka.broker import Broker
 
     settings = settings_for(ctx)
@@ -63,14 +66,8 @@ def kafka_logs(ctx: click.Context, lines: int, follow: bool) -> None:
     broker = _broker(ctx)
     click.echo(broker.tail(lines), nl=False)
     if follow:
-        with open(broker.server_log, errors="replace") as fh:
-            fh.seek(0, 2)
-            while True:
-                line = fh.readline()
-                if line:
-                    click.echo(line, nl=False)
-                else:
-                    time.sleep(0.5)
+        for line in broker.follow():
+            click.echo(line, nl=False)
 
 
 @click.group()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from pipeline.cli.common import settings_for
@@ -23,30 +21,10 @@ def ingest(
     ctx: click.Context, seconds: float | None, group: str | None, metrics_port: int | None
 ) -> None:
     """Validate the input topics live: count what arrives, dead-letter what is malformed."""
-    from pipeline.kafka.ingest import Ingest, final_report, summary_line
-    from pipeline.ops import metrics
+    from pipeline.kafka.ingest import run_ingest
 
-    settings = settings_for(ctx)
-    consumer = Ingest(settings, group_id=group)
-    server = metrics.serve(consumer.stats, metrics_port) if metrics_port else None
-    t0 = time.monotonic()
-    last = 0.0
-    try:
-        while seconds is None or time.monotonic() - t0 < seconds:
-            consumer.poll_batch(timeout=0.5)
-            elapsed = time.monotonic() - t0
-            if elapsed - last >= 2.0:
-                click.echo(summary_line(consumer.stats, 0, elapsed, consumer.lag()))
-                last = elapsed
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.close()
-        if server is not None:
-            server.shutdown()
-    total = consumer.stats.valid + consumer.stats.dead.total()
-    for line in final_report(consumer.stats, total, time.monotonic() - t0):
-        click.echo(line)
+    run_ingest(settings_for(ctx), seconds=seconds, group_id=group, metrics_port=metrics_port,
+               echo=click.echo)  # fmt: skip
 
 
 @click.command()
