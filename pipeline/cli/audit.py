@@ -41,13 +41,10 @@ def audit_verify(
     ctx: click.Context, topic: str | None, checkpoints_dir: str | None, public_key: str | None
 ) -> None:  # fmt: skip
     """Recompute the log's hashes and checkpoints; exit 1 naming what is wrong."""
-    from pipeline.audit.auditor import load_public, public_key_path, read_log
-    from pipeline.audit.log import verify
+    from pipeline.audit.auditor import verify_log
 
-    settings = settings_for(ctx)
-    pub_path = Path(public_key) if public_key else public_key_path(settings.home_path)
-    entries, texts = read_log(settings, topic, checkpoints_dir)
-    report = verify(entries, texts, settings.audit_origin, load_public(pub_path))
+    report = verify_log(settings_for(ctx), topic, checkpoints_dir,
+                        Path(public_key) if public_key else None)  # fmt: skip
     if report.ok:
         click.echo(f"OK: {report.records:,} records, {report.checkpoints} checkpoints verified "
                    f"({report.unsigned_tail} newest await the next checkpoint)")  # fmt: skip
@@ -63,22 +60,14 @@ def audit_verify(
 @click.pass_context
 def audit_prove(ctx: click.Context, seq: int, topic: str | None) -> None:
     """An RFC 6962 inclusion proof of record SEQ in the newest checkpointed tree."""
-    import json as _json
+    import json
 
-    from pipeline.audit.auditor import load_public, public_key_path, read_log
-    from pipeline.audit.checkpoint import verify_checkpoint
-    from pipeline.audit.log import prove
+    from pipeline.audit.auditor import prove_record
 
-    settings = settings_for(ctx)
-    entries, texts = read_log(settings, topic, None)
-    pub = load_public(public_key_path(settings.home_path))
-    sizes = [verify_checkpoint(t, settings.audit_origin, pub).size for t in texts]
-    size = max((s for s in sizes if s > seq), default=None)
-    if size is None:
+    proof = prove_record(settings_for(ctx), seq, topic)
+    if proof is None:
         raise click.ClickException(f"no checkpoint covers record {seq} yet")
-    out = prove(entries, seq, size)
-    out["checkpoint"] = next(t for t in texts if f"\n{size}\n" in t)
-    click.echo(_json.dumps(out, indent=2))
+    click.echo(json.dumps(proof, indent=2))
 
 
 @audit.command("show")
@@ -87,34 +76,12 @@ def audit_prove(ctx: click.Context, seq: int, topic: str | None) -> None:
 @click.pass_context
 def audit_show(ctx: click.Context, identity: str, topic: str | None) -> None:
     """An identity's decision history, readably."""
-    import datetime as _dt
+    from pipeline.audit.auditor import identity_history
 
-    import msgspec
-
-    from pipeline.audit.auditor import read_log
-
-    settings = settings_for(ctx)
-    entries, _ = read_log(settings, topic, None)
-    n = 0
-    for e in entries:
-        r = msgspec.json.decode(e)
-        if r.get("subject") != identity:
-            continue
-        n += 1
-        when = _dt.datetime.fromtimestamp(r["time"] / 1000, tz=_dt.UTC).strftime(
-            "%Y-%m-%d %H:%M:%S"
-        )
-        why = "; ".join(str(x) for x in r.get("why", {}).get("explanation", []) if x)
-        click.echo(f"#{r['seq']:<6} {when}  {r['kind']:<28} by {r.get('actor')}")
-        if why:
-            click.echo(f"        why: {why[:300]}")
-        said = r.get("why", {}).get("rationale") or []
-        if said:
-            click.echo(f"        agent said: {' | '.join(map(str, said))[:300]}")
-        refs = {k: v for k, v in r.get("refs", {}).items() if v and k != "source"}
-        if refs:
-            click.echo(f"        refs: {refs}")
-    if not n:
+    lines = identity_history(settings_for(ctx), identity, topic)
+    for line in lines:
+        click.echo(line)
+    if not lines:
         click.echo(f"no records about {identity}")
 
 
