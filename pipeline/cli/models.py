@@ -40,33 +40,12 @@ def _announce(settings: Any, promo: Any, action: str, by: str, reason: str) -> N
 @click.pass_context
 def models_list(ctx: click.Context) -> None:
     """Every version in the registry, its signature status and which one is promoted."""
-    from pipeline.models.manifest import ModelRefused, verify
     from pipeline.models.runtime import ModelRuntime
 
-    settings = settings_for(ctx)
-    runtime = ModelRuntime(settings, "cli")
-    reg = runtime.registry
-    click.echo(f"registry {reg.root} · {len(runtime.trusted)} trusted key(s)")
-    for name in reg.names():
-        promo = reg.promoted(name)
-        for version in reg.versions(name):
-            try:
-                signed = reg.read(name, version)
-                m = signed.manifest
-                try:
-                    verify(signed, runtime.trusted)
-                    sig = "signed ✓"
-                except ModelRefused:
-                    sig = "UNTRUSTED"
-                rate = m.metrics.get("detection_rate")
-                fp = m.metrics.get("false_alerts_per_1000_identity_days")
-                quality = f"detect {rate:.0%} fp {fp}/1k id-days" if rate is not None else ""
-                line = (f"{name:<10} {version:<6} {m.kind:<7} {m.created_at}  {sig:<9} "
-                        f"{m.trainer:<18} {quality}")  # fmt: skip
-            except ModelRefused as exc:
-                line = f"{name:<10} {version:<6} UNREADABLE {exc}"
-            mark = "* " if promo is not None and promo.version == version else "  "
-            click.echo(mark + line)
+    runtime = ModelRuntime(settings_for(ctx), "cli")
+    click.echo(f"registry {runtime.registry.root} · {len(runtime.trusted)} trusted key(s)")
+    for line in runtime.registry.listing(runtime.trusted):
+        click.echo(line)
 
 
 @models.command("verify")
@@ -79,17 +58,14 @@ def models_verify(ctx: click.Context, name: str | None, version: str | None) -> 
     from pipeline.models.runtime import ModelRuntime
 
     runtime = ModelRuntime(settings_for(ctx), "cli")
-    reg = runtime.registry
     bad = 0
-    for n in [name] if name else reg.names():
-        for v in [version] if version else reg.versions(n):
-            try:
-                loaded = reg.load(n, v, runtime.trusted)
-                click.echo(f"OK      {n} {v} manifest {loaded.manifest_sha256[:16]}… "
-                           f"artifact {loaded.manifest.artifact_sha256[:16]}…")  # fmt: skip
-            except ModelRefused as exc:
-                bad += 1
-                click.echo(f"REFUSED {n} {v}: {exc}")
+    for n, v, got in runtime.registry.check(runtime.trusted, name, version):
+        if isinstance(got, ModelRefused):
+            bad += 1
+            click.echo(f"REFUSED {n} {v}: {got}")
+        else:
+            click.echo(f"OK      {n} {v} manifest {got.manifest_sha256[:16]}… "
+                       f"artifact {got.manifest.artifact_sha256[:16]}…")  # fmt: skip
     if bad:
         raise SystemExit(1)
 
