@@ -15,23 +15,8 @@ def quarantine() -> None:
     """Analyst decisions: list pending quarantines, approve one, release an identity."""
 
 
-def _command_messages(settings: Any, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
-    import time as _time
-
-    from pipeline.kafka.clients import read_all
-    from pipeline.quarantine.commands import CommandRejected, verify
-    from pipeline.responders.setup import trusted_keys
-
-    keys = trusted_keys(settings)
-    out = []
-    for m in read_all(settings, topic, timeout_s=5):
-        try:
-            out.append((m.key() or b"", verify(m.value() or b"", keys,
-                                               now_ms=int(_time.time() * 1000),
-                                               max_age_ms=10**12, executable=False)))  # fmt: skip
-        except CommandRejected as exc:
-            click.echo(f"skipping an invalid command at offset {m.offset()}: {exc}", err=True)
-    return out
+def _skipped(offset: int | None, exc: Exception) -> None:
+    click.echo(f"skipping an invalid command at offset {offset}: {exc}", err=True)
 
 
 def _send_command(settings: Any, key: bytes, message: dict[str, Any], what: str) -> None:
@@ -46,13 +31,10 @@ def _send_command(settings: Any, key: bytes, message: dict[str, Any], what: str)
 @click.pass_context
 def quarantine_pending(ctx: click.Context) -> None:
     """Contain commands waiting for approval (CUSTOS_APPROVALS_TOPIC), newest per command."""
-    from pipeline.quarantine.commands import request_of
-    from pipeline.quarantine.decisions import describe
+    from pipeline.quarantine.decisions import describe, pending
 
-    latest: dict[str, dict[str, Any]] = {}
-    for _, msg in _command_messages(settings_for(ctx), settings_for(ctx).approvals_topic):
-        latest[str(request_of(msg)["command_id"])] = msg
-    for msg in latest.values():
+    latest = pending(settings_for(ctx), on_invalid=_skipped)
+    for _, msg in latest.values():
         click.echo(describe(msg))
     if not latest:
         click.echo("nothing pending")
@@ -66,16 +48,14 @@ def quarantine_approve(ctx: click.Context, command_id: str, by: str) -> None:
     """Approve a pending contain command: it goes to the responders, signed."""
     import time as _time
 
-    from pipeline.quarantine.commands import request_of
-    from pipeline.quarantine.decisions import approve
+    from pipeline.quarantine.decisions import approve, pending
 
     settings = settings_for(ctx)
-    found = [(k, m) for k, m in _command_messages(settings, settings.approvals_topic)
-             if request_of(m)["command_id"] == command_id]  # fmt: skip
-    if not found:
+    found = pending(settings, on_invalid=_skipped).get(command_id)
+    if found is None:
         raise click.ClickException(f"no pending command {command_id}")
-    key, pending = found[-1]
-    message = approve(pending, by=by, now_ms=int(_time.time() * 1000))
+    key, waiting = found
+    message = approve(waiting, by=by, now_ms=int(_time.time() * 1000))
     _send_command(settings, key, message, "the approved command")
     click.echo(
         f"approved {command_id} ({key.decode()}): request {message['headers']['request_id']}"
@@ -179,23 +159,13 @@ def agent_models_list(ctx: click.Context) -> None:
     """The registry file (CUSTOS_MODEL_ALLOWLIST_FILE) with the topic's updates applied."""
     from pipeline.kafka.clients import read_all
     from pipeline.responders.setup import trusted_keys
-    from pipeline.scores.agent_models import (
-        AgentModelRegistry,
-        InvalidAgentModelUpdate,
-        load_agent_model_registry,
-        verify_update,
-    )
+    from pipeline.scores.agent_models import AgentModelRegistry, load_agent_model_registry
 
     settings = settings_for(ctx)
     reg = (load_agent_model_registry(settings.model_allowlist_file)
            if settings.model_allowlist_file else AgentModelRegistry())  # fmt: skip
-    keys = trusted_keys(settings)
-    refused = 0
-    for m in read_all(settings, settings.agent_models_topic, timeout_s=10):
-        try:  # what the workers apply: signed updates only
-            reg.apply(verify_update(m.value() or b"", keys))
-        except InvalidAgentModelUpdate:
-            refused += 1
+    updates = read_all(settings, settings.agent_models_topic, timeout_s=10)
+    refused = reg.apply_signed([m.value() or b"" for m in updates], trusted_keys(settings))
     if refused:
         click.echo(f"({refused} update(s) on {settings.agent_models_topic} refused: unsigned, "
                    "untrusted or invalid)")  # fmt: skip

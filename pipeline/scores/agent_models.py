@@ -354,6 +354,17 @@ class AgentModelRegistry:
         return iter(list(self._entries.values()))
 
     # ---- changes ---------------------------------------------------------------------------------
+    def apply_signed(self, values: Iterable[bytes], keys: KeySet) -> int:
+        """Apply, in order, the updates among ``values`` that a key of ``keys`` signed (what
+        the workers apply); how many were refused (unsigned, untrusted or invalid)."""
+        refused = 0
+        for value in values:
+            try:
+                self.apply(verify_update(value, keys))
+            except InvalidAgentModelUpdate:
+                refused += 1
+        return refused
+
     def apply(self, update: AgentModelUpdate) -> AgentModelChange:
         """Apply one control message; idempotent (the same update again reports no change).
 

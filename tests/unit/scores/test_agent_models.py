@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from pipeline.config import REPO_ROOT
+from pipeline.credentials.tokens import SigningKey
 from pipeline.errors import CustosError
 from pipeline.scores.agent_models import (
     REASONS,
@@ -20,6 +21,7 @@ from pipeline.scores.agent_models import (
     decode_update,
     encode_update,
     load_agent_model_registry,
+    sign_update,
 )
 from pipeline.simulate.catalogue import catalogue
 
@@ -256,3 +258,19 @@ def test_change_is_serialisable() -> None:
     out = json.loads(msgspec.json.encode(ch))
     assert out["changed"] is True and out["entry"]["lineage"] == {"data": "x"}
     assert "before" in out and out["before"] is None
+
+
+def test_only_signed_updates_apply_and_the_rest_are_counted() -> None:
+    key, other = SigningKey.generate(), SigningKey.generate()
+    d = "sha256:" + "e" * 64
+    register = AgentModelUpdate(action="register", name="m", version="1", digest=d,
+                                approved_by="alice")  # fmt: skip
+    revoke = AgentModelUpdate(action="revoke", name="m", version="1", digest=d,
+                              revoked_by="bob", reason="leaked")  # fmt: skip
+    reg = AgentModelRegistry()
+    values = [sign_update(register, key), encode_update(revoke), sign_update(revoke, other),
+              b"{not json"]  # fmt: skip
+    assert reg.apply_signed(values, key.public_keys()) == 3
+    assert reg.status(d) == "approved"  # the unsigned and the untrusted revocations refused
+    assert reg.apply_signed([sign_update(revoke, key)], key.public_keys()) == 0
+    assert reg.status(d) == "revoked"
