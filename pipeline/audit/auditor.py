@@ -20,6 +20,7 @@ to whom, by whom, why, references).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -28,10 +29,14 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pipeline.audit.log import AuditLog
+from pipeline.audit.checkpoint import verify_checkpoint
+from pipeline.audit.log import AuditLog, Report, prove, verify
 from pipeline.control.keys import load_or_create, load_public, public_path
 
-__all__ = ["audit_keys", "load_public", "public_key_path", "read_log", "record_for", "run_auditor"]
+__all__ = [
+    "audit_keys", "history", "identity_history", "load_public", "newest_proof", "prove_record",
+    "public_key_path", "read_log", "record_for", "run_auditor", "verify_log",
+]  # fmt: skip
 
 log = logging.getLogger("custos.audit")
 
@@ -63,6 +68,72 @@ def read_log(
         found = read_all(settings, settings.audit_checkpoints_topic, timeout_s=10)
         texts = [(m.value() or b"").decode("utf-8", "replace") for m in found]
     return entries, texts
+
+
+def verify_log(
+    settings: Any,
+    topic: str | None = None,
+    checkpoints_dir: str | None = None,
+    public_key: Path | None = None,
+) -> Report:
+    """``custos audit verify``: recompute the log's hashes and check its checkpoints.
+
+    ``public_key``: the checkpoint key's PEM; default ours (:func:`public_key_path`).
+    """
+    entries, texts = read_log(settings, topic, checkpoints_dir)
+    pub = load_public(public_key or public_key_path(settings.home_path))
+    return verify(entries, texts, settings.audit_origin, pub)
+
+
+def newest_proof(
+    entries: list[bytes], checkpoints: list[str], seq: int, origin: str, pub: Ed25519PublicKey
+) -> dict[str, Any] | None:
+    """An inclusion proof of record ``seq`` in the largest checkpointed tree, with that
+    checkpoint's text; None while no checkpoint covers it. Checkpoints are verified first."""
+    sizes = [verify_checkpoint(t, origin, pub).size for t in checkpoints]
+    size = max((s for s in sizes if s > seq), default=None)
+    if size is None:
+        return None
+    out = prove(entries, seq, size)
+    out["checkpoint"] = next(t for t in checkpoints if f"\n{size}\n" in t)
+    return out
+
+
+def prove_record(settings: Any, seq: int, topic: str | None = None) -> dict[str, Any] | None:
+    """``custos audit prove``: :func:`newest_proof` of record ``seq`` of the log on Kafka."""
+    entries, texts = read_log(settings, topic, None)
+    pub = load_public(public_key_path(settings.home_path))
+    return newest_proof(entries, texts, seq, settings.audit_origin, pub)
+
+
+def history(entries: list[bytes], identity: str) -> list[str]:
+    """The records about ``identity``, readably: when, what, by whom, why, what the agent
+    said and references (long texts cut at 300 characters); [] when there are none."""
+    lines: list[str] = []
+    for e in entries:
+        r = msgspec.json.decode(e)
+        if r.get("subject") != identity:
+            continue
+        when = dt.datetime.fromtimestamp(r["time"] / 1000, tz=dt.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        lines.append(f"#{r['seq']:<6} {when}  {r['kind']:<28} by {r.get('actor')}")
+        why = "; ".join(str(x) for x in r.get("why", {}).get("explanation", []) if x)
+        if why:
+            lines.append(f"        why: {why[:300]}")
+        said = r.get("why", {}).get("rationale") or []
+        if said:
+            lines.append(f"        agent said: {' | '.join(map(str, said))[:300]}")
+        refs = {k: v for k, v in r.get("refs", {}).items() if v and k != "source"}
+        if refs:
+            lines.append(f"        refs: {refs}")
+    return lines
+
+
+def identity_history(settings: Any, identity: str, topic: str | None = None) -> list[str]:
+    """``custos audit show``: :func:`history` of ``identity`` in the log on Kafka."""
+    entries, _ = read_log(settings, topic, None)
+    return history(entries, identity)
 
 
 def _signed_payload(value: bytes) -> tuple[bytes, bool]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,6 +51,7 @@ from pipeline.control import feedback
 from pipeline.control.feedback import Feedback
 from pipeline.errors import ConfigError, CustosError, InvalidEvent
 from pipeline.scores.agent_models import (
+    AgentModelRegistry,
     AgentModelUpdate,
     InvalidAgentModelUpdate,
     decode_update,
@@ -68,6 +70,7 @@ __all__ = [
     "SigningKey",
     "analyst_key",
     "analyst_keys",
+    "apply_signed_agent_model_updates",
     "command_key",
     "sign_agent_model_update",
     "sign_compact",
@@ -239,6 +242,20 @@ def verify_agent_model_update(data: bytes, keys: KeySet) -> AgentModelUpdate:
     except SignedMessageError as exc:
         raise InvalidAgentModelUpdate(exc.reason, exc.detail) from None
     return decode_update(payload)
+
+
+def apply_signed_agent_model_updates(
+    registry: AgentModelRegistry, values: Iterable[bytes], keys: KeySet
+) -> int:
+    """Apply, in order, the updates among ``values`` that a key of ``keys`` signed (what the
+    workers apply); how many were refused (unsigned, untrusted or invalid)."""
+    refused = 0
+    for value in values:
+        try:
+            registry.apply(verify_agent_model_update(value, keys))
+        except InvalidAgentModelUpdate:
+            refused += 1
+    return refused
 
 
 # --- keys -------------------------------------------------------------------------------------

@@ -17,9 +17,11 @@ import subprocess
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import TextIO
 
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.errors import KafkaError
@@ -273,6 +275,25 @@ class Broker:
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+    def follow(self, poll_s: float = 0.5) -> Iterator[str]:
+        """Lines appended to the server log from now on (``custos kafka logs -f``); endless.
+
+        The log is opened here, not at the first ``next``, so nothing written in between is lost.
+        """
+        fh = open(self.server_log, errors="replace")  # closed by _lines
+        fh.seek(0, 2)
+        return self._lines(fh, poll_s)
+
+    @staticmethod
+    def _lines(fh: TextIO, poll_s: float) -> Iterator[str]:
+        with fh:
+            while True:
+                line = fh.readline()
+                if line:
+                    yield line
+                else:
+                    time.sleep(poll_s)
 
     def tail(self, lines: int = 50) -> str:
         for path in (self.server_log, self.stdout_file):

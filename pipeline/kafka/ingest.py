@@ -221,3 +221,41 @@ def final_report(stats: IngestStats, produced: int, elapsed: float) -> list[str]
     rate = total / elapsed if elapsed > 0 else 0.0
     lines += ["", f"consumed {total:,} of {produced:,} messages ({rate:,.0f} msg/s)"]
     return lines
+
+
+def run_ingest(
+    settings: Settings,
+    *,
+    seconds: float | None = None,
+    group_id: str | None = None,
+    metrics_port: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> IngestStats:
+    """``custos ingest``: validate the input topics until ``seconds`` pass or Ctrl-C.
+
+    Echoes a :func:`summary_line` every 2 s and the :func:`final_report` at the end; serves
+    the counters on ``127.0.0.1:metrics_port`` while it runs.
+    """
+    from pipeline.ops import metrics  # prometheus_client only when asked for
+
+    consumer = Ingest(settings, group_id=group_id)
+    server = metrics.serve(consumer.stats, metrics_port) if metrics_port else None
+    t0 = time.monotonic()
+    last = 0.0
+    try:
+        while seconds is None or time.monotonic() - t0 < seconds:
+            consumer.poll_batch(timeout=0.5)
+            elapsed = time.monotonic() - t0
+            if elapsed - last >= 2.0:
+                echo(summary_line(consumer.stats, 0, elapsed, consumer.lag()))
+                last = elapsed
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+        if server is not None:
+            server.shutdown()
+    total = consumer.stats.valid + consumer.stats.dead.total()
+    for line in final_report(consumer.stats, total, time.monotonic() - t0):
+        echo(line)
+    return consumer.stats

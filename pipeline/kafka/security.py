@@ -14,7 +14,7 @@ audit input: on an open broker anyone who can reach it can forge those. With
 
 Passwords are generated on first run, one file per principal (mode 0600) under
 ``<home>/kafka/security/principals``; each Custos command logs in as its own principal
-(``pipeline.cli.main``), or as ``CUSTOS_KAFKA_PRINCIPAL``. For an existing cluster,
+(``pipeline.cli.common.PRINCIPALS``), or as ``CUSTOS_KAFKA_PRINCIPAL``. For an existing cluster,
 ``docs/KAFKA-SECURITY.md`` lists the same principals and ACLs to create there.
 
 >>> from pipeline.config import Settings

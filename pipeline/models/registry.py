@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,52 @@ class ModelRegistry:
         if not path.exists():
             return None
         return msgspec.json.decode(path.read_bytes(), type=Promotion)
+
+    def listing(self, trusted: Mapping[str, Ed25519PublicKey]) -> list[str]:
+        """``custos models list``: a line per version (``*`` marks the promoted one) with its
+        kind, creation, whether a ``trusted`` key signed it, trainer and held-out quality.
+
+        Only the signature is checked (cheap); :meth:`check` is the full check.
+        """
+        lines = []
+        for name in self.names():
+            promo = self.promoted(name)
+            for version in self.versions(name):
+                try:
+                    signed = self.read(name, version)
+                    m = signed.manifest
+                    try:
+                        verify(signed, trusted)
+                        sig = "signed ✓"
+                    except ModelRefused:
+                        sig = "UNTRUSTED"
+                    rate = m.metrics.get("detection_rate")
+                    fp = m.metrics.get("false_alerts_per_1000_identity_days")
+                    quality = f"detect {rate:.0%} fp {fp}/1k id-days" if rate is not None else ""
+                    line = (f"{name:<10} {version:<6} {m.kind:<7} {m.created_at}  {sig:<9} "
+                            f"{m.trainer:<18} {quality}")  # fmt: skip
+                except ModelRefused as exc:
+                    line = f"{name:<10} {version:<6} UNREADABLE {exc}"
+                mark = "* " if promo is not None and promo.version == version else "  "
+                lines.append(mark + line)
+        return lines
+
+    def check(
+        self,
+        trusted: dict[str, Ed25519PublicKey],
+        name: str | None = None,
+        version: str | None = None,
+    ) -> list[tuple[str, str, Loaded | ModelRefused]]:
+        """``custos models verify``: :meth:`load` every version (of ``name``; or only
+        ``version``), each with what it loaded or why it was refused."""
+        out: list[tuple[str, str, Loaded | ModelRefused]] = []
+        for n in [name] if name else self.names():
+            for v in [version] if version else self.versions(n):
+                try:
+                    out.append((n, v, self.load(n, v, trusted)))
+                except ModelRefused as exc:
+                    out.append((n, v, exc))
+        return out
 
     # ---- writing ------------------------------------------------------------------------------
     def publish(self, manifest: Manifest, artifact: bytes, key: Ed25519PrivateKey) -> Path:

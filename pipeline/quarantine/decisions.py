@@ -1,11 +1,13 @@
 """Analyst decisions on quarantines: approve a pending ``contain``, release with ``cancel``.
 
-Pure builders (the CLI ``custos quarantine approve|release|pending`` does the Kafka I/O):
+Pure builders (the CLI ``custos quarantine approve|release`` signs and sends what they build):
 
 - :func:`approve` turns a pending command (``approval: required``, waiting on the approvals
   topic) into the same command (same ``command_id``) with ``approval: approved`` and who
   approved it, under a new ``request_id`` and creation time;
-- :func:`release` is a ``cancel`` of the incident's contain command.
+- :func:`release` is a ``cancel`` of the incident's contain command;
+
+and :func:`pending`, which reads the approvals topic for ``custos quarantine pending|approve``.
 
 Both are signed by the caller with the command key (here the local one; in production each
 analyst's own key, listed in the responders' trusted JWKS).
@@ -23,13 +25,15 @@ analyst's own key, listed in the responders' trusted JWKS).
 from __future__ import annotations
 
 import copy
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.control.feedback import Feedback, FeedbackOutcome
-from pipeline.quarantine.commands import CommandRejected, cancel, request_of, subject_of
+from pipeline.quarantine.commands import CommandRejected, cancel, request_of, subject_of, verify
 
-__all__ = ["approve", "describe", "release", "release_for"]
+__all__ = ["approve", "describe", "pending", "release", "release_for"]
 
 
 def approve(
@@ -78,3 +82,31 @@ def describe(message: dict[str, Any]) -> str:
         f"{req.get('command_id')}  {subject_of(message)}  severity {ext.get('severity_id')}  "
         f"risk {ext.get('risk_score')}  finding {ext.get('finding_uid')}\n    {ext.get('reason')}"
     )
+
+
+
+def pending(
+    settings: Any, *, on_invalid: Callable[[int | None, CommandRejected], None] | None = None
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """Contain commands waiting for approval, by ``command_id``: the newest (key, message) of
+    each, in the order they first arrived; ``on_invalid(offset, why)`` for what fails to
+    verify.
+
+    Verified against the trusted command keys, but not for freshness (a command waits for
+    as long as it takes) nor as executable (approving it is what makes it so).
+    """
+    from pipeline.control.signing import trusted_keys
+    from pipeline.kafka.clients import read_all  # the builders above need no Kafka client
+
+    keys = trusted_keys(settings)
+    latest: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    for m in read_all(settings, settings.approvals_topic, timeout_s=5):
+        try:
+            message = verify(m.value() or b"", keys, now_ms=int(time.time() * 1000),
+                             max_age_ms=10**12, executable=False)  # fmt: skip
+        except CommandRejected as exc:
+            if on_invalid is not None:
+                on_invalid(m.offset(), exc)
+            continue
+        latest[str(request_of(message)["command_id"])] = (m.key() or b"", message)
+    return latest

@@ -7,6 +7,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pipeline.audit.auditor import history, newest_proof
 from pipeline.audit.checkpoint import CheckpointError, sign_checkpoint, verify_checkpoint
 from pipeline.audit.log import AuditLog, Report, canonical, prove, verify
 from pipeline.audit.merkle import leaf_hash, verify_inclusion
@@ -174,3 +175,24 @@ def test_signed_control_messages_are_recorded_with_who_and_why() -> None:
     rec = record_for("models", encode_announcement(a, key))
     assert rec is not None
     assert (rec["kind"], rec["actor"]) == ("model.rolled_back", "analyst:carol")
+
+
+def test_the_newest_covering_checkpoint_proves_a_record() -> None:
+    entries, checkpoints = build(n=20, every=8)  # trees of 8, 16 and 20 records
+    proof = newest_proof(entries, checkpoints, 9, ORIGIN, KEY.public_key())
+    assert proof is not None and proof["checkpoint"] == checkpoints[-1]
+    assert proof == {**prove(entries, 9, 20), "checkpoint": checkpoints[-1]}
+    assert newest_proof(entries, checkpoints[:1], 9, ORIGIN, KEY.public_key()) is None
+    with pytest.raises(CheckpointError):  # checkpoints are verified, not trusted
+        newest_proof(entries, checkpoints, 9, ORIGIN, Ed25519PrivateKey.generate().public_key())
+
+
+def test_an_identitys_history_reads_what_why_and_refs() -> None:
+    entries, _ = build(n=8)
+    lines = history(entries, "agt-1")  # records 1 and 5
+    assert lines[0].startswith("#1      1970-01-01 00:00:01  alert.created")
+    assert lines[0].endswith(" by custos-worker")
+    assert lines[1:4] == ["        why: reason 1", "        agent said: the agent said so",
+                          "        refs: {'events': ['e-1'], 'finding': 'f-1'}"]  # fmt: skip
+    assert sum(line.startswith("#") for line in lines) == 2
+    assert history(entries, "nobody") == []

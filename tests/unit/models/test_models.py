@@ -191,6 +191,31 @@ def test_promote_and_rollback_keep_history(registry: ModelRegistry) -> None:
     ).hexdigest()
 
 
+def test_the_listing_marks_the_promoted_and_the_untrusted(
+    registry: ModelRegistry, key: Ed25519PrivateKey
+) -> None:
+    registry.promote("detector", "2", by="alice")
+    listed = registry.listing(_trusted(key))  # type: ignore[arg-type]
+    assert [line[:20] for line in listed] == ["  detector   1      ", "* detector   2      "]
+    assert all("signed ✓" in line and " test " in line for line in listed)
+    untrusted = registry.listing(trusted_keys([Ed25519PrivateKey.generate().public_key()]))
+    assert all("UNTRUSTED" in line for line in untrusted)
+    (registry.root / "detector" / "1" / "manifest.json").write_bytes(b"{not json")
+    assert "UNREADABLE" in registry.listing(_trusted(key))[0]  # type: ignore[arg-type]
+
+
+def test_check_loads_every_version_or_says_why_not(
+    registry: ModelRegistry, key: Ed25519PrivateKey
+) -> None:
+    _flip(registry.root / "detector" / "1" / "detector.msgpack")
+    got = registry.check(_trusted(key))  # type: ignore[arg-type]
+    assert [(n, v) for n, v, _ in got] == [("detector", "1"), ("detector", "2")]
+    assert isinstance(got[0][2], ModelRefused) and got[0][2].reason == "artifact_hash"
+    assert not isinstance(got[1][2], ModelRefused) and got[1][2].manifest.version == "2"
+    only = registry.check(_trusted(key), "detector", "2")  # type: ignore[arg-type]
+    assert [(n, v) for n, v, _ in only] == [("detector", "2")]
+
+
 # ---- artifacts ------------------------------------------------------------------------------
 def test_an_isolation_forest_artifact_round_trips() -> None:
     from sklearn.ensemble import IsolationForest

@@ -144,3 +144,49 @@ def test_empty_and_junk_are_malformed_not_forged() -> None:
     key = SigningKey.generate("k1")
     for junk in (b"", b"   ", b"garbage", b"a.b.c", b"\xff\xfe", b"<xml/>"):
         assert reason_of(junk, key) == "malformed", junk
+
+
+def test_pending_keeps_the_newest_verified_command_of_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import pipeline.control.signing
+    import pipeline.kafka.clients
+    from pipeline.config import Settings
+    from pipeline.quarantine.commands import contain, request_of, sign
+    from pipeline.quarantine.decisions import pending
+
+    key, stranger = SigningKey.generate(), SigningKey.generate()
+    now = int(time.time() * 1000)  # pending commands are checked as not yet expired
+
+    def waiting(identity: str, finding: str, reason: str) -> dict[str, object]:
+        return contain(identity, finding_uid=finding, reason=reason, duration_ms=60_000,
+                       now_ms=now, sender="custos-worker", approval="required")  # fmt: skip
+
+    class Msg:
+        def __init__(self, offset: int, key: bytes, value: bytes) -> None:
+            self._o, self._k, self._v = offset, key, value
+
+        def offset(self) -> int:
+            return self._o
+
+        def key(self) -> bytes:
+            return self._k
+
+        def value(self) -> bytes:
+            return self._v
+
+    records = [
+        Msg(0, b"agt-1", sign(waiting("agt-1", "f-1", "first"), key)),
+        Msg(1, b"agt-2", sign(waiting("agt-2", "f-2", "other"), key)),
+        Msg(2, b"agt-1", sign(waiting("agt-1", "f-1", "again"), key)),  # same command, newer
+        Msg(3, b"agt-3", sign(waiting("agt-3", "f-3", "forged"), stranger)),
+    ]
+    monkeypatch.setattr(pipeline.kafka.clients, "read_all", lambda *a, **kw: records)
+    monkeypatch.setattr(pipeline.control.signing, "trusted_keys", lambda s: key.public_keys())
+    skipped: list[int | None] = []
+    got = pending(Settings(), on_invalid=lambda offset, exc: skipped.append(offset))
+    assert skipped == [3]
+    assert [k for k, _ in got.values()] == [b"agt-1", b"agt-2"]
+    first = next(iter(got.values()))[1]
+    assert request_of(first)["args"]["x-custos"]["reason"] == "again"
+    assert list(got) == [str(request_of(m)["command_id"]) for _, m in got.values()]

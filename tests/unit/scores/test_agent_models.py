@@ -10,6 +10,11 @@ import msgspec
 import pytest
 
 from pipeline.config import REPO_ROOT
+from pipeline.control.signing import (
+    SigningKey,
+    apply_signed_agent_model_updates,
+    sign_agent_model_update,
+)
 from pipeline.errors import CustosError
 from pipeline.scores.agent_models import (
     REASONS,
@@ -256,3 +261,20 @@ def test_change_is_serialisable() -> None:
     out = json.loads(msgspec.json.encode(ch))
     assert out["changed"] is True and out["entry"]["lineage"] == {"data": "x"}
     assert "before" in out and out["before"] is None
+
+
+def test_only_signed_updates_apply_and_the_rest_are_counted() -> None:
+    key, other = SigningKey.generate(), SigningKey.generate()
+    d = "sha256:" + "e" * 64
+    register = AgentModelUpdate(action="register", name="m", version="1", digest=d,
+                                approved_by="alice")  # fmt: skip
+    revoke = AgentModelUpdate(action="revoke", name="m", version="1", digest=d,
+                              revoked_by="bob", reason="leaked")  # fmt: skip
+    reg = AgentModelRegistry()
+    values = [sign_agent_model_update(register, key), encode_update(revoke),
+              sign_agent_model_update(revoke, other), b"{not json"]  # fmt: skip
+    assert apply_signed_agent_model_updates(reg, values, key.public_keys()) == 3
+    assert reg.status(d) == "approved"  # the unsigned and the untrusted revocations refused
+    signed = [sign_agent_model_update(revoke, key)]
+    assert apply_signed_agent_model_updates(reg, signed, key.public_keys()) == 0
+    assert reg.status(d) == "revoked"

@@ -1,0 +1,103 @@
+"""``custos kafka`` (the local broker's lifecycle) and ``custos topics``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from pipeline.cli.common import settings_for
+
+if TYPE_CHECKING:
+    from pipeline.kafka.broker import Broker
+
+
+@click.group()
+def kafka() -> None:
+    """Run the local single-node Kafka 4.x broker (KRaft) from Maven Central jars."""
+
+
+def _broker(ctx: click.Context) -> Broker:
+    """The managed broker; on an existing cluster (CUSTOS_BOOTSTRAP) say so and exit 0."""
+    from pipeline.kafka.broker import Broker
+
+    settings = settings_for(ctx)
+    if not settings.managed_broker:
+        click.echo(f"CUSTOS_BOOTSTRAP={settings.bootstrap}: using that cluster, nothing to manage")
+        ctx.exit(0)
+    return Broker(settings)
+
+
+@kafka.command("up")
+@click.pass_context
+def kafka_up(ctx: click.Context) -> None:
+    """Fetch jars (once), format storage (once), start and wait until it answers."""
+    broker = _broker(ctx)
+    started, secs = broker.up()
+    if started:
+        click.echo(f"kafka started in {secs:.1f} s on {broker.settings.bootstrap_servers}")
+    else:
+        click.echo(f"kafka already running on {broker.settings.bootstrap_servers}")
+
+
+@kafka.command("down")
+@click.pass_context
+def kafka_down(ctx: click.Context) -> None:
+    """Stop the broker cleanly; its data stays for the next `up`."""
+    broker = _broker(ctx)
+    click.echo("kafka stopped" if broker.down() else "kafka was not running")
+
+
+@kafka.command("status")
+@click.pass_context
+def kafka_status(ctx: click.Context) -> None:
+    """Say whether the broker runs and answers."""
+    status = _broker(ctx).status()
+    click.echo(status.describe())
+    ctx.exit(0 if status.answering else 3)
+
+
+@kafka.command("logs")
+@click.option("-n", "--lines", default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.pass_context
+def kafka_logs(ctx: click.Context, lines: int, follow: bool) -> None:
+    """Print the end of the broker's log."""
+    broker = _broker(ctx)
+    click.echo(broker.tail(lines), nl=False)
+    if follow:
+        for line in broker.follow():
+            click.echo(line, nl=False)
+
+
+@click.group()
+def topics() -> None:
+    """Custos topics, declared in infra/topics.yaml."""
+
+
+@topics.command("apply")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.pass_context
+def topics_apply(ctx: click.Context, path: str | None) -> None:
+    """Create or update the declared topics (idempotent)."""
+    from pipeline.kafka.topics import apply_topics, load_topics
+
+    settings = settings_for(ctx)
+    report = apply_topics(settings, load_topics(path or settings.topics_file))
+    for line in report.lines():
+        click.echo(line)
+
+
+@topics.command("list")
+@click.pass_context
+def topics_list(ctx: click.Context) -> None:
+    """List the declared topics and their settings."""
+    from pipeline.kafka.topics import load_topics
+
+    for spec in load_topics(settings_for(ctx).topics_file):
+        conf = ", ".join(f"{k}={v}" for k, v in spec.config.items())
+        click.echo(f"{spec.name:<26} partitions={spec.partitions:<3} {conf}")
+
+
+#: Registered on the root group by :mod:`pipeline.cli.main`.
+COMMANDS: tuple[click.Command, ...] = (kafka, topics,)

@@ -1,0 +1,106 @@
+"""Operating Custos: ``custos config``, ``status``, ``demo``, ``bench``, ``bench-response``."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.common import DURATION, settings_for
+
+
+@click.command("config")
+@click.pass_context
+def config_cmd(ctx: click.Context) -> None:
+    """Print the effective configuration (secrets masked)."""
+    for name, var, value, doc in settings_for(ctx).describe():
+        click.echo(f"{name:<24} {value:<40} {var}\n{'':<24} {doc}")
+
+
+@click.command()
+@click.option("--identities", default=10_000, show_default=True)
+@click.option(
+    "--duration",
+    type=DURATION,
+    default="2h",
+    show_default=True,
+    help="Simulated event time to generate and score.",
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--offline-only", is_flag=True, help="Skip the Kafka and worker phases.")
+@click.option(
+    "--paced-rate",
+    default=2000.0,
+    show_default=True,
+    help="Events/s of the latency phase (worker caught up).",
+)
+@click.option("--paced-seconds", default=30.0, show_default=True)
+@click.option(
+    "--audit-records", default=0, show_default=True,
+    help="Also measure the audit log: an auditor works through this many findings while a "
+    "second worker drains the events (0: skip).",
+)  # fmt: skip
+@click.pass_context
+def bench(
+    ctx: click.Context, identities: int, duration: float, seed: int, offline_only: bool,
+    paced_rate: float, paced_seconds: float, audit_records: int,
+) -> None:  # fmt: skip
+    """Throughput, latency and state size; prints a table, then one JSON line."""
+    from pipeline.ops.bench import run_bench
+
+    run_bench(
+        settings_for(ctx), identities=identities, duration_s=duration, seed=seed,
+        kafka=not offline_only, paced_rate=paced_rate, paced_seconds=paced_seconds,
+        audit_records=audit_records, echo=click.echo,
+    )  # fmt: skip
+
+
+@click.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Broker, topics, worker lag and the running worker's metrics, in one screen."""
+    from pipeline.ops.status import collect
+
+    for line in collect(settings_for(ctx)):
+        click.echo(line)
+
+
+@click.command("bench-response")
+@click.option("--compromises", default=30, show_default=True, help="Agents compromised in turn.")
+@click.option("--load", default=2000.0, show_default=True, help="Background events/s.")
+@click.option("--identities", default=5_000, show_default=True)
+@click.pass_context
+def bench_response(ctx: click.Context, compromises: int, load: float, identities: int) -> None:
+    """Event -> credential revoked latency under load (broker, worker, responder processes)."""
+    from pipeline.ops.bench_response import run_bench_response
+
+    run_bench_response(settings_for(ctx), compromises=compromises, load=load,
+                       identities=identities, echo=click.echo)  # fmt: skip
+
+
+@click.command()
+@click.option("--identities", default=1_500, show_default=True)
+@click.option(
+    "--duration", type=DURATION, default="1d", show_default=True, help="Simulated event-time span."
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--rate", type=float, default=None, help="Target events/s (default: as fast as possible)."
+)
+@click.pass_context
+def demo(
+    ctx: click.Context, identities: int, duration: float, seed: int, rate: float | None
+) -> None:
+    """End to end: Kafka up, topics applied, simulated traffic streamed in, live summary."""
+    from pipeline.ops.demo import run_demo
+
+    run_demo(
+        settings_for(ctx),
+        identities=identities,
+        duration_s=duration,
+        seed=seed,
+        rate=rate,
+        echo=click.echo,
+    )
+
+
+#: Registered on the root group by :mod:`pipeline.cli.main`.
+COMMANDS: tuple[click.Command, ...] = (config_cmd, status, demo, bench, bench_response,)
