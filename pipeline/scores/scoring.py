@@ -34,15 +34,13 @@ import numpy as np
 
 from pipeline.alerts.policy import Decision, RiskPolicy, RiskState, Suppression, inventory_decision
 from pipeline.baselines.baselines import (
-    DEVIATION_INDEX,
-    DEVIATIONS,
     BaselineModel,
-    BaselineState,
     blend,
     blend_contributions,
     peer_group_key,
 )
 from pipeline.baselines.features import Features, extract
+from pipeline.baselines.layout import DEVIATION_INDEX, DEVIATIONS, BaselineState
 from pipeline.config import Settings
 from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.events.schemas import Event, ModelRef

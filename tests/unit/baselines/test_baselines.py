@@ -12,11 +12,8 @@ import pytest
 from river import stats
 
 from pipeline.baselines.baselines import (
-    DEVIATION_INDEX,
-    DEVIATIONS,
     STATE_VERSION,
     BaselineModel,
-    BaselineState,
     StateFormatError,
     blend,
     blend_contributions,
@@ -24,6 +21,7 @@ from pipeline.baselines.baselines import (
     peer_group_key,
 )
 from pipeline.baselines.features import CATEGORICAL, NUMERIC_INDEX, extract
+from pipeline.baselines.layout import DEVIATION_INDEX, DEVIATIONS, BaselineState
 from pipeline.events.schemas import Event, Resource
 from pipeline.scores.explanations import Contribution
 
