@@ -109,6 +109,7 @@ _NAME_BYTES: Final = 12  # bytes kept per "most used" name (explanations only)
 # Counts stay below 2 x half-life (a merge halves until they do), then grow by at most one
 # half-life before the next halving: < 3 x 16000 < 2^16, the u16 wire format.
 _MAX_HALF_LIFE: Final = 16_000
+_U16: Final = 0xFFFF
 
 
 class BaselineState:

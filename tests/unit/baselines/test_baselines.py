@@ -12,14 +12,13 @@ import pytest
 from river import stats
 
 from pipeline.baselines.baselines import (
-    STATE_VERSION,
     BaselineModel,
-    StateFormatError,
     blend,
     blend_contributions,
     own_weight,
     peer_group_key,
 )
+from pipeline.baselines.codec import STATE_VERSION, StateFormatError
 from pipeline.baselines.features import CATEGORICAL, NUMERIC_INDEX, extract
 from pipeline.baselines.layout import DEVIATION_INDEX, DEVIATIONS, BaselineState
 from pipeline.events.schemas import Event, Resource
