@@ -63,7 +63,6 @@ class StateFormatError(CustosError, ValueError):
     """Bytes that are not a baseline state this code can read (version, truncation)."""
 
 
-
 def max_state_bytes(cat_slots: int) -> int:
     """Upper bound of ``len(to_bytes(state))`` for a model with ``cat_slots`` (every slot
     used, every name at its longest).
