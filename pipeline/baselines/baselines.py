@@ -5,6 +5,13 @@ style); each identity (and each peer group) owns a compact mutable :class:`Basel
 ``learn_one`` and ``deviations`` are separate so the caller can keep anomalous events out of the
 baseline (poisoning protection): score first, then learn only what it accepts.
 
+:class:`BaselineModel` is composed from one piece per concern, each a slot-less class it
+inherits (so a per-event call costs no extra indirection): :mod:`~.learning` (``learn_one``,
+``observe``, ``taint``), :mod:`~.deviations` (``deviations``, ``current_rate``), :mod:`~.explain`
+(the text of the strongest deviations), :mod:`~.merge` and :mod:`~.codec` (``to_bytes`` /
+``from_bytes``). :mod:`~.layout` holds what they share: :class:`~.layout.BaselineState`,
+:data:`~.layout.DEVIATIONS` and the indices into both.
+
 What a state remembers (all bounded; ``to_bytes`` ≤ :attr:`BaselineModel.max_bytes`, 1,166 bytes
 with the defaults):
 
