@@ -53,7 +53,7 @@ combo          ``api.operation`` x ``resources[].type`` x    ``operation|type|ra
                                                              combinations of familiar parts
 =============  ============================================  =====================================
 
-Aggregation keys (not features themselves; :mod:`pipeline.baselines.baselines` accumulates per key):
+Aggregation keys (not features themselves; :mod:`pipeline.baselines.learning` accumulates per key):
 ``task`` = stable 32-bit hash of ``actor.session.uid``, else ``unmapped.credential.task_uid``
 (0 = none), and ``volume`` = ``bytes_in + bytes_out`` (raw bytes).
 

@@ -116,8 +116,8 @@ def feature_schema() -> str:
 
     A model trained on other inputs (renamed, added, reordered deviations) must not be loaded.
     """
-    from pipeline.baselines.baselines import DEVIATIONS
     from pipeline.baselines.features import FEATURE_SCHEMA_VERSION
+    from pipeline.baselines.layout import DEVIATIONS
 
     names = hashlib.sha256(",".join(DEVIATIONS).encode()).hexdigest()[:12]
     return f"custos.deviations/{FEATURE_SCHEMA_VERSION}/{len(DEVIATIONS)}/{names}"

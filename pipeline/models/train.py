@@ -267,10 +267,10 @@ _placeholder = Manifest(
 
 # --- scikit-learn detectors from exported features (the notebooks) -----------------------------
 def _deviation_matrix(features: Any) -> Any:
-    """The :data:`~pipeline.baselines.baselines.DEVIATIONS` columns of ``features``, float64."""
+    """The :data:`~pipeline.baselines.layout.DEVIATIONS` columns of ``features``, float64."""
     import numpy as np
 
-    from pipeline.baselines.baselines import DEVIATIONS
+    from pipeline.baselines.layout import DEVIATIONS
 
     missing = [c for c in DEVIATIONS if c not in features.columns]
     if missing:
@@ -326,7 +326,7 @@ def train_isolation_forest(
     rows are used (a seeded sample; the calibrator keeps that many).
 
     >>> import numpy as np, pandas as pd
-    >>> from pipeline.baselines.baselines import DEVIATIONS
+    >>> from pipeline.baselines.layout import DEVIATIONS
     >>> rng = np.random.default_rng(0)
     >>> df = pd.DataFrame(rng.uniform(0, 0.2, (600, len(DEVIATIONS))), columns=list(DEVIATIONS))
     >>> df["learned"] = True

@@ -13,7 +13,7 @@ quarantine policy. Outputs in ``DIR``:
 * ``scores.parquet`` - one row per event: uid, identity, kind, time, score, raw, learned, peer
   weight, top features and rules;
 * ``features.parquet`` - the deviation vector each event fed the detector (one float column
-  per :data:`~pipeline.baselines.baselines.DEVIATIONS` name, plus uid, identity, time, learned):
+  per :data:`~pipeline.baselines.layout.DEVIATIONS` name, plus uid, identity, time, learned):
   the training set for a new shared detector;
 * ``deadletter.jsonl`` - rejected input: original bytes (base64), reason, detail, source file
   and line (the "offset");
@@ -123,7 +123,7 @@ class _Outputs:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from pipeline.baselines.baselines import DEVIATIONS
+        from pipeline.baselines.layout import DEVIATIONS
 
         for fh in (self.alerts, self.quarantine, self.dead, self.reports):
             fh.close()

@@ -41,15 +41,13 @@ from pipeline.alerts.policy import (
     load_suppressions,
 )
 from pipeline.baselines.baselines import (
-    DEVIATION_INDEX,
-    DEVIATIONS,
     BaselineModel,
-    BaselineState,
     blend,
     blend_contributions,
     peer_group_key,
 )
 from pipeline.baselines.features import Features, extract
+from pipeline.baselines.layout import DEVIATION_INDEX, DEVIATIONS, BaselineState
 from pipeline.config import Settings
 from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.errors import ConfigError

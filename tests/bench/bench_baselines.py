@@ -24,8 +24,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from pipeline.baselines.baselines import BaselineModel, BaselineState, blend, peer_group_key
+from pipeline.baselines.baselines import BaselineModel, blend, peer_group_key
 from pipeline.baselines.features import Features, extract
+from pipeline.baselines.layout import BaselineState
 from pipeline.events.schemas import Event, ModelRef, Resource
 
 START_MS = 1_767_225_600_000  # Thursday 2026-01-01 00:00 UTC

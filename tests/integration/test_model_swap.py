@@ -14,7 +14,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.ensemble import IsolationForest
 
-from pipeline.baselines.baselines import DEVIATIONS
+from pipeline.baselines.layout import DEVIATIONS
 from pipeline.config import REPO_ROOT, Settings, env_var
 from pipeline.control.keys import pem
 from pipeline.control.signing import command_key

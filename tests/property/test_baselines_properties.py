@@ -8,8 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.baselines.baselines import DEVIATIONS, BaselineModel, BaselineState, StateFormatError
+from pipeline.baselines.baselines import BaselineModel
+from pipeline.baselines.codec import StateFormatError
 from pipeline.baselines.features import CATEGORICAL, Features, extract
+from pipeline.baselines.layout import DEVIATIONS, BaselineState
 from pipeline.events.schemas import Event, ModelRef, Resource
 
 PROFILE = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

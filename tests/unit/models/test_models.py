@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pipeline.baselines.baselines import DEVIATIONS
+from pipeline.baselines.layout import DEVIATIONS
 from pipeline.config import Settings
 from pipeline.control.keys import load_or_create, pem
 from pipeline.control.reports import Report

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pipeline.baselines.baselines import DEVIATIONS
+from pipeline.baselines.layout import DEVIATIONS
 from pipeline.events.schemas import Event
 from pipeline.models.artifacts import SklearnDetector, decode
 from pipeline.models.manifest import trusted_keys

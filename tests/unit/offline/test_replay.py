@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.baselines.baselines import DEVIATIONS
+from pipeline.baselines.layout import DEVIATIONS
 from pipeline.config import Settings
 from pipeline.offline.replay import SCORE_COLUMNS, replay
 from pipeline.simulate import Simulation

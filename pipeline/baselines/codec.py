@@ -1,0 +1,312 @@
+"""A baseline state as bytes: the versioned little-endian layout of :class:`~.layout.BaselineState`.
+
+:class:`Codec` is the serialisation piece of :class:`~pipeline.baselines.baselines.BaselineModel`
+(``to_bytes`` / ``from_bytes``). Decoding distrusts its input: whatever decodes can be scored,
+learned and written back without overflow, and anything else raises :class:`StateFormatError`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from array import array
+from typing import Final
+
+from pipeline.baselines.features import FEATURE_SCHEMA_VERSION
+from pipeline.baselines.layout import (
+    _CP_WORDS,
+    _HOUR_MS,
+    _N_AGG,
+    _N_BUCKETS,
+    _N_CAT,
+    _N_GROUPS,
+    _N_NUM,
+    _N_RANKS,
+    _NAME_BYTES,
+    _U16,
+    _X_CHAIN,
+    _X_FAIL,
+    _X_NOMFA,
+    BaselineState,
+    _halve,
+)
+from pipeline.errors import CustosError
+
+__all__ = ["STATE_VERSION", "Codec", "StateFormatError", "max_state_bytes"]
+
+#: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
+#: feature schema version the state was learned on).
+STATE_VERSION: Final = 1
+
+_BINARY: Final = (_X_FAIL, _X_NOMFA, _X_CHAIN)  # 0/1 features: their means are shares
+_BIG_ENDIAN: Final = sys.byteorder == "big"  # the wire format is little-endian
+# Plausibility bounds for decoded states (far beyond anything learned, far below float32 max).
+_MAX_W: Final = 1e7
+_MAX_FLOAT: Final = 1e15
+_MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
+_U32: Final = 0xFFFFFFFF
+_NO_NAME: Final = 0xFF
+
+_HEAD: Final = struct.Struct(
+    "<BBBIHHqq"  # versions, K, n, recent, since_halve, first / last ms
+    f"{_N_GROUPS}fffffHH"  # EW weights, rate counter / mean / var / weight, MFA counts
+    f"{2 * _N_NUM}f"  # means, variances
+    f"{_N_BUCKETS}H{_N_RANKS}H{_N_CAT}H{_N_CAT}H"  # hours, sensitivity ranks, present, novel
+    f"{_N_CAT}B{_N_CAT}B"  # slots used, index of the named slot
+    f"IQIQiB{_N_AGG}f{_CP_WORDS}Q"  # two tasks (key, resource sketch), hour key, taint bits,
+    # aggregates, counterparty Bloom filter
+)
+
+
+class StateFormatError(CustosError, ValueError):
+    """Bytes that are not a baseline state this code can read (version, truncation)."""
+
+
+def max_state_bytes(cat_slots: int) -> int:
+    """Upper bound of ``len(to_bytes(state))`` for a model with ``cat_slots`` (every slot
+    used, every name at its longest).
+
+    >>> max_state_bytes(6)
+    1166
+    """
+    return _HEAD.size + _N_CAT * (8 * cat_slots + 1 + _NAME_BYTES)
+
+
+class Codec:
+    """``to_bytes`` / ``from_bytes`` of a baseline model; reads only the attributes below."""
+
+    __slots__ = ()
+    cat_slots: int
+    half_life_events: int
+
+    def to_bytes(self, state: BaselineState) -> bytes:
+        """Compact, versioned binary form (≤ :attr:`max_bytes`: 1,166 B with the defaults).
+
+        Layout (little-endian): a fixed header (versions, counters, float32 means /
+        variances, the count vectors, slots used and named slot per feature), then the used
+        slots of all features: hashes (u32), counts (u16), age in hours before ``last_ms``
+        (u16), then the names (u8 length + UTF-8). Counts are exact and floats float32, so
+        re-encoding a decoded state gives the same bytes.
+
+        >>> from pipeline.baselines.baselines import BaselineModel
+        >>> m = BaselineModel()
+        >>> b = m.to_bytes(m.new_state())
+        >>> b[0] == STATE_VERSION, m.to_bytes(m.from_bytes(b)) == b, len(b)
+        (True, True, 434)
+        """
+        k = self.cat_slots
+        last_hour = state.last_ms // _HOUR_MS
+        sh = state.slot_hash
+        sc = state.slot_count
+        st = state.slot_hour
+        used: list[int] = []
+        name_idx: list[int] = []
+        hashes = array("I")
+        counts = array("H")
+        hours: list[int] = []
+        names: list[bytes] = []
+        base = 0
+        for c in range(_N_CAT):
+            end = base + k
+            m = k if sh[end - 1] else sh.index(0, base, end) - base  # used slots come first
+            used.append(m)
+            if m:
+                end = base + m
+                hashes.extend(sh[base:end])
+                counts.extend(sc[base:end])
+                hours.extend(st[base:end])
+            named = state.name_slot[c] - base
+            text = state.name_text[c]
+            if text is not None and 0 <= named < m:
+                name_idx.append(named)
+                raw = text.encode()[:_NAME_BYTES]
+                names.append(bytes((len(raw),)) + raw)
+            else:
+                name_idx.append(_NO_NAME)
+            base += k
+        try:
+            ages = array("H", [last_hour - h for h in hours])
+        except OverflowError:  # older than 7.5 years: just "very old" (never fail to save)
+            ages = array("H", [min(_U16, max(0, last_hour - h)) for h in hours])
+        head = _HEAD.pack(
+            STATE_VERSION,
+            FEATURE_SCHEMA_VERSION,
+            k,
+            min(_U32, state.n),
+            state.recent,
+            state.since_halve,
+            state.first_ms,
+            state.last_ms,
+            *state.w,
+            state.rate_c,
+            state.rate_mean,
+            state.rate_var,
+            state.rate_w,
+            state.mfa_known,
+            state.mfa_no,
+            *state.mean,
+            *state.var,
+            *state.hours,
+            *state.sens,
+            *state.present,
+            *state.novel,
+            *used,
+            *name_idx,
+            state.task_key,
+            state.task_bits,
+            state.task_key2,
+            state.task_bits2,
+            state.hour_key,
+            state.taint,
+            *state.agg,
+            *state.cp_bloom,
+        )
+        if _BIG_ENDIAN:
+            for arr in (hashes, counts, ages):
+                arr.byteswap()
+        return b"".join((head, hashes.tobytes(), counts.tobytes(), ages.tobytes(), *names))
+
+    def _cap(self) -> int:
+        """Largest count a valid state can hold (see ``_MAX_HALF_LIFE``)."""
+        return 3 * self.half_life_events
+
+    def from_bytes(self, data: bytes) -> BaselineState:
+        """Inverse of :meth:`to_bytes`; raises :class:`StateFormatError` on foreign bytes.
+
+        A state written with more ``cat_slots`` keeps its most used values.
+
+        >>> from pipeline.baselines.baselines import BaselineModel
+        >>> BaselineModel().from_bytes(b"\\x09")
+        Traceback (most recent call last):
+        ...
+        pipeline.baselines.codec.StateFormatError: baseline state version 9, expected 1
+        """
+        if not data or data[0] != STATE_VERSION:
+            raise StateFormatError(
+                f"baseline state version {data[0] if data else None}, expected {STATE_VERSION}"
+            )
+        try:
+            return self._decode(data)
+        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
+            if isinstance(exc, StateFormatError):
+                raise
+            raise StateFormatError(f"corrupt baseline state: {exc}") from None
+
+    def _decode(self, data: bytes) -> BaselineState:
+        v = _HEAD.unpack_from(data)
+        if v[1] != FEATURE_SCHEMA_VERSION:
+            raise StateFormatError(
+                f"baseline learned on feature schema {v[1]}, expected {FEATURE_SCHEMA_VERSION}"
+            )
+        s = BaselineState(self.cat_slots)
+        s.n, s.recent, s.since_halve, s.first_ms, s.last_ms = v[3:8]
+        if not -_MAX_ABS_MS < s.first_ms <= s.last_ms < _MAX_ABS_MS:
+            raise StateFormatError("implausible baseline state times")
+        p = 8 + _N_GROUPS
+        s.w = list(v[8:p])
+        s.rate_c, s.rate_mean, s.rate_var, s.rate_w, s.mfa_known, s.mfa_no = v[p : p + 6]
+        p += 6
+        s.mean = list(v[p : p + _N_NUM])
+        p += _N_NUM
+        s.var = list(v[p : p + _N_NUM])
+        p += _N_NUM
+        s.hours = list(v[p : p + _N_BUCKETS])
+        p += _N_BUCKETS
+        s.sens = list(v[p : p + _N_RANKS])
+        p += _N_RANKS
+        s.present = list(v[p : p + _N_CAT])
+        p += _N_CAT
+        s.novel = list(v[p : p + _N_CAT])
+        p += _N_CAT
+        used = v[p : p + _N_CAT]
+        name_idx = v[p + _N_CAT : p + 2 * _N_CAT]
+        p += 2 * _N_CAT
+        s.task_key, s.task_bits, s.task_key2, s.task_bits2, s.hour_key, s.taint = v[p : p + 6]
+        s.agg = list(v[p + 6 : p + 6 + _N_AGG])
+        s.cp_bloom = list(v[p + 6 + _N_AGG : p + 6 + _N_AGG + _CP_WORDS])
+        if not all(-_MAX_FLOAT < x < _MAX_FLOAT for x in s.agg):
+            raise StateFormatError("implausible baseline aggregates")
+        total = sum(used)
+        off = _HEAD.size
+        if len(data) < off + 8 * total:
+            raise StateFormatError("baseline state truncated")
+        hashes = array("I")
+        hashes.frombytes(data[off : off + 4 * total])
+        off += 4 * total
+        counts = array("H")
+        counts.frombytes(data[off : off + 2 * total])
+        off += 2 * total
+        ages = array("H")
+        ages.frombytes(data[off : off + 2 * total])
+        off += 2 * total
+        if _BIG_ENDIAN:
+            for arr in (hashes, counts, ages):
+                arr.byteswap()
+        k = self.cat_slots
+        last_hour = s.last_ms // _HOUR_MS
+        hours = array("i", [last_hour - a for a in ages])
+        p = 0
+        for c in range(_N_CAT):
+            m = used[c]
+            base = c * k
+            if m <= k:
+                s.slot_hash[base : base + m] = hashes[p : p + m]
+                s.slot_count[base : base + m] = counts[p : p + m]
+                s.slot_hour[base : base + m] = hours[p : p + m]
+                if name_idx[c] < m:
+                    s.name_slot[c] = base + name_idx[c]
+            else:  # written with more slots: keep the most used, then most recent
+                keep = sorted(range(p, p + m), key=lambda i: (-counts[i], ages[i]))[:k]
+                for j, i in enumerate(keep, start=base):
+                    s.slot_hash[j], s.slot_count[j] = hashes[i], counts[i]
+                    s.slot_hour[j] = hours[i]
+                    if i - p == name_idx[c]:
+                        s.name_slot[c] = j
+            p += m
+        for c in range(_N_CAT):
+            if name_idx[c] == _NO_NAME:
+                continue
+            size = data[off]
+            text = data[off + 1 : off + 1 + size].decode()
+            off += 1 + size
+            if s.name_slot[c] >= 0:
+                s.name_text[c] = text
+        if off != len(data):
+            raise StateFormatError(f"baseline state has {len(data) - off} trailing bytes")
+        self._sanitize(s)
+        return s
+
+    def _sanitize(self, s: BaselineState) -> None:
+        """Reject values no model could have learned; decay counts into this model's range.
+
+        Whatever decodes can then be scored, learned and written back without overflow.
+        """
+        floats = (*s.w, s.rate_w, s.rate_c, s.rate_mean, s.rate_var, *s.mean, *s.var)
+        if not (
+            all(map(math.isfinite, floats))
+            and 0.0 <= min(s.w)
+            and max(s.w) <= _MAX_W
+            and 0.0 <= s.rate_w <= _MAX_W
+            and 0.0 <= s.rate_c <= _MAX_FLOAT
+            and s.rate_mean <= _MAX_FLOAT
+            and 0.0 <= s.rate_var <= _MAX_FLOAT
+            and min(s.mean) >= 0.0  # every numeric feature is >= 0 ...
+            and max(s.mean) <= _MAX_FLOAT
+            and max(s.mean[i] for i in _BINARY) <= 1.0  # ... and these are shares
+            and s.rate_mean >= 0.0  # log(rate), rate >= 1
+            and 0.0 <= min(s.var)
+            and max(s.var) <= _MAX_FLOAT
+            and (s.n > 0 or not (s.recent or any(s.slot_hash)))  # learned nothing: empty
+        ):
+            raise StateFormatError("implausible baseline state values")
+        cap = self._cap()
+        counts = (s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present, *s.novel)
+        if max(counts) > cap or max(s.slot_count, default=0) > cap:
+            # Not written by a model with this half-life: decay into range, so that learning
+            # can never overflow a u16 count.
+            s.slot_count = array("H", [min(cap, v) for v in s.slot_count])
+            while max(s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present) > cap:
+                _halve(s)
+            s.novel = [min(cap, v) for v in s.novel]
+            s.since_halve = 0

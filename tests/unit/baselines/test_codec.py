@@ -1,0 +1,98 @@
+"""Unit tests for a baseline state as bytes (pipeline.baselines.codec)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pipeline.baselines.baselines import BaselineModel
+from pipeline.baselines.codec import STATE_VERSION, StateFormatError
+from pipeline.baselines.features import CATEGORICAL, extract
+from pipeline.events.schemas import Resource
+from tests.unit.baselines.test_baselines import (
+    DAY,
+    HOUR,
+    MB,
+    MONDAY,
+    ev,
+    learned,
+    office_worker,
+)
+
+# --- serialisation ----------------------------------------------------------------------------
+
+
+def test_round_trip_is_exact_after_the_first_encoding() -> None:
+    m, s, _ = learned(office_worker(weeks=2))
+    blob = m.to_bytes(s)
+    assert blob[0] == STATE_VERSION
+    back = m.from_bytes(blob)
+    assert m.to_bytes(back) == blob
+    f = extract(ev(MONDAY + 30 * DAY + 3 * HOUR, 1, country="BR", bytes_out=20 * MB))
+    d1, w1 = m.deviations(s, f)
+    d2, w2 = m.deviations(back, f)
+    assert d2 == pytest.approx(d1, abs=1e-4)
+    assert [c.text for c in w1] == [c.text for c in w2]
+
+
+def test_size_stays_under_1kb_with_many_distinct_long_values() -> None:
+    m = BaselineModel()
+    s = m.new_state()
+    rng = random.Random(5)
+    for k in range(5000):
+        f = extract(
+            ev(
+                MONDAY + k * 37_000,
+                k,
+                country=rng.choice(["DE", "FR", "BR", "JP", "US", "IN", "CN", "ZA"]),
+                asn=rng.randrange(2**32),
+                src_ip=f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.1",
+                service="ü" * rng.randrange(1, 100),
+                operation=f"op-{k}-" + "x" * 200,
+                resources=(Resource(f"s3://bucket/{'é' * 50}/{k}", "o", rng.choice([1, 3])),),
+                delegated_by=f"user-{k}" * 10,
+                model=None,
+                environment=f"env-{k % 50}",
+                auth_protocol=f"proto-{k % 9}",
+                class_uid=rng.choice([3002, 6003]),
+                is_mfa=rng.random() < 0.5,
+            )
+        )
+        m.learn_one(s, f)
+    size = len(m.to_bytes(s))
+    # 12 categorical features (counterparty, combo), task / hour / drift aggregates and the
+    # counterparty Bloom filter: the worst case grew past 1 KB; typical identities fill far
+    # fewer slots.
+    assert size <= m.max_bytes <= 1184
+    assert size > 700  # the bound is meaningful: this state is nearly full
+    assert m.to_bytes(m.from_bytes(m.to_bytes(s))) == m.to_bytes(s)
+
+
+def test_foreign_bytes_raise_state_format_error() -> None:
+    m, s, _ = learned(office_worker(weeks=1))
+    blob = m.to_bytes(s)
+    with pytest.raises(StateFormatError, match="version"):
+        m.from_bytes(b"")
+    with pytest.raises(StateFormatError, match="version 2"):
+        m.from_bytes(bytes([2]) + blob[1:])
+    with pytest.raises(StateFormatError, match="feature schema"):
+        m.from_bytes(blob[:1] + bytes([99]) + blob[2:])
+    with pytest.raises(StateFormatError):
+        m.from_bytes(blob[:-3])
+    with pytest.raises(StateFormatError, match="trailing"):
+        m.from_bytes(blob + b"\x00")
+    assert isinstance(StateFormatError("x"), ValueError)
+
+
+def test_a_state_with_more_slots_keeps_its_most_used_values() -> None:
+    big = BaselineModel(cat_slots=16)
+    small = BaselineModel(cat_slots=4)
+    events = [ev(MONDAY + k * 60_000, k, operation=f"op{k % 10}") for k in range(100)]
+    events += [ev(MONDAY + (100 + k) * 60_000, 100 + k, operation="op3") for k in range(50)]
+    _, s, _ = learned(events, big)
+    s4 = small.from_bytes(big.to_bytes(s))
+    values = small.known_values(s4, "operation")
+    assert len(values) == 4
+    assert values[0][1] == 60  # op3: 10 + 50
+    assert s4.name_text[CATEGORICAL.index("operation")] == "op3"
