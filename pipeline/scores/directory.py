@@ -1,5 +1,4 @@
-"""The identity directory (and the agent-model registry's old names): what the IdP and agent
-registry say.
+"""The identity directory: what the IdP and agent registry say about each identity.
 
 The directory is exported by an identity provider / agent registry as JSON Lines, one object per
 identity (``docs/EVENTS.md`` describes events; this module is the directory's contract)::
@@ -25,12 +24,8 @@ Only ``uid`` and ``kind`` are required. Fields:
 Identities missing from the directory are allowed: rules then fall back to per-kind defaults and
 to what they learn per identity.
 
-The agent-model registry (e.g. ``models/examples/agent-models.yaml``) lives in
-:mod:`pipeline.scores.agent_models`;
-``ApprovedModel``, ``ModelAllowlist`` and ``load_model_allowlist`` are kept here as aliases of
-:class:`~pipeline.scores.agent_models.RegisteredModel`,
-:class:`~pipeline.scores.agent_models.AgentModelRegistry`
-and :func:`~pipeline.scores.agent_models.load_agent_model_registry`.
+The agent-model registry (e.g. ``models/examples/agent-models.yaml``) is not part of the
+directory: it lives in :mod:`pipeline.scores.agent_models`.
 
 >>> d = Directory([DirectoryEntry("agt-1", "agent", "agent/coding", 1, ("sha256:" + "a" * 64,),
 ...                               "prod-eu")])
@@ -50,20 +45,12 @@ import msgspec
 from msgspec import Meta
 
 from pipeline.events.schemas import IdentityKind, ModelDigest, Sha256Digest
-from pipeline.scores.agent_models import (
-    AgentModelRegistry,
-    RegisteredModel,
-    load_agent_model_registry,
-)
 
 __all__ = [
     "CONFIDENTIALITY_RANK",
     "RANK_NAMES",
-    "ApprovedModel",
     "Directory",
     "DirectoryEntry",
-    "ModelAllowlist",
-    "load_model_allowlist",
     "write_entries",
 ]
 
@@ -207,13 +194,3 @@ def write_entries(entries: Iterable[DirectoryEntry], path: Path | str) -> int:
             fh.write(b"\n")
             n += 1
     return n
-
-
-# --- The agent-model registry's former names (pipeline.scores.agent_models) --------------------
-
-#: One registered model build (was: an approved ``{name, version, digest}``).
-ApprovedModel = RegisteredModel
-#: The agent-model registry (was: the allow-list of approved digests by name and version).
-ModelAllowlist = AgentModelRegistry
-#: Read a registry YAML into a :class:`~pipeline.scores.agent_models.AgentModelRegistry`.
-load_model_allowlist = load_agent_model_registry

@@ -215,8 +215,8 @@ class ZeroTrustRules:
     ``grace_ms`` - clock-skew leeway after ``expires_at``; ``default_ceilings`` - sensitivity
     ceiling (rank) per identity kind when the directory has none (default: none, so hard
     ceilings come only from a directory); ``agent_models`` - the
-    agent-model registry (:class:`~pipeline.scores.agent_models.AgentModelRegistry`;
-    ``model_allowlist`` is its former name, still accepted); ``enforce_registry`` - a digest
+    agent-model registry (:class:`~pipeline.scores.agent_models.AgentModelRegistry`);
+    ``enforce_registry`` - a digest
     the registry does not list is a violation (else it is pinned per agent like any other).
     The registry object is read on every event, so
     :meth:`~pipeline.scores.agent_models.AgentModelRegistry.apply` on it takes effect at once;
@@ -248,13 +248,10 @@ class ZeroTrustRules:
         grace_ms: int = 10_000,
         default_ceilings: Mapping[str, int] | None = None,
         agent_models: AgentModelRegistry | None = None,
-        model_allowlist: AgentModelRegistry | None = None,
         max_tasks: int = 4,
         max_tokens: int = 8,
         enforce_registry: bool = False,
     ) -> None:
-        if agent_models is not None and model_allowlist is not None:
-            raise ValueError("give agent_models or model_allowlist (its old name), not both")
         if travel_speed_kmh <= 0 or travel_min_km < 0 or clone_window_ms < 0 or grace_ms < 0:
             raise ValueError("travel speed must be positive; distances and windows >= 0")
         if max_tasks < 1 or max_tokens < 1:
@@ -272,19 +269,10 @@ class ZeroTrustRules:
         self.clone_window_ms = int(clone_window_ms)
         self.grace_ms = int(grace_ms)
         self.default_ceilings: dict[str, int] = ceilings
-        self.agent_models = agent_models if agent_models is not None else model_allowlist
+        self.agent_models = agent_models
         self.max_tasks = max_tasks
         self.max_tokens = max_tokens
         self.enforce_registry = bool(enforce_registry)
-
-    @property
-    def model_allowlist(self) -> AgentModelRegistry | None:
-        """Former name of :attr:`agent_models`."""
-        return self.agent_models
-
-    @model_allowlist.setter
-    def model_allowlist(self, registry: AgentModelRegistry | None) -> None:
-        self.agent_models = registry
 
     # ---- the hot path ------------------------------------------------------------------------
     def check(

@@ -52,8 +52,9 @@ from pipeline.config import Settings
 from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.errors import ConfigError
 from pipeline.events.schemas import Event, ModelRef
+from pipeline.scores.agent_models import load_agent_model_registry
 from pipeline.scores.detectors import Detector, Loda, SignedModel, TailCalibrator
-from pipeline.scores.directory import Directory, DirectoryEntry, load_model_allowlist
+from pipeline.scores.directory import Directory, DirectoryEntry
 from pipeline.scores.explanations import Contribution, RuleHit, Score, Signal
 from pipeline.scores.rules import RuleState, ZeroTrustRules
 
@@ -245,7 +246,7 @@ class Detection:
             directory = Directory.load(settings.directory_file)
         if "rules" not in kwargs and settings.model_allowlist_file:
             kwargs["rules"] = ZeroTrustRules(
-                model_allowlist=load_model_allowlist(settings.model_allowlist_file),
+                agent_models=load_agent_model_registry(settings.model_allowlist_file),
                 enforce_registry=settings.agent_models_enforce,
             )
         if "policy" not in kwargs and settings.suppressions_file:

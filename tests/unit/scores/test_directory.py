@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import REPO_ROOT
+from pipeline.scores.agent_models import (
+    AgentModelRegistry,
+    RegisteredModel,
+    load_agent_model_registry,
+)
 from pipeline.scores.directory import (
     CONFIDENTIALITY_RANK,
     RANK_NAMES,
-    ApprovedModel,
     Directory,
     DirectoryEntry,
-    ModelAllowlist,
-    load_model_allowlist,
     write_entries,
 )
 from pipeline.simulate.catalogue import (
@@ -129,7 +131,7 @@ def test_write_entries_round_trip(tmp_path: Path) -> None:
 
 
 def test_repository_allowlist_matches_the_simulator_models() -> None:
-    allow = load_model_allowlist(REPO_ROOT / "models" / "examples" / "agent-models.yaml")
+    allow = load_agent_model_registry(REPO_ROOT / "models" / "examples" / "agent-models.yaml")
     cat = catalogue()
     assert len(allow) == len(cat.model_name)
     for name, version, digest in zip(
@@ -145,12 +147,12 @@ def test_allowlist_formats_and_strings(tmp_path: Path) -> None:
         f"- {{name: m, version: 3.10, digest: sha256:{'f' * 64}}}\n",
         encoding="utf-8",
     )
-    allow = load_model_allowlist(path)
+    allow = load_agent_model_registry(path)
     assert allow.digests_for("m", "3.10") == frozenset({DIGEST, "sha256:" + "f" * 64})  # not 3.1
     assert allow.digests_for("m", "3.1") is None
     assert allow.digests_for(None, "3.10") is None and len(allow) == 2
     path.write_text("", encoding="utf-8")
-    assert len(load_model_allowlist(path)) == 0
+    assert len(load_agent_model_registry(path)) == 0
 
 
 @pytest.mark.parametrize(
@@ -166,11 +168,11 @@ def test_allowlist_rejects_bad_entries(tmp_path: Path, text: str) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match=r"m\.yaml"):
-        load_model_allowlist(path)
+        load_agent_model_registry(path)
 
 
 def test_allowlist_from_models() -> None:
-    allow = ModelAllowlist([ApprovedModel("a", "1", DIGEST)])
+    allow = AgentModelRegistry([RegisteredModel("a", "1", DIGEST)])
     assert (
         allow.digests_for("a", "1") == frozenset({DIGEST}) and allow.digests_for("a", "2") is None
     )

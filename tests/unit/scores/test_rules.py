@@ -13,14 +13,13 @@ import pytest
 
 from pipeline.config import REPO_ROOT, Settings
 from pipeline.events.schemas import Credential, Event, EventDecoder, ModelRef, Resource
-from pipeline.scores.agent_models import AgentModelRegistry, AgentModelUpdate, RegisteredModel
-from pipeline.scores.directory import (
-    ApprovedModel,
-    Directory,
-    DirectoryEntry,
-    ModelAllowlist,
-    load_model_allowlist,
+from pipeline.scores.agent_models import (
+    AgentModelRegistry,
+    AgentModelUpdate,
+    RegisteredModel,
+    load_agent_model_registry,
 )
+from pipeline.scores.directory import Directory, DirectoryEntry
 from pipeline.scores.explanations import RuleHit
 from pipeline.scores.rules import RULES, STATE_VERSION, RuleState, ZeroTrustRules, haversine_km
 from pipeline.simulate import LabelRow, Simulation
@@ -239,14 +238,14 @@ def test_model_directory_digest_decides() -> None:
 
 
 def test_model_allowlist_by_name_and_version() -> None:
-    allow = ModelAllowlist([ApprovedModel("gpt-4o", "2024-08-06", D_OK)])
-    rules = ZeroTrustRules(model_allowlist=allow, enforce_registry=True)
+    allow = AgentModelRegistry([RegisteredModel("gpt-4o", "2024-08-06", D_OK)])
+    rules = ZeroTrustRules(agent_models=allow, enforce_registry=True)
     no_digests = agent_entry(approved_digests=())
     assert rules.check(RuleState(), ev(model=model(D_OK)), no_digests) == ()
     (hit,) = rules.check(RuleState(), ev(model=model(D_BAD)), no_digests)
     assert hit.evidence["source"] == "registry" and hit.evidence["expected_digest"] == D_OK
     assert hit.evidence["reason"] == "unregistered"
-    assert rules.model_allowlist is allow and rules.agent_models is allow  # the old name
+    assert rules.agent_models is allow
 
 
 @pytest.mark.parametrize("registry", [None, AgentModelRegistry()], ids=["none", "empty"])
@@ -367,11 +366,6 @@ def test_model_register_then_revoke_through_updates() -> None:
     assert rules_of(rules.check(RuleState(), e, None)) == ["model_provenance"]
     reg.apply(AgentModelUpdate(action="approve", name="gpt-4o", version="2024-08-06", digest=D_BAD))
     assert rules.check(RuleState(), e, None) == ()
-
-
-def test_model_registry_and_allowlist_are_not_both_given() -> None:
-    with pytest.raises(ValueError, match="not both"):
-        ZeroTrustRules(agent_models=AgentModelRegistry(), model_allowlist=AgentModelRegistry())
 
 
 # ---- agent_config_drift --------------------------------------------------------------------------
@@ -767,7 +761,7 @@ def run_rules(
 @pytest.fixture(scope="module")
 def zt_rules() -> ZeroTrustRules:
     path = REPO_ROOT / "models" / "examples" / "agent-models.yaml"
-    return ZeroTrustRules(model_allowlist=load_model_allowlist(path), enforce_registry=True)
+    return ZeroTrustRules(agent_models=load_agent_model_registry(path), enforce_registry=True)
 
 
 def test_benign_simulated_traffic_fires_nothing(
