@@ -107,7 +107,7 @@ def models_train(
 ) -> None:  # fmt: skip
     """Train the shared detector offline, evaluate it on held-out traffic, publish it signed."""
     from pipeline.control.keys import key_id, load_or_create
-    from pipeline.models.train import train_and_publish
+    from pipeline.offline.train import train_and_publish
 
     settings = settings_for(ctx)
     key = load_or_create(settings.model_signing_key_path)

@@ -236,7 +236,7 @@ def run_ingest(
     Echoes a :func:`summary_line` every 2 s and the :func:`final_report` at the end; serves
     the counters on ``127.0.0.1:metrics_port`` while it runs.
     """
-    from pipeline.ops import metrics  # prometheus_client only when asked for
+    from pipeline.kafka import metrics  # prometheus_client only when asked for
 
     consumer = Ingest(settings, group_id=group_id)
     server = metrics.serve(consumer.stats, metrics_port) if metrics_port else None

@@ -154,7 +154,7 @@ def run_demo(
     echo(f"auditor: every decision onto {settings.audit_topic}, signed checkpoints on "
          f"{settings.audit_checkpoints_topic}")  # fmt: skip
     from pipeline.credentials.broker import load_api_token
-    from pipeline.simulate.live import LiveAgents
+    from pipeline.ops.live import LiveAgents
 
     # Names of this run's own: an incident an earlier run left open in the worker's state must
     # not quarantine them before anything happened.

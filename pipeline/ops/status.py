@@ -6,7 +6,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.kafka.clients import group_lag, make_admin, make_consumer
-from pipeline.ops.metrics import scrape
+from pipeline.kafka.metrics import scrape
 
 
 def collect(settings: Settings) -> list[str]:

@@ -218,7 +218,7 @@ def create_app(
 
     @app.page("/custos/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        from pipeline.ops.metrics import render
+        from pipeline.kafka.metrics import render
 
         body = render(units.stats, lambda: _worker_metrics(units.stats, detection))
         return web.text(body, content_type="text/plain")

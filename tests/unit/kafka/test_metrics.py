@@ -5,8 +5,8 @@ import socket
 import urllib.request
 
 from pipeline.events.schemas import EventDecoder
+from pipeline.kafka import metrics
 from pipeline.kafka.ingest import IngestStats
-from pipeline.ops import metrics
 from pipeline.simulate.malformed import valid_logon
 
 

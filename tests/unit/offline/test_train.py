@@ -14,7 +14,7 @@ from pipeline.events.schemas import Event
 from pipeline.models.artifacts import SklearnDetector, decode
 from pipeline.models.manifest import trusted_keys
 from pipeline.models.registry import ModelRegistry
-from pipeline.models.train import features_fingerprint, manifest_for, train_isolation_forest
+from pipeline.offline.train import features_fingerprint, manifest_for, train_isolation_forest
 from pipeline.scores.scoring import Detection, surprise
 
 
