@@ -44,7 +44,8 @@ class RuleHit(msgspec.Struct, frozen=True, gc=False):
     rule: str
     severity_id: int
     text: str
-    evidence: dict[str, str | int | float | None] = {}
+    # bool before int: a flag (version_changed) must survive the state codec as a flag.
+    evidence: dict[str, str | bool | int | float | None] = {}
 
 
 class Score(msgspec.Struct, frozen=True, gc=False):

@@ -550,7 +550,7 @@ class ZeroTrustRules:
             expected = ", ".join(others) or None
         name = f"{model.name or '?'} {model.version or '?'}"
         uid = event.identity_uid
-        evidence: dict[str, str | int | float | None] = {
+        evidence: dict[str, str | bool | int | float | None] = {
             "model_name": model.name,
             "model_version": model.version,
             "observed_digest": digest,

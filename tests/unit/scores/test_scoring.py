@@ -237,3 +237,20 @@ def test_the_constructor_reads_no_file_and_refuses_settings_that_name_one(tmp_pa
     det = Detection.from_settings(settings)
     assert det.rules.agent_models is not None and len(det.rules.agent_models) == 1
     assert [s.identity for s in det.policy.suppressions] == ["agt-1"]
+
+
+def test_an_agent_whose_model_changed_version_keeps_its_state() -> None:
+    """The drift hit's evidence holds a boolean (``version_changed``); the identity's stored
+    state (its incident's evidence) must still decode, or the agent would start afresh,
+    baseline and incident gone, on its next batch."""
+    from pipeline.events.schemas import ModelRef
+
+    det, store = Detection(state_cache_size=0), {}  # no cache: every batch decodes the state
+    det.process([_with_model(i, "agt-1", D_A) for i in range(5)], store)
+    moved = msgspec.structs.replace(_call(10, uid="agt-1", issued_to="agt-1"),
+                                    model=ModelRef("gpt-x", "2", D_B))  # fmt: skip
+    out = det.process([moved], store)
+    assert [r.evidence.get("version_changed") for s in out.scores for r in s.rules] == [True]
+    det.process([_with_model(20, "agt-1", D_B)], store)
+    assert det.state_resets == 0
+    assert det.load_state(store["agt-1"]).risk.incident is not None
