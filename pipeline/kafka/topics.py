@@ -127,6 +127,15 @@ def apply_topics(settings: Settings, specs: list[TopicSpec], timeout: float = 30
     return report
 
 
+def missing_topics(settings: Settings, names: list[str], timeout: float = 30.0) -> list[str]:
+    """Which of ``names`` the cluster does not have (in the given order)."""
+    try:
+        existing = make_admin(settings).list_topics(timeout=timeout).topics
+    except Exception as exc:
+        raise KafkaError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+    return [n for n in dict.fromkeys(names) if n not in existing]
+
+
 def _wait_for_leaders(admin: Any, names: list[str], timeout: float) -> None:
     """Return once every partition of ``names`` has a leader: created means usable."""
     deadline = time.monotonic() + timeout

@@ -94,11 +94,14 @@ def bench_kafka(
         agent_models_topic=f"{tag}.agent-models",
         reports_topic=f"{tag}.reports",
         feedback_topic=f"{tag}.feedback",
+        quarantine_topic=f"{tag}.quarantine",
+        approvals_topic=f"{tag}.approvals",
         app_id=f"{tag}-worker",
     )
     parts = s.worker_partitions
+    # Every topic the worker writes (its preflight refuses to start without them).
     names = (s.identity_topic, s.agent_topic, s.deadletter_topic, s.alerts_topic, s.scores_topic,
-             s.feedback_topic)  # fmt: skip
+             s.feedback_topic, s.quarantine_topic, s.approvals_topic)  # fmt: skip
     apply_topics(s, [TopicSpec(t, parts, 1, {}) for t in names])
     control = (s.models_topic, s.agent_models_topic, s.reports_topic)
     apply_topics(s, [TopicSpec(t, 1, 1, {}) for t in control])
@@ -128,6 +131,7 @@ def bench_kafka(
         "alerts_topic": s.alerts_topic, "scores_topic": s.scores_topic,
         "models_topic": s.models_topic, "agent_models_topic": s.agent_models_topic,
         "reports_topic": s.reports_topic, "feedback_topic": s.feedback_topic,
+        "quarantine_topic": s.quarantine_topic, "approvals_topic": s.approvals_topic,
         "directory_file": str(directory_path),
         "worker_datadir": tempfile.mkdtemp(prefix="custos-bench-"),
     }.items():  # fmt: skip

@@ -33,6 +33,7 @@ from pipeline.config import Settings
 from pipeline.control.reports import Report, config_report
 from pipeline.control.signing import command_key
 from pipeline.engine import Engine
+from pipeline.errors import ConfigError
 from pipeline.kafka.clients import aiokafka_auth, faust_auth
 from pipeline.models.runtime import ModelRuntime
 from pipeline.quarantine.policy import QuarantinePolicy
@@ -42,7 +43,9 @@ from pipeline.stream.offsets import SharedCheckpoint
 from pipeline.stream.store import TableStore
 from pipeline.stream.units import Topics, Units, WorkerStats
 
-__all__ = ["create_app", "datadir", "faust_app", "follow", "run_worker"]
+__all__ = [
+    "create_app", "datadir", "faust_app", "follow", "output_topics", "preflight", "run_worker",
+]  # fmt: skip
 
 log = logging.getLogger("custos.worker")
 
@@ -368,9 +371,41 @@ def _worker_metrics(stats: WorkerStats, detection: Detection) -> Iterator[Metric
     )
 
 
+def output_topics(settings: Settings) -> list[str]:
+    """The topics the worker reads and writes that it does not create itself.
+
+    faust creates its own internal topics (re-keyed, signals, the table's changelog); these
+    come from ``custos topics apply``. The control topics (models, agent models) may appear
+    later: the worker waits for them and detects meanwhile.
+    """
+    names = [settings.identity_topic, settings.agent_topic, settings.deadletter_topic,
+             settings.alerts_topic, settings.quarantine_topic, settings.approvals_topic,
+             settings.reports_topic, settings.feedback_topic]  # fmt: skip
+    return [*names, settings.scores_topic] if settings.emit_scores else names
+
+
+def preflight(settings: Settings) -> None:
+    """Refuse to start without the topics the worker writes to.
+
+    A missing output topic does not fail a send: the producer waits for metadata that never
+    comes and retries, logging without end, while input piles up unscored. Stop at once with
+    what is missing instead.
+    """
+    from pipeline.kafka.topics import missing_topics
+
+    missing = missing_topics(settings, output_topics(settings))
+    if missing:
+        raise ConfigError(
+            f"topic(s) {', '.join(missing)} do not exist on {settings.bootstrap_servers}: "
+            "create them (custos topics apply) or point the CUSTOS_*_TOPIC settings at "
+            "existing ones; the worker does not start without its outputs"
+        )
+
+
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Run the worker in the foreground until interrupted (``custos worker``)."""
     from faust.worker import Worker
 
+    preflight(settings)
     app = create_app(settings)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
