@@ -32,14 +32,8 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from pipeline.alerts.policy import (
-    Decision,
-    RiskPolicy,
-    RiskState,
-    Suppression,
-    inventory_decision,
-    load_suppressions,
-)
+from pipeline.alerts.policy import Decision, RiskPolicy, inventory_decision
+from pipeline.alerts.state import RiskState, Suppression, load_suppressions
 from pipeline.baselines.baselines import (
     BaselineModel,
     blend,

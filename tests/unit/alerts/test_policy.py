@@ -12,17 +12,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pipeline.alerts.policy import (
+from pipeline.alerts.policy import Decision, RiskPolicy, finding_uid
+from pipeline.alerts.state import (
     STATE_VERSION,
     STATUS_IN_PROGRESS,
     STATUS_NEW,
     STATUS_RESOLVED,
     STATUS_SUPPRESSED,
-    Decision,
-    RiskPolicy,
     RiskState,
     Suppression,
-    finding_uid,
     load_suppressions,
 )
 from pipeline.config import Settings
