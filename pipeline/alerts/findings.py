@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import msgspec
 
-from pipeline.alerts.policy import Decision
+from pipeline.alerts.decisions import Decision
 
 __all__ = [
     "CATEGORY_UID",

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.alerts.policy import MAX_CONTAIN_MS, Decision
+from pipeline.alerts.decisions import MAX_CONTAIN_MS, Decision
 from pipeline.quarantine.commands import contain
 from pipeline.quarantine.decisions import approve
 

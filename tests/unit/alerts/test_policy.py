@@ -12,7 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pipeline.alerts.policy import Decision, RiskPolicy, finding_uid
+from pipeline.alerts.decisions import Decision, finding_uid
+from pipeline.alerts.policy import RiskPolicy
 from pipeline.alerts.state import (
     STATE_VERSION,
     STATUS_IN_PROGRESS,
