@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 
-from pipeline.alerts.policy import Decision
+from pipeline.alerts.decisions import Decision
 from pipeline.control.feedback import Feedback, FeedbackOutcome, Schedule
 from pipeline.events.schemas import Event
 from pipeline.scores.explanations import Signal

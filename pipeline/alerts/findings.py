@@ -9,7 +9,8 @@ status Suppressed (3) and ``is_alert`` false. Contribution and rule texts are re
 What OCSF has no field for (quarantine, rules, agent rationales) goes under ``unmapped.custos``.
 
 >>> from pipeline.scores.explanations import RuleHit, Score
->>> from pipeline.alerts.policy import RiskPolicy, RiskState
+>>> from pipeline.alerts.policy import RiskPolicy
+>>> from pipeline.alerts.state import RiskState
 >>> hit = RuleHit("credential_misuse", 5, "credential of bob used by alice")
 >>> d = RiskPolicy().decide(RiskState(), Score("e-1", "alice", "human", 0, 0.1, 0.0, rules=(hit,)))
 >>> f = build_finding(d, product_version="0.1.0")
@@ -27,7 +28,7 @@ from typing import Any, Final
 
 import msgspec
 
-from pipeline.alerts.policy import Decision
+from pipeline.alerts.decisions import Decision
 
 __all__ = [
     "CATEGORY_UID",

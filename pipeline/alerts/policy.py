@@ -52,299 +52,41 @@ from __future__ import annotations
 
 import itertools
 import math
-import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from pipeline.alerts.decisions import (
+    ACTIVITY_IDS,
+    MAX_CONTAIN_MS,
+    Action,
+    Decision,
+    finding_uid,
+)
+from pipeline.alerts.state import (
+    CANDIDATE,
+    MAX_STATE_SUPPRESSIONS,
+    STATUS_IN_PROGRESS,
+    STATUS_NEW,
+    STATUS_RESOLVED,
+    STATUS_SUPPRESSED,
+    Counters,
+    Incident,
+    RiskState,
+    Suppression,
+)
 from pipeline.errors import ConfigError
 from pipeline.scores.explanations import Contribution, RuleHit, Score
 
 if TYPE_CHECKING:
     from pipeline.config import Settings
 
-__all__ = [
-    "ACTIVITY_IDS",
-    "STATE_VERSION",
-    "STATUS_IN_PROGRESS",
-    "STATUS_NEW",
-    "STATUS_RESOLVED",
-    "STATUS_SUPPRESSED",
-    "Action",
-    "Counters",
-    "Decision",
-    "Incident",
-    "RiskPolicy",
-    "RiskState",
-    "Suppression",
-    "finding_uid",
-    "inventory_decision",
-    "load_suppressions",
-]
-
-#: Version of the serialised :class:`RiskState` layout (first array element).
-STATE_VERSION: Final = 1
-
-Action = Literal["create", "update", "close"]
-#: OCSF Detection Finding activity_id per action.
-ACTIVITY_IDS: Final[dict[str, int]] = {"create": 1, "update": 2, "close": 3}
-
-# OCSF Detection Finding status_id. 0 marks a candidate incident that has not alerted yet.
-_CANDIDATE: Final = 0
-STATUS_NEW: Final = 1
-STATUS_IN_PROGRESS: Final = 2
-STATUS_SUPPRESSED: Final = 3
-STATUS_RESOLVED: Final = 4
-MAX_STATE_SUPPRESSIONS: Final = 8  # analyst suppressions kept in one identity's state
-#: The longest quarantine one contain command may ask for (responders refuse longer ones).
-MAX_CONTAIN_MS: Final = 90 * 86_400_000
+__all__ = ["RiskPolicy"]
 
 _CRITICAL: Final = 5  # OCSF severity_id Critical
 _HABITUATED: Final = "habituated"  # reason prefix of the suppressions habituation adds
 _RISK_LEVELS: Final = ("Info", "Low", "Medium", "High", "Critical")
-# Stable namespace: finding uids are uuid5(identity, first event uid), identical on replay.
-_FINDING_NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/finding")
-
-
-# --- Persistent state -------------------------------------------------------------------------
-# array_like + msgpack: field names are not stored, so a state with no incident is ~15 bytes.
-# New fields must be appended with defaults: older payloads then still decode.
-# gc=False: these structs only ever hold strings, numbers and other gc=False structs (no cycles).
-
-
-class Suppression(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Silence known-benign behaviour.
-
-    - ``identity`` only: the identity's findings are still emitted (so the audit trail shows
-      what would have alerted) but with status Suppressed (3), ``is_alert`` false and never
-      ``quarantine``; risk still accumulates.
-    - ``feature`` (a contribution feature or a rule name), for one identity or, with no
-      identity, for everyone: matching contributions and rules add no risk and are left out of
-      the finding.
-    - ``until_ms``: the rule applies to events strictly before this event time (ms); None = forever.
-
-    >>> Suppression(identity="svc-backup", feature="bytes_out").applies(0)
-    True
-    >>> Suppression(identity="svc-backup", until_ms=10).applies(10)
-    False
-    """
-
-    identity: str | None = None
-    feature: str | None = None
-    until_ms: int | None = None
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if self.identity is None and self.feature is None:
-            raise ValueError("a suppression needs an identity, a feature, or both")
-
-    def applies(self, time_ms: int) -> bool:
-        """True while the suppression has not expired at ``time_ms``."""
-        return self.until_ms is None or time_ms < self.until_ms
-
-
-class Counters(msgspec.Struct, array_like=True, gc=False):
-    """Scenario-agnostic tallies of one incident."""
-
-    events: int = 0  # events that added risk or fired a rule
-    anomalous: int = 0  # of those, scored at or above the noise floor
-    rule_hits: int = 0  # unsuppressed rule hits
-    suppressed: int = 0  # events with at least one suppressed contribution or rule
-    updates: int = 0  # update decisions emitted
-
-
-class Incident(msgspec.Struct, array_like=True, gc=False):
-    """The one open incident of an identity (``status_id`` 0 = candidate, not alerted yet).
-
-    Bounded: the first event (whose uid anchors the finding uid) plus the most recent ones,
-    the strongest contribution per feature, the latest hit per rule, the latest rationales.
-    """
-
-    identity_uid: str
-    identity_kind: str
-    first_seen_ms: int
-    last_seen_ms: int
-    quiet_ms: int  # event time risk fell (or will fall) below the close threshold
-    uid: str = ""  # finding uid, set on create
-    status_id: int = _CANDIDATE  # last emitted status
-    peak_risk: float = 0.0
-    confidence: float = 0.0  # max over the incident: calibrated score, 1.0 for a rule
-    quarantine: bool = False  # sticky: quarantine-worthy at some point of the incident
-    events: list[str] = []
-    contributions: list[Contribution] = []  # strongest first, one per feature
-    rules: list[RuleHit] = []  # one per rule name
-    rationales: list[str] = []  # the agent's stated reasons, most recent last
-    counters: Counters = msgspec.field(default_factory=Counters)
-    pending: bool = False  # evidence merged since the last emitted decision
-    last_emit_ms: int = 0
-    emitted_level: int = 0  # risk level of the last emitted decision
-    emitted_quarantine: bool = False
-    credentials: list[str] = []  # credential uids seen in the evidence, most recent last
-    contain_ms: int = -1  # event time the incident's contain command was last (re)issued
-    released: bool = False  # an analyst released the quarantine: no command until new evidence
-    confirmed: bool = False  # an analyst confirmed the compromise: never habituated
-    evidence_ms: int = -1  # event time of the latest evidence (risk added or a rule fired)
-    periodic: int = 0  # periodic updates emitted: each doubles the interval to the next
-    contains: int = 0  # contain commands issued: each renewal doubles the quarantine's duration
-
-
-class RiskState(msgspec.Struct, array_like=True, gc=False):
-    """Per-identity policy state, updated in place by :class:`RiskPolicy`.
-
-    ``risk`` is the value at ``updated_ms`` (event time); decay is applied lazily. ``rev``
-    increases on every change, so a caller can skip writing back an unchanged state.
-
-    >>> s = RiskState(risk=12.5, updated_ms=1_700_000_000_000)
-    >>> len(s.to_bytes()), RiskState.from_bytes(s.to_bytes()).risk
-    (23, 12.5)
-    """
-
-    v: int = STATE_VERSION
-    risk: float = 0.0
-    updated_ms: int = 0
-    rev: int = 0
-    incident: Incident | None = None
-    # Time-bounded suppressions an analyst set for this identity (feedback), at most
-    # MAX_STATE_SUPPRESSIONS, expired ones dropped when a new one is added.
-    suppressions: list[Suppression] = []
-
-    def to_bytes(self) -> bytes:
-        """Compact msgpack encoding (field order, no names)."""
-        return _STATE_ENCODER.encode(self)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RiskState:
-        """Decode :meth:`to_bytes` output; raises ``ValueError`` for a newer layout version."""
-        state = _STATE_DECODER.decode(data)
-        if state.v > STATE_VERSION:
-            raise ValueError(f"risk state version {state.v} is newer than {STATE_VERSION}")
-        # Migrations from older versions go here; version 1 is the first.
-        return state
-
-
-_STATE_ENCODER: Final = msgspec.msgpack.Encoder()
-_STATE_DECODER: Final = msgspec.msgpack.Decoder(RiskState)
-
-
-# --- Decisions --------------------------------------------------------------------------------
-
-
-class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """What to emit for one incident: all :func:`~pipeline.alerts.findings.build_finding` needs.
-
-    ``risk`` is the current (decayed) risk; ``risk_level_id``/``severity_id`` follow the
-    incident's *peak* risk (and its rules), so a finding never looks milder while it is open.
-    ``closed`` is set in one rare case: an event found the previous incident overdue for closing
-    and opened a new one; emit ``closed`` first (:meth:`flatten` gives the order).
-    """
-
-    action: Action
-    activity_id: int
-    identity_uid: str
-    identity_kind: str
-    finding_uid: str
-    time_ms: int
-    first_seen_ms: int
-    last_seen_ms: int
-    risk: float
-    peak_risk: float
-    risk_level_id: int
-    severity_id: int
-    status_id: int
-    is_alert: bool
-    quarantine: bool
-    confidence: float
-    reason: str  # why this decision, in words (for the audit)
-    related_events: tuple[str, ...] = ()
-    contributions: tuple[Contribution, ...] = ()
-    rules: tuple[RuleHit, ...] = ()
-    rationales: tuple[str, ...] = ()
-    counters: Counters = msgspec.field(default_factory=Counters)
-    suppressed_by: str | None = None  # reason of the identity suppression, if any
-    closed: Decision | None = None
-    credentials: tuple[str, ...] = ()  # credential uids in the evidence (quarantine targets)
-    # (Re)issue the incident's one contain command now: on becoming quarantine-worthy, then only
-    # shortly before the last one lapses while new evidence keeps coming (never per re-detection).
-    contain: bool = False
-    contain_duration_ms: int = 0  # its duration: quarantine_duration_s, doubled per renewal
-    # Closed because it stayed open past habituate_after_s unconfirmed: the baseline failed to
-    # learn; the caller learns the held events (its evidence is suppressed for a while).
-    habituated: bool = False
-
-    def flatten(self) -> tuple[Decision, ...]:
-        """The decisions to emit, in order (the overdue close first, if any)."""
-        return (self.closed, self) if self.closed is not None else (self,)
-
-
-# --- Suppression ------------------------------------------------------------------------------
-
-
-def _to_ms(value: Any, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: until must be a time, not {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ConfigError(f"{where}: until {value!r} is not ISO 8601") from None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:  # naive times are UTC, like every time in Custos
-            value = value.replace(tzinfo=UTC)
-        return int(value.timestamp() * 1000)
-    if isinstance(value, date):  # YAML turns 2026-01-01 into a date: midnight UTC
-        return int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp() * 1000)
-    raise ConfigError(f"{where}: until must be ms since epoch or ISO 8601, not {value!r}")
-
-
-def load_suppressions(path: str | Path) -> tuple[Suppression, ...]:
-    """Read a YAML (or JSON) list of ``{identity, feature, until | until_ms, reason}``.
-
-    ``until`` is ISO 8601 (naive = UTC) or ms since epoch. Raises :class:`ConfigError`.
-
-    >>> import tempfile, os
-    >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-    ...     _ = f.write("- {identity: svc-backup, feature: bytes_out, until: 2030-01-01}\\n")
-    >>> load_suppressions(f.name)[0].until_ms
-    1893456000000
-    >>> os.unlink(f.name)
-    """
-    import yaml  # only when a file is configured: keeps worker start-up lean
-
-    p = Path(path).expanduser()
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"suppressions file {p}: {exc}") from None
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError(f"suppressions file {p}: expected a list of suppressions")
-    out = []
-    for i, item in enumerate(raw):
-        where = f"suppressions file {p} item {i}"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        item = dict(item)
-        if "until" in item:
-            if "until_ms" in item:
-                raise ConfigError(f"{where}: give until or until_ms, not both")
-            item["until_ms"] = item.pop("until")
-        item["until_ms"] = _to_ms(item.get("until_ms"), where)
-        try:
-            out.append(msgspec.convert(item, Suppression))
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return tuple(out)
-
-
-# --- Policy -----------------------------------------------------------------------------------
 
 
 class RiskPolicy:
@@ -567,7 +309,7 @@ class RiskPolicy:
         if inc is None:
             return None
         due = min(inc.quiet_ms + self._close_after_ms, self._habituate_due(inc))
-        if inc.pending and inc.status_id != _CANDIDATE:
+        if inc.pending and inc.status_id != CANDIDATE:
             due = min(due, inc.last_emit_ms + self._period_ms(inc))
         renew = self._renew_due(inc)
         if renew is not None:
@@ -655,7 +397,7 @@ class RiskPolicy:
         inc.contain_ms = -1  # an analyst's decision: its command goes out now
         inc.contains = 0
         action: Action = "update"
-        if inc.status_id == _CANDIDATE:
+        if inc.status_id == CANDIDATE:
             inc.uid = finding_uid(inc.identity_uid, inc.events[0] if inc.events else str(t))
             action = "create"
         return self._emit(state, inc, action, t, why, None)
@@ -677,7 +419,7 @@ class RiskPolicy:
         state.risk = 0.0
         state.updated_ms = max(t, state.updated_ms)
         state.rev += 1
-        if inc is None or inc.status_id == _CANDIDATE:
+        if inc is None or inc.status_id == CANDIDATE:
             return None
         return self._decision(state, inc, "close", t, why, STATUS_RESOLVED, False, None)
 
@@ -717,7 +459,7 @@ class RiskPolicy:
             return self._close(state, inc, now_ms)
         if now_ms >= self._habituate_due(inc):
             return self._habituate(state, inc, now_ms)
-        if inc.status_id == _CANDIDATE:
+        if inc.status_id == CANDIDATE:
             return None
         renew = self._renew_due(inc)
         if renew is not None and now_ms >= renew:
@@ -746,7 +488,7 @@ class RiskPolicy:
             return self._habituate(state, inc, t)
         if (
             inc.pending
-            and inc.status_id != _CANDIDATE
+            and inc.status_id != CANDIDATE
             and t - inc.last_emit_ms >= self._period_ms(inc)
         ):
             sup = (
@@ -853,7 +595,7 @@ class RiskPolicy:
         inc.pending = True
 
         decision: Decision | None = None
-        if inc.status_id == _CANDIDATE:
+        if inc.status_id == CANDIDATE:
             if critical or risk >= self.alert_threshold:
                 if critical:
                     reason = "Critical rule " + ", ".join(
@@ -1018,7 +760,7 @@ class RiskPolicy:
         state.risk = 0.0
         state.updated_ms = max(t, state.updated_ms)
         state.rev += 1
-        if inc.status_id == _CANDIDATE:
+        if inc.status_id == CANDIDATE:
             return None
         reason = why + ("; suppressed for the identity: " + ", ".join(dict.fromkeys(names))
                         if names else "")  # fmt: skip
@@ -1031,7 +773,7 @@ class RiskPolicy:
         """End the incident; a candidate that never alerted is dropped silently."""
         state.incident = None
         state.rev += 1
-        if inc.status_id == _CANDIDATE:
+        if inc.status_id == CANDIDATE:
             return None
         reason = f"quiet: risk below {self.close_threshold:g} for {self.close_after_s:g} s"
         was_suppressed = inc.status_id == STATUS_SUPPRESSED
@@ -1085,50 +827,3 @@ class RiskPolicy:
             contain=contain,
             contain_duration_ms=contain_ms,
         )
-
-
-def inventory_decision(hit: RuleHit, *, key: str, identity_uid: str, identity_kind: str,
-                       time_ms: int, event_uid: str) -> Decision:
-    """A one-off informational finding (no incident, no risk, never an alert or a quarantine).
-
-    For facts an analyst should know once across the fleet - a model build Custos has not seen
-    before - rather than per identity and event. ``key`` names the fact: its finding uid is
-    ``finding_uid("inventory", key)``, the same in every worker that sees it first.
-
-    >>> h = RuleHit("model_inventory", 2, "first sighting of gpt-x 1")
-    >>> d = inventory_decision(h, key="sha256:ab", identity_uid="agt-1", identity_kind="agent",
-    ...                        time_ms=5, event_uid="e-1")
-    >>> d.severity_id, d.is_alert, d.quarantine, d.finding_uid == finding_uid("inventory",
-    ...                                                                       "sha256:ab")
-    (2, False, False, True)
-    """
-    return Decision(
-        action="create",
-        activity_id=ACTIVITY_IDS["create"],
-        identity_uid=identity_uid,
-        identity_kind=identity_kind,
-        finding_uid=finding_uid("inventory", key),
-        time_ms=time_ms,
-        first_seen_ms=time_ms,
-        last_seen_ms=time_ms,
-        risk=0.0,
-        peak_risk=0.0,
-        risk_level_id=0,
-        severity_id=hit.severity_id,
-        status_id=STATUS_NEW,
-        is_alert=False,
-        quarantine=False,
-        confidence=1.0,
-        reason="inventory: " + hit.text,
-        related_events=(event_uid,),
-        rules=(hit,),
-    )
-
-
-def finding_uid(identity_uid: str, first_event_uid: str) -> str:
-    """Stable finding uid of an incident: uuid5 of the identity and its first event uid.
-
-    >>> finding_uid("alice", "e-1") == finding_uid("alice", "e-1") != finding_uid("bob", "e-1")
-    True
-    """
-    return str(uuid.uuid5(_FINDING_NS, identity_uid + "\x00" + first_event_uid))

@@ -634,7 +634,7 @@ def evaluate(
             )
             code_parts.append(np.asarray(labeller.codes(result), dtype=np.int16))
         for d in result.decisions:
-            if d.rules and d.rules[0].rule == "model_inventory":  # policy.inventory_decision
+            if d.rules and d.rules[0].rule == "model_inventory":  # decisions.inventory_decision
                 inventory += 1
                 continue
             if d.action == "update":

@@ -34,8 +34,8 @@ from typing import IO, Any
 import msgspec
 import numpy as np
 
+from pipeline.alerts.decisions import Decision
 from pipeline.alerts.findings import build_finding, encode_finding
-from pipeline.alerts.policy import Decision
 from pipeline.config import Settings
 from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.control.feedback import read as read_feedback

@@ -218,7 +218,8 @@ def bench_audit(
     from confluent_kafka import TopicPartition
 
     from pipeline.alerts.findings import build_finding, encode_finding
-    from pipeline.alerts.policy import RiskPolicy, RiskState
+    from pipeline.alerts.policy import RiskPolicy
+    from pipeline.alerts.state import RiskState
     from pipeline.audit.log import AuditLog
     from pipeline.scores.explanations import RuleHit, Score
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 import msgspec
 from joserfc.jwk import KeySet
 
-from pipeline.alerts.policy import MAX_CONTAIN_MS
+from pipeline.alerts.decisions import MAX_CONTAIN_MS
 from pipeline.control.signing import (
     COMMAND_TYP,
     FEEDBACK_TYP,

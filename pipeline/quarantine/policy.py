@@ -9,7 +9,8 @@ stacking quarantines); a re-detection inside an open quarantine is evidence, not
 Severity decides the approval: at or above ``auto_min_severity`` it acts at once, below it
 the command waits on the approvals topic for an analyst.
 
->>> from pipeline.alerts.policy import RiskPolicy, RiskState
+>>> from pipeline.alerts.policy import RiskPolicy
+>>> from pipeline.alerts.state import RiskState
 >>> from pipeline.scores.explanations import RuleHit, Score
 >>> hit = RuleHit("credential_misuse", 5, "credential of agt-2 used by agt-1")
 >>> d = RiskPolicy().decide(RiskState(), Score("e-1", "agt-1", "agent", 1_000, 0.1, 0.0,
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.alerts.policy import MAX_CONTAIN_MS, Decision
+from pipeline.alerts.decisions import MAX_CONTAIN_MS, Decision
 from pipeline.quarantine.commands import contain
 from pipeline.quarantine.decisions import approve
 

@@ -32,14 +32,9 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from pipeline.alerts.policy import (
-    Decision,
-    RiskPolicy,
-    RiskState,
-    Suppression,
-    inventory_decision,
-    load_suppressions,
-)
+from pipeline.alerts.decisions import Decision, inventory_decision
+from pipeline.alerts.policy import RiskPolicy
+from pipeline.alerts.state import RiskState, Suppression, load_suppressions
 from pipeline.baselines.baselines import (
     BaselineModel,
     blend,

@@ -26,8 +26,8 @@ import msgspec
 import numpy as np
 from joserfc.jwk import KeySet
 
+from pipeline.alerts.decisions import Decision
 from pipeline.alerts.findings import build_finding, encode_finding
-from pipeline.alerts.policy import Decision
 from pipeline.config import Settings
 from pipeline.control.reports import Report
 from pipeline.control.reports import encode as encode_report

@@ -13,7 +13,8 @@ from pathlib import Path
 import msgspec
 
 from pipeline.alerts.findings import build_finding, encode_finding
-from pipeline.alerts.policy import RiskPolicy, RiskState
+from pipeline.alerts.policy import RiskPolicy
+from pipeline.alerts.state import RiskState
 from pipeline.audit.auditor import run_auditor
 from pipeline.audit.log import canonical
 from pipeline.config import Settings, env_var

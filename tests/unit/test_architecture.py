@@ -88,8 +88,9 @@ def test_the_cycle_check_sees_imports_inside_functions() -> None:
     "module",
     ["pipeline.engine", "pipeline.scores.scoring", "pipeline.events.schemas",
      "pipeline.baselines.features", "pipeline.baselines.baselines", "pipeline.alerts.policy",
-     "pipeline.scores.rules", "pipeline.alerts.findings",
-     "pipeline.scores.detectors", "pipeline.offline.replay", "pipeline.offline.evaluate"],
+     "pipeline.alerts.state", "pipeline.alerts.decisions", "pipeline.scores.rules",
+     "pipeline.alerts.findings", "pipeline.scores.detectors", "pipeline.offline.replay",
+     "pipeline.offline.evaluate"],
 )  # fmt: skip
 def test_the_core_imports_no_kafka_client(module: str) -> None:
     code = (f"import sys, {module}; print(sorted(m for m in ('faust', 'confluent_kafka', "
@@ -101,7 +102,8 @@ def test_the_core_imports_no_kafka_client(module: str) -> None:
 
 CORE = ["pipeline.engine", "pipeline.scores.scoring", "pipeline.events.schemas",
         "pipeline.baselines.features", "pipeline.baselines.baselines", "pipeline.alerts.policy",
-        "pipeline.scores.rules", "pipeline.scores.agent_models", "pipeline.alerts.findings",
+        "pipeline.alerts.state", "pipeline.alerts.decisions", "pipeline.scores.rules",
+        "pipeline.scores.agent_models", "pipeline.alerts.findings",
         "pipeline.scores.detectors", "pipeline.control.feedback",
         "pipeline.offline.evaluate"]  # fmt: skip
 

@@ -10,8 +10,10 @@ import msgspec
 import pytest
 from msgspec import Meta
 
+from pipeline.alerts.decisions import Decision
 from pipeline.alerts.findings import build_finding, encode_finding, finding_key
-from pipeline.alerts.policy import Decision, RiskPolicy, RiskState, Suppression
+from pipeline.alerts.policy import RiskPolicy
+from pipeline.alerts.state import RiskState, Suppression
 from pipeline.responders.base import Command
 from pipeline.responders.responder import failure_finding, response
 from pipeline.scores.explanations import Contribution, RuleHit, Score

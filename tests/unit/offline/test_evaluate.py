@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.alerts.policy import Decision
+from pipeline.alerts.decisions import Decision
 from pipeline.config import Settings
 from pipeline.events.schemas import Event
 from pipeline.offline.evaluate import (
