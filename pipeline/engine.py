@@ -1,6 +1,6 @@
 """The batch loop of detection, written once: feedback due → detect → signals → ticks.
 
-Pure code: no Kafka, no files. :class:`Engine` drives a :class:`~pipeline.scores.scoring.Detection`
+Pure code: no Kafka, no files. :class:`Engine` drives a :class:`~pipeline.detection.Detection`
 over micro-batches with the per-identity state in any ``str → bytes`` mapping. ``custos replay``
 (files out), ``custos evaluate``, training and the notebooks (memory) run its loop
 (:meth:`Engine.run`); the worker calls its steps one unit of work at a time (:meth:`step` with
@@ -12,7 +12,7 @@ at or after its ``at_ms``), the batch itself, the signals it raised about other 
 (applied at once: offline there is only one owner); at the end, feedback still due and a tick
 at the last event time (quiet incidents close).
 
->>> from pipeline.scores.scoring import Detection
+>>> from pipeline.detection import Detection
 >>> engine = Engine(Detection())
 >>> engine.finish()
 []
@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequen
 
 from pipeline.alerts.decisions import Decision
 from pipeline.control.feedback import Feedback, FeedbackOutcome, Schedule
+from pipeline.detection import BatchResult, Detection
 from pipeline.events.schemas import Event
 from pipeline.scores.explanations import Signal
-from pipeline.scores.scoring import BatchResult, Detection
 
 __all__ = ["Engine", "FeedbackSink"]
 

@@ -220,7 +220,7 @@ class BaselineModel(Learner, Scorer, Merger, Codec):
     rare_share: a value / outcome seen this share of the time scores ``e^-1`` ≈ 0.37.
     z_offset, z_scale: ``1 - exp(-max(0, z - z_offset) / z_scale)`` maps z-scores to [0, 1]
         (an exponential tail: ``-log(1 - deviation)`` grows linearly with z, which
-        :func:`pipeline.scores.scoring.surprise` reads back without a cap).
+        :func:`pipeline.detection.surprise` reads back without a cap).
     explain_threshold: deviations at or above this get a :class:`Contribution`.
     max_contributions: at most this many contributions, strongest first.
     scope: ``"identity"`` or ``"peer"``: only the wording of explanations changes, and a peer

@@ -29,11 +29,11 @@ from pipeline.control.signing import (
     trusted_keys,
     verify_compact,
 )
+from pipeline.detection import Detection
 from pipeline.errors import ConfigError
 from pipeline.models.manifest import ModelRefused
 from pipeline.models.registry import Loaded, ModelRegistry, trusted_model_keys
 from pipeline.scores.detectors import TailCalibrator
-from pipeline.scores.scoring import Detection
 
 __all__ = [
     "Announcement",

@@ -1,6 +1,6 @@
 """Detection quality on labelled traffic: the same code path as the worker, offline.
 
-:func:`evaluate` feeds events through :class:`~pipeline.scores.scoring.Detection` as a worker
+:func:`evaluate` feeds events through :class:`~pipeline.detection.Detection` as a worker
 would (micro-batches, signals routed back, a final tick) and scores what comes out against the
 simulator's labels (``docs/EVENTS.md``, Labels). Definitions (also in the Markdown report):
 
@@ -51,10 +51,10 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.control.feedback import read as read_feedback
+from pipeline.detection import BatchResult, Detection
 from pipeline.engine import Engine
 from pipeline.events.schemas import Event
 from pipeline.scores.directory import Directory
-from pipeline.scores.scoring import BatchResult, Detection
 from pipeline.simulate.directory import population_directory
 from pipeline.simulate.labels import EventLabel, LabelRow
 

@@ -219,9 +219,9 @@ class Dataset:
         return events
 
     def detection(self, settings: Settings) -> Any:
-        """A fresh :class:`~pipeline.scores.scoring.Detection` with this population's directory."""
+        """A fresh :class:`~pipeline.detection.Detection` with this population's directory."""
+        from pipeline.detection import Detection
         from pipeline.scores.directory import Directory
-        from pipeline.scores.scoring import Detection
 
         return Detection.from_settings(settings, directory=Directory.load(self.directory_path))
 

@@ -3,7 +3,7 @@
 Input: JSONL (one event per line) or Parquet (the simulator's layout: an ``event`` column of
 JSON, or any column named ``event``/``value``). Events are decoded by the worker's decoder,
 sorted into event-time order (stable), and fed in micro-batches of ``CUSTOS_WORKER_BATCH`` to
-:class:`pipeline.scores.scoring.Detection` with the same model selection (:class:`ModelRuntime`:
+:class:`pipeline.detection.Detection` with the same model selection (:class:`ModelRuntime`:
 promoted model after the warm-up), the same signals routing, the same findings and the same
 quarantine policy. Outputs in ``DIR``:
 
@@ -41,6 +41,7 @@ from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.control.feedback import read as read_feedback
 from pipeline.control.reports import Report
 from pipeline.control.reports import encode as encode_report
+from pipeline.detection import Detection
 from pipeline.engine import Engine
 from pipeline.errors import InvalidEvent
 from pipeline.events.schemas import Event, EventDecoder
@@ -48,7 +49,6 @@ from pipeline.models.runtime import ModelRuntime
 from pipeline.quarantine.decisions import release_for
 from pipeline.quarantine.policy import QuarantinePolicy
 from pipeline.scores.explanations import Score
-from pipeline.scores.scoring import Detection
 
 __all__ = ["SCORE_COLUMNS", "ReplayResult", "read_raw", "replay"]
 

@@ -24,12 +24,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pipeline.config import REPO_ROOT, Settings
+from pipeline.detection import Detection
 from pipeline.events.schemas import Event, EventDecoder
 from pipeline.models.artifacts import encode_loda
 from pipeline.models.manifest import Manifest, TrainingData, feature_schema
 from pipeline.offline.evaluate import Evaluation, run_offline
 from pipeline.scores.detectors import Loda
-from pipeline.scores.scoring import Detection
 from pipeline.simulate.directory import population_directory
 
 __all__ = [
@@ -318,7 +318,7 @@ def train_isolation_forest(
     rows the worker's learning gate let through (``learned``) unless ``learned_only`` is false:
     like the online detector, it must learn what normal is, not the attacks.
 
-    The calibrator needs the raw scores :class:`~pipeline.scores.scoring.Detection` produces with
+    The calibrator needs the raw scores :class:`~pipeline.detection.Detection` produces with
     this detector: ``SklearnDetector.score_many(rows) + surprise(rows)``. It should see every
     event's score, gated or not (a reference of normal ones only makes every gated event look
     maximally rare), but not new identities' (Detection calibrates those apart): pass those
@@ -337,8 +337,8 @@ def train_isolation_forest(
     import numpy as np
     from sklearn.ensemble import IsolationForest
 
+    from pipeline.detection import surprise
     from pipeline.models.artifacts import SklearnDetector, encode_sklearn
-    from pipeline.scores.scoring import surprise
 
     train = features
     if learned_only and "learned" in features.columns:

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings, env_var
+from pipeline.detection import Detection
 from pipeline.events.schemas import EventDecoder
 from pipeline.kafka.clients import make_consumer, make_producer, read_all
 from pipeline.kafka.metrics import scrape
 from pipeline.kafka.topics import TopicSpec, apply_topics
 from pipeline.ops.localhost import free_port, stop
 from pipeline.scores.directory import Directory
-from pipeline.scores.scoring import Detection
 from pipeline.simulate import Simulation
 from pipeline.simulate.directory import write_directory
 

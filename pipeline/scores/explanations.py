@@ -72,7 +72,7 @@ class Signal(msgspec.Struct, frozen=True, gc=False):
     about the delegator (it handed work outside its team: lateral movement). The delegator's
     state may live on another worker, so the signal travels keyed by ``identity_uid`` and is
     applied where that identity's state lives
-    (:meth:`pipeline.scores.scoring.Detection.apply_signals`).
+    (:meth:`pipeline.detection.Detection.apply_signals`).
 
     >>> hit = RuleHit("delegated_outside_team", 4, "agt-1 handed a task to agt-9")
     >>> sig = Signal("agt-1", "agent", 1_000, "e-7", "agt-9", hit)

@@ -91,7 +91,7 @@ RULES: Final[dict[str, int]] = {
     # Derived, not checked here: raised on the delegator of an unauthorised delegation.
     "delegated_outside_team": 4,
     # Not checked here either: one informational finding per new agent model build
-    # (pipeline.scores.scoring, decisions.inventory_decision), never risk.
+    # (pipeline.detection, decisions.inventory_decision), never risk.
     "model_inventory": 2,
 }
 STATE_VERSION: Final = 1

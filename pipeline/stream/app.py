@@ -32,12 +32,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pipeline.config import Settings
 from pipeline.control.reports import Report, config_report
 from pipeline.control.signing import command_key
+from pipeline.detection import Detection
 from pipeline.engine import Engine
 from pipeline.errors import ConfigError
 from pipeline.kafka.clients import aiokafka_auth, faust_auth
 from pipeline.models.runtime import ModelRuntime
 from pipeline.quarantine.policy import QuarantinePolicy
-from pipeline.scores.scoring import Detection
 from pipeline.stream.delivery import die_uncommitted
 from pipeline.stream.offsets import SharedCheckpoint
 from pipeline.stream.store import TableStore

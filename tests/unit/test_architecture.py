@@ -77,6 +77,23 @@ def test_no_import_cycles(lazy: bool) -> None:
         visit(m)
 
 
+def test_folders_tie_one_way() -> None:
+    """No two folders of pipeline/ import each other (function-level imports included)."""
+
+    def folder(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and (ROOT / parts[1]).is_dir() else "."
+
+    uses: dict[str, set[str]] = {}
+    for m, deps in _module_graph(lazy=True).items():
+        for d in deps:
+            if folder(m) != folder(d) and "." not in (folder(m), folder(d)):
+                uses.setdefault(folder(m), set()).add(folder(d))
+    both = sorted({tuple(sorted((a, b))) for a, bs in uses.items() for b in bs
+                   if a in uses.get(b, set())})  # fmt: skip
+    assert both == [], f"folders that import each other: {both}"
+
+
 def test_the_cycle_check_sees_imports_inside_functions() -> None:
     tree = ast.parse("def f():\n    if x:\n        from a import b\n"
                      "if TYPE_CHECKING:\n    import c\n")  # fmt: skip
@@ -86,7 +103,7 @@ def test_the_cycle_check_sees_imports_inside_functions() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["pipeline.engine", "pipeline.scores.scoring", "pipeline.events.schemas",
+    ["pipeline.engine", "pipeline.detection", "pipeline.events.schemas",
      "pipeline.baselines.features", "pipeline.baselines.baselines", "pipeline.alerts.policy",
      "pipeline.alerts.state", "pipeline.alerts.decisions", "pipeline.scores.rules",
      "pipeline.alerts.findings", "pipeline.scores.detectors", "pipeline.offline.replay",
@@ -100,7 +117,7 @@ def test_the_core_imports_no_kafka_client(module: str) -> None:
     assert out == "[]", f"{module} pulls in {out}"
 
 
-CORE = ["pipeline.engine", "pipeline.scores.scoring", "pipeline.events.schemas",
+CORE = ["pipeline.engine", "pipeline.detection", "pipeline.events.schemas",
         "pipeline.baselines.features", "pipeline.baselines.baselines", "pipeline.alerts.policy",
         "pipeline.alerts.state", "pipeline.alerts.decisions", "pipeline.scores.rules",
         "pipeline.scores.agent_models", "pipeline.alerts.findings",

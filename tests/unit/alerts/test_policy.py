@@ -453,7 +453,7 @@ def test_from_settings_reads_every_policy_setting_but_no_file(
     assert p.rule_risk == {3: 10.0, 4: 35.0, 5: 100.0}
     assert (p.alert_threshold, p.quarantine_threshold, p.close_threshold) == (50.0, 90.0, 5.0)
     assert (p.close_after_s, p.update_interval_s) == (600.0, 60.0)
-    # The file is Detection.from_settings's to read (tests/unit/scores/test_scoring.py).
+    # The file is Detection.from_settings's to read (tests/unit/test_detection.py).
     assert p.suppressions == (extra,)
     d = RiskPolicy.from_settings(Settings())
     # The deployed default (Settings) is tuned with `custos evaluate`; see config.py.

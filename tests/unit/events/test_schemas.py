@@ -611,8 +611,8 @@ def test_identity_uids_with_invisible_characters_are_refused(
 def test_the_largest_valid_event_makes_a_finding_far_below_the_broker_limit() -> None:
     """Every string at its bound, a credential of another agent (a Critical finding)."""
     from pipeline.alerts.findings import build_finding, encode_finding
+    from pipeline.detection import Detection
     from pipeline.events.schemas import MAX_NAME_CHARS, MAX_RESOURCES, MAX_TEXT_CHARS
-    from pipeline.scores.scoring import Detection
 
     n = MAX_NAME_CHARS
     big = copy.deepcopy(AGENT_CALL)

@@ -18,12 +18,12 @@ from pipeline.config import Settings
 from pipeline.control.keys import load_or_create, pem
 from pipeline.control.reports import Report
 from pipeline.control.signing import SigningKey, command_key
+from pipeline.detection import Detection
 from pipeline.models import artifacts
 from pipeline.models.manifest import Manifest, ModelRefused, feature_schema, trusted_keys
 from pipeline.models.registry import ModelRegistry
 from pipeline.models.runtime import Announcement, ModelRuntime, encode_announcement
 from pipeline.scores.detectors import Loda, TailCalibrator
-from pipeline.scores.scoring import Detection
 
 N = len(DEVIATIONS)
 

@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.alerts.decisions import Decision
 from pipeline.config import Settings
+from pipeline.detection import BatchResult
 from pipeline.events.schemas import Event
 from pipeline.offline.evaluate import (
     Evaluation,
@@ -29,7 +30,6 @@ from pipeline.offline.evaluate import (
     run_offline,
 )
 from pipeline.scores.explanations import RuleHit, Score
-from pipeline.scores.scoring import BatchResult
 from pipeline.simulate import Simulation, read_labels, simulate
 from pipeline.simulate.labels import EventLabel, LabelRow, read_event_labels
 from pipeline.simulate.sinks import open_sink

@@ -10,12 +10,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pipeline.baselines.layout import DEVIATIONS
+from pipeline.detection import Detection, surprise
 from pipeline.events.schemas import Event
 from pipeline.models.artifacts import SklearnDetector, decode
 from pipeline.models.manifest import trusted_keys
 from pipeline.models.registry import ModelRegistry
 from pipeline.offline.train import features_fingerprint, manifest_for, train_isolation_forest
-from pipeline.scores.scoring import Detection, surprise
 
 
 def _features(n: int = 3000, seed: int = 0) -> pd.DataFrame:

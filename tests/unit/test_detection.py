@@ -5,9 +5,9 @@ from pathlib import Path
 import msgspec
 
 from pipeline.alerts.policy import RiskPolicy
+from pipeline.detection import Detection
 from pipeline.events.schemas import Credential, Event
 from pipeline.scores.directory import Directory, DirectoryEntry
-from pipeline.scores.scoring import Detection
 
 T0 = 1_790_000_000_000
 
