@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from tests.unit.scores.test_scoring import T0, _novel_ops, _warm
 
 from pipeline.control.feedback import Feedback, decode, encode
 from pipeline.detection import HELD_MAX, Detection
 from pipeline.errors import InvalidEvent
 from pipeline.quarantine.commands import command_id_for
 from pipeline.quarantine.policy import QuarantinePolicy
+from tests.unit.test_detection import T0, _novel_ops, _warm
 
 
 def _fb(action: str, n: int = 1, **kw: object) -> Feedback:
