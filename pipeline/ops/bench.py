@@ -1,15 +1,17 @@
 """``custos bench``: printed figures, never timed tests.
 
 1. Offline core: the pure detection path (decode → features → baselines → detector → rules →
-   policy) over simulated events in one process: events/s, state bytes per identity, RSS.
+   policy) over simulated events in one process: events/s, state bytes per identity (p50,
+   p99, max), RSS, and microseconds per event of each stage timed alone (:func:`stage_costs`).
 2. Through Kafka: the same events into fresh topics, then (a) raw confluent-kafka consumption
    for reference, (b) faust alone (the worker's consumer setup, an agent that only counts:
    :mod:`pipeline.stream.ceiling`) and (c) one faust worker draining them: events/s. Then a
    paced phase with the worker caught up gives event → scored latency (Kafka timestamp to batch
    scored, p50/p99).
 
-The last line printed is one JSON object (events_per_s, p50_ms, p99_ms, bytes_per_identity,
-identities, ...).
+The last line printed is one JSON object (events_per_s, offline_events_per_s, us_per_event,
+bytes_per_identity_p50 / _p99 / _max, identities, workers, p50_ms, p99_ms, ...). Event →
+credential revoked latency under load is ``custos bench-response``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.config import Settings, env_var
 from pipeline.detection import Detection
@@ -61,16 +65,93 @@ def bench_offline(
             batch = []
     det.process(batch, store)
     secs = time.perf_counter() - t0
-    sizes = [len(v) for v in store.values()]
+    sizes = np.array([len(v) for v in store.values()] or [0])
     return {
         "events": len(raw),
         "seconds": secs,
         "events_per_s": len(raw) / secs,
         "identities_seen": len(store),
-        "bytes_per_identity": sum(sizes) / max(1, len(sizes)),
-        "max_bytes_per_identity": max(sizes, default=0),
+        "bytes_per_identity": float(sizes.mean()),
+        "bytes_per_identity_p50": float(np.percentile(sizes, 50)),
+        "bytes_per_identity_p99": float(np.percentile(sizes, 99)),
+        "max_bytes_per_identity": int(sizes.max()),
         "rss_mb": _rss_mb(),
+        "us_per_event": stage_costs(
+            settings, [v for _, _, v, _ in raw], directory, whole_us=secs / max(1, len(raw)) * 1e6
+        ),
     }, raw
+
+
+def stage_costs(
+    settings: Settings, values: list[bytes], directory: Directory, *, whole_us: float,
+    limit: int = 200_000,
+) -> dict[str, float]:
+    """Microseconds per event of each stage, each timed alone over the same events.
+
+    decode, features, baselines (observe + deviations + learn, own state only), detector
+    (LODA score and learn, per micro-batch), rules, state codec (one dump and load per
+    identity and batch, as the core does); ``rest`` is the whole core's time per event
+    (``whole_us``, decode included) minus those: the rounds glue, peer blend, calibration,
+    policy, explanations and findings. Timed alone, a stage runs warmer than inside the
+    core, so ``rest`` is an upper bound.
+    """
+    from pipeline.baselines.features import extract
+    from pipeline.baselines.layout import DEVIATIONS
+    from pipeline.scores.detectors import Loda
+    from pipeline.scores.rules import RuleState
+
+    values = values[:limit]
+    n = len(values)
+    out: dict[str, float] = {}
+    decoder = EventDecoder(max_future_skew_ms=10**13)
+    t = time.perf_counter()
+    events = [decoder.decode(v) for v in values]
+    out["decode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    feats = [extract(e) for e in events]
+    out["features"] = time.perf_counter() - t
+    det = Detection.from_settings(settings, directory=directory)
+    bm, rules = det.baseline_model, det.rules
+    states: dict[str, Any] = {}
+    rows = np.empty((n, len(DEVIATIONS)))
+    t = time.perf_counter()
+    for i, (e, f) in enumerate(zip(events, feats, strict=True)):
+        st = states.get(e.identity_uid)
+        if st is None:
+            st = states[e.identity_uid] = bm.new_state()
+        bm.observe(st, f)
+        rows[i] = bm.deviations(st, f)[0]
+        bm.learn_one(st, f)
+    out["baselines"] = time.perf_counter() - t
+    loda = Loda(n_features=rows.shape[1])
+    b = settings.worker_batch
+    t = time.perf_counter()
+    for i in range(0, n, b):
+        loda.score_many(rows[i:i + b])
+        loda.learn_many(rows[i:i + b])
+    out["detector"] = time.perf_counter() - t
+    rstates: dict[str, RuleState] = {}
+    t = time.perf_counter()
+    for e in events:
+        rs = rstates.get(e.identity_uid)
+        if rs is None:
+            rs = rstates[e.identity_uid] = RuleState()
+        rules.check(rs, e, directory.lookup(e.identity_uid))
+    out["rules"] = time.perf_counter() - t
+    store: dict[str, bytes] = {}
+    det = Detection.from_settings(settings, directory=directory, state_cache_size=0)
+    for i in range(0, n, b):  # real states to (de)serialise: the core's own
+        det.process(events[i:i + b], store)
+    per_batch = sum(len({e.identity_uid for e in events[i:i + b]}) for i in range(0, n, b))
+    blobs = list(store.values())
+    t = time.perf_counter()
+    for j in range(per_batch):
+        det.dump_state(det.load_state(blobs[j % len(blobs)]))
+    out["state_codec"] = time.perf_counter() - t
+    us = {k: v / n * 1e6 for k, v in out.items()}
+    us["rest"] = max(0.0, whole_us - sum(us.values()))
+    us["whole"] = whole_us
+    return {k: round(v, 2) for k, v in us.items()}
 
 
 def bench_kafka(
@@ -362,13 +443,23 @@ def run_bench(
         offline, raw = bench_offline(settings, identities, duration_s, seed, directory)
         echo(f"  offline core: {offline['events']:,} events in {offline['seconds']:.1f} s "
              f"({offline['events_per_s']:,.0f}/s); state {offline['bytes_per_identity']:.0f} B "
-             f"per identity (max {offline['max_bytes_per_identity']}); "
+             f"per identity (p50 {offline['bytes_per_identity_p50']:.0f}, p99 "
+             f"{offline['bytes_per_identity_p99']:.0f}, max {offline['max_bytes_per_identity']}); "
              f"RSS {offline['rss_mb']:,.0f} MB")  # fmt: skip
+        stages = offline["us_per_event"]
+        echo("  µs per event, each stage timed alone: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in stages.items()))  # fmt: skip
         result: dict[str, Any] = {
             "identities": identities,
             "events": offline["events"],
             "offline_events_per_s": round(offline["events_per_s"]),
             "bytes_per_identity": round(offline["bytes_per_identity"]),
+            "bytes_per_identity_p50": round(offline["bytes_per_identity_p50"]),
+            "bytes_per_identity_p99": round(offline["bytes_per_identity_p99"]),
+            "bytes_per_identity_max": offline["max_bytes_per_identity"],
+            "us_per_event": stages,
+            "offline_rss_mb": round(offline["rss_mb"]),
+            "workers": 1,
         }
         if kafka:
             if settings.managed_broker:
