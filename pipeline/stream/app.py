@@ -71,15 +71,33 @@ class _SendErrors(faust.Sensor):
     """Any refused write (changelog, control, reports) stops the worker before a commit.
 
     faust flushes the producer and then commits; a failed record completes its future with
-    an error during that flush, which is when this runs.
+    an error during that flush, which is when this runs. Writes a unit of work sends through
+    its :class:`~pipeline.stream.delivery.Outbox` (``outbox_topics``) are the outbox's to
+    handle - it keeps a refused dead letter on disk before it stops the worker - so for those
+    this only stops the worker ``grace_s`` later, in case no unit was waiting for them (their
+    input is not acknowledged meanwhile, so nothing of it can be committed).
     """
 
-    def __init__(self, die: Callable[[str], None]) -> None:
+    def __init__(
+        self, die: Callable[[str], None], outbox_topics: frozenset[str] = frozenset(),
+        grace_s: float = 0.0,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.die = die
+        self.outbox_topics = outbox_topics
+        self.grace_s = grace_s
+
+    def on_send_initiated(
+        self, producer: Any, topic: str, message: Any, keysize: int, valsize: int
+    ) -> Any:
+        return topic
 
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
-        self.die(f"write refused by the broker: {exc!r}")
+        reason = f"write to {state} refused by the broker: {exc!r}"
+        if state in self.outbox_topics:
+            asyncio.get_running_loop().call_later(self.grace_s, self.die, reason)
+        else:
+            self.die(reason)
 
 
 def datadir(settings: Settings) -> Path:
@@ -149,7 +167,6 @@ def create_app(
         ))  # fmt: skip
 
     app = faust_app(settings, data, store_url)
-    app.sensors.add(_SendErrors(die))
     app.sensors.add(_Checkpoints(checkpoint))
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                            "key_serializer": "raw", "value_serializer": "raw"}  # fmt: skip
@@ -172,6 +189,10 @@ def create_app(
         index={settings.identity_topic: 1, settings.agent_topic: 2,
                rekeyed.get_topic_name(): 3, signals.get_topic_name(): 5},
     )  # fmt: skip
+    outbox_topics = frozenset(t.get_topic_name() for t in (
+        topics.rekeyed, topics.signals, topics.feedback, topics.deadletter, topics.alerts,
+        topics.scores, topics.quarantine, topics.approvals, topics.reports))  # fmt: skip
+    app.sensors.add(_SendErrors(die, outbox_topics, settings.worker_send_timeout_s + 1.0))
     table = app.Table("identity-state", partitions=parts, key_type=bytes, value_type=bytes,
                       use_partitioner=True)  # fmt: skip
     units = Units(

@@ -18,6 +18,7 @@ from joserfc.jwk import KeySet
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
+from pipeline.kafka.topics import TopicSpec, apply_topics
 from pipeline.ops.localhost import free_port
 from pipeline.quarantine.commands import verify
 from pipeline.simulate.malformed import bad_samples
@@ -229,7 +230,11 @@ def test_worker_keeps_and_stops_on_input_it_could_not_dead_letter(
     assert producer.flush(30) == 0
     app_id = f"itest-crash-{os.getpid()}-{int(time.time())}"
     env = _env(isolated, tmp_path / "data", app_id)
-    env[env_var("deadletter_topic")] = "t.not a valid topic name!"  # every write fails
+    # The topic exists (the worker checks its outputs at start) but refuses every dead letter:
+    # a record batch above its max.message.bytes, as a full disk or a revoked ACL would.
+    refusing = f"{isolated.deadletter_topic}-refusing"
+    apply_topics(isolated, [TopicSpec(refusing, 3, 1, {"max.message.bytes": "64"})])
+    env[env_var("deadletter_topic")] = refusing
     env[env_var("worker_send_timeout_s")] = "5"
     worker = _start(env, tmp_path / "worker.log")
     try:
