@@ -44,7 +44,8 @@ from pipeline.stream.store import TableStore
 from pipeline.stream.units import Topics, Units, WorkerStats
 
 __all__ = [
-    "create_app", "datadir", "faust_app", "follow", "output_topics", "preflight", "run_worker",
+    "changelog_partitions", "create_app", "datadir", "faust_app", "follow", "output_topics",
+    "preflight", "run_worker",
 ]  # fmt: skip
 
 log = logging.getLogger("custos.worker")
@@ -281,21 +282,29 @@ def _load_shared(detection: Detection, data: Path) -> SharedCheckpoint:
 
 
 def _changelog_ready(app: faust.App, table: Any, *, known: bool) -> Callable[[], Awaitable[None]]:
-    """Wait once for the changelog topic's metadata before the first table write.
+    """Before a unit's table writes: the producer must know the changelog topic's partitions.
 
-    faust picks a table write's changelog partition eagerly, from the producer's metadata;
-    just after start that may not hold the changelog topic yet (a TypeError deep in aiokafka,
-    seen under load). ``known``: nothing to wait for (test_context: no Kafka, no changelog).
+    faust picks a table write's changelog partition eagerly, from the producer's metadata, and
+    crashes (a TypeError deep in aiokafka) when the topic is not in it: just after start, and
+    again whenever a metadata refresh came back without the topic (an error for it under load:
+    seen in ``make demo``, minutes in). So check on every unit - a dict lookup - and wait for
+    the metadata when it is missing. ``known``: no Kafka at all (faust's test_context).
     """
-    state = {"known": known}
 
     async def ready() -> None:
-        if not state["known"]:
-            producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-            await producer.partitions_for(table.changelog_topic.get_topic_name())
-            state["known"] = True
+        if known:
+            return
+        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        await changelog_partitions(producer, table.changelog_topic.get_topic_name())
 
     return ready
+
+
+async def changelog_partitions(producer: Any, topic: str) -> None:
+    """Wait until ``producer`` (aiokafka) has ``topic``'s partitions in its metadata."""
+    if producer._metadata.partitions_for_topic(topic) is None:
+        log.info("producer metadata lacks %s: waiting for it before writing state", topic)
+        await producer.partitions_for(topic)
 
 
 async def follow(
