@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 from joserfc import jws
-from joserfc.errors import DecodeError, JoseError
+from joserfc.errors import DecodeError, JoseError, SecurityWarning
 from joserfc.jwk import KeySet, OKPKey
 
 from pipeline.control import feedback
@@ -66,6 +67,7 @@ __all__ = [
     "FEEDBACK_MAX_AGE_MS",
     "FEEDBACK_TYP",
     "TASK_TYP",
+    "VERIFY_ALGS",
     "SignedMessageError",
     "SigningKey",
     "analyst_key",
@@ -79,16 +81,26 @@ __all__ = [
     "verify_agent_model_update",
     "verify_compact",
     "verify_feedback",
+    "verifying_keys",
     "with_analysts",
 ]
 
-ALG: Final = "Ed25519"  # RFC 9864: the fully-specified successor of "EdDSA" with Ed25519
+#: What Custos signs with: RFC 8037's ``EdDSA`` (with an Ed25519 key), which mainstream JWT
+#: libraries and SSF receivers accept (PyJWT, golang-jwt); RFC 9864's fully-specified
+#: ``Ed25519`` is refused by them today. Both verify (:data:`VERIFY_ALGS`): messages signed
+#: before the switch, and peers already on RFC 9864.
+ALG: Final = "EdDSA"
+VERIFY_ALGS: Final = ("EdDSA", "Ed25519")
 TASK_TYP: Final = "custos-task+jwt"
 COMMAND_TYP: Final = "custos-openc2+jws"
 #: Also checked inside an approved contain command, whose proof a confirm feedback is.
 FEEDBACK_TYP: Final = "custos-feedback+jws"
 AGENT_MODEL_UPDATE_TYP: Final = "custos-agent-model-update+jws"
 ANNOUNCEMENT_TYP: Final = "custos-model-announcement+jws"
+
+# joserfc warns on every EdDSA signature (RFC 9864 deprecates the name, not the algorithm:
+# the same Ed25519 signature). The choice is deliberate (see ALG); the warning is not news.
+warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
 
 #: A captured feedback message expires: it may lift a quarantine.
 FEEDBACK_MAX_AGE_MS: Final = 300_000
@@ -137,7 +149,7 @@ class SigningKey:
         return {"keys": [public]}
 
     def public_keys(self) -> KeySet:
-        return KeySet.import_key_set(self.jwks())  # type: ignore[arg-type]
+        return verifying_keys(self.jwks())
 
 
 # --- the framing ------------------------------------------------------------------------------
@@ -147,6 +159,20 @@ def sign_compact(payload: bytes, key: SigningKey, typ: str) -> bytes:
     """Compact JWS (Ed25519) of ``payload`` with an explicit ``typ``."""
     header = {"alg": ALG, "typ": typ, "kid": key.kid}
     return jws.serialize_compact(header, payload, key.key, algorithms=[ALG]).encode()
+
+
+def verifying_keys(jwks: dict[str, Any]) -> KeySet:
+    """A JWKS as keys that verify either name of the algorithm (:data:`VERIFY_ALGS`).
+
+    A JWK's ``alg`` pins the one algorithm it may verify; published keys say ``EdDSA`` (older
+    ones ``Ed25519``) and must verify signatures made under both names, so it is dropped here.
+    Only Ed25519 (OKP) keys are kept: nothing else signs Custos's messages.
+    """
+    keys = [{k: v for k, v in key.items() if k != "alg"} for key in jwks.get("keys", [])
+            if isinstance(key, dict) and key.get("kty") == "OKP" and key.get("crv") == "Ed25519"]
+    if not keys:
+        raise ConfigError("the JWKS holds no Ed25519 key: nothing it could verify")
+    return KeySet.import_key_set({"keys": keys})
 
 
 def verify_compact(data: bytes, keys: KeySet, typ: str) -> bytes:
@@ -164,7 +190,7 @@ def verify_compact(data: bytes, keys: KeySet, typ: str) -> bytes:
     if not text:
         raise SignedMessageError("malformed", "empty message")
     try:
-        obj = jws.deserialize_compact(text, keys, algorithms=[ALG])
+        obj = jws.deserialize_compact(text, keys, algorithms=list(VERIFY_ALGS))
     except DecodeError as exc:  # not a compact JWS at all: junk, not a forgery
         raise SignedMessageError("malformed", f"not a compact JWS: {exc}") from None
     except JoseError as exc:
@@ -274,7 +300,7 @@ def command_key(key_path: Path, jwks_path: Path) -> SigningKey:
 
 def _read_jwks(path: Path) -> KeySet:
     try:
-        return KeySet.import_key_set(msgspec.json.decode(path.read_bytes()))
+        return verifying_keys(msgspec.json.decode(path.read_bytes()))
     except (ValueError, msgspec.DecodeError) as exc:
         raise ConfigError(f"unreadable JWKS {path}: {exc}") from None
 

@@ -30,7 +30,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from pipeline.control.signing import ALG, TASK_TYP, SigningKey
+from pipeline.control.signing import ALG, TASK_TYP, VERIFY_ALGS, SigningKey
 from pipeline.errors import CustosError
 
 __all__ = [
@@ -118,7 +118,7 @@ def issue(claims: TaskClaims, key: SigningKey) -> str:
 def decode(token: str, keys: KeySet) -> TaskClaims:
     """Check the signature and type; no time or binding checks (see :func:`verify`)."""
     try:
-        t = jwt.decode(token, keys, algorithms=[ALG])
+        t = jwt.decode(token, keys, algorithms=list(VERIFY_ALGS))
     except JoseError as exc:
         code = "malformed" if "decode" in type(exc).__name__.lower() else "bad_signature"
         raise CredentialRejected(code, f"{type(exc).__name__}: {exc}") from None

@@ -65,12 +65,18 @@ def response(
     now_ms: int,
     results: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An OpenC2 response message echoing ``request_id``."""
+    """An OpenC2 response message echoing ``request_id``.
+
+    ``results`` is left out when empty: the OASIS schema (``oc2ls-v1.0.json``) requires a
+    non-empty map where the key is present, so a bare "102 received" carries none.
+    """
+    body: dict[str, Any] = {"status": status, "status_text": status_text}
+    if results:
+        body["results"] = results
     return {
         "headers": {"request_id": request_id, "created": now_ms, "from": sender, "to": [to]},
-        "body": {"openc2": {"response": {"status": status, "status_text": status_text,
-                                         "results": results or {}}}},
-    }  # fmt: skip
+        "body": {"openc2": {"response": body}},
+    }
 
 
 def status_of(message: dict[str, Any]) -> int:

@@ -6,8 +6,15 @@ For a contain command, two SETs (RFC 8417) are pushed (RFC 8935: ``POST``,
 ``change_type`` ``revoke``. Each SET has header ``typ: secevent+jwt`` and claims ``iss``, ``iat``,
 ``jti``, ``aud``, ``txn`` (the finding uid: the same for every SET of one cause), ``sub_id``
 (RFC 9493 ``opaque`` subject) and ``events`` with exactly one event; no ``sub``, no ``exp``.
-Signed with Ed25519 (JWS ``alg`` ``Ed25519``). Receivers deduplicate by ``jti``, so ``jti`` is
-derived from the command's request id and the event type: a retried push is the same SET.
+Signed with an Ed25519 key under JWS ``alg`` ``EdDSA`` (RFC 8037), the name receivers accept.
+Receivers deduplicate by ``jti``, so ``jti`` is derived from the command's request id and the
+event type: a retried push is the same SET.
+
+``credential_type`` is one of CAEP 1.0's values (:data:`CAEP_CREDENTIAL_TYPES`; receivers refuse
+others). None names a signed bearer token; the default, ``verifiable-credential``, is the
+nearest - an issuer-signed credential a verifier checks by its signature - and what Custos
+revoked is said in an extension member, ``x_custos`` (``kind`` ``task-credential`` and the
+credential uids), which receivers that do not know it ignore.
 
 >>> from pipeline.control.signing import SigningKey
 >>> from pipeline.responders.base import Command
@@ -30,12 +37,18 @@ from typing import Any, Final
 import msgspec
 from joserfc import jwt
 
-from pipeline.control.signing import ALG, SigningKey
+from pipeline.control.signing import ALG, VERIFY_ALGS, SigningKey
+from pipeline.errors import ConfigError
 from pipeline.responders.base import Command, HttpRequest, HttpResponse, Outcome, by_status
 
-__all__ = ["CAEP", "SsfTransmitter"]
+__all__ = ["CAEP", "CAEP_CREDENTIAL_TYPES", "SsfTransmitter"]
 
 CAEP: Final = "https://schemas.openid.net/secevent/caep/event-type/"
+#: CAEP 1.0 ``credential-change`` ``credential_type`` values.
+CAEP_CREDENTIAL_TYPES: Final = frozenset({
+    "password", "pin", "x509", "fido2-platform", "fido2-roaming", "fido-u2f",
+    "verifiable-credential", "phone-voice", "phone-sms", "app",
+})  # fmt: skip
 _NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/set")
 
 
@@ -49,13 +62,16 @@ class SsfTransmitter:
         *,
         issuer: str,
         audience: str,
-        credential_type: str = "x-custos-task-credential",
+        credential_type: str = "verifiable-credential",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.receiver_url = receiver_url
         self.key = key
         self.issuer = issuer
         self.audience = audience
+        if credential_type not in CAEP_CREDENTIAL_TYPES:
+            raise ConfigError(f"CAEP credential_type {credential_type!r} is not one of CAEP 1.0's: "
+                              f"{', '.join(sorted(CAEP_CREDENTIAL_TYPES))}")  # fmt: skip
         self.credential_type = credential_type
         self.clock = clock
 
@@ -85,7 +101,9 @@ class SsfTransmitter:
         sets = (
             self._set(cmd, "session-revoked", {}),
             self._set(cmd, "credential-change",
-                      {"credential_type": self.credential_type, "change_type": "revoke"}),
+                      {"credential_type": self.credential_type, "change_type": "revoke",
+                       "x_custos": {"kind": "task-credential",
+                                    "credentials": list(cmd.credentials)}}),
         )  # fmt: skip
         return [HttpRequest("POST", self.receiver_url, headers, body) for body in sets]
 
@@ -105,4 +123,4 @@ class SsfTransmitter:
 
     def decode(self, body: bytes) -> dict[str, Any]:
         """A SET's claims (this transmitter's own key); for tests and interpretation."""
-        return dict(jwt.decode(body.decode(), self.key.key, algorithms=[ALG]).claims)
+        return dict(jwt.decode(body.decode(), self.key.key, algorithms=list(VERIFY_ALGS)).claims)

@@ -213,7 +213,7 @@ def test_http_api(tmp_path: Path) -> None:
     async def run() -> None:
         async with TestClient(TestServer(web_app(broker, token))) as http:
             jwks = await (await http.get("/.well-known/jwks.json")).json()
-            assert jwks["keys"][0]["alg"] == "Ed25519"
+            assert jwks["keys"][0]["alg"] == "EdDSA"  # RFC 8037: what JWT libraries accept
             req = {"agent": "agt-1", "task": "t-1", "step": 1, "scope": ["crm.read"]}
             assert (await http.post("/v1/credentials", json=req)).status == 401
             bad = {"Authorization": "Bearer wrong"}

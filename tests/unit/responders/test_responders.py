@@ -498,23 +498,41 @@ def test_oauth_rfc7009_adapter_against_a_local_endpoint() -> None:
 
 
 def test_ssf_transmitter_pushes_signed_caep_sets_a_receiver_accepts() -> None:
-    from joserfc import jwt as jose_jwt
+    """The receiver is PyJWT, not joserfc: what mainstream SSF receivers run. It refused
+    RFC 9864's ``Ed25519`` name ("Algorithm not supported"); CAEP values are checked too."""
+    import jwt as pyjwt
 
-    from pipeline.responders.ssf import CAEP, SsfTransmitter
+    from pipeline.responders.ssf import CAEP, CAEP_CREDENTIAL_TYPES, SsfTransmitter
 
     key = SigningKey.generate("ssf-1")
-    public = key.public_keys()
+    jwks = pyjwt.PyJWKSet.from_dict(key.jwks())  # the JWKS a receiver fetches
     seen_jti: set[str] = set()
+
+    def decode(body: bytes) -> dict[str, Any]:
+        kid = pyjwt.get_unverified_header(body.decode())["kid"]
+        return pyjwt.decode(body.decode(), jwks[kid].key, algorithms=["EdDSA"],
+                            audience="https://idp.example")  # fmt: skip
 
     def receiver(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         if headers.get("Content-Type") != "application/secevent+jwt":
             return 400, b'{"err": "invalid_request", "description": "content type"}'
-        token = jose_jwt.decode(body.decode(), public, algorithms=["Ed25519"])
-        claims = token.claims
-        if token.header.get("typ") != "secevent+jwt" or "sub" in claims or "exp" in claims:
+        try:
+            claims = decode(body)
+        except pyjwt.InvalidAudienceError as exc:
+            return 400, msgspec.json.encode({"err": "invalid_audience", "description": str(exc)})
+        except pyjwt.PyJWTError as exc:
+            return 400, msgspec.json.encode({"err": "invalid_key", "description": str(exc)})
+        if pyjwt.get_unverified_header(body.decode()).get("typ") != "secevent+jwt" or (
+            "sub" in claims or "exp" in claims
+        ):
             return 400, b'{"err": "invalid_request", "description": "not a SET"}'
-        if claims["aud"] != "https://idp.example" or len(claims["events"]) != 1:
-            return 400, b'{"err": "invalid_audience", "description": "aud"}'
+        if len(claims["events"]) != 1:
+            return 400, b'{"err": "invalid_request", "description": "one event"}'
+        (uri, event), = claims["events"].items()
+        if uri == CAEP + "credential-change" and event["credential_type"] not in (
+            CAEP_CREDENTIAL_TYPES
+        ):
+            return 400, b'{"err": "invalid_request", "description": "credential_type"}'
         if claims["jti"] in seen_jti:
             return 202, b""  # receivers deduplicate by jti
         seen_jti.add(claims["jti"])
@@ -531,8 +549,7 @@ def test_ssf_transmitter_pushes_signed_caep_sets_a_receiver_accepts() -> None:
             "ssf:session-revoked",
             "ssf:credential-change",
         ]
-        sets = [jose_jwt.decode(b.decode(), public, algorithms=["Ed25519"]).claims
-                for _, _, _, b in server.requests]  # fmt: skip
+        sets = [decode(b) for _, _, _, b in server.requests]
         assert {s["txn"] for s in sets} == {"f-7"} and sets[0]["sub_id"]["id"] == "usr-1"
         change = sets[1]["events"][CAEP + "credential-change"]
         assert change["change_type"] == "revoke" and change["initiating_entity"] == "policy"
