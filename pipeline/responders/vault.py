@@ -1,13 +1,19 @@
-"""Adapter 2: HashiCorp Vault - revoke token accessors and lease prefixes (through ``hvac``).
+"""Adapter 2: HashiCorp Vault / OpenBao - revoke token accessors, leases and lease prefixes.
 
 Credential references in a command that Vault understands:
-``vault-accessor:<accessor>`` → ``PUT /v1/auth/token/revoke-accessor {"accessor": …}`` and
-``vault-lease:<lease id>`` → ``PUT /v1/sys/leases/revoke {"lease_id": …}``; and, for every
-contain, ``PUT /v1/sys/leases/revoke-prefix/<prefix>`` for each configured prefix template with
-``{identity}`` filled in (the identity's dynamic secrets). Vault answers 204 on success; an
-accessor or lease it does not know is reported as ``not_found`` (revocation is idempotent).
-``cancel`` does nothing here: revoked secrets are not restored, the identity gets new ones
-through its normal login once released.
+``vault-accessor:<accessor>`` → ``PUT /v1/auth/token/revoke-accessor {"accessor": …}``;
+``vault-lease:<lease id>`` → ``PUT /v1/sys/leases/lookup`` then ``PUT /v1/sys/leases/revoke``;
+and, for every contain, each configured prefix template with ``{identity}`` filled in (the
+identity's dynamic secrets) → ``LIST /v1/sys/leases/lookup/<prefix>`` then
+``PUT /v1/sys/leases/revoke-prefix/<prefix>``. ``cancel`` does nothing here: revoked secrets
+are not restored, the identity gets new ones through its normal login once released.
+
+What was revoked is reported as ``revoked``; what did not exist as ``not_found`` (revocation
+is idempotent: both are success). A real server does not say which on the revoke itself: an
+unknown accessor gets **200 with the warning** "No token found with this accessor", an
+unknown lease or a prefix with nothing under it (or no such mount) gets 204 like a revoked
+one. So leases and prefixes are looked up first (400 "invalid lease" / 404: not found) and
+the accessor's 200 body is read.
 
 The request builder is pure; :meth:`VaultAdapter.send` is the thin sender through hvac's HTTP
 adapter (so TLS, namespaces and token handling are hvac's).
@@ -18,6 +24,7 @@ adapter (so TLS, namespaces and token handling are hvac's).
 >>> a = VaultAdapter("http://127.0.0.1:8200", "root", prefixes=("database/creds/{identity}",))
 >>> [(r.method, r.url) for r in a.build(cmd)]  # doctest: +NORMALIZE_WHITESPACE
 [('PUT', 'http://127.0.0.1:8200/v1/auth/token/revoke-accessor'),
+ ('LIST', 'http://127.0.0.1:8200/v1/sys/leases/lookup/database/creds/svc-etl'),
  ('PUT', 'http://127.0.0.1:8200/v1/sys/leases/revoke-prefix/database/creds/svc-etl')]
 """
 
@@ -46,15 +53,19 @@ class VaultAdapter:
         self.prefixes = prefixes
         self.namespace = namespace
         self._client: Any = None
+        self._absent: set[str] = set()  # references a lookup found gone, in this command
 
-    def _req(self, path: str, body: dict[str, Any] | None = None) -> HttpRequest:
+    def _req(
+        self, path: str, body: dict[str, Any] | None = None, method: str = "PUT"
+    ) -> HttpRequest:
         headers = {"X-Vault-Token": self.token, "Content-Type": "application/json"}
         if self.namespace:
             headers["X-Vault-Namespace"] = self.namespace
         data = json.dumps(body).encode() if body is not None else b""
-        return HttpRequest("PUT", f"{self.addr}/v1/{path}", headers, data)
+        return HttpRequest(method, f"{self.addr}/v1/{path}", headers, data)
 
     def build(self, cmd: Command) -> list[HttpRequest]:
+        self._absent = set()
         if cmd.action != "contain" or cmd.dry_run:
             return []
         out = []
@@ -63,21 +74,35 @@ class VaultAdapter:
                 accessor = ref[len(ACCESSOR) :]
                 out.append(self._req("auth/token/revoke-accessor", {"accessor": accessor}))
             elif ref.startswith(LEASE):
-                out.append(self._req("sys/leases/revoke", {"lease_id": ref[len(LEASE) :]}))
+                lease = {"lease_id": ref[len(LEASE) :]}
+                out += [self._req("sys/leases/lookup", lease),
+                        self._req("sys/leases/revoke", lease)]  # fmt: skip
         for template in self.prefixes:
             prefix = template.format(identity=urllib.parse.quote(cmd.identity, safe=""))
-            out.append(self._req(f"sys/leases/revoke-prefix/{prefix}"))
+            out += [self._req(f"sys/leases/lookup/{prefix}", method="LIST"),
+                    self._req(f"sys/leases/revoke-prefix/{prefix}")]  # fmt: skip
         return out
 
     def interpret(self, cmd: Command, req: HttpRequest, resp: HttpResponse) -> Outcome:
         ref = self._ref(req)
-        if resp.status == 400 and b"invalid" in resp.body.lower():
-            return Outcome(not_found=[ref])  # unknown accessor / lease: nothing left to revoke
+        lookup = "/sys/leases/lookup" in req.url
+        gone = (resp.status == 400 and b"invalid" in resp.body.lower()) or (
+            lookup and resp.status == 404
+        )
+        if gone:  # unknown lease (lookup), nothing under a prefix (LIST), or an older server's
+            self._absent.add(ref)  # 400 for an unknown accessor: nothing left to revoke
+            return Outcome(not_found=[ref])
         bad = by_status(resp, f"vault {req.url}")
         if bad is not None:
             if bad.status == "failed":
                 bad.failed.append((ref, bad.detail))
             return bad
+        if lookup:
+            return Outcome()  # it exists: the revoke that follows says what happened
+        if ref in self._absent:
+            return Outcome()  # reported as not found by its lookup; the 204 says nothing
+        if resp.status == 200 and _no_token(resp.body):
+            return Outcome(not_found=[ref])  # an accessor the server did not know
         return Outcome(revoked=[ref])
 
     @staticmethod
@@ -87,7 +112,10 @@ class VaultAdapter:
             return ACCESSOR + str(body["accessor"])
         if "lease_id" in body:
             return LEASE + str(body["lease_id"])
-        return "vault-prefix:" + req.url.split("/revoke-prefix/", 1)[-1]
+        for marker in ("/revoke-prefix/", "/sys/leases/lookup/"):
+            if marker in req.url:
+                return "vault-prefix:" + req.url.split(marker, 1)[1]
+        return "vault:" + req.url
 
     def send(self, req: HttpRequest) -> HttpResponse:
         """The thin sender: hvac's adapter, its exceptions mapped back to HTTP statuses."""
@@ -109,5 +137,15 @@ class VaultAdapter:
         except OSError as exc:  # requests' ConnectionError is an OSError
             return HttpResponse(0, b"", repr(exc))
         if resp is None or isinstance(resp, dict):  # hvac parsed a JSON body: a 200
-            return HttpResponse(200 if resp else 204, b"")
+            # Keep the body: an unknown accessor is a 200 whose warning says so.
+            return HttpResponse(200 if resp else 204, json.dumps(resp).encode() if resp else b"")
         return HttpResponse(int(resp.status_code), resp.content or b"")
+
+
+def _no_token(body: bytes) -> bool:
+    """A 200 to revoke-accessor whose warnings say there was no such token."""
+    try:
+        warnings = json.loads(body or b"{}").get("warnings") or []
+    except (ValueError, AttributeError):
+        return False
+    return any("no token found" in str(w).lower() for w in warnings)

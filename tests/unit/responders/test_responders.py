@@ -426,48 +426,6 @@ def _cmd(*refs: str, identity: str = "svc-etl") -> Command:
                    False)  # fmt: skip
 
 
-def test_vault_adapter_through_hvac_against_a_local_vault_api() -> None:
-    from pipeline.responders.vault import VaultAdapter
-
-    known = {"acc-live"}
-
-    def vault(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        if headers.get("X-Vault-Token") != "s.root":
-            return 403, b'{"errors": ["permission denied"]}'
-        doc = json.loads(body or b"{}")
-        if path == "/v1/auth/token/revoke-accessor":
-            if doc.get("accessor") in known:
-                known.discard(doc["accessor"])
-                return 204, b""
-            return 400, b'{"errors": ["1 error occurred: invalid accessor"]}'
-        if path.startswith("/v1/sys/leases/revoke-prefix/"):
-            return 204, b""
-        return 404, b'{"errors": []}'
-
-    server = Recording(vault)
-    try:
-        adapter = VaultAdapter(server.url, "s.root", prefixes=("database/creds/{identity}",))
-        responder = Responder([adapter], SigningKey.generate("k").public_keys(),
-                              ResponseStore(":memory:"), sleep=lambda s: None)  # fmt: skip
-        cmd = _cmd("vault-accessor:acc-live", "vault-accessor:acc-gone", "cred-1")
-        out = responder.run_adapter(adapter, cmd)
-        assert out.status == "ok"
-        assert out.revoked == ["vault-accessor:acc-live", "vault-prefix:database/creds/svc-etl"]
-        assert out.not_found == ["vault-accessor:acc-gone"]
-        assert [(m, p) for m, p, _, _ in server.requests] == [
-            ("PUT", "/v1/auth/token/revoke-accessor"),
-            ("PUT", "/v1/auth/token/revoke-accessor"),
-            ("PUT", "/v1/sys/leases/revoke-prefix/database/creds/svc-etl"),
-        ]
-        assert json.loads(server.requests[0][3]) == {"accessor": "acc-live"}
-        # A token without the right policy: a permanent failure, not retried.
-        denied = VaultAdapter(server.url, "s.guest")
-        failed = responder.run_adapter(denied, _cmd("vault-accessor:acc-x"))
-        assert failed.status == "failed" and failed.failed[0][0] == "vault-accessor:acc-x"
-    finally:
-        server.close()
-
-
 def test_oauth_rfc7009_adapter_against_a_local_endpoint() -> None:
     from pipeline.responders.oauth import OAuthRevocationAdapter
 
