@@ -76,11 +76,16 @@ def _responder(adapter: VaultAdapter) -> Responder:
 def test_revokes_what_exists_and_reports_what_does_not(bao: str) -> None:
     root = hvac.Client(url=bao, token=ROOT)
     identity = "svc-etl"
-    root.auth.token.create_or_update_role(identity, allowed_policies=["default"], orphan=True)
-    tokens = [root.auth.token.create(role_name=identity, ttl="1h")["auth"] for _ in range(3)]
-    accessor, lease_token, prefix_token = tokens
-    leases = root.sys.list_leases(f"auth/token/create/{identity}")["data"]["keys"]
-    lease_id = f"auth/token/create/{identity}/{leases[0]}"
+    # One token per kind of reference, each under its own token role, so the lease revoked
+    # by id is the only one of its role and the prefix holds only the identity's own token.
+    for role in (identity, "by-accessor", "by-lease"):
+        root.auth.token.create_or_update_role(role, allowed_policies=["default"], orphan=True)
+    accessor, lease_token, prefix_token = (
+        root.auth.token.create(role_name=role, ttl="1h")["auth"]
+        for role in ("by-accessor", "by-lease", identity)
+    )
+    (lease,) = root.sys.list_leases("auth/token/create/by-lease")["data"]["keys"]
+    lease_id = f"auth/token/create/by-lease/{lease}"
     adapter = VaultAdapter(bao, ROOT, prefixes=("auth/token/create/{identity}",))
     out = _responder(adapter).run_adapter(adapter, _cmd(
         identity, f"vault-accessor:{accessor['accessor']}", "vault-accessor:no-such-accessor",
