@@ -65,6 +65,7 @@ def rejection_event(
         "class_uid": 6003,
         "category_uid": 6,
         "activity_id": 99,
+        "activity_name": "Credential Rejected",  # OCSF: an Other (99) activity says what it is
         "type_uid": 600399,
         "severity_id": 3,
         "time": now_ms,
@@ -75,16 +76,18 @@ def rejection_event(
             "version": "1.8.0",
             "product": {"name": PRODUCT},
         },
-        "actor": {"user": {"uid": presenter, "type_id": 99}},
+        "actor": {"user": {"uid": presenter, "type_id": 99, "type": "AI Agent"}},
         "unmapped": unmapped,
     }
     session = task or (claims.task if claims is not None else None)
     if session:
         event["actor"]["session"] = {"uid": session}
-    if operation or service:
-        event["api"] = {"operation": operation or "", "service": {"name": service or ""}}
-    if src_ip:
-        event["src_endpoint"] = {"ip": src_ip}
+    # OCSF requires api (with an operation) and src_endpoint: a refusal whose token could not
+    # be read names neither, and an empty service name is not a name.
+    event["api"] = {"operation": operation or "unknown"}
+    if service:
+        event["api"]["service"] = {"name": service}
+    event["src_endpoint"] = {"ip": src_ip} if src_ip else {"uid": "unknown-client"}
     return event
 
 

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASS_API_ACTIVITY",
     "CLASS_AUTHENTICATION",
+    "CONFIDENTIALITY_RANK",
+    "RANK_NAMES",
     "REASONS",
     "Credential",
     "Event",
@@ -88,6 +90,16 @@ StatusId = Literal[0, 1, 2, 99]  # Unknown, Success, Failure, Other
 SeverityId = Literal[0, 1, 2, 3, 4, 5, 6, 99]  # Unknown, Informational ... Fatal, Other
 UserTypeId = Literal[0, 1, 2, 3, 4, 99]  # Unknown, User, Admin, System, Service, Other
 ConfidentialityId = Literal[0, 1, 2, 3, 4, 5, 6, 99]
+#: Sensitivity ranks, least to most sensitive (directory ceilings use the same scale).
+RANK_NAMES: Final[tuple[str, ...]] = (
+    "Not Confidential",
+    "Confidential/Private",
+    "Restricted",
+    "Secret",
+    "Top Secret",
+)
+#: OCSF ``confidentiality_id`` -> rank. 0 Unknown and 99 Other have no rank (never compared).
+CONFIDENTIALITY_RANK: Final[dict[int, int]] = {1: 0, 2: 1, 5: 1, 6: 2, 3: 3, 4: 4}
 Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
 # Patterns use \A...\Z, not ^...$: "$" also matches before a trailing newline.
@@ -164,7 +176,8 @@ class Api(Struct, frozen=True, gc=False):
 
 
 class DataClassification(Struct, frozen=True, gc=False):
-    """``resources[].data_classification``."""
+    """``resources[].data_classifications[]`` (OCSF 1.4+, the ``data_classification``
+    profile), or the deprecated single ``resources[].data_classification``."""
 
     confidentiality_id: ConfidentialityId | None = None
 
@@ -175,6 +188,19 @@ class OcsfResource(Struct, frozen=True, gc=False):
     uid: Name | None = None
     type: Name | None = None
     data_classification: DataClassification | None = None
+    data_classifications: Annotated[list[DataClassification], Meta(max_length=16)] | None = None
+
+    def confidentiality_id(self) -> int | None:
+        """The most sensitive classification given (the deprecated single one first)."""
+        if self.data_classification is not None:
+            return self.data_classification.confidentiality_id
+        best: int | None = None
+        for c in self.data_classifications or ():
+            cid = c.confidentiality_id
+            if cid is not None and (best is None or CONFIDENTIALITY_RANK.get(cid, -1)
+                                    > CONFIDENTIALITY_RANK.get(best, -1)):  # fmt: skip
+                best = cid
+        return best
 
 
 class Location(Struct, frozen=True, gc=False):
@@ -207,10 +233,22 @@ class DstEndpoint(Struct, frozen=True, gc=False):
 
 
 class Traffic(Struct, frozen=True, gc=False):
-    """``traffic``: bytes moved by the call."""
+    """``traffic``: bytes moved by the call (Custos's original contract; API Activity has no
+    ``traffic`` in OCSF, so validating producers send ``http_request`` / ``http_response``)."""
 
     bytes_in: NonNegInt | None = None
     bytes_out: NonNegInt | None = None
+
+
+class HttpMessage(Struct, frozen=True, gc=False):
+    """``http_request`` / ``http_response`` of an API Activity: the sizes of what was sent
+    (request: the identity's bytes out) and received (response: its bytes in)."""
+
+    length: NonNegInt | None = None
+    body_length: NonNegInt | None = None
+
+    def size(self) -> int | None:
+        return self.length if self.length is not None else self.body_length
 
 
 class Credential(Struct, frozen=True, gc=False):
@@ -278,6 +316,8 @@ class OcsfEvent(Struct, frozen=True, gc=False):
     src_endpoint: SrcEndpoint | None = None
     dst_endpoint: DstEndpoint | None = None
     traffic: Traffic | None = None
+    http_request: HttpMessage | None = None
+    http_response: HttpMessage | None = None
     unmapped: Unmapped | None = None
 
 
@@ -524,18 +564,18 @@ class EventDecoder:
 
         dst = raw.dst_endpoint
         traffic = raw.traffic
+        bytes_in = traffic.bytes_in if traffic is not None else None
+        bytes_out = traffic.bytes_out if traffic is not None else None
+        if bytes_in is None and raw.http_response is not None:
+            bytes_in = raw.http_response.size()
+        if bytes_out is None and raw.http_request is not None:
+            bytes_out = raw.http_request.size()
 
         resources: tuple[Resource, ...] = ()
         if raw.resources:
             resources = tuple(
                 [
-                    Resource(
-                        r.uid,
-                        r.type,
-                        r.data_classification.confidentiality_id
-                        if r.data_classification is not None
-                        else None,
-                    )
+                    Resource(r.uid, r.type, r.confidentiality_id())
                     for r in raw.resources
                 ]
             )
@@ -586,8 +626,8 @@ class EventDecoder:
             asn,  # asn
             dst.ip if dst is not None else None,  # dst_ip
             dst.hostname if dst is not None else None,  # dst_hostname
-            traffic.bytes_in if traffic is not None else None,  # bytes_in
-            traffic.bytes_out if traffic is not None else None,  # bytes_out
+            bytes_in,  # bytes_in
+            bytes_out,  # bytes_out
             resources,  # resources
             credential,  # credential
             model,  # model

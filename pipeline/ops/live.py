@@ -51,8 +51,11 @@ def agent_call_event(
         "severity_id": 1, "status_id": 1, "time": now_ms or int(time.time() * 1000),
         "metadata": {"uid": str(uuid.uuid4()), "version": "1.8.0",
                      "product": {"name": "custos-live-agents"}},
-        "actor": {"user": {"uid": agent, "type_id": 99}, "session": {"uid": task}},
+        "actor": {"user": {"uid": agent, "type_id": 99, "type": "AI Agent"},
+                  "session": {"uid": task}},
         "api": {"operation": operation, "service": {"name": service}},
+        # The live agents run on this machine (OCSF requires a source endpoint).
+        "src_endpoint": {"ip": "127.0.0.1"},
         "unmapped": unmapped,
     }  # fmt: skip
 

@@ -11,8 +11,9 @@ Only ``uid`` and ``kind`` are required. Fields:
 * ``kind`` - ``human`` | ``service`` | ``agent``.
 * ``peer_group`` - role / team (humans), service family, agent kind: who should look alike.
 * ``sensitivity_ceiling`` - highest sensitivity rank the identity may touch, on the scale of
-  :data:`RANK_NAMES` (0 Not Confidential, 1 Confidential / Private, 2 Restricted, 3 Secret,
-  4 Top Secret); OCSF ``confidentiality_id`` values map onto it with :data:`CONFIDENTIALITY_RANK`.
+  :data:`~pipeline.events.schemas.RANK_NAMES` (0 Not Confidential, 1 Confidential / Private,
+  2 Restricted, 3 Secret, 4 Top Secret); OCSF ``confidentiality_id`` values map onto it with
+  :data:`~pipeline.events.schemas.CONFIDENTIALITY_RANK`.
 * ``approved_digests`` - model digests an agent is registered to run (``sha256:<64 hex>``).
 * ``approved_tool_manifests`` / ``approved_system_prompts`` - hashes (``sha256:<64 hex>``) of
   the tool manifests / system prompts an agent is approved to run with; empty: the
@@ -31,6 +32,7 @@ directory: it lives in :mod:`pipeline.scores.agent_models`.
 ...                               "prod-eu")])
 >>> d.lookup("agt-1").home_environment, d.lookup("nobody")
 ('prod-eu', None)
+>>> from pipeline.events.schemas import CONFIDENTIALITY_RANK, RANK_NAMES
 >>> CONFIDENTIALITY_RANK[6], RANK_NAMES[CONFIDENTIALITY_RANK[6]]
 (2, 'Restricted')
 """
@@ -39,32 +41,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-from pipeline.events.schemas import IdentityKind, ModelDigest, Sha256Digest
+from pipeline.events.schemas import (
+    RANK_NAMES,
+    IdentityKind,
+    ModelDigest,
+    Sha256Digest,
+)
 
 __all__ = [
-    "CONFIDENTIALITY_RANK",
-    "RANK_NAMES",
     "Directory",
     "DirectoryEntry",
     "write_entries",
 ]
 
 #: Sensitivity ranks, lowest first: a ceiling is "at most this rank".
-RANK_NAMES: Final[tuple[str, ...]] = (
-    "Not Confidential",
-    "Confidential/Private",
-    "Restricted",
-    "Secret",
-    "Top Secret",
-)
-#: OCSF ``confidentiality_id`` -> rank. 0 Unknown and 99 Other have no rank (never compared).
-CONFIDENTIALITY_RANK: Final[dict[int, int]] = {1: 0, 2: 1, 5: 1, 6: 2, 3: 3, 4: 4}
-
 Rank = Annotated[int, Meta(ge=0, le=len(RANK_NAMES) - 1)]
 
 

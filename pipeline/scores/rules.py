@@ -65,9 +65,9 @@ from typing import Final
 
 import msgspec
 
-from pipeline.events.schemas import Credential, Event, ModelRef
+from pipeline.events.schemas import CONFIDENTIALITY_RANK, RANK_NAMES, Credential, Event, ModelRef
 from pipeline.scores.agent_models import AgentModelRegistry
-from pipeline.scores.directory import CONFIDENTIALITY_RANK, RANK_NAMES, DirectoryEntry
+from pipeline.scores.directory import DirectoryEntry
 from pipeline.scores.explanations import RuleHit
 
 __all__ = [

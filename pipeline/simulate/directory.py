@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.scores.directory import CONFIDENTIALITY_RANK, Directory, DirectoryEntry, write_entries
+from pipeline.events.schemas import CONFIDENTIALITY_RANK
+from pipeline.scores.directory import Directory, DirectoryEntry, write_entries
 from pipeline.simulate.catalogue import (
     AGENT,
     HUMAN,

@@ -59,6 +59,8 @@ _AUTH_FAILURE: Final = ("Invalid credentials", "MFA challenge failed", "Account 
 _API_FAILURE: Final = ("AccessDenied", "Throttling", "ResourceNotFound")
 _USER_TYPE: Final = {1: "User", 2: "Admin", 4: "Service", 99: "AI Agent"}
 _NOT_CONF: Final = {"confidentiality_id": 1, "confidentiality": "Not Confidential"}
+#: Declared on every API Activity: resources carry data_classifications (OCSF profile).
+_API_PROFILES: Final = ["data_classification"]
 # Counterparties (profiles): Batch.cpty kind -> resource type.
 _CP_TYPE: Final = ("bank_account", "email_address", "user")
 # IBAN countries of counterparties' banks.
@@ -136,12 +138,13 @@ class Encoder:
                     {
                         "uid": uid,
                         "type": cat.service_rtype[int(cat.res_service[r])],
-                        "data_classification": {
+                        # OCSF 1.4+: a list, under the data_classification profile.
+                        "data_classifications": [{
                             "confidentiality_id": cat.conf_id[int(cat.res_rank[r])],
                             "confidentiality": CONFIDENTIALITY_NAME[
                                 cat.conf_id[int(cat.res_rank[r])]
                             ],
-                        },
+                        }],
                     }
                 ]
             )
@@ -421,13 +424,16 @@ class Encoder:
                     "actor": actor,
                     "api": apis[op],
                     "src_endpoint": endpoint(geo, asn, ip),
-                    "traffic": {"bytes_in": b_in, "bytes_out": b_out},
+                    # API Activity has no traffic: the call's sizes are its HTTP messages'.
+                    "http_request": {"length": b_out},
+                    "http_response": {"code": 403 if failed else 200, "length": b_in},
                 }
+                meta["profiles"] = _API_PROFILES
                 if res >= 0:
                     ev["resources"] = resources[res] if not more else block(res, more)
                 elif peer >= 0:
                     ev["resources"] = [
-                        {"uid": uid_of(peer), "type": "agent", "data_classification": _NOT_CONF}
+                        {"uid": uid_of(peer), "type": "agent", "data_classifications": [_NOT_CONF]}
                     ]
                 if cpty >= 0:  # profiles: whom the payment / mail / invite is for
                     cp = counterparty(cpty)

@@ -8,18 +8,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import REPO_ROOT
+from pipeline.events.schemas import CONFIDENTIALITY_RANK, RANK_NAMES
 from pipeline.scores.agent_models import (
     AgentModelRegistry,
     RegisteredModel,
     load_agent_model_registry,
 )
-from pipeline.scores.directory import (
-    CONFIDENTIALITY_RANK,
-    RANK_NAMES,
-    Directory,
-    DirectoryEntry,
-    write_entries,
-)
+from pipeline.scores.directory import Directory, DirectoryEntry, write_entries
 from pipeline.simulate.catalogue import (
     AGENT,
     HUMAN,

@@ -105,11 +105,14 @@ def test_every_event_follows_the_contract(run: Run) -> None:
             assert ev["actor"]["user"]["uid"] and "type_id" in ev["actor"]["user"]
             assert ev["api"]["operation"] and ev["api"]["service"]["name"]
             assert act in (1, 2, 3, 4, 99)
-            traffic = ev["traffic"]
-            assert traffic["bytes_in"] >= 0 and traffic["bytes_out"] >= 0
+            assert "traffic" not in ev  # not an API Activity attribute (OCSF 1.8)
+            assert ev["http_response"]["length"] >= 0 and ev["http_request"]["length"] >= 0
+            assert ev["http_response"]["code"] in (200, 403)
+            assert ev["metadata"]["profiles"] == ["data_classification"]
             for res in ev.get("resources", []):
                 assert res["uid"] and res["type"]
-                assert res["data_classification"]["confidentiality_id"] in (1, 2, 3, 4, 5, 6)
+                for c in res.get("data_classifications", []):
+                    assert c["confidentiality_id"] in (1, 2, 3, 4, 5, 6)
         if kind == "agent" and cls == 6003:
             ext = ev["unmapped"]
             cred = ext["credential"]
@@ -302,11 +305,12 @@ def test_scenarios_look_like_their_description(run: Run) -> None:
     # 2. bulk reads of confidential data and large uploads, with injected rationales
     for row in _rows(run, "prompt_injection_exfil"):
         evs = [e for e in _events_of(run, row) if e["class_uid"] == 6003]
-        assert max(e["traffic"]["bytes_out"] for e in evs) > 5_000_000
+        assert max(e["http_request"]["length"] for e in evs) > 5_000_000
         assert any(
-            r["data_classification"]["confidentiality_id"] in (2, 3, 4, 6)
+            c["confidentiality_id"] in (2, 3, 4, 6)
             for e in evs
             for r in e.get("resources", [])
+            for c in r.get("data_classifications", [])
         )
         assert any("instruction" in e["unmapped"]["rationale"].lower() for e in evs)
     # 3. admin APIs, some denied

@@ -24,9 +24,12 @@ SETTINGS = Settings()
 START = 1_699_920_000_000  # 2023-11-14 00:00 UTC, a Tuesday
 HOUR = 3_600_000
 MINUTE = 60_000
-# sha256 of a 200-identity, 6-hour, seed-7 run (messages, labels, event labels), computed on the
-# simulator *before* profiles existed: the default profile must reproduce it byte for byte.
-DEFAULT_HASH = "0fa3cb9a71ecb7cec9f02d14a10d39695e8bdf79676a0814a91b457c24c573a3"
+# sha256 of a 200-identity, 6-hour, seed-7 run (messages, labels, event labels): the default
+# profile must reproduce the simulator's output byte for byte. Computed before profiles existed,
+# then once more when API Activity events became valid OCSF (issue 16: http_request /
+# http_response instead of traffic, data_classifications under its profile), a change that
+# decodes to the very same events (checked on 300 identities x 1 day, 130,010 events).
+DEFAULT_HASH = "ba229f3883611a3cba192cc0343af663cc71d7d94744dec8badd34f3d6ed463d"
 
 
 def _sim(profile: str, identities: int = 200, hours: float = 6, **kw: Any) -> Simulation:
@@ -289,8 +292,8 @@ def test_task_exfil_is_one_task_of_usual_tools_with_huge_volumes() -> None:
                 and e["metadata"]["uid"] not in labels]  # fmt: skip
         usual_ops = Counter(e["api"]["operation"] for e in mine)
         usual_models = {e["unmapped"]["model"]["digest"] for e in mine}
-        med_in = float(np.median([e["traffic"]["bytes_in"] for e in mine]))
-        med_out = float(np.median([e["traffic"]["bytes_out"] for e in mine]))
+        med_in = float(np.median([e["http_response"]["length"] for e in mine]))
+        med_out = float(np.median([e["http_request"]["length"] for e in mine]))
         assert len(mine) >= 20  # a busy agent with a known routine
         ratios = []
         for e in bad:
@@ -298,12 +301,13 @@ def test_task_exfil_is_one_task_of_usual_tools_with_huge_volumes() -> None:
             assert e["unmapped"]["model"]["digest"] in usual_models
             same_op = [m for m in mine if m["api"]["operation"] == e["api"]["operation"]]
             if len(same_op) >= 5:
-                op_in = float(np.median([m["traffic"]["bytes_in"] for m in same_op]))
-                op_out = float(np.median([m["traffic"]["bytes_out"] for m in same_op]))
+                op_in = float(np.median([m["http_response"]["length"] for m in same_op]))
+                op_out = float(np.median([m["http_request"]["length"] for m in same_op]))
                 ratios.append(
-                    max(e["traffic"]["bytes_in"] / op_in, e["traffic"]["bytes_out"] / op_out)
+                    max(e["http_response"]["length"] / op_in, e["http_request"]["length"] / op_out)
                 )
-            overall = max(e["traffic"]["bytes_in"] / med_in, e["traffic"]["bytes_out"] / med_out)
+            overall = max(e["http_response"]["length"] / med_in,
+                          e["http_request"]["length"] / med_out)  # fmt: skip
             assert overall >= 25, overall
         assert all(r >= 10 for r in ratios) and (not ratios or np.median(ratios) >= 20)
         # The sweep variant: one task touches many more resources than any usual task does.
