@@ -449,7 +449,7 @@ class EventDecoder:
             max_future_skew_ms=settings.max_future_skew_ms,
         )
 
-    def decode(self, data: bytes, now_ms: int | None = None) -> Event:
+    def decode(self, data: bytes | None, now_ms: int | None = None) -> Event:
         """Validate ``data`` (one message value) and flatten it; ``now_ms`` defaults to now.
 
         >>> raw = (b'{"class_uid": 6003, "activity_id": 2, "time": 1.7e12,'
@@ -459,10 +459,11 @@ class EventDecoder:
         >>> ev.identity_uid, ev.identity_kind, ev.time_ms
         ('agent-7', 'agent', 1700000000000)
         """
-        try:
-            size = len(data)
-        except TypeError:  # a tombstone (None value) has no event in it
-            raise InvalidEvent("invalid_json", "message has no value (tombstone?)") from None
+        if data is None:  # a tombstone: Kafka's deletion marker, a key with no value
+            raise InvalidEvent("invalid_json", "a tombstone (a record with no value), not an event")
+        size = len(data)
+        if not size:
+            raise InvalidEvent("invalid_json", "an empty message (zero bytes), not an event")
         if size > self.max_bytes:  # before parsing: never spend CPU on an oversized message
             raise InvalidEvent("oversized", f"{size} bytes > max {self.max_bytes}")
         try:

@@ -109,7 +109,8 @@ def run_demo(
     settings = dataclasses.replace(settings, directory_file=str(directory))
 
     # Watch the outputs from their current end: this run's findings and dead letters only.
-    watch = make_consumer(settings, f"custos-demo-watch-{time.time_ns()}", manual_commit=False,
+    # No commits: it only assigns partitions, so its group is never joined nor left behind.
+    watch = make_consumer(settings, f"custos-demo-watch-{time.time_ns()}", manual_commit=True,
                           bulk_fetch=False)  # fmt: skip
     parts = []
     for topic in (settings.alerts_topic, settings.deadletter_topic):

@@ -260,7 +260,7 @@ class Units:
             src, offset = self.source_of(event)
             done[src] = max(done.get(src, -1), offset)
             try:
-                ev = self.decoder.decode(value if value is not None else b"", now_ms)
+                ev = self.decoder.decode(value, now_ms)  # None: a tombstone, said as such
             except InvalidEvent as exc:
                 await self.send_dead(out, event, exc, now_ms)
                 continue

@@ -660,3 +660,12 @@ def test_duplicate_keys_are_refused_wherever_they_are(dec: EventDecoder, data: b
 
 def test_same_key_in_different_objects_is_fine(dec: EventDecoder) -> None:
     assert dec.decode(enc(AGENT_CALL), now_ms=NOW).identity_uid == "agent-42"  # uid x4, type x2
+
+
+def test_a_tombstone_and_an_empty_message_say_what_they_are(dec: EventDecoder) -> None:
+    """A keyed tombstone used to be dead-lettered as 'Input data was truncated' (the worker
+    passed its missing value on as zero bytes)."""
+    with pytest.raises(InvalidEvent, match="invalid_json: a tombstone"):
+        dec.decode(None)
+    with pytest.raises(InvalidEvent, match="invalid_json: an empty message"):
+        dec.decode(b"")
