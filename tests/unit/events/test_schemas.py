@@ -440,6 +440,8 @@ BAD_INPUTS: list[tuple[str, bytes]] = [
     ("invalid_value", enc(with_(HUMAN_LOGON, "src_endpoint.autonomous_system.number", 2**32))),
     ("invalid_value", enc(with_(AGENT_CALL, "traffic.bytes_in", -1))),
     ("invalid_value", enc(with_(AGENT_CALL, "traffic.bytes_out", 2**63))),
+    ("invalid_value", enc(with_(AGENT_CALL, "http_response.length", -1))),
+    ("wrong_type", enc(with_(AGENT_CALL, "http_request.length", "912"))),
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.model.digest", "sha256:abc"))),
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.model.digest", "md5:" + "0" * 64))),
     ("invalid_value", enc(with_(AGENT_CALL, "unmapped.model.digest", "sha256:" + "AB" * 32))),
