@@ -77,23 +77,24 @@ def bench_offline(
         "max_bytes_per_identity": int(sizes.max()),
         "rss_mb": _rss_mb(),
         "us_per_event": stage_costs(
-            settings, [v for _, _, v, _ in raw], directory, whole_us=secs / max(1, len(raw)) * 1e6
+            settings, [v for _, _, v, _ in raw], directory,
+            whole_us=secs / max(1, len(raw)) * 1e6, states=list(store.values()),
         ),
     }, raw
 
 
 def stage_costs(
     settings: Settings, values: list[bytes], directory: Directory, *, whole_us: float,
-    limit: int = 200_000,
+    states: list[bytes], limit: int = 200_000,
 ) -> dict[str, float]:
     """Microseconds per event of each stage, each timed alone over the same events.
 
     decode, features, baselines (observe + deviations + learn, own state only), detector
     (LODA score and learn, per micro-batch), rules, state codec (one dump and load per
-    identity and batch, as the core does); ``rest`` is the whole core's time per event
-    (``whole_us``, decode included) minus those: the rounds glue, peer blend, calibration,
-    policy, explanations and findings. Timed alone, a stage runs warmer than inside the
-    core, so ``rest`` is an upper bound.
+    identity and batch, as the core does, over ``states``: the run's own); ``rest`` is the
+    whole core's time per event (``whole_us``, decode included) minus those: the rounds glue,
+    peer blend, calibration, policy, explanations and findings. Timed alone, a stage runs
+    warmer than inside the core, so ``rest`` is an upper bound.
     """
     from pipeline.baselines.features import extract
     from pipeline.baselines.layout import DEVIATIONS
@@ -112,13 +113,13 @@ def stage_costs(
     out["features"] = time.perf_counter() - t
     det = Detection.from_settings(settings, directory=directory)
     bm, rules = det.baseline_model, det.rules
-    states: dict[str, Any] = {}
+    fresh: dict[str, Any] = {}  # per identity: a baseline from nothing
     rows = np.empty((n, len(DEVIATIONS)))
     t = time.perf_counter()
     for i, (e, f) in enumerate(zip(events, feats, strict=True)):
-        st = states.get(e.identity_uid)
+        st = fresh.get(e.identity_uid)
         if st is None:
-            st = states[e.identity_uid] = bm.new_state()
+            st = fresh[e.identity_uid] = bm.new_state()
         bm.observe(st, f)
         rows[i] = bm.deviations(st, f)[0]
         bm.learn_one(st, f)
@@ -138,12 +139,10 @@ def stage_costs(
             rs = rstates[e.identity_uid] = RuleState()
         rules.check(rs, e, directory.lookup(e.identity_uid))
     out["rules"] = time.perf_counter() - t
-    store: dict[str, bytes] = {}
-    det = Detection.from_settings(settings, directory=directory, state_cache_size=0)
-    for i in range(0, n, b):  # real states to (de)serialise: the core's own
-        det.process(events[i:i + b], store)
+    # The core reads and writes each identity once per batch: that many codec round trips,
+    # over the real states the whole run left behind.
     per_batch = sum(len({e.identity_uid for e in events[i:i + b]}) for i in range(0, n, b))
-    blobs = list(store.values())
+    blobs = states or [det.dump_state(det.load_state(None))]
     t = time.perf_counter()
     for j in range(per_batch):
         det.dump_state(det.load_state(blobs[j % len(blobs)]))

@@ -41,6 +41,25 @@ def _call(uid: str, agent: str, t: int) -> bytes:
     }).encode()  # fmt: skip
 
 
+def produce_paced(
+    settings: Settings, agents: list[str], n: int, prefix: str, start_ms: int, *,
+    pause_s: float, out: list[str],
+) -> None:
+    """``n`` agent calls, one second of event time apart, 40 at a time with a pause between:
+    a steady stream that a kill or a rebalance lands in the middle of. Uids go to ``out``."""
+    producer = make_producer(settings)
+    for i in range(n):
+        agent = agents[i % len(agents)]
+        uid = f"{prefix}-{i}"
+        producer.produce(settings.agent_topic, key=agent.encode(),
+                         value=_call(uid, agent, start_ms + i * 1_000))  # fmt: skip
+        out.append(uid)
+        if i % 40 == 39:
+            producer.flush(10)
+            time.sleep(pause_s)
+    assert producer.flush(30) == 0
+
+
 def _checkpoint(path: Path) -> dict[str, Any]:
     doc = msgspec.msgpack.decode(path.read_bytes())
     shared = msgspec.msgpack.decode(doc["shared"])
@@ -60,17 +79,7 @@ def test_kill_9_mid_stream_applies_every_event_exactly_once(
     produced: list[str] = []
 
     def paced() -> None:  # ~160 events/s for 15 s: the kill lands while they arrive
-        producer = make_producer(isolated)
-        for i in range(N_EVENTS):
-            agent = AGENTS[i % len(AGENTS)]
-            uid = f"r-{i}"
-            producer.produce(isolated.agent_topic, key=agent.encode(),
-                             value=_call(uid, agent, start_ms + i * 1_000))  # fmt: skip
-            produced.append(uid)
-            if i % 40 == 39:
-                producer.flush(10)
-                time.sleep(0.25)
-        assert producer.flush(30) == 0
+        produce_paced(isolated, AGENTS, N_EVENTS, "r", start_ms, pause_s=0.25, out=produced)
 
     def committed() -> list[TopicPartition]:
         consumer = Consumer({"bootstrap.servers": isolated.bootstrap_servers, "group.id": app_id})

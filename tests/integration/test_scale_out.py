@@ -20,9 +20,9 @@ from pathlib import Path
 import msgspec
 
 from pipeline.config import Settings, env_var
-from pipeline.kafka.clients import make_producer, read_all
+from pipeline.kafka.clients import read_all
 from pipeline.ops.localhost import free_port
-from tests.integration.test_restart import _call
+from tests.integration.test_restart import produce_paced
 from tests.integration.test_worker import _env, _start
 
 AGENTS = [f"agt-scale-{i:02d}" for i in range(24)]
@@ -46,17 +46,7 @@ def test_two_workers_share_partitions_and_a_killed_one_loses_nothing(
     produced: list[str] = []
 
     def paced() -> None:  # ~120 events/s for 20 s: the join and the kill land while they arrive
-        producer = make_producer(isolated)
-        for i in range(N_EVENTS):
-            agent = AGENTS[i % len(AGENTS)]
-            uid = f"s-{i}"
-            producer.produce(isolated.agent_topic, key=agent.encode(),
-                             value=_call(uid, agent, start_ms + i * 1_000))  # fmt: skip
-            produced.append(uid)
-            if i % 40 == 39:
-                producer.flush(10)
-                time.sleep(0.33)
-        assert producer.flush(30) == 0
+        produce_paced(isolated, AGENTS, N_EVENTS, "s", start_ms, pause_s=0.33, out=produced)
 
     def scored() -> list[dict[str, object]]:
         return [msgspec.json.decode(m.value())
