@@ -174,19 +174,20 @@ class Settings:
     )
 
     # --- Worker (faust) ------------------------------------------------------------------------
-    app_id: str = _setting("custos-worker", "Faust app id: consumer group and table-topic prefix")
+    app_id: str = _setting("custos-worker", "Worker id: consumer group and internal-topic prefix")
     alerts_topic: str = _setting("custos.alerts", "Output: OCSF Detection Findings (2004)")
     scores_topic: str = _setting("custos.scores", "Output: every event's score (if emit_scores)")
     emit_scores: bool = _setting(False, "Publish every event's explained score (for notebooks)")
-    worker_partitions: int = _setting(6, "Partitions of the input topics and the state table")
+    worker_partitions: int = _setting(6, "Partitions of the input topics and the state changelog")
     worker_batch: int = _setting(2000, "Micro-batch size: events scored together")
     worker_batch_within_s: float = _setting(0.2, "Longest wait to fill a micro-batch (seconds)")
+    worker_commit_s: float = _setting(2.0, "How often input offsets are committed (seconds)")
     worker_send_timeout_s: float = _setting(
         30.0, "A dead-letter or alert write not done by then crashes the worker (no skipping)"
     )
     worker_web_port: int = _setting(6066, "Worker's web/metrics port (bound to 127.0.0.1)")
     worker_datadir: str = _setting(
-        "", "Worker state directory (RocksDB tables); empty = <home>/worker/<app_id>"
+        "", "Worker state directory (shared-model checkpoint); empty = <home>/worker/<app_id>"
     )
 
     # --- Quarantine (issue 4) -------------------------------------------------------------------

@@ -300,10 +300,14 @@ class Detection:
             return result
         # Event-time order inside the batch: an identity's sign-ins and API calls arrive on
         # different topics and partitions, interleaved by chance; its baseline, rules (travel,
-        # clones, step order) and risk must see them as they happened. Stable: ties keep
-        # arrival order. Scores (and rows) come back in this order.
-        if any(events[i].time_ms > events[i + 1].time_ms for i in range(len(events) - 1)):
-            events = sorted(events, key=lambda e: e.time_ms)
+        # clones, step order) and risk must see them as they happened. Ties: sign-ins before
+        # API calls, then arrival order (stable) - which is the order of one identity's
+        # partition of one topic, the same in the worker and in `custos replay`; how the
+        # two topics interleaved is not. Scores (and rows) come back in this order.
+        if any((events[i].time_ms, events[i].class_uid) > (events[i + 1].time_ms,
+                                                           events[i + 1].class_uid)
+               for i in range(len(events) - 1)):  # fmt: skip
+            events = sorted(events, key=lambda e: (e.time_ms, e.class_uid))
         cache: dict[str, IdentityState] = {}
         rounds: list[list[int]] = []
         seen: dict[str, int] = {}

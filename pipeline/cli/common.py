@@ -72,7 +72,15 @@ def settings_for(ctx: click.Context) -> Settings:
     """The environment's settings as this command's principal, read once per invocation."""
     obj = ctx.ensure_object(dict)
     if "settings" not in obj:
-        obj["settings"] = Settings.from_env().as_principal(principal_for(ctx.command_path))
+        # The subcommands' names, not ctx.command_path: under `python -m pipeline` the program
+        # name is three words ("python -m pipeline"), and the worker ran as "console".
+        names = []
+        c: click.Context | None = ctx
+        while c is not None and c.parent is not None:
+            names.append(c.info_name or "")
+            c = c.parent
+        path = " ".join(["custos", *reversed(names)])
+        obj["settings"] = Settings.from_env().as_principal(principal_for(path))
     return obj["settings"]  # type: ignore[no-any-return]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 from confluent_kafka import (
@@ -150,6 +151,61 @@ def read_all(
                 if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
                     done.add(msg.partition() or 0)
         return out
+    finally:
+        consumer.close()
+
+
+def make_hot_consumer(settings: Settings, group_id: str) -> Consumer:
+    """The worker's per-event consumer: large batched fetches, no auto-commit.
+
+    ``range`` assignment, not cooperative-sticky: the worker's input, re-keyed, signal and
+    feedback topics share one partition count, and only the range assignor gives one
+    member the same partition numbers of all of them - identity X's events, signals and
+    feedback must reach the worker that holds X's state. ``fetch.queue.backoff.ms`` 10
+    instead of 1000: the fetcher refills its queue as soon as the loop drained it.
+    """
+    conf: dict[str, Any] = {
+        "partition.assignment.strategy": "range",
+        "fetch.queue.backoff.ms": 10,
+        "queued.min.messages": 100_000,
+        "enable.partition.eof": False,
+        "session.timeout.ms": 45_000,
+        "max.poll.interval.ms": 300_000,
+    }
+    return make_consumer(settings, group_id, **conf)
+
+
+def read_partition(
+    settings: Settings, topic: str, partition: int, timeout_s: float = 300.0
+) -> Iterator[Message]:
+    """Every record of one partition, from the beginning to its end as it was when called.
+
+    The worker restores a partition's identity state from its changelog with this (no group:
+    assigned, never committed). Raises KafkaError if the end is not reached in ``timeout_s``.
+    """
+    from pipeline.errors import KafkaError as CustosKafkaError
+
+    consumer = make_consumer(settings, f"{settings.app_id}-restore", bulk_fetch=True)
+    try:
+        tp = TopicPartition(topic, partition)
+        low, high = _watermarks(consumer, tp)
+        if high <= low:
+            return
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if time.monotonic() > deadline:
+                raise CustosKafkaError(f"restoring {topic}[{partition}]: end offset {high} "
+                                       f"not reached in {timeout_s:.0f} s")  # fmt: skip
+            got = consumer.consume(num_messages=10_000, timeout=0.5)
+            for msg in got:
+                if msg.error() is not None:
+                    continue
+                yield msg
+                if (msg.offset() or 0) + 1 >= high:
+                    return
+            if not got and consumer.position([tp])[0].offset >= high:
+                return  # compaction can leave the last offsets without a record
     finally:
         consumer.close()
 

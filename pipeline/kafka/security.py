@@ -92,6 +92,7 @@ def acl_plan(s: Settings) -> list[Acl]:
     allow("worker", ("READ", "WRITE", "CREATE", "DESCRIBE", "DESCRIBE_CONFIGS"),
           s.app_id + "-", "f-reply-", prefixed=True)  # fmt: skip
     group("worker", s.app_id)
+    group("worker", s.app_id + "-", prefixed=True)  # faust's shell (<app_id>-shell)
     group("worker", s.group_id)
     # Responders: commands in; acks, their dead letters, reports and the one alert kind they
     # raise themselves (a quarantine that failed) out.

@@ -1,18 +1,21 @@
-"""The faust worker: the application shell that wires topics to the units of work.
+"""The worker: faust as the application shell, a confluent-kafka loop on the per-event path.
 
 Input topics → decode (bad input → dead-letter topic) → micro-batches → the engine
-(:mod:`pipeline.engine`) with per-identity state in a RocksDB-backed table whose changelog
-lets a restarted or rebalanced worker resume → OCSF findings on ``custos.alerts``. What each
-unit does is :mod:`pipeline.stream.units`; this module builds the faust app, its topics, table,
-agents, timer, control task, sensors and metrics page, and holds no detection logic.
+(:mod:`pipeline.engine`) with per-identity state in memory, written through to a compacted
+changelog topic that lets a restarted or rebalanced worker resume → OCSF findings on
+``custos.alerts``. The records are consumed by :class:`~pipeline.stream.hot.HotLoop`; what
+each unit of work does is :mod:`pipeline.stream.units`; this module builds the faust app (web
+and metrics page, timer, control topics, sensors), the output topics and the loop, and holds
+no detection logic.
 
-Partitioning: the state table writes its changelog *by key* (``use_partitioner``) with the
-same murmur2 partitioner the producers use, so identity X's state lives in the partition its
-events arrive on. Events whose Kafka key is not their identity uid (producers that did not
-key) are re-keyed through ``<app_id>-rekeyed`` before scoring, so one identity's state is
-only ever touched by the worker that owns its partition. For the same reason, evidence one
-identity's event reveals about *another* (the delegator of an unauthorised delegation) travels
-through ``<app_id>-signals``, keyed by the identity it is about.
+Partitioning: state changelog records go to the partition the identity's events arrive on,
+keyed by the identity (producers use murmur2, like the Java clients). Events whose Kafka key
+is not their identity uid (producers that did not key) are re-keyed through
+``<app_id>-rekeyed`` before scoring, so one identity's state is only ever touched by the
+worker that owns its partition. For the same reason, evidence one identity's event reveals
+about *another* (the delegator of an unauthorised delegation) travels through
+``<app_id>-signals``, keyed by the identity it is about. Inputs, re-keyed, signals, feedback
+and the changelog share one partition count (:func:`preflight` checks it).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
 import msgspec
-from mode import CrashingSupervisor
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pipeline.config import Settings
@@ -39,33 +42,17 @@ from pipeline.kafka.clients import aiokafka_auth, faust_auth
 from pipeline.models.runtime import ModelRuntime
 from pipeline.quarantine.policy import QuarantinePolicy
 from pipeline.stream.delivery import die_uncommitted
+from pipeline.stream.hot import HotLoop, Restore
 from pipeline.stream.offsets import SharedCheckpoint
-from pipeline.stream.store import TableStore
+from pipeline.stream.store import PartitionStore
 from pipeline.stream.units import Topics, Units, WorkerStats
 
 __all__ = [
-    "changelog_partitions", "create_app", "datadir", "faust_app", "follow", "output_topics",
-    "preflight", "run_worker",
+    "HotClients", "changelog_topic", "create_app", "datadir", "faust_app", "follow",
+    "hot_clients", "internal_topics", "output_topics", "preflight", "run_worker",
 ]  # fmt: skip
 
 log = logging.getLogger("custos.worker")
-
-
-class _Checkpoints(faust.Sensor):
-    """Save the shared models' checkpoint just before faust commits input offsets.
-
-    The checkpoint is the snapshot taken at the end of the last unit of work; every offset
-    faust is about to commit belongs to a unit that ended, so the saved shared state always
-    includes at least what is committed (a kill loses no shared learning, see offsets.py).
-    """
-
-    def __init__(self, checkpoint: SharedCheckpoint) -> None:
-        super().__init__()
-        self.checkpoint = checkpoint
-
-    def on_commit_initiated(self, consumer: Any) -> Any:
-        self.checkpoint.save()
-        return None
 
 
 class _SendErrors(faust.Sensor):
@@ -107,16 +94,17 @@ def datadir(settings: Settings) -> Path:
     return settings.home_path / "worker" / settings.app_id
 
 
-def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faust.App:
-    """The faust app with Custos's settings (consumer, producer, RocksDB, web), no agents.
+def faust_app(settings: Settings, data: Path) -> faust.App:
+    """The faust app with Custos's settings (consumer, producer, web), no agents.
 
-    ``store``: ``memory://`` for faust's ``test_context`` unit tests only.
+    Its id is ``<app_id>-shell``: the per-event consumer owns the group ``app_id``, and a
+    faust consumer in it (another assignment protocol) would be refused by the coordinator.
     """
     return faust.App(
-        settings.app_id,
+        f"{settings.app_id}-shell",
         **faust_auth(settings),
         broker=f"kafka://{settings.bootstrap_servers}",
-        store=store,
+        store="memory://",  # no faust tables: identity state is the hot loop's
         datadir=str(data),
         web_host="127.0.0.1",
         web_bind="127.0.0.1",
@@ -135,16 +123,55 @@ def faust_app(settings: Settings, data: Path, store: str = "rocksdb://") -> faus
     )
 
 
+@dataclass(frozen=True)
+class HotClients:
+    """The per-event path's Kafka clients: consumer, state producer, changelog reader."""
+
+    consumer: Any
+    producer: Any
+    restore: Restore
+
+
+def hot_clients(settings: Settings) -> HotClients:
+    from pipeline.kafka.clients import make_hot_consumer, make_producer, read_partition
+
+    changelog = changelog_topic(settings)
+
+    def restore(p: int) -> Iterator[tuple[bytes | None, bytes | None]]:
+        return ((m.key(), m.value()) for m in read_partition(settings, changelog, p))
+
+    # Its own state writes are flushed per unit of work: no point lingering for a batch.
+    return HotClients(make_hot_consumer(settings, settings.app_id),
+                      make_producer(settings, **{"linger.ms": 2}), restore)  # fmt: skip
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-identity-state-changelog"
+
+
+def internal_topics(settings: Settings) -> dict[str, dict[str, str]]:
+    """The worker's own topics (name → config), created by :func:`preflight`."""
+    return {
+        f"{settings.app_id}-rekeyed": {"cleanup.policy": "delete",
+                                       "max.message.bytes": "2097152"},
+        f"{settings.app_id}-signals": {"cleanup.policy": "delete"},
+        # Compacted: the latest state of every identity, what a new owner restores.
+        changelog_topic(settings): {"cleanup.policy": "compact",
+                                    "max.message.bytes": "2097152"},
+    }  # fmt: skip
+
+
 def create_app(
     settings: Settings,
     detection: Detection | None = None,
     *,
-    store_url: str = "rocksdb://",
     die: Callable[[str], None] = die_uncommitted,
+    clients: HotClients | None = None,
 ) -> faust.App:
-    """Build the faust app and its agents for ``settings`` (nothing runs until started).
+    """Build the faust app, its timer, control task and hot loop (nothing runs until started).
 
-    ``die``: how the worker stops when an output is refused (tests pass a recorder).
+    ``die``: how the worker stops when an output is refused (tests pass a recorder);
+    ``clients``: the hot loop's Kafka clients (tests pass their own).
     """
     detection = detection or Detection.from_settings(settings)
     data = datadir(settings)
@@ -167,20 +194,13 @@ def create_app(
                                         for x in detection.policy.suppressions]},
         ))  # fmt: skip
 
-    app = faust_app(settings, data, store_url)
-    app.sensors.add(_Checkpoints(checkpoint))
+    app = faust_app(settings, data)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes,
                            "key_serializer": "raw", "value_serializer": "raw"}  # fmt: skip
-    parts = settings.worker_partitions
-    inputs = app.topic(settings.identity_topic, settings.agent_topic, **raw)
-    rekeyed = app.topic(f"{settings.app_id}-rekeyed", partitions=parts, internal=True, **raw)
-    # Evidence about another identity (the delegator of an unauthorised delegation) goes to
-    # the worker that owns that identity's partition, like re-keyed events.
-    signals = app.topic(f"{settings.app_id}-signals", partitions=parts, internal=True, **raw)
-    # Keyed by identity like the inputs (same partition count): co-partitioned with the table.
-    feedback = app.topic(settings.feedback_topic, **raw)
+    rekeyed_name, signals_name, _ = internal_topics(settings)
     topics = Topics(
-        rekeyed=rekeyed, signals=signals, feedback=feedback,
+        rekeyed=app.topic(rekeyed_name, **raw), signals=app.topic(signals_name, **raw),
+        feedback=app.topic(settings.feedback_topic, **raw),
         deadletter=app.topic(settings.deadletter_topic, **raw),
         alerts=app.topic(settings.alerts_topic, **raw),
         scores=app.topic(settings.scores_topic, **raw),
@@ -188,42 +208,57 @@ def create_app(
         approvals=app.topic(settings.approvals_topic, **raw),
         reports=app.topic(settings.reports_topic, **raw),
         index={settings.identity_topic: 1, settings.agent_topic: 2,
-               rekeyed.get_topic_name(): 3, signals.get_topic_name(): 5},
+               rekeyed_name: 3, signals_name: 5},
     )  # fmt: skip
     outbox_topics = frozenset(t.get_topic_name() for t in (
         topics.rekeyed, topics.signals, topics.feedback, topics.deadletter, topics.alerts,
         topics.scores, topics.quarantine, topics.approvals, topics.reports))  # fmt: skip
     app.sensors.add(_SendErrors(die, outbox_topics, settings.worker_send_timeout_s + 1.0))
-    table = app.Table("identity-state", partitions=parts, key_type=bytes, value_type=bytes,
-                      use_partitioner=True)  # fmt: skip
+    clients = clients or hot_clients(settings)
+    store = PartitionStore(settings.worker_partitions, lambda p, k, v: None)
+    written: list[Callable[[], Awaitable[None]]] = []
+
+    async def state_written() -> None:
+        await written[0]()
+
     units = Units(
-        settings, Engine(detection), TableStore(table, parts), topics, checkpoint,
+        settings, Engine(detection), store, topics, checkpoint,
         quarantine=QuarantinePolicy.from_settings(settings),
         command_signer=command_key(settings.command_key_path, settings.command_jwks_path),
         runtime=runtime, service=service, die=die, spill_path=spill_path,
-        changelog_ready=_changelog_ready(app, table, known=store_url.startswith("memory:")),
+        state_written=state_written,
     )  # fmt: skip
+    hot = HotLoop(
+        units, store, checkpoint, consumer=clients.consumer, producer=clients.producer,
+        changelog=changelog_topic(settings), restore=clients.restore,
+        kinds={settings.identity_topic: "events", settings.agent_topic: "events",
+               rekeyed_name: "events", signals_name: "signals",
+               settings.feedback_topic: "feedback"},
+        batch=settings.worker_batch, within_s=settings.worker_batch_within_s,
+        commit_s=settings.worker_commit_s, send_timeout_s=settings.worker_send_timeout_s,
+        die=die,
+    )  # fmt: skip
+    written.append(hot.state_written)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _final_checkpoint(app: Any, *args: Any, **kwargs: Any) -> None:
-        # A clean stop keeps the shared models up to the last unit of work, whether or not
-        # faust commits once more on its way down.
+        # A clean stop: the loop commits what ended once it leaves consume.
+        hot.stopping = True
         checkpoint.save()
 
     # Error policy: bad *input* is dead-lettered inside a unit; anything else (a dead-letter
-    # or alert write that fails, a bug) crashes the whole worker. faust's default would restart
-    # the agent and carry on past the failed batch; crashing leaves its offsets uncommitted so
-    # the restarted worker re-reads it. Nothing is skipped silently.
-    batch, within = settings.worker_batch, settings.worker_batch_within_s
-    for topic, name, unit, size in (
-        (inputs, "detect", units.events, batch),
-        (rekeyed, "detect-rekeyed", units.events, batch),  # the same unit: re-keyed by identity
-        (signals, "signals", units.signals, batch),
-        (feedback, "feedback", units.feedback_batch, 100),
-    ):
-        app.agent(topic, name=name, supervisor_strategy=CrashingSupervisor)(
-            _batches(unit, size, within)
-        )
+    # or alert write that fails, a bug) crashes the whole worker, its offsets uncommitted, so
+    # the restarted worker re-reads the batch. Nothing is skipped silently.
+    @app.task  # type: ignore[untyped-decorator]
+    async def detect() -> None:
+        try:
+            await hot.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.exception("the per-event loop failed")
+            die(f"the per-event loop failed: {exc!r}")
+            raise
 
     @app.task  # type: ignore[untyped-decorator]
     async def control() -> None:
@@ -237,7 +272,7 @@ def create_app(
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def housekeeping() -> None:
-        # Close quiet incidents and checkpoint the shared models beside the tables.
+        # Close quiet incidents and checkpoint the shared models.
         await units.tick()
         checkpoint.save()
 
@@ -245,26 +280,14 @@ def create_app(
     async def metrics_page(web: Any, request: Any) -> Any:
         from pipeline.kafka.metrics import render
 
-        body = render(units.stats, lambda: _worker_metrics(units.stats, detection))
+        body = render(units.stats, lambda: _worker_metrics(units.stats, detection, hot))
         return web.text(body, content_type="text/plain")
 
     app.custos_stats = units.stats  # type: ignore[attr-defined]
     app.custos_detection = detection  # type: ignore[attr-defined]
     app.custos_units = units  # type: ignore[attr-defined]
+    app.custos_hot = hot  # type: ignore[attr-defined]
     return app
-
-
-def _batches(
-    unit: Callable[[list[Any]], Awaitable[None]], size: int, within: float
-) -> Callable[[Any], Awaitable[None]]:
-    """A faust agent that hands each micro-batch of its stream to ``unit``."""
-
-    async def agent(stream: Any) -> None:
-        async for batch in stream.take_events(size, within=within):
-            await unit(batch)
-
-    agent.__name__ = getattr(unit, "__name__", "agent")
-    return agent
 
 
 def _load_shared(detection: Detection, data: Path) -> SharedCheckpoint:
@@ -279,32 +302,6 @@ def _load_shared(detection: Detection, data: Path) -> SharedCheckpoint:
         log.info("loaded shared detector state from %s", shared_path)
         checkpoint.offsets = {}
     return checkpoint
-
-
-def _changelog_ready(app: faust.App, table: Any, *, known: bool) -> Callable[[], Awaitable[None]]:
-    """Before a unit's table writes: the producer must know the changelog topic's partitions.
-
-    faust picks a table write's changelog partition eagerly, from the producer's metadata, and
-    crashes (a TypeError deep in aiokafka) when the topic is not in it: just after start, and
-    again whenever a metadata refresh came back without the topic (an error for it under load:
-    seen in ``make demo``, minutes in). So check on every unit - a dict lookup - and wait for
-    the metadata when it is missing. ``known``: no Kafka at all (faust's test_context).
-    """
-
-    async def ready() -> None:
-        if known:
-            return
-        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-        await changelog_partitions(producer, table.changelog_topic.get_topic_name())
-
-    return ready
-
-
-async def changelog_partitions(producer: Any, topic: str) -> None:
-    """Wait until ``producer`` (aiokafka) has ``topic``'s partitions in its metadata."""
-    if producer._metadata.partitions_for_topic(topic) is None:
-        log.info("producer metadata lacks %s: waiting for it before writing state", topic)
-        await producer.partitions_for(topic)
 
 
 async def follow(
@@ -366,7 +363,7 @@ async def _partitions(settings: Settings, topic: str) -> set[int]:
         waited += 1
 
 
-def _worker_metrics(stats: WorkerStats, detection: Detection) -> Iterator[Metric]:
+def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> Iterator[Metric]:
     """The worker's own metric families, added to the ingest ones at scrape time."""
     yield CounterMetricFamily("custos_findings", "OCSF findings published.", stats.findings)
     yield CounterMetricFamily("custos_alerts", "Findings that opened an alert.", stats.alerts)
@@ -399,6 +396,11 @@ def _worker_metrics(stats: WorkerStats, detection: Detection) -> Iterator[Metric
     yield GaugeMetricFamily(
         "custos_open_incidents", "Identities with an open incident.", len(detection.open_incidents)
     )
+    yield GaugeMetricFamily("custos_identities", "Identity states held.", len(hot.store))
+    yield GaugeMetricFamily("custos_partitions_owned", "Input partitions owned.", len(hot.owned))
+    yield CounterMetricFamily(
+        "custos_state_restored", "State records read back from the changelog.", hot.restored
+    )
 
 
 def output_topics(settings: Settings) -> list[str]:
@@ -415,13 +417,16 @@ def output_topics(settings: Settings) -> list[str]:
 
 
 def preflight(settings: Settings) -> None:
-    """Refuse to start without the topics the worker writes to.
+    """Refuse to start without the topics the worker writes to; create its own topics.
 
     A missing output topic does not fail a send: the producer waits for metadata that never
     comes and retries, logging without end, while input piles up unscored. Stop at once with
-    what is missing instead.
+    what is missing instead. The topics partitioned by identity (inputs, feedback, re-keyed,
+    signals, the state changelog) must all have ``worker_partitions`` partitions: identity
+    X's records of each must reach the one worker that holds X's state.
     """
-    from pipeline.kafka.topics import missing_topics
+    from pipeline.kafka.clients import make_admin
+    from pipeline.kafka.topics import TopicSpec, apply_topics, missing_topics
 
     missing = missing_topics(settings, output_topics(settings))
     if missing:
@@ -429,6 +434,20 @@ def preflight(settings: Settings) -> None:
             f"topic(s) {', '.join(missing)} do not exist on {settings.bootstrap_servers}: "
             "create them (custos topics apply) or point the CUSTOS_*_TOPIC settings at "
             "existing ones; the worker does not start without its outputs"
+        )
+    parts = settings.worker_partitions
+    apply_topics(settings, [TopicSpec(name, parts, 1, config)
+                            for name, config in internal_topics(settings).items()])  # fmt: skip
+    keyed = [settings.identity_topic, settings.agent_topic, settings.feedback_topic,
+             *internal_topics(settings)]  # fmt: skip
+    md = make_admin(settings).list_topics(timeout=30).topics
+    wrong = {n: len(md[n].partitions) for n in keyed if len(md[n].partitions) != parts}
+    if wrong:
+        raise ConfigError(
+            "the topics partitioned by identity must have worker_partitions="
+            f"{parts} partitions each; these do not: "
+            + ", ".join(f"{n} ({k})" for n, k in wrong.items())
+            + " (set CUSTOS_WORKER_PARTITIONS to match, or grow the topics)"
         )
 
 

@@ -1,97 +1,121 @@
-"""Identity state as the worker keeps it: a faust table seen as ``str -> bytes``, and writes
-held back until a unit of work's outputs are delivered."""
+"""Identity state as the worker keeps it: in memory by partition, written through to a
+compacted changelog, and writes held back until a unit of work's outputs are delivered."""
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from faust.streams import _current_event
 
 from pipeline.stream.offsets import Source, unwrap, wrap
 
-__all__ = ["Staged", "TableStore"]
+__all__ = ["Emit", "PartitionStore", "Staged"]
 
 
-class TableStore(MutableMapping[str, bytes]):
-    """A faust table seen as ``str → bytes`` (what the pure core expects).
+#: Where a state write goes besides memory: (partition, key, value or None for a delete).
+Emit = Callable[[int, bytes, bytes | None], None]
 
-    faust's RocksDB store files a written key under the partition of the *current event*.
-    The pure core writes back once per identity after a whole micro-batch, so before each
-    write this sets the current event to one of that identity's own events (or, for timer
-    writes, to a recent event of the partition the key hashes to).
+
+class PartitionStore(MutableMapping[str, bytes]):
+    """Identity state in memory, filed by input partition, written through to a changelog.
+
+    The pure core sees ``str → bytes``. Each stored value is the core state behind the input
+    offsets it includes (:func:`~pipeline.stream.offsets.wrap`), and every write is also
+    handed to ``emit`` - the worker produces it to a compacted changelog topic, keyed by the
+    identity, in the partition its events arrive on - so a worker that takes the partition
+    over (a restart, a rebalance) restores it with :meth:`load`. A write goes to the
+    partition of one of the identity's events in the unit of work (``events``), else to the
+    one it was last filed under, else to the one its key hashes to (murmur2, as producers).
     """
 
-    def __init__(self, table: Any, partitions: int) -> None:
-        self.table = table
+    def __init__(self, partitions: int, emit: Emit) -> None:
         self.partitions = partitions
-        self.events: dict[str, Any] = {}  # identity uid → one of its events in this batch
-        self.by_partition: dict[int, Any] = {}  # partition → a recent event from it
+        self.emit = emit
+        self.states: dict[str, bytes] = {}  # uid → wrapped value
+        self.where: dict[str, int] = {}  # uid → its partition
+        self.events: dict[str, Any] = {}  # identity uid → one of its records in this unit
         # Offsets the next write of an identity includes (pipeline.stream.offsets): set by the
         # unit of work before its state is committed; a write without marks keeps the old ones.
         self.marks: dict[str, dict[Source, int]] = {}
-        # Values read by applied() in this unit of work: the core reads the same identity
-        # right after, and one RocksDB get per identity and batch is enough (forget() per unit).
-        self._read: dict[str, bytes | None] = {}
 
     def forget(self) -> None:
-        """End of a unit of work: later units read the table afresh (rebalances move it)."""
-        self._read.clear()
+        """End of a unit of work: its marks never outlive it."""
         self.marks = {}
-
-    def _value(self, key: str) -> bytes | None:
-        if key in self._read:
-            return self._read[key]
-        return self.table.get(key.encode())  # type: ignore[no-any-return]
 
     def applied(self, key: str) -> dict[Source, int]:
         """The input offsets ``key``'s stored state already includes."""
-        value = self._read[key] = self.table.get(key.encode())
+        value = self.states.get(key)
         return unwrap(value)[1] if value is not None else {}
 
     def remember(self, uid: str, event: Any, batch: dict[str, Any]) -> None:
-        """Note ``event`` as ``uid``'s in a batch's own map (agents interleave at awaits)."""
+        """Note ``event`` as ``uid``'s in a batch's own map."""
         batch[uid] = event
-        self.by_partition[event.message.partition] = event
 
-    def _enter(self, key: str) -> None:
+    def partition_of(self, key: str) -> int:
         event = self.events.get(key)
-        if event is None:
-            part = (murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
-            event = self.by_partition.get(part)
         if event is not None:
-            _current_event.set(weakref.ref(event))
+            return int(event.message.partition)
+        known = self.where.get(key)
+        if known is not None:
+            return known
+        return int(murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
+
+    # --- restore and hand-over (the worker's rebalance callbacks) ---------------------------
+
+    def load(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """One changelog record, read back in order (None: the identity was deleted)."""
+        uid = key.decode("utf-8", "replace")
+        if value is None:
+            self.states.pop(uid, None)
+            self.where.pop(uid, None)
+        else:
+            self.states[uid] = value
+            self.where[uid] = partition
+
+    def drop(self, partitions: set[int]) -> list[str]:
+        """Forget the identities of partitions another worker now owns (returns them)."""
+        gone = [uid for uid, p in self.where.items() if p in partitions]
+        for uid in gone:
+            del self.states[uid]
+            del self.where[uid]
+        return gone
+
+    def owned(self) -> set[int]:
+        return set(self.where.values())
+
+    # --- the mapping the core sees ----------------------------------------------------------
 
     def __getitem__(self, key: str) -> bytes:
-        value = self._value(key)
-        if value is None:
-            raise KeyError(key)
-        return unwrap(value)[0]
+        return unwrap(self.states[key])[0]
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._value(key)
+        value = self.states.get(key)
         return default if value is None else unwrap(value)[0]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.states
 
     def __setitem__(self, key: str, value: bytes) -> None:
         marks = self.marks.pop(key, None)
         if marks is None:
             marks = self.applied(key)
-        self._read.pop(key, None)
-        self._enter(key)
-        self.table[key.encode()] = wrap(value, marks)
+        p = self.partition_of(key)
+        stored = self.states[key] = wrap(value, marks)
+        self.where[key] = p
+        self.emit(p, key.encode(), stored)
 
     def __delitem__(self, key: str) -> None:
-        self._read.pop(key, None)
-        self._enter(key)
-        del self.table[key.encode()]
+        p = self.partition_of(key)
+        del self.states[key]
+        self.where.pop(key, None)
+        self.emit(p, key.encode(), None)
 
     def __iter__(self) -> Iterator[str]:
-        return (k.decode() for k in self.table.keys())
+        return iter(list(self.states))
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.states)
 
 
 class Staged(MutableMapping[str, bytes]):

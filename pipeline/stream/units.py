@@ -5,8 +5,10 @@ A unit (a batch of events, of signals, one feedback message, a tick) reads its i
 broker to acknowledge them, and only then writes the identity state it staged and counts.
 Units run one at a time (``lock``): a unit's staged state must not be read by another.
 
-:mod:`pipeline.stream.app` wires faust topics to these methods; nothing here starts a
-consumer. Offsets: each identity's state records the input offsets it includes
+:mod:`pipeline.stream.hot` hands them the records it consumes, :mod:`pipeline.stream.app`
+wires the timer and control topics; nothing here starts a consumer.
+
+Offsets: each identity's state records the input offsets it includes
 (:mod:`pipeline.stream.offsets`), so an event re-read after a crash is recognised and applied
 to the shared models only.
 """
@@ -52,7 +54,7 @@ from pipeline.scores.agent_models import AgentModelRegistry, InvalidAgentModelUp
 from pipeline.scores.explanations import Signal
 from pipeline.stream.delivery import Outbox, spill
 from pipeline.stream.offsets import SOURCE_HEADER, SharedCheckpoint, Source, parse_source
-from pipeline.stream.store import Staged, TableStore
+from pipeline.stream.store import PartitionStore, Staged
 
 __all__ = ["Topics", "Units", "WorkerStats"]
 
@@ -111,7 +113,7 @@ class Units:
         self,
         settings: Settings,
         engine: Engine,
-        store: TableStore,
+        store: PartitionStore,
         topics: Topics,
         checkpoint: SharedCheckpoint,
         *,
@@ -121,7 +123,7 @@ class Units:
         service: str,
         die: Callable[[str], None],
         spill_path: Path,
-        changelog_ready: Callable[[], Awaitable[None]],
+        state_written: Callable[[], Awaitable[None]],
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -136,7 +138,7 @@ class Units:
         self.service = service
         self.die = die
         self.spill_path = spill_path
-        self.changelog_ready = changelog_ready
+        self.state_written = state_written
         self.stats = WorkerStats()
         # One unit of work at a time (a batch, signals, feedback, a tick): its state is staged
         # while its outputs are delivered, and no other unit may read the identity meanwhile.
@@ -214,9 +216,9 @@ class Units:
         await out.delivered()
         if staged is not None:
             if staged.writes:
-                await self.changelog_ready()
                 staged.commit()
-            self.store.forget()  # a unit's marks and reads never outlive it (units hold the lock)
+                await self.state_written()  # acknowledged before the next unit starts
+            self.store.forget()  # a unit's marks never outlive it (units hold the lock)
 
     async def send_dead(self, out: Outbox, event: Any, exc: InvalidEvent, now_ms: int) -> None:
         """Bad input (an event, a feedback message) to the dead-letter topic, bytes intact."""

@@ -116,7 +116,7 @@ def test_the_worker_runs_as_its_own_principal(secure: Settings, tmp_path: Path) 
                         "kafka_controller_port": secure.kafka_controller_port,
                         "emit_scores": "true", "worker_web_port": free_port(),
                         "worker_datadir": tmp_path / "data", "worker_batch_within_s": "0.05",
-                        "app_id": "custos-secure-itest"}.items():  # fmt: skip
+                        "app_id": secure.app_id}.items():  # fmt: skip  (its ACLs name it)
         env[env_var(name)] = str(value)
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import make_producer, read_all
@@ -84,9 +84,19 @@ def test_kill_9_mid_stream_applies_every_event_exactly_once(
     def committed() -> list[TopicPartition]:
         consumer = Consumer({"bootstrap.servers": isolated.bootstrap_servers, "group.id": app_id})
         try:
-            return list(consumer.committed(
-                [TopicPartition(isolated.agent_topic, p) for p in range(3)], timeout=10
-            ))  # fmt: skip
+            for attempt in range(20):
+                try:
+                    return list(consumer.committed(
+                        [TopicPartition(isolated.agent_topic, p) for p in range(3)], timeout=10
+                    ))  # fmt: skip
+                except KafkaException as exc:  # a new broker: the group's coordinator moves
+                    err = exc.args[0]
+                    moving = err.retriable() or err.code() in (
+                        KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+                    if not moving or attempt == 19:
+                        raise
+                    time.sleep(0.5)
+            raise AssertionError("unreachable")
         finally:
             consumer.close()
 

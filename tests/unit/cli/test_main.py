@@ -36,3 +36,29 @@ def test_every_principal_names_a_command() -> None:
     assert principal_for("custos audit run") == "auditor"
     assert principal_for("custos feedback confirm") == "analyst"
     assert principal_for("custos audit verify") == "console"
+
+
+def test_a_command_runs_as_its_principal_whatever_the_program_is_called() -> None:
+    """`python -m pipeline worker` (how the demo and tests start it) is the worker too: the
+    program name is not a command word (it once made every such process the console)."""
+    from pipeline.cli.common import settings_for
+
+    seen: list[str] = []
+
+    @click.group()
+    def root() -> None:
+        pass
+
+    @root.group(name="audit")
+    def audit() -> None:
+        pass
+
+    @audit.command(name="run")
+    @click.pass_context
+    def run(ctx: click.Context) -> None:
+        seen.append(settings_for(ctx).kafka_principal)
+
+    for prog in ("custos", "python -m pipeline", "__main__.py"):
+        result = CliRunner().invoke(root, ["audit", "run"], prog_name=prog, env={})
+        assert result.exit_code == 0, result.output
+    assert seen == ["auditor"] * 3

@@ -84,34 +84,3 @@ def test_an_unacknowledged_output_times_out_as_a_refusal() -> None:
     with pytest.raises(OutputRefused):
         asyncio.run(go())
     assert died and "not acknowledged" in died[0]
-
-
-def test_state_writes_wait_whenever_the_changelog_metadata_is_missing() -> None:
-    """A metadata refresh can drop the changelog topic minutes after start; faust would then
-    crash on the next table write. The check runs before every unit's writes."""
-    from pipeline.stream.app import changelog_partitions
-
-    class _Metadata:
-        def __init__(self) -> None:
-            self.known: dict[str, set[int]] = {}
-
-        def partitions_for_topic(self, topic: str) -> set[int] | None:
-            return self.known.get(topic)
-
-    class _Producer:
-        def __init__(self) -> None:
-            self._metadata = _Metadata()
-            self.waits = 0
-
-        async def partitions_for(self, topic: str) -> set[int]:
-            self.waits += 1
-            self._metadata.known[topic] = {0, 1, 2}
-            return self._metadata.known[topic]
-
-    producer = _Producer()
-    asyncio.run(changelog_partitions(producer, "x-changelog"))
-    asyncio.run(changelog_partitions(producer, "x-changelog"))
-    assert producer.waits == 1  # known: no wait
-    producer._metadata.known.clear()  # a refresh came back without it
-    asyncio.run(changelog_partitions(producer, "x-changelog"))
-    assert producer.waits == 2

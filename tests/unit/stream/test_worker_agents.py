@@ -1,7 +1,8 @@
-"""The faust agents in faust's ``test_context``: no broker, writes captured instead of sent.
+"""The worker's per-event path without a broker: records handed to the hot loop, writes captured.
 
-The integration tests run the same worker against the real broker (restart, changelog); these
-check the agents' wiring event by event: decode or dead-letter, re-key, score, alert, signals.
+The integration tests run the same worker against the real broker (restart, changelog,
+rebalance); these check the wiring record by record: decode or dead-letter, re-key, score,
+alert, signals, state written through to the changelog with the offsets it includes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import faust.topics
@@ -22,15 +22,51 @@ from pipeline.config import Settings
 from pipeline.quarantine.commands import subject_of, verify
 from pipeline.scores.explanations import RuleHit, Signal
 from pipeline.simulate.malformed import bad_samples, valid_logon
-from pipeline.stream.app import create_app
+from pipeline.stream.app import HotClients, create_app
+from pipeline.stream.hot import Record
 from pipeline.stream.offsets import unwrap
 
 Sent = list[tuple[str, bytes | None, bytes | None, dict[str, bytes]]]
 
 
+class FakeProducer:
+    """The state changelog's producer: every record kept; ``refuse`` fails their delivery."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.records: list[tuple[str, int, bytes, bytes | None]] = []
+        self._pending: list[Any] = []
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes = b"",
+                partition: int = -1, on_delivery: Any = None) -> None:  # fmt: skip
+        self.records.append((topic, partition, key, value))
+        self._pending.append((on_delivery, partition))
+
+    def flush(self, timeout: float = 0.0) -> int:
+        pending, self._pending = self._pending, []
+        for cb, p in pending:
+            msg = type("M", (), {"partition": lambda self, p=p: p})()
+            cb("KafkaError{BROKER_NOT_AVAILABLE}" if self.refuse else None, msg)
+        return 0
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return 0
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+
+    def commit(self, offsets: list[Any], asynchronous: bool = True) -> None:
+        self.commits.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
-    """Every topic write (dead letters, alerts, re-keyed, signals, changelog) lands here."""
+    """Every output written through faust's producer (dead letters, alerts, re-keyed...)."""
     out: Sent = []
 
     async def send(self: Any, key: Any = None, value: Any = None, partition: Any = None,
@@ -40,22 +76,39 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
         done.set_result(None)
         return done
 
-    def send_soon(self: Any, key: Any = None, value: Any = None, partition: Any = None,
-                  timestamp: Any = None, headers: Any = None, **_: Any) -> Any:  # fmt: skip
-        out.append((self.get_topic_name(), key, value, dict(headers or [])))  # table changelog
-        return SimpleNamespace(message=SimpleNamespace(partition=partition or 0))
-
     monkeypatch.setattr(faust.topics.Topic, "send", send)
-    monkeypatch.setattr(faust.topics.Topic, "send_soon", send_soon)
     return out
 
 
-def _app(tmp_path: Path) -> Any:
-    settings = Settings.from_env(
+def _settings(tmp_path: Path) -> Settings:
+    return Settings.from_env(
         {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.01, app_id="unit-worker",
         home=str(tmp_path / "home"), quarantine_auto_min_severity=5,
     )  # fmt: skip
-    return create_app(settings, store_url="memory://")
+
+
+def _app(tmp_path: Path, producer: FakeProducer | None = None,
+         restore: Any = lambda p: iter(()), die: Any = None) -> Any:  # fmt: skip
+    clients = HotClients(FakeConsumer(), producer or FakeProducer(), restore)
+    kw = {} if die is None else {"die": die}
+    return create_app(_settings(tmp_path), clients=clients, **kw)
+
+
+class _Feed:
+    """Records for one topic, offsets counted per partition."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.next: dict[int, int] = {}
+
+    def __call__(self, key: bytes | None, value: bytes | None, partition: int = 0) -> Record:
+        off = self.next.get(partition, 0)
+        self.next[partition] = off + 1
+        return Record(key, value, self.topic, partition, off, time.time())
+
+
+def _dispatch(app: Any, records: list[Record]) -> None:
+    asyncio.run(app.custos_hot.dispatch(records))
 
 
 def _logon(event_uid: str, user: str, t: int) -> bytes:
@@ -76,31 +129,21 @@ def _call(event_uid: str, agent: str, t: int, issued_to: str) -> bytes:
     }).encode()  # fmt: skip
 
 
-async def _until(pred: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
-
-
-def test_detect_agent_scores_dead_letters_and_rekeys(tmp_path: Path, sent: Sent) -> None:
-    app = _app(tmp_path)
+def test_events_are_scored_dead_lettered_rekeyed_and_their_state_written_through(
+    tmp_path: Path, sent: Sent
+) -> None:
+    producer = FakeProducer()
+    app = _app(tmp_path, producer)
     stats = app.custos_stats
     now = int(time.time() * 1000)
     bad = [s for s in bad_samples(now, tag="unit") if s.value is not None]
-
-    async def run() -> None:
-        async with app.agents["detect"].test_context() as agent:
-            for i in range(5):
-                await agent.put(key=b"usr-1", value=_logon(f"ok-{i}", "usr-1", now - 1000 + i))
-            for s in bad:
-                await agent.put(key=s.key, value=s.value)
-            # A producer that keyed by something else: re-keyed, not scored here.
-            await agent.put(key=b"some-session", value=_logon("rekey-me", "usr-2", now))
-            await _until(lambda: stats.scored == 5 and stats.dead.total() == len(bad))
-
-    asyncio.run(run())
+    feed = _Feed("identity.events")
+    records = [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now - 1000 + i)) for i in range(5)]
+    records += [feed(s.key, s.value) for s in bad]
+    # A producer that keyed by something else: re-keyed, not scored here.
+    records.append(feed(b"some-session", _logon("rekey-me", "usr-2", now)))
+    _dispatch(app, records)
+    assert stats.scored == 5 and stats.dead.total() == len(bad)
     dead = [m for m in sent if m[0] == "custos.deadletter"]
     assert sorted(m[3]["custos.reason"].decode() for m in dead) == sorted(s.reason for s in bad)
     assert {m[2] for m in dead} == {s.value for s in bad}  # original bytes, unchanged
@@ -108,14 +151,72 @@ def test_detect_agent_scores_dead_letters_and_rekeys(tmp_path: Path, sent: Sent)
     assert [(k, json.loads(v or b"")["metadata"]["uid"]) for _, k, v, _ in rekeyed] == [
         (b"usr-2", "rekey-me")
     ]
-    # usr-1's state went to the table (its changelog), keyed by the identity.
-    changelog = [m for m in sent if m[0].endswith("identity-state-changelog")]
-    assert changelog and {m[1] for m in changelog} == {b"usr-1"}
-    core, applied = unwrap(changelog[-1][2] or b"")
-    assert app.custos_detection.load_state(core).baseline.n >= 1
+    # usr-1's state went to the changelog, keyed by the identity, in its events' partition...
+    assert {(t, p, k) for t, p, k, _ in producer.records} == {
+        ("unit-worker-identity-state-changelog", 0, b"usr-1")
+    }
+    core, applied = unwrap(producer.records[-1][3] or b"")
+    assert app.custos_detection.load_state(core).baseline.n == 5
     # ... with the input offsets it includes (exactly-once on restart, issue 12.3).
-    [(_source, offset)] = applied.items()  # the test context has its own topic name
-    assert offset >= 4
+    assert applied == {(1, 0): 4}
+    # Every record counts as ended, dead letters and re-keyed ones too: the next commit.
+    assert app.custos_hot.positions == {("identity.events", 0): len(records)}
+
+
+def test_a_record_re_read_after_a_restart_is_not_applied_again(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """The restored state names the offsets it includes: re-reading them changes nothing."""
+    producer = FakeProducer()
+    app = _app(tmp_path, producer)
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    first = [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now - 1000 + i)) for i in range(3)]
+    _dispatch(app, first)
+    state = {k: v for _, _, k, v in producer.records}
+    # A new worker restores partition 0 from that changelog, then re-reads the same records.
+    again = _app(tmp_path / "b", FakeProducer(), restore=lambda p: iter(state.items()))
+    again.custos_hot.on_assign(None, [type("TP", (), {"topic": "identity.events",
+                                                      "partition": 0})()])  # fmt: skip
+    assert len(again.custos_hot.store) == 1 and again.custos_hot.restored == 1
+    _dispatch(again, first)
+    assert again.custos_stats.scored == 0  # nothing applied twice
+    _dispatch(again, [feed(b"usr-1", _logon("new", "usr-1", now))])
+    assert again.custos_stats.scored == 1
+    st = again.custos_detection.load_state(again.custos_hot.store["usr-1"])
+    assert st.baseline.n == 4
+
+
+def test_a_refused_state_write_stops_the_worker_and_commits_nothing(
+    tmp_path: Path, sent: Sent
+) -> None:
+    died: list[str] = []
+    app = _app(tmp_path, FakeProducer(refuse=True), die=died.append)
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    with pytest.raises(Exception, match="refused"):
+        _dispatch(app, [feed(b"usr-1", _logon("ok", "usr-1", now))])
+    assert died and "identity-state-changelog" in died[0] and "BROKER_NOT_AVAILABLE" in died[0]
+    assert app.custos_hot.positions == {}  # the unit never ended: its offset is not committed
+
+
+def test_a_rebalance_commits_what_ended_and_forgets_what_another_worker_owns(
+    tmp_path: Path, sent: Sent
+) -> None:
+    app = _app(tmp_path)
+    hot = app.custos_hot
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    tp = lambda p: type("TP", (), {"topic": "identity.events", "partition": p})()  # noqa: E731
+    hot.on_assign(None, [tp(0), tp(1)])
+    _dispatch(app, [feed(b"usr-1", _logon("a", "usr-1", now), 0),
+                    feed(b"usr-9", _logon("b", "usr-9", now), 1)])  # fmt: skip
+    assert hot.store.owned() == {0, 1}
+    hot.on_revoke(None, [tp(0), tp(1)])
+    assert hot.consumer.commits[-1] == [("identity.events", 0, 1), ("identity.events", 1, 1)]
+    hot.on_assign(None, [tp(1)])  # partition 0 went to another worker
+    assert set(hot.store) == {"usr-9"} and hot.owned == {1}
+    assert hot.positions == {("identity.events", 1): 1}
 
 
 def test_detect_agent_publishes_an_ocsf_finding_for_a_critical_rule(
@@ -123,14 +224,10 @@ def test_detect_agent_publishes_an_ocsf_finding_for_a_critical_rule(
 ) -> None:
     app = _app(tmp_path)
     now = int(time.time() * 1000)
-
-    async def run() -> None:
-        async with app.agents["detect"].test_context() as agent:
-            await agent.put(key=b"agt-1", value=_call("fine", "agt-1", now - 2000, "agt-1"))
-            await agent.put(key=b"agt-1", value=_call("misuse", "agt-1", now - 1000, "agt-2"))
-            await _until(lambda: app.custos_stats.alerts == 1)
-
-    asyncio.run(run())
+    feed = _Feed("agent.events")
+    _dispatch(app, [feed(b"agt-1", _call("fine", "agt-1", now - 2000, "agt-1")),
+                    feed(b"agt-1", _call("misuse", "agt-1", now - 1000, "agt-2"))])  # fmt: skip
+    assert app.custos_stats.alerts == 1
     [(_, key, value, _)] = [m for m in sent if m[0] == "custos.alerts"]
     finding = msgspec.json.decode(value or b"")
     assert key == b"agt-1" and finding["class_uid"] == 2004 and finding["activity_id"] == 1
@@ -159,12 +256,8 @@ def test_signals_agent_raises_risk_of_the_identity_the_signal_is_about(
     hit = RuleHit("delegated_outside_team", 4, "agt-orch-9 handed a task to agt-1")
     signal = Signal("agt-orch-9", "agent", now, "e-60", "agt-1", hit)
 
-    async def run() -> None:
-        async with app.agents["signals"].test_context() as agent:
-            await agent.put(key=b"agt-orch-9", value=msgspec.msgpack.encode(signal))
-            await _until(lambda: app.custos_stats.findings == 1)
-
-    asyncio.run(run())
+    _dispatch(app, [_Feed("unit-worker-signals")(b"agt-orch-9", msgspec.msgpack.encode(signal))])
+    assert app.custos_stats.findings == 1
     [(_, key, value, _)] = [m for m in sent if m[0] == "custos.alerts"]
     finding = msgspec.json.decode(value or b"")
     assert key == b"agt-orch-9"
@@ -176,8 +269,6 @@ def test_a_refused_finding_stops_the_worker_before_state_commands_or_counts(
     tmp_path: Path, sent: Sent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 12.1/12.2: results before state, delivery before commit, nothing silently lost."""
-    from pipeline.config import Settings
-
     async def send(self: Any, key: Any = None, value: Any = None, partition: Any = None,
                    timestamp: Any = None, headers: Any = None, **_: Any) -> Any:  # fmt: skip
         sent.append((self.get_topic_name(), key, value, dict(headers or [])))
@@ -190,22 +281,16 @@ def test_a_refused_finding_stops_the_worker_before_state_commands_or_counts(
 
     monkeypatch.setattr(faust.topics.Topic, "send", send)
     died: list[str] = []
-    settings = Settings.from_env(
-        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.01, app_id="unit-worker",
-        home=str(tmp_path / "home"), quarantine_auto_min_severity=5,
-    )  # fmt: skip
-    app = create_app(settings, store_url="memory://", die=died.append)
+    producer = FakeProducer()
+    app = _app(tmp_path, producer, die=died.append)
     now = int(time.time() * 1000)
-
-    async def run() -> None:
-        async with app.agents["detect"].test_context() as agent:
-            await agent.put(key=b"agt-1", value=_call("misuse", "agt-1", now - 1000, "agt-2"))
-            await _until(lambda: bool(died))
-
-    asyncio.run(run())  # the agent crashes after die() (here a recorder; in production exit)
+    feed = _Feed("agent.events")
+    with pytest.raises(Exception, match="MessageSizeTooLargeError"):  # after die(): a recorder
+        _dispatch(app, [feed(b"agt-1", _call("misuse", "agt-1", now - 1000, "agt-2"))])
     assert died and "custos.alerts" in died[0] and "MessageSizeTooLargeError" in died[0]
     topics = [m[0] for m in sent]
     assert "custos.alerts" in topics
     assert "custos.quarantine" not in topics  # no command without its finding on record
-    assert not [t for t in topics if t.endswith("identity-state-changelog")]  # state not written
+    assert not producer.records  # state not written
+    assert app.custos_hot.positions == {}  # nor the input counted as ended
     assert app.custos_stats.findings == 0 and app.custos_stats.scored == 0

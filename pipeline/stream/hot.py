@@ -1,0 +1,283 @@
+"""The per-event path outside faust: one confluent-kafka consumer feeding the units of work.
+
+faust stays the worker's shell (lifecycle, web and metrics page, timers, control topics), but
+on the per-event path it cost more than the whole budget: a generator frame per message, a
+changelog record and a RocksDB put per table write (issue 14). Here a consumer in the
+worker's group reads the input, re-keyed, signal and feedback topics in batches
+(``consume``) and hands them to :class:`~pipeline.stream.units.Units`; identity state lives in
+memory (:class:`~pipeline.stream.store.PartitionStore`), written through to a compacted
+changelog by a confluent producer; input offsets are committed here:
+
+* a unit's state writes are acknowledged (:meth:`HotLoop.state_written`) before the next unit
+  starts: a kill -9 re-applies at most the unit in flight, and events re-read after it are
+  recognised by the offsets each identity's state records (:mod:`~pipeline.stream.offsets`);
+* offsets are committed every ``worker_commit_s``, after the shared models' checkpoint is
+  saved (it includes at least what is committed);
+* on a rebalance, revoked partitions are flushed and committed before another worker can
+  take them; newly assigned ones are restored from the changelog before any of their
+  records is handed to a unit (range assignment keeps the co-partitioned topics together).
+
+Only this loop and the units (one at a time, under ``units.lock``) touch identity state; the
+rebalance callbacks run inside ``consume``, which is called holding that lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.stream.delivery import OutputRefused
+from pipeline.stream.offsets import SharedCheckpoint
+from pipeline.stream.store import PartitionStore
+from pipeline.stream.units import Units
+
+__all__ = ["HotLoop", "Record", "to_record"]
+
+log = logging.getLogger("custos.worker")
+
+#: Restores one partition: (key, value) of its changelog records in order (value None: deleted).
+Restore = Callable[[int], Iterable[tuple[bytes | None, bytes | None]]]
+
+
+@dataclass(slots=True)
+class Record:
+    """A consumed record in the shape the units read (faust's: key, value, ``message.*``)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # seconds (the record's Kafka timestamp)
+    headers: list[tuple[str, bytes]] | None = None
+
+    @property
+    def message(self) -> Record:
+        return self
+
+
+def to_record(msg: Any) -> Record:
+    """A confluent-kafka message as a :class:`Record`."""
+    kind, ts = msg.timestamp()
+    return Record(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset(),
+                  ts / 1000.0 if kind else time.time(), msg.headers())  # fmt: skip
+
+
+class HotLoop:
+    """Consume → units of work → state written → offsets committed, until stopped.
+
+    ``kinds`` maps each subscribed topic to its unit: ``events`` (inputs and re-keyed),
+    ``signals`` or ``feedback``. ``consumer`` and ``producer`` are confluent-kafka clients
+    (the producer writes the state changelog only); ``restore(p)`` reads partition ``p`` of
+    the changelog back.
+    """
+
+    def __init__(
+        self,
+        units: Units,
+        store: PartitionStore,
+        checkpoint: SharedCheckpoint,
+        *,
+        consumer: Any,
+        producer: Any,
+        changelog: str,
+        kinds: dict[str, str],
+        restore: Restore,
+        batch: int,
+        within_s: float,
+        commit_s: float,
+        send_timeout_s: float,
+        die: Callable[[str], None],
+    ) -> None:
+        self.units = units
+        self.store = store
+        self.checkpoint = checkpoint
+        self.consumer = consumer
+        self.producer = producer
+        self.changelog = changelog
+        self.kinds = kinds
+        self.restore = restore
+        self.batch = batch
+        self.within_s = within_s
+        self.commit_s = commit_s
+        self.send_timeout_s = send_timeout_s
+        self.die = die
+        self.positions: dict[tuple[str, int], int] = {}  # next offset to read, per partition
+        self.owned: set[int] = set()  # partition numbers whose state this worker holds
+        self.restored = 0  # changelog records read back
+        self.failed: str | None = None  # first refused state write
+        self.stopping = False
+        self._committed_at = time.monotonic()
+        store.emit = self.emit
+
+    # --- state writes ---------------------------------------------------------------------
+
+    def emit(self, partition: int, key: bytes, value: bytes | None) -> None:
+        while True:
+            try:
+                self.producer.produce(self.changelog, value=value, key=key,
+                                      partition=partition, on_delivery=self._delivered)  # fmt: skip
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self.producer.poll(0.05)
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None and self.failed is None:
+            self.failed = f"state write to {self.changelog}[{msg.partition()}] refused: {err}"
+
+    def _unwritten(self) -> str | None:
+        remaining = self.producer.flush(self.send_timeout_s)
+        if self.failed:
+            return self.failed
+        if remaining:
+            return f"{remaining} state write(s) not acknowledged in {self.send_timeout_s} s"
+        return None
+
+    async def state_written(self) -> None:
+        """Wait for the broker to acknowledge every state write; stop the worker if not."""
+        reason = await asyncio.to_thread(self._unwritten)
+        if reason is not None:
+            self.die(reason)
+            raise OutputRefused(reason)
+
+    # --- offsets --------------------------------------------------------------------------
+
+    def commit(self, only: set[tuple[str, int]] | None = None) -> int:
+        """Save the shared checkpoint, then commit what ended (``only``: these partitions)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        self.checkpoint.save()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()
+                   if only is None or (t, p) in only]  # fmt: skip
+        self._committed_at = time.monotonic()
+        if not offsets:
+            return 0
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # a rebalance under way: the next owner re-reads, marked
+            log.warning("offset commit failed (%s); the records are re-read, not re-applied",
+                        exc.args[0])  # fmt: skip
+            return 0
+        return len(offsets)
+
+    # --- rebalances (inside consume, holding units.lock) ----------------------------------
+
+    def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        reason = self._unwritten()
+        if reason is not None:  # the next owner must find every state this worker wrote
+            self.die(reason)
+            return
+        self.commit({(tp.topic, tp.partition) for tp in partitions})
+
+    def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        now = {tp.partition for tp in partitions}
+        self._drop(self.owned - now)
+        for p in sorted(now - self.owned):
+            t0, n = time.monotonic(), 0
+            for key, value in self.restore(p):
+                if key is not None:
+                    self.store.load(p, key, value)
+                    n += 1
+            self.restored += n
+            log.info("restored partition %d: %d state records in %.1f s", p, n,
+                     time.monotonic() - t0)  # fmt: skip
+        self.owned = now
+        assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self.positions = {k: v for k, v in self.positions.items() if k in assigned}
+
+    def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        lost = {tp.partition for tp in partitions}
+        self._drop(lost & self.owned)
+        self.owned -= lost
+        self.positions = {k: v for k, v in self.positions.items() if k[1] not in lost}
+
+    def _drop(self, partitions: set[int]) -> None:
+        if not partitions:
+            return
+        gone = self.store.drop(partitions)
+        # Another worker owns them now: no tick may write their state from here.
+        self.units.detection.open_incidents.difference_update(gone)
+        log.info("handed over partitions %s (%d identities)", sorted(partitions), len(gone))
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(list(self.kinds), on_assign=self.on_assign,
+                                on_revoke=self.on_revoke, on_lost=self.on_lost)  # fmt: skip
+
+    async def take(self) -> list[Any]:
+        """Up to ``batch`` messages: the first that comes, then whatever follows within
+        ``within_s`` of it (nothing, after ``within_s`` of silence). As faust's ``take``: the
+        wait starts at the first record, not at the call, which may first join the group.
+
+        ``consume`` runs in slices of at most 50 ms, each holding ``units.lock`` (rebalance
+        callbacks run inside it and touch identity state): a tick or a control unit waiting
+        for the lock gets it between two slices, however long the batch takes to fill.
+        """
+        msgs: list[Any] = []
+        start = time.monotonic()
+        first: float | None = None
+        while len(msgs) < self.batch:
+            now = time.monotonic()
+            left = self.within_s - (now - (start if first is None else first))
+            if left <= 0:
+                break
+            async with self.units.lock:
+                got = await asyncio.to_thread(self.consumer.consume, self.batch - len(msgs),
+                                              min(left, 0.05))  # fmt: skip
+            if got and first is None:
+                first = time.monotonic()
+            msgs.extend(got)
+        return msgs
+
+    async def poll(self) -> list[Record]:
+        """One batch of records (rebalance callbacks may run meanwhile)."""
+        msgs = await self.take()
+        out = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                out.append(to_record(msg))
+            elif err.fatal():
+                self.die(f"consumer failed: {err}")
+            else:
+                log.warning("consumer: %s", err)
+        return out
+
+    async def dispatch(self, records: list[Record]) -> None:
+        """Hand a batch to the units by kind (order kept within a kind), then count it ended."""
+        events: list[Record] = []
+        signals: list[Record] = []
+        feedback: list[Record] = []
+        lists = {"events": events, "signals": signals, "feedback": feedback}
+        for r in records:
+            lists[self.kinds[r.topic]].append(r)
+        for i in range(0, len(events), self.batch):
+            await self.units.events(events[i : i + self.batch])
+        if signals:
+            await self.units.signals(signals)
+        if feedback:
+            await self.units.feedback_batch(feedback)
+        for r in records:
+            key = (r.topic, r.partition)
+            if r.offset + 1 > self.positions.get(key, -1):
+                self.positions[key] = r.offset + 1
+
+    async def run(self) -> None:
+        """Until cancelled or :attr:`stopping`; a clean stop commits what ended."""
+        self.subscribe()
+        try:
+            while not self.stopping:
+                records = await self.poll()
+                if records:
+                    await self.dispatch(records)
+                if time.monotonic() - self._committed_at >= self.commit_s:
+                    await asyncio.to_thread(self.commit)
+        finally:
+            if self.failed is None and self._unwritten() is None:
+                self.commit()
+            self.consumer.close()
