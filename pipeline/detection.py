@@ -344,6 +344,18 @@ class Detection:
         self.events_seen += len(events)
         return result
 
+    def adopt(self, uid: str, data: bytes) -> bool:
+        """A state this process did not write (restored from elsewhere): note an open
+        incident, so ticks close it once quiet even if the identity sends nothing more."""
+        try:
+            version, _base, _rules, risk, *_ = msgspec.msgpack.decode(data)
+            open_ = version == STATE_VERSION and RiskState.from_bytes(risk).incident is not None
+        except (ValueError, TypeError, msgspec.DecodeError):
+            return False  # unreadable: the next event starts it afresh (load_state)
+        if open_:
+            self.open_incidents.add(uid)
+        return open_
+
     def _fetch(self, uid: str, time_ms: int, store: MutableMapping[str, bytes]) -> IdentityState:
         data = store.get(uid)
         hot = self._decoded.get(uid)

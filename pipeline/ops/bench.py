@@ -4,10 +4,12 @@
    policy) over simulated events in one process: events/s, state bytes per identity (p50,
    p99, max), RSS, and microseconds per event of each stage timed alone (:func:`stage_costs`).
 2. Through Kafka: the same events into fresh topics, then (a) raw confluent-kafka consumption
-   for reference, (b) faust alone (the worker's consumer setup, an agent that only counts:
-   :mod:`pipeline.stream.ceiling`) and (c) one faust worker draining them: events/s. Then a
-   paced phase with the worker caught up gives event → scored latency (Kafka timestamp to batch
-   scored, p50/p99).
+   for reference, (b) faust alone (an agent that only counts: :mod:`pipeline.stream.ceiling`,
+   what the worker's per-event path cost before it left faust) and (c) one worker draining
+   them: events/s. Then a paced phase with the worker caught up gives event → scored latency
+   (Kafka timestamp to batch scored, p50/p99), and (d) a second worker, on an empty data
+   directory in the same group, restores every partition's state from the changelog: the
+   recovery time of a lost worker (process start and group join included).
 
 The last line printed is one JSON object (events_per_s, offline_events_per_s, us_per_event,
 bytes_per_identity_p50 / _p99 / _max, identities, workers, p50_ms, p99_ms, ...). Event →
@@ -240,7 +242,7 @@ def bench_kafka(
     try:
         worker_rate = _drain(worker, port, "custos_scored_total", len(raw), log)
         rss = _proc_rss_mb(worker.pid)
-        echo(f"  faust worker drained {len(raw):,} events: {worker_rate:,.0f} events/s, "
+        echo(f"  worker drained {len(raw):,} events: {worker_rate:,.0f} events/s, "
              f"RSS {rss:,.0f} MB")  # fmt: skip
 
         # Paced phase: the worker is caught up; send at a steady rate and read the latency.
@@ -266,6 +268,7 @@ def bench_kafka(
              f"event → scored p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
     finally:
         stop([worker])
+    restore = bench_restore(env, parts, log, echo)
     audit = (
         bench_audit(s, env, len(raw), log, echo, worker_rate, audit_records)
         if audit_records
@@ -278,9 +281,40 @@ def bench_kafka(
         "faust_ceiling_per_s": ceiling_rate,
         "worker_events_per_s": worker_rate,
         "worker_rss_mb": rss,
+        **restore,
         "p50_ms": p50,
         "p99_ms": p99,
     }
+
+
+def bench_restore(env: dict[str, str], parts: int, log: Path, echo: Echo) -> dict[str, Any]:
+    """A new worker (empty data directory, same group) takes every partition over: seconds
+    from its start until it owns them all with their state read back from the changelog."""
+    port = free_port()
+    wenv = {**env, env_var("worker_web_port"): str(port),
+            env_var("worker_datadir"): tempfile.mkdtemp(prefix="custos-bench-")}  # fmt: skip
+    t0 = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=wenv,
+                              stdout=open(log.with_name("worker-restore.log"), "wb"),
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = t0 + 600
+        m: dict[str, float] = {}
+        while time.perf_counter() < deadline and worker.poll() is None:
+            try:
+                m = scrape(port)
+            except OSError:
+                m = {}
+            if m.get("custos_partitions_owned", 0.0) >= parts:
+                break
+            time.sleep(0.2)
+        secs = time.perf_counter() - t0
+    finally:
+        stop([worker])
+    records = int(m.get("custos_state_restored_total", m.get("custos_state_restored", 0.0)))
+    echo(f"  restore: a new worker owned all {parts} partitions with {records:,} identity "
+         f"states read back from the changelog {secs:.1f} s after it started")  # fmt: skip
+    return {"restore_s": round(secs, 1), "restored_states": records}
 
 
 def bench_audit(
@@ -475,7 +509,8 @@ def run_bench(
                 faust_ceiling_per_s=round(k["faust_ceiling_per_s"]),
                 produce_per_s=round(k["produce_per_s"]),
                 worker_rss_mb=round(k["worker_rss_mb"]),
-                **{key: v for key, v in k.items() if key.startswith(("audit", "worker_with"))},
+                **{key: v for key, v in k.items()
+                   if key.startswith(("audit", "worker_with", "restore"))},
             )
         else:
             result.update(events_per_s=result["offline_events_per_s"], p50_ms=None, p99_ms=None)

@@ -178,13 +178,20 @@ class HotLoop:
         self._drop(self.owned - now)
         for p in sorted(now - self.owned):
             t0, n = time.monotonic(), 0
+            keys: set[bytes] = set()
             for key, value in self.restore(p):
                 if key is not None:
                     self.store.load(p, key, value)
+                    keys.add(key)
                     n += 1
+            opened = 0
+            for key in keys:  # each identity's latest state (a key may repeat before compaction)
+                uid = key.decode("utf-8", "replace")
+                if uid in self.store:
+                    opened += self.units.detection.adopt(uid, self.store[uid])
             self.restored += n
-            log.info("restored partition %d: %d state records in %.1f s", p, n,
-                     time.monotonic() - t0)  # fmt: skip
+            log.info("restored partition %d: %d state records, %d open incidents, in %.1f s",
+                     p, n, opened, time.monotonic() - t0)  # fmt: skip
         self.owned = now
         assigned = {(tp.topic, tp.partition) for tp in partitions}
         self.positions = {k: v for k, v in self.positions.items() if k in assigned}

@@ -294,3 +294,20 @@ def test_a_refused_finding_stops_the_worker_before_state_commands_or_counts(
     assert not producer.records  # state not written
     assert app.custos_hot.positions == {}  # nor the input counted as ended
     assert app.custos_stats.findings == 0 and app.custos_stats.scored == 0
+
+
+def test_a_restored_open_incident_is_known_to_the_new_owner(tmp_path: Path, sent: Sent) -> None:
+    """Its ticks must be able to close it even if the identity never sends another event."""
+    producer = FakeProducer()
+    app = _app(tmp_path, producer)
+    now = int(time.time() * 1000)
+    feed = _Feed("agent.events")
+    _dispatch(app, [feed(b"agt-1", _call("misuse", "agt-1", now - 1000, "agt-2")),
+                    feed(b"agt-3", _call("fine", "agt-3", now - 1000, "agt-3"))])  # fmt: skip
+    assert "agt-1" in app.custos_detection.open_incidents
+    state = {k: v for _, _, k, v in producer.records}
+    again = _app(tmp_path / "b", FakeProducer(), restore=lambda p: iter(state.items()))
+    tp = type("TP", (), {"topic": "agent.events", "partition": 0})()
+    again.custos_hot.on_assign(None, [tp])
+    assert again.custos_detection.open_incidents == {"agt-1"}
+    assert set(again.custos_hot.store) == {"agt-1", "agt-3"}
