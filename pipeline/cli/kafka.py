@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def kafka() -> None:
-    """Run the local single-node Kafka 4.x broker (KRaft) from Maven Central jars."""
+    """Run the local single-node Kafka 4.x broker (KRaft) from Maven Central jars; k8s manifests."""
 
 
 def _broker(ctx: click.Context) -> Broker:
@@ -68,6 +68,24 @@ def kafka_logs(ctx: click.Context, lines: int, follow: bool) -> None:
     if follow:
         for line in broker.follow():
             click.echo(line, nl=False)
+
+
+@kafka.command("k8s")
+@click.option("--out", type=click.Path(file_okay=False), default="infra/k8s", show_default=True,
+              help="Directory the manifests are written to.")
+@click.option("--image", default="custos:latest", show_default=True, help="The worker's image.")
+@click.pass_context
+def kafka_k8s(ctx: click.Context, out: str, image: str) -> None:
+    """Write Strimzi and KEDA manifests generated from infra/topics.yaml and the ACL plan.
+
+    Needs no broker: it only reads the settings and the topics file.
+    """
+    from pipeline.kafka.k8s import render_all, write_all
+    from pipeline.stream.app import internal_topics  # imports faust: only when asked
+
+    settings = settings_for(ctx)
+    for path in write_all(render_all(settings, internal_topics(settings), image=image), out):
+        click.echo(f"wrote {path}")
 
 
 @click.group()
