@@ -112,6 +112,7 @@ class HotLoop:
         self.failed: str | None = None  # first refused state write
         self.stopping = False
         self._committed_at = time.monotonic()
+        self._inflight: asyncio.Future[list[Any]] | None = None
         store.emit = self.emit
 
     # --- state writes ---------------------------------------------------------------------
@@ -234,8 +235,9 @@ class HotLoop:
             if left <= 0:
                 break
             async with self.units.lock:
-                got = await asyncio.to_thread(self.consumer.consume, self.batch - len(msgs),
-                                              min(left, 0.05))  # fmt: skip
+                self._inflight = asyncio.ensure_future(asyncio.to_thread(
+                    self.consumer.consume, self.batch - len(msgs), min(left, 0.05)))  # fmt: skip
+                got = await asyncio.shield(self._inflight)  # see run(): not cut short
             if got and first is None:
                 first = time.monotonic()
             msgs.extend(got)
@@ -285,6 +287,10 @@ class HotLoop:
                 if time.monotonic() - self._committed_at >= self.commit_s:
                     await asyncio.to_thread(self.commit)
         finally:
+            # Cancelled while a consume runs in its thread: let it return first (the client
+            # is not to be closed under a call in flight); what it read is not committed.
+            if self._inflight is not None and not self._inflight.done():
+                await asyncio.wait([self._inflight], timeout=5.0)
             if self.failed is None and self._unwritten() is None:
                 self.commit()
             self.consumer.close()

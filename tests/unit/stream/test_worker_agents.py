@@ -311,3 +311,36 @@ def test_a_restored_open_incident_is_known_to_the_new_owner(tmp_path: Path, sent
     again.custos_hot.on_assign(None, [tp])
     assert again.custos_detection.open_incidents == {"agt-1"}
     assert set(again.custos_hot.store) == {"agt-1", "agt-3"}
+
+
+def test_a_stop_during_consume_waits_for_it_before_closing_the_consumer(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """librdkafka's consumer must not be closed under a call in flight (another thread)."""
+    calls: list[str] = []
+
+    class SlowConsumer(FakeConsumer):
+        def subscribe(self, topics: list[str], **_: Any) -> None:
+            calls.append("subscribe")
+
+        def consume(self, n: int, timeout: float) -> list[Any]:
+            calls.append("consume")
+            time.sleep(0.3)
+            calls.append("consumed")
+            return []
+
+        def close(self) -> None:
+            calls.append("close")
+
+    clients = HotClients(SlowConsumer(), FakeProducer(), lambda p: iter(()))
+    app = create_app(_settings(tmp_path), clients=clients)
+
+    async def go() -> None:
+        task = asyncio.ensure_future(app.custos_hot.run())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert calls[:3] == ["subscribe", "consume", "consumed"] and calls[-1] == "close"
