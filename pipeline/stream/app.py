@@ -272,9 +272,11 @@ def create_app(
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def housekeeping() -> None:
-        # Close quiet incidents and checkpoint the shared models.
+        # Close quiet incidents and checkpoint the shared models (under the units' lock: the
+        # hot loop's commit saves from a thread, and two saves must not share the temp file).
         await units.tick()
-        checkpoint.save()
+        async with units.lock:
+            checkpoint.save()
 
     @app.page("/custos/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

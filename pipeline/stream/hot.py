@@ -285,7 +285,8 @@ class HotLoop:
                 if records:
                     await self.dispatch(records)
                 if time.monotonic() - self._committed_at >= self.commit_s:
-                    await asyncio.to_thread(self.commit)
+                    async with self.units.lock:  # no unit between checkpoint and commit
+                        await asyncio.to_thread(self.commit)
         finally:
             # Cancelled while a consume runs in its thread: let it return first (the client
             # is not to be closed under a call in flight); what it read is not committed.

@@ -97,10 +97,12 @@ class SharedCheckpoint:
 
     def save(self) -> bool:
         """Write the latest snapshot (fsync, then rename); False when nothing changed."""
-        if self.blob is None:
+        # The hot loop saves from a thread, holding the units' lock: no snapshot() meanwhile.
+        blob, offsets = self.blob, self.offsets
+        if blob is None:
             return False
         data = msgspec.msgpack.encode(
-            {"shared": self.blob, "offsets": [[t, p, o] for (t, p), o in self.offsets.items()]}
+            {"shared": blob, "offsets": [[t, p, o] for (t, p), o in offsets.items()]}
         )
         if data == self._saved:
             return False
