@@ -244,7 +244,8 @@ def create_app(
     async def _final_checkpoint(app: Any, *args: Any, **kwargs: Any) -> None:
         # A clean stop: the loop commits what ended once it leaves consume.
         hot.stopping = True
-        checkpoint.save()
+        async with units.lock:
+            checkpoint.save()
 
     # Error policy: bad *input* is dead-lettered inside a unit; anything else (a dead-letter
     # or alert write that fails, a bug) crashes the whole worker, its offsets uncommitted, so
