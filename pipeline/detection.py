@@ -1,6 +1,6 @@
 """(baseline, features, detector, rules) → explained score → risk decision, per micro-batch.
 
-This is the one code path every consumer runs: the faust worker, ``custos replay``,
+This is the one code path every consumer runs: the worker, ``custos replay``,
 ``custos evaluate`` and the notebooks. It imports neither Kafka nor faust. Per-identity state
 lives in any ``MutableMapping[str, bytes]`` — a faust table backed by RocksDB in the worker,
 a plain dict offline — and is read once and written back once per identity per batch.

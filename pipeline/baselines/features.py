@@ -1,7 +1,7 @@
 """Event → features: the one place that says what detection looks at, and how it is computed.
 
 :func:`extract` is pure (the same :class:`~pipeline.events.schemas.Event` always gives the same
-:class:`Features`, in any process) and cheap (≈2 µs): it runs once per event in the faust worker,
+:class:`Features`, in any process) and cheap (≈2 µs): it runs once per event in the worker,
 in offline replay and in notebooks. Bump :data:`FEATURE_SCHEMA_VERSION` whenever a feature, its
 order or its transform changes: baselines learned on another version are not comparable.
 

@@ -31,7 +31,7 @@ def ingest(
 @click.option("--loglevel", default="warning", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, loglevel: str) -> None:
-    """Run the faust detection worker (consumer group CUSTOS_APP_ID) until interrupted."""
+    """Run the detection worker (consumer group CUSTOS_APP_ID) until interrupted."""
     from pipeline.stream.app import run_worker
 
     run_worker(settings_for(ctx), loglevel=loglevel)

@@ -46,7 +46,7 @@ def make_producer(settings: Settings, **overrides: Any) -> Producer:
     """A batched, idempotent, compressed producer.
 
     ``murmur2_random`` matches the Java clients and aiokafka (which faust uses), so one
-    identity's events land on the partition the faust worker expects for that key.
+    identity's events land on the partition the worker expects for that key.
     """
     conf: dict[str, Any] = {
         "enable.idempotence": True,
