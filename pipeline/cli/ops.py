@@ -38,10 +38,15 @@ def config_cmd(ctx: click.Context) -> None:
     help="Also measure the audit log: an auditor works through this many findings while a "
     "second worker drains the events (0: skip).",
 )  # fmt: skip
+@click.option(
+    "--response-load", default=2000.0, show_default=True,
+    help="Background events/s while 10 agents are compromised in turn: event → credential "
+    "revoked (custos bench-response; 0: skip).",
+)  # fmt: skip
 @click.pass_context
 def bench(
     ctx: click.Context, identities: int, duration: float, seed: int, offline_only: bool,
-    paced_rate: float, paced_seconds: float, audit_records: int,
+    paced_rate: float, paced_seconds: float, audit_records: int, response_load: float,
 ) -> None:  # fmt: skip
     """Throughput, latency and state size; prints a table, then one JSON line."""
     from pipeline.ops.bench import run_bench
@@ -49,7 +54,7 @@ def bench(
     run_bench(
         settings_for(ctx), identities=identities, duration_s=duration, seed=seed,
         kafka=not offline_only, paced_rate=paced_rate, paced_seconds=paced_seconds,
-        audit_records=audit_records, echo=click.echo,
+        audit_records=audit_records, response_load=response_load, echo=click.echo,
     )  # fmt: skip
 
 

@@ -12,8 +12,10 @@
    recovery time of a lost worker (process start and group join included).
 
 The last line printed is one JSON object (events_per_s, offline_events_per_s, us_per_event,
-bytes_per_identity_p50 / _p99 / _max, identities, workers, p50_ms, p99_ms, ...). Event →
-credential revoked latency under load is ``custos bench-response``.
+bytes_per_identity_p50 / _p99 / _max, identities, workers, rss_mb, p50_ms, p99_ms,
+restore_s, p99_event_to_revoked_ms at revoked_at_load_events_per_s, ...). Event → credential
+revoked comes from :func:`~pipeline.ops.bench_response.run_bench_response` (10 compromises;
+``custos bench-response`` runs more).
 """
 
 from __future__ import annotations
@@ -467,6 +469,7 @@ def run_bench(
     paced_rate: float,
     paced_seconds: float,
     audit_records: int = 0,
+    response_load: float = 0.0,
     echo: Echo = print,
 ) -> dict[str, Any]:
     from pipeline.simulate.profiles import build_population
@@ -512,9 +515,24 @@ def run_bench(
                 faust_ceiling_per_s=round(k["faust_ceiling_per_s"]),
                 produce_per_s=round(k["produce_per_s"]),
                 worker_rss_mb=round(k["worker_rss_mb"]),
+                rss_mb=round(k["worker_rss_mb"]),
                 **{key: v for key, v in k.items()
                    if key.startswith(("audit", "worker_with", "restore"))},
             )
+            if response_load > 0:
+                from pipeline.ops.bench_response import run_bench_response
+
+                echo(f"  containment: 10 agents compromised in turn under {response_load:,.0f} "
+                     "background events/s")  # fmt: skip
+                def table(line: str) -> None:  # its own JSON line is merged into ours
+                    if not line.startswith("{"):
+                        echo(line)
+
+                r = run_bench_response(settings, compromises=10, load=response_load,
+                                       identities=min(identities, 5_000), echo=table)  # fmt: skip
+                result.update(p50_event_to_revoked_ms=r["p50_ms"],
+                              p99_event_to_revoked_ms=r["p99_ms"],
+                              revoked_at_load_events_per_s=response_load)  # fmt: skip
         else:
             result.update(events_per_s=result["offline_events_per_s"], p50_ms=None, p99_ms=None)
     echo(json.dumps(result))
