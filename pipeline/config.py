@@ -185,7 +185,11 @@ class Settings:
     worker_send_timeout_s: float = _setting(
         30.0, "A dead-letter or alert write not done by then crashes the worker (no skipping)"
     )
-    worker_web_port: int = _setting(6066, "Worker's web/metrics port (bound to 127.0.0.1)")
+    worker_web_port: int = _setting(6066, "Worker's web/metrics port")
+    worker_web_bind: str = _setting(
+        "127.0.0.1", "Address the worker's web/metrics server binds (0.0.0.0 in a pod, for "
+        "probes and Prometheus; it serves counters only, no identity data)"
+    )
     worker_datadir: str = _setting(
         "", "Worker state directory (shared-model checkpoint); empty = <home>/worker/<app_id>"
     )

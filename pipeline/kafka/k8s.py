@@ -201,11 +201,10 @@ def worker_statefulset(
     # Topic names the generating settings changed: the worker must use the same ones.
     env += [_env(f.name, getattr(settings, f.name)) for f in dataclasses.fields(Settings)
             if f.name.endswith("_topic") and getattr(settings, f.name) != getattr(defaults, f.name)]
-    # The web server binds 127.0.0.1 (pipeline.stream.app), which the kubelet's httpGet probe
-    # (it dials the pod IP) cannot reach: probe from inside the container instead.
-    metrics = f"http://127.0.0.1:{settings.worker_web_port}/custos/metrics"
-    check = f"import urllib.request as u; u.urlopen({metrics!r}, timeout=3)"
-    probe = {"exec": {"command": ["python", "-c", check]},
+    # In a pod the metrics page listens on the pod's address: the kubelet's probe and
+    # Prometheus dial it (the default, 127.0.0.1, is for a developer's machine).
+    env.append(_env("worker_web_bind", "0.0.0.0"))
+    probe = {"httpGet": {"path": "/custos/metrics", "port": settings.worker_web_port},
              "initialDelaySeconds": 10, "periodSeconds": 10, "timeoutSeconds": 5}
     statefulset = {
         "apiVersion": "apps/v1",

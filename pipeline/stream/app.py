@@ -106,8 +106,8 @@ def faust_app(settings: Settings, data: Path) -> faust.App:
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",  # no faust tables: identity state is the hot loop's
         datadir=str(data),
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
+        web_host=settings.worker_web_bind,
+        web_bind=settings.worker_web_bind,
         web_port=settings.worker_web_port,
         topic_partitions=settings.worker_partitions,
         topic_replication_factor=1,

@@ -157,7 +157,10 @@ def test_the_worker_uses_real_settings_and_the_strimzi_secrets(settings: Setting
     assert any(datadir.startswith(mounts[c]) for c in claims)
     assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"},
                                       "limits": {"memory": "3Gi"}}  # fmt: skip
-    assert "/custos/metrics" in str(container["readinessProbe"])
+    # The kubelet dials the pod's address: the metrics page must listen there.
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/custos/metrics", "port": settings.worker_web_port}  # fmt: skip
+    assert env[env_var("worker_web_bind")]["value"] == "0.0.0.0"
 
 
 def test_the_cluster_is_kraft_with_scram_on_tls() -> None:

@@ -344,3 +344,11 @@ def test_a_stop_during_consume_waits_for_it_before_closing_the_consumer(
 
     asyncio.run(go())
     assert calls[:3] == ["subscribe", "consume", "consumed"] and calls[-1] == "close"
+
+
+def test_the_metrics_page_binds_loopback_unless_told_otherwise(tmp_path: Path) -> None:
+    from pipeline.stream.app import faust_app
+
+    assert faust_app(Settings.from_env({}), tmp_path).conf.web_bind == "127.0.0.1"
+    pod = Settings.from_env({"CUSTOS_WORKER_WEB_BIND": "0.0.0.0"})
+    assert faust_app(pod, tmp_path).conf.web_bind == "0.0.0.0"
