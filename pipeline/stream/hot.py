@@ -111,6 +111,7 @@ class HotLoop:
         self.restored = 0  # changelog records read back
         self.failed: str | None = None  # first refused state write
         self.stopping = False
+        self.generation = 0  # revocations so far: records read before one are not applied
         self._committed_at = time.monotonic()
         self._inflight: asyncio.Future[list[Any]] | None = None
         store.emit = self.emit
@@ -168,6 +169,7 @@ class HotLoop:
     # --- rebalances (inside consume, holding units.lock) ----------------------------------
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self.generation += 1
         reason = self._unwritten()
         if reason is not None:  # the next owner must find every state this worker wrote
             self.die(reason)
@@ -198,6 +200,7 @@ class HotLoop:
         self.positions = {k: v for k, v in self.positions.items() if k in assigned}
 
     def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self.generation += 1
         lost = {tp.partition for tp in partitions}
         self._drop(lost & self.owned)
         self.owned -= lost
@@ -234,10 +237,18 @@ class HotLoop:
             left = self.within_s - (now - (start if first is None else first))
             if left <= 0:
                 break
+            generation = self.generation
             async with self.units.lock:
                 self._inflight = asyncio.ensure_future(asyncio.to_thread(
                     self.consumer.consume, self.batch - len(msgs), min(left, 0.05)))  # fmt: skip
                 got = await asyncio.shield(self._inflight)  # see run(): not cut short
+            if self.generation != generation:
+                # Partitions were revoked meanwhile: what was read before is not ours to apply
+                # any more (a new owner re-reads it from the offsets committed on revoke).
+                log.info("rebalance during a batch: %d records left to their owners",
+                         len(msgs) + len(got))  # fmt: skip
+                msgs, got, first = [], [], None
+                start = time.monotonic()
             if got and first is None:
                 first = time.monotonic()
             msgs.extend(got)

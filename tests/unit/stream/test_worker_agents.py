@@ -352,3 +352,66 @@ def test_the_metrics_page_binds_loopback_unless_told_otherwise(tmp_path: Path) -
     assert faust_app(Settings.from_env({}), tmp_path).conf.web_bind == "127.0.0.1"
     pod = Settings.from_env({"CUSTOS_WORKER_WEB_BIND": "0.0.0.0"})
     assert faust_app(pod, tmp_path).conf.web_bind == "0.0.0.0"
+
+
+def test_records_read_before_a_revocation_in_the_same_batch_are_left_to_their_owner(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """A revocation inside a later consume slice: what the batch already held may belong to
+    another worker now (it re-reads it from the offsets committed on revoke)."""
+    now = int(time.time() * 1000)
+
+    class Msg:
+        def __init__(self, offset: int) -> None:
+            self.off = offset
+
+        def error(self) -> None:
+            return None
+
+        def key(self) -> bytes:
+            return b"usr-1"
+
+        def value(self) -> bytes:
+            return _logon(f"e-{self.off}", "usr-1", now)
+
+        def topic(self) -> str:
+            return "identity.events"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self.off
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, now)
+
+        def headers(self) -> None:
+            return None
+
+    slices: list[Any] = ["one", "revoke", "two"]
+
+    class Rebalancing(FakeConsumer):
+        def consume(self, n: int, timeout: float) -> list[Any]:
+            step = slices.pop(0) if slices else "idle"
+            if step == "one":
+                return [Msg(0), Msg(1)]
+            if step == "revoke":
+                hot.on_revoke(self, [type("TP", (), {"topic": "identity.events",
+                                                     "partition": 0})()])  # fmt: skip
+                return []
+            if step == "two":
+                return [Msg(0)]  # re-delivered from the committed offset
+            time.sleep(timeout)
+            return []
+
+    settings = Settings.from_env(
+        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.5, app_id="unit-worker",
+        home=str(tmp_path / "home"),
+    )  # fmt: skip
+    app = create_app(settings, clients=HotClients(Rebalancing(), FakeProducer(),
+                                                  lambda p: iter(())))  # fmt: skip
+    hot = app.custos_hot
+    got = asyncio.run(hot.take())
+    assert [m.offset() for m in got] == [0]  # only what came after the revocation
+    assert hot.generation == 1
