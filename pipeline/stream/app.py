@@ -216,10 +216,9 @@ def create_app(
     app.sensors.add(_SendErrors(die, outbox_topics, settings.worker_send_timeout_s + 1.0))
     clients = clients or hot_clients(settings)
     store = PartitionStore(settings.worker_partitions, lambda p, k, v: None)
-    written: list[Callable[[], Awaitable[None]]] = []
 
-    async def state_written() -> None:
-        await written[0]()
+    async def state_written() -> None:  # the loop below, built once the units exist
+        await hot.state_written()
 
     units = Units(
         settings, Engine(detection), store, topics, checkpoint,
@@ -238,7 +237,6 @@ def create_app(
         commit_s=settings.worker_commit_s, send_timeout_s=settings.worker_send_timeout_s,
         die=die,
     )  # fmt: skip
-    written.append(hot.state_written)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _final_checkpoint(app: Any, *args: Any, **kwargs: Any) -> None:
