@@ -411,7 +411,7 @@ class Detection:
                 self._inventory(ev, model, result)
             partial.append((ev, st, f, entry, why, hits))
             peer_w[i] = 1.0 - w_own
-            own_max[i] = max(own_dev)
+            own_max[i] = own_dev.max()
 
         # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
         # seen by few projections); the independent-tails surprise keeps it visible.

@@ -83,7 +83,7 @@ rate)`` (the rate makes the group learn per-identity request rates, not the grou
 >>> for i in range(200):
 ...     model.learn_one(state, extract(ev(i)))
 >>> dev, why = model.deviations(state, extract(ev(200, country="BR", op="crm.export")))
->>> round(dev[DEVIATION_INDEX["country"]], 2), dev[DEVIATION_INDEX["bytes_out"]]
+>>> round(float(dev[DEVIATION_INDEX["country"]]), 2), float(dev[DEVIATION_INDEX["bytes_out"]])
 (0.99, 0.0)
 >>> why[0].text
 'country BR never seen (usually DE)'
@@ -98,6 +98,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 
 from pipeline.baselines.codec import _NO_NAME, Codec, max_state_bytes
 from pipeline.baselines.deviations import Scorer
@@ -136,20 +137,24 @@ def own_weight(state: BaselineState, warmup_events: float) -> float:
     return 1.0 - math.exp(-3.0 * state.n / warmup_events)
 
 
-def blend(own_dev: Sequence[float], peer_dev: Sequence[float], w_own: float) -> list[float]:
+def blend(
+    own_dev: Sequence[float] | np.ndarray, peer_dev: Sequence[float] | np.ndarray, w_own: float
+) -> np.ndarray:
     """Cold-start mix of two deviation vectors: ``w_own * own + (1 - w_own) * peer``.
 
-    >>> blend([1.0, 0.0], [0.0, 0.5], 0.25)
+    >>> blend([1.0, 0.0], [0.0, 0.5], 0.25).tolist()
     [0.25, 0.375]
     """
-    w_peer = 1.0 - w_own
-    return [w_own * o + w_peer * p for o, p in zip(own_dev, peer_dev, strict=True)]
+    own, peer = np.asarray(own_dev, dtype=np.float64), np.asarray(peer_dev, dtype=np.float64)
+    if own.shape != peer.shape:
+        raise ValueError("deviation vectors of different lengths")
+    return w_own * own + (1.0 - w_own) * peer
 
 
 def blend_contributions(
     own: Sequence[Contribution],
     peer: Sequence[Contribution],
-    blended: Sequence[float],
+    blended: Sequence[float] | np.ndarray,
     w_own: float,
     limit: int = 5,
     threshold: float = 0.3,
@@ -176,7 +181,7 @@ def blend_contributions(
     out: list[Contribution] = []
     for feature, (_, c) in best.items():
         i = DEVIATION_INDEX.get(feature)
-        weight = blended[i] if i is not None and i < len(blended) else c.weight
+        weight = float(blended[i]) if i is not None and i < len(blended) else c.weight
         if weight >= threshold:
             out.append(msgspec.structs.replace(c, weight=weight))
     out.sort(key=lambda c: -c.weight)

@@ -13,6 +13,9 @@ import sys
 from array import array
 from typing import Final
 
+import numpy as np
+
+from pipeline.baselines import kernel
 from pipeline.baselines.features import FEATURE_SCHEMA_VERSION
 from pipeline.baselines.layout import (
     _CP_WORDS,
@@ -24,7 +27,6 @@ from pipeline.baselines.layout import (
     _N_NUM,
     _N_RANKS,
     _NAME_BYTES,
-    _U16,
     _X_CHAIN,
     _X_FAIL,
     _X_NOMFA,
@@ -96,76 +98,24 @@ class Codec:
         (True, True, 434)
         """
         k = self.cat_slots
-        last_hour = state.last_ms // _HOUR_MS
-        sh = state.slot_hash
-        sc = state.slot_count
-        st = state.slot_hour
-        used: list[int] = []
-        name_idx: list[int] = []
-        hashes = array("I")
-        counts = array("H")
-        hours: list[int] = []
-        names: list[bytes] = []
-        base = 0
+        texts = state.name_text
+        named = 0
         for c in range(_N_CAT):
-            end = base + k
-            m = k if sh[end - 1] else sh.index(0, base, end) - base  # used slots come first
-            used.append(m)
-            if m:
-                end = base + m
-                hashes.extend(sh[base:end])
-                counts.extend(sc[base:end])
-                hours.extend(st[base:end])
-            named = state.name_slot[c] - base
-            text = state.name_text[c]
-            if text is not None and 0 <= named < m:
-                name_idx.append(named)
-                raw = text.encode()[:_NAME_BYTES]
-                names.append(bytes((len(raw),)) + raw)
-            else:
-                name_idx.append(_NO_NAME)
-            base += k
-        try:
-            ages = array("H", [last_hour - h for h in hours])
-        except OverflowError:  # older than 7.5 years: just "very old" (never fail to save)
-            ages = array("H", [min(_U16, max(0, last_hour - h)) for h in hours])
-        head = _HEAD.pack(
-            STATE_VERSION,
-            FEATURE_SCHEMA_VERSION,
-            k,
-            min(_U32, state.n),
-            state.recent,
-            state.since_halve,
-            state.first_ms,
-            state.last_ms,
-            *state.w,
-            state.rate_c,
-            state.rate_mean,
-            state.rate_var,
-            state.rate_w,
-            state.mfa_known,
-            state.mfa_no,
-            *state.mean,
-            *state.var,
-            *state.hours,
-            *state.sens,
-            *state.present,
-            *state.novel,
-            *used,
-            *name_idx,
-            state.task_key,
-            state.task_bits,
-            state.task_key2,
-            state.task_bits2,
-            state.hour_key,
-            state.taint,
-            *state.agg,
-            *state.cp_bloom,
-        )
-        if _BIG_ENDIAN:
-            for arr in (hashes, counts, ages):
-                arr.byteswap()
-        return b"".join((head, hashes.tobytes(), counts.tobytes(), ages.tobytes(), *names))
+            if texts[c] is not None:
+                named |= 1 << c
+        buf = np.empty(_HEAD.size + 8 * _N_CAT * k, dtype=np.uint8)
+        size, with_name = kernel.encode(state.fv, state.iv, state.slot_hash, state.slot_count,
+                                        state.slot_hour, k, named, STATE_VERSION,
+                                        FEATURE_SCHEMA_VERSION, buf)  # fmt: skip
+        if not with_name:
+            return buf[:size].tobytes()
+        parts = [buf[:size].tobytes()]
+        for c in range(_N_CAT):
+            if with_name >> c & 1:
+                raw = texts[c].encode()[:_NAME_BYTES]  # type: ignore[union-attr]
+                parts.append(bytes((len(raw),)))
+                parts.append(raw)
+        return b"".join(parts)
 
     def _cap(self) -> int:
         """Largest count a valid state can hold (see ``_MAX_HALF_LIFE``)."""
@@ -302,10 +252,10 @@ class Codec:
             raise StateFormatError("implausible baseline state values")
         cap = self._cap()
         counts = (s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present, *s.novel)
-        if max(counts) > cap or max(s.slot_count, default=0) > cap:
+        if max(counts) > cap or int(s.slot_count.max(initial=0)) > cap:
             # Not written by a model with this half-life: decay into range, so that learning
             # can never overflow a u16 count.
-            s.slot_count = array("H", [min(cap, v) for v in s.slot_count])
+            np.minimum(s.slot_count, cap, out=s.slot_count)
             while max(s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present) > cap:
                 _halve(s)
             s.novel = [min(cap, v) for v in s.novel]

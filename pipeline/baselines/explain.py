@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+import numpy as np
+
 from pipeline.baselines.features import (
     CATEGORICAL,
     CATEGORICAL_INDEX,
@@ -190,7 +192,7 @@ class Explainer:
         shown = _shorten(value, 60)
         k = self.cat_slots
         base = c * k
-        hashes = state.slot_hash[base : base + k]
+        hashes = state.slot_hash[base : base + k].tolist()
         used = k - hashes.count(0)
         named = state.name_slot[c]
         usual = state.name_text[c] if named >= 0 else None
@@ -218,7 +220,7 @@ class Explainer:
         return "rare", shown, baseline, f"{name} `{shown}` rarely used{scope} ({baseline})"
 
 
-def _active_window(hours: Sequence[int]) -> str:
+def _active_window(hours: Sequence[int] | np.ndarray) -> str:
     """Smallest circular hour range holding ``_ACTIVE_MASS`` of events, e.g. ``08-18``.
 
     >>> _active_window([0] * 8 + [5] * 10 + [0] * 30)

@@ -10,9 +10,10 @@ are private to ``pipeline.baselines``: its modules share them, nothing outside s
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
+
+import numpy as np
 
 from pipeline.baselines.features import CATEGORICAL, CATEGORICAL_INDEX, NUMERIC, SENSITIVITY_NAMES
 
@@ -112,11 +113,110 @@ _MAX_HALF_LIFE: Final = 16_000
 _U16: Final = 0xFFFF
 
 
+# BaselineState's storage: three flat typed arrays the compiled kernel (:mod:`~.kernel`)
+# reads and writes in place, plus the three slot arrays and the names (Python strings, for
+# explanations only). Offsets into the float64 array ``fv``:
+_F_W: Final = 0  # EW weight sum per _GROUPS entry
+_F_MEAN: Final = _F_W + _N_GROUPS
+_F_VAR: Final = _F_MEAN + _N_NUM
+_F_RATE_C, _F_RATE_MEAN, _F_RATE_VAR, _F_RATE_W = range(_F_VAR + _N_NUM, _F_VAR + _N_NUM + 4)
+_F_AGG: Final = _F_RATE_W + 1
+_N_F: Final = _F_AGG + _N_AGG
+# ... into the int64 array ``iv`` (bit sets are stored as signed 64-bit patterns):
+(
+    _I_N, _I_RECENT, _I_SINCE, _I_FIRST, _I_LAST, _I_MFA_KNOWN, _I_MFA_NO, _I_TASK, _I_TASK2,
+    _I_HOUR, _I_TAINT, _I_BITS, _I_BITS2,
+) = range(13)  # fmt: skip
+_I_BLOOM: Final = 13
+_I_HOURS: Final = _I_BLOOM + _CP_WORDS
+_I_SENS: Final = _I_HOURS + _N_BUCKETS
+_I_PRESENT: Final = _I_SENS + _N_RANKS
+_I_NOVEL: Final = _I_PRESENT + _N_CAT
+_I_NAME: Final = _I_NOVEL + _N_CAT  # slot index of the most used value per feature, -1 none
+_N_I: Final = _I_NAME + _N_CAT
+_U64: Final = (1 << 64) - 1
+
+
+def _signed(v: int) -> int:
+    """A 64-bit pattern as the int64 that stores it."""
+    v &= _U64
+    return v - (1 << 64) if v >> 63 else v
+
+
+class _Int:
+    """An int64 element of a state's ``iv`` (``bits``: an unsigned 64-bit pattern)."""
+
+    __slots__ = ("bits", "i")
+
+    def __init__(self, i: int, bits: bool = False) -> None:
+        self.i, self.bits = i, bits
+
+    def __get__(self, obj: BaselineState, owner: type | None = None) -> int:
+        v = int(obj.iv[self.i])
+        return v & _U64 if self.bits else v
+
+    def __set__(self, obj: BaselineState, value: int) -> None:
+        obj.iv[self.i] = _signed(int(value)) if self.bits else value
+
+
+class _Float:
+    """A float64 element of a state's ``fv``."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __get__(self, obj: BaselineState, owner: type | None = None) -> float:
+        return float(obj.fv[self.i])
+
+    def __set__(self, obj: BaselineState, value: float) -> None:
+        obj.fv[self.i] = value
+
+
+class _Vector:
+    """A view of a field of ``fv`` or ``iv`` (writes go through); assigning copies in."""
+
+    __slots__ = ("arr", "lo", "size")
+
+    def __init__(self, arr: str, lo: int, size: int) -> None:
+        self.arr, self.lo, self.size = arr, lo, size
+
+    def __get__(self, obj: BaselineState, owner: type | None = None) -> np.ndarray:
+        a: np.ndarray = getattr(obj, self.arr)
+        return a[self.lo : self.lo + self.size]
+
+    def __set__(self, obj: BaselineState, value: Sequence[Any] | np.ndarray) -> None:
+        if len(value) != self.size:
+            raise ValueError(f"expected {self.size} values, got {len(value)}")
+        getattr(obj, self.arr)[self.lo : self.lo + self.size] = value
+
+
+class _Bits:
+    """Unsigned 64-bit patterns kept in ``iv``, read as a list of ints."""
+
+    __slots__ = ("lo", "size")
+
+    def __init__(self, lo: int, size: int) -> None:
+        self.lo, self.size = lo, size
+
+    def __get__(self, obj: BaselineState, owner: type | None = None) -> list[int]:
+        return [int(w) & _U64 for w in obj.iv[self.lo : self.lo + self.size]]
+
+    def __set__(self, obj: BaselineState, value: Sequence[int]) -> None:
+        if len(value) != self.size:
+            raise ValueError(f"expected {self.size} values, got {len(value)}")
+        obj.iv[self.lo : self.lo + self.size] = [_signed(int(w)) for w in value]
+
+
 class BaselineState:
     """One identity's (or peer group's) baseline: mutable, constant size, no behaviour.
 
     Create it with :meth:`BaselineModel.new_state` and change it only through that model.
-    Fields are plain lists, numbers and typed arrays (fast in CPython, few objects). The
+    Storage is three flat typed arrays the compiled kernel (:mod:`~.kernel`) updates in place
+    (``fv`` float64, ``iv`` int64, and the categorical slots), so scoring and learning an
+    event cost no Python objects; the named attributes below (``n``, ``mean``, ``hours`` ...)
+    read and write the same memory, for the slow paths (explanations, merge, codec). The
     categorical memory is flat: feature ``c`` owns ``slot_*[c * cat_slots : (c + 1) *
     cat_slots]``, used slots first, hash 0 = free; :meth:`BaselineModel.known_values` reads it.
 
@@ -124,80 +224,62 @@ class BaselineState:
     >>> s = BaselineModel(cat_slots=6).new_state()
     >>> s.n, len(s.mean), len(s.hours), len(s.slot_hash)
     (0, 7, 48, 72)
+    >>> s.n = 3; s.hours[5] += 2; int(s.iv[_I_N]), s.recent, int(s.hours[5])
+    (3, 0, 2)
     """
 
-    __slots__ = (
-        "agg",
-        "cp_bloom",
-        "first_ms",
-        "hour_key",
-        "hours",
-        "last_ms",
-        "mean",
-        "mfa_known",
-        "mfa_no",
-        "n",
-        "name_slot",
-        "name_text",
-        "novel",
-        "present",
-        "rate_c",
-        "rate_mean",
-        "rate_var",
-        "rate_w",
-        "recent",
-        "sens",
-        "since_halve",
-        "slot_count",
-        "slot_hash",
-        "slot_hour",
-        "taint",
-        "task_bits",
-        "task_bits2",
-        "task_key",
-        "task_key2",
-        "var",
-        "w",
-    )
+    __slots__ = ("fv", "iv", "name_text", "slot_count", "slot_hash", "slot_hour")
 
     def __init__(self, cat_slots: int) -> None:
-        self.n = 0  # events learned, ever
-        self.recent = 0  # events learned, halved with the counts (always == sum(hours))
-        self.since_halve = 0
-        self.first_ms = 0
-        self.last_ms = 0
-        # EW weight sum per _GROUPS entry: bias-corrected updates (exact early means).
-        self.w = [0.0] * _N_GROUPS
-        self.mean = [0.0] * _N_NUM
-        self.var = [0.0] * _N_NUM
-        self.rate_c = 0.0  # events in the short window, decayed to last_ms
-        # EW mean / variance of log(rate) at each event, each weighted by 1 / rate (the time
-        # it stands for): a burst of 60 events counts like one minute, not like 60 minutes.
-        self.rate_mean = 0.0
-        self.rate_var = 0.0
-        self.rate_w = 0.0
-        self.mfa_known = 0  # authentications with a known MFA outcome
-        self.mfa_no = 0  # ... of which without MFA
-        self.hours = [0] * _N_BUCKETS
-        self.sens = [0] * _N_RANKS  # events that touched resources, by max rank
-        self.present = [0] * _N_CAT  # events where the categorical feature had a value
-        self.novel = [0] * _N_CAT  # ... and that value was not remembered
+        self.fv = np.zeros(_N_F)
+        self.iv = np.zeros(_N_I, dtype=np.int64)
+        self.iv[_I_NAME : _I_NAME + _N_CAT] = -1
         size = _N_CAT * cat_slots
-        # Typed arrays, not lists: in a list every hash and hour number is an int object.
-        self.slot_hash = array("I", bytes(4 * size))
-        self.slot_count = array("H", bytes(2 * size))
-        self.slot_hour = array("i", bytes(4 * size))  # hours since the epoch
-        # The most used value per feature: its slot (-1 = unknown) and shortened text.
-        self.name_slot = [-1] * _N_CAT
+        self.slot_hash = np.zeros(size, dtype=np.uint32)
+        self.slot_count = np.zeros(size, dtype=np.int32)  # < 2^16 (see _MAX_HALF_LIFE)
+        self.slot_hour = np.zeros(size, dtype=np.int32)  # hours since the epoch
         self.name_text: list[str | None] = [None] * _N_CAT
-        self.task_key = 0  # Features.task of the running task (0 = none)
-        self.task_bits = 0  # linear-counting sketch of its distinct resources
-        self.task_key2 = 0  # the task before it (two tasks may interleave)
-        self.task_bits2 = 0
-        self.hour_key = 0  # clock hour (since the epoch) of the running hour
-        self.taint = 0  # _TAINT_* bits: the running task / hour held back an event
-        self.agg = [0.0] * _N_AGG
-        self.cp_bloom = [0] * _CP_WORDS
+
+    n = _Int(_I_N)  # events learned, ever
+    recent = _Int(_I_RECENT)  # events learned, halved with the counts
+    since_halve = _Int(_I_SINCE)
+    first_ms = _Int(_I_FIRST)
+    last_ms = _Int(_I_LAST)
+    mfa_known = _Int(_I_MFA_KNOWN)  # authentications with a known MFA outcome
+    mfa_no = _Int(_I_MFA_NO)  # ... of which without MFA
+    task_key = _Int(_I_TASK)  # Features.task of the running task (0 = none)
+    task_key2 = _Int(_I_TASK2)  # the task before it (two tasks may interleave)
+    hour_key = _Int(_I_HOUR)  # clock hour (since the epoch) of the running hour
+    taint = _Int(_I_TAINT)  # _TAINT_* bits: the running task / hour held back
+    task_bits = _Int(_I_BITS, bits=True)  # linear-counting sketch of resources
+    task_bits2 = _Int(_I_BITS2, bits=True)
+    cp_bloom = _Bits(_I_BLOOM, _CP_WORDS)
+    hours = _Vector("iv", _I_HOURS, _N_BUCKETS)  # time profile (always sums to ``recent``)
+    sens = _Vector("iv", _I_SENS, _N_RANKS)  # events that touched resources, by max rank
+    present = _Vector("iv", _I_PRESENT, _N_CAT)  # events where the feature had a value
+    novel = _Vector("iv", _I_NOVEL, _N_CAT)  # ... and that value was not remembered
+    name_slot = _Vector("iv", _I_NAME, _N_CAT)
+    w = _Vector("fv", _F_W, _N_GROUPS)
+    mean = _Vector("fv", _F_MEAN, _N_NUM)
+    var = _Vector("fv", _F_VAR, _N_NUM)
+    agg = _Vector("fv", _F_AGG, _N_AGG)
+    rate_c = _Float(_F_RATE_C)  # events in the short window, decayed to last_ms
+    # EW mean / variance of log(rate) at each event, each weighted by 1 / rate (the time it
+    # stands for): a burst of 60 events counts like one minute, not like 60 minutes.
+    rate_mean = _Float(_F_RATE_MEAN)
+    rate_var = _Float(_F_RATE_VAR)
+    rate_w = _Float(_F_RATE_W)
+
+    @property
+    def cat_slots(self) -> int:
+        return len(self.slot_hash) // _N_CAT
+
+    def copy(self) -> BaselineState:
+        s = BaselineState(0)
+        s.fv, s.iv = self.fv.copy(), self.iv.copy()
+        s.slot_hash, s.slot_count = self.slot_hash.copy(), self.slot_count.copy()
+        s.slot_hour, s.name_text = self.slot_hour.copy(), self.name_text[:]
+        return s
 
     def __repr__(self) -> str:
         return f"BaselineState(n={self.n}, last_ms={self.last_ms})"
@@ -208,15 +290,12 @@ class BaselineState:
 
 def _halve(state: BaselineState) -> None:
     """The integer decay step: every count halves once per half-life of events."""
-    state.since_halve = 0
-    state.hours = [v >> 1 for v in state.hours]
-    state.recent = sum(state.hours)
-    state.sens = [v >> 1 for v in state.sens]
-    state.present = [v >> 1 for v in state.present]
-    state.novel = [v >> 1 for v in state.novel]
-    state.slot_count = array("H", [v >> 1 for v in state.slot_count])
-    state.mfa_known >>= 1
-    state.mfa_no >>= 1
+    iv = state.iv
+    iv[_I_SINCE] = 0
+    iv[_I_MFA_KNOWN : _I_MFA_NO + 1] >>= 1
+    iv[_I_HOURS:_I_NAME] >>= 1  # hours, sensitivity ranks, present, novel
+    iv[_I_RECENT] = iv[_I_HOURS : _I_HOURS + _N_BUCKETS].sum()
+    state.slot_count >>= 1
 
 
 def _bloom_probes(h: int) -> tuple[int, int]:
@@ -251,7 +330,7 @@ def _distinct(bits: int) -> float:
     return 64.0 * math.log(64.0 / zeros) if zeros else 64.0 * math.log(128.0)
 
 
-def _usual_max(sens: Sequence[int], rare_share: float) -> int:
+def _usual_max(sens: Sequence[int] | np.ndarray, rare_share: float) -> int:
     """Highest rank touched at least ``rare_share`` of the time (the identity's ceiling)."""
     total = sum(sens)
     for rank in range(len(sens) - 1, 0, -1):

@@ -7,7 +7,6 @@ two workers' states, replay + live, or two shards of a peer group become one.
 from __future__ import annotations
 
 import math
-from array import array
 
 from pipeline.baselines.layout import _GROUPS, _N_CAT, _U16, BaselineState, _halve
 
@@ -131,11 +130,7 @@ class Merger:
 
 
 def _copy(state: BaselineState) -> BaselineState:
-    s = BaselineState(0)
-    for name in BaselineState.__slots__:
-        value = getattr(state, name)
-        setattr(s, name, value[:] if isinstance(value, list | array) else value)
-    return s
+    return state.copy()
 
 
 def _combine(

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.baselines import kernel
 from pipeline.stream.delivery import OutputRefused
 from pipeline.stream.offsets import SharedCheckpoint
 from pipeline.stream.store import PartitionStore
@@ -289,6 +290,7 @@ class HotLoop:
 
     async def run(self) -> None:
         """Until cancelled or :attr:`stopping`; a clean stop commits what ended."""
+        await asyncio.to_thread(kernel.warm_up)  # compiled before the group sees this worker
         self.subscribe()
         try:
             while not self.stopping:

@@ -170,8 +170,8 @@ def test_own_weight_moves_from_peer_to_own() -> None:
 
 
 def test_blend() -> None:
-    assert blend([1.0, 0.0], [0.0, 1.0], 1.0) == [1.0, 0.0]
-    assert blend([1.0, 0.0], [0.0, 1.0], 0.0) == [0.0, 1.0]
+    assert blend([1.0, 0.0], [0.0, 1.0], 1.0).tolist() == [1.0, 0.0]
+    assert blend([1.0, 0.0], [0.0, 1.0], 0.0).tolist() == [0.0, 1.0]
     with pytest.raises(ValueError):
         blend([1.0], [1.0, 2.0], 0.5)
 

@@ -176,7 +176,7 @@ def test_empty_state_deviates_nowhere_and_is_well_defined() -> None:
         ev(MONDAY, bytes_out=2**63 - 1, country="BR", resources=(Resource("x", "o", 4),) * 30)
     )
     dev, why = m.deviations(m.new_state(), f)
-    assert dev == [0.0] * len(DEVIATIONS)
+    assert dev.tolist() == [0.0] * len(DEVIATIONS)
     assert why == []
 
 

@@ -1,0 +1,679 @@
+"""The compiled per-event kernel of a baseline: observe, deviations and learn in numba.
+
+These are the arithmetic of :mod:`~.learning` and :mod:`~.deviations`, written once, over a
+:class:`~.layout.BaselineState`'s flat arrays (``fv`` float64, ``iv`` int64, the slot arrays)
+and an event's features as two small arrays (``x``: :data:`~.features.NUMERIC`, ``hs``: the
+categorical hashes, int64). They allocate nothing per event but the deviation vector, hold no
+GIL (``nogil``) and are compiled once per machine (``cache=True``, under numba's cache
+directory). The Python methods of :class:`~.baselines.BaselineModel` call them and keep the
+parts that need Python objects: the names of values (explanations) and the explanations.
+
+Semantics are exact and sequential per state: one call learns one event, in the caller's
+order, so the worker, ``custos replay`` and ``custos evaluate`` agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import numba
+import numpy as np
+
+from pipeline.baselines.features import CATEGORICAL_INDEX
+from pipeline.baselines.layout import (
+    _A_CP_NEW,
+    _A_CP_SEEN,
+    _A_CUSUM,
+    _A_HB_MEAN,
+    _A_HB_VAR,
+    _A_HOUR_BYTES,
+    _A_HW,
+    _A_SLOW_MEAN,
+    _A_SLOW_VAR,
+    _A_SW,
+    _A_TASK2_BYTES,
+    _A_TASK2_CALLS,
+    _A_TASK_BYTES,
+    _A_TASK_CALLS,
+    _A_TB_MEAN,
+    _A_TB_VAR,
+    _A_TR_MEAN,
+    _A_TR_VAR,
+    _A_TW,
+    _BUCKET,
+    _C_COUNTERPARTY,
+    _CP_WORDS,
+    _D_BURST,
+    _D_CAT0,
+    _D_CHAIN,
+    _D_DRIFT,
+    _D_FAIL,
+    _D_HOUR_VOL,
+    _D_HOURS,
+    _D_NOMFA,
+    _D_SENS,
+    _D_TASK_RES,
+    _D_TASK_VOL,
+    _DRIFT_H,
+    _DRIFT_MIN_W,
+    _DRIFT_SLACK,
+    _F_AGG,
+    _F_MEAN,
+    _F_RATE_C,
+    _F_RATE_MEAN,
+    _F_RATE_VAR,
+    _F_RATE_W,
+    _F_VAR,
+    _F_W,
+    _GROUPS,
+    _HOUR_MS,
+    _I_BITS,
+    _I_BITS2,
+    _I_BLOOM,
+    _I_FIRST,
+    _I_HOUR,
+    _I_HOURS,
+    _I_LAST,
+    _I_MFA_KNOWN,
+    _I_MFA_NO,
+    _I_N,
+    _I_NAME,
+    _I_NOVEL,
+    _I_PRESENT,
+    _I_RECENT,
+    _I_SENS,
+    _I_SINCE,
+    _I_TAINT,
+    _I_TASK,
+    _I_TASK2,
+    _N_AGG,
+    _N_BUCKETS,
+    _N_CAT,
+    _N_DEV,
+    _N_GROUPS,
+    _N_NUM,
+    _N_RANKS,
+    _TAINT_HOUR,
+    _TAINT_TASK,
+    _TAINT_TASK2,
+    _X_BYTES_OUT,
+    _X_CHAIN,
+    _X_FAIL,
+    _X_NRES,
+    _ZSPEC,
+)
+
+__all__ = ["current_rate", "deviations", "encode", "halve", "learn", "observe"]
+
+_jit = numba.njit(cache=True, nogil=True)
+
+# Module constants as numba sees them (globals are frozen at compile time).
+_BUCKETS: Final = np.array(_BUCKET, dtype=np.int64)
+_G_COND: Final = np.array([cond for _, cond, _ in _GROUPS], dtype=np.int64)
+_G_MEMBERS: Final = np.array(
+    [list(m) + [-1] * (3 - len(m)) for _, _, m in _GROUPS], dtype=np.int64
+)
+_Z_DEV: Final = np.array([z[0] for z in _ZSPEC], dtype=np.int64)
+_Z_X: Final = np.array([z[1] for z in _ZSPEC], dtype=np.int64)
+_Z_G: Final = np.array([z[2] for z in _ZSPEC], dtype=np.int64)
+_Z_FLOOR: Final = np.array([z[3] for z in _ZSPEC], dtype=np.float64)
+_Z_FLOOR0: Final = float(_ZSPEC[0][3])
+_C_RESOURCE: Final = CATEGORICAL_INDEX["resource"]
+_CHURN_MIN: Final = 20  # events of a feature before "most of its values are new" is trusted
+_AGG_HALF_LIFE: Final = 100.0  # completed tasks / hours after which old totals weigh half
+_AGG_KEEP: Final = 0.5 ** (1.0 / _AGG_HALF_LIFE)
+_NO_RATE: Final = -1.0  # ``rate`` argument: none given (the state's own)
+_N_F32: Final = _N_GROUPS + 4 + 2 * _N_NUM + _N_AGG  # the floats of the wire format
+
+# Deviations (see the table in :mod:`~.baselines`).
+_RATE_VAR_FLOOR: Final = 0.25  # log events/min: sd 0.5 ≈ x1.6
+_AGG_VAR_FLOOR: Final = 0.25  # log bytes: sd 0.5 ≈ x1.6 between one task's total and another's
+_AGG_MIN_W: Final = 3.0  # completed tasks / hours before their totals are a baseline
+_SENS_STEP_NATS: Final = 1.5  # surprise per sensitivity rank above the usual maximum
+_VAR_PRIOR_EVENTS: Final = 10.0  # extra prior variance that fades over the first events
+# Off-hours smoothing: a bucket counts fully, its neighbour hours half, the same hour of the
+# other day type a little (a weekday worker on a Saturday noon is unusual, not alarming).
+_NEIGHBOUR_W: Final = 0.5
+_OTHER_DAY_W: Final = 0.1
+_HOUR_NORM: Final = _N_BUCKETS / (1.0 + 2 * _NEIGHBOUR_W + _OTHER_DAY_W)
+_HOUR_SHARE_SCALE: Final = 0.25  # smoothed share / uniform share at which off_hours ≈ 0.37
+_HOUR_PRIOR: Final = 24.0  # pseudo-events spread uniformly: a young profile has no "never"
+_PRESENCE_SCALE: Final = 0.2  # a feature present in 20 % of events counts ~63 % for novelty
+_SHARE_NEGLIGIBLE: Final = 21.0  # exp(-21) < 1e-9: shares this many rare_share are "usual"
+
+
+# --- small pieces -------------------------------------------------------------------------------
+
+
+@_jit
+def popcount(v: int) -> int:
+    """Set bits of a 64-bit pattern (int64, two's complement).
+
+    >>> popcount(0b1011), popcount(-1)
+    (3, 64)
+    """
+    n = 0
+    while v:
+        v &= v - 1
+        n += 1
+    return n
+
+
+@_jit
+def distinct(bits: int) -> float:
+    """Distinct values in a 64-bit linear-counting sketch (exact for a few, ±10 % for ~50)."""
+    zeros = 64 - popcount(bits)
+    return 64.0 * math.log(64.0 / zeros) if zeros else 64.0 * math.log(128.0)
+
+
+@_jit
+def bloom_has(iv: np.ndarray, h: int) -> bool:
+    b = h & 255
+    if not (iv[_I_BLOOM + (b >> 6)] >> (b & 63)) & 1:
+        return False
+    b = (h >> 16) & 255
+    return bool((iv[_I_BLOOM + (b >> 6)] >> (b & 63)) & 1)
+
+
+@_jit
+def _bloom_add(iv: np.ndarray, h: int) -> None:
+    b = h & 255
+    iv[_I_BLOOM + (b >> 6)] |= np.int64(1) << (b & 63)
+    b = (h >> 16) & 255
+    iv[_I_BLOOM + (b >> 6)] |= np.int64(1) << (b & 63)
+
+
+@_jit
+def usual_max(iv: np.ndarray, rare_share: float) -> int:
+    """Highest sensitivity rank touched at least ``rare_share`` of the time."""
+    total = 0
+    for r in range(_N_RANKS):
+        total += iv[_I_SENS + r]
+    for rank in range(_N_RANKS - 1, 0, -1):
+        if total and iv[_I_SENS + rank] >= rare_share * total:
+            return rank
+    return 0
+
+
+@_jit
+def halve(iv: np.ndarray, sc: np.ndarray) -> None:
+    """The integer decay step: every count halves once per half-life of events."""
+    iv[_I_SINCE] = 0
+    iv[_I_MFA_KNOWN] >>= 1
+    iv[_I_MFA_NO] >>= 1
+    recent = 0
+    for i in range(_I_HOURS, _I_NAME):  # hours, sensitivity ranks, present, novel
+        iv[i] >>= 1
+    for i in range(_I_HOURS, _I_HOURS + _N_BUCKETS):
+        recent += iv[i]
+    iv[_I_RECENT] = recent
+    for j in range(sc.shape[0]):
+        sc[j] >>= 1
+
+
+@_jit
+def _ew(fv: np.ndarray, im: int, iv_: int, w: float, x: float) -> None:
+    """One bias-corrected EW update of (mean fv[im], variance fv[iv_]) with weight sum w."""
+    b = 1.0 / w
+    d = x - fv[im]
+    inc = b * d
+    fv[im] = fv[im] + inc
+    fv[iv_] = (1.0 - b) * (fv[iv_] + d * inc)
+
+
+@_jit
+def current_rate(fv: np.ndarray, iv: np.ndarray, t: int, tau: float) -> float:
+    """Events in the short window ending at ``t``, the event itself included (≥ 1)."""
+    if iv[_I_N] == 0:
+        return 1.0
+    dt = t - iv[_I_LAST]
+    if dt <= 0:  # same millisecond or out of order: nothing to decay
+        return float(fv[_F_RATE_C] + 1.0)
+    return float(fv[_F_RATE_C] * math.exp(-dt / tau) + 1.0)
+
+
+# --- observe: every event's task and hour totals --------------------------------------------------
+
+
+@_jit
+def observe(fv: np.ndarray, iv: np.ndarray, x: np.ndarray, hs: np.ndarray, t: int, task: int,
+            volume: float) -> None:  # fmt: skip
+    """:meth:`~.learning.Learner.observe` (identity scope only; the caller checks)."""
+    a = _F_AGG
+    if task and task != iv[_I_TASK]:
+        if task == iv[_I_TASK2]:  # back to the other running task
+            iv[_I_TASK], iv[_I_TASK2] = iv[_I_TASK2], iv[_I_TASK]
+            iv[_I_BITS], iv[_I_BITS2] = iv[_I_BITS2], iv[_I_BITS]
+            fv[a + _A_TASK_BYTES], fv[a + _A_TASK2_BYTES] = (
+                fv[a + _A_TASK2_BYTES], fv[a + _A_TASK_BYTES])  # fmt: skip
+            fv[a + _A_TASK_CALLS], fv[a + _A_TASK2_CALLS] = (
+                fv[a + _A_TASK2_CALLS], fv[a + _A_TASK_CALLS])  # fmt: skip
+            tn = iv[_I_TAINT]
+            iv[_I_TAINT] = ((tn & _TAINT_HOUR) | ((tn & _TAINT_TASK) << 2)
+                            | ((tn & _TAINT_TASK2) >> 2))  # fmt: skip
+        else:  # a new task: the older of the two running ones has ended
+            if (iv[_I_TASK2] and fv[a + _A_TASK2_CALLS] != 0.0
+                    and not iv[_I_TAINT] & _TAINT_TASK2):  # fmt: skip
+                w = fv[a + _A_TW] * _AGG_KEEP + 1.0
+                fv[a + _A_TW] = w
+                _ew(fv, a + _A_TB_MEAN, a + _A_TB_VAR, w, math.log1p(fv[a + _A_TASK2_BYTES]))
+                _ew(fv, a + _A_TR_MEAN, a + _A_TR_VAR, w, math.log1p(distinct(iv[_I_BITS2])))
+            iv[_I_TASK2], iv[_I_BITS2] = iv[_I_TASK], iv[_I_BITS]
+            fv[a + _A_TASK2_BYTES] = fv[a + _A_TASK_BYTES]
+            fv[a + _A_TASK2_CALLS] = fv[a + _A_TASK_CALLS]
+            iv[_I_TAINT] = (iv[_I_TAINT] & _TAINT_HOUR) | ((iv[_I_TAINT] & _TAINT_TASK) << 2)
+            iv[_I_TASK], iv[_I_BITS] = task, 0
+            fv[a + _A_TASK_BYTES] = 0.0
+            fv[a + _A_TASK_CALLS] = 0.0
+    if task:
+        fv[a + _A_TASK_BYTES] += volume
+        fv[a + _A_TASK_CALLS] += 1.0
+        res = hs[_C_RESOURCE]
+        if res:
+            iv[_I_BITS] |= np.int64(1) << (res & 63)
+    hour = t // _HOUR_MS
+    if hour > iv[_I_HOUR]:  # a late event of an earlier hour counts into this one
+        if iv[_I_HOUR] and fv[a + _A_HOUR_BYTES] > 0.0 and not iv[_I_TAINT] & _TAINT_HOUR:
+            w = fv[a + _A_HW] * _AGG_KEEP + 1.0
+            fv[a + _A_HW] = w
+            _ew(fv, a + _A_HB_MEAN, a + _A_HB_VAR, w, math.log1p(fv[a + _A_HOUR_BYTES]))
+        iv[_I_HOUR] = hour
+        fv[a + _A_HOUR_BYTES] = 0.0
+        iv[_I_TAINT] &= ~_TAINT_HOUR
+    fv[a + _A_HOUR_BYTES] += volume
+    out = x[_X_BYTES_OUT]
+    if out and fv[a + _A_SW] >= _DRIFT_MIN_W:  # every event: a drift must not hide by being held
+        z = (out - fv[a + _A_SLOW_MEAN]) / math.sqrt(fv[a + _A_SLOW_VAR] + _Z_FLOOR0)
+        fv[a + _A_CUSUM] = max(0.0, fv[a + _A_CUSUM] + z - _DRIFT_SLACK)
+
+
+# --- learn: fold one accepted event into the state --------------------------------------------
+
+
+@_jit
+def _insert(iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: np.ndarray, c: int, h: int,
+            hour: int, churn: bool, k: int) -> int:  # fmt: skip
+    """Remember a value not in feature ``c``'s slots; returns its slot."""
+    base = c * k
+    end = base + k
+    if sh[base]:  # the first value an identity shows is its baseline, not a novelty
+        iv[_I_NOVEL + c] += 1
+    if sh[end - 1]:  # full: evict the least used, then least recently used, value
+        j = base
+        low = sc[base]
+        ties = 1
+        for i in range(base + 1, end):
+            if sc[i] < low:
+                low, j, ties = sc[i], i, 1
+            elif sc[i] == low:
+                ties += 1
+        if not churn and ties > 1:
+            for i in range(j + 1, end):
+                if sc[i] == low and st[i] < st[j]:
+                    j = i
+        if iv[_I_NAME + c] == j:
+            iv[_I_NAME + c] = -1
+    else:
+        j = base
+        while sh[j]:  # the first free slot
+            j += 1
+    sh[j] = h
+    sc[j] = 1
+    st[j] = hour
+    return j
+
+
+@_jit
+def learn(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: np.ndarray,
+          x: np.ndarray, hs: np.ndarray, t: int, how: int, rank: int, mfa: int, rate: float,
+          k: int, half_life: int, identity: bool, ak: float, aslow: float,
+          tau: float) -> int:  # fmt: skip
+    """:meth:`~.learning.Learner.learn_one`. Returns a bit per categorical feature whose most
+    used value changed (the caller records its name); ``rate`` < 0: the state's own."""
+    last = iv[_I_LAST]
+    if iv[_I_N] == 0:
+        iv[_I_FIRST] = t
+        last = t
+    counter = fv[_F_RATE_C]
+    if t > last:  # out-of-order events count, but never move time backwards
+        counter *= math.exp((last - t) / tau)
+        last = t
+    iv[_I_LAST] = last
+    counter += 1.0
+    fv[_F_RATE_C] = counter
+    if rate < 0.0:
+        rate = counter
+    elif rate < 1.0:  # a rate includes the event itself
+        rate = 1.0
+    iv[_I_N] += 1
+    iv[_I_RECENT] += 1
+
+    # Bias-corrected EW mean / variance (West's weighted Welford update): the exact mean and
+    # variance of the first events, then weight 1 - 2^(-1/half_life) per event.
+    for g in range(_N_GROUPS):
+        cond = _G_COND[g]
+        if cond >= 0 and x[cond] == 0.0:
+            continue
+        w = fv[_F_W + g] * ak + 1.0
+        fv[_F_W + g] = w
+        b = 1.0 / w
+        keep = 1.0 - b
+        for m in range(3):
+            i = _G_MEMBERS[g, m]
+            if i < 0:
+                break
+            d = x[i] - fv[_F_MEAN + i]
+            inc = b * d
+            fv[_F_MEAN + i] += inc
+            fv[_F_VAR + i] = keep * (fv[_F_VAR + i] + d * inc)
+    a = _F_AGG
+    if x[_X_BYTES_OUT] != 0.0:  # the long horizon of the same statistic (drift)
+        sw = fv[a + _A_SW] * aslow + 1.0
+        fv[a + _A_SW] = sw
+        d = x[_X_BYTES_OUT] - fv[a + _A_SLOW_MEAN]
+        inc = d / sw
+        fv[a + _A_SLOW_MEAN] += inc
+        fv[a + _A_SLOW_VAR] = (1.0 - 1.0 / sw) * (fv[a + _A_SLOW_VAR] + d * inc)
+    u = 1.0 / rate
+    rw = fv[_F_RATE_W] * ak + u
+    fv[_F_RATE_W] = rw
+    br = u / rw
+    d = math.log(rate) - fv[_F_RATE_MEAN]
+    inc = br * d
+    fv[_F_RATE_MEAN] += inc
+    fv[_F_RATE_VAR] = (1.0 - br) * (fv[_F_RATE_VAR] + d * inc)
+
+    iv[_I_HOURS + _BUCKETS[how]] += 1
+    if x[_X_NRES] != 0.0:
+        iv[_I_SENS + rank] += 1
+    if mfa >= 0:
+        iv[_I_MFA_KNOWN] += 1
+        if mfa == 0:
+            iv[_I_MFA_NO] += 1
+
+    hour = t // _HOUR_MS
+    named_mask = 0
+    for c in range(_N_CAT):
+        h = hs[c]
+        if not h:
+            continue
+        base = c * k
+        seen = iv[_I_PRESENT + c] + 1
+        iv[_I_PRESENT + c] = seen
+        j = -1
+        for q in range(base, base + k):
+            if sh[q] == h:
+                j = q
+                break
+        if j < 0:  # a value not remembered (rare once the identity is known)
+            # Where most values are new (a peer group's resources), skip the exact
+            # least-recently-used tie-break (as the Python original did, for the same result).
+            churn = seen > _CHURN_MIN and iv[_I_NOVEL + c] * 2 > seen
+            j = _insert(iv, sh, sc, st, c, h, hour, churn, k)
+        else:
+            sc[j] += 1
+            if hour > st[j]:
+                st[j] = hour
+        named = iv[_I_NAME + c]
+        if named != j and (named < 0 or sc[j] > sc[named]):
+            iv[_I_NAME + c] = j
+            named_mask |= 1 << c
+
+    cp = hs[_C_COUNTERPARTY]
+    if cp and identity:
+        fv[a + _A_CP_SEEN] = fv[a + _A_CP_SEEN] * _AGG_KEEP + 1.0
+        new = not bloom_has(iv, cp)
+        fv[a + _A_CP_NEW] = fv[a + _A_CP_NEW] * _AGG_KEEP + (
+            1.0 if new and fv[a + _A_CP_SEEN] > 1.0 else 0.0)  # fmt: skip
+        if new:
+            _bloom_add(iv, cp)
+    iv[_I_SINCE] += 1
+    if iv[_I_SINCE] >= half_life:
+        halve(iv, sc)
+    return named_mask
+
+
+# --- deviations: how unusual one event is (the state does not change) ---------------------------
+
+
+@_jit
+def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x: np.ndarray,
+               hs: np.ndarray, t: int, how: int, rank: int, mfa: int, task: int,
+               volume: float, rate: float, k: int, identity: bool, evidence: float,
+               rare: float, z0: float, zs: float, tau: float) -> np.ndarray:  # fmt: skip
+    """:meth:`~.deviations.Scorer.deviations` without explanations: the vector, in [0, 1]."""
+    dev = np.zeros(_N_DEV)
+    n = iv[_I_N]
+    if n == 0:
+        return dev
+    exp = math.exp
+    prior = 1.0 + _VAR_PRIOR_EVENTS / (n + 1)
+    conf_n = 1.0 - exp(-n / evidence)
+
+    for q in range(_Z_DEV.shape[0]):
+        xi = _Z_X[q]
+        g = _Z_G[q]
+        d = x[xi] - fv[_F_MEAN + xi]
+        if d > 0.0 and fv[_F_W + g] != 0.0:  # high side only, and once there is a baseline
+            z = d / math.sqrt(fv[_F_VAR + xi]
+                              + _Z_FLOOR[q] * (1.0 + _VAR_PRIOR_EVENTS / (fv[_F_W + g] + 1)))
+            if z > z0:
+                dev[_Z_DEV[q]] = 1.0 - exp((z0 - z) / zs)
+
+    # Outcomes: how often the identity showed this outcome before (share → rarity).
+    if x[_X_FAIL] != 0.0:
+        dev[_D_FAIL] = conf_n * exp(-fv[_F_MEAN + _X_FAIL] / rare)
+    if mfa == 0 and iv[_I_MFA_KNOWN]:
+        share = iv[_I_MFA_NO] / iv[_I_MFA_KNOWN]
+        dev[_D_NOMFA] = (1.0 - exp(-iv[_I_MFA_KNOWN] / evidence)) * exp(-share / rare)
+    chain = fv[_F_MEAN + _X_CHAIN]
+    dev[_D_CHAIN] = conf_n * exp(-(chain if x[_X_CHAIN] != 0.0 else 1.0 - chain) / rare)
+    if rank:
+        total = 0
+        above_rank = 0
+        for r in range(_N_RANKS):
+            total += iv[_I_SENS + r]
+            if r >= rank:
+                above_rank += iv[_I_SENS + r]
+        if total:
+            # How rare (share of resource events at this rank or above) and how far above
+            # the usual maximum: surprise in nats, read back unbounded.
+            share = above_rank / total
+            if share < rare * _SHARE_NEGLIGIBLE:
+                above = max(0, rank - usual_max(iv, rare))
+                nats = -math.log1p(-0.999 * exp(-share / rare)) + _SENS_STEP_NATS * above
+                dev[_D_SENS] = (1.0 - exp(-total / evidence)) * (1.0 - exp(-nats))
+
+    if rate < 0.0:
+        rate = current_rate(fv, iv, t, tau)
+    elif rate < 1.0:  # a rate includes the event itself
+        rate = 1.0
+    d = math.log(rate) - fv[_F_RATE_MEAN]
+    if d > 0.0:
+        z = d / math.sqrt(fv[_F_RATE_VAR] + _RATE_VAR_FLOOR * prior)
+        if z > z0:
+            dev[_D_BURST] = 1.0 - exp((z0 - z) / zs)
+
+    a = _F_AGG
+    if fv[a + _A_TW] >= _AGG_MIN_W and task and task == iv[_I_TASK]:
+        sd = math.sqrt(fv[a + _A_TB_VAR] + _AGG_VAR_FLOOR)
+        z = (math.log1p(fv[a + _A_TASK_BYTES]) - fv[a + _A_TB_MEAN]) / sd
+        if z > z0:
+            dev[_D_TASK_VOL] = 1.0 - exp((z0 - z) / zs)
+        z = (math.log1p(distinct(iv[_I_BITS])) - fv[a + _A_TR_MEAN]) / math.sqrt(
+            fv[a + _A_TR_VAR] + _AGG_VAR_FLOOR)  # fmt: skip
+        if z > z0:
+            dev[_D_TASK_RES] = 1.0 - exp((z0 - z) / zs)
+    if fv[a + _A_HW] >= _AGG_MIN_W and volume != 0.0:
+        z = (math.log1p(fv[a + _A_HOUR_BYTES]) - fv[a + _A_HB_MEAN]) / math.sqrt(
+            fv[a + _A_HB_VAR] + _AGG_VAR_FLOOR)  # fmt: skip
+        if z > z0:
+            dev[_D_HOUR_VOL] = 1.0 - exp((z0 - z) / zs)
+    if fv[a + _A_CUSUM] > _DRIFT_H and x[_X_BYTES_OUT] != 0.0:
+        dev[_D_DRIFT] = 1.0 - exp((_DRIFT_H - fv[a + _A_CUSUM]) / (0.1 * _DRIFT_H))
+
+    recent = iv[_I_RECENT]
+    if recent:
+        hb = _I_HOURS
+        b = _BUCKETS[how]
+        day = b - b % 24
+        smooth = (
+            iv[hb + b]
+            + _NEIGHBOUR_W * (iv[hb + day + (b + 1) % 24] + iv[hb + day + (b - 1) % 24])
+            + _OTHER_DAY_W * iv[hb + (b + 24) % 48]
+        )
+        # This bucket's share relative to a uniform week, with a uniform prior.
+        q = (smooth * _HOUR_NORM + _HOUR_PRIOR) / (recent + _HOUR_PRIOR)
+        dev[_D_HOURS] = exp(-q / _HOUR_SHARE_SCALE)
+
+        for c in range(_N_CAT):
+            h = hs[c]
+            if not h:
+                continue
+            base = c * k
+            named = iv[_I_NAME + c]
+            if named >= 0 and sh[named] == h:  # the usual value: nothing unusual
+                continue
+            seen = iv[_I_PRESENT + c]
+            if not seen:
+                continue
+            # The chance of this value: its own share if remembered, plus the share of events
+            # that brought a new value (novelty is unremarkable where it is common).
+            share = iv[_I_NOVEL + c] / seen
+            if share > _SHARE_NEGLIGIBLE * rare:  # exp(-share / rare) < 1e-9
+                continue
+            for j in range(base, base + k):
+                if sh[j] == h:
+                    share += sc[j] / seen
+                    break
+            presence = 1.0
+            if c != _C_COUNTERPARTY:
+                # Usually absent? Not for counterparties: only writes have one, and their
+                # novelty is judged among the identity's writes.
+                presence = 1.0 - exp(-min(1.0, seen / recent) / _PRESENCE_SCALE)
+            dev[_D_CAT0 + c] = exp(-share / rare) * (1.0 - exp(-seen / evidence)) * presence
+
+    cp = hs[_C_COUNTERPARTY]
+    if cp and identity:
+        writes = fv[a + _A_CP_SEEN]
+        if writes != 0.0 and not bloom_has(iv, cp):
+            share = fv[a + _A_CP_NEW] / writes  # how often its writes went to someone new
+            dev[_D_CAT0 + _C_COUNTERPARTY] = exp(-share / rare) * (1.0 - exp(-writes / evidence))
+        else:
+            dev[_D_CAT0 + _C_COUNTERPARTY] = 0.0
+    return dev
+
+
+# --- encode: the state's wire format (:mod:`~.codec`), names excepted ---------------------------
+
+
+@_jit
+def _put(buf: np.ndarray, off: int, v: int, size: int) -> int:
+    """``v`` as ``size`` little-endian bytes (two's complement) at ``off``; the next offset."""
+    for i in range(size):
+        buf[off + i] = (v >> (8 * i)) & 0xFF
+    return off + size
+
+
+@_jit
+def encode(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: np.ndarray,
+           k: int, named: int, version: int, schema: int,
+           buf: np.ndarray) -> tuple[int, int]:  # fmt: skip
+    """The bytes of :meth:`~.codec.Codec.to_bytes` but the names, into ``buf``: (length, bit
+    per feature whose name follows, in feature order). ``named``: a bit per feature whose
+    name text is known."""
+    f32 = np.empty(_N_F32, dtype=np.float32)
+    p = 0
+    for i in range(_N_GROUPS):
+        f32[p] = fv[_F_W + i]
+        p += 1
+    for i in range(4):
+        f32[p] = fv[_F_RATE_C + i]
+        p += 1
+    for i in range(2 * _N_NUM):  # means, variances
+        f32[p] = fv[_F_MEAN + i]
+        p += 1
+    for i in range(_N_AGG):
+        f32[p] = fv[_F_AGG + i]
+        p += 1
+    bits = f32.view(np.uint32)
+    off = _put(buf, 0, version, 1)
+    off = _put(buf, off, schema, 1)
+    off = _put(buf, off, k, 1)
+    off = _put(buf, off, min(iv[_I_N], 0xFFFFFFFF), 4)
+    off = _put(buf, off, iv[_I_RECENT], 2)
+    off = _put(buf, off, iv[_I_SINCE], 2)
+    off = _put(buf, off, iv[_I_FIRST], 8)
+    off = _put(buf, off, iv[_I_LAST], 8)
+    for i in range(_N_GROUPS + 4):  # EW weights, rate counter / mean / var / weight
+        off = _put(buf, off, bits[i], 4)
+    off = _put(buf, off, iv[_I_MFA_KNOWN], 2)
+    off = _put(buf, off, iv[_I_MFA_NO], 2)
+    for i in range(_N_GROUPS + 4, _N_GROUPS + 4 + 2 * _N_NUM):
+        off = _put(buf, off, bits[i], 4)
+    for i in range(_I_HOURS, _I_NAME):  # hours, sensitivity ranks, present, novel
+        off = _put(buf, off, iv[i], 2)
+    total = 0
+    with_name = 0
+    used_at = off
+    off += 2 * _N_CAT  # slots used, then the named slot's index, per feature
+    for c in range(_N_CAT):
+        base = c * k
+        m = 0
+        while m < k and sh[base + m]:  # used slots come first
+            m += 1
+        buf[used_at + c] = m
+        total += m
+        j = iv[_I_NAME + c] - base
+        if named >> c & 1 and 0 <= j < m:
+            buf[used_at + _N_CAT + c] = j
+            with_name |= 1 << c
+        else:
+            buf[used_at + _N_CAT + c] = 0xFF
+    off = _put(buf, off, iv[_I_TASK], 4)
+    off = _put(buf, off, iv[_I_BITS], 8)
+    off = _put(buf, off, iv[_I_TASK2], 4)
+    off = _put(buf, off, iv[_I_BITS2], 8)
+    off = _put(buf, off, iv[_I_HOUR], 4)
+    off = _put(buf, off, iv[_I_TAINT], 1)
+    for i in range(_N_GROUPS + 4 + 2 * _N_NUM, _N_F32):
+        off = _put(buf, off, bits[i], 4)
+    for i in range(_CP_WORDS):
+        off = _put(buf, off, iv[_I_BLOOM + i], 8)
+    last_hour = iv[_I_LAST] // _HOUR_MS
+    h_at = off
+    c_at = h_at + 4 * total
+    a_at = c_at + 2 * total
+    q = 0
+    for c in range(_N_CAT):
+        base = c * k
+        for j in range(base, base + buf[used_at + c]):
+            _put(buf, h_at + 4 * q, sh[j], 4)
+            _put(buf, c_at + 2 * q, sc[j], 2)
+            # Older than 7.5 years: just "very old" (never fail to save).
+            _put(buf, a_at + 2 * q, min(0xFFFF, max(0, last_hour - st[j])), 2)
+            q += 1
+    return a_at + 2 * total, with_name
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel now, not on the first event: the
+    first compile on a machine takes seconds, which a worker should spend before it joins.
+
+    >>> warm_up()
+    """
+    from pipeline.baselines.layout import BaselineState
+
+    s = BaselineState(2)
+    x = np.zeros(_N_NUM)
+    hs = np.zeros(_N_CAT, dtype=np.int64)
+    hs[0] = 1
+    observe(s.fv, s.iv, x, hs, 0, 1, 0.0)
+    deviations(s.fv, s.iv, s.slot_hash, s.slot_count, x, hs, 0, 0, 0, -1, 0, 0.0, -1.0, 2,
+               True, 10.0, 0.03, 1.0, 1.0, 60_000.0)  # fmt: skip
+    learn(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, x, hs, 0, 0, 0, -1, -1.0, 2, 1,
+          True, 0.5, 0.5, 60_000.0)  # fmt: skip
+    current_rate(s.fv, s.iv, 0, 60_000.0)
+    encode(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0, 1, 1,
+           np.zeros(1024, dtype=np.uint8))  # fmt: skip
