@@ -503,10 +503,10 @@ class Detection:
         ref = self.busy_events_per_hour
         scale = 0.5 / math.log10(max(10.0, float(self.calibrator.size)))
         for i, p in enumerate(partial):
-            b = p[1].baseline
-            hours = (b.last_ms - b.first_ms) / 3_600_000
+            n, first_ms, last_ms = p[1].baseline.activity()
+            hours = (last_ms - first_ms) / 3_600_000
             if hours >= 1.0:
-                rate = b.n / hours
+                rate = n / hours
                 if rate > ref:
                     out[i] = scale * math.log10(rate / ref)
         return out

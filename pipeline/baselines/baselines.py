@@ -134,7 +134,7 @@ def own_weight(state: BaselineState, warmup_events: float) -> float:
     """
     if warmup_events <= 0:
         return 1.0
-    return 1.0 - math.exp(-3.0 * state.n / warmup_events)
+    return 1.0 - math.exp(-3.0 * state.activity()[0] / warmup_events)
 
 
 def blend(

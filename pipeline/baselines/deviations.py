@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.baselines import kernel
 from pipeline.baselines.explain import Explainer
 from pipeline.baselines.features import Features
-from pipeline.baselines.layout import _N_DEV, BaselineState
+from pipeline.baselines.layout import BaselineState
 from pipeline.baselines.learning import feature_arrays
 from pipeline.scores.explanations import Contribution
 
@@ -73,23 +73,17 @@ class Scorer(Explainer):
         x, hs = feature_arrays(features)
         f = features
         r = -1.0 if rate is None else rate
-        dev = kernel.deviations(
+        dev, top = kernel.deviations(
             state.fv, state.iv, state.slot_hash, state.slot_count, x, hs, f.time_ms,
             f.hour_of_week, f.sensitivity_rank, f.mfa, f.task, f.volume, r, self.cat_slots,
             self.scope == "identity", self._k, self.rare_share, self.z_offset, self.z_scale,
-            self._tau,
+            self._tau, self.explain_threshold, self.max_contributions,
         )  # fmt: skip
-        thr = self.explain_threshold
-        if dev.max() < thr:  # the common case: nothing to explain
+        if not len(top):  # the common case: nothing to explain
             return dev, []
         if rate is None:
             rate = self.current_rate(state, features)
         elif rate < 1.0:
             rate = 1.0
-        values = dev.tolist()
-        top = [i for i in range(_N_DEV) if values[i] >= thr]
-        top.sort(key=values.__getitem__, reverse=True)
-        return dev, [
-            self._explain(state, features, i, values[i], rate)
-            for i in top[: self.max_contributions]
-        ]
+        return dev, [self._explain(state, features, i, float(dev[i]), rate)
+                     for i in top.tolist()]  # fmt: skip

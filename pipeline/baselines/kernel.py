@@ -441,12 +441,15 @@ def learn(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: np
 def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x: np.ndarray,
                hs: np.ndarray, t: int, how: int, rank: int, mfa: int, task: int,
                volume: float, rate: float, k: int, identity: bool, evidence: float,
-               rare: float, z0: float, zs: float, tau: float) -> np.ndarray:  # fmt: skip
-    """:meth:`~.deviations.Scorer.deviations` without explanations: the vector, in [0, 1]."""
+               rare: float, z0: float, zs: float, tau: float, thr: float,
+               limit: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:meth:`~.deviations.Scorer.deviations` without explanations: the vector, in [0, 1],
+    and the indices of its at most ``limit`` strongest dimensions at or above ``thr``
+    (strongest first; ties in dimension order)."""
     dev = np.zeros(_N_DEV)
     n = iv[_I_N]
     if n == 0:
-        return dev
+        return dev, np.empty(0, dtype=np.int64)
     exp = math.exp
     prior = 1.0 + _VAR_PRIOR_EVENTS / (n + 1)
     conf_n = 1.0 - exp(-n / evidence)
@@ -562,7 +565,22 @@ def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x
             dev[_D_CAT0 + _C_COUNTERPARTY] = exp(-share / rare) * (1.0 - exp(-writes / evidence))
         else:
             dev[_D_CAT0 + _C_COUNTERPARTY] = 0.0
-    return dev
+    return dev, _strongest(dev, thr, limit)
+
+
+@_jit
+def _strongest(dev: np.ndarray, thr: float, limit: int) -> np.ndarray:
+    top = np.empty(_N_DEV, dtype=np.int64)
+    m = 0
+    for i in range(_N_DEV):
+        if dev[i] >= thr:
+            j = m  # insertion sort, stable: a later equal value goes after
+            while j > 0 and dev[top[j - 1]] < dev[i]:
+                top[j] = top[j - 1]
+                j -= 1
+            top[j] = i
+            m += 1
+    return top[: min(m, limit)]
 
 
 # --- encode: the state's wire format (:mod:`~.codec`), names excepted ---------------------------
@@ -671,7 +689,7 @@ def warm_up() -> None:
     hs[0] = 1
     observe(s.fv, s.iv, x, hs, 0, 1, 0.0)
     deviations(s.fv, s.iv, s.slot_hash, s.slot_count, x, hs, 0, 0, 0, -1, 0, 0.0, -1.0, 2,
-               True, 10.0, 0.03, 1.0, 1.0, 60_000.0)  # fmt: skip
+               True, 10.0, 0.03, 1.0, 1.0, 60_000.0, 0.3, 5)  # fmt: skip
     learn(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, x, hs, 0, 0, 0, -1, -1.0, 2, 1,
           True, 0.5, 0.5, 60_000.0)  # fmt: skip
     current_rate(s.fv, s.iv, 0, 60_000.0)

@@ -274,6 +274,11 @@ class BaselineState:
     def cat_slots(self) -> int:
         return len(self.slot_hash) // _N_CAT
 
+    def activity(self) -> tuple[int, int, int]:
+        """``(n, first_ms, last_ms)`` in one read (the per-event paths need all three)."""
+        n, _, _, first, last = self.iv[_I_N : _I_LAST + 1].tolist()
+        return n, first, last
+
     def copy(self) -> BaselineState:
         s = BaselineState(0)
         s.fv, s.iv = self.fv.copy(), self.iv.copy()
