@@ -7,10 +7,8 @@ learned and written back without overflow, and anything else raises :class:`Stat
 
 from __future__ import annotations
 
-import math
 import struct
 import sys
-from array import array
 from typing import Final
 
 import numpy as np
@@ -20,6 +18,7 @@ from pipeline.baselines.features import FEATURE_SCHEMA_VERSION
 from pipeline.baselines.layout import (
     _CP_WORDS,
     _HOUR_MS,
+    _I_NAME,
     _N_AGG,
     _N_BUCKETS,
     _N_CAT,
@@ -49,6 +48,11 @@ _MAX_FLOAT: Final = 1e15
 _MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
 _U32: Final = 0xFFFFFFFF
 _NO_NAME: Final = 0xFF
+_DECODE_ERRORS: Final = {
+    kernel.TRUNCATED: "baseline state truncated",
+    kernel.BAD_TIMES: "implausible baseline state times",
+    kernel.BAD_AGGREGATES: "implausible baseline aggregates",
+}
 
 _HEAD: Final = struct.Struct(
     "<BBBIHHqq"  # versions, K, n, recent, since_halve, first / last ms
@@ -144,83 +148,26 @@ class Codec:
             raise StateFormatError(f"corrupt baseline state: {exc}") from None
 
     def _decode(self, data: bytes) -> BaselineState:
-        v = _HEAD.unpack_from(data)
-        if v[1] != FEATURE_SCHEMA_VERSION:
+        if len(data) < _HEAD.size:
+            raise StateFormatError("baseline state truncated")
+        if data[1] != FEATURE_SCHEMA_VERSION:
             raise StateFormatError(
-                f"baseline learned on feature schema {v[1]}, expected {FEATURE_SCHEMA_VERSION}"
+                f"baseline learned on feature schema {data[1]}, expected {FEATURE_SCHEMA_VERSION}"
             )
         s = BaselineState(self.cat_slots)
-        s.n, s.recent, s.since_halve, s.first_ms, s.last_ms = v[3:8]
-        if not -_MAX_ABS_MS < s.first_ms <= s.last_ms < _MAX_ABS_MS:
-            raise StateFormatError("implausible baseline state times")
-        p = 8 + _N_GROUPS
-        s.w = list(v[8:p])
-        s.rate_c, s.rate_mean, s.rate_var, s.rate_w, s.mfa_known, s.mfa_no = v[p : p + 6]
-        p += 6
-        s.mean = list(v[p : p + _N_NUM])
-        p += _N_NUM
-        s.var = list(v[p : p + _N_NUM])
-        p += _N_NUM
-        s.hours = list(v[p : p + _N_BUCKETS])
-        p += _N_BUCKETS
-        s.sens = list(v[p : p + _N_RANKS])
-        p += _N_RANKS
-        s.present = list(v[p : p + _N_CAT])
-        p += _N_CAT
-        s.novel = list(v[p : p + _N_CAT])
-        p += _N_CAT
-        used = v[p : p + _N_CAT]
-        name_idx = v[p + _N_CAT : p + 2 * _N_CAT]
-        p += 2 * _N_CAT
-        s.task_key, s.task_bits, s.task_key2, s.task_bits2, s.hour_key, s.taint = v[p : p + 6]
-        s.agg = list(v[p + 6 : p + 6 + _N_AGG])
-        s.cp_bloom = list(v[p + 6 + _N_AGG : p + 6 + _N_AGG + _CP_WORDS])
-        if not all(-_MAX_FLOAT < x < _MAX_FLOAT for x in s.agg):
-            raise StateFormatError("implausible baseline aggregates")
-        total = sum(used)
-        off = _HEAD.size
-        if len(data) < off + 8 * total:
-            raise StateFormatError("baseline state truncated")
-        hashes = array("I")
-        hashes.frombytes(data[off : off + 4 * total])
-        off += 4 * total
-        counts = array("H")
-        counts.frombytes(data[off : off + 2 * total])
-        off += 2 * total
-        ages = array("H")
-        ages.frombytes(data[off : off + 2 * total])
-        off += 2 * total
-        if _BIG_ENDIAN:
-            for arr in (hashes, counts, ages):
-                arr.byteswap()
-        k = self.cat_slots
-        last_hour = s.last_ms // _HOUR_MS
-        hours = array("i", [last_hour - a for a in ages])
-        p = 0
-        for c in range(_N_CAT):
-            m = used[c]
-            base = c * k
-            if m <= k:
-                s.slot_hash[base : base + m] = hashes[p : p + m]
-                s.slot_count[base : base + m] = counts[p : p + m]
-                s.slot_hour[base : base + m] = hours[p : p + m]
-                if name_idx[c] < m:
-                    s.name_slot[c] = base + name_idx[c]
-            else:  # written with more slots: keep the most used, then most recent
-                keep = sorted(range(p, p + m), key=lambda i: (-counts[i], ages[i]))[:k]
-                for j, i in enumerate(keep, start=base):
-                    s.slot_hash[j], s.slot_count[j] = hashes[i], counts[i]
-                    s.slot_hour[j] = hours[i]
-                    if i - p == name_idx[c]:
-                        s.name_slot[c] = j
-            p += m
-        for c in range(_N_CAT):
-            if name_idx[c] == _NO_NAME:
+        names = np.empty(_N_CAT, dtype=np.int64)
+        off = kernel.decode(np.frombuffer(data, dtype=np.uint8), self.cat_slots, s.fv, s.iv,
+                            s.slot_hash, s.slot_count, s.slot_hour, names,
+                            _HEAD.size)  # fmt: skip
+        if off < 0:
+            raise StateFormatError(_DECODE_ERRORS[off])
+        for c, idx in enumerate(names.tolist()):
+            if idx == _NO_NAME:
                 continue
             size = data[off]
             text = data[off + 1 : off + 1 + size].decode()
             off += 1 + size
-            if s.name_slot[c] >= 0:
+            if s.iv[_I_NAME + c] >= 0:
                 s.name_text[c] = text
         if off != len(data):
             raise StateFormatError(f"baseline state has {len(data) - off} trailing bytes")
@@ -232,27 +179,10 @@ class Codec:
 
         Whatever decodes can then be scored, learned and written back without overflow.
         """
-        floats = (*s.w, s.rate_w, s.rate_c, s.rate_mean, s.rate_var, *s.mean, *s.var)
-        if not (
-            all(map(math.isfinite, floats))
-            and 0.0 <= min(s.w)
-            and max(s.w) <= _MAX_W
-            and 0.0 <= s.rate_w <= _MAX_W
-            and 0.0 <= s.rate_c <= _MAX_FLOAT
-            and s.rate_mean <= _MAX_FLOAT
-            and 0.0 <= s.rate_var <= _MAX_FLOAT
-            and min(s.mean) >= 0.0  # every numeric feature is >= 0 ...
-            and max(s.mean) <= _MAX_FLOAT
-            and max(s.mean[i] for i in _BINARY) <= 1.0  # ... and these are shares
-            and s.rate_mean >= 0.0  # log(rate), rate >= 1
-            and 0.0 <= min(s.var)
-            and max(s.var) <= _MAX_FLOAT
-            and (s.n > 0 or not (s.recent or any(s.slot_hash)))  # learned nothing: empty
-        ):
+        if not kernel.plausible(s.fv, s.iv, s.slot_hash, _MAX_W, _MAX_FLOAT):
             raise StateFormatError("implausible baseline state values")
         cap = self._cap()
-        counts = (s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present, *s.novel)
-        if max(counts) > cap or int(s.slot_count.max(initial=0)) > cap:
+        if kernel.largest_count(s.iv, s.slot_count) > cap:
             # Not written by a model with this half-life: decay into range, so that learning
             # can never overflow a u16 count.
             np.minimum(s.slot_count, cap, out=s.slot_count)

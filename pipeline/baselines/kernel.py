@@ -100,6 +100,7 @@ from pipeline.baselines.layout import (
     _X_BYTES_OUT,
     _X_CHAIN,
     _X_FAIL,
+    _X_NOMFA,
     _X_NRES,
     _ZSPEC,
 )
@@ -695,3 +696,165 @@ def warm_up() -> None:
     current_rate(s.fv, s.iv, 0, 60_000.0)
     encode(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0, 1, 1,
            np.zeros(1024, dtype=np.uint8))  # fmt: skip
+
+
+# --- decode: the inverse of encode (names excepted), distrusting its input ----------------------
+
+TRUNCATED: Final = -1
+BAD_TIMES: Final = -2
+BAD_AGGREGATES: Final = -3
+_MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
+_MAX_FLOAT: Final = 1e15
+
+
+@_jit
+def _get(buf: np.ndarray, off: int, size: int) -> int:
+    """``size`` little-endian bytes at ``off`` as an int64 (8 bytes: the bit pattern)."""
+    v = 0
+    for i in range(size):
+        v |= np.int64(buf[off + i]) << (8 * i)  # type: ignore[assignment]
+    return int(v)
+
+
+@_jit
+def _get_f32(buf: np.ndarray, off: int, scratch: np.ndarray) -> float:
+    scratch[0] = _get(buf, off, 4)
+    return float(scratch.view(np.float32)[0])
+
+
+@_jit
+def decode(buf: np.ndarray, k: int, fv: np.ndarray, iv: np.ndarray, sh: np.ndarray,
+           sc: np.ndarray, st: np.ndarray, names: np.ndarray, head: int) -> int:  # fmt: skip
+    """Fill an empty state (``cat_slots`` = ``k``) from ``buf`` (the bytes of
+    :func:`encode` and the names); ``names[c]``: the named slot's index in the data, 255 =
+    none. Returns where the names start, or :data:`TRUNCATED` / :data:`BAD_TIMES` /
+    :data:`BAD_AGGREGATES`. ``head``: the fixed header's size (the caller checked
+    ``len(buf) >= head`` and the versions)."""
+    u32 = np.empty(1, dtype=np.uint32)
+    iv[_I_N] = _get(buf, 3, 4)
+    iv[_I_RECENT] = _get(buf, 7, 2)
+    iv[_I_SINCE] = _get(buf, 9, 2)
+    iv[_I_FIRST] = _get(buf, 11, 8)
+    iv[_I_LAST] = _get(buf, 19, 8)
+    if not (-_MAX_ABS_MS < iv[_I_FIRST] <= iv[_I_LAST] < _MAX_ABS_MS):
+        return BAD_TIMES
+    off = 27
+    for i in range(_N_GROUPS):
+        fv[_F_W + i] = _get_f32(buf, off, u32)
+        off += 4
+    for i in range(4):
+        fv[_F_RATE_C + i] = _get_f32(buf, off, u32)
+        off += 4
+    iv[_I_MFA_KNOWN] = _get(buf, off, 2)
+    iv[_I_MFA_NO] = _get(buf, off + 2, 2)
+    off += 4
+    for i in range(2 * _N_NUM):
+        fv[_F_MEAN + i] = _get_f32(buf, off, u32)
+        off += 4
+    for i in range(_I_HOURS, _I_NAME):  # hours, sensitivity ranks, present, novel
+        iv[i] = _get(buf, off, 2)
+        off += 2
+    used_at = off
+    off += 2 * _N_CAT
+    iv[_I_TASK] = _get(buf, off, 4)
+    iv[_I_BITS] = _get(buf, off + 4, 8)
+    iv[_I_TASK2] = _get(buf, off + 12, 4)
+    iv[_I_BITS2] = _get(buf, off + 16, 8)
+    hour = _get(buf, off + 24, 4)
+    iv[_I_HOUR] = hour - (1 << 32) if hour >= 1 << 31 else hour  # int32
+    iv[_I_TAINT] = np.int64(buf[off + 28])
+    off += 29
+    for i in range(_N_AGG):
+        x = _get_f32(buf, off, u32)
+        if not -_MAX_FLOAT < x < _MAX_FLOAT:
+            return BAD_AGGREGATES
+        fv[_F_AGG + i] = x
+        off += 4
+    for i in range(_CP_WORDS):
+        iv[_I_BLOOM + i] = _get(buf, off, 8)
+        off += 8
+    total = 0
+    for c in range(_N_CAT):
+        total += np.int64(buf[used_at + c])  # type: ignore[assignment]
+    if buf.shape[0] < head + 8 * total:
+        return TRUNCATED
+    h_at = head
+    c_at = h_at + 4 * total
+    a_at = c_at + 2 * total
+    last_hour = iv[_I_LAST] // _HOUR_MS
+    p = 0
+    for c in range(_N_CAT):
+        m = np.int64(buf[used_at + c])  # numba: uint8 with int64 arithmetic gives floats
+        named = np.int64(buf[used_at + _N_CAT + c])
+        names[c] = named
+        base = c * k
+        if m <= k:
+            for q in range(m):
+                sh[base + q] = _get(buf, h_at + 4 * (p + q), 4)
+                sc[base + q] = _get(buf, c_at + 2 * (p + q), 2)
+                st[base + q] = last_hour - _get(buf, a_at + 2 * (p + q), 2)
+            if named < m:
+                iv[_I_NAME + c] = base + named
+        else:  # written with more slots: keep the most used, then most recent
+            taken = np.zeros(m, dtype=np.bool_)
+            for j in range(base, base + k):
+                best = -1
+                for q in range(m):
+                    if taken[q]:
+                        continue
+                    if best < 0:
+                        best = q
+                        continue
+                    cq = _get(buf, c_at + 2 * (p + q), 2)
+                    cb = _get(buf, c_at + 2 * (p + best), 2)
+                    if cq > cb or (cq == cb and _get(buf, a_at + 2 * (p + q), 2)
+                                   < _get(buf, a_at + 2 * (p + best), 2)):  # fmt: skip
+                        best = q
+                taken[best] = True
+                sh[j] = _get(buf, h_at + 4 * (p + best), 4)
+                sc[j] = _get(buf, c_at + 2 * (p + best), 2)
+                st[j] = last_hour - _get(buf, a_at + 2 * (p + best), 2)
+                if best == named:
+                    iv[_I_NAME + c] = j
+        p += m  # type: ignore[assignment]
+    return a_at + 2 * total
+
+
+@_jit
+def plausible(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, max_w: float,
+              max_float: float) -> bool:  # fmt: skip
+    """Values some model could have learned (finite, in range; an empty state is empty)."""
+    for i in range(_F_AGG):  # weights, means, variances, rate
+        if not math.isfinite(fv[i]):
+            return False
+    for g in range(_N_GROUPS):
+        if not 0.0 <= fv[_F_W + g] <= max_w:
+            return False
+    if not (0.0 <= fv[_F_RATE_W] <= max_w and 0.0 <= fv[_F_RATE_C] <= max_float
+            and 0.0 <= fv[_F_RATE_MEAN] <= max_float  # log(rate), rate >= 1
+            and 0.0 <= fv[_F_RATE_VAR] <= max_float):  # fmt: skip
+        return False
+    for i in range(_N_NUM):  # every numeric feature is >= 0 ...
+        if not (0.0 <= fv[_F_MEAN + i] <= max_float and 0.0 <= fv[_F_VAR + i] <= max_float):
+            return False
+    for i in (_X_FAIL, _X_NOMFA, _X_CHAIN):  # ... and these are shares
+        if fv[_F_MEAN + i] > 1.0:
+            return False
+    if iv[_I_N] == 0:  # learned nothing: empty
+        if iv[_I_RECENT]:
+            return False
+        for j in range(sh.shape[0]):
+            if sh[j]:
+                return False
+    return True
+
+
+@_jit
+def largest_count(iv: np.ndarray, sc: np.ndarray) -> int:
+    """The largest decayed count of a state (they must stay below the model's cap)."""
+    top = max(iv[_I_RECENT], iv[_I_MFA_KNOWN], iv[_I_MFA_NO])
+    for i in range(_I_HOURS, _I_NAME):
+        top = max(top, iv[i])
+    for j in range(sc.shape[0]):
+        top = max(top, np.int64(sc[j]))
+    return int(top)
