@@ -14,6 +14,7 @@ from typing import Final
 
 import numpy as np
 
+from pipeline.baselines import kernel
 from pipeline.baselines.features import (
     CATEGORICAL,
     CATEGORICAL_INDEX,
@@ -53,8 +54,8 @@ from pipeline.baselines.layout import (
     _X_NRES,
     DEVIATIONS,
     BaselineState,
-    _distinct,
     _shorten,
+    _signed,
     _usual_max,
 )
 from pipeline.scores.explanations import Contribution
@@ -129,7 +130,8 @@ class Explainer:
         elif dim == _D_TASK_RES:
             a = state.agg
             kind = "zscore"
-            observed = f"{_distinct(state.task_bits):.0f} distinct resources in this task"
+            distinct = kernel.distinct(_signed(state.task_bits))
+            observed = f"{distinct:.0f} distinct resources in this task"
             baseline = f"typically {math.expm1(a[_A_TR_MEAN]):.0f} per task"
             text = f"{observed} vs {baseline}"
         elif dim == _D_DRIFT:

@@ -43,6 +43,7 @@ from pipeline.baselines.layout import (
     _A_TW,
     _BUCKET,
     _C_COUNTERPARTY,
+    _CP_BITS,
     _CP_WORDS,
     _D_BURST,
     _D_CAT0,
@@ -170,18 +171,19 @@ def distinct(bits: int) -> float:
 
 @_jit
 def bloom_has(iv: np.ndarray, h: int) -> bool:
-    b = h & 255
+    """Whether a counterparty hash may have been added (false positives grow with the fill)."""
+    b = h & (_CP_BITS - 1)  # two probes: two independent bytes of the crc
     if not (iv[_I_BLOOM + (b >> 6)] >> (b & 63)) & 1:
         return False
-    b = (h >> 16) & 255
+    b = (h >> 16) & (_CP_BITS - 1)
     return bool((iv[_I_BLOOM + (b >> 6)] >> (b & 63)) & 1)
 
 
 @_jit
 def _bloom_add(iv: np.ndarray, h: int) -> None:
-    b = h & 255
+    b = h & (_CP_BITS - 1)
     iv[_I_BLOOM + (b >> 6)] |= np.int64(1) << (b & 63)
-    b = (h >> 16) & 255
+    b = (h >> 16) & (_CP_BITS - 1)
     iv[_I_BLOOM + (b >> 6)] |= np.int64(1) << (b & 63)
 
 
@@ -694,8 +696,14 @@ def warm_up() -> None:
     learn(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, x, hs, 0, 0, 0, -1, -1.0, 2, 1,
           True, 0.5, 0.5, 60_000.0)  # fmt: skip
     current_rate(s.fv, s.iv, 0, 60_000.0)
-    encode(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0, 1, 1,
-           np.zeros(1024, dtype=np.uint8))  # fmt: skip
+    buf = np.zeros(1024, dtype=np.uint8)
+    size, _ = encode(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0, 1, 1, buf)
+    back = BaselineState(2)
+    names = np.empty(_N_CAT, dtype=np.int64)
+    decode(np.frombuffer(buf[:size].tobytes(), dtype=np.uint8), 2, back.fv, back.iv,
+           back.slot_hash, back.slot_count, back.slot_hour, names, size - 8)  # one used slot
+    plausible(back.fv, back.iv, back.slot_hash, 1e7, 1e15)
+    largest_count(back.iv, back.slot_count)
 
 
 # --- decode: the inverse of encode (names excepted), distrusting its input ----------------------

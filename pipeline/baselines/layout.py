@@ -9,7 +9,6 @@ are private to ``pipeline.baselines``: its modules share them, nothing outside s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -301,38 +300,6 @@ def _halve(state: BaselineState) -> None:
     iv[_I_HOURS:_I_NAME] >>= 1  # hours, sensitivity ranks, present, novel
     iv[_I_RECENT] = iv[_I_HOURS : _I_HOURS + _N_BUCKETS].sum()
     state.slot_count >>= 1
-
-
-def _bloom_probes(h: int) -> tuple[int, int]:
-    return h & (_CP_BITS - 1), (h >> 16) & (_CP_BITS - 1)  # two independent bytes of the crc
-
-
-def _bloom_has(words: list[int], h: int) -> bool:
-    """Whether a counterparty hash may have been added (false positives grow with the fill).
-
-    >>> w = [0] * _CP_WORDS
-    >>> _bloom_add(w, 12345); _bloom_has(w, 12345), _bloom_has(w, 999)
-    (True, False)
-    """
-    for b in _bloom_probes(h):
-        if not words[b >> 6] >> (b & 63) & 1:
-            return False
-    return True
-
-
-def _bloom_add(words: list[int], h: int) -> None:
-    for b in _bloom_probes(h):
-        words[b >> 6] |= 1 << (b & 63)
-
-
-def _distinct(bits: int) -> float:
-    """Distinct values in a 64-bit linear-counting sketch (exact for a few, ±10 % for ~50).
-
-    >>> _distinct(0), round(_distinct(0b111), 2)
-    (0.0, 3.07)
-    """
-    zeros = 64 - bits.bit_count()
-    return 64.0 * math.log(64.0 / zeros) if zeros else 64.0 * math.log(128.0)
 
 
 def _usual_max(sens: Sequence[int] | np.ndarray, rare_share: float) -> int:
