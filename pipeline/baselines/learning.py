@@ -28,21 +28,21 @@ from pipeline.baselines.layout import (
 __all__ = ["Learner", "feature_arrays"]
 
 _NO_RATE: Final = -1.0
-_last: list[object] = [None, None, None]  # (features, numeric array, hash array)
+_last: tuple[object, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0, dtype=np.int64))
 
 
 def feature_arrays(features: Features) -> tuple[np.ndarray, np.ndarray]:
     """``features.numeric`` and ``cat_hashes`` as the kernel's arrays (float64, int64).
 
     One event is observed, scored and learned by up to two states in a row: the arrays of
-    the latest one are kept.
+    the latest one are kept (one tuple, replaced whole: safe to read from any thread).
     """
+    global _last
     last = _last
     if last[0] is not features:
-        last[0] = features
-        last[1] = np.array(features.numeric, dtype=np.float64)
-        last[2] = np.array(features.cat_hashes, dtype=np.int64)
-    return last[1], last[2]  # type: ignore[return-value]
+        last = _last = (features, np.array(features.numeric, dtype=np.float64),
+                        np.array(features.cat_hashes, dtype=np.int64))  # fmt: skip
+    return last[1], last[2]
 
 
 class Learner:
