@@ -8,7 +8,6 @@ learned and written back without overflow, and anything else raises :class:`Stat
 from __future__ import annotations
 
 import struct
-import sys
 from typing import Final
 
 import numpy as np
@@ -17,7 +16,6 @@ from pipeline.baselines import kernel
 from pipeline.baselines.features import FEATURE_SCHEMA_VERSION
 from pipeline.baselines.layout import (
     _CP_WORDS,
-    _HOUR_MS,
     _I_NAME,
     _N_AGG,
     _N_BUCKETS,
@@ -26,11 +24,7 @@ from pipeline.baselines.layout import (
     _N_NUM,
     _N_RANKS,
     _NAME_BYTES,
-    _X_CHAIN,
-    _X_FAIL,
-    _X_NOMFA,
     BaselineState,
-    _halve,
 )
 from pipeline.errors import CustosError
 
@@ -40,13 +34,6 @@ __all__ = ["STATE_VERSION", "Codec", "StateFormatError", "max_state_bytes"]
 #: feature schema version the state was learned on).
 STATE_VERSION: Final = 1
 
-_BINARY: Final = (_X_FAIL, _X_NOMFA, _X_CHAIN)  # 0/1 features: their means are shares
-_BIG_ENDIAN: Final = sys.byteorder == "big"  # the wire format is little-endian
-# Plausibility bounds for decoded states (far beyond anything learned, far below float32 max).
-_MAX_W: Final = 1e7
-_MAX_FLOAT: Final = 1e15
-_MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
-_U32: Final = 0xFFFFFFFF
 _NO_NAME: Final = 0xFF
 _DECODE_ERRORS: Final = {
     kernel.TRUNCATED: "baseline state truncated",
@@ -179,7 +166,7 @@ class Codec:
 
         Whatever decodes can then be scored, learned and written back without overflow.
         """
-        if not kernel.plausible(s.fv, s.iv, s.slot_hash, _MAX_W, _MAX_FLOAT):
+        if not kernel.plausible(s.fv, s.iv, s.slot_hash):
             raise StateFormatError("implausible baseline state values")
         cap = self._cap()
         if kernel.largest_count(s.iv, s.slot_count) > cap:
@@ -187,6 +174,6 @@ class Codec:
             # can never overflow a u16 count.
             np.minimum(s.slot_count, cap, out=s.slot_count)
             while max(s.recent, s.mfa_known, s.mfa_no, *s.hours, *s.sens, *s.present) > cap:
-                _halve(s)
+                kernel.halve(s.iv, s.slot_count)
             s.novel = [min(cap, v) for v in s.novel]
             s.since_halve = 0

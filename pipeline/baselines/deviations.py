@@ -72,7 +72,7 @@ class Scorer(Explainer):
         """
         x, hs = feature_arrays(features)
         f = features
-        r = -1.0 if rate is None else rate
+        r = kernel.NO_RATE if rate is None else rate
         dev, top = kernel.deviations(
             state.fv, state.iv, state.slot_hash, state.slot_count, x, hs, f.time_ms,
             f.hour_of_week, f.sensitivity_rank, f.mfa, f.task, f.volume, r, self.cat_slots,

@@ -56,7 +56,6 @@ from pipeline.baselines.layout import (
     BaselineState,
     _shorten,
     _signed,
-    _usual_max,
 )
 from pipeline.scores.explanations import Contribution
 
@@ -160,7 +159,7 @@ class Explainer:
             rank = f.sensitivity_rank
             kind = "first_seen" if sum(state.sens[rank:]) == 0 else "rare"
             observed = SENSITIVITY_NAMES[rank]
-            usual = _usual_max(state.sens, self.rare_share)
+            usual = kernel.usual_max(state.iv, self.rare_share)
             baseline = f"usual maximum {SENSITIVITY_NAMES[usual]}"
             if rank > usual:
                 text = f"sensitivity {observed} above {who}'s {baseline}"

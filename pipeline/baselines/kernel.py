@@ -125,7 +125,7 @@ _C_RESOURCE: Final = CATEGORICAL_INDEX["resource"]
 _CHURN_MIN: Final = 20  # events of a feature before "most of its values are new" is trusted
 _AGG_HALF_LIFE: Final = 100.0  # completed tasks / hours after which old totals weigh half
 _AGG_KEEP: Final = 0.5 ** (1.0 / _AGG_HALF_LIFE)
-_NO_RATE: Final = -1.0  # ``rate`` argument: none given (the state's own)
+NO_RATE: Final = -1.0  # ``rate`` argument: none given (the state's own)
 _N_F32: Final = _N_GROUPS + 4 + 2 * _N_NUM + _N_AGG  # the floats of the wire format
 
 # Deviations (see the table in :mod:`~.baselines`).
@@ -702,7 +702,7 @@ def warm_up() -> None:
     names = np.empty(_N_CAT, dtype=np.int64)
     decode(np.frombuffer(buf[:size].tobytes(), dtype=np.uint8), 2, back.fv, back.iv,
            back.slot_hash, back.slot_count, back.slot_hour, names, size - 8)  # one used slot
-    plausible(back.fv, back.iv, back.slot_hash, 1e7, 1e15)
+    plausible(back.fv, back.iv, back.slot_hash)
     largest_count(back.iv, back.slot_count)
 
 
@@ -711,8 +711,10 @@ def warm_up() -> None:
 TRUNCATED: Final = -1
 BAD_TIMES: Final = -2
 BAD_AGGREGATES: Final = -3
+# Plausibility bounds for decoded states (far beyond anything learned, far below float32 max).
 _MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
 _MAX_FLOAT: Final = 1e15
+_MAX_W: Final = 1e7
 
 
 @_jit
@@ -829,21 +831,20 @@ def decode(buf: np.ndarray, k: int, fv: np.ndarray, iv: np.ndarray, sh: np.ndarr
 
 
 @_jit
-def plausible(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, max_w: float,
-              max_float: float) -> bool:  # fmt: skip
+def plausible(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray) -> bool:
     """Values some model could have learned (finite, in range; an empty state is empty)."""
     for i in range(_F_AGG):  # weights, means, variances, rate
         if not math.isfinite(fv[i]):
             return False
     for g in range(_N_GROUPS):
-        if not 0.0 <= fv[_F_W + g] <= max_w:
+        if not 0.0 <= fv[_F_W + g] <= _MAX_W:
             return False
-    if not (0.0 <= fv[_F_RATE_W] <= max_w and 0.0 <= fv[_F_RATE_C] <= max_float
-            and 0.0 <= fv[_F_RATE_MEAN] <= max_float  # log(rate), rate >= 1
-            and 0.0 <= fv[_F_RATE_VAR] <= max_float):  # fmt: skip
+    if not (0.0 <= fv[_F_RATE_W] <= _MAX_W and 0.0 <= fv[_F_RATE_C] <= _MAX_FLOAT
+            and 0.0 <= fv[_F_RATE_MEAN] <= _MAX_FLOAT  # log(rate), rate >= 1
+            and 0.0 <= fv[_F_RATE_VAR] <= _MAX_FLOAT):  # fmt: skip
         return False
     for i in range(_N_NUM):  # every numeric feature is >= 0 ...
-        if not (0.0 <= fv[_F_MEAN + i] <= max_float and 0.0 <= fv[_F_VAR + i] <= max_float):
+        if not (0.0 <= fv[_F_MEAN + i] <= _MAX_FLOAT and 0.0 <= fv[_F_VAR + i] <= _MAX_FLOAT):
             return False
     for i in (_X_FAIL, _X_NOMFA, _X_CHAIN):  # ... and these are shares
         if fv[_F_MEAN + i] > 1.0:

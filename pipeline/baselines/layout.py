@@ -292,25 +292,6 @@ class BaselineState:
 # --- helpers the pieces share -----------------------------------------------------------------
 
 
-def _halve(state: BaselineState) -> None:
-    """The integer decay step: every count halves once per half-life of events."""
-    iv = state.iv
-    iv[_I_SINCE] = 0
-    iv[_I_MFA_KNOWN : _I_MFA_NO + 1] >>= 1
-    iv[_I_HOURS:_I_NAME] >>= 1  # hours, sensitivity ranks, present, novel
-    iv[_I_RECENT] = iv[_I_HOURS : _I_HOURS + _N_BUCKETS].sum()
-    state.slot_count >>= 1
-
-
-def _usual_max(sens: Sequence[int] | np.ndarray, rare_share: float) -> int:
-    """Highest rank touched at least ``rare_share`` of the time (the identity's ceiling)."""
-    total = sum(sens)
-    for rank in range(len(sens) - 1, 0, -1):
-        if total and sens[rank] >= rare_share * total:
-            return rank
-    return 0
-
-
 def _shorten(text: str, limit: int) -> str:
     """At most ``limit`` UTF-8 bytes, keeping both ends (ids often differ at the end).
 

@@ -9,8 +9,6 @@ names of the most used values, for explanations).
 
 from __future__ import annotations
 
-from typing import Final
-
 import numpy as np
 
 from pipeline.baselines import kernel
@@ -27,7 +25,6 @@ from pipeline.baselines.layout import (
 
 __all__ = ["Learner", "feature_arrays"]
 
-_NO_RATE: Final = -1.0
 _last: tuple[object, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0, dtype=np.int64))
 
 
@@ -76,7 +73,7 @@ class Learner:
         named = kernel.learn(
             state.fv, state.iv, state.slot_hash, state.slot_count, state.slot_hour, x, hs,
             features.time_ms, features.hour_of_week, features.sensitivity_rank, features.mfa,
-            _NO_RATE if rate is None else rate, self.cat_slots, self.half_life_events,
+            kernel.NO_RATE if rate is None else rate, self.cat_slots, self.half_life_events,
             self.scope == "identity", self._alpha_keep, self._alpha_slow, self._tau,
         )  # fmt: skip
         if named:  # a new most used value: remember its name (explanations only)

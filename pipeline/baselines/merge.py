@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline.baselines.layout import _GROUPS, _N_CAT, _U16, BaselineState, _halve
+from pipeline.baselines import kernel
+from pipeline.baselines.layout import _GROUPS, _N_CAT, _U16, BaselineState
 
 __all__ = ["Merger"]
 
@@ -125,7 +126,7 @@ class Merger:
         s.hour_key, s.taint = new.hour_key, new.taint
         s.cp_bloom = [x | y for x, y in zip(old.cp_bloom, new.cp_bloom, strict=True)]
         while s.recent >= 2 * self.half_life_events:  # keep every count within u16
-            _halve(s)
+            kernel.halve(s.iv, s.slot_count)
         return s
 
 
