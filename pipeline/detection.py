@@ -41,6 +41,7 @@ from pipeline.baselines.baselines import (
     blend_contributions,
     peer_group_key,
 )
+from pipeline.baselines.codec import StateFormatError
 from pipeline.baselines.features import Features, extract
 from pipeline.baselines.layout import DEVIATION_INDEX, DEVIATIONS, BaselineState
 from pipeline.config import Settings
@@ -65,7 +66,7 @@ _FEATURES_DECODER: Final = msgspec.msgpack.Decoder(Features)
 _GROUPS: Final = tuple(
     np.array([DEVIATION_INDEX[name] for name in group])
     for group in (("country", "asn", "ip_prefix"),
-                  ("service", "operation", "resource", "combo"))
+                  ("service", "operation", "resource", "combo", "step"))
 )
 _GROUPED: Final = np.concatenate(_GROUPS)
 _ECHO: Final = 0.25  # weight of a group's weaker members beside its strongest
@@ -262,8 +263,16 @@ class Detection:
                 version, base, rules, risk, *extra = msgspec.msgpack.decode(data)
                 if version == STATE_VERSION:
                     held, seen = extra[0] if extra else ([], [])
+                    try:
+                        baseline = self.baseline_model.from_bytes(base)
+                    except StateFormatError as exc:
+                        # A baseline of another layout or feature schema (an upgrade): it is
+                        # relearned, but the identity keeps its rules' memory and its incident.
+                        log.warning("baseline not readable (%s): relearning it", exc)
+                        self.state_resets += 1
+                        baseline = self.baseline_model.new_state()
                     return IdentityState(
-                        self.baseline_model.from_bytes(base),
+                        baseline,
                         RuleState.from_bytes(rules),
                         RiskState.from_bytes(risk),
                         list(held),

@@ -12,7 +12,7 @@ inherits (so a per-event call costs no extra indirection): :mod:`~.learning` (``
 ``from_bytes``). :mod:`~.layout` holds what they share: :class:`~.layout.BaselineState`,
 :data:`~.layout.DEVIATIONS` and the indices into both.
 
-What a state remembers (all bounded; ``to_bytes`` ≤ :attr:`BaselineModel.max_bytes`, 1,166 bytes
+What a state remembers (all bounded; ``to_bytes`` ≤ :attr:`BaselineModel.max_bytes`, 1,214 bytes
 with the defaults):
 
 * exponentially weighted mean / variance of every numeric feature (half-life in events;
@@ -27,6 +27,9 @@ with the defaults):
   (:meth:`BaselineModel.taint`), so an attack does not teach its own bulk; aggregates are
   observed for *every* event (:meth:`BaselineModel.observe`), learned or not,
 * a long-horizon EW mean / variance of log bytes_out (drift),
+* Bloom filters of every counterparty written to (each party of a write) and of every step
+  (previous call of the task -> this call), each with EW counts of how often one was new,
+  and the last operation of the two running tasks,
 * per categorical feature, ``cat_slots`` remembered values (hash, count, hour last seen) with
   least-frequently- then least-recently-used eviction, how often the feature is present, how
   often its value was new (novelty is discounted where it is the norm), and the name of the
@@ -57,6 +60,10 @@ hour_volume       bytes so far in this clock hour above the identity's usual hou
 drift             bytes_out persistently above the identity's long-horizon typical (half-life
                   ``drift_half_life_events``; a one-sided CUSUM): a slow ramp, caught before
                   it has become the baseline
+step              (previous operation in this task -> this operation) never taken by the
+                  identity (a 256-bit Bloom filter), discounted by how often its steps are new:
+                  familiar tools used in an unfamiliar order, as an agent steered by injected
+                  content does
 country … auth_…  one per :data:`~.features.CATEGORICAL` feature: first seen / rare
 ================  =========================================================================
 
@@ -87,7 +94,7 @@ rate)`` (the rate makes the group learn per-identity request rates, not the grou
 (0.99, 0.0)
 >>> why[0].text
 'country BR never seen (usually DE)'
->>> len(model.to_bytes(state)) <= model.max_bytes < 1200
+>>> len(model.to_bytes(state)) <= model.max_bytes < 1250
 True
 """
 

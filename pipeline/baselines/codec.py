@@ -24,6 +24,7 @@ from pipeline.baselines.layout import (
     _N_NUM,
     _N_RANKS,
     _NAME_BYTES,
+    _ST_WORDS,
     BaselineState,
 )
 from pipeline.errors import CustosError
@@ -32,7 +33,7 @@ __all__ = ["STATE_VERSION", "Codec", "StateFormatError", "max_state_bytes"]
 
 #: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
 #: feature schema version the state was learned on).
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
 
 _NO_NAME: Final = 0xFF
 _DECODE_ERRORS: Final = {
@@ -47,8 +48,8 @@ _HEAD: Final = struct.Struct(
     f"{2 * _N_NUM}f"  # means, variances
     f"{_N_BUCKETS}H{_N_RANKS}H{_N_CAT}H{_N_CAT}H"  # hours, sensitivity ranks, present, novel
     f"{_N_CAT}B{_N_CAT}B"  # slots used, index of the named slot
-    f"IQIQiB{_N_AGG}f{_CP_WORDS}Q"  # two tasks (key, resource sketch), hour key, taint bits,
-    # aggregates, counterparty Bloom filter
+    f"IQIQiBII{_N_AGG}f{_CP_WORDS + _ST_WORDS}Q"  # two tasks (key, resource sketch), hour key,
+    # taint bits, the two tasks' last operations, aggregates, counterparty and step filters
 )
 
 
@@ -61,7 +62,7 @@ def max_state_bytes(cat_slots: int) -> int:
     used, every name at its longest).
 
     >>> max_state_bytes(6)
-    1166
+    1214
     """
     return _HEAD.size + _N_CAT * (8 * cat_slots + 1 + _NAME_BYTES)
 
@@ -74,7 +75,7 @@ class Codec:
     half_life_events: int
 
     def to_bytes(self, state: BaselineState) -> bytes:
-        """Compact, versioned binary form (≤ :attr:`max_bytes`: 1,166 B with the defaults).
+        """Compact, versioned binary form (≤ :attr:`max_bytes`: 1,214 B with the defaults).
 
         Layout (little-endian): a fixed header (versions, counters, float32 means /
         variances, the count vectors, slots used and named slot per feature), then the used
@@ -86,7 +87,7 @@ class Codec:
         >>> m = BaselineModel()
         >>> b = m.to_bytes(m.new_state())
         >>> b[0] == STATE_VERSION, m.to_bytes(m.from_bytes(b)) == b, len(b)
-        (True, True, 434)
+        (True, True, 482)
         """
         k = self.cat_slots
         texts = state.name_text
@@ -121,7 +122,7 @@ class Codec:
         >>> BaselineModel().from_bytes(b"\\x09")
         Traceback (most recent call last):
         ...
-        pipeline.baselines.codec.StateFormatError: baseline state version 9, expected 1
+        pipeline.baselines.codec.StateFormatError: baseline state version 9, expected 2
         """
         if not data or data[0] != STATE_VERSION:
             raise StateFormatError(

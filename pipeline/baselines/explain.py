@@ -27,6 +27,8 @@ from pipeline.baselines.layout import (
     _A_HB_VAR,
     _A_HOUR_BYTES,
     _A_SLOW_MEAN,
+    _A_ST_NEW,
+    _A_ST_SEEN,
     _A_TASK_BYTES,
     _A_TASK_CALLS,
     _A_TB_MEAN,
@@ -43,10 +45,12 @@ from pipeline.baselines.layout import (
     _D_NOMFA,
     _D_NRES,
     _D_SENS,
+    _D_STEP,
     _D_TASK_RES,
     _D_TASK_VOL,
     _DAY_MS,
     _HOUR_MS,
+    _I_PREV,
     _X_BYTES_IN,
     _X_BYTES_OUT,
     _X_CHAIN,
@@ -62,6 +66,30 @@ from pipeline.scores.explanations import Contribution
 __all__ = ["Explainer"]
 
 _C_DELEGATOR: Final = CATEGORICAL_INDEX["delegator"]
+_C_OPERATION: Final = CATEGORICAL_INDEX["operation"]
+_C_COUNTERPARTY: Final = CATEGORICAL_INDEX["counterparty"]
+
+# Operation names by hash, as this process saw them: a step names the previous call, which the
+# state keeps only as a hash. Bounded; a name not seen here reads "another call".
+_OP_NAMES: dict[int, str] = {}
+_OP_NAMES_MAX: Final = 4096
+
+
+def remember_operation(h: int, name: str | None) -> None:
+    """Note the name of an operation hash (for step explanations)."""
+    if name and h not in _OP_NAMES:
+        if len(_OP_NAMES) >= _OP_NAMES_MAX:
+            _OP_NAMES.clear()
+        _OP_NAMES[h] = _shorten(name, 60)
+
+
+def operation_name(h: int) -> str:
+    """The name of an operation hash, or ``another call``.
+
+    >>> remember_operation(7, "search_emails"); operation_name(7), operation_name(8)
+    ('search_emails', 'another call')
+    """
+    return _OP_NAMES.get(h, "another call")
 _ACTIVE_MASS: Final = 0.95  # "active mostly 08-18": smallest window holding 95 % of events
 
 # Categories whose novelty reads "X never seen (usually Y)"; the others "first use of X".
@@ -140,6 +168,17 @@ class Explainer:
             baseline = f"long-run typical {_fmt_bytes(math.expm1(a[_A_SLOW_MEAN]))}"
             text = (f"{observed}, persistently above its {baseline} "
                     f"(cumulative excess {a[_A_CUSUM]:.0f} sd)")  # fmt: skip
+        elif dim == _D_STEP:
+            kind = "first_seen"
+            op = f.cat_values[_C_OPERATION] or "?"
+            prev = int(state.iv[_I_PREV])
+            before = "as the first call of a task" if not prev else (
+                f"right after `{operation_name(prev)}`")  # fmt: skip
+            observed = f"`{_shorten(op, 60)}` {before}"
+            a = state.agg
+            share = a[_A_ST_NEW] / a[_A_ST_SEEN] if a[_A_ST_SEEN] else 0.0
+            baseline = f"{_pct(share)} of its steps are new"
+            text = f"{observed}: a step {who} never took in a task ({baseline})"
         elif dim == _D_BURST:
             kind = "burst"
             observed = f"{_fmt_num(rate)} requests/min"
@@ -190,6 +229,18 @@ class Explainer:
         """(kind, observed, baseline, text) of a categorical deviation."""
         name = CATEGORICAL[c]
         value = f.cat_values[c] or ""
+        if c == _C_COUNTERPARTY and self.scope == "identity":
+            # Of a write's parties, name the one never written to (a payment names the
+            # payer's own account too).
+            for v, h in ((value, f.cat_hashes[c]), *zip(f.parties, f.party_hashes, strict=True)):
+                if h and not kernel.bloom_has(state.iv, h):
+                    usual = state.name_text[c] if state.name_slot[c] >= 0 else None
+                    baseline = "never written to before"
+                    if usual:
+                        baseline += f"; most used `{usual}`"
+                    shown = _shorten(v, 60)
+                    text = f"first write to counterparty `{shown}` ({baseline})"
+                    return "first_seen", shown, baseline, text
         shown = _shorten(value, 60)
         k = self.cat_slots
         base = c * k

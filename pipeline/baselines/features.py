@@ -47,7 +47,9 @@ counterparty   ``resources[].uid`` of a call that changes    the first resource 
                or sends something (``activity_id`` 1 Create, (type account / email / user /
                3 Update, 4 Delete)                           payee / contact / member / phone...,
                                                              or uid ``iban:``, ``mailto:``,
-                                                             ``user:``, ...): payee, recipient
+                                                             ``user:``, ...): payee, recipient;
+                                                             the others (up to 3) in
+                                                             ``parties``: every one is checked
 combo          ``api.operation`` x ``resources[].type`` x    ``operation|type|rank`` of the most
                sensitivity rank                              sensitive resource: rare
                                                              combinations of familiar parts
@@ -80,6 +82,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import zlib
 from functools import lru_cache
 from typing import Final
@@ -103,7 +106,7 @@ __all__ = [
     "sensitivity_rank",
 ]
 
-FEATURE_SCHEMA_VERSION: Final = 2
+FEATURE_SCHEMA_VERSION: Final = 3
 
 NUMERIC: Final[tuple[str, ...]] = (
     "bytes_out",
@@ -191,6 +194,10 @@ class Features(msgspec.Struct, frozen=True, gc=False, array_like=True):
     mfa: int = -1  # 1 MFA used, 0 not used, -1 unknown / not an authentication
     task: int = 0  # hash of the session / credential task (0 = none): per-task aggregation
     volume: float = 0.0  # bytes_in + bytes_out, raw
+    # A write's further parties (``counterparty`` holds the first; a payment names the payer's
+    # own account and the payee, in either order): each is checked for novelty.
+    parties: tuple[str, ...] = ()
+    party_hashes: tuple[int, ...] = ()
 
 
 def cat_hash(feature: str, value: str | None) -> int:
@@ -257,26 +264,47 @@ def ip_prefix(ip: str) -> str | None:
     return str(ipaddress.IPv4Network((int(addr) & 0xFFFFFF00, 24)))
 
 
-_PARTY_TYPES: Final = ("account", "email", "user", "recipient", "payee", "contact", "member",
-                        "phone", "iban", "person", "party", "customer", "vendor")  # fmt: skip
+# A resource type names a party when one of its words is a party word and none an object
+# word: ``bank_account``, ``email_address``, ``slack_user`` are parties; ``email_message``,
+# ``user_file``, ``slack_channel`` are things (a message or a file is not someone to pay).
+_PARTY_WORDS: Final = frozenset({
+    "account", "email", "user", "recipient", "payee", "contact", "member", "phone", "iban",
+    "person", "party", "customer", "vendor", "beneficiary", "address", "principal", "invitee",
+    "attendee", "participant",
+})  # fmt: skip
+_OBJECT_WORDS: Final = frozenset({
+    "message", "file", "document", "folder", "channel", "event", "calendar", "mailbox",
+    "transaction", "object", "bucket", "record", "report", "ticket", "thread", "attachment",
+    "note", "table", "page", "post", "comment", "statement", "draft", "group", "role",
+    "policy", "key", "secret", "session", "token",
+})  # fmt: skip
 _PARTY_SCHEMES: Final = ("mailto:", "mail:", "email:", "iban:", "acct:", "account:", "user:",
                          "tel:", "payee:", "contact:")  # fmt: skip
+#: Parties of one write remembered beyond the first (``Features.parties``).
+MAX_EXTRA_PARTIES: Final = 3
 
 
 @lru_cache(maxsize=1 << 12)
 def is_party(uid: str, rtype: str | None) -> bool:
     """Whether a resource names a party (payee, recipient, invitee) rather than an object.
 
-    By its type (``bank_account``, ``email_address``, ``user``, ...) or, only when it has no
-    type, by the scheme of its uid (``iban:``, ``mailto:``, ``user:``, ...).
+    By its type's words (``bank_account``, ``email_address``, ``slack_user`` are parties;
+    ``email_message`` or ``user_file`` are not) or, only when it has no type, by the scheme
+    of its uid (``iban:``, ``mailto:``, ``user:``, ...).
 
     >>> is_party("iban:DE89", None), is_party("x", "email_address"), is_party("file:1", "file")
     (True, True, False)
+    >>> is_party("email_message:a/1", "email_message"), is_party("u", "SlackUser")
+    (False, True)
     """
     if rtype:
-        low = rtype.lower()
-        return any(t in low for t in _PARTY_TYPES)
+        words = set(_WORDS.findall(_CAMEL.sub(r"\1_\2", rtype).lower()))
+        return bool(words & _PARTY_WORDS) and not words & _OBJECT_WORDS
     return uid[:8].lower().startswith(_PARTY_SCHEMES)
+
+
+_WORDS: Final = re.compile(r"[a-z0-9]+")
+_CAMEL: Final = re.compile(r"([a-z0-9])([A-Z])")
 
 
 def extract(event: Event) -> Features:
@@ -300,6 +328,7 @@ def extract(event: Event) -> Features:
     resource: str | None = None
     rtype: str | None = None
     party: str | None = None
+    parties: list[str] = []  # further parties of a write, beyond the first
     resources = event.resources
     if resources:
         best = -1
@@ -314,8 +343,11 @@ def extract(event: Event) -> Features:
                     best = rk
                     resource = uid
                     rtype = r.type
-                if write and party is None and is_party(uid, r.type):
-                    party = uid
+                if write and is_party(uid, r.type):
+                    if party is None:
+                        party = uid
+                    elif len(parties) < MAX_EXTRA_PARTIES and uid != party and uid not in parties:
+                        parties.append(uid)
 
     mfa = -1
     is_mfa = event.is_mfa
@@ -394,4 +426,6 @@ def extract(event: Event) -> Features:
         mfa,
         (crc(session.encode(), _S_TASK) or 1) if session else 0,
         float((bytes_in or 0) + (bytes_out or 0)),
+        tuple(parties),
+        tuple((crc(p.encode(), _S_COUNTERPARTY) or 1) for p in parties),
     )

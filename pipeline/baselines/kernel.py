@@ -31,6 +31,8 @@ from pipeline.baselines.layout import (
     _A_HW,
     _A_SLOW_MEAN,
     _A_SLOW_VAR,
+    _A_ST_NEW,
+    _A_ST_SEEN,
     _A_SW,
     _A_TASK2_BYTES,
     _A_TASK2_CALLS,
@@ -54,6 +56,7 @@ from pipeline.baselines.layout import (
     _D_HOURS,
     _D_NOMFA,
     _D_SENS,
+    _D_STEP,
     _D_TASK_RES,
     _D_TASK_VOL,
     _DRIFT_H,
@@ -81,10 +84,15 @@ from pipeline.baselines.layout import (
     _I_N,
     _I_NAME,
     _I_NOVEL,
+    _I_OP,
+    _I_OP2,
     _I_PRESENT,
+    _I_PREV,
     _I_RECENT,
+    _I_SBLOOM,
     _I_SENS,
     _I_SINCE,
+    _I_STEP,
     _I_TAINT,
     _I_TASK,
     _I_TASK2,
@@ -93,8 +101,10 @@ from pipeline.baselines.layout import (
     _N_CAT,
     _N_DEV,
     _N_GROUPS,
+    _N_HS,
     _N_NUM,
     _N_RANKS,
+    _ST_WORDS,
     _TAINT_HOUR,
     _TAINT_TASK,
     _TAINT_TASK2,
@@ -122,6 +132,7 @@ _Z_G: Final = np.array([z[2] for z in _ZSPEC], dtype=np.int64)
 _Z_FLOOR: Final = np.array([z[3] for z in _ZSPEC], dtype=np.float64)
 _Z_FLOOR0: Final = float(_ZSPEC[0][3])
 _C_RESOURCE: Final = CATEGORICAL_INDEX["resource"]
+_C_OPERATION: Final = CATEGORICAL_INDEX["operation"]
 _CHURN_MIN: Final = 20  # events of a feature before "most of its values are new" is trusted
 _AGG_HALF_LIFE: Final = 100.0  # completed tasks / hours after which old totals weigh half
 _AGG_KEEP: Final = 0.5 ** (1.0 / _AGG_HALF_LIFE)
@@ -170,21 +181,50 @@ def distinct(bits: int) -> float:
 
 
 @_jit
-def bloom_has(iv: np.ndarray, h: int) -> bool:
-    """Whether a counterparty hash may have been added (false positives grow with the fill)."""
+def bloom_has(iv: np.ndarray, h: int, lo: int = _I_BLOOM) -> bool:
+    """Whether a hash may have been added to the filter at ``iv[lo:]`` (the counterparties'
+    by default; false positives grow with the fill)."""
     b = h & (_CP_BITS - 1)  # two probes: two independent bytes of the crc
-    if not (iv[_I_BLOOM + (b >> 6)] >> (b & 63)) & 1:
+    if not (iv[lo + (b >> 6)] >> (b & 63)) & 1:
         return False
     b = (h >> 16) & (_CP_BITS - 1)
-    return bool((iv[_I_BLOOM + (b >> 6)] >> (b & 63)) & 1)
+    return bool((iv[lo + (b >> 6)] >> (b & 63)) & 1)
 
 
 @_jit
-def _bloom_add(iv: np.ndarray, h: int) -> None:
+def _bloom_add(iv: np.ndarray, h: int, lo: int) -> None:
     b = h & (_CP_BITS - 1)
-    iv[_I_BLOOM + (b >> 6)] |= np.int64(1) << (b & 63)
+    iv[lo + (b >> 6)] |= np.int64(1) << (b & 63)
     b = (h >> 16) & (_CP_BITS - 1)
-    iv[_I_BLOOM + (b >> 6)] |= np.int64(1) << (b & 63)
+    iv[lo + (b >> 6)] |= np.int64(1) << (b & 63)
+
+
+@_jit
+def step_hash(prev: int, op: int) -> int:
+    """The hash of the step ``prev -> op`` (operation hashes; ``prev`` 0 = first call of a task).
+
+    >>> step_hash(0, 5) != step_hash(5, 0) != step_hash(5, 5) != 0
+    True
+    """
+    h = ((prev * 0x01000193) ^ op ^ (op >> 15) * 0x2C1B3C6D) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0x5BD1E995) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h if h else 1
+
+
+@_jit
+def _new_parties(iv: np.ndarray, hs: np.ndarray) -> int:
+    """How many of a write's parties (the counterparty, then the further ones) are not in the
+    counterparty filter."""
+    new = 0
+    cp = hs[_C_COUNTERPARTY]
+    if cp and not bloom_has(iv, cp):
+        new += 1
+    for i in range(_N_CAT, _N_HS):
+        if hs[i] and not bloom_has(iv, hs[i]):
+            new += 1
+    return new
 
 
 @_jit
@@ -252,6 +292,7 @@ def observe(fv: np.ndarray, iv: np.ndarray, x: np.ndarray, hs: np.ndarray, t: in
                 fv[a + _A_TASK2_BYTES], fv[a + _A_TASK_BYTES])  # fmt: skip
             fv[a + _A_TASK_CALLS], fv[a + _A_TASK2_CALLS] = (
                 fv[a + _A_TASK2_CALLS], fv[a + _A_TASK_CALLS])  # fmt: skip
+            iv[_I_OP], iv[_I_OP2] = iv[_I_OP2], iv[_I_OP]
             tn = iv[_I_TAINT]
             iv[_I_TAINT] = ((tn & _TAINT_HOUR) | ((tn & _TAINT_TASK) << 2)
                             | ((tn & _TAINT_TASK2) >> 2))  # fmt: skip
@@ -267,8 +308,17 @@ def observe(fv: np.ndarray, iv: np.ndarray, x: np.ndarray, hs: np.ndarray, t: in
             fv[a + _A_TASK2_CALLS] = fv[a + _A_TASK_CALLS]
             iv[_I_TAINT] = (iv[_I_TAINT] & _TAINT_HOUR) | ((iv[_I_TAINT] & _TAINT_TASK) << 2)
             iv[_I_TASK], iv[_I_BITS] = task, 0
+            iv[_I_OP2], iv[_I_OP] = iv[_I_OP], 0
             fv[a + _A_TASK_BYTES] = 0.0
             fv[a + _A_TASK_CALLS] = 0.0
+    op = hs[_C_OPERATION]
+    if task and op:  # the step from the task's previous call (0: its first) to this one
+        iv[_I_PREV] = iv[_I_OP]
+        iv[_I_STEP] = step_hash(iv[_I_OP], op)
+        iv[_I_OP] = op
+    else:
+        iv[_I_PREV] = 0
+        iv[_I_STEP] = 0
     if task:
         fv[a + _A_TASK_BYTES] += volume
         fv[a + _A_TASK_CALLS] += 1.0
@@ -426,11 +476,22 @@ def learn(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: np
     cp = hs[_C_COUNTERPARTY]
     if cp and identity:
         fv[a + _A_CP_SEEN] = fv[a + _A_CP_SEEN] * _AGG_KEEP + 1.0
-        new = not bloom_has(iv, cp)
+        new = _new_parties(iv, hs) > 0
         fv[a + _A_CP_NEW] = fv[a + _A_CP_NEW] * _AGG_KEEP + (
             1.0 if new and fv[a + _A_CP_SEEN] > 1.0 else 0.0)  # fmt: skip
         if new:
-            _bloom_add(iv, cp)
+            _bloom_add(iv, cp, _I_BLOOM)
+            for i in range(_N_CAT, _N_HS):
+                if hs[i]:
+                    _bloom_add(iv, hs[i], _I_BLOOM)
+    step = iv[_I_STEP]
+    if step and identity:
+        fv[a + _A_ST_SEEN] = fv[a + _A_ST_SEEN] * _AGG_KEEP + 1.0
+        new = not bloom_has(iv, step, _I_SBLOOM)
+        fv[a + _A_ST_NEW] = fv[a + _A_ST_NEW] * _AGG_KEEP + (
+            1.0 if new and fv[a + _A_ST_SEEN] > 1.0 else 0.0)  # fmt: skip
+        if new:
+            _bloom_add(iv, step, _I_SBLOOM)
     iv[_I_SINCE] += 1
     if iv[_I_SINCE] >= half_life:
         halve(iv, sc)
@@ -563,11 +624,17 @@ def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x
     cp = hs[_C_COUNTERPARTY]
     if cp and identity:
         writes = fv[a + _A_CP_SEEN]
-        if writes != 0.0 and not bloom_has(iv, cp):
+        if writes != 0.0 and _new_parties(iv, hs):
             share = fv[a + _A_CP_NEW] / writes  # how often its writes went to someone new
             dev[_D_CAT0 + _C_COUNTERPARTY] = exp(-share / rare) * (1.0 - exp(-writes / evidence))
         else:
             dev[_D_CAT0 + _C_COUNTERPARTY] = 0.0
+    step = iv[_I_STEP]
+    if step and identity:
+        steps = fv[a + _A_ST_SEEN]
+        if steps != 0.0 and not bloom_has(iv, step, _I_SBLOOM):
+            share = fv[a + _A_ST_NEW] / steps  # how often its steps were new ones
+            dev[_D_STEP] = exp(-share / rare) * (1.0 - exp(-steps / evidence))
     return dev, _strongest(dev, thr, limit)
 
 
@@ -658,9 +725,11 @@ def encode(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: n
     off = _put(buf, off, iv[_I_BITS2], 8)
     off = _put(buf, off, iv[_I_HOUR], 4)
     off = _put(buf, off, iv[_I_TAINT], 1)
+    off = _put(buf, off, iv[_I_OP], 4)
+    off = _put(buf, off, iv[_I_OP2], 4)
     for i in range(_N_GROUPS + 4 + 2 * _N_NUM, _N_F32):
         off = _put(buf, off, bits[i], 4)
-    for i in range(_CP_WORDS):
+    for i in range(_CP_WORDS + _ST_WORDS):  # the counterparties' filter, then the steps'
         off = _put(buf, off, iv[_I_BLOOM + i], 8)
     last_hour = iv[_I_LAST] // _HOUR_MS
     h_at = off
@@ -688,7 +757,7 @@ def warm_up() -> None:
 
     s = BaselineState(2)
     x = np.zeros(_N_NUM)
-    hs = np.zeros(_N_CAT, dtype=np.int64)
+    hs = np.zeros(_N_HS, dtype=np.int64)
     hs[0] = 1
     observe(s.fv, s.iv, x, hs, 0, 1, 0.0)
     deviations(s.fv, s.iv, s.slot_hash, s.slot_count, x, hs, 0, 0, 0, -1, 0, 0.0, -1.0, 2,
@@ -773,14 +842,16 @@ def decode(buf: np.ndarray, k: int, fv: np.ndarray, iv: np.ndarray, sh: np.ndarr
     hour = _get(buf, off + 24, 4)
     iv[_I_HOUR] = hour - (1 << 32) if hour >= 1 << 31 else hour  # int32
     iv[_I_TAINT] = np.int64(buf[off + 28])
-    off += 29
+    iv[_I_OP] = _get(buf, off + 29, 4)
+    iv[_I_OP2] = _get(buf, off + 33, 4)
+    off += 37
     for i in range(_N_AGG):
         x = _get_f32(buf, off, u32)
         if not -_MAX_FLOAT < x < _MAX_FLOAT:
             return BAD_AGGREGATES
         fv[_F_AGG + i] = x
         off += 4
-    for i in range(_CP_WORDS):
+    for i in range(_CP_WORDS + _ST_WORDS):
         iv[_I_BLOOM + i] = _get(buf, off, 8)
         off += 8
     total = 0

@@ -14,7 +14,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from pipeline.baselines.features import CATEGORICAL, CATEGORICAL_INDEX, NUMERIC, SENSITIVITY_NAMES
+from pipeline.baselines.features import (
+    CATEGORICAL,
+    CATEGORICAL_INDEX,
+    MAX_EXTRA_PARTIES,
+    NUMERIC,
+    SENSITIVITY_NAMES,
+)
 
 __all__ = ["DEVIATIONS", "DEVIATION_INDEX", "BaselineState"]
 
@@ -33,6 +39,7 @@ DEVIATIONS: Final[tuple[str, ...]] = (
     "task_resources",
     "hour_volume",
     "drift",
+    "step",
     *CATEGORICAL,
 )
 DEVIATION_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(DEVIATIONS)}
@@ -56,6 +63,7 @@ _D_CAT0: Final = DEVIATION_INDEX[CATEGORICAL[0]]
     _D_TASK_RES,
     _D_HOUR_VOL,
     _D_DRIFT,
+    _D_STEP,
 ) = range(_D_CAT0)
 _X_BYTES_OUT, _X_BYTES_IN, _X_FAIL, _X_NOMFA, _X_SENS, _X_NRES, _X_CHAIN = range(_N_NUM)
 # EW weight groups: (group, numeric index that must be non-zero for the group to learn, or
@@ -80,14 +88,21 @@ _ZSPEC: Final = (
 (
     _A_TASK_BYTES, _A_TASK_CALLS, _A_TASK2_BYTES, _A_TASK2_CALLS, _A_TW, _A_TB_MEAN, _A_TB_VAR,
     _A_TR_MEAN, _A_TR_VAR, _A_HOUR_BYTES, _A_HW, _A_HB_MEAN, _A_HB_VAR, _A_SW, _A_SLOW_MEAN,
-    _A_SLOW_VAR, _A_CUSUM, _A_CP_SEEN, _A_CP_NEW,
-) = range(19)  # fmt: skip
-_N_AGG: Final = 19
+    _A_SLOW_VAR, _A_CUSUM, _A_CP_SEEN, _A_CP_NEW, _A_ST_SEEN, _A_ST_NEW,
+) = range(21)  # fmt: skip
+_N_AGG: Final = 21
 # Counterparties: a 256-bit Bloom filter (2 probes) of every one an identity wrote to, so a
 # first payee is "never seen" however many regular ones there are (6 slots churn), with an
 # EW count of writes and of writes to a new one (how usual a new counterparty is).
 _CP_WORDS: Final = 4
 _CP_BITS: Final = 64 * _CP_WORDS
+# Steps: the same kind of filter of the (previous call in the task -> this call) pairs of
+# operations an identity made, and EW counts of steps and of new ones. An agent steered by
+# injected content makes its usual calls in an order, or a call at a point of a task, it never
+# did: the tools are familiar, the sequence is not.
+_ST_WORDS: Final = 4
+#: Length of the kernel's hash array: the categorical hashes, then a write's further parties.
+_N_HS: Final = len(CATEGORICAL) + MAX_EXTRA_PARTIES
 # Drift: a one-sided CUSUM of log bytes_out against the long-horizon mean, in its sds. Each
 # event adds z - _DRIFT_SLACK (floored at 0); _DRIFT_H is where drift starts to count. Under
 # no drift the sum exceeds _DRIFT_H with probability ~exp(-2 x slack x H) = e^-30 per event;
@@ -127,12 +142,17 @@ _N_F: Final = _F_AGG + _N_AGG
     _I_HOUR, _I_TAINT, _I_BITS, _I_BITS2,
 ) = range(13)  # fmt: skip
 _I_BLOOM: Final = 13
-_I_HOURS: Final = _I_BLOOM + _CP_WORDS
+_I_SBLOOM: Final = _I_BLOOM + _CP_WORDS  # the steps' filter
+_I_HOURS: Final = _I_SBLOOM + _ST_WORDS
 _I_SENS: Final = _I_HOURS + _N_BUCKETS
 _I_PRESENT: Final = _I_SENS + _N_RANKS
 _I_NOVEL: Final = _I_PRESENT + _N_CAT
 _I_NAME: Final = _I_NOVEL + _N_CAT  # slot index of the most used value per feature, -1 none
-_N_I: Final = _I_NAME + _N_CAT
+# Operation hash of the last call of the running task and of the other one; the step of the
+# event just observed and its previous operation (set by observe, read by deviations / learn;
+# not stored: a state is written only after its event was learned or held).
+_I_OP, _I_OP2, _I_STEP, _I_PREV = range(_I_NAME + _N_CAT, _I_NAME + _N_CAT + 4)
+_N_I: Final = _I_PREV + 1
 _U64: Final = (1 << 64) - 1
 
 
@@ -253,6 +273,9 @@ class BaselineState:
     task_bits = _Int(_I_BITS, bits=True)  # linear-counting sketch of resources
     task_bits2 = _Int(_I_BITS2, bits=True)
     cp_bloom = _Bits(_I_BLOOM, _CP_WORDS)
+    step_bloom = _Bits(_I_SBLOOM, _ST_WORDS)
+    last_op = _Int(_I_OP)  # operation hash of the running task's last call (0 = none)
+    last_op2 = _Int(_I_OP2)  # ... of the other running task
     hours = _Vector("iv", _I_HOURS, _N_BUCKETS)  # time profile (always sums to ``recent``)
     sens = _Vector("iv", _I_SENS, _N_RANKS)  # events that touched resources, by max rank
     present = _Vector("iv", _I_PRESENT, _N_CAT)  # events where the feature had a value

@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.baselines import kernel
-from pipeline.baselines.features import Features
+from pipeline.baselines.explain import _OP_NAMES, remember_operation
+from pipeline.baselines.features import CATEGORICAL_INDEX, Features
 from pipeline.baselines.layout import (
     _I_TAINT,
     _N_CAT,
+    _N_HS,
     _NAME_BYTES,
     _TAINT_HOUR,
     _TAINT_TASK,
@@ -27,9 +29,12 @@ __all__ = ["Learner", "feature_arrays"]
 
 _last: tuple[object, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0, dtype=np.int64))
 
+_C_OPERATION = CATEGORICAL_INDEX["operation"]
+
 
 def feature_arrays(features: Features) -> tuple[np.ndarray, np.ndarray]:
-    """``features.numeric`` and ``cat_hashes`` as the kernel's arrays (float64, int64).
+    """``features.numeric`` and the hashes as the kernel's arrays (float64, int64): the
+    categorical hashes, then a write's further parties (0 = none).
 
     One event is observed, scored and learned by up to two states in a row: the arrays of
     the latest one are kept (one tuple, replaced whole: safe to read from any thread).
@@ -37,8 +42,12 @@ def feature_arrays(features: Features) -> tuple[np.ndarray, np.ndarray]:
     global _last
     last = _last
     if last[0] is not features:
-        last = _last = (features, np.array(features.numeric, dtype=np.float64),
-                        np.array(features.cat_hashes, dtype=np.int64))  # fmt: skip
+        hs = np.zeros(_N_HS, dtype=np.int64)
+        hs[:_N_CAT] = features.cat_hashes
+        extra = features.party_hashes
+        if extra:
+            hs[_N_CAT : _N_CAT + len(extra)] = extra[: _N_HS - _N_CAT]
+        last = _last = (features, np.array(features.numeric, dtype=np.float64), hs)
     return last[1], last[2]
 
 
@@ -109,6 +118,9 @@ class Learner:
         x, hs = feature_arrays(features)
         kernel.observe(state.fv, state.iv, x, hs, features.time_ms, features.task,
                        features.volume)  # fmt: skip
+        op = features.cat_hashes[_C_OPERATION]
+        if op and op not in _OP_NAMES:
+            remember_operation(op, features.cat_values[_C_OPERATION])
 
     def taint(self, state: BaselineState) -> None:
         """The event just observed was held back (not learned): its task's and hour's totals

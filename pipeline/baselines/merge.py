@@ -124,7 +124,9 @@ class Merger:
         s.task_key, s.task_bits, s.task_key2, s.task_bits2 = (
             new.task_key, new.task_bits, new.task_key2, new.task_bits2)  # fmt: skip
         s.hour_key, s.taint = new.hour_key, new.taint
+        s.last_op, s.last_op2 = new.last_op, new.last_op2
         s.cp_bloom = [x | y for x, y in zip(old.cp_bloom, new.cp_bloom, strict=True)]
+        s.step_bloom = [x | y for x, y in zip(old.step_bloom, new.step_bloom, strict=True)]
         while s.recent >= 2 * self.half_life_events:  # keep every count within u16
             kernel.halve(s.iv, s.slot_count)
         return s

@@ -254,3 +254,17 @@ def test_an_agent_whose_model_changed_version_keeps_its_state() -> None:
     det.process([_with_model(20, "agt-1", D_B)], store)
     assert det.state_resets == 0
     assert det.load_state(store["agt-1"]).risk.incident is not None
+
+
+def test_a_baseline_of_an_older_layout_is_relearned_but_the_incident_is_kept() -> None:
+    """An upgrade that changes the baseline's layout must not forget open incidents."""
+    store: dict[str, bytes] = {}
+    det = Detection()
+    _warm(det, store)
+    det.process([_call(500, issued_to="agt-2")], store)  # a Critical rule: an incident opens
+    version, base, rules, risk, *extra = msgspec.msgpack.decode(store["agt-1"])
+    old = bytes([1]) + base[1:]  # the layout before steps
+    store["agt-1"] = msgspec.msgpack.encode((version, old, rules, risk, *extra))
+    st = Detection().load_state(store["agt-1"])
+    assert st.baseline.n == 0 and st.risk.incident is not None
+    assert st.rules.to_bytes() == rules

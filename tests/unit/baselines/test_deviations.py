@@ -267,7 +267,7 @@ def test_a_first_counterparty_stands_out_among_more_regulars_than_slots() -> Non
     cp = DEVIATION_INDEX["counterparty"]
     assert m.deviations(s, extract(pay(500, "REG7")))[0][cp] == 0.0
     dev, why = m.deviations(s, extract(pay(501, "ATTACKER")))
-    assert dev[cp] > 0.5 and "first use of counterparty" in why[0].text
+    assert dev[cp] > 0.5 and "first write to counterparty `iban:ATTACKER`" in why[0].text
     # A Bloom filter: a few new payees may look known (false positives), most must not.
     flagged = [m.deviations(s, extract(pay(502 + j, f"NEW{j}")))[0][cp] > 0.5 for j in range(40)]
     assert sum(flagged) >= 34

@@ -23,5 +23,6 @@ def test_deviation_dimensions() -> None:
         "task_resources",
         "hour_volume",
         "drift",
+        "step",
         *CATEGORICAL,
     )
