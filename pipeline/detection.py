@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.alerts.decisions import Decision, inventory_decision
 from pipeline.alerts.policy import RiskPolicy
-from pipeline.alerts.state import RiskState, Suppression, load_suppressions
+from pipeline.alerts.state import CANDIDATE, RiskState, Suppression, load_suppressions
 from pipeline.baselines.baselines import (
     BaselineModel,
     blend,
@@ -52,7 +52,7 @@ from pipeline.scores.agent_models import load_agent_model_registry
 from pipeline.scores.detectors import Detector, Loda, SignedModel, TailCalibrator
 from pipeline.scores.directory import Directory, DirectoryEntry
 from pipeline.scores.explanations import Contribution, RuleHit, Score, Signal
-from pipeline.scores.rules import RuleState, ZeroTrustRules
+from pipeline.scores.rules import RULES, RuleState, ZeroTrustRules
 
 STATE_VERSION = 1
 log = logging.getLogger("custos.scoring")
@@ -394,6 +394,7 @@ class Detection:
         rows = np.empty((n, len(DEVIATIONS)))
         peer_w = np.zeros(n)
         own_max = np.zeros(n)
+        in_incident = np.zeros(n, dtype=bool)
         partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
                             list[Contribution], tuple[RuleHit, ...]]] = []  # fmt: skip
         for i, ev in enumerate(events):
@@ -413,6 +414,9 @@ class Detection:
                 dev, why = own_dev, own_why
             rows[i] = dev
             hits = self.rules.check(st.rules, ev, entry)
+            drift = bm.drift_report(st.baseline)
+            if drift is not None:  # a day closed with the identity's volume drifting up
+                hits = (*hits, RuleHit("volume_drift", RULES["volume_drift"], drift))
             if hits:
                 self._signals(ev, hits, result)
             model = ev.model
@@ -421,6 +425,8 @@ class Detection:
             partial.append((ev, st, f, entry, why, hits))
             peer_w[i] = 1.0 - w_own
             own_max[i] = own_dev.max()
+            inc = st.risk.incident
+            in_incident[i] = inc is not None and inc.status_id != CANDIDATE
 
         # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
         # seen by few projections); the independent-tails surprise keeps it visible.
@@ -435,8 +441,12 @@ class Detection:
             self.cold_calibrator.learn_many(raw[cold])
         # The calibrator sees every raw score: its job is to say how rare a score is among all
         # events. Learning only the "normal" ones would truncate the reference and make every
-        # gated event look maximally rare. A few anomalies barely move its quantiles.
-        self.calibrator.learn_many(raw[~cold])
+        # gated event look maximally rare. A few anomalies barely move its quantiles - but a
+        # busy identity's persistent one (a drift, a bulk job gone wrong) floods them and
+        # calibrates itself away: events of an identity with an alerted incident are evidence
+        # about it, not the reference. (Not those of one building up: that is most tail events,
+        # and leaving them out would truncate the reference after all.)
+        self.calibrator.learn_many(raw[~cold & ~in_incident])
 
         if self.busy_events_per_hour > 0:
             calibrated = np.maximum(0.0, calibrated - self._busy_discount(partial))

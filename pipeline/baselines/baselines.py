@@ -57,9 +57,10 @@ off_hours         this hour (weekday / weekend) is rare in the time profile
 task_volume       bytes so far in this task (session) above the identity's usual task total
 task_resources    distinct resources so far in this task above its usual per-task count
 hour_volume       bytes so far in this clock hour above the identity's usual hourly total
-drift             bytes_out persistently above the identity's long-horizon typical (half-life
-                  ``drift_half_life_events``; a one-sided CUSUM): a slow ramp, caught before
-                  it has become the baseline
+drift             its days' mean bytes_out persistently above its long-horizon typical
+                  (half-life ``drift_half_life_events``), in units of its usual day-to-day
+                  change (a one-sided CUSUM of daily z-scores): a slow ramp, caught before it
+                  has become the baseline
 step              (previous operation in this task -> this operation) never taken by the
                   identity (a 256-bit Bloom filter), discounted by how often its steps are new:
                   familiar tools used in an unfamiliar order, as an agent steered by injected

@@ -33,7 +33,7 @@ __all__ = ["STATE_VERSION", "Codec", "StateFormatError", "max_state_bytes"]
 
 #: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
 #: feature schema version the state was learned on).
-STATE_VERSION: Final = 2
+STATE_VERSION: Final = 3
 
 _NO_NAME: Final = 0xFF
 _DECODE_ERRORS: Final = {
@@ -62,7 +62,7 @@ def max_state_bytes(cat_slots: int) -> int:
     used, every name at its longest).
 
     >>> max_state_bytes(6)
-    1214
+    1234
     """
     return _HEAD.size + _N_CAT * (8 * cat_slots + 1 + _NAME_BYTES)
 
@@ -87,7 +87,7 @@ class Codec:
         >>> m = BaselineModel()
         >>> b = m.to_bytes(m.new_state())
         >>> b[0] == STATE_VERSION, m.to_bytes(m.from_bytes(b)) == b, len(b)
-        (True, True, 482)
+        (True, True, 502)
         """
         k = self.cat_slots
         texts = state.name_text
@@ -122,7 +122,7 @@ class Codec:
         >>> BaselineModel().from_bytes(b"\\x09")
         Traceback (most recent call last):
         ...
-        pipeline.baselines.codec.StateFormatError: baseline state version 9, expected 2
+        pipeline.baselines.codec.StateFormatError: baseline state version 9, expected 3
         """
         if not data or data[0] != STATE_VERSION:
             raise StateFormatError(

@@ -23,6 +23,7 @@ from pipeline.baselines.features import (
 )
 from pipeline.baselines.layout import (
     _A_CUSUM,
+    _A_DAY_MEAN,
     _A_HB_MEAN,
     _A_HB_VAR,
     _A_HOUR_BYTES,
@@ -81,6 +82,17 @@ def remember_operation(h: int, name: str | None) -> None:
         if len(_OP_NAMES) >= _OP_NAMES_MAX:
             _OP_NAMES.clear()
         _OP_NAMES[h] = _shorten(name, 60)
+
+
+def drift_text(state: BaselineState) -> tuple[str, str, str]:
+    """(observed, baseline, sentence) of an identity's volume drift."""
+    a = state.agg
+    observed = (f"bytes_out typically {_fmt_bytes(math.expm1(a[_A_DAY_MEAN]))} a call on its "
+                "last full day")  # fmt: skip
+    baseline = f"long-run typical {_fmt_bytes(math.expm1(a[_A_SLOW_MEAN]))}"
+    text = (f"{observed}, day after day above its {baseline} (cumulative excess "
+            f"{a[_A_CUSUM]:.0f} sd of its usual day-to-day change)")  # fmt: skip
+    return observed, baseline, text
 
 
 def operation_name(h: int) -> str:
@@ -162,12 +174,8 @@ class Explainer:
             baseline = f"typically {math.expm1(a[_A_TR_MEAN]):.0f} per task"
             text = f"{observed} vs {baseline}"
         elif dim == _D_DRIFT:
-            a = state.agg
             kind = "drift"
-            observed = f"bytes_out now typically {_fmt_bytes(math.expm1(state.mean[_X_BYTES_OUT]))}"
-            baseline = f"long-run typical {_fmt_bytes(math.expm1(a[_A_SLOW_MEAN]))}"
-            text = (f"{observed}, persistently above its {baseline} "
-                    f"(cumulative excess {a[_A_CUSUM]:.0f} sd)")  # fmt: skip
+            observed, baseline, text = drift_text(state)
         elif dim == _D_STEP:
             kind = "first_seen"
             op = f.cat_values[_C_OPERATION] or "?"

@@ -106,7 +106,7 @@ __all__ = [
     "sensitivity_rank",
 ]
 
-FEATURE_SCHEMA_VERSION: Final = 3
+FEATURE_SCHEMA_VERSION: Final = 4
 
 NUMERIC: Final[tuple[str, ...]] = (
     "bytes_out",

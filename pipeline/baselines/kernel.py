@@ -25,6 +25,11 @@ from pipeline.baselines.layout import (
     _A_CP_NEW,
     _A_CP_SEEN,
     _A_CUSUM,
+    _A_DAY_MEAN,
+    _A_DAY_N,
+    _A_DAY_SUM,
+    _A_DVAR,
+    _A_DW,
     _A_HB_MEAN,
     _A_HB_VAR,
     _A_HOUR_BYTES,
@@ -59,9 +64,13 @@ from pipeline.baselines.layout import (
     _D_STEP,
     _D_TASK_RES,
     _D_TASK_VOL,
+    _DRIFT_DAY_KEEP,
+    _DRIFT_DAY_MIN_N,
     _DRIFT_H,
+    _DRIFT_MIN_DAYS,
     _DRIFT_MIN_W,
     _DRIFT_SLACK,
+    _DRIFT_VAR_FLOOR,
     _F_AGG,
     _F_MEAN,
     _F_RATE_C,
@@ -105,6 +114,7 @@ from pipeline.baselines.layout import (
     _N_NUM,
     _N_RANKS,
     _ST_WORDS,
+    _TAINT_DRIFT,
     _TAINT_HOUR,
     _TAINT_TASK,
     _TAINT_TASK2,
@@ -130,7 +140,6 @@ _Z_DEV: Final = np.array([z[0] for z in _ZSPEC], dtype=np.int64)
 _Z_X: Final = np.array([z[1] for z in _ZSPEC], dtype=np.int64)
 _Z_G: Final = np.array([z[2] for z in _ZSPEC], dtype=np.int64)
 _Z_FLOOR: Final = np.array([z[3] for z in _ZSPEC], dtype=np.float64)
-_Z_FLOOR0: Final = float(_ZSPEC[0][3])
 _C_RESOURCE: Final = CATEGORICAL_INDEX["resource"]
 _C_OPERATION: Final = CATEGORICAL_INDEX["operation"]
 _CHURN_MIN: Final = 20  # events of a feature before "most of its values are new" is trusted
@@ -228,6 +237,26 @@ def _new_parties(iv: np.ndarray, hs: np.ndarray) -> int:
 
 
 @_jit
+def _count_novelty(fv: np.ndarray, seen_i: int, new_i: int, new: bool) -> bool:
+    """Count one occurrence (and whether it was new) into EW counts; returns ``new``. The very
+    first is not counted as new: everything is new once."""
+    fv[seen_i] = fv[seen_i] * _AGG_KEEP + 1.0
+    fv[new_i] = fv[new_i] * _AGG_KEEP + (1.0 if new and fv[seen_i] > 1.0 else 0.0)
+    return new
+
+
+@_jit
+def _novelty(fv: np.ndarray, seen_i: int, new_i: int, new: bool, rare: float,
+             evidence: float) -> float:  # fmt: skip
+    """Deviation of a never-seen value among values counted by :func:`_count_novelty`: high
+    where new ones are rare, and only once there is evidence."""
+    seen = fv[seen_i]
+    if not new or seen == 0.0:
+        return 0.0
+    return math.exp(-(fv[new_i] / seen) / rare) * (1.0 - math.exp(-seen / evidence))
+
+
+@_jit
 def usual_max(iv: np.ndarray, rare_share: float) -> int:
     """Highest sensitivity rank touched at least ``rare_share`` of the time."""
     total = 0
@@ -294,7 +323,7 @@ def observe(fv: np.ndarray, iv: np.ndarray, x: np.ndarray, hs: np.ndarray, t: in
                 fv[a + _A_TASK2_CALLS], fv[a + _A_TASK_CALLS])  # fmt: skip
             iv[_I_OP], iv[_I_OP2] = iv[_I_OP2], iv[_I_OP]
             tn = iv[_I_TAINT]
-            iv[_I_TAINT] = ((tn & _TAINT_HOUR) | ((tn & _TAINT_TASK) << 2)
+            iv[_I_TAINT] = ((tn & (_TAINT_HOUR | _TAINT_DRIFT)) | ((tn & _TAINT_TASK) << 2)
                             | ((tn & _TAINT_TASK2) >> 2))  # fmt: skip
         else:  # a new task: the older of the two running ones has ended
             if (iv[_I_TASK2] and fv[a + _A_TASK2_CALLS] != 0.0
@@ -306,7 +335,8 @@ def observe(fv: np.ndarray, iv: np.ndarray, x: np.ndarray, hs: np.ndarray, t: in
             iv[_I_TASK2], iv[_I_BITS2] = iv[_I_TASK], iv[_I_BITS]
             fv[a + _A_TASK2_BYTES] = fv[a + _A_TASK_BYTES]
             fv[a + _A_TASK2_CALLS] = fv[a + _A_TASK_CALLS]
-            iv[_I_TAINT] = (iv[_I_TAINT] & _TAINT_HOUR) | ((iv[_I_TAINT] & _TAINT_TASK) << 2)
+            iv[_I_TAINT] = ((iv[_I_TAINT] & (_TAINT_HOUR | _TAINT_DRIFT))
+                            | ((iv[_I_TAINT] & _TAINT_TASK) << 2))  # fmt: skip
             iv[_I_TASK], iv[_I_BITS] = task, 0
             iv[_I_OP2], iv[_I_OP] = iv[_I_OP], 0
             fv[a + _A_TASK_BYTES] = 0.0
@@ -327,6 +357,8 @@ def observe(fv: np.ndarray, iv: np.ndarray, x: np.ndarray, hs: np.ndarray, t: in
             iv[_I_BITS] |= np.int64(1) << (res & 63)
     hour = t // _HOUR_MS
     if hour > iv[_I_HOUR]:  # a late event of an earlier hour counts into this one
+        if iv[_I_HOUR] and hour // 24 > iv[_I_HOUR] // 24:
+            _close_day(fv, iv)
         if iv[_I_HOUR] and fv[a + _A_HOUR_BYTES] > 0.0 and not iv[_I_TAINT] & _TAINT_HOUR:
             w = fv[a + _A_HW] * _AGG_KEEP + 1.0
             fv[a + _A_HW] = w
@@ -336,9 +368,34 @@ def observe(fv: np.ndarray, iv: np.ndarray, x: np.ndarray, hs: np.ndarray, t: in
         iv[_I_TAINT] &= ~_TAINT_HOUR
     fv[a + _A_HOUR_BYTES] += volume
     out = x[_X_BYTES_OUT]
-    if out and fv[a + _A_SW] >= _DRIFT_MIN_W:  # every event: a drift must not hide by being held
-        z = (out - fv[a + _A_SLOW_MEAN]) / math.sqrt(fv[a + _A_SLOW_VAR] + _Z_FLOOR0)
-        fv[a + _A_CUSUM] = max(0.0, fv[a + _A_CUSUM] + z - _DRIFT_SLACK)
+    if out:  # every event: a drift must not hide by being held
+        fv[a + _A_DAY_SUM] += out
+        fv[a + _A_DAY_N] += 1.0
+
+
+@_jit
+def _close_day(fv: np.ndarray, iv: np.ndarray) -> None:
+    """A UTC day has ended: judge its mean log bytes_out against the long horizon (drift). A day
+    that leaves the sum above the line makes one drift report due (:data:`_TAINT_DRIFT`)."""
+    a = _F_AGG
+    n = fv[a + _A_DAY_N]
+    if n >= _DRIFT_DAY_MIN_N and fv[a + _A_SW] >= _DRIFT_MIN_W:
+        m = fv[a + _A_DAY_SUM] / n
+        if fv[a + _A_DW] >= _DRIFT_MIN_DAYS:
+            z = (m - fv[a + _A_SLOW_MEAN]) / math.sqrt(fv[a + _A_DVAR] + _DRIFT_VAR_FLOOR)
+            fv[a + _A_CUSUM] = max(0.0, fv[a + _A_CUSUM] + z - _DRIFT_SLACK)
+            if fv[a + _A_CUSUM] > _DRIFT_H:
+                iv[_I_TAINT] |= _TAINT_DRIFT
+        if fv[a + _A_DAY_MEAN] != 0.0:
+            # The days' spread from successive differences (von Neumann): a ramp of g a day
+            # adds only g^2 to them, where residuals against the long mean would grow with it.
+            w = fv[a + _A_DW] * _DRIFT_DAY_KEEP + 1.0
+            fv[a + _A_DW] = w
+            d = m - fv[a + _A_DAY_MEAN]
+            fv[a + _A_DVAR] += (0.5 * d * d - fv[a + _A_DVAR]) / w
+        fv[a + _A_DAY_MEAN] = m
+    fv[a + _A_DAY_SUM] = 0.0
+    fv[a + _A_DAY_N] = 0.0
 
 
 # --- learn: fold one accepted event into the state --------------------------------------------
@@ -474,24 +531,16 @@ def learn(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: np
             named_mask |= 1 << c
 
     cp = hs[_C_COUNTERPARTY]
-    if cp and identity:
-        fv[a + _A_CP_SEEN] = fv[a + _A_CP_SEEN] * _AGG_KEEP + 1.0
-        new = _new_parties(iv, hs) > 0
-        fv[a + _A_CP_NEW] = fv[a + _A_CP_NEW] * _AGG_KEEP + (
-            1.0 if new and fv[a + _A_CP_SEEN] > 1.0 else 0.0)  # fmt: skip
-        if new:
-            _bloom_add(iv, cp, _I_BLOOM)
-            for i in range(_N_CAT, _N_HS):
-                if hs[i]:
-                    _bloom_add(iv, hs[i], _I_BLOOM)
+    if cp and identity and _count_novelty(fv, a + _A_CP_SEEN, a + _A_CP_NEW,
+                                          _new_parties(iv, hs) > 0):  # fmt: skip
+        _bloom_add(iv, cp, _I_BLOOM)
+        for i in range(_N_CAT, _N_HS):
+            if hs[i]:
+                _bloom_add(iv, hs[i], _I_BLOOM)
     step = iv[_I_STEP]
-    if step and identity:
-        fv[a + _A_ST_SEEN] = fv[a + _A_ST_SEEN] * _AGG_KEEP + 1.0
-        new = not bloom_has(iv, step, _I_SBLOOM)
-        fv[a + _A_ST_NEW] = fv[a + _A_ST_NEW] * _AGG_KEEP + (
-            1.0 if new and fv[a + _A_ST_SEEN] > 1.0 else 0.0)  # fmt: skip
-        if new:
-            _bloom_add(iv, step, _I_SBLOOM)
+    if step and identity and _count_novelty(fv, a + _A_ST_SEEN, a + _A_ST_NEW,
+                                            not bloom_has(iv, step, _I_SBLOOM)):  # fmt: skip
+        _bloom_add(iv, step, _I_SBLOOM)
     iv[_I_SINCE] += 1
     if iv[_I_SINCE] >= half_life:
         halve(iv, sc)
@@ -578,7 +627,8 @@ def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x
         if z > z0:
             dev[_D_HOUR_VOL] = 1.0 - exp((z0 - z) / zs)
     if fv[a + _A_CUSUM] > _DRIFT_H and x[_X_BYTES_OUT] != 0.0:
-        dev[_D_DRIFT] = 1.0 - exp((_DRIFT_H - fv[a + _A_CUSUM]) / (0.1 * _DRIFT_H))
+        # One daily z-score above the line is e^-1 of "surely not noise".
+        dev[_D_DRIFT] = 1.0 - exp(_DRIFT_H - fv[a + _A_CUSUM])
 
     recent = iv[_I_RECENT]
     if recent:
@@ -622,19 +672,13 @@ def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x
             dev[_D_CAT0 + c] = exp(-share / rare) * (1.0 - exp(-seen / evidence)) * presence
 
     cp = hs[_C_COUNTERPARTY]
-    if cp and identity:
-        writes = fv[a + _A_CP_SEEN]
-        if writes != 0.0 and _new_parties(iv, hs):
-            share = fv[a + _A_CP_NEW] / writes  # how often its writes went to someone new
-            dev[_D_CAT0 + _C_COUNTERPARTY] = exp(-share / rare) * (1.0 - exp(-writes / evidence))
-        else:
-            dev[_D_CAT0 + _C_COUNTERPARTY] = 0.0
+    if cp and identity:  # a write to someone new, discounted by how often its writes are
+        dev[_D_CAT0 + _C_COUNTERPARTY] = _novelty(
+            fv, a + _A_CP_SEEN, a + _A_CP_NEW, _new_parties(iv, hs) > 0, rare, evidence)
     step = iv[_I_STEP]
-    if step and identity:
-        steps = fv[a + _A_ST_SEEN]
-        if steps != 0.0 and not bloom_has(iv, step, _I_SBLOOM):
-            share = fv[a + _A_ST_NEW] / steps  # how often its steps were new ones
-            dev[_D_STEP] = exp(-share / rare) * (1.0 - exp(-steps / evidence))
+    if step and identity:  # a step never taken, discounted by how often its steps are new
+        dev[_D_STEP] = _novelty(fv, a + _A_ST_SEEN, a + _A_ST_NEW,
+                                not bloom_has(iv, step, _I_SBLOOM), rare, evidence)  # fmt: skip
     return dev, _strongest(dev, thr, limit)
 
 

@@ -88,9 +88,10 @@ _ZSPEC: Final = (
 (
     _A_TASK_BYTES, _A_TASK_CALLS, _A_TASK2_BYTES, _A_TASK2_CALLS, _A_TW, _A_TB_MEAN, _A_TB_VAR,
     _A_TR_MEAN, _A_TR_VAR, _A_HOUR_BYTES, _A_HW, _A_HB_MEAN, _A_HB_VAR, _A_SW, _A_SLOW_MEAN,
-    _A_SLOW_VAR, _A_CUSUM, _A_CP_SEEN, _A_CP_NEW, _A_ST_SEEN, _A_ST_NEW,
-) = range(21)  # fmt: skip
-_N_AGG: Final = 21
+    _A_SLOW_VAR, _A_CUSUM, _A_CP_SEEN, _A_CP_NEW, _A_ST_SEEN, _A_ST_NEW, _A_DAY_SUM, _A_DAY_N,
+    _A_DAY_MEAN, _A_DW, _A_DVAR,
+) = range(26)  # fmt: skip
+_N_AGG: Final = 26
 # Counterparties: a 256-bit Bloom filter (2 probes) of every one an identity wrote to, so a
 # first payee is "never seen" however many regular ones there are (6 slots churn), with an
 # EW count of writes and of writes to a new one (how usual a new counterparty is).
@@ -103,16 +104,26 @@ _CP_BITS: Final = 64 * _CP_WORDS
 _ST_WORDS: Final = 4
 #: Length of the kernel's hash array: the categorical hashes, then a write's further parties.
 _N_HS: Final = len(CATEGORICAL) + MAX_EXTRA_PARTIES
-# Drift: a one-sided CUSUM of log bytes_out against the long-horizon mean, in its sds. Each
-# event adds z - _DRIFT_SLACK (floored at 0); _DRIFT_H is where drift starts to count. Under
-# no drift the sum exceeds _DRIFT_H with probability ~exp(-2 x slack x H) = e^-30 per event;
-# a shift of 0.4 sd crosses it after ~400 events.
+# Drift: the identity's last days against its last weeks. Each UTC day's mean log bytes_out is
+# compared with the long-horizon mean, in units of how much its days usually differ (learned
+# from successive days, so a ramp does not widen its own yardstick; floored at 5 %: a smaller
+# change of typical size is not worth an analyst's time). A one-sided CUSUM of those
+# daily z-scores (each adds z - _DRIFT_SLACK, floored at 0) counts from _DRIFT_H: a ramp of a few
+# percent a day crosses it within days, while stationary days cross it about once in 1,300.
+# Per day, not per event: an identity's events mix operations of very different sizes, so one
+# event says little about a 5 % change in the mean and a busy identity would alarm far sooner
+# than a quiet one.
 _DRIFT_MIN_W: Final = 300.0  # long-horizon events before drift is judged
-_DRIFT_SLACK: Final = 0.25
-_DRIFT_H: Final = 60.0
+_DRIFT_DAY_MIN_N: Final = 20.0  # events with bytes_out that make a day count
+_DRIFT_MIN_DAYS: Final = 3.0  # days of spread learned before days are judged
+_DRIFT_DAY_KEEP: Final = 0.5 ** (1.0 / 14.0)  # the days' spread: half-life 14 days
+_DRIFT_VAR_FLOOR: Final = 0.05**2
+_DRIFT_SLACK: Final = 0.5
+_DRIFT_H: Final = 6.0
 _TAINT_TASK: Final = 1  # BaselineState.taint bits: the task / hour / other task held back
 _TAINT_HOUR: Final = 2  # an event (its total is not learned)
 _TAINT_TASK2: Final = 4
+_TAINT_DRIFT: Final = 8  # a day closed above the drift line: one report due (not a taint)
 _C_COUNTERPARTY: Final = CATEGORICAL_INDEX["counterparty"]
 
 _HOUR_MS: Final = 3_600_000

@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.baselines import kernel
-from pipeline.baselines.explain import _OP_NAMES, remember_operation
+from pipeline.baselines.explain import _OP_NAMES, drift_text, remember_operation
 from pipeline.baselines.features import CATEGORICAL_INDEX, Features
 from pipeline.baselines.layout import (
     _I_TAINT,
     _N_CAT,
     _N_HS,
     _NAME_BYTES,
+    _TAINT_DRIFT,
     _TAINT_HOUR,
     _TAINT_TASK,
     BaselineState,
@@ -121,6 +122,16 @@ class Learner:
         op = features.cat_hashes[_C_OPERATION]
         if op and op not in _OP_NAMES:
             remember_operation(op, features.cat_values[_C_OPERATION])
+
+    def drift_report(self, state: BaselineState) -> str | None:
+        """Once per UTC day that closed with the identity's volume drift above the line: the
+        explanation, else None. Drift is a fact about days, not about the event that happens
+        to come first after one; reported per event it would be judged among all events and
+        lost in them (a busy identity's every call carries it)."""
+        if not state.iv[_I_TAINT] & _TAINT_DRIFT:
+            return None
+        state.iv[_I_TAINT] &= ~_TAINT_DRIFT
+        return drift_text(state)[2]
 
     def taint(self, state: BaselineState) -> None:
         """The event just observed was held back (not learned): its task's and hour's totals

@@ -36,8 +36,9 @@ class RuleHit(msgspec.Struct, frozen=True, gc=False):
 
     ``rule`` names: ``credential_misuse``, ``credential_expired``, ``model_provenance``,
     ``agent_config_drift``, ``sensitivity_ceiling``, ``clone``, ``impossible_travel``,
-    ``unauthorised_delegation``, and ``delegated_outside_team`` (raised on the delegator by a
-    :class:`Signal`).
+    ``unauthorised_delegation``, ``delegated_outside_team`` (raised on the delegator by a
+    :class:`Signal`), and ``volume_drift`` (not a rule but the baseline's slow-ramp finding,
+    once per day that closes above the drift line: a fact about days, not one event).
     ``severity_id`` is OCSF's (4 High, 5 Critical). ``evidence`` holds the observed values.
     """
 

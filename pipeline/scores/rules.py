@@ -90,6 +90,9 @@ RULES: Final[dict[str, int]] = {
     "unauthorised_delegation": 4,
     # Derived, not checked here: raised on the delegator of an unauthorised delegation.
     "delegated_outside_team": 4,
+    # Not checked here: the baseline's slow-ramp finding, once per UTC day that closes with the
+    # identity's daily volume drifting above the line (pipeline.detection, drift_report).
+    "volume_drift": 4,
     # Not checked here either: one informational finding per new agent model build
     # (pipeline.detection, decisions.inventory_decision), never risk.
     "model_inventory": 2,

@@ -240,6 +240,40 @@ def test_slow_drift_crosses_the_cusum_stationary_noise_does_not() -> None:
     assert run(0.06) > 0.9
 
 
+def test_drift_is_judged_per_day_so_a_mix_of_sizes_neither_hides_nor_fakes_it() -> None:
+    """A service mixing 2 KB and 2 MB calls (log sd ~2.8): a 5 %/day ramp of every call is lost
+    in that spread event by event, not in its daily mean. A busy but stationary identity with
+    a mix that shifts from day to day (+-3 % in its share of big calls) stays quiet."""
+    rng = random.Random(9)
+
+    def run(growth: float, big_share: float) -> tuple[float, str, list[int]]:
+        m, s = BaselineModel(), BaselineModel().new_state()
+        top, text, reported = 0.0, "", []
+        for k in range(14 * 1500):  # 1,500 calls a day for 14 days
+            day = k / 1500
+            share = big_share * (1.0 + 0.03 * math.sin(day * 2.1))
+            base = 2_000_000 if rng.random() < share else 2_000
+            size = int(base * math.exp(rng.gauss(0, 0.3)) * (1 + growth) ** day)
+            e = ev(MONDAY + k * 57_600, k, bytes_out=size)
+            f = extract(e)
+            m.observe(s, f)
+            if m.drift_report(s) is not None:
+                reported.append(int(day))
+            dev, why = m.deviations(s, f)
+            if dev[DEVIATION_INDEX["drift"]] > top:
+                top = dev[DEVIATION_INDEX["drift"]]
+                text = next((c.text for c in why if c.feature == "drift"), text)
+            m.learn_one(s, f)
+        return top, text, reported
+
+    assert run(0.0, 0.2)[0::2] == (0.0, [])
+    top, text, reported = run(0.05, 0.2)
+    assert top > 0.9
+    assert "day after day above its long-run typical" in text, text
+    # Reported once per day that closed above the line, on that day's first event.
+    assert reported and reported == sorted(set(reported)) and reported[-1] == 13
+
+
 def test_sensitivity_far_above_the_usual_maximum_counts_more() -> None:
     m, s = BaselineModel(), BaselineModel().new_state()
     for k in range(300):

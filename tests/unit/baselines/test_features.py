@@ -55,7 +55,7 @@ def cat(f: Features, name: str) -> tuple[int, str | None]:
 
 
 def test_constants_fix_the_order_and_version() -> None:
-    assert FEATURE_SCHEMA_VERSION == 3
+    assert FEATURE_SCHEMA_VERSION == 4
     assert NUMERIC == (
         "bytes_out",
         "bytes_in",
