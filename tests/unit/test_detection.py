@@ -269,19 +269,3 @@ def test_a_baseline_of_an_older_layout_is_relearned_but_the_incident_is_kept() -
     assert st.baseline.n == 0 and st.risk.incident is not None
     assert st.rules.to_bytes() == rules
 
-
-def test_events_of_an_identity_with_an_incident_do_not_calibrate_the_others() -> None:
-    """A busy identity's persistent anomaly would otherwise fill the calibrator's reference and
-    make its own events look ordinary; its events are evidence about its incident instead."""
-    store: dict[str, bytes] = {}
-    det = Detection()
-    _warm(det, store, 800)
-    det.process([_call(800, uid="agt-1", issued_to="agt-2")], store)  # misuse: an incident
-    assert "agt-1" in det.open_incidents
-    n0 = det.calibrator.n_
-    batch = [_call(801 + i, uid=f"agt-{i % 4}", issued_to=f"agt-{i % 4}") for i in range(40)]
-    out = det.process(batch, store)
-    warm = [s for s in out.scores if s.peer_weight <= 0.5]
-    assert any(s.identity_uid == "agt-1" for s in warm)  # agt-1 is judged on its own baseline
-    assert "agt-1" in det.open_incidents
-    assert det.calibrator.n_ - n0 == sum(s.identity_uid != "agt-1" for s in warm) > 0
