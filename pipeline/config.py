@@ -139,6 +139,13 @@ class Settings:
     incident_habituate_suppress_s: float = _setting(
         7 * 86_400.0, "How long a habituated incident's evidence stays suppressed"
     )
+    incident_recur_window_s: float = _setting(
+        8 * 86_400.0,
+        "An alerted incident that closed without analyst confirmation is remembered this long: "
+        "a later incident whose evidence is only that again (a nightly job's volume, a weekly "
+        "batch's failures) is a recurring behaviour - recorded as a suppressed finding and "
+        "learned like a habituated one, not alerted again. Critical rules always alert",
+    )
     suppressions_file: str = _setting(
         "", "YAML/JSON list of suppressions {identity, feature, until, reason}; empty = none"
     )

@@ -77,7 +77,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     def flatten(self) -> tuple[Decision, ...]:
         """The decisions to emit, in order (the overdue close first, if any)."""
-        return (self.closed, self) if self.closed is not None else (self,)
+        return (*self.closed.flatten(), self) if self.closed is not None else (self,)
 
 
 def inventory_decision(hit: RuleHit, *, key: str, identity_uid: str, identity_kind: str,

@@ -11,13 +11,17 @@ after ``update_interval_s``, an interval that doubles after each such periodic u
 quiet period closes it (``close``). The next alert opens
 a new finding uid. A quarantine-worthy incident asks for **one** contain command
 (``Decision.contain``); it is re-issued only within ``contain_renew_s`` of lapsing
-(``quarantine_duration_s``, doubled for each renewal), while the incident is open, not released
+(``quarantine_duration_s``; a renewal lasts until the incident would habituate, or, once
+confirmed or Critical, twice the previous command), while the incident is open, not released
 and still gathering evidence. An incident that stays open for ``habituate_after_s`` without an
 analyst confirming it is a baseline that failed to learn, not an attack in progress: it closes
 as *habituated*, its features and High rules are suppressed for the identity for
 ``habituate_suppress_s`` (visible in the close and in the state), and events anomalous only in
-those features are learned again (:meth:`RiskPolicy.habituated`). Critical rules never
-habituate.
+those features are learned again (:meth:`RiskPolicy.habituated`). An alerted incident that
+closes unconfirmed is remembered for ``recur_window_s``: a new incident made only of the same
+evidence (the nightly job's volume again) is a recurring behaviour, not news - it becomes a
+suppressed finding that closes at once as habituated, so the audit shows what would have
+alerted and why not. Critical rules never habituate nor recur.
 
 Risk model (defaults in brackets; every one is a constructor argument and a setting):
 
@@ -86,6 +90,7 @@ __all__ = ["RiskPolicy"]
 
 _CRITICAL: Final = 5  # OCSF severity_id Critical
 _HABITUATED: Final = "habituated"  # reason prefix of the suppressions habituation adds
+MAX_RECURRING: Final = 8  # evidence names remembered from incidents that ended unconfirmed
 _RISK_LEVELS: Final = ("Info", "Low", "Medium", "High", "Critical")
 
 
@@ -113,6 +118,7 @@ class RiskPolicy:
         "_habituate_ms",
         "_half_life_ms",
         "_interval_ms",
+        "_recur_ms",
         "_rule_risk",
         "_suppress_any",
         "_suppressions",
@@ -135,6 +141,7 @@ class RiskPolicy:
         "noise_floor",
         "quarantine_duration_s",
         "quarantine_threshold",
+        "recur_window_s",
         "repeat_weight",
         "rule_risk",
         "suppressions",
@@ -159,6 +166,7 @@ class RiskPolicy:
         contain_renew_s: float = 300.0,
         habituate_after_s: float = 86_400.0,
         habituate_suppress_s: float = 7 * 86_400.0,
+        recur_window_s: float = 8 * 86_400.0,
         max_risk: float = 100.0,
         suppressions: Iterable[Suppression] = (),
         max_events: int = 20,
@@ -187,6 +195,7 @@ class RiskPolicy:
         self.contain_renew_s = float(contain_renew_s)
         self.habituate_after_s = float(habituate_after_s)
         self.habituate_suppress_s = float(habituate_suppress_s)
+        self.recur_window_s = float(recur_window_s)
         self.max_risk = float(max_risk)
         self.suppressions = tuple(suppressions)
         self.max_events = max_events
@@ -202,6 +211,7 @@ class RiskPolicy:
         self._duration_ms = round(self.quarantine_duration_s * 1000.0)
         self._contain_renew_ms = round(min(self.contain_renew_s, self.quarantine_duration_s) * 1000)
         self._habituate_ms = round(self.habituate_after_s * 1000.0)
+        self._recur_ms = round(self.recur_window_s * 1000.0)
         self._rule_risk = self.rule_risk
         # Suppression index: per identity, and feature rules that apply to every identity.
         by_identity: dict[str, list[Suppression]] = {}
@@ -239,6 +249,8 @@ class RiskPolicy:
                             "contain_renew_s >= 0")  # fmt: skip
         if not self.habituate_after_s > 0 or self.habituate_suppress_s < 0:
             problems.append("habituate_after_s must be > 0 and habituate_suppress_s >= 0")
+        if self.recur_window_s < 0:
+            problems.append("recur_window_s must be >= 0")
         if self.max_events < 2:  # the first event is always kept, plus at least the latest
             problems.append("max_events must be >= 2")
         if min(self.max_contributions, self.max_rules, self.max_rationales) < 1:
@@ -276,6 +288,7 @@ class RiskPolicy:
             "quarantine_duration_s": settings.quarantine_duration_s,
             "habituate_after_s": settings.incident_habituate_after_s,
             "habituate_suppress_s": settings.incident_habituate_suppress_s,
+            "recur_window_s": settings.incident_recur_window_s,
             "suppressions": tuple(suppressions),
         }
         kwargs.update(overrides)
@@ -327,13 +340,25 @@ class RiskPolicy:
             return None
         if inc.evidence_ms <= inc.contain_ms:
             return None  # nothing new since the command: let it lapse, the analyst decides
-        return inc.contain_ms + self._contain_ms_of(inc.contains) - self._contain_renew_ms
+        end = inc.contain_ms + self._contain_ms_of(inc, inc.contains)
+        if end >= self._habituate_due(inc):
+            return None  # the command outlasts the incident's unconfirmed life
+        return end - self._contain_renew_ms
 
-    def _contain_ms_of(self, k: int) -> int:
-        """Duration of the k-th contain command (1-based): the first lasts
-        ``quarantine_duration_s``, each renewal twice the one before (capped at 64x), so a
-        compromise whose evidence goes on for days costs a handful of commands, not one an hour."""
-        return min(self._duration_ms << min(max(k - 1, 0), 6), MAX_CONTAIN_MS)
+    def _contain_ms_of(self, inc: Incident, k: int) -> int:
+        """Duration of the incident's k-th contain command (1-based), sent at ``inc.contain_ms``.
+
+        The first lasts ``quarantine_duration_s``. A renewal of an incident no analyst has
+        confirmed lasts until the incident would habituate, so such an incident costs at most
+        two commands (a baseline that failed to learn is not contained for ever); a confirmed
+        or Critical incident renews at twice the previous duration (capped at 64x): evidence
+        that goes on for days costs a handful of commands, not one an hour."""
+        ms = self._duration_ms << min(max(k - 1, 0), 6)
+        if k >= 2:
+            due = self._habituate_due(inc)
+            if due < 2**62:
+                ms = max(ms, due - inc.contain_ms)
+        return min(ms, MAX_CONTAIN_MS)
 
     def _period_ms(self, inc: Incident) -> int:
         """Interval to the next periodic update: ``update_interval_s``, doubled after each one
@@ -394,6 +419,8 @@ class RiskPolicy:
         inc.quarantine = True
         inc.confirmed = True
         inc.released = False
+        state.recurring = []  # confirmed: the same evidence again is the attack again
+        state.recurring_until_ms = 0
         inc.contain_ms = -1  # an analyst's decision: its command goes out now
         inc.contains = 0
         action: Action = "update"
@@ -596,6 +623,8 @@ class RiskPolicy:
 
         decision: Decision | None = None
         if inc.status_id == CANDIDATE:
+            if not critical and risk >= self.alert_threshold and self._recurs(state, inc, t):
+                return self._recur(state, inc, t, closed)
             if critical or risk >= self.alert_threshold:
                 if critical:
                     reason = "Critical rule " + ", ".join(
@@ -743,7 +772,7 @@ class RiskPolicy:
         state.rev += 1
         return self._decision(
             state, inc, action, t, reason, status, quarantine, sup, contain=contain,
-            contain_ms=self._contain_ms_of(inc.contains) if contain else 0,
+            contain_ms=self._contain_ms_of(inc, inc.contains) if contain else 0,
         )
 
     def _habituate(self, state: RiskState, inc: Incident, t: int) -> Decision | None:
@@ -762,12 +791,65 @@ class RiskPolicy:
         state.rev += 1
         if inc.status_id == CANDIDATE:
             return None
+        self._remember(state, inc, t)
         reason = why + ("; suppressed for the identity: " + ", ".join(dict.fromkeys(names))
                         if names else "")  # fmt: skip
         return msgspec.structs.replace(
             self._decision(state, inc, "close", t, reason, STATUS_RESOLVED, False, None),
             habituated=True,
         )
+
+    @staticmethod
+    def _evidence_names(inc: Incident) -> list[str]:
+        return list(dict.fromkeys([c.feature for c in inc.contributions]
+                                  + [r.rule for r in inc.rules]))  # fmt: skip
+
+    def _remember(self, state: RiskState, inc: Incident, t: int) -> None:
+        """An alerted incident ended unconfirmed: remember its evidence for ``recur_window_s``
+        (Critical rules are never a recurring behaviour; a confirmed incident is an attack)."""
+        if inc.confirmed or not self._recur_ms or any(r.severity_id >= _CRITICAL
+                                                      for r in inc.rules):  # fmt: skip
+            return
+        kept = state.recurring if t < state.recurring_until_ms else []
+        names = list(dict.fromkeys([*self._evidence_names(inc), *kept]))
+        state.recurring = names[:MAX_RECURRING]
+        state.recurring_until_ms = t + self._recur_ms
+        state.rev += 1
+
+    def _recurs(self, state: RiskState, inc: Incident, t: int) -> bool:
+        """Whether the candidate's evidence is only what recently ended unconfirmed."""
+        if t >= state.recurring_until_ms or inc.released:
+            return False
+        names = self._evidence_names(inc)
+        return bool(names) and set(names) <= set(state.recurring)
+
+    def _recur(self, state: RiskState, inc: Incident, t: int,
+               closed: Decision | None) -> Decision:  # fmt: skip
+        """A recurrence (a nightly job's volume again): not an alert but a suppressed finding that
+        closes at once as habituated - its evidence suppressed and learned for
+        ``habituate_suppress_s`` - so the audit trail shows what would have alerted and why not."""
+        names = self._evidence_names(inc)
+        hours = (t - (state.recurring_until_ms - self._recur_ms)) / 3_600_000
+        why = (f"{_HABITUATED}: recurring - only evidence ({', '.join(names)}) of an incident "
+               f"that closed unconfirmed {hours:.0f} h ago")  # fmt: skip
+        sup = Suppression(identity=inc.identity_uid, reason=why)
+        inc.uid = finding_uid(inc.identity_uid, inc.events[0] if inc.events else str(t))
+        created = self._decision(state, inc, "create", t, why, STATUS_SUPPRESSED, False, sup)
+        until = t + round(self.habituate_suppress_s * 1000.0)
+        for name in names:
+            self.suppress(state, Suppression(identity=inc.identity_uid, feature=name,
+                                             until_ms=until, reason=why), t)  # fmt: skip
+        state.incident = None
+        state.risk = 0.0
+        state.rev += 1
+        state.recurring_until_ms = t + self._recur_ms  # still recurring: remember it longer
+        if closed is not None:
+            created = msgspec.structs.replace(created, closed=closed)
+        return msgspec.structs.replace(
+            self._decision(state, inc, "close", t, why + "; suppressed and learned for the "
+                           "identity", STATUS_RESOLVED, False, None, was_suppressed=True),
+            habituated=True, closed=created,
+        )  # fmt: skip
 
     def _close(self, state: RiskState, inc: Incident, t: int) -> Decision | None:
         """End the incident; a candidate that never alerted is dropped silently."""
@@ -777,6 +859,8 @@ class RiskPolicy:
             return None
         reason = f"quiet: risk below {self.close_threshold:g} for {self.close_after_s:g} s"
         was_suppressed = inc.status_id == STATUS_SUPPRESSED
+        if not was_suppressed:
+            self._remember(state, inc, t)
         quarantine = inc.quarantine and not was_suppressed
         return self._decision(
             state, inc, "close", t, reason, STATUS_RESOLVED, quarantine, None, was_suppressed

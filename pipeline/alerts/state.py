@@ -145,6 +145,10 @@ class RiskState(msgspec.Struct, array_like=True, gc=False):
     # Time-bounded suppressions an analyst set for this identity (feedback), at most
     # MAX_STATE_SUPPRESSIONS, expired ones dropped when a new one is added.
     suppressions: list[Suppression] = []
+    # Evidence (feature and rule names) of the identity's last alerted incidents that closed
+    # unconfirmed, and until when a new incident made only of it is a recurrence.
+    recurring: list[str] = []
+    recurring_until_ms: int = 0
 
     def to_bytes(self) -> bytes:
         """Compact msgpack encoding (field order, no names)."""

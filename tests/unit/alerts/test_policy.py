@@ -617,3 +617,87 @@ def test_renewals_double_the_quarantine_so_days_of_evidence_cost_few_commands() 
 
     [cmd] = QuarantinePolicy(duration_ms=3_600_000).commands([contains[1]], now_ms=T0)
     assert cmd.message["body"]["openc2"]["request"]["args"]["duration"] == 2 * 3_600_000
+
+
+def test_an_unconfirmed_incident_costs_two_contains_at_most_the_second_until_it_habituates(
+) -> None:
+    p = RiskPolicy(quarantine_duration_s=3600, contain_renew_s=300, habituate_after_s=86_400)
+    st = RiskState()
+    contains, closes = [], []
+    for i in range(30 * 6):  # strong behavioural evidence every 10 minutes for 30 hours
+        t = T0 + i * 600 * S
+        d = p.decide(st, score(t, 0.99, contributions=(contrib("bytes_out"), contrib("hour"))))
+        k = p.tick(st, t + 300 * S)
+        for x in (d, k):
+            for y in x.flatten() if x is not None else ():
+                contains += [y] if y.contain else []
+                closes += [y] if y.action == "close" else []
+    assert len(contains) == 2, [c.reason for c in contains]
+    first, second = contains
+    assert first.contain_duration_ms == 3600 * S
+    # The renewal covers the rest of the incident's unconfirmed life, not one more hour...
+    habituates_at = first.first_seen_ms + 86_400 * S
+    assert second.time_ms + second.contain_duration_ms == habituates_at
+    # ...and the incident does close as habituated when that life ends.
+    assert any(c.habituated for c in closes)
+
+
+def _night(p: RiskPolicy, st: RiskState, day: int, *features: str) -> list[Decision]:
+    """A nightly job: strong anomalies in ``features`` for ten minutes at 02:00, then quiet."""
+    out: list[Decision] = []
+    t0 = T0 + day * 24 * H + 2 * H
+    for i in range(10):
+        d = p.decide(st, score(t0 + i * 60 * S, 0.99,
+                               contributions=tuple(contrib(f) for f in features)))  # fmt: skip
+        out += d.flatten() if d is not None else ()
+    d = p.tick(st, t0 + 12 * H)  # quiet by the morning
+    out += d.flatten() if d is not None else ()
+    return out
+
+
+def test_the_same_evidence_recurring_after_an_unconfirmed_incident_is_learned_not_alerted() -> None:
+    p = RiskPolicy(recur_window_s=8 * 86_400, habituate_suppress_s=7 * 86_400)
+    st = RiskState()
+    first = _night(p, st, 0, "hour_volume", "failure")
+    assert [d.action for d in first if d.action == "create"] == ["create"] and first[0].is_alert
+    assert first[-1].action == "close"
+    assert st.incident is None and set(st.recurring) == {"hour_volume", "failure"}
+    # The next night: the same evidence again. A suppressed finding that closes at once as
+    # habituated - visible, never an alert, never a quarantine.
+    again = _night(p, st, 1, "hour_volume")
+    assert [d.action for d in again] == ["create", "close"]
+    assert not any(d.is_alert or d.quarantine or d.contain for d in again)
+    assert again[0].status_id == STATUS_SUPPRESSED and again[1].habituated
+    assert "recurring" in again[0].reason and "closed unconfirmed 12 h ago" in again[0].reason
+    # Its features are now habituated: events anomalous only there are learned.
+    later = score(T0 + 3 * 24 * H, 0.99, contributions=(contrib("hour_volume"),))
+    assert p.habituated(st, later)
+    assert p.decide(st, later) is None
+    assert RiskState.from_bytes(st.to_bytes()) == st
+
+
+def test_a_recurrence_with_new_evidence_or_a_critical_rule_or_after_confirmation_alerts() -> None:
+    p = RiskPolicy(recur_window_s=8 * 86_400)
+    st = RiskState()
+    _night(p, st, 0, "hour_volume")
+    # A new kind of evidence joins: that is news.
+    assert any(d.is_alert and d.action == "create" for d in _night(p, st, 1, "hour_volume",
+                                                                    "country"))  # fmt: skip
+    # A Critical rule always alerts, whatever recurred before.
+    st2 = RiskState()
+    _night(p, st2, 0, "hour_volume")
+    d = p.decide(st2, score(T0 + 30 * H, 0.99, contributions=(contrib("hour_volume"),),
+                            rules=(CRITICAL,)))  # fmt: skip
+    assert d is not None and d.is_alert and d.action == "create" and d.quarantine
+    # Confirmed by an analyst: the same evidence again is the attack again.
+    st3 = RiskState()
+    p.decide(st3, score(T0, 0.99, contributions=(contrib("hour_volume"),)))
+    p.decide(st3, score(T0 + S, 0.99, contributions=(contrib("hour_volume"),)))
+    p.confirm(st3, T0 + 2 * S, "confirmed by alice")
+    p.tick(st3, T0 + 12 * H)
+    assert st3.incident is None and st3.recurring == []
+    assert any(d.is_alert and d.action == "create" for d in _night(p, st3, 1, "hour_volume"))
+    # Past the window, it is an incident again.
+    st4 = RiskState()
+    _night(p, st4, 0, "hour_volume")
+    assert any(d.is_alert and d.action == "create" for d in _night(p, st4, 9, "hour_volume"))
