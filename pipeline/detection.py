@@ -109,6 +109,9 @@ def surprise(rows: np.ndarray) -> np.ndarray:
 
 
 INVENTORY_MAX: Final = 4096  # model builds remembered for inventory findings
+#: Delegator deviation of a warm agent at which its delegator counts as a stranger to it.
+STRANGER_DEVIATION: Final = 0.9
+_DELEGATOR: Final = DEVIATION_INDEX["delegator"]
 HELD_MAX: Final = 8  # features of recent events kept out of the baseline, per identity
 FEEDBACK_SEEN_MAX: Final = 16  # feedback uids remembered per identity (idempotency)
 
@@ -413,6 +416,10 @@ class Detection:
                 dev, why = own_dev, own_why
             rows[i] = dev
             hits = self.rules.check(st.rules, ev, entry)
+            if (ev.delegated_by and w_own >= 0.99 and own_dev[_DELEGATOR] >= STRANGER_DEVIATION
+                    and (entry is None or not entry.delegators)):  # fmt: skip
+                # No directory says who may delegate: what the agent's history says instead.
+                self._stranger(ev, float(own_dev[_DELEGATOR]), result)
             drift = bm.drift_report(st.baseline)
             if drift is not None:  # a day closed with the identity's volume drifting up
                 hits = (*hits, RuleHit("volume_drift", RULES["volume_drift"], drift))
@@ -558,28 +565,42 @@ class Detection:
             if h.rule != "unauthorised_delegation":
                 continue
             delegator = str(h.evidence.get("delegated_by") or "")
-            if not delegator or any(
-                s.identity_uid == delegator and s.source_uid == ev.identity_uid
-                for s in result.signals
-            ):  # one signal per (delegator, agent) and batch: the task's steps repeat it
-                continue
-            entry = self.directory.lookup(delegator) if self.directory is not None else None
-            result.signals.append(
-                Signal(
-                    identity_uid=delegator,
-                    identity_kind=entry.kind if entry is not None else "unknown",
-                    time_ms=ev.time_ms,
-                    event_uid=ev.uid,
-                    source_uid=ev.identity_uid,
-                    rule=RuleHit(
-                        "delegated_outside_team",
-                        4,
-                        f"{delegator} handed a task to {ev.identity_uid}, which the directory "
-                        f"does not allow it to delegate to (lateral movement?)",
-                        {"delegate": ev.identity_uid, "event_uid": ev.uid},
-                    ),
-                )
+            self._signal_delegator(ev, delegator, result, RuleHit(
+                "delegated_outside_team", RULES["delegated_outside_team"],
+                f"{delegator} handed a task to {ev.identity_uid}, which the directory "
+                f"does not allow it to delegate to (lateral movement?)",
+                {"delegate": ev.identity_uid, "event_uid": ev.uid},
+            ))  # fmt: skip
+
+    def _stranger(self, ev: Event, dev: float, result: BatchResult) -> None:
+        """An agent with a known set of delegators got a task from one it never worked for:
+        evidence on the delegator, which reached outside the chains it is part of."""
+        delegator = str(ev.delegated_by)
+        self._signal_delegator(ev, delegator, result, RuleHit(
+            "delegated_to_stranger", RULES["delegated_to_stranger"],
+            f"{delegator} handed a task to {ev.identity_uid}, which never worked for it before "
+            f"(learned from {ev.identity_uid}'s delegators; lateral movement?)",
+            {"delegate": ev.identity_uid, "event_uid": ev.uid, "deviation": round(dev, 3)},
+        ))  # fmt: skip
+
+    def _signal_delegator(self, ev: Event, delegator: str, result: BatchResult,
+                          hit: RuleHit) -> None:  # fmt: skip
+        if not delegator or delegator == ev.identity_uid or any(
+            s.identity_uid == delegator and s.source_uid == ev.identity_uid
+            for s in result.signals
+        ):  # one signal per (delegator, agent) and batch: the task's steps repeat it
+            return
+        entry = self.directory.lookup(delegator) if self.directory is not None else None
+        result.signals.append(
+            Signal(
+                identity_uid=delegator,
+                identity_kind=entry.kind if entry is not None else "unknown",
+                time_ms=ev.time_ms,
+                event_uid=ev.uid,
+                source_uid=ev.identity_uid,
+                rule=hit,
             )
+        )
 
     def apply_signals(
         self, signals: Sequence[Signal], store: MutableMapping[str, bytes]

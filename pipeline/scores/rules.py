@@ -40,6 +40,9 @@ rule                    severity fires when
 delegation``                     directory does not list among its ``delegators``
 ``delegated_outside_    4        (derived by :mod:`~.scoring`, not by :meth:`check`) the
 team``                           delegator of an ``unauthorised_delegation``
+``delegated_to_         4        (derived, no directory rule for the agent) the delegator of
+stranger``                       an agent with a learned set of delegators that never showed
+                                 this one (its ``delegator`` deviation >= 0.9)
 ======================= ======== ==============================================================
 
 State is one small msgpack array per identity (``RuleState.to_bytes``), typically 20-60 bytes
@@ -90,6 +93,9 @@ RULES: Final[dict[str, int]] = {
     "unauthorised_delegation": 4,
     # Derived, not checked here: raised on the delegator of an unauthorised delegation.
     "delegated_outside_team": 4,
+    # Derived too, without a directory: the delegator of an agent whose own history has never
+    # shown that delegator (pipeline.detection, STRANGER_DEVIATION).
+    "delegated_to_stranger": 4,
     # Not checked here: the baseline's slow-ramp finding, once per UTC day that closes with the
     # identity's daily volume drifting above the line (pipeline.detection, drift_report).
     "volume_drift": 4,

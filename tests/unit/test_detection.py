@@ -123,6 +123,29 @@ def test_nothing_is_learned_while_an_incident_builds_up() -> None:
     assert [s.learned for s in out.scores] == [False, False, False]
 
 
+def test_without_a_directory_a_delegation_a_warm_agent_never_saw_is_evidence_on_the_delegator(
+) -> None:
+    det = Detection()  # no directory: who may delegate to agt-1 is learned from its history
+    store: dict[str, bytes] = {}
+    usual = [msgspec.structs.replace(_call(i), delegated_by="agt-orch-1") for i in range(300)]
+    out = det.process(usual, store)
+    # Its usual orchestrator (and agt-1 while it was new): nothing about anyone else.
+    assert out.signals == []
+    stranger = [msgspec.structs.replace(_call(400 + i), delegated_by="agt-orch-9")
+                for i in range(3)]  # fmt: skip
+    out = det.process(stranger, store)
+    [sig] = out.signals  # one per (delegator, agent) and batch
+    assert (sig.identity_uid, sig.source_uid, sig.rule.rule) == (
+        "agt-orch-9", "agt-1", "delegated_to_stranger")
+    assert sig.rule.severity_id == 4 and "never worked for it" in sig.rule.text
+    decisions = det.apply_signals(out.signals, store)
+    assert [(d.identity_uid, d.action) for d in decisions] == [("agt-orch-9", "create")]
+    # A brand-new agent has no delegators to compare with: no signal.
+    fresh = [msgspec.structs.replace(_call(500 + i, uid="agt-2", issued_to="agt-2"),
+                                     delegated_by="agt-orch-9") for i in range(3)]  # fmt: skip
+    assert det.process(fresh, store).signals == []
+
+
 def test_an_unauthorised_delegation_becomes_evidence_about_the_delegator() -> None:
     directory = Directory(
         [

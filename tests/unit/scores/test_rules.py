@@ -88,6 +88,7 @@ def test_rule_table_names_and_severities() -> None:
         "impossible_travel": 4,
         "unauthorised_delegation": 4,
         "delegated_outside_team": 4,
+        "delegated_to_stranger": 4,
         "volume_drift": 4,
         "model_inventory": 2,
     }
