@@ -134,7 +134,7 @@ class RiskState(msgspec.Struct, array_like=True, gc=False):
 
     >>> s = RiskState(risk=12.5, updated_ms=1_700_000_000_000)
     >>> len(s.to_bytes()), RiskState.from_bytes(s.to_bytes()).risk
-    (23, 12.5)
+    (25, 12.5)
     """
 
     v: int = STATE_VERSION
