@@ -109,6 +109,7 @@ class HotLoop:
         self.die = die
         self.positions: dict[tuple[str, int], int] = {}  # next offset to read, per partition
         self.owned: set[int] = set()  # partition numbers whose state this worker holds
+        self.assigned: set[tuple[str, int]] = set()  # (topic, partition) this consumer reads
         self.restored = 0  # changelog records read back
         self.failed: str | None = None  # first refused state write
         self.stopping = False
@@ -171,6 +172,7 @@ class HotLoop:
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self.generation += 1
+        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
         reason = self._unwritten()
         if reason is not None:  # the next owner must find every state this worker wrote
             self.die(reason)
@@ -198,6 +200,7 @@ class HotLoop:
                      p, n, opened, time.monotonic() - t0)  # fmt: skip
         self.owned = now
         assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned = assigned
         self.positions = {k: v for k, v in self.positions.items() if k in assigned}
 
     def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
@@ -205,6 +208,7 @@ class HotLoop:
         lost = {tp.partition for tp in partitions}
         self._drop(lost & self.owned)
         self.owned -= lost
+        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
         self.positions = {k: v for k, v in self.positions.items() if k[1] not in lost}
 
     def _drop(self, partitions: set[int]) -> None:
@@ -248,12 +252,35 @@ class HotLoop:
                 # any more (a new owner re-reads it from the offsets committed on revoke).
                 log.info("rebalance during a batch: %d records left to their owners",
                          len(msgs) + len(got))  # fmt: skip
+                self._reread(msgs + got)
                 msgs, got, first = [], [], None
                 start = time.monotonic()
             if got and first is None:
                 first = time.monotonic()
             msgs.extend(got)
         return msgs
+
+    def _reread(self, dropped: list[Any]) -> None:
+        """Read again, from the first dropped record on, every partition still (or newly)
+        assigned: the consume call that ran the rebalance callbacks may already hold records of
+        the new assignment, and the consumer's position has moved past them. Without this they
+        were skipped for good once a later offset of the partition was committed."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        first: dict[tuple[str, int], int] = {}
+        for m in dropped:
+            if m.error() is not None:
+                continue
+            k = (m.topic(), m.partition())
+            if k in self.assigned and m.offset() < first.get(k, m.offset() + 1):
+                first[k] = m.offset()
+        for (topic, partition), offset in sorted(first.items()):
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # never skip input: a restart re-reads it
+                self.die(f"cannot read {topic}[{partition}] again from offset {offset} after a "
+                         f"rebalance: {exc.args[0]}")
+                return
 
     async def poll(self) -> list[Record]:
         """One batch of records (rebalance callbacks may run meanwhile)."""

@@ -415,3 +415,80 @@ def test_records_read_before_a_revocation_in_the_same_batch_are_left_to_their_ow
     got = asyncio.run(hot.take())
     assert [m.offset() for m in got] == [0]  # only what came after the revocation
     assert hot.generation == 1
+
+
+def test_records_of_the_new_assignment_read_in_the_rebalancing_slice_are_read_again(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """Revocation and assignment inside one consume slice that also returns records of the
+    new assignment: they are dropped with the rest, so the partition is read again from the
+    first of them (before, its position had moved past them and they were never scored)."""
+    now = int(time.time() * 1000)
+    log = [_logon(f"e-{i}", "usr-1", now + i) for i in range(3)]
+
+    class Msg:
+        def __init__(self, offset: int) -> None:
+            self.off = offset
+
+        def error(self) -> None:
+            return None
+
+        def key(self) -> bytes:
+            return b"usr-1"
+
+        def value(self) -> bytes:
+            return log[self.off]
+
+        def topic(self) -> str:
+            return "identity.events"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self.off
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, now)
+
+        def headers(self) -> None:
+            return None
+
+    tp0 = type("TP", (), {"topic": "identity.events", "partition": 0})()
+    seeks: list[tuple[str, int, int]] = []
+
+    class Rebalancing(FakeConsumer):
+        position = 0
+        slices: list[str] = ["one", "rebalance"]  # noqa: RUF012
+
+        def seek(self, tp: Any) -> None:
+            seeks.append((tp.topic, tp.partition, tp.offset))
+            self.position = tp.offset
+
+        def consume(self, n: int, timeout: float) -> list[Any]:
+            step = self.slices.pop(0) if self.slices else "fetch"
+            if step == "one":
+                hot.on_assign(self, [tp0])
+                self.position = 2
+                return [Msg(0), Msg(1)]
+            if step == "rebalance":  # a worker joins: the same partition comes back at once,
+                hot.on_revoke(self, [tp0])  # and its records come from the committed offset
+                hot.on_assign(self, [tp0])
+                self.position = 3
+                return [Msg(0), Msg(1), Msg(2)]
+            if self.position < len(log):
+                got, self.position = [Msg(i) for i in range(self.position, len(log))], len(log)
+                return got
+            time.sleep(timeout)
+            return []
+
+    settings = Settings.from_env(
+        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.3, app_id="unit-worker",
+        home=str(tmp_path / "home"),
+    )  # fmt: skip
+    app = create_app(settings, clients=HotClients(Rebalancing(), FakeProducer(),
+                                                  lambda p: iter(())))  # fmt: skip
+    hot = app.custos_hot
+    got = asyncio.run(hot.take())
+    assert seeks == [("identity.events", 0, 0)]
+    assert [m.offset() for m in got] == [0, 1, 2]  # every record, once
