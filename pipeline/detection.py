@@ -111,6 +111,10 @@ def surprise(rows: np.ndarray) -> np.ndarray:
 INVENTORY_MAX: Final = 4096  # model builds remembered for inventory findings
 #: Delegator deviation of a warm agent at which its delegator counts as a stranger to it.
 STRANGER_DEVIATION: Final = 0.9
+#: A delegator's second stranger within this much event time corroborates the first (one new
+#: delegate is how fleets grow; an attacker reaching out fans out). The risk half-life.
+STRANGER_WINDOW_MS: Final = 3_600_000
+STRANGERS_MAX: Final = 4  # strangers remembered per delegator (RuleState.strangers)
 _DELEGATOR: Final = DEVIATION_INDEX["delegator"]
 HELD_MAX: Final = 8  # features of recent events kept out of the baseline, per identity
 FEEDBACK_SEEN_MAX: Final = 16  # feedback uids remembered per identity (idempotency)
@@ -609,7 +613,8 @@ class Detection:
 
         A signal is a rule hit without an event of the identity's own: it adds risk and
         evidence to the incident (the revealing event's uid becomes a related event), and
-        changes neither baselines nor rule state.
+        changes no baseline. A ``delegated_to_stranger`` signal is remembered in the rule state
+        and becomes evidence only with a second stranger (:meth:`_corroborated`).
         """
         out: list[Decision] = []
         touched: dict[str, IdentityState] = {}
@@ -618,6 +623,12 @@ class Detection:
             st = touched.get(uid)
             if st is None:
                 st = touched[uid] = self._fetch(uid, sig.time_ms, store)
+            rule = sig.rule
+            if rule.rule == "delegated_to_stranger":
+                corroborated = self._corroborated(st.rules, sig)
+                if corroborated is None:
+                    continue
+                rule = corroborated
             score = Score(
                 event_uid=sig.event_uid,
                 identity_uid=uid,
@@ -625,7 +636,7 @@ class Detection:
                 time_ms=sig.time_ms,
                 score=0.0,
                 raw=0.0,
-                rules=(sig.rule,),
+                rules=(rule,),
                 learned=False,
             )
             decision = self.policy.decide(st.risk, score)
@@ -637,6 +648,26 @@ class Detection:
             store[uid] = self.dump_state(st)
             self._decoded.pop(uid, None)
         return out
+
+    @staticmethod
+    def _corroborated(rs: RuleState, sig: Signal) -> RuleHit | None:
+        """The stranger signal as evidence once another stranger of the same delegator lies
+        within :data:`STRANGER_WINDOW_MS` of it (either order: signals arrive late); else
+        ``None``, the stranger remembered. The same agent again is not a second stranger, so a
+        re-applied signal changes nothing."""
+        delegate = str(sig.rule.evidence.get("delegate") or sig.source_uid)
+        key, t = zlib.crc32(delegate.encode()), sig.time_ms
+        others = {k for k, when in rs.strangers
+                  if k != key and abs(t - when) < STRANGER_WINDOW_MS}  # fmt: skip
+        if not any(k == key and abs(t - when) < STRANGER_WINDOW_MS for k, when in rs.strangers):
+            rs.strangers = [*rs.strangers, [key, t]][-STRANGERS_MAX:]
+        if not others:
+            return None
+        hit = sig.rule
+        n = len(others) + 1
+        return RuleHit(hit.rule, hit.severity_id,
+                       f"{hit.text}; {n} agents that never worked for it got a task from it "
+                       f"within the hour", {**hit.evidence, "strangers": n})  # fmt: skip
 
     def apply_feedback(
         self, fb: Feedback, store: MutableMapping[str, bytes]

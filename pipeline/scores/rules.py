@@ -41,8 +41,9 @@ delegation``                     directory does not list among its ``delegators`
 ``delegated_outside_    4        (derived by :mod:`~.scoring`, not by :meth:`check`) the
 team``                           delegator of an ``unauthorised_delegation``
 ``delegated_to_         4        (derived, no directory rule for the agent) the delegator of
-stranger``                       an agent with a learned set of delegators that never showed
-                                 this one (its ``delegator`` deviation >= 0.9)
+stranger``                       agents with learned sets of delegators that never showed
+                                 this one (``delegator`` deviation >= 0.9): a second such
+                                 agent within the hour (one alone is remembered, not raised)
 ======================= ======== ==============================================================
 
 State is one small msgpack array per identity (``RuleState.to_bytes``), typically 20-60 bytes
@@ -94,7 +95,8 @@ RULES: Final[dict[str, int]] = {
     # Derived, not checked here: raised on the delegator of an unauthorised delegation.
     "delegated_outside_team": 4,
     # Derived too, without a directory: the delegator of an agent whose own history has never
-    # shown that delegator (pipeline.detection, STRANGER_DEVIATION).
+    # shown that delegator, once a second such agent follows within the hour
+    # (pipeline.detection, STRANGER_DEVIATION, STRANGER_WINDOW_MS).
     "delegated_to_stranger": 4,
     # Not checked here: the baseline's slow-ramp finding, once per UTC day that closes with the
     # identity's daily volume drifting above the line (pipeline.detection, drift_report).
@@ -129,13 +131,15 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
     * ``tools`` / ``prompt`` - the agent's pinned tool-manifest / system-prompt hash: 32 raw
       bytes, then 64 (current + previous) once it changed (only when the directory approves
       none).
+    * ``strangers`` - as a delegator: the latest agents it handed a task to that had never
+      worked for it, ``[CRC-32 of the agent, event time]`` (bounded; ``delegated_to_stranger``).
 
     Fields are only ever appended (with defaults): a state written before a field existed is
     a shorter array and still decodes, so :data:`STATE_VERSION` stays 1.
 
     >>> s = RuleState(loc_ms=5, lat_e4=525200, lon_e4=134050, loc_cc="DE")
     >>> RuleState.from_bytes(s.to_bytes()).lat_e4, len(RuleState().to_bytes())
-    (525200, 12)
+    (525200, 13)
     """
 
     v: int = STATE_VERSION
@@ -149,6 +153,7 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
     tasks: list[list[int]] = []
     tools: bytes | None = None
     prompt: bytes | None = None
+    strangers: list[list[int]] = []
 
     def to_bytes(self) -> bytes:
         """Serialise (msgpack array) for the state store."""

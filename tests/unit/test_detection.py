@@ -8,6 +8,7 @@ from pipeline.alerts.policy import RiskPolicy
 from pipeline.detection import Detection
 from pipeline.events.schemas import Credential, Event
 from pipeline.scores.directory import Directory, DirectoryEntry
+from pipeline.scores.explanations import RuleHit
 
 T0 = 1_790_000_000_000
 
@@ -123,27 +124,58 @@ def test_nothing_is_learned_while_an_incident_builds_up() -> None:
     assert [s.learned for s in out.scores] == [False, False, False]
 
 
-def test_without_a_directory_a_delegation_a_warm_agent_never_saw_is_evidence_on_the_delegator(
+def test_without_a_directory_a_delegator_reaching_two_agents_that_never_worked_for_it_is_evidence(
 ) -> None:
-    det = Detection()  # no directory: who may delegate to agt-1 is learned from its history
+    det = Detection()  # no directory: who may delegate to an agent is learned from its history
     store: dict[str, bytes] = {}
-    usual = [msgspec.structs.replace(_call(i), delegated_by="agt-orch-1") for i in range(300)]
-    out = det.process(usual, store)
-    # Its usual orchestrator (and agt-1 while it was new): nothing about anyone else.
+
+    def calls(uid: str, start: int, n: int, by: str) -> list[Event]:
+        return [msgspec.structs.replace(_call(start + i, uid=uid, issued_to=uid), delegated_by=by)
+                for i in range(n)]  # fmt: skip
+
+    out = det.process([*calls("agt-1", 0, 300, "agt-orch-1"),
+                       *calls("agt-3", 0, 300, "agt-orch-1")], store)  # fmt: skip
+    # Their usual orchestrator (and the agents while they were new): nothing about anyone else.
     assert out.signals == []
-    stranger = [msgspec.structs.replace(_call(400 + i), delegated_by="agt-orch-9")
-                for i in range(3)]  # fmt: skip
-    out = det.process(stranger, store)
+    out = det.process(calls("agt-1", 400, 3, "agt-orch-9"), store)
     [sig] = out.signals  # one per (delegator, agent) and batch
     assert (sig.identity_uid, sig.source_uid, sig.rule.rule) == (
         "agt-orch-9", "agt-1", "delegated_to_stranger")
     assert sig.rule.severity_id == 4 and "never worked for it" in sig.rule.text
-    decisions = det.apply_signals(out.signals, store)
+    # One new delegate is how fleets grow: remembered on the delegator, not yet evidence, and
+    # the same signal applied again (a replay) is not a second stranger.
+    assert det.apply_signals(out.signals, store) == []
+    assert det.apply_signals(out.signals, store) == []
+    assert len(det.load_state(store["agt-orch-9"]).rules.strangers) == 1
+    # A second agent that never worked for it, 20 minutes later: fanning out, evidence.
+    out2 = det.process(calls("agt-3", 440, 3, "agt-orch-9"), store)
+    decisions = det.apply_signals(out2.signals, store)
     assert [(d.identity_uid, d.action) for d in decisions] == [("agt-orch-9", "create")]
+    [hit] = decisions[0].rules
+    assert hit.rule == "delegated_to_stranger" and hit.evidence["strangers"] == 2
+    assert "2 agents that never worked for it" in hit.text
     # A brand-new agent has no delegators to compare with: no signal.
-    fresh = [msgspec.structs.replace(_call(500 + i, uid="agt-2", issued_to="agt-2"),
-                                     delegated_by="agt-orch-9") for i in range(3)]  # fmt: skip
-    assert det.process(fresh, store).signals == []
+    assert det.process(calls("agt-2", 500, 3, "agt-orch-9"), store).signals == []
+
+
+def test_strangers_hours_apart_do_not_corroborate_each_other() -> None:
+    from pipeline.detection import STRANGER_WINDOW_MS
+    from pipeline.scores.explanations import Signal
+
+    det = Detection()
+    store: dict[str, bytes] = {}
+
+    def sig(agent: str, t: int) -> Signal:
+        hit = RuleHit("delegated_to_stranger", 4, f"agt-orch-9 handed a task to {agent}",
+                      {"delegate": agent})  # fmt: skip
+        return Signal("agt-orch-9", "unknown", t, f"e-{agent}-{t}", agent, hit)
+
+    assert det.apply_signals([sig("agt-1", T0)], store) == []
+    assert det.apply_signals([sig("agt-2", T0 + 2 * STRANGER_WINDOW_MS)], store) == []
+    # A late signal counts at its event time: within the hour of agt-2's, not of agt-1's.
+    [d] = det.apply_signals([sig("agt-3", T0 + 3 * STRANGER_WINDOW_MS // 2)], store)
+    assert d.action == "create"
+    assert len(det.load_state(store["agt-orch-9"]).rules.strangers) == 3
 
 
 def test_an_unauthorised_delegation_becomes_evidence_about_the_delegator() -> None:
