@@ -19,7 +19,8 @@ as *habituated*, its features and High rules are suppressed for the identity for
 ``habituate_suppress_s`` (visible in the close and in the state), and events anomalous only in
 those features are learned again (:meth:`RiskPolicy.habituated`). An alerted incident that
 closes unconfirmed is remembered for ``recur_window_s``: a new incident made only of the same
-evidence (the nightly job's volume again) is a recurring behaviour, not news - it becomes a
+behavioural evidence (the nightly job's volume again; no rule but ``volume_drift``) is a
+recurring behaviour, not news - it becomes a
 suppressed finding that closes at once as habituated, so the audit shows what would have
 alerted and why not. Critical rules never habituate nor recur.
 
@@ -91,6 +92,10 @@ __all__ = ["RiskPolicy"]
 _CRITICAL: Final = 5  # OCSF severity_id Critical
 _HABITUATED: Final = "habituated"  # reason prefix of the suppressions habituation adds
 MAX_RECURRING: Final = 8  # evidence names remembered from incidents that ended unconfirmed
+#: Rules that may recur into habituation: the baseline's own day-volume finding is behaviour.
+#: Every other rule is a fact (a stranger delegation, an expired credential, a hard ceiling):
+#: the same fact a second time is the attacker's second try, not a baseline that failed to learn.
+RECURRING_RULES: Final = frozenset({"volume_drift"})
 _RISK_LEVELS: Final = ("Info", "Low", "Medium", "High", "Critical")
 
 
@@ -804,6 +809,13 @@ class RiskPolicy:
         return list(dict.fromkeys([c.feature for c in inc.contributions]
                                   + [r.rule for r in inc.rules]))  # fmt: skip
 
+    @staticmethod
+    def _behaviour_names(inc: Incident) -> list[str]:
+        """The evidence a recurrence may learn: features and :data:`RECURRING_RULES`."""
+        return list(dict.fromkeys([c.feature for c in inc.contributions]
+                                  + [r.rule for r in inc.rules
+                                     if r.rule in RECURRING_RULES]))  # fmt: skip
+
     def _remember(self, state: RiskState, inc: Incident, t: int) -> None:
         """An alerted incident ended unconfirmed: remember its evidence for ``recur_window_s``
         (Critical rules are never a recurring behaviour; a confirmed incident is an attack)."""
@@ -811,7 +823,7 @@ class RiskPolicy:
                                                       for r in inc.rules):  # fmt: skip
             return
         kept = state.recurring if t < state.recurring_until_ms else []
-        names = list(dict.fromkeys([*self._evidence_names(inc), *kept]))
+        names = list(dict.fromkeys([*self._behaviour_names(inc), *kept]))
         state.recurring = names[:MAX_RECURRING]
         state.recurring_until_ms = t + self._recur_ms
         state.rev += 1
@@ -820,6 +832,8 @@ class RiskPolicy:
         """Whether the candidate's evidence is only what recently ended unconfirmed."""
         if t >= state.recurring_until_ms or inc.released:
             return False
+        if any(r.rule not in RECURRING_RULES for r in inc.rules):
+            return False  # a fact again (a rule), not behaviour again
         names = self._evidence_names(inc)
         return bool(names) and set(names) <= set(state.recurring)
 

@@ -701,3 +701,26 @@ def test_a_recurrence_with_new_evidence_or_a_critical_rule_or_after_confirmation
     st4 = RiskState()
     _night(p, st4, 0, "hour_volume")
     assert any(d.is_alert and d.action == "create" for d in _night(p, st4, 9, "hour_volume"))
+
+
+def test_a_rule_that_fires_again_after_an_unconfirmed_incident_alerts_again() -> None:
+    """Recurrence learns behaviour, not facts: the same stranger delegation or impossible trip
+    a day after an incident that closed unconfirmed is the attacker's second try."""
+    p = RiskPolicy(recur_window_s=8 * 86_400, rule_risk={3: 10.0, 4: 40.0, 5: 100.0})
+    st = RiskState()
+    for day in (0, 1):
+        t = T0 + day * 24 * H + 2 * H
+        d = p.decide(st, score(t, 0.0, contributions=(), rules=(HIGH,)))
+        assert d is not None and d.is_alert and d.action == "create", (day, d)
+        assert not d.reason.startswith("habituated")
+        p.tick(st, t + 12 * H)
+        assert st.incident is None
+    assert st.recurring == []  # a fact is not remembered as recurring behaviour
+    # The baseline's own day-volume finding is behaviour: its recurrence is learned.
+    drift = RuleHit("volume_drift", 4, "daily bytes_out drifting up", {})
+    st2 = RiskState()
+    for day, alerts in ((0, True), (1, False)):
+        t = T0 + day * 24 * H + 2 * H
+        d = p.decide(st2, score(t, 0.0, contributions=(), rules=(drift,)))
+        assert d is not None and d.is_alert is alerts, (day, d)
+        p.tick(st2, t + 12 * H)
