@@ -354,6 +354,47 @@ def test_the_metrics_page_binds_loopback_unless_told_otherwise(tmp_path: Path) -
     assert faust_app(pod, tmp_path).conf.web_bind == "0.0.0.0"
 
 
+def _hot(consumer: Any, tmp_path: Path, *, within_s: float) -> Any:
+    """The hot loop of a worker reading through ``consumer`` (no restore, no broker)."""
+    settings = Settings.from_env(
+        {}, worker_datadir=str(tmp_path), worker_batch_within_s=within_s, app_id="unit-worker",
+        home=str(tmp_path / "home"),
+    )  # fmt: skip
+    clients = HotClients(consumer, FakeProducer(), lambda p: iter(()))
+    return create_app(settings, clients=clients).custos_hot
+
+
+class _Msg:
+    """A consumed record of identity.events[0] as confluent-kafka hands it over."""
+
+    def __init__(self, offset: int, value: bytes, now: int) -> None:
+        self.off, self.val, self.now = offset, value, now
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes:
+        return b"usr-1"
+
+    def value(self) -> bytes:
+        return self.val
+
+    def topic(self) -> str:
+        return "identity.events"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self.off
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self.now)
+
+    def headers(self) -> None:
+        return None
+
+
 def test_records_read_before_a_revocation_in_the_same_batch_are_left_to_their_owner(
     tmp_path: Path, sent: Sent
 ) -> None:
@@ -361,33 +402,8 @@ def test_records_read_before_a_revocation_in_the_same_batch_are_left_to_their_ow
     another worker now (it re-reads it from the offsets committed on revoke)."""
     now = int(time.time() * 1000)
 
-    class Msg:
-        def __init__(self, offset: int) -> None:
-            self.off = offset
-
-        def error(self) -> None:
-            return None
-
-        def key(self) -> bytes:
-            return b"usr-1"
-
-        def value(self) -> bytes:
-            return _logon(f"e-{self.off}", "usr-1", now)
-
-        def topic(self) -> str:
-            return "identity.events"
-
-        def partition(self) -> int:
-            return 0
-
-        def offset(self) -> int:
-            return self.off
-
-        def timestamp(self) -> tuple[int, int]:
-            return (1, now)
-
-        def headers(self) -> None:
-            return None
+    def Msg(offset: int) -> _Msg:
+        return _Msg(offset, _logon(f"e-{offset}", "usr-1", now), now)
 
     slices: list[Any] = ["one", "revoke", "two"]
 
@@ -405,13 +421,7 @@ def test_records_read_before_a_revocation_in_the_same_batch_are_left_to_their_ow
             time.sleep(timeout)
             return []
 
-    settings = Settings.from_env(
-        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.5, app_id="unit-worker",
-        home=str(tmp_path / "home"),
-    )  # fmt: skip
-    app = create_app(settings, clients=HotClients(Rebalancing(), FakeProducer(),
-                                                  lambda p: iter(())))  # fmt: skip
-    hot = app.custos_hot
+    hot = _hot(Rebalancing(), tmp_path, within_s=0.5)
     got = asyncio.run(hot.take())
     assert [m.offset() for m in got] == [0]  # only what came after the revocation
     assert hot.generation == 1
@@ -426,33 +436,8 @@ def test_records_of_the_new_assignment_read_in_the_rebalancing_slice_are_read_ag
     now = int(time.time() * 1000)
     log = [_logon(f"e-{i}", "usr-1", now + i) for i in range(3)]
 
-    class Msg:
-        def __init__(self, offset: int) -> None:
-            self.off = offset
-
-        def error(self) -> None:
-            return None
-
-        def key(self) -> bytes:
-            return b"usr-1"
-
-        def value(self) -> bytes:
-            return log[self.off]
-
-        def topic(self) -> str:
-            return "identity.events"
-
-        def partition(self) -> int:
-            return 0
-
-        def offset(self) -> int:
-            return self.off
-
-        def timestamp(self) -> tuple[int, int]:
-            return (1, now)
-
-        def headers(self) -> None:
-            return None
+    def Msg(offset: int) -> _Msg:
+        return _Msg(offset, log[offset], now)
 
     tp0 = type("TP", (), {"topic": "identity.events", "partition": 0})()
     seeks: list[tuple[str, int, int]] = []
@@ -482,13 +467,7 @@ def test_records_of_the_new_assignment_read_in_the_rebalancing_slice_are_read_ag
             time.sleep(timeout)
             return []
 
-    settings = Settings.from_env(
-        {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.3, app_id="unit-worker",
-        home=str(tmp_path / "home"),
-    )  # fmt: skip
-    app = create_app(settings, clients=HotClients(Rebalancing(), FakeProducer(),
-                                                  lambda p: iter(())))  # fmt: skip
-    hot = app.custos_hot
+    hot = _hot(Rebalancing(), tmp_path, within_s=0.3)
     got = asyncio.run(hot.take())
     assert seeks == [("identity.events", 0, 0)]
     assert [m.offset() for m in got] == [0, 1, 2]  # every record, once
