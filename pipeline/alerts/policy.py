@@ -20,9 +20,9 @@ as *habituated*, its features and High rules are suppressed for the identity for
 those features are learned again (:meth:`RiskPolicy.habituated`). An alerted incident that
 closes unconfirmed is remembered for ``recur_window_s``: a new incident made only of the same
 behavioural evidence (the nightly job's volume again; no rule but ``volume_drift``) is a
-recurring behaviour, not news - it becomes a
-suppressed finding that closes at once as habituated, so the audit shows what would have
-alerted and why not. Critical rules never habituate nor recur.
+recurring behaviour, not news - it becomes a suppressed finding that closes at once as
+habituated, so the audit shows what would have alerted and why not. Critical rules never
+habituate nor recur.
 
 Risk model (defaults in brackets; every one is a constructor argument and a setting):
 
