@@ -56,8 +56,10 @@ _SEVERITY: Final = {
     6: "Fatal",
 }
 _RISK_LEVEL: Final = {0: "Info", 1: "Low", 2: "Medium", 3: "High", 4: "Critical"}
-# identity kind -> OCSF user (type_id, type). OCSF has no AI-agent user type: 99 Other.
-_USER_TYPE: Final = {"human": (1, "User"), "service": (4, "Service"), "agent": (99, "Agent")}
+# identity kind -> OCSF user (type_id, type). OCSF has no AI-agent user type: 99 Other. A
+# delegator no directory describes is of a kind Custos does not know: OCSF's 0 Unknown.
+_USER_TYPE: Final = {"human": (1, "User"), "service": (4, "Service"), "agent": (99, "Agent"),
+                     "unknown": (0, "Unknown")}  # fmt: skip
 _MESSAGE_MAX: Final = 300  # one line in a SIEM list view
 # Per-emission event uid namespace (metadata.uid): deterministic, so a replay deduplicates.
 _EVENT_NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://custos.invalid/finding-event")

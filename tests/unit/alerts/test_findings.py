@@ -373,10 +373,12 @@ def test_suppressed_identity_finding_is_not_an_alert() -> None:
 
 @pytest.mark.parametrize(("kind", "type_id", "type_name"), [
     ("human", 1, "User"), ("service", 4, "Service"), ("agent", 99, "Agent"),
+    ("unknown", 0, "Unknown"),  # a delegator no directory describes
 ])  # fmt: skip
 def test_identity_kinds_map_to_ocsf_user_types(kind: str, type_id: int, type_name: str) -> None:
     d = RiskPolicy().decide(RiskState(), Score("e", "x", kind, T0, 0.1, 0.0, rules=(MISUSE,)))
     assert d is not None
+    validate(build_finding(d, product_version=VERSION))  # the OCSF 1.8 schema too
     user = build_finding(d, product_version=VERSION)["evidences"][0]["actor"]["user"]
     assert user == {"uid": "x", "type": type_name, "type_id": type_id}
 
