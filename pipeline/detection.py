@@ -657,10 +657,10 @@ class Detection:
         re-applied signal changes nothing."""
         delegate = str(sig.rule.evidence.get("delegate") or sig.source_uid)
         key, t = zlib.crc32(delegate.encode()), sig.time_ms
-        others = {k for k, when in rs.strangers
-                  if k != key and abs(t - when) < STRANGER_WINDOW_MS}  # fmt: skip
-        if not any(k == key and abs(t - when) < STRANGER_WINDOW_MS for k, when in rs.strangers):
+        recent = {k for k, when in rs.strangers if abs(t - when) < STRANGER_WINDOW_MS}
+        if key not in recent:
             rs.strangers = [*rs.strangers, [key, t]][-STRANGERS_MAX:]
+        others = recent - {key}
         if not others:
             return None
         hit = sig.rule

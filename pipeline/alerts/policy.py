@@ -805,11 +805,6 @@ class RiskPolicy:
         )
 
     @staticmethod
-    def _evidence_names(inc: Incident) -> list[str]:
-        return list(dict.fromkeys([c.feature for c in inc.contributions]
-                                  + [r.rule for r in inc.rules]))  # fmt: skip
-
-    @staticmethod
     def _behaviour_names(inc: Incident) -> list[str]:
         """The evidence a recurrence may learn: features and :data:`RECURRING_RULES`."""
         return list(dict.fromkeys([c.feature for c in inc.contributions]
@@ -834,7 +829,7 @@ class RiskPolicy:
             return False
         if any(r.rule not in RECURRING_RULES for r in inc.rules):
             return False  # a fact again (a rule), not behaviour again
-        names = self._evidence_names(inc)
+        names = self._behaviour_names(inc)
         return bool(names) and set(names) <= set(state.recurring)
 
     def _recur(self, state: RiskState, inc: Incident, t: int,
@@ -842,7 +837,7 @@ class RiskPolicy:
         """A recurrence (a nightly job's volume again): not an alert but a suppressed finding that
         closes at once as habituated - its evidence suppressed and learned for
         ``habituate_suppress_s`` - so the audit trail shows what would have alerted and why not."""
-        names = self._evidence_names(inc)
+        names = self._behaviour_names(inc)
         hours = (t - (state.recurring_until_ms - self._recur_ms)) / 3_600_000
         why = (f"{_HABITUATED}: recurring - only evidence ({', '.join(names)}) of an incident "
                f"that closed unconfirmed {hours:.0f} h ago")  # fmt: skip
