@@ -146,6 +146,13 @@ class Settings:
         "batch's failures) is a recurring behaviour - recorded as a suppressed finding and "
         "learned like a habituated one, not alerted again. Critical rules always alert",
     )
+    quarantine_ask_after_unconfirmed_s: float = _setting(
+        14 * 86_400.0,
+        "After an automatic quarantine whose incident ended without analyst confirmation (it "
+        "closed, habituated or was dismissed), the identity's contains wait on approvals_topic "
+        "for this long: a second automatic quarantine would rest on the same unconfirmed guess. "
+        "Critical rules still contain at once; 0 = never ask",
+    )
     suppressions_file: str = _setting(
         "", "YAML/JSON list of suppressions {identity, feature, until, reason}; empty = none"
     )

@@ -71,6 +71,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # shortly before the last one lapses while new evidence keeps coming (never per re-detection).
     contain: bool = False
     contain_duration_ms: int = 0  # its duration: quarantine_duration_s, doubled per renewal
+    # The command waits for an analyst whatever its severity: the identity's last automatic
+    # quarantine ended without confirmation (RiskPolicy ask_window_s).
+    ask_first: bool = False
     # Closed because it stayed open past habituate_after_s unconfirmed: the baseline failed to
     # learn; the caller learns the held events (its evidence is suppressed for a while).
     habituated: bool = False

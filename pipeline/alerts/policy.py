@@ -22,7 +22,10 @@ closes unconfirmed is remembered for ``recur_window_s``: a new incident made onl
 behavioural evidence (the nightly job's volume again; no rule but ``volume_drift``) is a
 recurring behaviour, not news - it becomes a suppressed finding that closes at once as
 habituated, so the audit shows what would have alerted and why not. Critical rules never
-habituate nor recur.
+habituate nor recur. An incident that was contained automatically and ended unconfirmed (closed,
+habituated or dismissed) makes the identity's contains ask an analyst first for
+``ask_window_s`` (``Decision.ask_first``): a second automatic quarantine would rest on the same
+unconfirmed guess. Critical rules and confirmed incidents still contain at once.
 
 Risk model (defaults in brackets; every one is a constructor argument and a setting):
 
@@ -116,6 +119,7 @@ class RiskPolicy:
     """
 
     __slots__ = (
+        "_ask_ms",
         "_by_identity",
         "_close_after_ms",
         "_contain_renew_ms",
@@ -128,6 +132,7 @@ class RiskPolicy:
         "_suppress_any",
         "_suppressions",
         "alert_threshold",
+        "ask_window_s",
         "close_after_s",
         "close_threshold",
         "contain_renew_s",
@@ -172,6 +177,7 @@ class RiskPolicy:
         habituate_after_s: float = 86_400.0,
         habituate_suppress_s: float = 7 * 86_400.0,
         recur_window_s: float = 8 * 86_400.0,
+        ask_window_s: float = 14 * 86_400.0,
         max_risk: float = 100.0,
         suppressions: Iterable[Suppression] = (),
         max_events: int = 20,
@@ -201,6 +207,7 @@ class RiskPolicy:
         self.habituate_after_s = float(habituate_after_s)
         self.habituate_suppress_s = float(habituate_suppress_s)
         self.recur_window_s = float(recur_window_s)
+        self.ask_window_s = float(ask_window_s)
         self.max_risk = float(max_risk)
         self.suppressions = tuple(suppressions)
         self.max_events = max_events
@@ -217,6 +224,7 @@ class RiskPolicy:
         self._contain_renew_ms = round(min(self.contain_renew_s, self.quarantine_duration_s) * 1000)
         self._habituate_ms = round(self.habituate_after_s * 1000.0)
         self._recur_ms = round(self.recur_window_s * 1000.0)
+        self._ask_ms = round(self.ask_window_s * 1000.0)
         self._rule_risk = self.rule_risk
         # Suppression index: per identity, and feature rules that apply to every identity.
         by_identity: dict[str, list[Suppression]] = {}
@@ -256,6 +264,8 @@ class RiskPolicy:
             problems.append("habituate_after_s must be > 0 and habituate_suppress_s >= 0")
         if self.recur_window_s < 0:
             problems.append("recur_window_s must be >= 0")
+        if self.ask_window_s < 0:
+            problems.append("ask_window_s must be >= 0")
         if self.max_events < 2:  # the first event is always kept, plus at least the latest
             problems.append("max_events must be >= 2")
         if min(self.max_contributions, self.max_rules, self.max_rationales) < 1:
@@ -294,6 +304,7 @@ class RiskPolicy:
             "habituate_after_s": settings.incident_habituate_after_s,
             "habituate_suppress_s": settings.incident_habituate_suppress_s,
             "recur_window_s": settings.incident_recur_window_s,
+            "ask_window_s": settings.quarantine_ask_after_unconfirmed_s,
             "suppressions": tuple(suppressions),
         }
         kwargs.update(overrides)
@@ -426,6 +437,7 @@ class RiskPolicy:
         inc.released = False
         state.recurring = []  # confirmed: the same evidence again is the attack again
         state.recurring_until_ms = 0
+        state.ask_until_ms = 0  # and its quarantine was right: contain at once again
         inc.contain_ms = -1  # an analyst's decision: its command goes out now
         inc.contains = 0
         action: Action = "update"
@@ -453,6 +465,7 @@ class RiskPolicy:
         state.rev += 1
         if inc is None or inc.status_id == CANDIDATE:
             return None
+        self._ask_next(state, inc, t)
         return self._decision(state, inc, "close", t, why, STATUS_RESOLVED, False, None)
 
     def suppress(self, state: RiskState, suppression: Suppression, t: int) -> None:
@@ -775,10 +788,24 @@ class RiskPolicy:
         inc.emitted_quarantine = quarantine
         inc.pending = False
         state.rev += 1
+        ask = contain and self._asks(state, inc, t)
         return self._decision(
             state, inc, action, t, reason, status, quarantine, sup, contain=contain,
-            contain_ms=self._contain_ms_of(inc, inc.contains) if contain else 0,
+            contain_ms=self._contain_ms_of(inc, inc.contains) if contain else 0, ask_first=ask,
         )
+
+    @staticmethod
+    def _asks(state: RiskState, inc: Incident, t: int) -> bool:
+        """Whether this incident's contain waits for an analyst (see :meth:`_ask_next`)."""
+        return (t < state.ask_until_ms and not inc.confirmed
+                and not any(r.severity_id >= _CRITICAL for r in inc.rules))  # fmt: skip
+
+    def _ask_next(self, state: RiskState, inc: Incident, t: int) -> None:
+        """An incident that was contained ended unconfirmed: the identity's next contains, for
+        ``ask_window_s``, wait for an analyst (one automatic quarantine per unconfirmed guess)."""
+        if inc.contains and not inc.confirmed and self._ask_ms:
+            state.ask_until_ms = max(state.ask_until_ms, t + self._ask_ms)
+            state.rev += 1
 
     def _habituate(self, state: RiskState, inc: Incident, t: int) -> Decision | None:
         """Close an incident that outlived ``habituate_after_s`` unconfirmed; suppress its
@@ -797,6 +824,7 @@ class RiskPolicy:
         if inc.status_id == CANDIDATE:
             return None
         self._remember(state, inc, t)
+        self._ask_next(state, inc, t)
         reason = why + ("; suppressed for the identity: " + ", ".join(dict.fromkeys(names))
                         if names else "")  # fmt: skip
         return msgspec.structs.replace(
@@ -870,6 +898,7 @@ class RiskPolicy:
         was_suppressed = inc.status_id == STATUS_SUPPRESSED
         if not was_suppressed:
             self._remember(state, inc, t)
+            self._ask_next(state, inc, t)
         quarantine = inc.quarantine and not was_suppressed
         return self._decision(
             state, inc, "close", t, reason, STATUS_RESOLVED, quarantine, None, was_suppressed
@@ -889,6 +918,7 @@ class RiskPolicy:
         *,
         contain: bool = False,
         contain_ms: int = 0,
+        ask_first: bool = False,
     ) -> Decision:
         suppressed = sup is not None or was_suppressed
         c = inc.counters
@@ -919,4 +949,5 @@ class RiskPolicy:
             credentials=tuple(inc.credentials),
             contain=contain,
             contain_duration_ms=contain_ms,
+            ask_first=ask_first,
         )

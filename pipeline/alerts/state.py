@@ -134,7 +134,7 @@ class RiskState(msgspec.Struct, array_like=True, gc=False):
 
     >>> s = RiskState(risk=12.5, updated_ms=1_700_000_000_000)
     >>> len(s.to_bytes()), RiskState.from_bytes(s.to_bytes()).risk
-    (25, 12.5)
+    (26, 12.5)
     """
 
     v: int = STATE_VERSION
@@ -149,6 +149,9 @@ class RiskState(msgspec.Struct, array_like=True, gc=False):
     # unconfirmed, and until when a new incident made only of it is a recurrence.
     recurring: list[str] = []
     recurring_until_ms: int = 0
+    # Until when a new contain of this identity waits for an analyst: its last automatic
+    # quarantine ended without confirmation (a second one would be on the same guess).
+    ask_until_ms: int = 0
 
     def to_bytes(self) -> bytes:
         """Compact msgpack encoding (field order, no names)."""

@@ -325,9 +325,12 @@ class Evaluation:
     # Per alerted incident (finding uid): update decisions and contain commands it produced.
     updates: dict[str, int] = field(default_factory=dict)
     contains: dict[str, int] = field(default_factory=dict)
-    # Benign identities (no labels row) that were sent a contain command: identity -> number
-    # of distinct incidents that contained them.
+    # Benign identities (no labels row) quarantined at once (an automatic contain command):
+    # identity -> number of distinct incidents that contained them.
     benign_contained: dict[str, int] = field(default_factory=dict)
+    # Benign identities whose contain commands waited for an analyst's approval instead
+    # (severity below the automatic level, or the policy asked first): identity -> incidents.
+    benign_asked: dict[str, int] = field(default_factory=dict)
     inventory: int = 0  # informational inventory findings (new agent model builds)
 
     @property
@@ -427,8 +430,8 @@ class Evaluation:
             f"incidents: finding updates max {self.updates_per_incident_max}; contain commands "
             f"per contained incident {self.contains_per_contained_incident:.1f} (max "
             f"{self.contains_per_incident_max}); benign identities contained "
-            f"{len(self.benign_contained)} ({self.benign_quarantined_twice} more than once); "
-            f"inventory findings {self.inventory}"
+            f"{len(self.benign_contained)} ({self.benign_quarantined_twice} more than once), "
+            f"sent for approval {len(self.benign_asked)}; inventory findings {self.inventory}"
         )
         out.append(f"{self.events:,} events scored in {self.seconds:.1f} s "
                    f"({self.events_per_s:,.0f} events/s, one process)")  # fmt: skip
@@ -463,6 +466,7 @@ class Evaluation:
             "contains_per_incident_max": float(self.contains_per_incident_max),
             "benign_identities_contained": float(len(self.benign_contained)),
             "benign_identities_contained_twice": float(self.benign_quarantined_twice),
+            "benign_identities_sent_for_approval": float(len(self.benign_asked)),
             "inventory_findings": float(self.inventory),
             "malicious_events": float(t.malicious_events),
             "event_prevalence": t.malicious_events / self.events if self.events else math.nan,
@@ -607,10 +611,12 @@ def evaluate(
     updates: dict[str, int] = {}
     contains: dict[str, int] = {}
     contained: dict[str, set[str]] = {}
+    asked: dict[str, set[str]] = {}
     inventory = 0
     from pipeline.quarantine.policy import QuarantinePolicy
 
-    quarantine = QuarantinePolicy(duration_ms=1)  # only its wants(): which decisions contain
+    # Only its wants() and approval_of(): which decisions contain, and which at once.
+    quarantine = QuarantinePolicy(duration_ms=1)
     t0 = time.perf_counter()
     for chunk, result in run_offline(
         events, detection, batch=batch, swap_in=swap_in, swap_after=swap_after, feedback=feedback
@@ -642,7 +648,9 @@ def evaluate(
             if quarantine.wants(d):
                 contains[d.finding_uid] = contains.get(d.finding_uid, 0) + 1
                 if d.identity_uid not in attacked:
-                    contained.setdefault(d.identity_uid, set()).add(d.finding_uid)
+                    at_once = quarantine.approval_of(d) == "automatic"
+                    (contained if at_once else asked).setdefault(
+                        d.identity_uid, set()).add(d.finding_uid)
             if d.is_alert and d.action in ("create", "update"):
                 alerting[d.identity_uid].append((d.time_ms, d.finding_uid))
                 seen = opened.get(d.finding_uid)
@@ -722,6 +730,7 @@ def evaluate(
         updates={f: updates.get(f, 0) for f in opened},
         contains={f: contains.get(f, 0) for f in opened},
         benign_contained={k: len(v) for k, v in contained.items()},
+        benign_asked={k: len(v) for k, v in asked.items()},
         inventory=inventory,
     )
 

@@ -58,6 +58,7 @@ class SweepRow:
     updates_per_incident_max: int
     benign_contained: int
     benign_contained_twice: int
+    benign_asked: int  # benign identities whose contain waited for an analyst instead
     inventory: int
     scenarios: dict[str, tuple[int, int]]  # scenario -> (campaigns detected, campaigns)
 
@@ -144,6 +145,7 @@ def _row(world: str, seed: int, directory: bool, ev: Evaluation) -> SweepRow:
         updates_per_incident_max=ev.updates_per_incident_max,
         benign_contained=len(ev.benign_contained),
         benign_contained_twice=ev.benign_quarantined_twice,
+        benign_asked=len(ev.benign_asked),
         inventory=ev.inventory, scenarios=scen,
     )  # fmt: skip
 
@@ -192,14 +194,15 @@ def run_sweep(
 def sweep_table(rows: Sequence[SweepRow], *, markdown: bool = False) -> list[str]:
     """One line per run, then every scenario's detection per world."""
     head = ("world", "seed", "dir", "held out", "campaigns", "median ev→alert",
-            "false /1k id-days", "contains/inc max", "updates/inc max", "benign contained (>1)",
-            "inventory", "worst scenario")  # fmt: skip
+            "false /1k id-days", "contains/inc max", "updates/inc max",
+            "benign contained (>1) / asked", "inventory", "worst scenario")  # fmt: skip
     body = [
         (r.world, str(r.seed), "yes" if r.directory else "no", "yes" if r.held_out else "TUNED",
          f"{r.campaigns_detected}/{r.campaigns} ({r.detected_rate:.0%})",
          "-" if math.isnan(r.events_to_alert_median) else f"{r.events_to_alert_median:.0f}",
          f"{r.false_per_1000_identity_days:.2f}", str(r.contains_per_incident_max),
-         str(r.updates_per_incident_max), f"{r.benign_contained} ({r.benign_contained_twice})",
+         str(r.updates_per_incident_max),
+         f"{r.benign_contained} ({r.benign_contained_twice}) / {r.benign_asked}",
          str(r.inventory), r.worst_scenario)
         for r in rows
     ]  # fmt: skip

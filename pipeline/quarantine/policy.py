@@ -7,7 +7,9 @@ policy asks for the incident's one command once (``Decision.contain``) and again
 before it lapses while evidence continues (same ``command_id``: responders refresh it instead of
 stacking quarantines); a re-detection inside an open quarantine is evidence, not a command.
 Severity decides the approval: at or above ``auto_min_severity`` it acts at once, below it
-the command waits on the approvals topic for an analyst.
+the command waits on the approvals topic for an analyst - as does every command the risk policy
+asks first for (``Decision.ask_first``: the identity's last automatic quarantine ended
+unconfirmed), its reason saying so.
 
 >>> from pipeline.alerts.policy import RiskPolicy
 >>> from pipeline.alerts.state import RiskState
@@ -31,7 +33,9 @@ from pipeline.alerts.decisions import MAX_CONTAIN_MS, Decision
 from pipeline.quarantine.commands import contain
 from pipeline.quarantine.decisions import approve
 
-__all__ = ["Pending", "QuarantinePolicy"]
+__all__ = ["ASK_FIRST_NOTE", "Pending", "QuarantinePolicy"]
+
+ASK_FIRST_NOTE = "asks an analyst first (its last automatic quarantine ended unconfirmed)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +78,20 @@ class QuarantinePolicy:
         # d.contain: the incident's one command, re-issued only before it lapses (policy).
         return d.contain and d.quarantine and d.is_alert and d.action in ("create", "update")
 
+    def approval_of(self, d: Decision) -> str:
+        """``automatic`` (act now) or ``required`` (an analyst approves first): below
+        ``auto_min_severity``, or when the policy asks first (the identity's last automatic
+        quarantine ended unconfirmed)."""
+        if d.ask_first or d.severity_id < self.auto_min_severity:
+            return "required"
+        return "automatic"
+
     def reason(self, d: Decision) -> str:
         """The explanation, reused verbatim: rules first, then the strongest deviations."""
         parts = [r.text for r in d.rules] + [c.text for c in d.contributions[:3]]
         text = "; ".join(parts) or d.reason
+        if d.ask_first:
+            text = f"{ASK_FIRST_NOTE}: {text}"
         return text[: self.max_reason_chars]
 
     def commands(
@@ -96,7 +110,7 @@ class QuarantinePolicy:
         for d in decisions:
             if not self.wants(d):
                 continue
-            approval = "automatic" if d.severity_id >= self.auto_min_severity else "required"
+            approval = self.approval_of(d)
             message = contain(
                 d.identity_uid, finding_uid=d.finding_uid, reason=self.reason(d),
                 duration_ms=d.contain_duration_ms or self.duration_ms, now_ms=now_ms,

@@ -724,3 +724,68 @@ def test_a_rule_that_fires_again_after_an_unconfirmed_incident_alerts_again() ->
         d = p.decide(st2, score(t, 0.0, contributions=(), rules=(drift,)))
         assert d is not None and d.is_alert is alerts, (day, d)
         p.tick(st2, t + 12 * H)
+
+
+def _contains(decisions: list[Decision]) -> list[bool]:
+    """The ``ask_first`` flag of each contain command among ``decisions``."""
+    return [d.ask_first for d in decisions if d.contain]
+
+
+def test_after_an_unconfirmed_automatic_quarantine_the_next_contain_asks_an_analyst() -> None:
+    """No benign identity is quarantined twice on the same unconfirmed guess: once an
+    automatic quarantine ended without confirmation, contains wait for approval for
+    ask_window_s - except Critical rules and confirmed incidents."""
+    from pipeline.quarantine.policy import ASK_FIRST_NOTE, QuarantinePolicy
+
+    p = RiskPolicy(recur_window_s=8 * 86_400, ask_window_s=14 * 86_400)
+    q = QuarantinePolicy(duration_ms=3_600_000)
+    st = RiskState()
+    first = _night(p, st, 0, "hour_volume")
+    assert _contains(first) == [False]  # the first one acts at once
+    assert st.ask_until_ms == first[-1].time_ms + 14 * 86_400 * S
+    # A new kind of evidence a night later: an alert and a quarantine-worthy incident, but its
+    # one contain command waits for an analyst, and says why.
+    second = _night(p, st, 1, "hour_volume", "country")
+    assert any(d.is_alert and d.action == "create" for d in second)
+    assert _contains(second) == [True]
+    [cmd] = q.commands([d for d in second if d.contain], now_ms=T0)
+    assert cmd.approval == "required"
+    assert cmd.message["body"]["openc2"]["request"]["args"]["x-custos"]["approval"] == "required"
+    assert ASK_FIRST_NOTE in cmd.message["body"]["openc2"]["request"]["args"]["x-custos"][
+        "reason"]  # fmt: skip
+    assert RiskState.from_bytes(st.to_bytes()) == st
+    # A Critical rule contains at once whatever came before.
+    d = p.decide(st, score(T0 + 3 * 24 * H, 0.2, rules=(CRITICAL,)))
+    assert d is not None and d.contain and not d.ask_first
+    assert q.commands([d], now_ms=T0)[0].approval == "automatic"
+    p.tick(st, T0 + 4 * 24 * H)
+    # Past the window (counted from the last unconfirmed quarantine), at once again.
+    late = _night(p, st, 30, "bytes_out", "asn")
+    assert _contains(late) == [False]
+
+
+def test_a_confirmed_incident_lifts_the_ask_and_a_dismissed_quarantine_sets_it() -> None:
+    p = RiskPolicy(ask_window_s=14 * 86_400)
+    st = RiskState()
+    _night(p, st, 0, "hour_volume")
+    assert st.ask_until_ms > 0
+    # Confirmed by an analyst: its command is that analyst's decision, and the identity's
+    # next quarantines act at once again.
+    for i in range(3):
+        p.decide(st, score(T0 + 24 * H + i * S, 0.99, contributions=(contrib("country"),)))
+    c = p.confirm(st, T0 + 24 * H + 5 * S, "confirmed by alice")
+    assert c is not None and c.contain and not c.ask_first and st.ask_until_ms == 0
+    p.tick(st, T0 + 3 * 24 * H)
+    assert _contains(_night(p, st, 4, "bytes_out")) == [False]
+    # Dismissed as a false positive after its automatic quarantine: the next one asks.
+    st2 = RiskState()
+    for i in range(10):
+        p.decide(st2, score(T0 + i * S, 0.99, contributions=(contrib("bytes_out"),)))
+    assert st2.incident is not None and st2.incident.contains == 1
+    p.dismiss(st2, T0 + 20 * S, "false positive (bob)")
+    assert st2.ask_until_ms == T0 + 20 * S + 14 * 86_400 * S
+    assert _contains(_night(p, st2, 2, "country")) == [True]
+    # Off (0): never asks.
+    p0, st3 = RiskPolicy(ask_window_s=0), RiskState()
+    _night(p0, st3, 0, "hour_volume")
+    assert st3.ask_until_ms == 0 and _contains(_night(p0, st3, 1, "country")) == [False]
