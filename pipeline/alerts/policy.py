@@ -801,8 +801,9 @@ class RiskPolicy:
                 and not any(r.severity_id >= _CRITICAL for r in inc.rules))  # fmt: skip
 
     def _ask_next(self, state: RiskState, inc: Incident, t: int) -> None:
-        """An incident that was contained ended unconfirmed: the identity's next contains, for
-        ``ask_window_s``, wait for an analyst (one automatic quarantine per unconfirmed guess)."""
+        """An incident that sent a contain (at once, or asking) ended unconfirmed: the
+        identity's next contains, for ``ask_window_s``, wait for an analyst (one automatic
+        quarantine per unconfirmed guess; a guess that keeps recurring keeps asking)."""
         if inc.contains and not inc.confirmed and self._ask_ms:
             state.ask_until_ms = max(state.ask_until_ms, t + self._ask_ms)
             state.rev += 1
