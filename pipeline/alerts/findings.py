@@ -96,6 +96,8 @@ def _message(d: Decision, risk_score: int) -> str:
         text = first or d.reason
         if d.quarantine:
             head += ", quarantine recommended"
+        if d.ask_first:
+            head += " (waits for an analyst: its last automatic quarantine ended unconfirmed)"
     line = f"{head} - {text}".replace("\n", " ")
     return line if len(line) <= _MESSAGE_MAX else line[: _MESSAGE_MAX - 3] + "..."
 
@@ -198,6 +200,8 @@ def build_finding(decision: Decision, *, product_version: str) -> dict[str, Any]
                 "action": d.action,
                 "reason": d.reason,
                 "quarantine": d.quarantine,
+                # Its contain command waits on the approvals topic (RiskPolicy ask_window_s).
+                "quarantine_asks_first": d.ask_first,
                 "risk": round(d.risk, 2),
                 "peak_risk": round(d.peak_risk, 2),
                 "identity_kind": d.identity_kind,

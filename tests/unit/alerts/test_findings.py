@@ -352,6 +352,16 @@ def test_rule_finding_is_a_rule_analytic_with_quarantine_and_evidence() -> None:
     }
 
 
+def test_a_contain_that_asks_first_says_so_in_the_finding() -> None:
+    update = msgspec.structs.replace(incident()[1], ask_first=True)
+    f = build_finding(update, product_version=VERSION)
+    assert f["unmapped"]["custos"]["quarantine_asks_first"] is True
+    assert "waits for an analyst" in f["message"]
+    plain = build_finding(incident()[1], product_version=VERSION)
+    assert plain["unmapped"]["custos"]["quarantine_asks_first"] is False
+    assert "waits for an analyst" not in plain["message"]
+
+
 def test_close_finding_is_resolved_and_keeps_the_incident_severity() -> None:
     close = incident()[2]
     f = build_finding(close, product_version=VERSION)
