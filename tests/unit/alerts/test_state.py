@@ -74,3 +74,15 @@ def test_newer_state_version_is_refused_and_older_payload_decodes() -> None:
         RiskState.from_bytes(future)
     # A shorter (older) array gets defaults for fields appended since.
     assert RiskState.from_bytes(msgspec.msgpack.encode([1, 2.5])) == RiskState(risk=2.5)
+
+
+def test_a_state_written_before_the_ask_window_decodes_with_none() -> None:
+    """States a worker wrote before ``ask_until_ms`` existed (8 fields) restore unchanged:
+    their identities' next contains act at once, as they did."""
+    old = RiskState(risk=3.0, updated_ms=7, recurring=["bytes_out"], recurring_until_ms=9)
+    fields = msgspec.msgpack.decode(old.to_bytes())
+    assert len(fields) == 9 and fields[-1] == 0
+    restored = RiskState.from_bytes(msgspec.msgpack.encode(fields[:8]))
+    assert restored == old and restored.ask_until_ms == 0
+    asked = RiskState(ask_until_ms=1_000)
+    assert RiskState.from_bytes(asked.to_bytes()).ask_until_ms == 1_000
