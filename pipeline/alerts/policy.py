@@ -345,8 +345,14 @@ class RiskPolicy:
             due = min(due, renew)
         return due
 
+    @staticmethod
+    def _certain(inc: Incident) -> bool:
+        """Confirmed by an analyst or carrying a Critical rule: an attack, not a guess (it
+        never habituates nor recurs, and its contain never waits for an analyst)."""
+        return inc.confirmed or any(r.severity_id >= _CRITICAL for r in inc.rules)
+
     def _habituate_due(self, inc: Incident) -> int:
-        if inc.confirmed or any(r.severity_id >= _CRITICAL for r in inc.rules):
+        if self._certain(inc):
             return 2**62
         return inc.first_seen_ms + self._habituate_ms
 
@@ -794,11 +800,15 @@ class RiskPolicy:
             contain_ms=self._contain_ms_of(inc, inc.contains) if contain else 0, ask_first=ask,
         )
 
-    @staticmethod
-    def _asks(state: RiskState, inc: Incident, t: int) -> bool:
+    def _asks(self, state: RiskState, inc: Incident, t: int) -> bool:
         """Whether this incident's contain waits for an analyst (see :meth:`_ask_next`)."""
-        return (t < state.ask_until_ms and not inc.confirmed
-                and not any(r.severity_id >= _CRITICAL for r in inc.rules))  # fmt: skip
+        return t < state.ask_until_ms and not self._certain(inc)
+
+    def _ended_unconfirmed(self, state: RiskState, inc: Incident, t: int) -> None:
+        """An alerted incident closed or habituated without confirmation: what the identity
+        remembers of it (its recurring evidence, and whether its next contains ask first)."""
+        self._remember(state, inc, t)
+        self._ask_next(state, inc, t)
 
     def _ask_next(self, state: RiskState, inc: Incident, t: int) -> None:
         """An incident that sent a contain (at once, or asking) ended unconfirmed: the
@@ -824,8 +834,7 @@ class RiskPolicy:
         state.rev += 1
         if inc.status_id == CANDIDATE:
             return None
-        self._remember(state, inc, t)
-        self._ask_next(state, inc, t)
+        self._ended_unconfirmed(state, inc, t)
         reason = why + ("; suppressed for the identity: " + ", ".join(dict.fromkeys(names))
                         if names else "")  # fmt: skip
         return msgspec.structs.replace(
@@ -843,8 +852,7 @@ class RiskPolicy:
     def _remember(self, state: RiskState, inc: Incident, t: int) -> None:
         """An alerted incident ended unconfirmed: remember its evidence for ``recur_window_s``
         (Critical rules are never a recurring behaviour; a confirmed incident is an attack)."""
-        if inc.confirmed or not self._recur_ms or any(r.severity_id >= _CRITICAL
-                                                      for r in inc.rules):  # fmt: skip
+        if not self._recur_ms or self._certain(inc):
             return
         kept = state.recurring if t < state.recurring_until_ms else []
         names = list(dict.fromkeys([*self._behaviour_names(inc), *kept]))
@@ -898,8 +906,7 @@ class RiskPolicy:
         reason = f"quiet: risk below {self.close_threshold:g} for {self.close_after_s:g} s"
         was_suppressed = inc.status_id == STATUS_SUPPRESSED
         if not was_suppressed:
-            self._remember(state, inc, t)
-            self._ask_next(state, inc, t)
+            self._ended_unconfirmed(state, inc, t)
         quarantine = inc.quarantine and not was_suppressed
         return self._decision(
             state, inc, "close", t, reason, STATUS_RESOLVED, quarantine, None, was_suppressed
