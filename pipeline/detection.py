@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.alerts.decisions import Decision, inventory_decision
 from pipeline.alerts.policy import RiskPolicy
-from pipeline.alerts.state import RiskState, Suppression, load_suppressions
+from pipeline.alerts.state import Incident, RiskState, Suppression, load_suppressions
 from pipeline.baselines.baselines import (
     BaselineModel,
     blend,
@@ -118,17 +118,56 @@ STRANGERS_MAX: Final = 4  # strangers remembered per delegator (RuleState.strang
 _DELEGATOR: Final = DEVIATION_INDEX["delegator"]
 HELD_MAX: Final = 8  # features of recent events kept out of the baseline, per identity
 FEEDBACK_SEEN_MAX: Final = 16  # feedback uids remembered per identity (idempotency)
+#: Suffix of the key an identity's side part is stored under, beside its state. Identity uids
+#: are printable (the decoder refuses others), so no uid is ever taken for a side key.
+SIDE_SUFFIX: Final = "\x00side"
+
+
+def side_key(uid: str) -> str:
+    """The store key of ``uid``'s side part.
+
+    >>> side_owner(side_key("agt-1")), side_owner("agt-1")
+    ('agt-1', None)
+    """
+    return uid + SIDE_SUFFIX
+
+
+def side_owner(key: str) -> str | None:
+    """The identity whose side part ``key`` is, or None for an identity's own state key."""
+    return key[: -len(SIDE_SUFFIX)] if key.endswith(SIDE_SUFFIX) else None
+
+
+class SidePart(msgspec.Struct, array_like=True, gc=False):
+    """What only the slow path needs, stored apart from the state every event reads: the open
+    incident, analysts' suppressions, recurring evidence, held events and applied feedback.
+
+    Most identities have none, so their state stays small and of fixed size (issue 14); the
+    few with an incident carry its evidence here.
+    """
+
+    incident: Incident | None = None
+    suppressions: list[Suppression] = []
+    recurring: list[str] = []
+    held: list[bytes] = []
+    feedback: list[str] = []
+
+
+_SIDE_ENCODER: Final = msgspec.msgpack.Encoder()
+_SIDE_DECODER: Final = msgspec.msgpack.Decoder(SidePart)
 
 
 class IdentityState:
-    """Everything Custos keeps per identity: baseline, rule facts, risk. One table value.
+    """Everything Custos keeps per identity: baseline, rule facts, risk.
 
+    Stored as two values: the state (:meth:`Detection.dump_state`) and, only when there is
+    any, its :class:`SidePart` under :func:`side_key` (:meth:`Detection.dump_side`).
     ``held``: the encoded features of the most recent events kept out of the baseline (at
     most :data:`HELD_MAX`), so an analyst's "false positive, learn this as normal" can still
-    teach them. ``feedback``: uids of feedback already applied.
+    teach them. ``feedback``: uids of feedback already applied. ``side``: the side part as
+    read or last written (None: none), so an unchanged one is not written again.
     """
 
-    __slots__ = ("baseline", "feedback", "held", "risk", "rules")
+    __slots__ = ("baseline", "feedback", "held", "risk", "rules", "side")
 
     def __init__(
         self,
@@ -143,6 +182,7 @@ class IdentityState:
         self.risk = risk
         self.held = held if held is not None else []
         self.feedback = feedback if feedback is not None else []
+        self.side: bytes | None = None
 
 
 @dataclass
@@ -259,12 +299,31 @@ class Detection:
         return cls(settings, directory=directory, **kwargs)
 
     # --- state (de)serialisation ---------------------------------------------------------------
-    def load_state(self, data: bytes | None) -> IdentityState:
-        """Decode a stored state; an unreadable one (older layout, corruption) starts afresh.
+    def load_state(self, data: bytes | None, side: bytes | None = None) -> IdentityState:
+        """Decode a stored state and its side part; an unreadable state (older layout,
+        corruption) starts afresh, an unreadable side part is dropped.
 
         Starting afresh costs that identity its history (it is scored against its peers
         again), which beats stopping the worker for everyone; ``state_resets`` counts it.
+        A state written before side parts existed carries its incident, held events and
+        feedback ids inside; they move to the side part at its next write.
         """
+        st = self._load(data)
+        if side is not None:
+            try:
+                part = _SIDE_DECODER.decode(side)
+            except (ValueError, TypeError, msgspec.DecodeError) as exc:
+                log.warning("unreadable side part of an identity state (%s): dropped", exc)
+                self.state_resets += 1
+            else:
+                st.risk.incident = part.incident
+                st.risk.suppressions = part.suppressions
+                st.risk.recurring = part.recurring
+                st.held, st.feedback = part.held, part.feedback
+                st.side = side
+        return st
+
+    def _load(self, data: bytes | None) -> IdentityState:
         if data:
             try:
                 version, base, rules, risk, *extra = msgspec.msgpack.decode(data)
@@ -291,15 +350,42 @@ class Detection:
         return IdentityState(self.baseline_model.new_state(), RuleState(), RiskState())
 
     def dump_state(self, st: IdentityState) -> bytes:
-        parts: tuple[object, ...] = (
+        """The state every event reads: baseline, rule facts and the risk's scalars."""
+        risk = st.risk
+        if risk.incident is not None or risk.suppressions or risk.recurring:
+            risk = msgspec.structs.replace(risk, incident=None, suppressions=[], recurring=[])
+        return msgspec.msgpack.encode((
             STATE_VERSION,
             self.baseline_model.to_bytes(st.baseline),
             st.rules.to_bytes(),
-            st.risk.to_bytes(),
+            risk.to_bytes(),
+        ))  # fmt: skip
+
+    @staticmethod
+    def dump_side(st: IdentityState) -> bytes | None:
+        """The side part (:class:`SidePart`), or None when the identity has nothing in it."""
+        r = st.risk
+        if r.incident is None and not (r.suppressions or r.recurring or st.held or st.feedback):
+            return None
+        return _SIDE_ENCODER.encode(
+            SidePart(r.incident, r.suppressions, r.recurring, st.held, st.feedback)
         )
-        if st.held or st.feedback:  # most identities have neither: no extra byte for them
-            parts = (*parts, (st.held, st.feedback))
-        return msgspec.msgpack.encode(parts)
+
+    def _put(self, uid: str, st: IdentityState, store: MutableMapping[str, bytes]) -> bytes:
+        """Write ``uid``'s state, and its side part when that changed; returns the state."""
+        data = store[uid] = self.dump_state(st)
+        side = self.dump_side(st)
+        if side != st.side:
+            if side is None:
+                store.pop(side_key(uid), None)
+            else:
+                store[side_key(uid)] = side
+            st.side = side
+        return data
+
+    def state_of(self, uid: str, store: MutableMapping[str, bytes]) -> IdentityState:
+        """``uid``'s stored state with its side part, decoded (a new one if none is stored)."""
+        return self.load_state(store.get(uid), store.get(side_key(uid)))
 
     # --- the hot path --------------------------------------------------------------------------
     def process(self, events: Sequence[Event], store: MutableMapping[str, bytes]) -> BatchResult:
@@ -350,7 +436,7 @@ class Detection:
 
         decoded = self._decoded
         for uid, st in cache.items():
-            data = store[uid] = self.dump_state(st)
+            data = self._put(uid, st, store)
             if self.state_cache_size:
                 decoded[uid] = (data, st)
                 decoded.move_to_end(uid)
@@ -360,28 +446,36 @@ class Detection:
         self.events_seen += len(events)
         return result
 
-    def adopt(self, uid: str, data: bytes) -> bool:
-        """A state this process did not write (restored from elsewhere): note an open
-        incident, so ticks close it once quiet even if the identity sends nothing more."""
+    def adopt(self, key: str, data: bytes) -> bool:
+        """A stored value this process did not write (restored from elsewhere), by its store
+        key: note an open incident, so ticks close it once quiet even if the identity sends
+        nothing more."""
+        owner = side_owner(key)
         try:
-            version, _base, _rules, risk, *_ = msgspec.msgpack.decode(data)
-            open_ = version == STATE_VERSION and RiskState.from_bytes(risk).incident is not None
+            if owner is not None:
+                open_ = _SIDE_DECODER.decode(data).incident is not None
+            else:  # a state written before side parts may hold its incident inside
+                owner = key
+                version, _base, _rules, risk, *_ = msgspec.msgpack.decode(data)
+                open_ = (version == STATE_VERSION
+                         and RiskState.from_bytes(risk).incident is not None)  # fmt: skip
         except (ValueError, TypeError, msgspec.DecodeError):
             return False  # unreadable: the next event starts it afresh (load_state)
         if open_:
-            self.open_incidents.add(uid)
+            self.open_incidents.add(owner)
         return open_
 
     def _fetch(self, uid: str, time_ms: int, store: MutableMapping[str, bytes]) -> IdentityState:
         data = store.get(uid)
+        side = store.get(side_key(uid))
         hot = self._decoded.get(uid)
         # Reuse the decoded object when the stored bytes are still the ones we wrote
         # (a rebalance or another writer changes them, and then we decode again).
-        if hot is not None and data is not None and hot[0] == data:
+        if hot is not None and data is not None and hot[0] == data and hot[1].side == side:
             st = hot[1]
             self._decoded.move_to_end(uid)
         else:
-            st = self.load_state(data)
+            st = self.load_state(data, side)
         if self.baseline_model.expired(st.baseline, time_ms):
             st.baseline = self.baseline_model.new_state()  # dormant past the TTL: start afresh
         return st
@@ -645,7 +739,7 @@ class Detection:
             if st.risk.incident is not None:
                 self.open_incidents.add(uid)
         for uid, st in touched.items():
-            store[uid] = self.dump_state(st)
+            self._put(uid, st, store)
             self._decoded.pop(uid, None)
         return out
 
@@ -736,7 +830,7 @@ class Detection:
             self.open_incidents.discard(uid)
         else:
             self.open_incidents.add(uid)
-        store[uid] = self.dump_state(st)
+        self._put(uid, st, store)
         self._decoded.pop(uid, None)
         return done, decisions
 
@@ -764,13 +858,13 @@ class Detection:
         """Let time pass for open incidents (closing quiet ones); call it periodically."""
         out: list[Decision] = []
         for uid in list(self.open_incidents):
-            st = self.load_state(store.get(uid))
+            st = self.state_of(uid, store)
             decision = self.policy.tick(st.risk, now_ms)
             if decision is not None:
                 out.extend(decision.flatten())
                 if decision.habituated:
                     self._learn_held(st, 0)
-                store[uid] = self.dump_state(st)
+                self._put(uid, st, store)
             if st.risk.incident is None:
                 self.open_incidents.discard(uid)
         return out

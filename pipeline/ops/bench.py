@@ -12,10 +12,11 @@
    recovery time of a lost worker (process start and group join included).
 
 The last line printed is one JSON object (events_per_s, offline_events_per_s, us_per_event,
-bytes_per_identity_p50 / _p99 / _max, identities, workers, rss_mb, p50_ms, p99_ms,
-restore_s, p99_event_to_revoked_ms at revoked_at_load_events_per_s, ...). Event → credential
-revoked comes from :func:`~pipeline.ops.bench_response.run_bench_response` (10 compromises;
-``custos bench-response`` runs more).
+bytes_per_identity_p50 / _p99 / _max, side_parts, side_bytes_max, identities, workers,
+rss_mb, p50_ms, p99_ms, restore_s, p99_event_to_revoked_ms at revoked_at_load_events_per_s,
+...). Event → credential revoked comes from
+:func:`~pipeline.ops.bench_response.run_bench_response` (10 compromises; ``custos
+bench-response`` runs more).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Settings, env_var
-from pipeline.detection import Detection
+from pipeline.detection import Detection, side_owner
 from pipeline.events.schemas import EventDecoder
 from pipeline.kafka.clients import make_consumer, make_producer, read_all
 from pipeline.kafka.metrics import scrape
@@ -69,12 +70,19 @@ def bench_offline(
             batch = []
     det.process(batch, store)
     secs = time.perf_counter() - t0
-    sizes = np.array([len(v) for v in store.values()] or [0])
+    # An identity's state (what every event reads) and, for the few with an incident, held
+    # events or feedback, its side part (what only the slow path reads), sized apart.
+    sides = np.array([len(v) for k, v in store.items() if side_owner(k) is not None] or [0])
+    states = [v for k, v in store.items() if side_owner(k) is None]
+    sizes = np.array([len(v) for v in states] or [0])
     return {
         "events": len(raw),
         "seconds": secs,
         "events_per_s": len(raw) / secs,
-        "identities_seen": len(store),
+        "identities_seen": len(states),
+        "side_parts": int((sides > 0).sum()),
+        "side_bytes_p99": float(np.percentile(sides, 99)),
+        "side_bytes_max": int(sides.max()),
         "bytes_per_identity": float(sizes.mean()),
         "bytes_per_identity_p50": float(np.percentile(sizes, 50)),
         "bytes_per_identity_p99": float(np.percentile(sizes, 99)),
@@ -82,7 +90,7 @@ def bench_offline(
         "rss_mb": _rss_mb(),
         "us_per_event": stage_costs(
             settings, [v for _, _, v, _ in raw], directory,
-            whole_us=secs / max(1, len(raw)) * 1e6, states=list(store.values()),
+            whole_us=secs / max(1, len(raw)) * 1e6, states=states,
         ),
     }, raw
 
@@ -484,7 +492,8 @@ def run_bench(
              f"({offline['events_per_s']:,.0f}/s); state {offline['bytes_per_identity']:.0f} B "
              f"per identity (p50 {offline['bytes_per_identity_p50']:.0f}, p99 "
              f"{offline['bytes_per_identity_p99']:.0f}, max {offline['max_bytes_per_identity']}); "
-             f"RSS {offline['rss_mb']:,.0f} MB")  # fmt: skip
+             f"side parts {offline['side_parts']:,} (p99 {offline['side_bytes_p99']:.0f} B, max "
+             f"{offline['side_bytes_max']} B); RSS {offline['rss_mb']:,.0f} MB")  # fmt: skip
         stages = offline["us_per_event"]
         echo("  µs per event, each stage timed alone: " + ", ".join(
             f"{k} {v:.1f}" for k, v in stages.items()))  # fmt: skip
@@ -496,6 +505,8 @@ def run_bench(
             "bytes_per_identity_p50": round(offline["bytes_per_identity_p50"]),
             "bytes_per_identity_p99": round(offline["bytes_per_identity_p99"]),
             "bytes_per_identity_max": offline["max_bytes_per_identity"],
+            "side_parts": offline["side_parts"],
+            "side_bytes_max": offline["side_bytes_max"],
             "us_per_event": stages,
             "offline_rss_mb": round(offline["rss_mb"]),
             "workers": 1,

@@ -397,7 +397,8 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
     yield GaugeMetricFamily(
         "custos_open_incidents", "Identities with an open incident.", len(detection.open_incidents)
     )
-    yield GaugeMetricFamily("custos_identities", "Identity states held.", len(hot.store))
+    yield GaugeMetricFamily("custos_identities", "Identity states held.",
+                              hot.store.identities())
     yield GaugeMetricFamily("custos_partitions_owned", "Input partitions owned.", len(hot.owned))
     yield CounterMetricFamily(
         "custos_state_restored", "State records read back from the changelog.", hot.restored

@@ -190,6 +190,10 @@ class HotLoop:
                     self.store.load(p, key, value)
                     keys.add(key)
                     n += 1
+            rolled = self.store.settle(keys)
+            if rolled:
+                log.warning("partition %d: %d side part(s) written by a unit that never finished "
+                            "rolled back (its events are re-read)", p, rolled)  # fmt: skip
             opened = 0
             for key in keys:  # each identity's latest state (a key may repeat before compaction)
                 uid = key.decode("utf-8", "replace")

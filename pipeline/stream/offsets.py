@@ -20,11 +20,15 @@ first read from (its ``custos.source`` header; index + 128, apart from the ident
 records of that partition, which it may trail), so re-keying it twice after a crash still
 applies it once.
 
->>> value = wrap(b"\\x94state", {(1, 0): 41, (2, 3): 7})
->>> unwrap(value)
-(b'\\x94state', {(1, 0): 41, (2, 3): 7})
->>> unwrap(b"\\x94legacy")  # written before envelopes: nothing known to be applied
-(b'\\x94legacy', {})
+The envelope also carries the number of the unit of work that wrote the value (``unit``), so
+that values written by the same unit can be recognised on restore (an identity's side part and
+its state: :class:`~pipeline.stream.store.PartitionStore`).
+
+>>> value = wrap(b"\\x94state", {(1, 0): 41, (2, 3): 7}, unit=12)
+>>> unwrap(value), unit_of(value)
+((b'\\x94state', {(1, 0): 41, (2, 3): 7}), 12)
+>>> unwrap(b"\\x94legacy"), unit_of(b"\\x94legacy")  # written before envelopes
+((b'\\x94legacy', {}), 0)
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["SOURCE_HEADER", "SharedCheckpoint", "Source", "parse_source", "unwrap", "wrap"]
+__all__ = [
+    "SOURCE_HEADER", "SharedCheckpoint", "Source", "parse_source", "unit_of", "unwrap", "wrap",
+]
 
 Source = tuple[int, int]  # (topic index, partition)
 
@@ -47,10 +53,15 @@ SOURCE_HEADER: Final = "custos.source"
 _MAGIC: Final = b"\xc1"
 _ENTRY: Final = struct.Struct("<BHQ")
 _MAX_ENTRIES: Final = 255
+#: The entry that holds the writing unit's number (no topic index reaches 255).
+_UNIT: Final[Source] = (255, 65535)
 
 
-def wrap(core: bytes, applied: dict[Source, int]) -> bytes:
-    """The table value: ``core`` state behind the offsets it includes."""
+def wrap(core: bytes, applied: dict[Source, int], unit: int = 0) -> bytes:
+    """The table value: ``core`` state behind the offsets it includes (and the number of the
+    unit of work that wrote it, if any)."""
+    if unit:
+        applied = {**applied, _UNIT: unit}
     if not applied:
         return core
     items = sorted(applied.items())[-_MAX_ENTRIES:]
@@ -58,15 +69,25 @@ def wrap(core: bytes, applied: dict[Source, int]) -> bytes:
     return _MAGIC + bytes([len(items)]) + head + core
 
 
+def _entries(value: bytes) -> tuple[int, dict[Source, int]]:
+    if not value.startswith(_MAGIC) or len(value) < 2:
+        return 0, {}
+    n = value[1]
+    entries = {(t, p): o for t, p, o in (_ENTRY.unpack_from(value, 2 + i * _ENTRY.size)
+                                         for i in range(n))}  # fmt: skip
+    return 2 + n * _ENTRY.size, entries
+
+
 def unwrap(value: bytes) -> tuple[bytes, dict[Source, int]]:
     """(core state, offsets applied) of a table value."""
-    if not value.startswith(_MAGIC) or len(value) < 2:
-        return value, {}
-    n = value[1]
-    end = 2 + n * _ENTRY.size
-    applied = {(t, p): o for t, p, o in (_ENTRY.unpack_from(value, 2 + i * _ENTRY.size)
-                                         for i in range(n))}  # fmt: skip
+    end, applied = _entries(value)
+    applied.pop(_UNIT, None)
     return value[end:], applied
+
+
+def unit_of(value: bytes) -> int:
+    """The number of the unit of work that wrote a table value (0: not recorded)."""
+    return _entries(value)[1].get(_UNIT, 0)
 
 
 def parse_source(header: bytes | None) -> tuple[Source, int] | None:

@@ -1,20 +1,39 @@
 """Identity state as the worker keeps it: in memory by partition, written through to a
-compacted changelog, and writes held back until a unit of work's outputs are delivered."""
+compacted changelog, and writes held back until a unit of work's outputs are delivered.
+
+An identity has up to two values: its state (what every event reads) and, for the few with an
+incident, held events or feedback, a side part (:func:`~pipeline.detection.side_key`). A unit
+of work writes both to the same changelog partition, the side part first; a crash between the
+two leaves the side part ahead of the state. So a side part's record also keeps the value before
+it, and each record names the unit that wrote it (:func:`~pipeline.stream.offsets.unit_of`): on
+restore, a side part written by a later unit than its identity's state is rolled back to the
+value before (:meth:`PartitionStore.settle`), and the re-read events apply to both again.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+import msgspec
 from aiokafka.partitioner import murmur2
 
-from pipeline.stream.offsets import Source, unwrap, wrap
+from pipeline.detection import side_key, side_owner
+from pipeline.stream.offsets import Source, unit_of, unwrap, wrap
 
 __all__ = ["Emit", "PartitionStore", "Staged"]
 
 
 #: Where a state write goes besides memory: (partition, key, value or None for a delete).
 Emit = Callable[[int, bytes, bytes | None], None]
+
+# A side part's record: (value, the value before it), either None when there was none.
+_PAIR_ENCODER = msgspec.msgpack.Encoder()
+_PAIR_DECODER = msgspec.msgpack.Decoder(tuple[bytes | None, bytes | None])
+
+
+def _pair(stored: bytes) -> tuple[bytes | None, bytes | None]:
+    return _PAIR_DECODER.decode(unwrap(stored)[0])
 
 
 class PartitionStore(MutableMapping[str, bytes]):
@@ -38,10 +57,19 @@ class PartitionStore(MutableMapping[str, bytes]):
         # Offsets the next write of an identity includes (pipeline.stream.offsets): set by the
         # unit of work before its state is committed; a write without marks keeps the old ones.
         self.marks: dict[str, dict[Source, int]] = {}
+        # The number of the unit of work writing now, recorded in every value it writes; above
+        # every number restored, so a later unit's writes are recognised as later (settle).
+        self.unit = 1
+        self.sides: set[str] = set()  # the keys of side parts held (deleted ones included)
 
     def forget(self) -> None:
-        """End of a unit of work: its marks never outlive it."""
+        """End of a unit of work: its marks never outlive it; the next unit has a new number."""
         self.marks = {}
+        self.unit += 1
+
+    def identities(self) -> int:
+        """How many identity states are held (side parts not counted)."""
+        return len(self.states) - len(self.sides)
 
     def applied(self, key: str) -> dict[Source, int]:
         """The input offsets ``key``'s stored state already includes."""
@@ -53,6 +81,7 @@ class PartitionStore(MutableMapping[str, bytes]):
         batch[uid] = event
 
     def partition_of(self, key: str) -> int:
+        key = side_owner(key) or key  # a side part lives beside its identity's state
         event = self.events.get(key)
         if event is not None:
             return int(event.message.partition)
@@ -69,16 +98,45 @@ class PartitionStore(MutableMapping[str, bytes]):
         if value is None:
             self.states.pop(uid, None)
             self.where.pop(uid, None)
+            self.sides.discard(uid)
         else:
             self.states[uid] = value
             self.where[uid] = partition
+            if side_owner(uid) is not None:
+                self.sides.add(uid)
+
+    def settle(self, keys: Iterable[bytes]) -> int:
+        """After a partition's changelog is read back (``keys``: its records' keys): number the
+        next units above every unit restored, and roll back each side part that a unit wrote
+        after its identity's last state write (that unit never finished: its events are
+        re-read and apply again). Returns how many side parts were rolled back."""
+        rolled = 0
+        for raw in set(keys):
+            key = raw.decode("utf-8", "replace")
+            stored = self.states.get(key)
+            if stored is None:
+                continue
+            unit = unit_of(stored)
+            self.unit = max(self.unit, unit + 1)
+            owner = side_owner(key)
+            if owner is None:
+                continue
+            state = self.states.get(owner)
+            written = unit_of(state) if state is not None else 0
+            if unit > written:
+                before = _pair(stored)[1]
+                self.states[key] = wrap(_PAIR_ENCODER.encode((before, before)), {}, written)
+                rolled += 1
+        return rolled
 
     def drop(self, partitions: set[int]) -> list[str]:
-        """Forget the identities of partitions another worker now owns (returns them)."""
+        """Forget the identities of partitions another worker now owns (returns their keys,
+        side parts included)."""
         gone = [uid for uid, p in self.where.items() if p in partitions]
         for uid in gone:
             del self.states[uid]
             del self.where[uid]
+        self.sides.difference_update(gone)
         return gone
 
     def owned(self) -> set[int]:
@@ -86,36 +144,86 @@ class PartitionStore(MutableMapping[str, bytes]):
 
     # --- the mapping the core sees ----------------------------------------------------------
 
+    def _value(self, key: str) -> bytes | None:
+        stored = self.states.get(key)
+        if stored is None:
+            return None
+        if side_owner(key) is not None:
+            return _pair(stored)[0]  # None: deleted, kept only for a roll-back
+        return unwrap(stored)[0]
+
     def __getitem__(self, key: str) -> bytes:
-        return unwrap(self.states[key])[0]
+        value = self._value(key)
+        if value is None:
+            raise KeyError(key)
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self.states.get(key)
-        return default if value is None else unwrap(value)[0]
+        value = self._value(key)
+        return default if value is None else value
 
     def __contains__(self, key: object) -> bool:
-        return key in self.states
+        return isinstance(key, str) and self._value(key) is not None
 
     def __setitem__(self, key: str, value: bytes) -> None:
-        marks = self.marks.pop(key, None)
-        if marks is None:
-            marks = self.applied(key)
+        self._write(key, value)
+
+    def _write(self, key: str, value: bytes | None) -> None:
         p = self.partition_of(key)
-        stored = self.states[key] = wrap(value, marks)
+        if side_owner(key) is not None:
+            old = self.states.get(key)
+            before = None
+            if old is not None:  # the value before this unit (kept across a rewrite in it)
+                now, then = _pair(old)
+                before = then if unit_of(old) == self.unit else now
+            if value is None and before is None:
+                self.states.pop(key, None)
+                self.where.pop(key, None)
+                self.sides.discard(key)
+                if old is not None:
+                    self.emit(p, key.encode(), None)
+                return
+            stored = wrap(_PAIR_ENCODER.encode((value, before)), {}, self.unit)
+            self.sides.add(key)
+        else:
+            assert value is not None  # a state is deleted by __delitem__
+            marks = self.marks.pop(key, None)
+            if marks is None:
+                marks = self.applied(key)
+            stored = wrap(value, marks, self.unit)
+        self.states[key] = stored
         self.where[key] = p
         self.emit(p, key.encode(), stored)
+        if side_owner(key) is None:
+            self._tidy(key, p)
+
+    def _tidy(self, uid: str, p: int) -> None:
+        """Delete a deleted side part for good once a later unit wrote the state after it
+        (no roll-back can need the value before any more)."""
+        key = side_key(uid)
+        old = self.states.get(key)
+        if old is not None and _pair(old)[0] is None and unit_of(old) < self.unit:
+            del self.states[key]
+            self.where.pop(key, None)
+            self.sides.discard(key)
+            self.emit(p, key.encode(), None)
 
     def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        if side_owner(key) is not None:  # kept as "none" with the value before, for a roll-back
+            self._write(key, None)
+            return
         p = self.partition_of(key)
         del self.states[key]
         self.where.pop(key, None)
         self.emit(p, key.encode(), None)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self.states))
+        return iter([k for k in self.states if k in self])
 
     def __len__(self) -> int:
-        return len(self.states)
+        return sum(1 for k in self.states if k in self)
 
 
 class Staged(MutableMapping[str, bytes]):
@@ -167,11 +275,16 @@ class Staged(MutableMapping[str, bytes]):
         return sum(1 for _ in self)
 
     def commit(self) -> int:
-        for key, value in self.writes.items():
-            if value is None:
-                self.base.pop(key, None)
-            else:
-                self.base[key] = value
-        n = len(self.writes)
+        """Write through to the base: side parts before states (see the module docstring)."""
+        writes = self.writes
+        for first in (True, False):
+            for key, value in writes.items():
+                if (side_owner(key) is not None) is not first:
+                    continue
+                if value is None:
+                    self.base.pop(key, None)
+                else:
+                    self.base[key] = value
+        n = len(writes)
         self.writes.clear()
         return n

@@ -79,7 +79,7 @@ def test_events_are_scored_and_learned_in_order_within_a_batch() -> None:
     batch = [_call(i, uid=f"agt-{i % 3}", issued_to=f"agt-{i % 3}") for i in range(30)]
     out = det.process(batch, store)
     assert [s.event_uid for s in out.scores] == [e.uid for e in batch]  # input order kept
-    n_learned = det.load_state(store["agt-0"]).baseline.n
+    n_learned = det.state_of("agt-0", store).baseline.n
     assert n_learned == sum(1 for s in out.scores if s.identity_uid == "agt-0" and s.learned)
 
 
@@ -120,7 +120,7 @@ def test_nothing_is_learned_while_an_incident_builds_up() -> None:
     _warm(det, store)
     # A Critical rule opens an incident; the identity's later, ordinary events are not learned.
     out = det.process([_call(500, issued_to="agt-2"), _call(501), _call(502)], store)
-    assert det.load_state(store["agt-1"]).risk.incident is not None
+    assert det.state_of("agt-1", store).risk.incident is not None
     assert [s.learned for s in out.scores] == [False, False, False]
 
 
@@ -146,7 +146,7 @@ def test_without_a_directory_a_delegator_reaching_two_agents_that_never_worked_f
     # the same signal applied again (a replay) is not a second stranger.
     assert det.apply_signals(out.signals, store) == []
     assert det.apply_signals(out.signals, store) == []
-    assert len(det.load_state(store["agt-orch-9"]).rules.strangers) == 1
+    assert len(det.state_of("agt-orch-9", store).rules.strangers) == 1
     # A second agent that never worked for it, 20 minutes later: fanning out, evidence.
     out2 = det.process(calls("agt-3", 440, 3, "agt-orch-9"), store)
     decisions = det.apply_signals(out2.signals, store)
@@ -175,7 +175,7 @@ def test_strangers_hours_apart_do_not_corroborate_each_other() -> None:
     # A late signal counts at its event time: within the hour of agt-2's, not of agt-1's.
     [d] = det.apply_signals([sig("agt-3", T0 + 3 * STRANGER_WINDOW_MS // 2)], store)
     assert d.action == "create"
-    assert len(det.load_state(store["agt-orch-9"]).rules.strangers) == 3
+    assert len(det.state_of("agt-orch-9", store).rules.strangers) == 3
 
 
 def test_an_unauthorised_delegation_becomes_evidence_about_the_delegator() -> None:
@@ -201,7 +201,7 @@ def test_an_unauthorised_delegation_becomes_evidence_about_the_delegator() -> No
     assert decisions[0].related_events == ("e60",)
     assert "agt-orch-9" in det.open_incidents
     # The delegator's state now holds the incident; applying the same evidence again updates it.
-    assert det.load_state(store["agt-orch-9"]).risk.incident is not None
+    assert det.state_of("agt-orch-9", store).risk.incident is not None
     assert all(d.action != "create" for d in det.apply_signals(out.signals, store))
 
 
@@ -308,7 +308,7 @@ def test_an_agent_whose_model_changed_version_keeps_its_state() -> None:
     assert [r.evidence.get("version_changed") for s in out.scores for r in s.rules] == [True]
     det.process([_with_model(20, "agt-1", D_B)], store)
     assert det.state_resets == 0
-    assert det.load_state(store["agt-1"]).risk.incident is not None
+    assert det.state_of("agt-1", store).risk.incident is not None
 
 
 def test_a_baseline_of_an_older_layout_is_relearned_but_the_incident_is_kept() -> None:
@@ -320,7 +320,7 @@ def test_a_baseline_of_an_older_layout_is_relearned_but_the_incident_is_kept() -
     version, base, rules, risk, *extra = msgspec.msgpack.decode(store["agt-1"])
     old = bytes([1]) + base[1:]  # the layout before steps
     store["agt-1"] = msgspec.msgpack.encode((version, old, rules, risk, *extra))
-    st = Detection().load_state(store["agt-1"])
+    st = Detection().state_of("agt-1", store)
     assert st.baseline.n == 0 and st.risk.incident is not None
     assert st.rules.to_bytes() == rules
 

@@ -1,10 +1,14 @@
-"""Staged state: a unit of work reads its own writes; the table sees them only on commit."""
+"""Staged state: a unit of work reads its own writes; the table sees them only on commit.
+Side parts: written before their identity's state, rolled back on restore when that state
+write never landed."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.stream.store import Staged
+from pipeline.detection import side_key
+from pipeline.stream.offsets import unit_of
+from pipeline.stream.store import PartitionStore, Staged
 
 
 def test_staged_writes_are_visible_to_the_unit_and_reach_the_table_on_commit() -> None:
@@ -54,3 +58,88 @@ def test_partition_store_files_identities_under_their_events_partition_and_write
     assert store["a"] == b"\x94state-a2" and store.owned() == {4}
     store.load(4, b"a", None)
     assert "a" not in store
+
+
+Records = list[tuple[int, bytes, bytes | None]]
+
+
+def _changelog() -> tuple[Records, PartitionStore]:
+    emitted: list[tuple[int, bytes, bytes | None]] = []
+    return emitted, PartitionStore(1, lambda p, k, v: emitted.append((p, k, v)))
+
+
+def _restore(records: Records) -> tuple[PartitionStore, int]:
+    """A new owner reads the changelog back: the store and how many side parts rolled back."""
+    store = PartitionStore(1, lambda p, k, v: None)
+    for p, k, v in records:
+        store.load(p, k, v)
+    return store, store.settle(k for _, k, _ in records)
+
+
+def test_a_side_part_is_written_before_its_state_and_next_to_it() -> None:
+    """One unit writes both to the same partition, the side part first (Staged.commit)."""
+    emitted, store = _changelog()
+    staged = Staged(store)
+    staged["a"] = b"\x94state-1"
+    staged[side_key("a")] = b"side-1"
+    staged.commit()
+    assert [k for _, k, _ in emitted] == [b"a\x00side", b"a"]
+    assert {p for p, _, _ in emitted} == {0}
+    assert store["a\x00side"] == b"side-1" and store.identities() == 1
+    restored, rolled = _restore(emitted)
+    assert restored["a\x00side"] == b"side-1" and rolled == 0
+
+
+def test_a_side_part_whose_state_write_never_landed_is_rolled_back_on_restore() -> None:
+    """kill -9 between a unit's side-part write and its state write: the restored side part is
+    the one that goes with the restored state, and the unit's events apply to both again."""
+    emitted, store = _changelog()
+    for n in (1, 2):  # two units that finished
+        staged = Staged(store)
+        staged["a"] = b"\x94state-%d" % n
+        staged[side_key("a")] = b"side-%d" % n
+        staged.commit()
+        store.forget()
+    staged = Staged(store)
+    staged["a"] = b"\x94state-3"
+    staged[side_key("a")] = b"side-3"
+    staged.commit()
+    cut = emitted[:-1]  # the third unit's state write was lost
+    assert cut[-1][1] == b"a\x00side"
+    restored, rolled = _restore(cut)
+    assert restored["a"] == b"\x94state-2"
+    assert restored[side_key("a")] == b"side-2" and rolled == 1
+    # A new identity whose first unit was cut the same way has no side part at all.
+    emitted, store = _changelog()
+    staged = Staged(store)
+    staged["b"] = b"\x94state-1"
+    staged[side_key("b")] = b"side-1"
+    staged.commit()
+    restored, _ = _restore(emitted[:-1])
+    assert side_key("b") not in restored and "b" not in restored
+    # Later units are numbered above every restored one: their writes count as later.
+    assert restored.unit > max(unit_of(v or b"") for _, _, v in emitted)
+
+
+def test_a_deleted_side_part_stays_recoverable_until_a_later_state_write() -> None:
+    emitted, store = _changelog()
+    staged = Staged(store)
+    staged["a"] = b"\x94state-1"
+    staged[side_key("a")] = b"side-1"
+    staged.commit()
+    store.forget()
+    staged = Staged(store)
+    staged["a"] = b"\x94state-2"
+    del staged[side_key("a")]  # the incident closed: nothing left on the side
+    staged.commit()
+    assert side_key("a") not in store and len(store) == 1
+    # Not a tombstone yet: the value before stays in the changelog for a roll-back...
+    assert emitted[-2][1] == b"a\x00side" and emitted[-2][2] is not None
+    restored, _ = _restore(emitted[:-1])  # ... which a cut before the state write needs
+    assert restored[side_key("a")] == b"side-1"
+    restored, _ = _restore(emitted)
+    assert side_key("a") not in restored
+    store.forget()
+    store["a"] = b"\x94state-3"
+    assert emitted[-1] == (0, b"a\x00side", None)  # now it goes for good
+    assert store.sides == set() and store.identities() == 1

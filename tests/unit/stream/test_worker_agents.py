@@ -310,7 +310,13 @@ def test_a_restored_open_incident_is_known_to_the_new_owner(tmp_path: Path, sent
     tp = type("TP", (), {"topic": "agent.events", "partition": 0})()
     again.custos_hot.on_assign(None, [tp])
     assert again.custos_detection.open_incidents == {"agt-1"}
-    assert set(again.custos_hot.store) == {"agt-1", "agt-3"}
+    # The incident is in agt-1's side part, written before its state (and restored with it).
+    keys = [k for _, _, k, _ in producer.records]
+    assert keys.index(b"agt-1\x00side") < keys.index(b"agt-1")
+    assert set(again.custos_hot.store) == {"agt-1", "agt-1\x00side", "agt-3"}
+    assert again.custos_hot.store.identities() == 2
+    st = again.custos_detection.state_of("agt-1", again.custos_hot.store)
+    assert st.risk.incident is not None and st.risk.incident.uid
 
 
 def test_a_stop_during_consume_waits_for_it_before_closing_the_consumer(
