@@ -76,6 +76,7 @@ def bench_offline(
     states = [v for k, v in store.items() if side_owner(k) is None]
     sizes = np.array([len(v) for v in states] or [0])
     return {
+        "store": store,
         "events": len(raw),
         "seconds": secs,
         "events_per_s": len(raw) / secs,
@@ -173,6 +174,8 @@ def bench_kafka(
     paced_rate: float,
     paced_seconds: float,
     audit_records: int = 0,
+    memory_identities: int = 0,
+    states: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
     tag = f"bench-{int(time.time())}"
     s = dataclasses.replace(
@@ -279,6 +282,11 @@ def bench_kafka(
     finally:
         stop([worker])
     restore = bench_restore(env, parts, log, echo)
+    memory = (
+        bench_memory(s, env, states or {}, memory_identities, len(raw), log, echo)
+        if memory_identities
+        else {}
+    )
     audit = (
         bench_audit(s, env, len(raw), log, echo, worker_rate, audit_records)
         if audit_records
@@ -286,6 +294,7 @@ def bench_kafka(
     )
     return {
         **audit,
+        **memory,
         "produce_per_s": len(raw) / produce_s,
         "raw_consume_per_s": n_raw / raw_s,
         "faust_ceiling_per_s": ceiling_rate,
@@ -328,6 +337,92 @@ def bench_restore(env: dict[str, str], parts: int, log: Path, echo: Echo) -> dic
          "started")  # fmt: skip
     return {"restore_s": round(secs, 1), "restored_records": records,
             "restored_identities": identities}  # fmt: skip
+
+
+def bench_memory(
+    s: Settings, env: dict[str, str], states: dict[str, bytes], identities: int, n_events: int,
+    log: Path, echo: Echo,
+) -> dict[str, Any]:
+    """A worker holding ``identities`` identity states: their records are written to a new
+    changelog (copies of the offline run's own states and side parts, under new identity uids,
+    in the envelope the worker writes), a worker of a new group restores them all, then drains
+    the bench's events. Its RSS after the restore and after the drain, the restore time and
+    its events/s while it holds them all."""
+    from pipeline.detection import side_key
+    from pipeline.stream.app import changelog_topic, internal_topics
+    from pipeline.stream.store import PartitionStore
+
+    app_id = f"{s.app_id}-memory"
+    sm = dataclasses.replace(s, app_id=app_id)
+    parts = sm.worker_partitions
+    apply_topics(sm, [TopicSpec(name, parts, 1, config)
+                      for name, config in internal_topics(sm).items()])  # fmt: skip
+    changelog = changelog_topic(sm)
+    producer = make_producer(sm, **{"linger.ms": 50, "batch.size": 1_000_000})
+
+    def emit(partition: int, key: bytes, value: bytes | None) -> None:
+        while True:
+            try:
+                producer.produce(changelog, key=key, value=value, partition=partition)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    store = PartitionStore(parts, emit)
+    uids = [k for k in states if side_owner(k) is None]
+    t0 = time.perf_counter()
+    n = 0
+    for r in range(identities // max(1, len(uids)) + 1):
+        for uid in uids:
+            if n >= identities:
+                break
+            copy = uid if r == 0 else f"{uid}~{r}"
+            side = states.get(side_key(uid))
+            if side is not None:
+                store[side_key(copy)] = side
+            store[copy] = states[uid]
+            n += 1
+            if n % 50_000 == 0:  # this process keeps none of them
+                store.drop(set(range(parts)))
+                store.forget()
+                producer.poll(0)
+    store.drop(set(range(parts)))
+    producer.flush(300)
+    echo(f"  memory: {n:,} identity states written to a new changelog in "
+         f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+
+    port = free_port()
+    wenv = {**env, env_var("app_id"): app_id, env_var("worker_web_port"): str(port),
+            env_var("worker_datadir"): tempfile.mkdtemp(prefix="custos-bench-")}  # fmt: skip
+    t0 = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=wenv,
+                              stdout=open(log.with_name("worker-memory.log"), "wb"),
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        m: dict[str, float] = {}
+        while time.perf_counter() - t0 < 900 and worker.poll() is None:
+            try:
+                m = scrape(port)
+            except OSError:
+                m = {}
+            if m.get("custos_partitions_owned", 0.0) >= parts:
+                break
+            time.sleep(0.5)
+        restore_s = time.perf_counter() - t0
+        held = int(m.get("custos_identities", 0.0))
+        rss_restored = _proc_rss_mb(worker.pid)
+        echo(f"  memory: a worker restored {held:,} identities in {restore_s:.1f} s; RSS "
+             f"{rss_restored:,.0f} MB ({rss_restored * 2**20 / max(1, held):,.0f} B per "
+             "identity, the interpreter and models included)")  # fmt: skip
+        rate = _drain(worker, port, "custos_scored_total", n_events, log)
+        rss = _proc_rss_mb(worker.pid)
+        echo(f"  memory: holding them, it drained {n_events:,} events at {rate:,.0f}/s; RSS "
+             f"{rss:,.0f} MB")  # fmt: skip
+    finally:
+        stop([worker])
+    return {"memory_identities": held, "memory_restore_s": round(restore_s, 1),
+            "memory_rss_restored_mb": round(rss_restored),
+            "memory_worker_events_per_s": round(rate), "memory_rss_mb": round(rss)}  # fmt: skip
 
 
 def bench_audit(
@@ -478,6 +573,7 @@ def run_bench(
     paced_seconds: float,
     audit_records: int = 0,
     response_load: float = 0.0,
+    memory_identities: int = 0,
     echo: Echo = print,
 ) -> dict[str, Any]:
     from pipeline.simulate.profiles import build_population
@@ -517,7 +613,7 @@ def run_bench(
 
                 Broker(settings).up()
             k = bench_kafka(settings, raw, directory_path, echo, paced_rate, paced_seconds,
-                            audit_records)  # fmt: skip
+                            audit_records, memory_identities, offline["store"])  # fmt: skip
             result.update(
                 events_per_s=round(k["worker_events_per_s"]),
                 p50_ms=round(k["p50_ms"], 1),
@@ -528,7 +624,7 @@ def run_bench(
                 worker_rss_mb=round(k["worker_rss_mb"]),
                 rss_mb=round(k["worker_rss_mb"]),
                 **{key: v for key, v in k.items()
-                   if key.startswith(("audit", "worker_with", "restore"))},
+                   if key.startswith(("audit", "worker_with", "restore", "memory"))},
             )
             if response_load > 0:
                 from pipeline.ops.bench_response import run_bench_response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.config import Settings
+from pipeline.detection import side_owner
 from pipeline.ops.bench import bench_offline
 from pipeline.scores.directory import Directory
 
@@ -14,6 +15,12 @@ def test_offline_figures_have_state_percentiles_and_stage_costs() -> None:
     p50, p99, top = (out["bytes_per_identity_p50"], out["bytes_per_identity_p99"],
                      out["max_bytes_per_identity"])  # fmt: skip
     assert 0 < p50 <= p99 <= top
+    # States and side parts are sized apart; the run's store holds both (the memory phase
+    # copies it), and no state carries its incident any more.
+    store = out["store"]
+    sides = [k for k in store if side_owner(k) is not None]
+    assert out["identities_seen"] == len(store) - len(sides) and out["side_parts"] == len(sides)
+    assert top == max(len(v) for k, v in store.items() if side_owner(k) is None)
     stages = out["us_per_event"]
     assert set(stages) == {"decode", "features", "baselines", "detector", "rules",
                            "state_codec", "rest", "whole"}  # fmt: skip
