@@ -3,9 +3,9 @@
 Thin: each command parses options, calls the package and prints. The commands live by area
 (:mod:`~pipeline.cli.kafka`, :mod:`~pipeline.cli.simulate`, :mod:`~pipeline.cli.offline`,
 :mod:`~pipeline.cli.services`, :mod:`~pipeline.cli.analyst`, :mod:`~pipeline.cli.models`,
-:mod:`~pipeline.cli.audit`, :mod:`~pipeline.cli.ops`); what they share is in
-:mod:`~pipeline.cli.common`. Heavy modules are imported inside the commands, so that
-``custos --help`` stays fast.
+:mod:`~pipeline.cli.audit`, :mod:`~pipeline.cli.ops`, :mod:`~pipeline.cli.console`); what
+they share is in :mod:`~pipeline.cli.common`. Heavy modules are imported inside the
+commands, so that ``custos --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from typing import Any
 
 import click
 
-from pipeline.cli import analyst, audit, kafka, models, offline, ops, services, simulate
+from pipeline.cli import (
+    analyst,
+    audit,
+    console,
+    kafka,
+    models,
+    offline,
+    ops,
+    services,
+    simulate,
+)
 from pipeline.errors import CustosError
 
 
@@ -42,7 +52,7 @@ def main() -> None:
 
 
 # Each area's commands, in no particular order: click lists them sorted by name.
-for _area in (analyst, audit, kafka, models, offline, ops, services, simulate):
+for _area in (analyst, audit, console, kafka, models, offline, ops, services, simulate):
     for _command in _area.COMMANDS:
         main.add_command(_command)
 

@@ -77,6 +77,28 @@ def ack_line(ack: dict[str, Any]) -> str | None:
             f"{revoked} credential(s) revoked  {resp['status_text'][:60]}")  # fmt: skip
 
 
+def _start_console(settings: Settings, env: dict[str, str], demo_dir: Path,
+                   procs: list[subprocess.Popen[bytes]], echo: Echo) -> str:  # fmt: skip
+    """The analyst console beside the demo, with a fresh password for its demo account
+    (printed once: only the hash is kept)."""
+    import secrets
+
+    from pipeline.console.accounts import Accounts
+    from pipeline.console.store import ConsoleStore, default_path
+
+    password = secrets.token_urlsafe(12)
+    Accounts(ConsoleStore(default_path(settings.home))).add("demo-analyst", password, "analyst")
+    port = free_port()
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "console", "--port", str(port)], env=env,
+        stdout=open(demo_dir / "console.log", "ab"), stderr=subprocess.STDOUT,
+    ))  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    wait_until(lambda: healthy(url.rstrip("/")), 30, "console")
+    echo(f"console: {url} (user demo-analyst, password {password}; shown once, this run only)")
+    return url
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -154,6 +176,7 @@ def run_demo(
     )  # fmt: skip
     echo(f"auditor: every decision onto {settings.audit_topic}, signed checkpoints on "
          f"{settings.audit_checkpoints_topic}")  # fmt: skip
+    console_url = _start_console(settings, env, demo_dir, procs, echo)
     from pipeline.credentials.broker import load_api_token
     from pipeline.ops.live import LiveAgents
 
@@ -342,6 +365,8 @@ def run_demo(
     echo(f"  wall time              {elapsed:>10.1f} s; worker caught up: {caught_up}")
     echo(f"Findings are OCSF 2004 JSON on {settings.alerts_topic}; the broker keeps running "
          "(custos kafka down stops it).")  # fmt: skip
+    echo(f"The console stopped with the demo ({console_url}); `custos console` serves it "
+         "again, with every finding of this run (same account).")  # fmt: skip
     return {
         "produced": produced[0],
         "findings": dict(findings),

@@ -1,0 +1,264 @@
+"""The console's own store (SQLite): findings as they arrive, analysts, sessions, their actions.
+
+The console follows the worker's outputs into this file, so an analyst's page never waits on
+Kafka and keeps working when the broker is away. Each ingested record is committed together
+with the topic offset that follows it (:meth:`ConsoleStore.ingest`), so a restarted console
+resumes exactly where its store ends: nothing twice, nothing lost.
+
+Findings are kept one row per finding uid, the latest version over the earlier ones (a finding
+is created, updated, closed under one uid); ``seq`` grows with every change, which is what the
+live queue follows. Triage (``status``, ``assignee``) belongs to the console and survives the
+worker's updates; a worker close closes the row.
+
+>>> s = ConsoleStore(":memory:")
+>>> s.ingest_finding({"finding_info": {"uid": "f-1", "title": "t"}, "severity_id": 4,
+...                   "activity_id": 1, "time": 5, "message": "m",
+...                   "evidences": [{"actor": {"user": {"uid": "agt-1", "type": "Agent"}}}]})
+True
+>>> row = s.finding("f-1"); row["identity"], row["status"], row["severity_id"]
+('agt-1', 'new', 4)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["CLASSIFICATIONS", "ConsoleStore", "Finding", "default_path"]
+
+#: How an analyst closes a finding (the classifications SOC tooling uses).
+CLASSIFICATIONS: Final = ("true_positive", "benign_positive", "false_positive", "undetermined")
+
+Finding = dict[str, Any]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS findings (
+    uid TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    identity_kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    message TEXT NOT NULL,
+    severity_id INTEGER NOT NULL,
+    is_alert INTEGER NOT NULL,
+    worker_status TEXT NOT NULL,
+    analytic TEXT NOT NULL,
+    rules TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'new',
+    classification TEXT,
+    assignee TEXT,
+    first_ms INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_seq ON findings(seq);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL, created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash TEXT PRIMARY KEY, user TEXT NOT NULL, csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, user TEXT NOT NULL,
+    action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offsets (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+_KINDS: Final = {"User": "human", "Service": "service", "Agent": "agent"}
+
+
+def default_path(home: str | Path) -> Path:
+    """Where ``custos console`` keeps its store unless told otherwise."""
+    return Path(home) / "console" / "console.db"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ConsoleStore:
+    """One SQLite file (``":memory:"`` for tests), shared by the web app's threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction (all or nothing), holding the store's lock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, tuple(args)))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- findings ---------------------------------------------------------------------------
+
+    def ingest(self, records: Iterable[tuple[str, int, int, bytes | None]]) -> int:
+        """Findings read from ``(topic, partition, offset, value)``, committed with the offsets
+        that follow them. Unreadable values are skipped (the worker's own output: counted as a
+        bug, not an analyst's problem). Returns how many findings changed."""
+        changed = 0
+        with self.tx() as db:
+            for topic, partition, offset, value in records:
+                doc = _json(value)
+                if doc is not None and self._upsert(db, doc):
+                    changed += 1
+                db.execute("INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                           "DO UPDATE SET next = excluded.next WHERE excluded.next > next",
+                           (topic, partition, offset + 1))  # fmt: skip
+        return changed
+
+    def offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to read per partition of ``topic`` (what the store already holds)."""
+        rows = self.query("SELECT partition, next FROM offsets WHERE topic = ?", (topic,))
+        return {int(r["partition"]): int(r["next"]) for r in rows}
+
+    def ingest_finding(self, doc: dict[str, Any]) -> bool:
+        """One OCSF Detection Finding (a ``custos replay`` line, a test)."""
+        with self.tx() as db:
+            return self._upsert(db, doc)
+
+    def _upsert(self, db: sqlite3.Connection, doc: dict[str, Any]) -> bool:
+        info = doc.get("finding_info") or {}
+        uid = info.get("uid")
+        if not isinstance(uid, str) or not uid:
+            return False
+        user = ((doc.get("evidences") or [{}])[0].get("actor") or {}).get("user") or {}
+        custos = (doc.get("unmapped") or {}).get("custos") or {}
+        time_ms = int(doc.get("time") or 0)
+        old = db.execute("SELECT time_ms FROM findings WHERE uid = ?", (uid,)).fetchone()
+        if old is not None and int(old["time_ms"]) > time_ms:
+            return False  # an older version arriving late changes nothing
+        seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM findings").fetchone()[0])
+        closed = doc.get("activity_id") == 3
+        row = {
+            "uid": uid,
+            "identity": str(user.get("uid") or ""),
+            "identity_kind": _KINDS.get(str(user.get("type") or ""), "unknown"),
+            "title": str(info.get("title") or ""),
+            "message": str(doc.get("message") or ""),
+            "severity_id": int(doc.get("severity_id") or 0),
+            "is_alert": int(bool(doc.get("is_alert"))),
+            "worker_status": str(doc.get("status") or ""),
+            "analytic": str((info.get("analytic") or {}).get("type") or ""),
+            "rules": ",".join(sorted(str(r.get("rule")) for r in custos.get("rules") or ())),
+            "first_ms": int(info.get("first_seen_time") or time_ms),
+            "time_ms": time_ms,
+            "doc": json.dumps(doc, sort_keys=True),
+            "seq": seq,
+        }
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != "uid")
+        if closed:  # the worker closed it: so does the queue (triage kept for the record)
+            updates += ", status = 'closed'"
+        # Column names are this code's own (never input): only values are parameters.
+        db.execute(f"INSERT INTO findings ({cols}) VALUES ({marks}) "
+                   f"ON CONFLICT (uid) DO UPDATE SET {updates}", tuple(row.values()))  # fmt: skip
+        if closed and old is None:
+            db.execute("UPDATE findings SET status = 'closed' WHERE uid = ?", (uid,))
+        return True
+
+    def finding(self, uid: str) -> Finding | None:
+        rows = self.query("SELECT * FROM findings WHERE uid = ?", (uid,))
+        return dict(rows[0]) if rows else None
+
+    def findings(
+        self,
+        *,
+        after_seq: int = 0,
+        min_severity: int = 0,
+        status: str | None = None,
+        kind: str | None = None,
+        assignee: str | None = None,
+        limit: int = 200,
+    ) -> list[Finding]:
+        """The queue, newest change first; ``after_seq``: only what changed since."""
+        where = ["seq > ?", "severity_id >= ?"]
+        args: list[Any] = [after_seq, min_severity]
+        for column, value in (("status", status), ("identity_kind", kind),
+                              ("assignee", assignee)):  # fmt: skip
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = (f"SELECT * FROM findings WHERE {' AND '.join(where)} "
+               "ORDER BY seq DESC LIMIT ?")  # fmt: skip
+        return [dict(r) for r in self.query(sql, [*args, limit])]
+
+    def last_seq(self) -> int:
+        return int(self.query("SELECT COALESCE(MAX(seq), 0) FROM findings")[0][0])
+
+    def triage(self, uid: str, user: str, action: str, *, assignee: str | None = None,
+               classification: str | None = None, reason: str = "") -> bool:  # fmt: skip
+        """An analyst's change to one finding (acknowledge, assign, close), recorded with who
+        did it; False when there is no such finding."""
+        sets: dict[str, Any]
+        if action == "acknowledge":
+            sets = {"status": "acknowledged"}
+        elif action == "assign":
+            sets = {"assignee": assignee or None}
+        elif action == "close":
+            if classification not in CLASSIFICATIONS:
+                raise ValueError(f"classification must be one of {', '.join(CLASSIFICATIONS)}")
+            sets = {"status": "closed", "classification": classification}
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        with self.tx() as db:
+            seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM findings").fetchone()[0])
+            cols = ", ".join(f"{c} = ?" for c in sets)
+            cur = db.execute(f"UPDATE findings SET {cols}, seq = ? WHERE uid = ?",
+                             (*sets.values(), seq, uid))  # fmt: skip
+            if cur.rowcount == 0:
+                return False
+            detail = json.dumps({**sets, "reason": reason}, sort_keys=True)
+            db.execute("INSERT INTO actions (at_ms, user, action, target, detail) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (_now_ms(), user, action, uid, detail))  # fmt: skip
+        return True
+
+    def actions(self, target: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM actions", []
+        if target is not None:
+            sql, args = sql + " WHERE target = ?", [target]
+        return [dict(r) for r in self.query(sql + " ORDER BY id", args)]
+
+
+def _json(value: bytes | None) -> dict[str, Any] | None:
+    if not value:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -1,0 +1,188 @@
+"""The console over HTTP, as an attacker and an operator would use it: logins, CSRF, origins,
+roles, revoked sessions, hostile finding text, the live stream."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from pipeline.console.accounts import Accounts
+from pipeline.console.store import ConsoleStore
+from pipeline.console.web import COOKIE, create_console
+
+ORIGIN = {"origin": "http://testserver"}
+PASSWORD = "a long enough password"
+
+
+def finding(uid: str = "f-1", *, title: str = "Agent misuses its tools",
+            t: int = 1_790_000_000_000, activity: int = 1, severity: int = 4,
+            kind: str = "Agent") -> dict[str, Any]:  # fmt: skip
+    return {"finding_info": {"uid": uid, "title": title, "first_seen_time": t},
+            "activity_id": activity, "severity_id": severity, "time": t, "is_alert": True,
+            "status": "New", "message": f"{title}: explained",
+            "evidences": [{"actor": {"user": {"uid": "agt-7", "type": kind}}}],
+            "unmapped": {"custos": {"rules": [{"rule": "task_credential_reuse"}]}}}  # fmt: skip
+
+
+@pytest.fixture
+def store() -> ConsoleStore:
+    s = ConsoleStore(":memory:")
+    accounts = Accounts(s)
+    accounts.add("alice", PASSWORD, "analyst")
+    accounts.add("victor", PASSWORD, "viewer")
+    s.ingest_finding(finding())
+    return s
+
+
+def login(store: ConsoleStore, user: str = "alice") -> tuple[TestClient, str]:
+    client = TestClient(create_console(store, poll_s=0.05))
+    page = client.get("/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    r = client.post("/login", data={"user": user, "password": PASSWORD, "nonce": nonce},
+                    headers=ORIGIN, follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303 and COOKIE in r.cookies
+    set_cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=strict" in set_cookie
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)  # type: ignore[union-attr]
+    return client, csrf
+
+
+def test_pages_need_a_login_and_a_wrong_password_gets_none(store: ConsoleStore) -> None:
+    client = TestClient(create_console(store))
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    assert client.get("/findings/f-1", follow_redirects=False).status_code == 303
+    assert client.get("/stream").status_code == 401
+    page = client.get("/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    r = client.post("/login", data={"user": "alice", "password": "guess", "nonce": nonce},
+                    headers=ORIGIN)  # fmt: skip
+    assert r.status_code == 401 and "Wrong user name or password" in r.text
+    assert COOKIE not in client.cookies
+
+
+def test_a_login_posted_from_elsewhere_or_without_the_form_nonce_is_refused(
+    store: ConsoleStore,
+) -> None:
+    client = TestClient(create_console(store))
+    client.get("/login")
+    data = {"user": "alice", "password": PASSWORD, "nonce": "made-up"}
+    assert client.post("/login", data=data, headers=ORIGIN).status_code == 403
+    nonce = client.cookies["custos_login"]
+    data["nonce"] = nonce
+    evil = {"origin": "http://evil.example"}
+    assert client.post("/login", data=data, headers=evil).status_code == 403
+    ok = client.post("/login", data=data, headers=ORIGIN, follow_redirects=False)
+    assert ok.status_code == 303
+
+
+def test_the_queue_shows_findings_and_escapes_what_they_say(store: ConsoleStore) -> None:
+    store.ingest_finding(finding("f-2", title="<script>alert(1)</script>"))
+    client, _ = login(store)
+    page = client.get("/")
+    assert "Agent misuses its tools" in page.text and "agt-7" in page.text
+    assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    one = client.get("/findings/f-1")
+    assert one.status_code == 200 and "Agent misuses its tools: explained" in one.text
+    assert client.get("/findings/nope").status_code == 404
+
+
+def test_a_change_needs_the_csrf_token_and_the_console_s_own_origin(store: ConsoleStore) -> None:
+    client, csrf = login(store)
+    assert client.post("/findings/f-1/acknowledge", headers=ORIGIN).status_code == 403
+    assert client.post("/findings/f-1/acknowledge", data={"csrf": "x" + csrf},
+                       headers=ORIGIN).status_code == 403  # fmt: skip
+    assert client.post("/findings/f-1/acknowledge", data={"csrf": csrf},
+                       headers={"origin": "http://evil.example"}).status_code == 403  # fmt: skip
+    assert client.post("/findings/f-1/acknowledge", data={"csrf": csrf}).status_code == 403
+    assert store.finding("f-1")["status"] == "new"  # type: ignore[index]
+    r = client.post("/findings/f-1/acknowledge", data={"csrf": csrf}, headers=ORIGIN,
+                    follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303 and store.finding("f-1")["status"] == "acknowledged"  # type: ignore[index]
+    assert [(a["user"], a["action"]) for a in store.actions("f-1")] == [("alice", "acknowledge")]
+
+
+def test_a_viewer_cannot_triage_whatever_it_posts(store: ConsoleStore) -> None:
+    client, csrf = login(store, "victor")
+    assert "Acknowledge" not in client.get("/").text  # not offered...
+    for action in ("acknowledge", "assign", "close"):  # ...and refused when sent anyway
+        r = client.post(f"/findings/f-1/{action}", headers=ORIGIN,
+                        data={"csrf": csrf, "classification": "false_positive"})  # fmt: skip
+        assert r.status_code == 403 and "viewer" in r.text
+    assert store.finding("f-1")["status"] == "new" and not store.actions()  # type: ignore[index]
+
+
+def test_assign_and_close_with_a_classification_are_attributed(store: ConsoleStore) -> None:
+    client, csrf = login(store)
+    client.post("/findings/f-1/assign", data={"csrf": csrf}, headers=ORIGIN)
+    assert store.finding("f-1")["assignee"] == "alice"  # type: ignore[index]
+    assert "Agent misuses its tools" in client.get("/?mine=1").text
+    bad = client.post("/findings/f-1/close", data={"csrf": csrf, "classification": "meh"},
+                      headers=ORIGIN)  # fmt: skip
+    assert bad.status_code == 400
+    client.post("/findings/f-1/close", headers=ORIGIN,
+                data={"csrf": csrf, "classification": "false_positive", "reason": "owner ok",
+                      "back": "https://evil.example/"})  # fmt: skip
+    f = store.finding("f-1")
+    assert f is not None and (f["status"], f["classification"]) == ("closed", "false_positive")
+    last = store.actions("f-1")[-1]
+    assert last["user"] == "alice" and "owner ok" in last["detail"]
+
+
+def test_logout_and_revocation_end_the_session_on_the_server(store: ConsoleStore) -> None:
+    client, csrf = login(store)
+    token = client.cookies[COOKIE]
+    assert client.post("/logout", data={"csrf": csrf}, headers=ORIGIN,
+                       follow_redirects=False).status_code == 303  # fmt: skip
+    replay = TestClient(create_console(store), cookies={COOKIE: token})
+    assert replay.get("/", follow_redirects=False).headers["location"] == "/login"
+    other, _ = login(store)
+    assert Accounts(store).logout_all("alice") == 1  # custos console users logout alice
+    assert other.get("/", follow_redirects=False).status_code == 303
+
+
+def test_the_stream_sends_new_and_changed_findings_as_rows(store: ConsoleStore) -> None:
+    client, _ = login(store)
+    after = store.last_seq()
+    store.ingest_finding(finding("f-9", title="Fresh one"))
+    with client.stream("GET", f"/stream?after={after}") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        seen = ""
+        for line in r.iter_lines():
+            seen += line + "\n"
+            if "Fresh one" in seen and line == "":
+                break
+    assert "event: finding" in seen and "Agent misuses" not in seen  # only what changed
+
+
+def test_the_store_keeps_the_latest_version_and_a_worker_close(store: ConsoleStore) -> None:
+    assert not store.ingest_finding(finding(t=1_789_999_999_000, title="older"))
+    assert store.finding("f-1")["title"] == "Agent misuses its tools"  # type: ignore[index]
+    store.ingest_finding(finding(t=1_790_000_100_000, activity=3))
+    assert store.finding("f-1")["status"] == "closed"  # type: ignore[index]
+
+
+def test_ingest_commits_findings_with_their_offsets(store: ConsoleStore) -> None:
+    import json
+
+    recs = [("custos.alerts", 2, 40, json.dumps(finding("f-a")).encode()),
+            ("custos.alerts", 2, 41, b"not json"), ("custos.alerts", 0, 7, None)]  # fmt: skip
+    assert store.ingest(recs) == 1
+    assert store.offsets("custos.alerts") == {2: 42, 0: 8}
+    store.ingest([("custos.alerts", 2, 30, json.dumps(finding("f-b")).encode())])
+    assert store.offsets("custos.alerts")[2] == 42  # an offset never goes back
+
+
+def test_accounts_refuse_weak_input(store: ConsoleStore) -> None:
+    from pipeline.errors import ConfigError
+
+    accounts = Accounts(store)
+    for name, password, role in (("Bad Name", PASSWORD, "viewer"), ("bob", "short", "viewer"),
+                                 ("bob", PASSWORD, "root")):  # fmt: skip
+        with pytest.raises(ConfigError):
+            accounts.add(name, password, role)
+    stored = store.query("SELECT hash FROM users WHERE name = 'alice'")[0]["hash"]
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
