@@ -27,15 +27,18 @@ _DB = click.option("--db", type=click.Path(dir_okay=False), default=None,
               help="Serve a `custos replay` output directory instead of following Kafka.")
 @click.option("--secure-cookies", is_flag=True,
               help="Mark cookies Secure (serving behind a TLS proxy).")
+@click.option("--two-person", is_flag=True,
+              help="An approver cannot approve the quarantine of a compromise they confirmed.")
 @_DB
 @click.pass_context
 def console(ctx: click.Context, host: str, port: int, from_dir: str | None,
-            secure_cookies: bool, db: str | None) -> None:  # fmt: skip
+            secure_cookies: bool, two_person: bool, db: str | None) -> None:  # fmt: skip
     """Serve the analyst console (alert queue, findings) until interrupted."""
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
 
+    from pipeline.console.decisions import KafkaSender
     from pipeline.console.follow import Follower, load_replay
     from pipeline.console.store import ConsoleStore
     from pipeline.console.web import create_console
@@ -45,15 +48,18 @@ def console(ctx: click.Context, host: str, port: int, from_dir: str | None,
         click.echo("no console account yet: add one with `custos console users add NAME "
                    "--role analyst` (password on stdin)", err=True)  # fmt: skip
     follower = None
+    settings = settings_for(ctx)
     if from_dir:
         n = load_replay(store, Path(from_dir))
-        click.echo(f"loaded {n:,} findings from {from_dir}")
+        click.echo(f"loaded {n:,} findings from {from_dir} (read-only: decisions need Kafka)")
+        app = create_console(store, secure_cookies=secure_cookies)
     else:
-        follower = Follower(settings_for(ctx), store).start()
+        follower = Follower(settings, store).start()
+        app = create_console(store, secure_cookies=secure_cookies, settings=settings,
+                             send=KafkaSender(settings), two_person=two_person)  # fmt: skip
     click.echo(f"console: http://{host}:{port}/")
     try:
-        uvicorn.run(create_console(store, secure_cookies=secure_cookies), host=host, port=port,
-                    log_level="warning")  # fmt: skip
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         if follower is not None:
             follower.stop()

@@ -1,4 +1,10 @@
-"""Where the console's findings come from: ``custos.alerts`` followed live, or a replay's output.
+"""Where the console's records come from: the worker's and responders' topics followed live
+(findings, commands waiting for approval, commands acting or cancelled, responders' answers),
+or a replay's output.
+
+Commands count only when their signature verifies: a pending contain against the worker's
+command keys (an approver must never be shown a forged one to approve), an acting or
+cancelling one against the command and analysts' keys. Anything else is skipped, logged.
 
 The follower is a consumer of its own group (``<app_id>-console``) that starts each partition
 where the console's store ends (the offsets it committed with the findings), not where the
@@ -10,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
 from pipeline.console.store import ConsoleStore
+from pipeline.errors import ConfigError
 
 __all__ = ["Follower", "load_replay"]
 
@@ -39,8 +47,10 @@ class Follower:
     def __init__(self, settings: Settings, store: ConsoleStore) -> None:
         self.settings = settings
         self.store = store
-        self.topic = settings.alerts_topic
+        self.kinds = {settings.alerts_topic: "finding", settings.approvals_topic: "pending",
+                      settings.quarantine_topic: "command", settings.acks_topic: "response"}
         self.ingested = 0
+        self.skipped = 0  # records that did not verify or parse
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="console-follow", daemon=True)
@@ -56,20 +66,44 @@ class Follower:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING
 
-        held = self.store.offsets(self.topic)
         for tp in partitions:
-            tp.offset = held.get(tp.partition, OFFSET_BEGINNING)
+            tp.offset = self.store.offsets(tp.topic).get(tp.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
+
+    def parse(self, kind: str, value: bytes | None, now_ms: int) -> dict[str, Any] | None:
+        """The message a record carries, verified where it is signed; None to skip it."""
+        import json
+
+        from pipeline.control.signing import analyst_keys, trusted_keys, with_analysts
+        from pipeline.quarantine.commands import CommandRejected, verify
+
+        if not value:
+            return None
+        if kind in ("finding", "response"):
+            try:
+                doc = json.loads(value)
+            except ValueError:
+                return None
+            return doc if isinstance(doc, dict) else None
+        try:
+            keys = trusted_keys(self.settings)
+            if kind == "command":
+                keys = with_analysts(keys, analyst_keys(self.settings))
+            return verify(value, keys, now_ms=now_ms, max_age_ms=10**12, executable=False)
+        except (CommandRejected, ConfigError) as exc:
+            log.warning("console: a %s record skipped: %s", kind, exc)
+            return None
 
     def _run(self) -> None:
         from pipeline.kafka.clients import make_consumer
 
         consumer = make_consumer(self.settings, f"{self.settings.app_id}-console")
         try:
-            consumer.subscribe([self.topic], on_assign=self._on_assign)
+            consumer.subscribe(list(self.kinds), on_assign=self._on_assign)
             while not self._stop.is_set():
                 msgs = consumer.consume(500, 0.5)
-                batch: list[tuple[str, int, int, bytes | None]] = []
+                now_ms = int(time.time() * 1000)
+                batch: list[tuple[str, int, int, str, dict[str, Any] | None]] = []
                 for m in msgs:
                     err = m.error()
                     if err is not None:
@@ -78,9 +112,13 @@ class Follower:
                             log.error("console follower stopped: %s", err)
                             return
                         continue
-                    batch.append((self.topic, m.partition() or 0, m.offset() or 0, m.value()))
+                    topic = m.topic() or ""
+                    kind = "command" if self.kinds[topic] == "pending" else self.kinds[topic]
+                    doc = self.parse(self.kinds[topic], m.value(), now_ms)
+                    self.skipped += doc is None
+                    batch.append((topic, m.partition() or 0, m.offset() or 0, kind, doc))
                 if batch:
-                    self.ingested += self.store.ingest(batch)
+                    self.ingested += self.store.ingest_parsed(batch)
                     # The store holds them with their offsets; the group's commit is for
                     # operators' lag tools only.
                     consumer.commit(asynchronous=True)

@@ -69,6 +69,16 @@ CREATE TABLE IF NOT EXISTS actions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, user TEXT NOT NULL,
     action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY, identity TEXT NOT NULL, finding_uid TEXT, state TEXT NOT NULL,
+    reason TEXT NOT NULL, severity_id INTEGER, start_ms INTEGER, until_ms INTEGER,
+    decided_by TEXT, pending TEXT, updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, command_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS responses (
+    request_id TEXT NOT NULL, command_id TEXT, status INTEGER NOT NULL, text TEXT NOT NULL,
+    adapters TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (request_id, status)
+);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, next INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
@@ -124,16 +134,30 @@ class ConsoleStore:
 
     # --- findings ---------------------------------------------------------------------------
 
-    def ingest(self, records: Iterable[tuple[str, int, int, bytes | None]]) -> int:
+    def ingest(self, records: Iterable[tuple[str, int, int, bytes | None]],
+               kind: str = "finding") -> int:  # fmt: skip
         """Findings read from ``(topic, partition, offset, value)``, committed with the offsets
         that follow them. Unreadable values are skipped (the worker's own output: counted as a
         bug, not an analyst's problem). Returns how many findings changed."""
+        return self.ingest_parsed((t, p, o, kind, _json(v)) for t, p, o, v in records)
+
+    def ingest_parsed(self, records: Iterable[tuple[str, int, int, str, dict[str, Any] | None]]
+                      ) -> int:  # fmt: skip
+        """Records already read and checked by the follower, ``(topic, partition, offset,
+        kind, message)``: kind ``finding`` (OCSF), ``command`` (a verified OpenC2 command:
+        pending on the approvals topic, acting or cancelling on the quarantine topic) or
+        ``response`` (a responder's answer). ``message`` None: nothing to keep (unverified,
+        unreadable), the offset still moves on. Committed with their offsets."""
         changed = 0
         with self.tx() as db:
-            for topic, partition, offset, value in records:
-                doc = _json(value)
-                if doc is not None and self._upsert(db, doc):
-                    changed += 1
+            for topic, partition, offset, kind, doc in records:
+                if doc is not None:
+                    if kind == "finding":
+                        changed += self._upsert(db, doc)
+                    elif kind == "command":
+                        changed += self._command(db, doc)
+                    elif kind == "response":
+                        changed += self._response(db, doc)
                 db.execute("INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
                            "DO UPDATE SET next = excluded.next WHERE excluded.next > next",
                            (topic, partition, offset + 1))  # fmt: skip
@@ -189,6 +213,112 @@ class ConsoleStore:
         if closed and old is None:
             db.execute("UPDATE findings SET status = 'closed' WHERE uid = ?", (uid,))
         return True
+
+    def _command(self, db: sqlite3.Connection, msg: dict[str, Any]) -> bool:
+        try:
+            req = msg["body"]["openc2"]["request"]
+            ext = (req.get("args") or {}).get("x-custos") or {}
+            command_id, action = str(req["command_id"]), str(req["action"])
+            request_id = str(msg["headers"]["request_id"])
+            created = int(msg["headers"]["created"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if action == "cancel":
+            target = str((req.get("target") or {}).get("command") or "")
+            db.execute("INSERT OR IGNORE INTO requests VALUES (?, ?)", (request_id, target))
+            cur = db.execute("UPDATE commands SET state = 'released', decided_by = ?, "
+                             "updated_ms = ? WHERE command_id = ?",
+                             (str(ext.get("by") or ""), created, target))  # fmt: skip
+            return cur.rowcount > 0
+        if action != "contain":
+            return False
+        db.execute("INSERT OR IGNORE INTO requests VALUES (?, ?)", (request_id, command_id))
+        identity = str((req.get("target") or {}).get("x-custos:subject", {}).get("id") or "")
+        args = req.get("args") or {}
+        approval = ext.get("approval", "automatic")
+        old = db.execute("SELECT state FROM commands WHERE command_id = ?",
+                         (command_id,)).fetchone()  # fmt: skip
+        if approval == "required":
+            if old is not None:
+                return False  # decided (or acting) already: a late copy changes nothing
+            db.execute("INSERT INTO commands (command_id, identity, finding_uid, state, reason, "
+                       "severity_id, decided_by, pending, updated_ms) VALUES "
+                       "(?, ?, ?, 'pending', ?, ?, NULL, ?, ?)",
+                       (command_id, identity, ext.get("finding_uid"), str(ext.get("reason", "")),
+                        ext.get("severity_id"), json.dumps(msg, sort_keys=True),
+                        created))  # fmt: skip
+            return True
+        start = int(args.get("start_time", created))
+        until = start + int(args.get("duration", 0))
+        by = str(ext.get("approved_by") or "automatic")
+        db.execute("INSERT INTO commands (command_id, identity, finding_uid, state, reason, "
+                   "severity_id, start_ms, until_ms, decided_by, updated_ms) VALUES "
+                   "(?, ?, ?, 'active', ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO UPDATE SET "
+                   "state = 'active', start_ms = excluded.start_ms, until_ms = excluded.until_ms, "
+                   "decided_by = excluded.decided_by, updated_ms = excluded.updated_ms",
+                   (command_id, identity, ext.get("finding_uid"), str(ext.get("reason", "")),
+                    ext.get("severity_id"), start, until, by, created))  # fmt: skip
+        return True
+
+    def _response(self, db: sqlite3.Connection, doc: dict[str, Any]) -> bool:
+        try:
+            request_id = str(doc["headers"]["request_id"])
+            at = int(doc["headers"]["created"])
+            body = doc["body"]["openc2"]["response"]
+            status, text = int(body["status"]), str(body.get("status_text", ""))
+        except (KeyError, TypeError, ValueError):
+            return False
+        ext = (body.get("results") or {}).get("x-custos") or {}
+        command_id = ext.get("command_id")
+        if command_id is None:
+            known = db.execute("SELECT command_id FROM requests WHERE request_id = ?",
+                               (request_id,)).fetchone()  # fmt: skip
+            command_id = known["command_id"] if known else None
+        if ext.get("expired") and status == 200:
+            db.execute("UPDATE commands SET state = 'expired' WHERE command_id = ?", (command_id,))
+        db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+                   (request_id, command_id, status, text,
+                    json.dumps(ext.get("adapters") or {}, sort_keys=True), at))  # fmt: skip
+        return True
+
+    def commands(self, *, state: str | None = None, finding_uid: str | None = None,
+                 limit: int = 200) -> list[dict[str, Any]]:  # fmt: skip
+        """Contain commands as the console last saw them, newest change first."""
+        where, args = [], []
+        for column, value in (("state", state), ("finding_uid", finding_uid)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM commands" + (f" WHERE {' AND '.join(where)}" if where else "")
+        return [dict(r) for r in self.query(sql + " ORDER BY updated_ms DESC LIMIT ?",
+                                            [*args, limit])]  # fmt: skip
+
+    def command(self, command_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM commands WHERE command_id = ?", (command_id,))
+        return dict(rows[0]) if rows else None
+
+    def decide(self, command_id: str, user: str, state: str, detail: str) -> bool:
+        """An analyst's decision on a pending command (approved, rejected), with who; False
+        when it is not pending (decided meanwhile, by someone else or the worker)."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE commands SET state = ?, decided_by = ?, updated_ms = ? "
+                             "WHERE command_id = ? AND state = 'pending'",
+                             (state, user, _now_ms(), command_id))  # fmt: skip
+            if cur.rowcount == 0:
+                return False
+            db.execute("INSERT INTO actions (at_ms, user, action, target, detail) "
+                       "VALUES (?, ?, ?, ?, ?)", (_now_ms(), user, state, command_id, detail))
+        return True
+
+    def record(self, user: str, action: str, target: str, detail: str) -> None:
+        """An analyst's action that is not a change of this store (a decision sent on)."""
+        with self.tx() as db:
+            db.execute("INSERT INTO actions (at_ms, user, action, target, detail) "
+                       "VALUES (?, ?, ?, ?, ?)", (_now_ms(), user, action, target, detail))
+
+    def responses(self, command_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.query(
+            "SELECT * FROM responses WHERE command_id = ? ORDER BY at_ms", (command_id,))]
 
     def finding(self, uid: str) -> Finding | None:
         rows = self.query("SELECT * FROM findings WHERE uid = ?", (uid,))

@@ -1,9 +1,16 @@
 """The console's web application (Starlette, Jinja2 templates, vendored htmx).
 
 Pages: login, the alert queue (live: new and changed findings arrive over server-sent events
-without a reload), a finding's page. Changes (acknowledge, assign, close with a
-classification, logout) are POSTs that must carry the session's CSRF token and come from the
-console's own origin; roles are enforced here, on the server, whatever the page shows.
+without a reload), a finding's page (with its contain commands and every responder answer),
+the containment queue (pending approvals, active quarantines). Changes are POSTs that must
+carry the session's CSRF token and come from the console's own origin; roles are enforced
+here, on the server, whatever the page shows:
+
+* triage (acknowledge, assign, close with a classification) stays in the console's store;
+* confirm, false positive (optionally learned as normal), suppress (analyst), approve, reject
+  and release (approver) leave the console signed with that analyst's own key
+  (:mod:`~pipeline.console.decisions`) and are recorded only once the broker has them. With
+  ``two_person``, an approver cannot approve a contain of a finding they confirmed themselves.
 
 Bound to 127.0.0.1 by default (``custos console``). Behind a TLS proxy, set ``secure_cookies``.
 """
@@ -15,11 +22,12 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,6 +37,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from pipeline.config import Settings
+from pipeline.console import decisions
 from pipeline.console.accounts import Accounts, Session
 from pipeline.console.store import CLASSIFICATIONS, ConsoleStore
 
@@ -59,11 +69,22 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+Send = Callable[[decisions.Outgoing], None]
+#: Incident decisions an analyst sends to the worker, with what they do.
+TO_WORKER: Final = {"confirm": "compromise confirmed", "false_positive": "false positive",
+                    "suppress": "suppressed"}  # fmt: skip
+
+
 class Console:
     def __init__(self, store: ConsoleStore, *, poll_s: float = 0.5,
-                 secure_cookies: bool = False) -> None:  # fmt: skip
+                 secure_cookies: bool = False, settings: Settings | None = None,
+                 send: Send | None = None, two_person: bool = False) -> None:  # fmt: skip
         self.store = store
         self.accounts = Accounts(store)
+        self.settings = settings
+        self.send = send  # None: read-only for the worker and responders (serving a replay)
+        self.two_person = two_person
+        self.keys = decisions.AnalystKeys(settings) if settings is not None else None
         self.poll_s = poll_s
         self.secure = secure_cookies
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -199,14 +220,60 @@ class Console:
         if f is None:
             raise HTTPException(404, "no such finding")
         doc = json.loads(f["doc"])
+        commands = self.store.commands(finding_uid=f["uid"])
+        for c in commands:
+            c["responses"] = self.store.responses(c["command_id"])
         return self.page(request, "finding.html", s=s, f=f, doc=doc,
                          evidence=json.dumps(doc, indent=2, sort_keys=True),
-                         history=self.store.actions(f["uid"]))  # fmt: skip
+                         history=self.store.actions(f["uid"]), commands=commands,
+                         can_send=self.send is not None)  # fmt: skip
+
+    async def deliver(self, s: Session, build: Callable[..., decisions.Outgoing],
+                      **kw: Any) -> decisions.Outgoing:  # fmt: skip
+        """Sign with ``s``'s own key, build, send; HTTP 409 when this console cannot send,
+        502 when the broker did not take it."""
+        if self.send is None or self.keys is None or self.settings is None:
+            raise HTTPException(409, "this console is read-only (serving a replay): decisions "
+                                "go through a console that follows Kafka")  # fmt: skip
+        key = await asyncio.to_thread(self.keys.key, s.user)
+        out = build(self.settings, key, user=s.user, now_ms=int(time.time() * 1000), **kw)
+        try:
+            await asyncio.to_thread(self.send, out)
+        except decisions.DecisionNotSent as exc:
+            raise HTTPException(502, str(exc)) from None
+        return out
+
+    async def to_worker(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
+        uid, action = request.path_params["uid"], request.path_params["action"]
+        f = self.store.finding(uid)
+        if f is None:
+            raise HTTPException(404, "no such finding")
+        reason = str(form.get("reason") or "").strip()[:500]
+        if not reason:
+            raise HTTPException(400, "say why: the reason goes to the worker and the audit log")
+        kw: dict[str, Any] = {}
+        if action == "false_positive":
+            kw["learn_as_normal"] = bool(form.get("learn"))
+        if action == "suppress":
+            try:
+                hours = float(str(form.get("hours") or "24"))
+            except ValueError:
+                hours = -1.0
+            if not 0 < hours <= 24 * 90:
+                raise HTTPException(400, "a suppression lasts more than 0 and at most 90 days")
+            kw["until_ms"] = int((time.time() + hours * 3600) * 1000)
+        out = await self.deliver(s, decisions.feedback, action=action, identity=f["identity"],
+                                 finding_uid=uid, reason=reason, **kw)  # fmt: skip
+        self.store.record(s.user, action, uid, json.dumps({"reason": reason, "sent": out.what,
+                                                           **kw}, sort_keys=True))  # fmt: skip
+        return RedirectResponse(f"/findings/{quote(uid, safe='')}", status_code=303)
 
     async def triage(self, request: Request) -> Response:
         s, form = await self.change(request, "analyst")
         uid = request.path_params["uid"]
         action = request.path_params["action"]
+        if action in TO_WORKER:
+            return await self.to_worker(request, s, form)
         kw: dict[str, Any] = {"reason": str(form.get("reason") or "")[:500]}
         if action == "assign":
             kw["assignee"] = str(form.get("assignee") or s.user)
@@ -224,6 +291,56 @@ class Console:
                                 else "/", status_code=303)  # fmt: skip
 
 
+    async def containment(self, request: Request) -> Response:
+        s = self.session(request)
+        if s is None:
+            return RedirectResponse("/login", status_code=303)
+        now = int(time.time() * 1000)
+        active = [c for c in self.store.commands(state="active") if (c["until_ms"] or 0) > now]
+        return self.page(request, "containment.html", s=s,
+                         pending=self.store.commands(state="pending"), active=active,
+                         recent=self.store.commands(limit=30))  # fmt: skip
+
+    async def decide(self, request: Request) -> Response:
+        s, form = await self.change(request, "approver")
+        command_id, action = request.path_params["command_id"], request.path_params["action"]
+        c = self.store.command(command_id)
+        if c is None:
+            raise HTTPException(404, "no such command")
+        reason = str(form.get("reason") or "").strip()[:500]
+        if action == "approve":
+            if c["state"] != "pending" or not c["pending"]:
+                raise HTTPException(409, f"command {command_id} is {c['state']}, not pending")
+            confirmed = [a for a in self.store.actions(c["finding_uid"] or "")
+                         if a["user"] == s.user and a["action"] == "confirm"]  # fmt: skip
+            if self.two_person and confirmed:
+                raise HTTPException(403, "two-person rule: you confirmed this compromise; "
+                                    "another approver decides on its quarantine")  # fmt: skip
+            out = await self.deliver(s, decisions.approval, pending=json.loads(c["pending"]))
+            self.store.decide(command_id, s.user, "approved", out.what)
+        elif action == "reject":
+            if c["state"] != "pending":
+                raise HTTPException(409, f"command {command_id} is {c['state']}, not pending")
+            if not reason:
+                raise HTTPException(400, "say why the contain is rejected")
+            # The worker cancels the incident's quarantine: no re-issue of the same guess.
+            out = await self.deliver(s, decisions.feedback, action="release",
+                                     identity=c["identity"], finding_uid=c["finding_uid"],
+                                     reason=f"contain rejected: {reason}")  # fmt: skip
+            self.store.decide(command_id, s.user, "rejected", f"{out.what}: {reason}")
+        elif action == "release":
+            if c["state"] != "active":
+                raise HTTPException(409, f"command {command_id} is {c['state']}, not active")
+            if not reason:
+                raise HTTPException(400, "say why the quarantine is released")
+            out = await self.deliver(s, decisions.release, identity=c["identity"],
+                                     command_id=command_id, reason=reason)  # fmt: skip
+            self.store.record(s.user, "release", command_id, f"{out.what}: {reason}")
+        else:
+            raise HTTPException(404, "no such action")
+        return RedirectResponse("/containment", status_code=303)
+
+
 def _same_origin(request: Request) -> None:
     """Refuse a change whose Origin (or, without one, Referer) is not this console."""
     origin = request.headers.get("origin") or request.headers.get("referer")
@@ -238,9 +355,11 @@ async def healthz(request: Request) -> Response:
     return Response("ok\n", media_type="text/plain")
 
 
-def create_console(store: ConsoleStore, *, poll_s: float = 0.5,
-                   secure_cookies: bool = False) -> Starlette:  # fmt: skip
-    c = Console(store, poll_s=poll_s, secure_cookies=secure_cookies)
+def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: bool = False,
+                   settings: Settings | None = None, send: Send | None = None,
+                   two_person: bool = False) -> Starlette:  # fmt: skip
+    c = Console(store, poll_s=poll_s, secure_cookies=secure_cookies, settings=settings,
+                send=send, two_person=two_person)  # fmt: skip
 
     async def error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -259,6 +378,8 @@ def create_console(store: ConsoleStore, *, poll_s: float = 0.5,
             Route("/stream", c.stream),
             Route("/findings/{uid:path}/{action}", c.triage, methods=["POST"]),
             Route("/findings/{uid:path}", c.finding),
+            Route("/containment", c.containment),
+            Route("/containment/{command_id}/{action}", c.decide, methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={HTTPException: error},

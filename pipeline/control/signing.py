@@ -74,6 +74,7 @@ __all__ = [
     "analyst_keys",
     "apply_signed_agent_model_updates",
     "command_key",
+    "publish_analyst_key",
     "sign_agent_model_update",
     "sign_compact",
     "sign_feedback",
@@ -130,12 +131,13 @@ class SigningKey:
         return cls(OKPKey.generate_key("Ed25519", parameters={"kid": kid}, private=True))
 
     @classmethod
-    def load_or_create(cls, path: Path) -> SigningKey:
-        """Read the private JWK at ``path``, or create it (mode 0600) on first run."""
+    def load_or_create(cls, path: Path, kid: str | None = None) -> SigningKey:
+        """Read the private JWK at ``path``, or create it (mode 0600, key id ``kid`` or a
+        random one) on first run."""
         if path.exists():
             data = msgspec.json.decode(path.read_bytes())
             return cls(OKPKey.import_key(data))
-        key = cls.generate()
+        key = cls.generate(kid)
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: two processes starting together must not overwrite each other's key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -330,15 +332,20 @@ def analyst_key(settings: Any) -> SigningKey:
     lists their keys there, not the analysts themselves.
     """
     key = SigningKey.load_or_create(settings.analyst_key_path)
+    publish_analyst_key(settings, key)
+    return key
+
+
+def publish_analyst_key(settings: Any, key: SigningKey) -> None:
+    """Add ``key``'s public half to the analysts' JWKS (``analyst_trusted_jwks``), once."""
     path = settings.analyst_jwks_path
     known = msgspec.json.decode(path.read_bytes()) if path.exists() else {"keys": []}
     if not any(k.get("kid") == key.kid for k in known.get("keys", [])):
         known["keys"] = [*known.get("keys", []), *key.jwks()["keys"]]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(msgspec.json.encode(known))
         tmp.replace(path)
-    return key
 
 
 def with_analysts(commands: KeySet, analysts: KeySet | None) -> KeySet:
