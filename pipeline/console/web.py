@@ -221,11 +221,14 @@ class Console:
             raise HTTPException(404, "no such finding")
         doc = json.loads(f["doc"])
         commands = self.store.commands(finding_uid=f["uid"])
+        history = self.store.actions(f["uid"])
         for c in commands:
             c["responses"] = self.store.responses(c["command_id"])
+            history += self.store.actions(c["command_id"])  # approvals, rejections, releases
+        history.sort(key=lambda a: a["id"])
         return self.page(request, "finding.html", s=s, f=f, doc=doc,
                          evidence=json.dumps(doc, indent=2, sort_keys=True),
-                         history=self.store.actions(f["uid"]), commands=commands,
+                         history=history, commands=commands,
                          can_send=self.send is not None)  # fmt: skip
 
     async def deliver(self, s: Session, build: Callable[..., decisions.Outgoing],
