@@ -27,12 +27,16 @@ _DB = click.option("--db", type=click.Path(dir_okay=False), default=None,
               help="Serve a `custos replay` output directory instead of following Kafka.")
 @click.option("--secure-cookies", is_flag=True,
               help="Mark cookies Secure (serving behind a TLS proxy).")
+@click.option("--worker", "workers", multiple=True,
+              help="A worker's web server to ask for identity baselines (repeatable); "
+              "default: the local worker's.")
 @click.option("--two-person", is_flag=True,
               help="An approver cannot approve the quarantine of a compromise they confirmed.")
 @_DB
 @click.pass_context
 def console(ctx: click.Context, host: str, port: int, from_dir: str | None,
-            secure_cookies: bool, two_person: bool, db: str | None) -> None:  # fmt: skip
+            secure_cookies: bool, workers: tuple[str, ...], two_person: bool,
+            db: str | None) -> None:  # fmt: skip
     """Serve the analyst console (alert queue, findings) until interrupted."""
     if ctx.invoked_subcommand is not None:
         return
@@ -56,7 +60,8 @@ def console(ctx: click.Context, host: str, port: int, from_dir: str | None,
     else:
         follower = Follower(settings, store).start()
         app = create_console(store, secure_cookies=secure_cookies, settings=settings,
-                             send=KafkaSender(settings), two_person=two_person)  # fmt: skip
+                             send=KafkaSender(settings), two_person=two_person,
+                             workers=workers or (f"http://127.0.0.1:{settings.worker_web_port}",))
     click.echo(f"console: http://{host}:{port}/")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

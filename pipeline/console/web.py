@@ -38,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from pipeline.config import Settings
+from pipeline.console import charts as charts_mod
 from pipeline.console import decisions
 from pipeline.console.accounts import Accounts, Session
 from pipeline.console.store import CLASSIFICATIONS, ConsoleStore
@@ -78,8 +79,10 @@ TO_WORKER: Final = {"confirm": "compromise confirmed", "false_positive": "false 
 class Console:
     def __init__(self, store: ConsoleStore, *, poll_s: float = 0.5,
                  secure_cookies: bool = False, settings: Settings | None = None,
-                 send: Send | None = None, two_person: bool = False) -> None:  # fmt: skip
+                 send: Send | None = None, two_person: bool = False,
+                 workers: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.store = store
+        self.workers = workers  # base URLs of the workers' web servers (identity baselines)
         self.accounts = Accounts(store)
         self.settings = settings
         self.send = send  # None: read-only for the worker and responders (serving a replay)
@@ -294,6 +297,56 @@ class Console:
                                 else "/", status_code=303)  # fmt: skip
 
 
+    def _from_workers(self, uid: str) -> dict[str, Any] | None:
+        """The identity's state as the worker holding it describes it (None: none answers)."""
+        import urllib.error
+        import urllib.request
+
+        for base in self.workers:
+            try:
+                with urllib.request.urlopen(f"{base}/custos/identity/{quote(uid, safe='')}",
+                                            timeout=2) as r:  # fmt: skip
+                    doc = json.loads(r.read())
+                    return doc if isinstance(doc, dict) else None
+            except (urllib.error.URLError, OSError, ValueError):
+                continue  # another worker holds it, or this one is down
+        return None
+
+    async def identity(self, request: Request) -> Response:
+        s = self.session(request)
+        if s is None:
+            return RedirectResponse("/login", status_code=303)
+        uid = request.path_params["uid"]
+        rows = self.store.query("SELECT * FROM findings WHERE identity = ? ORDER BY time_ms",
+                                (uid,))  # fmt: skip
+        findings = [dict(r) for r in rows]
+        state = await asyncio.to_thread(self._from_workers, uid)
+        if not findings and state is None:
+            raise HTTPException(404, "no finding about this identity, and no worker holds it")
+        risk = []
+        observed: dict[str, float] = {}
+        for f in findings:
+            doc = json.loads(f["doc"])
+            if doc.get("risk_score") is not None:
+                risk.append({"time_ms": f["time_ms"], "risk": doc["risk_score"],
+                             "title": f["title"]})  # fmt: skip
+            for a in (doc.get("anomaly_analyses") or [{}])[0].get("anomalies") or ():
+                value = ((a.get("observations") or [{}])[0]).get("value")
+                try:
+                    observed[str(a.get("observation_parameter"))] = float(value)
+                except (TypeError, ValueError):
+                    pass
+        charts = {"risk": charts_mod.risk_chart(risk)} if risk else {}
+        if state is not None:
+            profile = state["baseline"]
+            charts["hours"] = charts_mod.hours_chart(profile)
+            charts["numeric"] = charts_mod.numeric_chart(profile, observed)
+        commands = [c for c in self.store.commands(limit=500) if c["identity"] == uid]
+        kind = findings[-1]["identity_kind"] if findings else "unknown"
+        return self.page(request, "identity.html", s=s, uid=uid, kind=kind,
+                         findings=list(reversed(findings)), state=state, charts=charts,
+                         commands=commands)  # fmt: skip
+
     async def containment(self, request: Request) -> Response:
         s = self.session(request)
         if s is None:
@@ -360,9 +413,10 @@ async def healthz(request: Request) -> Response:
 
 def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: bool = False,
                    settings: Settings | None = None, send: Send | None = None,
-                   two_person: bool = False) -> Starlette:  # fmt: skip
+                   two_person: bool = False,
+                   workers: tuple[str, ...] = ()) -> Starlette:  # fmt: skip
     c = Console(store, poll_s=poll_s, secure_cookies=secure_cookies, settings=settings,
-                send=send, two_person=two_person)  # fmt: skip
+                send=send, two_person=two_person, workers=workers)  # fmt: skip
 
     async def error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -381,6 +435,7 @@ def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: 
             Route("/stream", c.stream),
             Route("/findings/{uid:path}/{action}", c.triage, methods=["POST"]),
             Route("/findings/{uid:path}", c.finding),
+            Route("/identities/{uid:path}", c.identity),
             Route("/containment", c.containment),
             Route("/containment/{command_id}/{action}", c.decide, methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

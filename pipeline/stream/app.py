@@ -284,6 +284,30 @@ def create_app(
         body = render(units.stats, lambda: _worker_metrics(units.stats, detection, hot))
         return web.text(body, content_type="text/plain")
 
+    @app.page("/custos/identity/{uid}")
+    async def identity_page(web: Any, request: Any, uid: str) -> Any:
+        """Read-only: what this worker's state says about one identity it holds (the analyst
+        console's identity page); 404 when another worker holds it (or nobody yet)."""
+        from urllib.parse import unquote
+
+        from pipeline.baselines.profile import summary
+
+        key = unquote(uid)
+        if not key.isprintable() or key not in hot.store:
+            return web.json({"error": f"{key!r} is not held by this worker"}, status=404)
+        st = detection.state_of(key, hot.store)
+        inc = st.risk.incident
+        return web.json({
+            "identity": key,
+            "baseline": summary(detection.baseline_model, st.baseline),
+            "risk": {"risk": round(st.risk.risk, 2), "updated_ms": st.risk.updated_ms,
+                     "incident": inc.uid if inc is not None and inc.uid else None,
+                     "asks_first_until_ms": st.risk.ask_until_ms},
+            "rules": {"last_country": st.rules.loc_cc, "environment": st.rules.env,
+                      "recent_tasks": len(st.rules.tasks),
+                      "model_pinned": st.rules.model is not None},
+        })  # fmt: skip
+
     app.custos_stats = units.stats  # type: ignore[attr-defined]
     app.custos_detection = detection  # type: ignore[attr-defined]
     app.custos_units = units  # type: ignore[attr-defined]

@@ -94,7 +94,7 @@ def test_an_analyst_sees_alerts_arrive_live_and_triages_them(
     row.get_by_role("button", name="Acknowledge").click()
     expect(page.locator(f"#{row_id('f-live')} td.status")).to_contain_text("acknowledged")
 
-    page.click(f"#{row_id('f-live')} a")
+    page.click(f"#{row_id('f-live')} a[href^='/findings/']")
     expect(page.locator("h1")).to_contain_text("Task credential reused")
     page.screenshot(path=str(SHOTS / "finding.png"), full_page=True)
     page.select_option("select[name=classification]", "false_positive")

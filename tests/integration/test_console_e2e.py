@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from pipeline.config import Settings
+from pipeline.config import Settings, env_var
 from pipeline.console.accounts import Accounts
 from pipeline.console.decisions import KafkaSender
 from pipeline.console.follow import Follower
@@ -86,7 +86,8 @@ def test_approve_in_the_console_cuts_the_agent_off_and_a_false_positive_closes_i
         follower = Follower(settings, store).start()
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(
-            create_console(store, poll_s=0.2, settings=settings, send=KafkaSender(settings)),
+            create_console(store, poll_s=0.2, settings=settings, send=KafkaSender(settings),
+                           workers=(f"http://127.0.0.1:{env[env_var('worker_web_port')]}",)),
             host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
         threading.Thread(target=server.run, daemon=True).start()
         _wait(lambda: server.started, 20, "console up")  # type: ignore[union-attr]
@@ -133,6 +134,17 @@ def test_approve_in_the_console_cuts_the_agent_off_and_a_false_positive_closes_i
             return page.locator("tr.answer-200").count() > 0
 
         _wait(answered, 60, "the responder's 200 answer on the finding's page")
+        # The identity page: the worker's baseline charted (Vega-Lite, under the strict CSP).
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.click(f"a[href='/identities/{AGENT}']")
+        expect(page.locator("#chart-hours svg")).to_be_visible(timeout=15_000)
+        expect(page.locator("#chart-numeric svg")).to_be_visible()
+        expect(page.locator("#chart-risk svg")).to_be_visible()
+        expect(page.locator("table.known")).to_contain_text("operation")
+        page.screenshot(path=str(SHOTS / "e2e-identity.png"), full_page=True)
+        assert not errors, errors
+        page.goto(f"{console}/findings/{finding_uid}")
         expect(page.locator("ul.history")).to_contain_text("bob · approved")
         page.screenshot(path=str(SHOTS / "e2e-finding-answered.png"), full_page=True)
 

@@ -9,3 +9,14 @@ document.addEventListener("htmx:sseBeforeMessage", function (evt) {
   var empty = document.querySelector("p.empty");
   if (empty) { empty.remove(); }
 });
+
+// Charts: each <div class="chart" data-spec="ID"> renders the Vega-Lite spec in the JSON
+// <script id="ID">; the interpreter (ast: true) keeps eval out, as the CSP demands.
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("div.chart[data-spec]").forEach(function (el) {
+    var spec = JSON.parse(document.getElementById(el.dataset.spec).textContent);
+    vegaEmbed(el, spec, { ast: true, actions: false, renderer: "svg", defaultStyle: false, tooltip: false }).catch(function (e) {
+      el.textContent = "chart unavailable: " + e;
+    });
+  });
+});

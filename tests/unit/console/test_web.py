@@ -22,7 +22,7 @@ def finding(uid: str = "f-1", *, title: str = "Agent misuses its tools",
             kind: str = "Agent") -> dict[str, Any]:  # fmt: skip
     return {"finding_info": {"uid": uid, "title": title, "first_seen_time": t},
             "activity_id": activity, "severity_id": severity, "time": t, "is_alert": True,
-            "status": "New", "message": f"{title}: explained",
+            "status": "New", "message": f"{title}: explained", "risk_score": 80,
             "evidences": [{"actor": {"user": {"uid": "agt-7", "type": kind}}}],
             "unmapped": {"custos": {"rules": [{"rule": "task_credential_reuse"}]}}}  # fmt: skip
 
@@ -186,3 +186,21 @@ def test_accounts_refuse_weak_input(store: ConsoleStore) -> None:
             accounts.add(name, password, role)
     stored = store.query("SELECT hash FROM users WHERE name = 'alice'")[0]["hash"]
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_an_identity_page_charts_its_findings_and_says_when_no_worker_answers(
+    store: ConsoleStore,
+) -> None:
+    from pipeline.ops.localhost import free_port
+
+    app = create_console(store, workers=(f"http://127.0.0.1:{free_port()}",))  # nobody there
+    client = TestClient(app)
+    page = client.get("/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    client.post("/login", data={"user": "victor", "password": PASSWORD, "nonce": nonce},
+                headers=ORIGIN)  # fmt: skip
+    r = client.get("/identities/agt-7")
+    assert r.status_code == 200 and "No worker answered" in r.text
+    assert 'id="spec-risk"' in r.text and "Agent misuses its tools" in r.text
+    assert 'id="spec-hours"' not in r.text  # no baseline without a worker
+    assert client.get("/identities/nobody").status_code == 404
