@@ -347,6 +347,32 @@ class Console:
                          findings=list(reversed(findings)), state=state, charts=charts,
                          commands=commands)  # fmt: skip
 
+    async def audit(self, request: Request) -> Response:
+        """The audit log as the console reads it: verified now (hashes, signed checkpoints), a
+        record's inclusion proof, an identity's history. Read from Kafka on each visit."""
+        from pipeline.audit.auditor import identity_history, prove_record, verify_log
+
+        s = self.session(request)
+        if s is None:
+            return RedirectResponse("/login", status_code=303)
+        if self.settings is None:
+            raise HTTPException(409, "the audit log is on Kafka: this console serves a replay")
+        settings = self.settings
+        q = request.query_params
+        report = await asyncio.to_thread(verify_log, settings)
+        proof = history = None
+        seq = q.get("seq") or ""
+        if seq:
+            if not seq.isdigit():
+                raise HTTPException(400, "a record number is a non-negative integer")
+            found = await asyncio.to_thread(prove_record, settings, int(seq))
+            proof = json.dumps(found, indent=2) if found is not None else ""
+        who = (q.get("identity") or "").strip()
+        if who:
+            history = await asyncio.to_thread(identity_history, settings, who)
+        return self.page(request, "audit.html", s=s, report=report, seq=seq, proof=proof,
+                         who=who, history=history)  # fmt: skip
+
     async def containment(self, request: Request) -> Response:
         s = self.session(request)
         if s is None:
@@ -437,6 +463,7 @@ def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: 
             Route("/findings/{uid:path}", c.finding),
             Route("/identities/{uid:path}", c.identity),
             Route("/containment", c.containment),
+            Route("/audit", c.audit),
             Route("/containment/{command_id}/{action}", c.decide, methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],

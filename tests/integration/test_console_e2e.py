@@ -179,6 +179,12 @@ def test_approve_in_the_console_cuts_the_agent_off_and_a_false_positive_closes_i
             return b"analyst:bob" in text and b"analyst:alice" in text
 
         _wait(audited, 60, "the audit log naming both analysts: " + logs())
+        # The audit page: verified now, the agent's history names who approved.
+        page.goto(f"{console}/audit?identity={AGENT}&seq=0")
+        expect(page.locator("#verdict")).to_contain_text("Verified")
+        expect(page.locator("#audit-history")).to_contain_text("analyst:bob")
+        assert page.locator("#proof").count() + page.get_by_text("No checkpoint covers").count()
+        page.screenshot(path=str(SHOTS / "e2e-audit.png"), full_page=True)
     finally:
         if server is not None:
             server.should_exit = True
