@@ -373,6 +373,26 @@ class Console:
         return self.page(request, "audit.html", s=s, report=report, seq=seq, proof=proof,
                          who=who, history=history)  # fmt: skip
 
+    async def bulk(self, request: Request) -> Response:
+        """One triage action on every selected finding of the queue (at most 500)."""
+        s, _ = await self.change(request, "analyst")
+        form = await request.form()
+        uids = [str(u) for u in form.getlist("uid")][:500]
+        action = str(form.get("action") or "")
+        if action not in ("acknowledge", "assign", "close") or not uids:
+            raise HTTPException(400, "choose findings and one of acknowledge, assign, close")
+        kw: dict[str, Any] = {"reason": str(form.get("reason") or "")[:500]}
+        if action == "assign":
+            kw["assignee"] = s.user
+        if action == "close":
+            kw["classification"] = str(form.get("classification") or "")
+        try:
+            for uid in uids:
+                self.store.triage(uid, s.user, action, **kw)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return RedirectResponse("/", status_code=303)
+
     async def containment(self, request: Request) -> Response:
         s = self.session(request)
         if s is None:
@@ -459,6 +479,7 @@ def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: 
             Route("/login", c.login, methods=["POST"]),
             Route("/logout", c.logout, methods=["POST"]),
             Route("/stream", c.stream),
+            Route("/bulk", c.bulk, methods=["POST"]),
             Route("/findings/{uid:path}/{action}", c.triage, methods=["POST"]),
             Route("/findings/{uid:path}", c.finding),
             Route("/identities/{uid:path}", c.identity),

@@ -204,3 +204,24 @@ def test_an_identity_page_charts_its_findings_and_says_when_no_worker_answers(
     assert 'id="spec-risk"' in r.text and "Agent misuses its tools" in r.text
     assert 'id="spec-hours"' not in r.text  # no baseline without a worker
     assert client.get("/identities/nobody").status_code == 404
+
+
+def test_bulk_triage_applies_to_every_selected_finding_and_only_for_analysts(
+    store: ConsoleStore,
+) -> None:
+    for i in range(3):
+        store.ingest_finding(finding(f"b-{i}"))
+    viewer, csrf_v = login(store, "victor")
+    data = {"csrf": csrf_v, "action": "acknowledge", "uid": ["b-0", "b-1"]}
+    assert viewer.post("/bulk", data=data, headers=ORIGIN).status_code == 403
+    client, csrf = login(store)
+    assert client.post("/bulk", data={**data, "csrf": csrf}).status_code == 403  # no Origin
+    bad = {"csrf": csrf, "action": "close", "classification": "meh", "uid": ["b-0"]}
+    assert client.post("/bulk", data=bad, headers=ORIGIN).status_code == 400
+    done = {"csrf": csrf, "action": "close", "classification": "benign_positive",
+            "reason": "nightly backup", "uid": ["b-0", "b-1"]}  # fmt: skip
+    r = client.post("/bulk", data=done, headers=ORIGIN, follow_redirects=False)
+    assert r.status_code == 303
+    statuses = [(store.finding(f"b-{i}") or {}).get("status") for i in range(3)]
+    assert statuses == ["closed", "closed", "new"]
+    assert {a["target"] for a in store.actions() if a["user"] == "alice"} == {"b-0", "b-1"}
