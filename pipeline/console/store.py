@@ -332,13 +332,15 @@ class ConsoleStore:
         status: str | None = None,
         kind: str | None = None,
         assignee: str | None = None,
+        analytic: str | None = None,
         limit: int = 200,
     ) -> list[Finding]:
-        """The queue, newest change first; ``after_seq``: only what changed since."""
+        """The queue, newest change first; ``after_seq``: only what changed since.
+        ``analytic``: ``Rule`` or ``Behavioral`` (what raised the finding)."""
         where = ["seq > ?", "severity_id >= ?"]
         args: list[Any] = [after_seq, min_severity]
         for column, value in (("status", status), ("identity_kind", kind),
-                              ("assignee", assignee)):  # fmt: skip
+                              ("assignee", assignee), ("analytic", analytic)):  # fmt: skip
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)

@@ -171,7 +171,8 @@ class Console:
             "min_severity": severity,
             "status": q.get("status") or None,
             "kind": q.get("kind") or None,
-            "assignee": s.user if q.get("mine") else None,
+            "assignee": s.user if q.get("mine") else (q.get("assignee") or None),
+            "analytic": q.get("analytic") or None,
         }
 
     async def queue(self, request: Request) -> Response:
@@ -181,7 +182,8 @@ class Console:
         filters = self._filters(request, s)
         rows = self.store.findings(**filters)
         stream = "/stream?" + urlencode({**{k: v for k, v in request.query_params.items()
-                                            if k in ("severity", "status", "kind", "mine")},
+                                            if k in ("severity", "status", "kind", "mine",
+                                                     "assignee", "analytic")},
                                          "after": self.store.last_seq()})  # fmt: skip
         return self.page(request, "queue.html", s=s, rows=rows, stream=stream,
                          q=request.query_params)  # fmt: skip

@@ -118,6 +118,8 @@ def test_a_viewer_is_refused_on_the_server_and_forgeries_fail(
     origin = {"origin": base}
     r = req.post(base + "/findings/f-old/acknowledge", form={"csrf": csrf or ""}, headers=origin)
     assert r.status == 403 and "viewer" in r.text()
+    r = req.post(base + "/containment/any/approve", form={"csrf": csrf or ""}, headers=origin)
+    assert r.status == 403 and "approver" in r.text()
     analyst = _login(browser, base, "alice")
     forged = analyst.context.request.post(base + "/findings/f-old/acknowledge",
                                           form={}, headers=origin)  # fmt: skip

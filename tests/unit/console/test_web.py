@@ -20,7 +20,8 @@ PASSWORD = "a long enough password"
 def finding(uid: str = "f-1", *, title: str = "Agent misuses its tools",
             t: int = 1_790_000_000_000, activity: int = 1, severity: int = 4,
             kind: str = "Agent") -> dict[str, Any]:  # fmt: skip
-    return {"finding_info": {"uid": uid, "title": title, "first_seen_time": t},
+    return {"finding_info": {"uid": uid, "title": title, "first_seen_time": t,
+                             "analytic": {"type": "Rule"}},
             "activity_id": activity, "severity_id": severity, "time": t, "is_alert": True,
             "status": "New", "message": f"{title}: explained", "risk_score": 80,
             "evidences": [{"actor": {"user": {"uid": "agt-7", "type": kind}}}],
@@ -120,6 +121,8 @@ def test_assign_and_close_with_a_classification_are_attributed(store: ConsoleSto
     client.post("/findings/f-1/assign", data={"csrf": csrf}, headers=ORIGIN)
     assert store.finding("f-1")["assignee"] == "alice"  # type: ignore[index]
     assert "Agent misuses its tools" in client.get("/?mine=1").text
+    assert "Agent misuses its tools" in client.get("/?assignee=alice&analytic=Rule").text
+    assert "Agent misuses its tools" not in client.get("/?analytic=Behavioral").text
     bad = client.post("/findings/f-1/close", data={"csrf": csrf, "classification": "meh"},
                       headers=ORIGIN)  # fmt: skip
     assert bad.status_code == 400
