@@ -25,10 +25,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final
+
+from pipeline.storage import open_durable, transaction
 
 __all__ = ["CLASSIFICATIONS", "ConsoleStore", "Finding", "default_path"]
 
@@ -102,27 +104,15 @@ class ConsoleStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # NORMAL: a crash may lose the last commits, never corrupt; the follower re-reads
+        # them from Kafka (their offsets went with them).
+        self._db = open_durable(self.path, _SCHEMA, synchronous="NORMAL")
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction (all or nothing), holding the store's lock."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        return transaction(self._db, self._lock)
 
     def query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.credentials.tokens import TaskClaims
+from pipeline.storage import open_durable, transaction
 
-__all__ = ["Block", "CredentialStatus", "Registry", "open_durable"]
+__all__ = ["Block", "CredentialStatus", "Registry"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (
@@ -60,21 +60,6 @@ CREATE TABLE IF NOT EXISTS blocks (
     command_id TEXT
 );
 """
-
-
-def open_durable(path: Path | str, schema: str) -> sqlite3.Connection:
-    """A SQLite database where an acknowledged write is on disk (WAL, ``synchronous=FULL``).
-
-    Autocommit (transactions are explicit), shareable across threads behind the caller's lock.
-    Also the responders' store of final answers.
-    """
-    if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk
-    db.executescript(schema)
-    return db
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +97,8 @@ class Registry:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     # --- credentials ------------------------------------------------------------------------
     def record(self, c: TaskClaims) -> None:

@@ -306,6 +306,22 @@ def bench_kafka(
     }
 
 
+def _owning(worker: subprocess.Popen[bytes], port: int, parts: int,
+            deadline: float) -> dict[str, float]:  # fmt: skip
+    """The worker's metrics once it owns all ``parts`` partitions (or at ``deadline``, or when
+    it exited)."""
+    m: dict[str, float] = {}
+    while time.perf_counter() < deadline and worker.poll() is None:
+        try:
+            m = scrape(port)
+        except OSError:
+            m = {}
+        if m.get("custos_partitions_owned", 0.0) >= parts:
+            break
+        time.sleep(0.2)
+    return m
+
+
 def bench_restore(env: dict[str, str], parts: int, log: Path, echo: Echo) -> dict[str, Any]:
     """A new worker (empty data directory, same group) takes every partition over: seconds
     from its start until it owns them all with their state read back from the changelog."""
@@ -317,16 +333,7 @@ def bench_restore(env: dict[str, str], parts: int, log: Path, echo: Echo) -> dic
                               stdout=open(log.with_name("worker-restore.log"), "wb"),
                               stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = t0 + 600
-        m: dict[str, float] = {}
-        while time.perf_counter() < deadline and worker.poll() is None:
-            try:
-                m = scrape(port)
-            except OSError:
-                m = {}
-            if m.get("custos_partitions_owned", 0.0) >= parts:
-                break
-            time.sleep(0.2)
+        m = _owning(worker, port, parts, t0 + 600)
         secs = time.perf_counter() - t0
     finally:
         stop([worker])
@@ -399,15 +406,7 @@ def bench_memory(
                               stdout=open(log.with_name("worker-memory.log"), "wb"),
                               stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        m: dict[str, float] = {}
-        while time.perf_counter() - t0 < 900 and worker.poll() is None:
-            try:
-                m = scrape(port)
-            except OSError:
-                m = {}
-            if m.get("custos_partitions_owned", 0.0) >= parts:
-                break
-            time.sleep(0.5)
+        m = _owning(worker, port, parts, t0 + 900)
         restore_s = time.perf_counter() - t0
         held = int(m.get("custos_identities", 0.0))
         rss_restored = _proc_rss_mb(worker.pid)

@@ -44,9 +44,9 @@ from joserfc.jwk import KeySet
 
 from pipeline.alerts.findings import build_failure_finding
 from pipeline.control.signing import with_analysts
-from pipeline.credentials.registry import open_durable
 from pipeline.quarantine.commands import CommandRejected, verify
 from pipeline.responders.base import Adapter, Command, HttpRequest, HttpResponse, Outcome, send_http
+from pipeline.storage import open_durable
 
 __all__ = ["Responder", "ResponseStore", "failure_finding", "response", "run_responder"]
 
