@@ -85,7 +85,10 @@ def users_add(ctx: click.Context, name: str, role: str, db: str | None) -> None:
     from pipeline.console.accounts import Accounts
     from pipeline.console.store import ConsoleStore
 
-    password = sys.stdin.readline().rstrip("\n")
+    if sys.stdin.isatty():  # typed: not echoed, asked twice
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
     Accounts(ConsoleStore(_db(ctx, db))).add(name, password, role)
     click.echo(f"{name}: {role}")
 

@@ -48,6 +48,10 @@ __all__ = ["create_console"]
 HERE: Final = Path(__file__).parent
 COOKIE: Final = "custos_session"
 LOGIN_COOKIE: Final = "custos_login"  # binds the login form to this browser (login CSRF)
+# Wrong passwords per user name before its logins wait (guessing stays slow; an attacker can
+# make a user wait, not get in).
+MAX_FAILURES: Final = 5
+LOCKOUT_S: Final = 900.0
 SEVERITIES: Final = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High",
                      5: "Critical", 6: "Fatal"}  # fmt: skip
 # No inline script, no foreign origin: an injected <script> in a finding's text cannot run.
@@ -88,6 +92,7 @@ class Console:
         self.send = send  # None: read-only for the worker and responders (serving a replay)
         self.two_person = two_person
         self.keys = decisions.AnalystKeys(settings) if settings is not None else None
+        self.failures: dict[str, list[float]] = {}  # user → recent wrong passwords (monotonic)
         self.poll_s = poll_s
         self.secure = secure_cookies
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -140,14 +145,22 @@ class Console:
         cookie = request.cookies.get(LOGIN_COOKIE) or ""
         if not cookie or not hmac.compare_digest(nonce.encode(), cookie.encode()):
             raise HTTPException(403, "login form expired or not from this browser; reload it")
-        got = self.accounts.login(str(form.get("user") or ""), str(form.get("password") or ""))
+        user = str(form.get("user") or "")[:64]
+        now = time.monotonic()
+        recent = [t for t in self.failures.get(user, []) if now - t < LOCKOUT_S]
+        if len(recent) >= MAX_FAILURES:
+            raise HTTPException(429, f"too many wrong passwords for {user!r}: try again in "
+                                f"{int(LOCKOUT_S - (now - recent[0])) + 1} s")  # fmt: skip
+        got = self.accounts.login(user, str(form.get("password") or ""))
         if got is None:
+            self.failures[user] = [*recent, now]
             fresh = secrets.token_urlsafe(24)
             response = self.page(request, "login.html", 401, nonce=fresh,
                                  error="Wrong user name or password.")  # fmt: skip
             response.set_cookie(LOGIN_COOKIE, fresh, max_age=900, httponly=True,
                                 samesite="strict", secure=self.secure)  # fmt: skip
             return response
+        self.failures.pop(user, None)
         token, _ = got
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=self.secure)
@@ -294,9 +307,7 @@ class Console:
                 raise HTTPException(404, "no such finding")
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        back = str(form.get("back") or "/")
-        return RedirectResponse(back if back.startswith("/") and not back.startswith("//")
-                                else "/", status_code=303)  # fmt: skip
+        return RedirectResponse(_local(str(form.get("back") or "/")), status_code=303)
 
 
     def _from_workers(self, uid: str) -> dict[str, Any] | None:
@@ -443,6 +454,14 @@ class Console:
         else:
             raise HTTPException(404, "no such action")
         return RedirectResponse("/containment", status_code=303)
+
+
+def _local(path: str) -> str:
+    """``path`` if it stays on this console, else ``/`` (no open redirect: ``//host`` and
+    ``/\\host`` are other hosts to a browser)."""
+    if path.startswith("/") and not path.startswith("//") and "\\" not in path:
+        return path
+    return "/"
 
 
 def _same_origin(request: Request) -> None:

@@ -228,3 +228,28 @@ def test_bulk_triage_applies_to_every_selected_finding_and_only_for_analysts(
     statuses = [(store.finding(f"b-{i}") or {}).get("status") for i in range(3)]
     assert statuses == ["closed", "closed", "new"]
     assert {a["target"] for a in store.actions() if a["user"] == "alice"} == {"b-0", "b-1"}
+
+
+def test_guessing_passwords_is_throttled_per_user(store: ConsoleStore) -> None:
+    client = TestClient(create_console(store))
+    for _ in range(5):
+        page = client.get("/login")
+        nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        r = client.post("/login", data={"user": "alice", "password": "guess", "nonce": nonce},
+                        headers=ORIGIN)  # fmt: skip
+        assert r.status_code == 401
+    page = client.get("/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    r = client.post("/login", data={"user": "alice", "password": PASSWORD, "nonce": nonce},
+                    headers=ORIGIN)  # fmt: skip
+    assert r.status_code == 429 and COOKIE not in client.cookies  # even the right one waits
+    login(store, "victor")  # another user is not affected
+
+
+def test_a_close_never_redirects_off_the_console(store: ConsoleStore) -> None:
+    client, csrf = login(store)
+    for back in ("//evil.example/x", "/\\evil.example", "https://evil.example"):
+        store.ingest_finding(finding("f-r", t=1_790_000_000_000 + len(back)))
+        r = client.post("/findings/f-r/assign", data={"csrf": csrf, "back": back},
+                        headers=ORIGIN, follow_redirects=False)  # fmt: skip
+        assert r.headers["location"] == "/"
