@@ -58,9 +58,14 @@ def console(ctx: click.Context, host: str, port: int, from_dir: str | None,
         click.echo(f"loaded {n:,} findings from {from_dir} (read-only: decisions need Kafka)")
         app = create_console(store, secure_cookies=secure_cookies)
     else:
+        from pipeline.config import Settings
+
         follower = Follower(settings, store).start()
+        # Reads as the read-only console principal; decisions go out as the analysts' one
+        # (the ACL plan lets only it write feedback and quarantine commands).
+        writer = Settings.from_env().as_principal("analyst")
         app = create_console(store, secure_cookies=secure_cookies, settings=settings,
-                             send=KafkaSender(settings), two_person=two_person,
+                             send=KafkaSender(writer), two_person=two_person,
                              workers=workers or (f"http://127.0.0.1:{settings.worker_web_port}",))
     click.echo(f"console: http://{host}:{port}/")
     try:
