@@ -52,6 +52,7 @@ LOGIN_COOKIE: Final = "custos_login"  # binds the login form to this browser (lo
 # make a user wait, not get in).
 MAX_FAILURES: Final = 5
 LOCKOUT_S: Final = 900.0
+MAX_TRACKED: Final = 10_000  # user names with recent failures kept at most (then the expired go)
 SEVERITIES: Final = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High",
                      5: "Critical", 6: "Fatal"}  # fmt: skip
 # No inline script, no foreign origin: an injected <script> in a finding's text cannot run.
@@ -154,6 +155,10 @@ class Console:
         got = self.accounts.login(user, str(form.get("password") or ""))
         if got is None:
             self.failures[user] = [*recent, now]
+            if len(self.failures) > MAX_TRACKED:  # names are the client's: bound the memory
+                live = sorted(((u, ts) for u, ts in self.failures.items()
+                               if now - ts[-1] < LOCKOUT_S), key=lambda x: -x[1][-1])
+                self.failures = dict(live[:MAX_TRACKED])  # fmt: skip
             fresh = secrets.token_urlsafe(24)
             response = self.page(request, "login.html", 401, nonce=fresh,
                                  error="Wrong user name or password.")  # fmt: skip
