@@ -6,10 +6,11 @@ Commands count only when their signature verifies: a pending contain against the
 command keys (an approver must never be shown a forged one to approve), an acting or
 cancelling one against the command and analysts' keys. Anything else is skipped, logged.
 
-The follower is a consumer of its own group (``<app_id>-console``) that starts each partition
-where the console's store ends (the offsets it committed with the findings), not where the
-group last committed: the store is the truth about what the console holds, so a store file
-copied, restored from a backup or deleted is followed correctly from there.
+The follower is a consumer of its own group (``<app_id>-console-<store>``, one per store file:
+two consoles on two stores must each read every partition, not share them) that starts each
+partition where the console's store ends (the offsets it committed with the records), not
+where the group last committed: the store is the truth about what the console holds, so a
+store file copied, restored from a backup or deleted is followed correctly from there.
 """
 
 from __future__ import annotations
@@ -95,9 +96,15 @@ class Follower:
             return None
 
     def _run(self) -> None:
+        import hashlib
+
         from pipeline.kafka.clients import make_consumer
 
-        consumer = make_consumer(self.settings, f"{self.settings.app_id}-console")
+        where = self.store.path
+        if where != ":memory:":
+            where = str(Path(where).resolve())
+        digest = hashlib.sha256(where.encode()).hexdigest()[:8]
+        consumer = make_consumer(self.settings, f"{self.settings.app_id}-console-{digest}")
         try:
             consumer.subscribe(list(self.kinds), on_assign=self._on_assign)
             while not self._stop.is_set():
