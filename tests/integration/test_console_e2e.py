@@ -179,7 +179,14 @@ def test_approve_in_the_console_cuts_the_agent_off_and_a_false_positive_closes_i
             return b"analyst:bob" in text and b"analyst:alice" in text
 
         _wait(audited, 60, "the audit log naming both analysts: " + logs())
-        # The audit page: verified now, the agent's history names who approved.
+        # The audit page: verified now (once the auditor signed a checkpoint), the agent's
+        # history names who approved.
+        from pipeline.audit.auditor import verify_log
+
+        page.goto(f"{console}/audit")
+        if verify_log(settings).checkpoints == 0:
+            expect(page.locator("#verdict")).to_contain_text("Not verifiable yet")
+        _wait(lambda: verify_log(settings).ok, 90, "a signed checkpoint: " + logs())
         page.goto(f"{console}/audit?identity={AGENT}&seq=0")
         expect(page.locator("#verdict")).to_contain_text("Verified")
         expect(page.locator("#audit-history")).to_contain_text("analyst:bob")
