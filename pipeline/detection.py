@@ -44,6 +44,7 @@ from pipeline.baselines.baselines import (
 from pipeline.baselines.codec import StateFormatError
 from pipeline.baselines.features import Features, extract
 from pipeline.baselines.layout import DEVIATION_INDEX, DEVIATIONS, BaselineState
+from pipeline.baselines.names import NameBook
 from pipeline.config import Settings
 from pipeline.control.feedback import Feedback, FeedbackOutcome
 from pipeline.errors import ConfigError
@@ -264,6 +265,7 @@ class Detection:
             else busy_events_per_hour
         )  # fmt: skip
         self.peers: dict[str, BaselineState] = {}
+        self.names = NameBook()  # names of the hashed values seen (people read baselines)
         self.open_incidents: set[str] = set()  # identities whose risk state has an incident
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
         self.events_seen = 0  # events processed since the shared state began (saved with it)
@@ -387,6 +389,76 @@ class Detection:
         """``uid``'s stored state with its side part, decoded (a new one if none is stored)."""
         return self.load_state(store.get(uid), store.get(side_key(uid)))
 
+    def describe(
+        self, uid: str, store: MutableMapping[str, bytes], kind: str | None = None
+    ) -> dict[str, Any]:
+        """What this process's state says about ``uid``, for people (the analyst console's
+        identity page): its baseline with value names, its peer group's, its risk, the rules'
+        facts, and for an agent the model it is pinned to with that build's provenance.
+        ``kind`` (human / service / agent) picks the peer group when no directory does."""
+        from pipeline.baselines.profile import summary
+
+        st = self.state_of(uid, store)
+        entry = self.directory.lookup(uid) if self.directory is not None else None
+        base = summary(self.baseline_model, st.baseline, self.names)
+        kinds = [entry.kind] if entry is not None else [kind] if kind else []
+        kinds += [k for k in ("agent", "service", "human") if k not in kinds]
+        usual = {c["feature"]: c["usual"] for c in base["categorical"]}
+        group, peer = None, None
+        for k in kinds:
+            if entry is not None and entry.peer_group:
+                key = f"{k}:{entry.peer_group}"
+            else:
+                key = f"{k}:svc:{usual['service']}" if usual.get("service") else f"{k}:default"
+            if key in self.peers:
+                group, peer = key, self.peers[key]
+                break
+        inc = st.risk.incident
+        out: dict[str, Any] = {
+            "identity": uid,
+            "kind": entry.kind if entry is not None else kind,
+            "baseline": base,
+            "peers": None if peer is None else {
+                "group": group, "from_directory": bool(entry and entry.peer_group),
+                "baseline": summary(self.peer_model, peer, self.names),
+            },
+            "risk": {"risk": round(st.risk.risk, 2), "updated_ms": st.risk.updated_ms,
+                     "incident": inc.uid if inc is not None and inc.uid else None,
+                     "asks_first_until_ms": st.risk.ask_until_ms},
+            "rules": {"last_country": st.rules.loc_cc, "environment": st.rules.env,
+                      "recent_tasks": len(st.rules.tasks),
+                      "model_pinned": st.rules.model is not None},
+        }  # fmt: skip
+        out["agent"] = self._agent_facts(st, entry)
+        return out
+
+    def _agent_facts(self, st: IdentityState, entry: DirectoryEntry | None) -> dict[str, Any]:
+        """The model an agent runs and where it came from: the rules' pin (current, previous),
+        the registry's record of each build, what the directory approves."""
+        pin = st.rules.model or b""
+        pins = [pin[i : i + 36][:32] for i in range(0, len(pin), 36)]
+        registry = self.rules.agent_models
+        builds = []
+        for n, raw in enumerate(pins):
+            digest = "sha256:" + raw.hex()
+            known = registry.builds(digest) if registry is not None else ()
+            builds.append({
+                "digest": digest, "pin": "current" if n == 0 else "previous",
+                "registry": registry.status(digest) if registry is not None else None,
+                "builds": [msgspec.to_builtins(b) for b in known],
+            })  # fmt: skip
+        tools, prompt = st.rules.tools or b"", st.rules.prompt or b""
+        return {
+            "pinned_models": builds,
+            "approved_digests": list(entry.approved_digests) if entry is not None else [],
+            "delegators_allowed": list(entry.delegators) if entry is not None else [],
+            "tool_manifest": tools[:32].hex() or None,
+            "tool_manifest_changed": len(tools) > 32,
+            "system_prompt": prompt[:32].hex() or None,
+            "system_prompt_changed": len(prompt) > 32,
+            "delegated_to_strangers": len(st.rules.strangers),
+        }
+
     # --- the hot path --------------------------------------------------------------------------
     def process(self, events: Sequence[Event], store: MutableMapping[str, bytes]) -> BatchResult:
         """Score a micro-batch and decide; each identity's state is read and written once.
@@ -490,6 +562,7 @@ class Detection:
     ) -> None:
         """Score, decide and learn one round (at most one event per identity)."""
         bm, pm = self.baseline_model, self.peer_model
+        names = self.names
         directory = self.directory
         n = len(events)
         rows = np.empty((n, len(DEVIATIONS)))
@@ -500,6 +573,7 @@ class Detection:
         for i, ev in enumerate(events):
             st = cache[ev.identity_uid]
             f = extract(ev)
+            names.note_all(f.cat_hashes, f.cat_values)
             entry = directory.lookup(ev.identity_uid) if directory is not None else None
             w_own = bm.own_weight(st.baseline)
             bm.observe(st.baseline, f)  # task / hour totals count every event, learned or not

@@ -26,6 +26,7 @@ from typing import Any, Final
 from pipeline.baselines.baselines import BaselineModel
 from pipeline.baselines.features import CATEGORICAL, NUMERIC
 from pipeline.baselines.layout import BaselineState
+from pipeline.baselines.names import NameBook
 
 __all__ = ["summary"]
 
@@ -36,8 +37,11 @@ _UNIT: Final = {"bytes_out": "bytes", "bytes_in": "bytes", "failure": "share of 
                 "n_resources": "resources per event", "chain_depth": "share delegated"}  # fmt: skip
 
 
-def summary(model: BaselineModel, state: BaselineState) -> dict[str, Any]:
-    """The baseline of one identity as plain data (numbers, strings, lists)."""
+def summary(
+    model: BaselineModel, state: BaselineState, names: NameBook | None = None
+) -> dict[str, Any]:
+    """The baseline of one identity (or peer group) as plain data (numbers, strings, lists);
+    ``names`` names the remembered values this process has seen (else only the usual one)."""
     n, first_ms, last_ms = state.activity()
     hours = [int(h) for h in state.hours]
     numeric = []
@@ -58,9 +62,12 @@ def summary(model: BaselineModel, state: BaselineState) -> dict[str, Any]:
         for h, count, hour in model.known_values(state, name):
             # Only the most used value's name is kept (explanations); the others are hashes.
             mine = named >= 0 and int(state.slot_hash[named]) == int(h)
+            text = state.name_text[c] if mine else None
+            if text is None and names is not None:
+                text = names.name(c, int(h))
             values.append({
                 "hash": f"{int(h):08x}", "count": int(count), "last_seen_hour": int(hour),
-                "name": state.name_text[c] if mine else None,
+                "name": text,
             })  # fmt: skip
         present, novel = int(state.present[c]), int(state.novel[c])
         if values or present:

@@ -35,16 +35,27 @@ def hours_chart(profile: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def numeric_chart(profile: dict[str, Any], observed: dict[str, float]) -> dict[str, Any]:
+def numeric_chart(profile: dict[str, Any], observed: dict[str, float],
+                  peers: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Each numeric feature's usual band (mean ± 2 standard deviations, in its own unit) and
-    usual value, with what the finding observed, where it says (``observed``: feature →
-    value)."""
+    usual value, the peer group's band (a dark line) when ``peers`` (its profile) is given,
+    with what the finding observed, where it says (``observed``: feature → value).
+
+    >>> p = {"numeric": [{"feature": "bytes_out", "unit": "bytes", "low": 1.0, "high": 9.0,
+    ...                   "usual": 3.0}]}
+    >>> spec = numeric_chart(p, {}, {"numeric": [dict(p["numeric"][0], low=0.0, high=99.0)]})
+    >>> spec["data"]["values"][0]["peer_high"], len(spec["spec"]["layer"])
+    (99.0, 4)
+    """
+    peer = {r["feature"]: r for r in (peers or {}).get("numeric") or ()}
     rows = [{"feature": f"{r['feature']} ({r['unit']})", "low": r["low"], "high": r["high"],
-             "usual": r["usual"], "observed": observed.get(r["feature"])}
+             "usual": r["usual"], "observed": observed.get(r["feature"]),
+             "peer_low": peer.get(r["feature"], {}).get("low"),
+             "peer_high": peer.get(r["feature"], {}).get("high")}
             for r in profile["numeric"]]  # fmt: skip
     return {
         "$schema": SCHEMA,
-        "title": "Usual range and what was observed",
+        "title": "Usual range (band), its peers' (line) and what was observed (dot)",
         "width": 480,
         "data": {"values": rows},
         "resolve": {"scale": {"x": "independent"}},
@@ -57,6 +68,10 @@ def numeric_chart(profile: dict[str, Any], observed: dict[str, float]) -> dict[s
                  "encoding": {"x": {"field": "low", "type": "quantitative", "title": None,
                                     "axis": {"format": "~g"}},
                               "x2": {"field": "high"}}},
+                {"transform": [{"filter": "datum.peer_low != null"}],
+                 "mark": {"type": "rule", "strokeWidth": 3, "color": "#444"},
+                 "encoding": {"x": {"field": "peer_low", "type": "quantitative"},
+                              "x2": {"field": "peer_high"}}},
                 {"mark": {"type": "tick", "thickness": 2},
                  "encoding": {"x": {"field": "usual", "type": "quantitative"}}},
                 {"transform": [{"filter": "datum.observed != null"}],

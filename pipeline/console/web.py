@@ -85,9 +85,11 @@ class Console:
     def __init__(self, store: ConsoleStore, *, poll_s: float = 0.5,
                  secure_cookies: bool = False, settings: Settings | None = None,
                  send: Send | None = None, two_person: bool = False,
-                 workers: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 workers: tuple[str, ...] = (),
+                 broker: tuple[str, str] | None = None) -> None:  # fmt: skip
         self.store = store
         self.workers = workers  # base URLs of the workers' web servers (identity baselines)
+        self.broker = broker  # (URL, API token) of the credential broker (task credentials)
         self.accounts = Accounts(store)
         self.settings = settings
         self.send = send  # None: read-only for the worker and responders (serving a replay)
@@ -315,20 +317,38 @@ class Console:
         return RedirectResponse(_local(str(form.get("back") or "/")), status_code=303)
 
 
-    def _from_workers(self, uid: str) -> dict[str, Any] | None:
+    def _from_workers(self, uid: str, kind: str) -> dict[str, Any] | None:
         """The identity's state as the worker holding it describes it (None: none answers)."""
         import urllib.error
         import urllib.request
 
         for base in self.workers:
+            url = f"{base}/custos/identity/{quote(uid, safe='')}?kind={quote(kind)}"
             try:
-                with urllib.request.urlopen(f"{base}/custos/identity/{quote(uid, safe='')}",
-                                            timeout=2) as r:  # fmt: skip
+                with urllib.request.urlopen(url, timeout=2) as r:
                     doc = json.loads(r.read())
                     return doc if isinstance(doc, dict) else None
             except (urllib.error.URLError, OSError, ValueError):
                 continue  # another worker holds it, or this one is down
         return None
+
+    def _from_broker(self, uid: str) -> dict[str, Any] | None:
+        """The identity's task credentials as the credential broker tells them (None: no
+        broker configured or it does not answer)."""
+        import urllib.error
+        import urllib.request
+
+        if self.broker is None:
+            return None
+        base, token = self.broker
+        req = urllib.request.Request(f"{base}/v1/identities/{quote(uid, safe='')}/credentials",
+                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                doc = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     async def identity(self, request: Request) -> Response:
         s = self.session(request)
@@ -338,8 +358,12 @@ class Console:
         rows = self.store.query("SELECT * FROM findings WHERE identity = ? ORDER BY time_ms",
                                 (uid,))  # fmt: skip
         findings = [dict(r) for r in rows]
-        state = await asyncio.to_thread(self._from_workers, uid)
-        if not findings and state is None:
+        kind = findings[-1]["identity_kind"] if findings else "unknown"
+        state, creds = await asyncio.gather(asyncio.to_thread(self._from_workers, uid, kind),
+                                            asyncio.to_thread(self._from_broker, uid))  # fmt: skip
+        if state is not None and state.get("kind"):
+            kind = state["kind"]
+        if not findings and state is None and not (creds and creds.get("credentials")):
             raise HTTPException(404, "no finding about this identity, and no worker holds it")
         risk = []
         observed: dict[str, float] = {}
@@ -358,12 +382,12 @@ class Console:
         if state is not None:
             profile = state["baseline"]
             charts["hours"] = charts_mod.hours_chart(profile)
-            charts["numeric"] = charts_mod.numeric_chart(profile, observed)
+            peers = (state.get("peers") or {}).get("baseline")
+            charts["numeric"] = charts_mod.numeric_chart(profile, observed, peers)
         commands = [c for c in self.store.commands(limit=500) if c["identity"] == uid]
-        kind = findings[-1]["identity_kind"] if findings else "unknown"
         return self.page(request, "identity.html", s=s, uid=uid, kind=kind,
                          findings=list(reversed(findings)), state=state, charts=charts,
-                         commands=commands)  # fmt: skip
+                         commands=commands, creds=creds)  # fmt: skip
 
     async def audit(self, request: Request) -> Response:
         """The audit log as the console reads it: verified now (hashes, signed checkpoints), a
@@ -485,10 +509,10 @@ async def healthz(request: Request) -> Response:
 
 def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: bool = False,
                    settings: Settings | None = None, send: Send | None = None,
-                   two_person: bool = False,
-                   workers: tuple[str, ...] = ()) -> Starlette:  # fmt: skip
+                   two_person: bool = False, workers: tuple[str, ...] = (),
+                   broker: tuple[str, str] | None = None) -> Starlette:  # fmt: skip
     c = Console(store, poll_s=poll_s, secure_cookies=secure_cookies, settings=settings,
-                send=send, two_person=two_person, workers=workers)  # fmt: skip
+                send=send, two_person=two_person, workers=workers, broker=broker)  # fmt: skip
 
     async def error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -28,6 +28,9 @@ route                                      auth     what
 ``DELETE /v1/identities/{uid}/block``      token    release (``?command_id=`` lifts only the
                                                     block that command created)
 ``GET /v1/identities/{uid}``               token    blocked?, live credentials
+``GET /v1/identities/{uid}/credentials``   token    its credentials newest first with their
+                                                    uses, the tasks it delegated, its
+                                                    refusals, its delegation chain (console)
 =========================================  =======  =============================================
 
 "token" = ``Authorization: Bearer <broker API token>`` (``CUSTOS_BROKER_TOKEN`` or generated on
@@ -46,12 +49,14 @@ event (:mod:`pipeline.credentials.rejections`), so detection sees it.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
 import math
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +72,8 @@ from pipeline.errors import ConfigError, CustosError
 __all__ = ["Blocked", "CredentialBroker", "Issued", "load_api_token", "web_app"]
 
 log = logging.getLogger("custos.broker")
+
+USES_FLUSH_S = 5.0  # credential use counts reach the registry within this (see flush_uses)
 
 
 class Blocked(CustosError):
@@ -108,6 +115,10 @@ class CredentialBroker:
         self.clock = clock
         self.on_reject = on_reject
         self.rejected: dict[str, int] = {}  # reason -> count (metrics)
+        # Uses counted since the last flush, {jti: (n, last at)}: written to the registry every
+        # few seconds, not per call (see :meth:`flush_uses`).
+        self._uses: dict[str, tuple[int, float]] = {}
+        self._uses_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -203,7 +214,36 @@ class CredentialBroker:
                 task=task, step=step, src_ip=src_ip, claimed_presenter=claimed,
             )  # fmt: skip
             raise
+        with self._uses_lock:
+            n, _ = self._uses.get(claims.jti, (0, now))
+            self._uses[claims.jti] = (n + 1, now)
         return claims
+
+    def flush_uses(self) -> int:
+        """Write the uses counted since the last flush; returns how many credentials."""
+        with self._uses_lock:
+            counts, self._uses = self._uses, {}
+        try:
+            self.registry.add_uses(counts)
+        except Exception:
+            with self._uses_lock:  # keep them for the next flush
+                for jti, (n, at) in counts.items():
+                    m, last = self._uses.get(jti, (0, at))
+                    self._uses[jti] = (n + m, max(at, last))
+            raise
+        return len(counts)
+
+    def history(self, identity: str, *, limit: int = 50) -> dict[str, Any]:
+        """The identity's credentials (issued, used, completed, revoked), the tasks it
+        delegated, its refusals, its delegation chain and block: the console's identity page."""
+        self.flush_uses()
+        out: dict[str, Any] = {"identity": identity, **self.registry.history(identity, limit=limit)}
+        out["delegation_chain"] = self.registry.delegators(identity)
+        b = self.registry.blocked(identity, self.clock())
+        out["blocked"] = None if b is None else {
+            "since": b.since, "until": b.until, "reason": b.reason, "by": b.blocked_by,
+        }  # fmt: skip
+        return out
 
     def _reject(
         self,
@@ -221,6 +261,15 @@ class CredentialBroker:
     ) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.info("rejected %s for %r: %s", reason, agent, detail)
+        try:
+            self.registry.refused(
+                agent, at=self.clock(), reason=reason, detail=detail,
+                jti=claims.jti if claims is not None else None,
+                task=claims.task if claims is not None else task, operation=operation,
+                service=service,
+            )  # fmt: skip
+        except Exception:  # the refusal stands; only its record for the console is lost
+            log.exception("could not record the refusal of %r", agent)
         if self.on_reject is not None:
             event = rejection_event(
                 presenter=agent, claims=claims, reason=reason, detail=detail,
@@ -542,8 +591,33 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
              "live": broker.registry.live(uid, now)}
         )  # fmt: skip
 
+    @routes.get("/v1/identities/{uid}/credentials")
+    async def history(request: web.Request) -> web.Response:
+        require_token(request)
+        uid = path_uid(request)
+        try:
+            limit = min(max(int(request.query.get("limit", "50")), 1), 500)
+        except ValueError:
+            raise bad("limit must be an integer") from None
+        return web.json_response(broker.history(uid, limit=limit))
+
+    async def flush_uses(app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(USES_FLUSH_S)
+                try:
+                    broker.flush_uses()
+                except Exception:  # the counts stay in memory for the next try
+                    log.exception("could not write credential uses")
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        broker.flush_uses()
+
     app = web.Application(client_max_size=64 * 1024)
     app.add_routes(routes)
+    app.cleanup_ctx.append(flush_uses)
     return app
 
 

@@ -27,11 +27,12 @@ import threading
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.credentials.tokens import TaskClaims
 from pipeline.storage import open_durable, transaction
 
-__all__ = ["Block", "CredentialStatus", "Registry"]
+__all__ = ["REFUSALS_KEPT", "Block", "CredentialStatus", "Registry"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (
@@ -59,7 +60,31 @@ CREATE TABLE IF NOT EXISTS blocks (
     blocked_by TEXT NOT NULL,
     command_id TEXT
 );
+-- Uses of a credential, counted in memory by the broker and flushed every few seconds (an
+-- fsync per agent call would put the disk on every tool call's path).
+CREATE TABLE IF NOT EXISTS uses (
+    jti TEXT PRIMARY KEY,
+    n INTEGER NOT NULL,
+    last_at REAL NOT NULL
+);
+-- Refused uses and issuances: rare, each a security event, written at once; the newest
+-- REFUSALS_KEPT per identity are kept.
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY,
+    identity TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    jti TEXT,
+    task TEXT,
+    operation TEXT,
+    service TEXT
+);
+CREATE INDEX IF NOT EXISTS refusals_identity ON refusals (identity, id);
+CREATE INDEX IF NOT EXISTS credentials_act ON credentials (act) WHERE act IS NOT NULL;
 """
+
+REFUSALS_KEPT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +215,106 @@ class Registry:
                 (identity, int(now_s)),
             ).fetchall()
         return [r[0] for r in rows]
+
+    # --- history (the analyst console's identity page) -----------------------------------------
+    def add_uses(self, counts: dict[str, tuple[int, float]]) -> None:
+        """Add counted uses ``{jti: (n, last used at)}`` in one transaction."""
+        if not counts:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO uses (jti, n, last_at) VALUES (?, ?, ?) ON CONFLICT (jti) DO UPDATE"
+                " SET n = n + excluded.n, last_at = max(last_at, excluded.last_at)",
+                [(j, n, at) for j, (n, at) in counts.items()],
+            )
+
+    def refused(
+        self,
+        identity: str,
+        *,
+        at: float,
+        reason: str,
+        detail: str,
+        jti: str | None = None,
+        task: str | None = None,
+        operation: str | None = None,
+        service: str | None = None,
+    ) -> None:
+        """Remember one refusal of ``identity`` (keeps the newest :data:`REFUSALS_KEPT`)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO refusals (identity, at, reason, detail, jti, task, operation, service)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (identity, at, reason, detail[:300], jti, task, operation, service),
+            )
+            db.execute(
+                "DELETE FROM refusals WHERE identity = ? AND id <= (SELECT id FROM refusals"
+                " WHERE identity = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (identity, identity, REFUSALS_KEPT),
+            )
+
+    def history(self, identity: str, *, limit: int = 50) -> dict[str, list[dict[str, Any]]]:
+        """What was issued to ``identity`` (newest first, with uses), what it delegated to
+        others, and its refusals: plain data.
+
+        >>> reg = Registry(":memory:")
+        >>> reg.record(TaskClaims(sub="b", task="t", step=1, scope=("read",), ceiling=0, iat=0,
+        ...                       exp=60, jti="c1", iss="custos", act="a"))
+        >>> reg.add_uses({"c1": (3, 5.0)})
+        >>> reg.refused("b", at=6.0, reason="revoked", detail="c1: test", jti="c1")
+        >>> h = reg.history("b")
+        >>> c = h["credentials"][0]
+        >>> c["uses"], c["delegated_by"], h["refusals"][0]["reason"]
+        (3, 'a', 'revoked')
+        >>> [c["holder"] for c in reg.history("a")["delegated"]]
+        ['b']
+        """
+        cols = ("c.jti, c.sub, c.task, c.step, c.scope, c.ceiling, c.act, c.iat, c.exp, c.state,"
+                " c.changed_at, c.reason, c.changed_by, coalesce(u.n, 0), u.last_at")  # fmt: skip
+        with self._lock:
+            own = self._db.execute(
+                f"SELECT {cols} FROM credentials c LEFT JOIN uses u ON u.jti = c.jti"
+                " WHERE c.sub = ? ORDER BY c.iat DESC, c.rowid DESC LIMIT ?",
+                (identity, limit),
+            ).fetchall()
+            delegated = self._db.execute(
+                f"SELECT {cols} FROM credentials c LEFT JOIN uses u ON u.jti = c.jti"
+                " WHERE c.act = ? ORDER BY c.iat DESC, c.rowid DESC LIMIT ?",
+                (identity, limit),
+            ).fetchall()
+            refusals = self._db.execute(
+                "SELECT at, reason, detail, jti, task, operation, service FROM refusals"
+                " WHERE identity = ? ORDER BY id DESC LIMIT ?",
+                (identity, limit),
+            ).fetchall()
+        keys = ("jti", "holder", "task", "step", "scope", "ceiling", "delegated_by", "iat", "exp",
+                "state", "changed_at", "reason", "changed_by", "uses", "last_used_at")  # fmt: skip
+        rkeys = ("at", "reason", "detail", "jti", "task", "operation", "service")
+        return {
+            "credentials": [dict(zip(keys, r, strict=True)) for r in own],
+            "delegated": [dict(zip(keys, r, strict=True)) for r in delegated],
+            "refusals": [dict(zip(rkeys, r, strict=True)) for r in refusals],
+        }
+
+    def delegators(self, identity: str, *, depth: int = 8) -> list[str]:
+        """Who handed ``identity`` its latest delegated task, who handed them theirs, and so
+        on (nearest first; stops at a cycle or after ``depth``)."""
+        chain: list[str] = []
+        seen = {identity}
+        who = identity
+        with self._lock:
+            for _ in range(depth):
+                row = self._db.execute(
+                    "SELECT act FROM credentials WHERE sub = ? AND act IS NOT NULL"
+                    " ORDER BY iat DESC, rowid DESC LIMIT 1",
+                    (who,),
+                ).fetchone()
+                if row is None or row[0] in seen:
+                    break
+                who = row[0]
+                seen.add(who)
+                chain.append(who)
+        return chain
 
     # --- blocks -----------------------------------------------------------------------------
     def block(

@@ -52,6 +52,7 @@ __all__ = [
     "hot_clients", "internal_topics", "output_topics", "preflight", "run_worker",
 ]  # fmt: skip
 
+_KINDS = frozenset({"human", "service", "agent"})
 log = logging.getLogger("custos.worker")
 
 
@@ -290,23 +291,11 @@ def create_app(
         console's identity page); 404 when another worker holds it (or nobody yet)."""
         from urllib.parse import unquote
 
-        from pipeline.baselines.profile import summary
-
         key = unquote(uid)
         if not key.isprintable() or key not in hot.store:
             return web.json({"error": f"{key!r} is not held by this worker"}, status=404)
-        st = detection.state_of(key, hot.store)
-        inc = st.risk.incident
-        return web.json({
-            "identity": key,
-            "baseline": summary(detection.baseline_model, st.baseline),
-            "risk": {"risk": round(st.risk.risk, 2), "updated_ms": st.risk.updated_ms,
-                     "incident": inc.uid if inc is not None and inc.uid else None,
-                     "asks_first_until_ms": st.risk.ask_until_ms},
-            "rules": {"last_country": st.rules.loc_cc, "environment": st.rules.env,
-                      "recent_tasks": len(st.rules.tasks),
-                      "model_pinned": st.rules.model is not None},
-        })  # fmt: skip
+        kind = request.query.get("kind")
+        return web.json(detection.describe(key, hot.store, kind if kind in _KINDS else None))
 
     app.custos_stats = units.stats  # type: ignore[attr-defined]
     app.custos_detection = detection  # type: ignore[attr-defined]

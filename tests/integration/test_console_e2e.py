@@ -87,7 +87,8 @@ def test_approve_in_the_console_cuts_the_agent_off_and_a_false_positive_closes_i
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(
             create_console(store, poll_s=0.2, settings=settings, send=KafkaSender(settings),
-                           workers=(f"http://127.0.0.1:{env[env_var('worker_web_port')]}",)),
+                           workers=(f"http://127.0.0.1:{env[env_var('worker_web_port')]}",),
+                           broker=(base, token)),
             host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
         threading.Thread(target=server.run, daemon=True).start()
         _wait(lambda: server.started, 20, "console up")  # type: ignore[union-attr]
@@ -141,7 +142,14 @@ def test_approve_in_the_console_cuts_the_agent_off_and_a_false_positive_closes_i
         expect(page.locator("#chart-hours svg")).to_be_visible(timeout=15_000)
         expect(page.locator("#chart-numeric svg")).to_be_visible()
         expect(page.locator("#chart-risk svg")).to_be_visible()
-        expect(page.locator("table.known")).to_contain_text("operation")
+        expect(page.locator("table.known").first).to_contain_text("operation")
+        # Its task credential from the credential broker: issued, used once, revoked by the
+        # quarantine, and the refused use after it.
+        creds = page.locator("table.creds").first
+        expect(creds).to_contain_text("task-1 / 1")
+        expect(creds).to_contain_text("revoked")
+        expect(creds).to_contain_text("crm.read")
+        expect(page.locator("table.creds").nth(1)).to_contain_text("revoked")
         page.screenshot(path=str(SHOTS / "e2e-identity.png"), full_page=True)
         assert not errors, errors
         page.goto(f"{console}/findings/{finding_uid}")

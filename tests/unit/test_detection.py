@@ -324,3 +324,41 @@ def test_a_baseline_of_an_older_layout_is_relearned_but_the_incident_is_kept() -
     assert st.baseline.n == 0 and st.risk.incident is not None
     assert st.rules.to_bytes() == rules
 
+
+
+def test_describe_names_values_finds_the_peer_group_and_tells_the_agents_model(
+    tmp_path: Path,
+) -> None:
+    """What the console's identity page shows: value names beyond the usual one (from the
+    process's name book), the identity's peer group baseline, and for an agent the model it is
+    pinned to with the registry's provenance of that build."""
+    from pipeline.config import Settings
+    from pipeline.events.schemas import ModelRef
+
+    reg = tmp_path / "agent-models.yaml"
+    reg.write_text(f"models:\n  - {{name: gpt-x, version: '2', digest: '{D_B}',"
+                   " trained_by: vendor-a, approved_by: alice}\n")  # fmt: skip
+    det = Detection.from_settings(Settings(model_allowlist_file=str(reg)))
+    store: dict[str, bytes] = {}
+    events = [_with_model(i, "agt-1", D_A) for i in range(40)]
+    events += [msgspec.structs.replace(_call(50 + i), operation="crm.write") for i in range(3)]
+    det.process(events, store)
+    det.process([msgspec.structs.replace(_call(60), model=ModelRef("gpt-x", "2", D_B))], store)
+
+    d = det.describe("agt-1", store, "agent")
+    ops = {c["feature"]: c for c in d["baseline"]["categorical"]}["operation"]
+    assert ops["usual"] == "crm.read"
+    assert {v["name"] for v in ops["values"]} == {"crm.read", "crm.write"}  # both named
+    assert d["peers"]["group"] == "agent:svc:crm" and not d["peers"]["from_directory"]
+    assert d["peers"]["baseline"]["events_learned"] > 0
+    pinned = d["agent"]["pinned_models"]
+    assert [p["digest"] for p in pinned] == [D_B]  # a registered build: the pin follows it
+    assert pinned[0]["registry"] == "approved"
+    assert pinned[0]["builds"][0]["trained_by"] == "vendor-a"
+    d_c = "sha256:" + "c" * 64
+    det.process([msgspec.structs.replace(_call(61), model=ModelRef("gpt-x", "3", d_c))], store)
+    pinned = det.describe("agt-1", store, "agent")["agent"]["pinned_models"]
+    assert [(p["digest"], p["pin"], p["registry"]) for p in pinned] == [
+        (d_c, "current", "unregistered"), (D_B, "previous", "approved")]
+    assert d["risk"]["risk"] >= 0 and d["kind"] == "agent"
+    assert det.describe("nobody", store, None)["baseline"]["events_learned"] == 0

@@ -209,6 +209,98 @@ def test_an_identity_page_charts_its_findings_and_says_when_no_worker_answers(
     assert client.get("/identities/nobody").status_code == 404
 
 
+def test_an_identity_page_shows_names_peers_model_provenance_and_task_credentials(
+    store: ConsoleStore, tmp_path: Any
+) -> None:
+    """The worker's description (a real Detection's) and the broker's credential history (a
+    real CredentialBroker's) served over loopback HTTP, rendered for an analyst."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import msgspec
+
+    from pipeline.config import Settings
+    from pipeline.control.signing import SigningKey
+    from pipeline.credentials.broker import CredentialBroker
+    from pipeline.credentials.registry import Registry
+    from pipeline.credentials.tokens import CredentialRejected
+    from pipeline.detection import Detection
+    from pipeline.events.schemas import Event, ModelRef
+
+    digest = "sha256:" + "d" * 64
+    reg = tmp_path / "agent-models.yaml"
+    reg.write_text(f"models:\n  - {{name: gpt-x, version: '1', digest: '{digest}',"
+                   " trained_by: vendor-a, approved_by: alice}\n")  # fmt: skip
+    det = Detection.from_settings(Settings(model_allowlist_file=str(reg)))
+    mem: dict[str, bytes] = {}
+    t0 = 1_790_000_000_000
+    det.process([Event(uid=f"e{i}", class_uid=6003, activity_id=2, time_ms=t0 + i * 60_000,
+                       identity_uid="agt-7", identity_kind="agent", service="crm",
+                       operation="crm.read" if i % 4 else "crm.export", country="DE",
+                       model=ModelRef("gpt-x", "1", digest)) for i in range(30)], mem)  # fmt: skip
+    broker = CredentialBroker(Registry(":memory:"), SigningKey.generate("k"), issuer="custos")
+    broker.issue("agt-orch", "plan", 1, ("delegate",), 0, delegated_by="svc-scheduler")
+    got = broker.issue("agt-7", "t-42", 2, ("crm.read",), 1, delegated_by="agt-orch")
+    broker.check(got.credential, agent="agt-7", operation="crm.read")
+    with pytest.raises(CredentialRejected):
+        broker.check(got.credential, agent="agt-7", operation="mail.send")
+    broker.block("agt-7", reason="quarantine c-1 finding f-1", by="responder")
+    token = "broker-api-token"
+
+    class Fake(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/custos/identity/agt-7?kind=agent"):
+                body: Any = det.describe("agt-7", mem, "agent")
+            elif self.path == "/v1/identities/agt-7/credentials":
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = broker.history("agt-7")
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            data = json.dumps(msgspec.to_builtins(body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        app = create_console(store, workers=(base,), broker=(base, token))
+        client = TestClient(app)
+        page = client.get("/login")
+        nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        client.post("/login", data={"user": "victor", "password": PASSWORD, "nonce": nonce},
+                    headers=ORIGIN)  # fmt: skip
+        r = client.get("/identities/agt-7")
+        assert r.status_code == 200, r.text
+        text = r.text
+        assert "crm.export" in text and "crm.read" in text  # values named, not hashes
+        assert "agent:svc:crm" in text  # its peer group
+        assert "peer_low" in text  # the peer band in the numeric chart's data
+        assert "trained by vendor-a" in text and "approved by alice" in text
+        assert "agt-7</strong> ← agt-orch ← svc-scheduler" in text  # the delegation chain
+        assert "t-42 / 2" in text and ">revoked<" in text and "responder" in text
+        assert "out_of_scope" in text and "mail.send" in text  # the refused use
+        assert re.search(r"<td>1 \(last ", text)  # one allowed use
+        # Wrong token: the page still renders, without the broker's section.
+        app2 = create_console(store, workers=(base,), broker=(base, "wrong"))
+        c2 = TestClient(app2)
+        c2.cookies = client.cookies
+        assert "Task credentials" not in c2.get("/identities/agt-7").text
+    finally:
+        srv.shutdown()
+
+
 def test_bulk_triage_applies_to_every_selected_finding_and_only_for_analysts(
     store: ConsoleStore,
 ) -> None:

@@ -170,6 +170,64 @@ def test_use_complete_and_rejections_become_detectable_events() -> None:
     assert [h.rule for h in rules.check(RuleState(), late, None)] == ["credential_expired"]
 
 
+def test_history_tells_issued_used_refused_revoked_and_the_delegation_chain(
+    tmp_path: Path,
+) -> None:
+    events: list[dict[str, Any]] = []
+    clock = Clock()
+    path = tmp_path / "reg.sqlite3"
+    broker = CredentialBroker(Registry(path), SigningKey.generate("k1"), issuer="custos",
+                              clock=clock, on_reject=lambda k, e: events.append(e))  # fmt: skip
+    broker.issue("agt-top", "plan", 1, ("plan",), 0)
+    broker.issue("agt-orch", "plan", 2, ("delegate",), 0, delegated_by="agt-top")
+    a = broker.issue("agt-1", "t-1", 1, ("crm.read",), 1, delegated_by="agt-orch")
+    b = broker.issue("agt-1", "t-2", 1, ("crm.read",), 1, delegated_by="agt-orch")
+    for _ in range(3):
+        clock.t += 1
+        broker.check(a.credential, agent="agt-1", operation="crm.read")
+    with pytest.raises(CredentialRejected):
+        broker.check(a.credential, agent="agt-1", operation="mail.send")  # out of scope
+    broker.block("agt-1", reason="finding f-1", by="responder", command_id="c-1")
+    with pytest.raises(CredentialRejected):
+        broker.check(b.credential, agent="agt-1", operation="crm.read")
+    with pytest.raises(Blocked):
+        broker.issue("agt-1", "t-3", 1, ("crm.read",), 1)
+
+    h = broker.history("agt-1")
+    by_jti = {c["jti"]: c for c in h["credentials"]}
+    assert [c["jti"] for c in h["credentials"]][:2] == [b.claims.jti, a.claims.jti]  # newest first
+    assert by_jti[a.claims.jti]["uses"] == 3 and by_jti[b.claims.jti]["uses"] == 0
+    assert by_jti[a.claims.jti]["last_used_at"] == clock()
+    assert {c["state"] for c in h["credentials"]} == {"revoked"}
+    assert by_jti[a.claims.jti]["changed_by"] == "responder"
+    assert [r["reason"] for r in h["refusals"]] == ["holder_blocked", "revoked", "out_of_scope"]
+    assert h["delegation_chain"] == ["agt-orch", "agt-top"]
+    assert h["blocked"]["reason"] == "finding f-1"
+    assert [c["holder"] for c in broker.history("agt-orch")["delegated"]] == ["agt-1", "agt-1"]
+    # Uses and refusals are on disk: a new broker on the same file tells the same history.
+    again = Registry(path).history("agt-1")
+    assert again["credentials"][1]["uses"] == 3 and len(again["refusals"]) == 3
+
+
+def test_refusals_kept_per_identity_are_bounded() -> None:
+    from pipeline.credentials.registry import REFUSALS_KEPT
+
+    reg = Registry(":memory:")
+    for i in range(REFUSALS_KEPT + 25):
+        reg.refused("agt-1", at=float(i), reason="scope", detail=f"#{i}")
+    reg.refused("agt-2", at=0.0, reason="expired", detail="other")
+    kept = reg.history("agt-1", limit=1000)["refusals"]
+    assert len(kept) == REFUSALS_KEPT and kept[0]["detail"] == f"#{REFUSALS_KEPT + 24}"
+    assert len(reg.history("agt-2")["refusals"]) == 1
+
+
+def test_delegation_chain_stops_at_a_cycle() -> None:
+    broker, _, _ = make_broker()
+    broker.issue("a", "t", 1, ("x",), 0, delegated_by="b")
+    broker.issue("b", "t", 1, ("x",), 0, delegated_by="a")
+    assert broker.history("a")["delegation_chain"] == ["b"]
+
+
 def test_quarantine_revokes_live_credentials_and_blocks_issuance() -> None:
     broker, _, events = make_broker()
     a = broker.issue("agt-1", "task-1", 1, ("crm.read",), 1)
@@ -246,6 +304,13 @@ def test_http_api(tmp_path: Path) -> None:
             assert (await stale.json())["unblocked"] is False
             lifted = await http.delete("/v1/identities/agt-1/block?command_id=c-9", headers=auth)
             assert (await lifted.json())["unblocked"] is True
+            url = "/v1/identities/agt-1/credentials"
+            assert (await http.get(url)).status == 401
+            assert (await http.get(url + "?limit=x", headers=auth)).status == 400
+            hist = await (await http.get(url, headers=auth)).json()
+            assert hist["credentials"][0]["uses"] == 1 and hist["credentials"][0]["state"] == (
+                "revoked")
+            assert [r["reason"] for r in hist["refusals"]] == ["holder_blocked", "revoked"]
 
     asyncio.run(run())
     assert [e["unmapped"]["rejection"] for e in events] == ["revoked", "holder_blocked"]

@@ -1,0 +1,63 @@
+"""Names for the hashes a baseline keeps: one bounded book per process, shared by all identities.
+
+A baseline remembers each categorical value as a 32-bit hash and keeps only its most used value's
+name (for explanations), so an identity's state stays small. People reading the baseline want
+names: countries, ASNs, services, operations, resources, models. The book maps hash -> name for
+the values this process has seen, per feature, and forgets the oldest entry when a feature's
+page is full: memory is bounded by ``per_feature`` names per feature, not by identities.
+
+>>> from pipeline.baselines.features import CATEGORICAL, cat_hash
+>>> book = NameBook(per_feature=2)
+>>> i = CATEGORICAL.index("country")
+>>> for cc in ("DE", "FR", "NL"):
+...     book.note(i, cat_hash("country", cc), cc)
+>>> book.name(i, cat_hash("country", "NL")), book.name(i, cat_hash("country", "DE"))
+('NL', None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from pipeline.baselines.features import CATEGORICAL
+
+__all__ = ["NameBook"]
+
+# Per feature: countries (~250) and ASNs fit whole; counterparties and resources keep the most
+# recently first-seen ones. 4,096 x 12 features x ~100 B is about 5 MB at most.
+PER_FEATURE: Final = 4096
+_SKIP: Final = frozenset({CATEGORICAL.index("combo")})  # a hash of other values: no name
+
+
+class NameBook:
+    """hash -> name per categorical feature, bounded (oldest first out)."""
+
+    __slots__ = ("_pages", "per_feature")
+
+    def __init__(self, per_feature: int = PER_FEATURE) -> None:
+        self.per_feature = per_feature
+        self._pages: list[dict[int, str]] = [{} for _ in CATEGORICAL]
+
+    def note(self, feature: int, h: int, value: str | None) -> None:
+        """Remember one value (cheap when already known: one dict lookup)."""
+        if not h or value is None:
+            return
+        page = self._pages[feature]
+        if h in page:
+            return
+        if len(page) >= self.per_feature:
+            del page[next(iter(page))]
+        page[h] = value
+
+    def note_all(self, hashes: Sequence[int], values: Sequence[str | None]) -> None:
+        """Remember an event's categorical values (``Features.cat_hashes`` / ``cat_values``)."""
+        for i, (h, v) in enumerate(zip(hashes, values, strict=False)):
+            if h and i not in _SKIP:
+                self.note(i, h, v)
+
+    def name(self, feature: int, h: int) -> str | None:
+        return self._pages[feature].get(h)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._pages)
