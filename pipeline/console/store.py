@@ -90,6 +90,37 @@ CREATE TABLE IF NOT EXISTS offsets (
 _KINDS: Final = {"User": "human", "Service": "service", "Agent": "agent"}
 
 
+def _per_credential(adapters_json: str) -> list[dict[str, str]]:
+    """Rows ``{adapter, status, ref, outcome}`` from a response's ``x-custos.adapters``.
+
+    >>> _per_credential('{"vault": {"status": "ok", "revoked": ["acc-1"], "not_found": ["l-2"],'
+    ...                 ' "failed": [{"ref": "p/", "reason": "403"}]}}')[1:]
+    [{'adapter': 'vault', 'status': 'ok', 'ref': 'l-2', 'outcome': 'not found (already gone)'}, \
+{'adapter': 'vault', 'status': 'ok', 'ref': 'p/', 'outcome': 'failed: 403'}]
+    """
+    try:
+        adapters = json.loads(adapters_json or "{}")
+    except ValueError:
+        return []
+    rows: list[dict[str, str]] = []
+    if not isinstance(adapters, dict):
+        return rows
+    for name, o in sorted(adapters.items()):
+        if not isinstance(o, dict):
+            continue
+        status = str(o.get("status", ""))
+        refs = [(str(x), "revoked") for x in o.get("revoked") or ()]
+        refs += [(str(x), "not found (already gone)") for x in o.get("not_found") or ()]
+        refs += [(str(f.get("ref", "?")), f"failed: {f.get('reason', '')}")
+                 for f in o.get("failed") or () if isinstance(f, dict)]  # fmt: skip
+        refs += [(str(x), "would revoke (dry run)") for x in o.get("would_revoke") or ()]
+        if not refs:
+            refs = [("", str(o.get("detail") or "nothing to revoke"))]
+        rows += [{"adapter": str(name), "status": status, "ref": ref, "outcome": what}
+                 for ref, what in refs]  # fmt: skip
+    return rows
+
+
 def default_path(home: str | Path) -> Path:
     """Where ``custos console`` keeps its store unless told otherwise."""
     return Path(home) / "console" / "console.db"
@@ -307,8 +338,15 @@ class ConsoleStore:
                        "VALUES (?, ?, ?, ?, ?)", (_now_ms(), user, action, target, detail))
 
     def responses(self, command_id: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.query(
-            "SELECT * FROM responses WHERE command_id = ? ORDER BY at_ms", (command_id,))]
+        """The responders' answers to a command, oldest first; ``per_credential``: one row per
+        adapter and credential reference (revoked, not found, failed with why, dry run)."""
+        out = []
+        for r in self.query("SELECT * FROM responses WHERE command_id = ? ORDER BY at_ms",
+                            (command_id,)):  # fmt: skip
+            row = dict(r)
+            row["per_credential"] = _per_credential(row["adapters"])
+            out.append(row)
+        return out
 
     def finding(self, uid: str) -> Finding | None:
         rows = self.query("SELECT * FROM findings WHERE uid = ?", (uid,))

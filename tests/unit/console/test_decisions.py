@@ -201,7 +201,15 @@ def test_responder_answers_show_on_the_finding(world: Any) -> None:
               "body": {"openc2": {"response": {
                   "status": 200, "status_text": "contain done for agt-7",
                   "results": {"x-custos": {"command_id": cid, "adapters": {
-                      "custos-broker": {"status": "ok"}}}}}}}}  # fmt: skip
+                      "custos-broker": {"status": "ok", "revoked": ["cred-1"]},
+                      "vault": {"status": "failed", "revoked": [], "not_found": ["acc-9"],
+                                "failed": [{"ref": "lease/x", "reason": "403 <b>denied</b>"}]},
+                  }}}}}}}  # fmt: skip
     store.ingest_parsed([(settings.acks_topic, 0, 0, "response", answer)])
     page = _client(world, "alice")[0].get("/findings/f-1").text
-    assert "contain done for agt-7" in page and "custos-broker" in page
+    assert "contain done for agt-7" in page
+    rows = re.findall(r'<tr class="outcome-(\w+)"><td>([^<]+)</td><td><code>([^<]*)</code></td>'
+                      r"<td>([^<]*)</td>", page)  # fmt: skip
+    assert rows == [("ok", "custos-broker", "cred-1", "revoked"),
+                    ("failed", "vault", "acc-9", "not found (already gone)"),
+                    ("failed", "vault", "lease/x", "failed: 403 &lt;b&gt;denied&lt;/b&gt;")]
