@@ -13,7 +13,10 @@ is idempotent: both are success). A real server does not say which on the revoke
 unknown accessor gets **200 with the warning** "No token found with this accessor", an
 unknown lease or a prefix with nothing under it (or no such mount) gets 204 like a revoked
 one. So leases and prefixes are looked up first (400 "invalid lease" / 404: not found) and
-the accessor's 200 body is read.
+the accessor's 200 body is read. A prefix under no mount at all is reported ``not_found``
+too: LIST answers it exactly as an empty prefix, and telling them apart would take a read of
+``sys/mounts`` the revoking token should not need. Any other refusal (403 outside the
+token's policy, 400 for a malformed request) is ``failed``, never revoked or not found.
 
 The request builder is pure; :meth:`VaultAdapter.send` is the thin sender through hvac's HTTP
 adapter (so TLS, namespaces and token handling are hvac's).
@@ -86,13 +89,20 @@ class VaultAdapter:
     def interpret(self, cmd: Command, req: HttpRequest, resp: HttpResponse) -> Outcome:
         ref = self._ref(req)
         lookup = "/sys/leases/lookup" in req.url
-        gone = (resp.status == 400 and b"invalid" in resp.body.lower()) or (
-            lookup and resp.status == 404
-        )
-        if gone:  # unknown lease (lookup), nothing under a prefix (LIST), or an older server's
-            self._absent.add(ref)  # 400 for an unknown accessor: nothing left to revoke
-            return Outcome(not_found=[ref])
-        bad = by_status(resp, f"vault {req.url}")
+        # Only what the server says means "no such thing": a lease lookup's 400 "invalid
+        # lease", a prefix LIST's 404 (no leases under it; a missing mount answers the same),
+        # an accessor revoke's 200 warning. Any other 4xx (a missing field, a policy's 403) is
+        # a failure to report, not a credential that is gone.
+        if lookup and req.method == "PUT" and resp.status == 400 and (
+            b"invalid lease" in resp.body.lower()
+        ):
+            self._absent.add(ref)
+            return Outcome(not_found=[ref], detail=f"{ref}: no such lease")
+        if lookup and req.method == "LIST" and resp.status == 404:
+            self._absent.add(ref)
+            return Outcome(not_found=[ref],
+                           detail=f"{ref}: no leases under it (or no such mount)")  # fmt: skip
+        bad = by_status(resp, f"vault {req.method} {req.url}")
         if bad is not None:
             if bad.status == "failed":
                 bad.failed.append((ref, bad.detail))
@@ -102,7 +112,7 @@ class VaultAdapter:
         if ref in self._absent:
             return Outcome()  # reported as not found by its lookup; the 204 says nothing
         if resp.status == 200 and _no_token(resp.body):
-            return Outcome(not_found=[ref])  # an accessor the server did not know
+            return Outcome(not_found=[ref], detail=f"{ref}: no token with this accessor")
         return Outcome(revoked=[ref])
 
     @staticmethod
