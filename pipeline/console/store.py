@@ -63,6 +63,10 @@ CREATE INDEX IF NOT EXISTS findings_seq ON findings(seq);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL, created_ms INTEGER NOT NULL
 );
+-- Single sign-on (OIDC): which identity-provider subject logs in as which local account.
+CREATE TABLE IF NOT EXISTS oidc_links (
+    issuer TEXT NOT NULL, sub TEXT NOT NULL, user TEXT NOT NULL, PRIMARY KEY (issuer, sub)
+);
 CREATE TABLE IF NOT EXISTS sessions (
     id_hash TEXT PRIMARY KEY, user TEXT NOT NULL, csrf TEXT NOT NULL,
     created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0

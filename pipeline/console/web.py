@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -41,13 +44,17 @@ from pipeline.config import Settings
 from pipeline.console import charts as charts_mod
 from pipeline.console import decisions
 from pipeline.console.accounts import Accounts, Session
+from pipeline.console.oidc import OidcLogin
 from pipeline.console.store import CLASSIFICATIONS, ConsoleStore
 
 __all__ = ["create_console"]
 
 HERE: Final = Path(__file__).parent
+log = logging.getLogger("custos.console")
+
 COOKIE: Final = "custos_session"
 LOGIN_COOKIE: Final = "custos_login"  # binds the login form to this browser (login CSRF)
+OIDC_COOKIE: Final = "custos_oidc"  # the single sign-on handshake only
 # Wrong passwords per user name before its logins wait (guessing stays slow; an attacker can
 # make a user wait, not get in).
 MAX_FAILURES: Final = 5
@@ -86,8 +93,10 @@ class Console:
                  secure_cookies: bool = False, settings: Settings | None = None,
                  send: Send | None = None, two_person: bool = False,
                  workers: tuple[str, ...] = (),
-                 broker: tuple[str, str] | None = None) -> None:  # fmt: skip
+                 broker: tuple[str, str] | None = None,
+                 oidc: OidcLogin | None = None) -> None:  # fmt: skip
         self.store = store
+        self.oidc = oidc
         self.workers = workers  # base URLs of the workers' web servers (identity baselines)
         self.broker = broker  # (URL, API token) of the credential broker (task credentials)
         self.accounts = Accounts(store)
@@ -101,7 +110,8 @@ class Console:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
         env.globals.update(severities=SEVERITIES, classifications=CLASSIFICATIONS,
-                           row_id=row_id, when=_when)  # fmt: skip
+                           row_id=row_id, when=_when,
+                           sso=oidc.config.label if oidc is not None else None)  # fmt: skip
 
     # --- who is asking ----------------------------------------------------------------------
 
@@ -172,6 +182,39 @@ class Console:
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=self.secure)
         response.delete_cookie(LOGIN_COOKIE)
+        return response
+
+    async def oidc_start(self, request: Request) -> Response:
+        if self.oidc is None:
+            raise HTTPException(404, "single sign-on is not configured")
+        try:
+            response: Response = await self.oidc.start(request)
+        except Exception as exc:  # the provider's discovery document is unreachable or bad
+            log.warning("OIDC sign-in could not start: %r", exc)
+            raise HTTPException(502, "the identity provider does not answer") from exc
+        return response
+
+    async def oidc_callback(self, request: Request) -> Response:
+        """The provider's redirect back: verify, map (iss, sub) to a linked account, log in."""
+        from pipeline.console.oidc import OidcRefused
+
+        if self.oidc is None:
+            raise HTTPException(404, "single sign-on is not configured")
+        try:
+            issuer, sub, claims = await self.oidc.finish(request)
+        except OidcRefused as exc:
+            raise HTTPException(403, str(exc)) from exc
+        got = self.accounts.login_linked(issuer, sub)
+        if got is None:
+            who = str(claims.get("preferred_username") or claims.get("email") or sub)[:80]
+            log.warning("OIDC subject %r of %s (%s) has no linked account", sub, issuer, who)
+            raise HTTPException(403, f"{who} signed in, but no console account is linked to "
+                                "that identity: ask an administrator to run `custos console "
+                                "users link`")  # fmt: skip
+        token, _, name = got
+        log.info("%s logged in by single sign-on (%s of %s)", name, sub, issuer)
+        response = self.page(request, "signed_in.html", user=name)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=self.secure)
         return response
 
     async def logout(self, request: Request) -> Response:
@@ -510,9 +553,11 @@ async def healthz(request: Request) -> Response:
 def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: bool = False,
                    settings: Settings | None = None, send: Send | None = None,
                    two_person: bool = False, workers: tuple[str, ...] = (),
-                   broker: tuple[str, str] | None = None) -> Starlette:  # fmt: skip
+                   broker: tuple[str, str] | None = None,
+                   oidc: OidcLogin | None = None) -> Starlette:  # fmt: skip
     c = Console(store, poll_s=poll_s, secure_cookies=secure_cookies, settings=settings,
-                send=send, two_person=two_person, workers=workers, broker=broker)  # fmt: skip
+                send=send, two_person=two_person, workers=workers, broker=broker,
+                oidc=oidc)  # fmt: skip
 
     async def error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -528,6 +573,8 @@ def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: 
             Route("/login", c.login_form, methods=["GET"]),
             Route("/login", c.login, methods=["POST"]),
             Route("/logout", c.logout, methods=["POST"]),
+            Route("/login/oidc", c.oidc_start, methods=["GET"]),
+            Route("/login/oidc/callback", c.oidc_callback, methods=["GET"]),
             Route("/stream", c.stream),
             Route("/bulk", c.bulk, methods=["POST"]),
             Route("/findings/{uid:path}/{action}", c.triage, methods=["POST"]),
@@ -539,6 +586,11 @@ def create_console(store: ConsoleStore, *, poll_s: float = 0.5, secure_cookies: 
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={HTTPException: error},
+        middleware=[] if oidc is None else [Middleware(
+            # Only the sign-in handshake (state, nonce, PKCE verifier) lives in this cookie:
+            # signed with a key of this process, ten minutes, Lax (see pipeline.console.oidc).
+            SessionMiddleware, secret_key=secrets.token_urlsafe(32), session_cookie=OIDC_COOKIE,
+            max_age=600, same_site="lax", https_only=secure_cookies)],
     )
     app.state.console = c
     return app

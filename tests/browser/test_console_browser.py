@@ -126,3 +126,43 @@ def test_a_viewer_is_refused_on_the_server_and_forgeries_fail(
     assert forged.status == 403 and "CSRF" in forged.text()
     assert store.finding("f-old")["status"] == "new"  # type: ignore[index]
     page.screenshot(path=str(SHOTS / "viewer.png"), full_page=True)
+
+
+def test_single_sign_on_across_sites_ends_logged_in_on_the_queue(
+    served: tuple[str, ConsoleStore], browser: Browser
+) -> None:
+    """The whole sign-in in a real browser: the login page's link, the provider on another
+    host (localhost; the console is on 127.0.0.1), its redirect back, the page that moves on,
+    the queue with the linked account's local role."""
+    from pipeline.console.oidc import OidcConfig, OidcLogin
+    from tests.unit.console.fake_oidc import FakeProvider
+
+    _, store = served
+    op = FakeProvider(user={"sub": "u-77", "preferred_username": "sso-alice"})
+    idp = op.start()
+    Accounts(store).add("sso-alice", None, "analyst")
+    Accounts(store).link("sso-alice", op.issuer, "u-77")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    oidc = OidcLogin(OidcConfig(issuer=op.issuer, client_id=op.client_id,
+                                client_secret=op.client_secret, public_url=base,
+                                label="Example IdP"))  # fmt: skip
+    server = uvicorn.Server(uvicorn.Config(create_console(store, poll_s=0.2, oidc=oidc),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "console did not start"
+        time.sleep(0.05)
+    try:
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page.goto(base + "/login")
+        page.click("a#sso")
+        expect(page.locator("#who")).to_contain_text("sso-alice (analyst)", timeout=15_000)
+        expect(page).to_have_url(base + "/")
+        expect(page.locator("table.queue")).to_contain_text("Impossible travel")
+        assert op.token_calls == 1
+        page.screenshot(path=str(SHOTS / "sso.png"), full_page=True)
+    finally:
+        server.should_exit = True
+        idp.should_exit = True

@@ -34,6 +34,28 @@ def test_users_are_added_listed_and_logged_out_from_the_cli(tmp_path: Path) -> N
     assert "1 session(s) ended" in out
 
 
+def test_a_single_sign_on_account_is_added_and_linked_from_the_cli(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    runner = CliRunner()
+    r = runner.invoke(main, ["console", "users", "add", "carol", "--role", "analyst",
+                             "--sso-only", "--db", db])  # fmt: skip
+    assert r.exit_code == 0 and "single sign-on only" in r.output, r.output
+    link = ["console", "users", "link", "carol", "--issuer", "https://idp.example", "--sub",
+            "00u1", "--db", db]  # fmt: skip
+    assert runner.invoke(main, link).exit_code == 0
+    accounts = Accounts(ConsoleStore(db))
+    assert accounts.login("carol", "") is None
+    got = accounts.login_linked("https://idp.example", "00u1")
+    assert got is not None and got[2] == "carol"
+    assert accounts.login_linked("https://other.example", "00u1") is None  # issuer counts
+    bad = runner.invoke(main, ["console", "users", "link", "nobody", "--issuer",
+                               "https://idp.example", "--sub", "x", "--db", db])  # fmt: skip
+    assert bad.exit_code == 1 and "no account 'nobody'" in bad.output
+    plain = runner.invoke(main, ["console", "users", "link", "carol", "--issuer",
+                                 "http://idp.example", "--sub", "x", "--db", db])  # fmt: skip
+    assert plain.exit_code == 1 and "https" in plain.output
+
+
 def test_the_console_serves_a_replay_directory(tmp_path: Path) -> None:
     replay = tmp_path / "replay"
     replay.mkdir()
