@@ -48,11 +48,16 @@ def config_cmd(ctx: click.Context) -> None:
     help="Also measure a worker holding this many identity states (copies of the run's own, "
     "restored from a changelog; 1000000 for the issue-14 figure; 0: skip).",
 )  # fmt: skip
+@click.option(
+    "--console-alerts", default=0, show_default=True,
+    help="Also time the analyst console's pages with this many open alerts in its store "
+    "(10000 for the issue-15 figure; 0: skip; no Kafka needed).",
+)  # fmt: skip
 @click.pass_context
 def bench(
     ctx: click.Context, identities: int, duration: float, seed: int, offline_only: bool,
     paced_rate: float, paced_seconds: float, audit_records: int, response_load: float,
-    memory_identities: int,
+    memory_identities: int, console_alerts: int,
 ) -> None:  # fmt: skip
     """Throughput, latency and state size; prints a table, then one JSON line."""
     from pipeline.ops.bench import run_bench
@@ -61,7 +66,7 @@ def bench(
         settings_for(ctx), identities=identities, duration_s=duration, seed=seed,
         kafka=not offline_only, paced_rate=paced_rate, paced_seconds=paced_seconds,
         audit_records=audit_records, response_load=response_load,
-        memory_identities=memory_identities, echo=click.echo,
+        memory_identities=memory_identities, console_alerts=console_alerts, echo=click.echo,
     )  # fmt: skip
 
 

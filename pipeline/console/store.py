@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS findings (
     seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS findings_seq ON findings(seq);
+CREATE INDEX IF NOT EXISTS findings_identity ON findings(identity, time_ms);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL, created_ms INTEGER NOT NULL
 );
@@ -307,10 +308,12 @@ class ConsoleStore:
         return True
 
     def commands(self, *, state: str | None = None, finding_uid: str | None = None,
+                 identity: str | None = None,
                  limit: int = 200) -> list[dict[str, Any]]:  # fmt: skip
         """Contain commands as the console last saw them, newest change first."""
         where, args = [], []
-        for column, value in (("state", state), ("finding_uid", finding_uid)):
+        for column, value in (("state", state), ("finding_uid", finding_uid),
+                              ("identity", identity)):  # fmt: skip
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -365,10 +368,32 @@ class ConsoleStore:
         kind: str | None = None,
         assignee: str | None = None,
         analytic: str | None = None,
+        before_seq: int | None = None,
         limit: int = 200,
     ) -> list[Finding]:
-        """The queue, newest change first; ``after_seq``: only what changed since.
-        ``analytic``: ``Rule`` or ``Behavioral`` (what raised the finding)."""
+        """The queue, newest change first; ``after_seq``: only what changed since;
+        ``before_seq``: the next page (older changes). ``analytic``: ``Rule`` or ``Behavioral``
+        (what raised the finding)."""
+        where, args = self._where(after_seq, min_severity, status, kind, assignee, analytic)
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
+        sql = (f"SELECT * FROM findings WHERE {' AND '.join(where)} "
+               "ORDER BY seq DESC LIMIT ?")  # fmt: skip
+        return [dict(r) for r in self.query(sql, [*args, limit])]
+
+    def count(self, *, min_severity: int = 0, status: str | None = None,
+              kind: str | None = None, assignee: str | None = None,
+              analytic: str | None = None) -> int:  # fmt: skip
+        """How many findings the queue's filters match (all pages)."""
+        where, args = self._where(0, min_severity, status, kind, assignee, analytic)
+        return int(self.query(f"SELECT COUNT(*) FROM findings WHERE {' AND '.join(where)}",
+                              args)[0][0])  # fmt: skip
+
+    @staticmethod
+    def _where(after_seq: int, min_severity: int, status: str | None, kind: str | None,
+               assignee: str | None,
+               analytic: str | None) -> tuple[list[str], list[Any]]:  # fmt: skip
         where = ["seq > ?", "severity_id >= ?"]
         args: list[Any] = [after_seq, min_severity]
         for column, value in (("status", status), ("identity_kind", kind),
@@ -376,9 +401,7 @@ class ConsoleStore:
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)
-        sql = (f"SELECT * FROM findings WHERE {' AND '.join(where)} "
-               "ORDER BY seq DESC LIMIT ?")  # fmt: skip
-        return [dict(r) for r in self.query(sql, [*args, limit])]
+        return where, args
 
     def last_seq(self) -> int:
         return int(self.query("SELECT COALESCE(MAX(seq), 0) FROM findings")[0][0])

@@ -55,6 +55,7 @@ log = logging.getLogger("custos.console")
 COOKIE: Final = "custos_session"
 LOGIN_COOKIE: Final = "custos_login"  # binds the login form to this browser (login CSRF)
 OIDC_COOKIE: Final = "custos_oidc"  # the single sign-on handshake only
+PAGE: Final = 200  # findings per queue page (a page of 10,000 rows would take seconds to draw)
 # Wrong passwords per user name before its logins wait (guessing stays slow; an attacker can
 # make a user wait, not get in).
 MAX_FAILURES: Final = 5
@@ -243,13 +244,24 @@ class Console:
         if s is None:
             return RedirectResponse("/login", status_code=303)
         filters = self._filters(request, s)
-        rows = self.store.findings(**filters)
+        try:
+            before = int(request.query_params["before"]) if "before" in request.query_params \
+                else None
+        except ValueError:
+            before = None
+        rows = self.store.findings(**filters, before_seq=before, limit=PAGE)
+        total = self.store.count(**filters)
+        older = None
+        if len(rows) == PAGE:
+            older = "/?" + urlencode({**{k: v for k, v in request.query_params.items()
+                                         if k != "before"}, "before": rows[-1]["seq"]})  # fmt: skip
         stream = "/stream?" + urlencode({**{k: v for k, v in request.query_params.items()
                                             if k in ("severity", "status", "kind", "mine",
                                                      "assignee", "analytic")},
                                          "after": self.store.last_seq()})  # fmt: skip
         return self.page(request, "queue.html", s=s, rows=rows, stream=stream,
-                         q=request.query_params)  # fmt: skip
+                         q=request.query_params, total=total, older=older,
+                         live=before is None)  # fmt: skip
 
     async def stream(self, request: Request) -> Response:
         """Server-sent events: each new or changed finding of the queue's filters, as a row."""
@@ -427,7 +439,7 @@ class Console:
             charts["hours"] = charts_mod.hours_chart(profile)
             peers = (state.get("peers") or {}).get("baseline")
             charts["numeric"] = charts_mod.numeric_chart(profile, observed, peers)
-        commands = [c for c in self.store.commands(limit=500) if c["identity"] == uid]
+        commands = self.store.commands(identity=uid, limit=200)
         return self.page(request, "identity.html", s=s, uid=uid, kind=kind,
                          findings=list(reversed(findings)), state=state, charts=charts,
                          commands=commands, creds=creds)  # fmt: skip

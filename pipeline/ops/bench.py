@@ -417,11 +417,37 @@ def bench_memory(
         rss = _proc_rss_mb(worker.pid)
         echo(f"  memory: holding them, it drained {n_events:,} events at {rate:,.0f}/s; RSS "
              f"{rss:,.0f} MB")  # fmt: skip
+        page_p50, page_max = _identity_page_ms(port, uids, identities)
+        echo(f"  memory: its /custos/identity answer (the console's identity page) median "
+             f"{page_p50:.1f} ms, worst {page_max:.1f} ms (50 identities)")  # fmt: skip
     finally:
         stop([worker])
     return {"memory_identities": held, "memory_restore_s": round(restore_s, 1),
             "memory_rss_restored_mb": round(rss_restored),
-            "memory_worker_events_per_s": round(rate), "memory_rss_mb": round(rss)}  # fmt: skip
+            "memory_worker_events_per_s": round(rate), "memory_rss_mb": round(rss),
+            "memory_identity_page_ms_p50": round(page_p50, 1),
+            "memory_identity_page_ms_max": round(page_max, 1)}  # fmt: skip
+
+
+def _identity_page_ms(port: int, uids: list[str], identities: int) -> tuple[float, float]:
+    """Median and worst time of the worker's identity description, for 50 held copies."""
+    import random
+    import statistics
+    import urllib.request
+    from urllib.parse import quote
+
+    rng = random.Random(5)
+    rounds = max(1, identities // max(1, len(uids)))
+    times = []
+    for _ in range(50):
+        r = rng.randrange(rounds)
+        uid = rng.choice(uids) + (f"~{r}" if r else "")
+        url = f"http://127.0.0.1:{port}/custos/identity/{quote(uid, safe='')}?kind=agent"
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            resp.read()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), max(times)
 
 
 def bench_audit(
@@ -573,6 +599,7 @@ def run_bench(
     audit_records: int = 0,
     response_load: float = 0.0,
     memory_identities: int = 0,
+    console_alerts: int = 0,
     echo: Echo = print,
 ) -> dict[str, Any]:
     from pipeline.simulate.profiles import build_population
@@ -641,5 +668,9 @@ def run_bench(
                               revoked_at_load_events_per_s=response_load)  # fmt: skip
         else:
             result.update(events_per_s=result["offline_events_per_s"], p50_ms=None, p99_ms=None)
+        if console_alerts > 0:
+            from pipeline.ops.bench_console import bench_console
+
+            result.update(bench_console(settings, console_alerts, echo))
     echo(json.dumps(result))
     return result

@@ -345,3 +345,25 @@ def test_a_close_never_redirects_off_the_console(store: ConsoleStore) -> None:
         r = client.post("/findings/f-r/assign", data={"csrf": csrf, "back": back},
                         headers=ORIGIN, follow_redirects=False)  # fmt: skip
         assert r.headers["location"] == "/"
+
+
+def test_a_long_queue_is_paged_with_its_count_and_only_the_first_page_is_live(
+    store: ConsoleStore,
+) -> None:
+    for i in range(449):
+        store.ingest_finding(finding(f"p-{i:03d}", title=f"Paged {i:03d}",
+                                     t=1_790_000_000_000 + i))  # fmt: skip
+    client, _ = login(store)
+    first = client.get("/").text
+    assert "450 matching, newest 200 shown" in first and 'sse-connect="/stream' in first
+    assert "Paged 448" in first and "Paged 248" not in first
+    seen = set(re.findall(r"Paged (\d{3})", first))
+    page, pages = first, 1
+    while (m := re.search(r'id="older" href="([^"]+)"', page)) is not None:
+        page = client.get(m.group(1).replace("&amp;", "&")).text
+        assert "sse-connect" not in page  # an older page does not take live rows
+        seen |= set(re.findall(r"Paged (\d{3})", page))
+        pages += 1
+    assert pages == 3 and len(seen) == 449  # every finding once, across the pages
+    filtered = client.get("/?severity=5").text
+    assert "0 matching" in filtered and 'id="older"' not in filtered
