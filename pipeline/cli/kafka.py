@@ -70,6 +70,39 @@ def kafka_logs(ctx: click.Context, lines: int, follow: bool) -> None:
             click.echo(line, nl=False)
 
 
+@kafka.command("tools", context_settings={"ignore_unknown_options": True,
+                                           "allow_extra_args": True, "help_option_names": []})
+@click.argument("name", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def kafka_tools(ctx: click.Context, name: str | None, args: tuple[str, ...]) -> None:
+    """Run one of Kafka's own tools (consumer-groups, console-consumer, get-offsets, ...) from
+    the cached jars, connected and authenticated like Custos; with no NAME, list them."""
+    import subprocess
+
+    from pipeline.kafka.broker import Broker
+    from pipeline.kafka.tools import TOOLS, java_properties, tool_command, write_properties
+
+    if name is None or name not in TOOLS:
+        if name is not None and name not in ("-h", "--help"):
+            click.echo(f"no tool {name!r}", err=True)
+        for tool, spec in TOOLS.items():
+            click.echo(f"  {tool:<17} {spec.help}")
+        click.echo("e.g. custos kafka tools consumer-groups --describe --all-groups "
+                   "(arguments go to the tool; --help prints its own)")  # fmt: skip
+        ctx.exit(0 if name is None or name in ("-h", "--help") else 2)
+    settings = settings_for(ctx)
+    client = settings.client_config()
+    props = write_properties(java_properties(client))
+    try:
+        cmd = tool_command(Broker(settings).tool_jvm(), name, list(args),
+                           client["bootstrap.servers"], props)  # fmt: skip
+        code = subprocess.run(cmd, check=False).returncode
+    finally:
+        props.unlink(missing_ok=True)
+    ctx.exit(code)
+
+
 @kafka.command("k8s")
 @click.option("--out", type=click.Path(file_okay=False), default="infra/k8s", show_default=True,
               help="Directory the manifests are written to.")

@@ -75,10 +75,9 @@ class Broker:
     # --- jars -------------------------------------------------------------------------------
     def ensure_jars(self) -> Path:
         """Copy the broker's runtime classpath from Maven once; re-copy if the pom changes."""
-        marker = self.libs / ".pom-sha256"
-        digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-        if marker.exists() and marker.read_text().strip() == digest:
+        if self._jars_current():
             return self.libs
+        digest = hashlib.sha256(POM.read_bytes()).hexdigest()
         mvn = shutil.which("mvn")
         if mvn is None:
             raise KafkaError("Maven (mvn) is not on PATH: it is needed once to fetch Kafka's jars")
@@ -120,6 +119,23 @@ class Broker:
             "-cp", str(self.libs / "*"), main, *args,
         ]  # fmt: skip
         return cmd
+
+    def tool_jvm(self) -> list[str]:
+        """``java -cp <cached jars>`` for one of Kafka's command-line tools (fetching the jars
+        once, like ``up``); log4j's default (errors to the console) is right for a tool."""
+        java = self._java()
+        if not self._jars_current() and self.pid() is not None:
+            # Swapping the classpath under a running broker would pull jars from under it.
+            raise KafkaError("the running broker's jars predate this version's pom (no "
+                             "kafka-tools yet): `custos kafka down && custos kafka up` "
+                             "fetches them")  # fmt: skip
+        self.ensure_jars()
+        return [java, "-Xmx512m", "-cp", str(self.libs / "*")]
+
+    def _jars_current(self) -> bool:
+        marker = self.libs / ".pom-sha256"
+        digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+        return marker.exists() and marker.read_text().strip() == digest
 
     # --- storage ----------------------------------------------------------------------------
     def render_properties(self, passwords: dict[str, str] | None = None) -> str:
