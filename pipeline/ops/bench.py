@@ -275,8 +275,8 @@ def bench_kafka(
             if m.get("custos_scored_total", 0.0) >= len(raw) + len(paced):
                 break
             time.sleep(0.5)
-        p50 = m.get('custos_event_to_score_ms{quantile="0.5"}', 0.0)
-        p99 = m.get('custos_event_to_score_ms{quantile="0.99"}', 0.0)
+        p50 = m.get('custos_event_to_score_seconds{quantile="0.5"}', 0.0) * 1000
+        p99 = m.get('custos_event_to_score_seconds{quantile="0.99"}', 0.0) * 1000
         echo(f"  paced {paced_rate:,.0f} events/s for {paced_seconds:.0f} s: "
              f"event → scored p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
     finally:
@@ -338,7 +338,7 @@ def bench_restore(env: dict[str, str], parts: int, log: Path, echo: Echo) -> dic
     finally:
         stop([worker])
     records = int(m.get("custos_state_restored_total", m.get("custos_state_restored", 0.0)))
-    identities = int(m.get("custos_identities", 0.0))
+    identities = int(m.get("custos_identities_held", 0.0))
     echo(f"  restore: a new worker owned all {parts} partitions, {identities:,} identities "
          f"from {records:,} changelog records (not yet compacted), {secs:.1f} s after it "
          "started")  # fmt: skip
@@ -408,7 +408,7 @@ def bench_memory(
     try:
         m = _owning(worker, port, parts, t0 + 900)
         restore_s = time.perf_counter() - t0
-        held = int(m.get("custos_identities", 0.0))
+        held = int(m.get("custos_identities_held", 0.0))
         rss_restored = _proc_rss_mb(worker.pid)
         echo(f"  memory: a worker restored {held:,} identities in {restore_s:.1f} s; RSS "
              f"{rss_restored:,.0f} MB ({rss_restored * 2**20 / max(1, held):,.0f} B per "

@@ -50,14 +50,16 @@ def collect(settings: Settings) -> list[str]:
             "custos_scored_total",
             "custos_findings_total",
             "custos_alerts_total",
-            "custos_scoring_microseconds_per_event",
-            'custos_event_to_score_ms{quantile="0.5"}',
-            'custos_event_to_score_ms{quantile="0.99"}',
-            "custos_identities",
+            'custos_event_to_score_seconds{quantile="0.5"}',
+            'custos_event_to_score_seconds{quantile="0.99"}',
+            "custos_identities_held",
             "custos_state_resets_total",
         ):
             if key in metrics:
                 lines.append(f"  {key:<44} {metrics[key]:g}")
+        if metrics.get("custos_scored_total"):
+            cost = metrics.get("custos_scoring_seconds_total", 0.0) / metrics["custos_scored_total"]
+            lines.append(f"  {'scoring µs per event':<44} {cost * 1e6:.1f}")
         dead = sum(v for k, v in metrics.items() if k.startswith("custos_deadletter_total"))
         lines.append(f"  {'dead-lettered':<44} {dead:.0f}")
     return lines

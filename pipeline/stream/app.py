@@ -391,18 +391,20 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
     yield CounterMetricFamily(
         "custos_signals", "Evidence about other identities sent to their owner.", stats.signals
     )
-    lat = stats.score_seconds / stats.scored * 1e6 if stats.scored else 0.0
-    yield GaugeMetricFamily(
-        "custos_scoring_microseconds_per_event", "Mean scoring cost per event.", lat
-    )
+    # Prometheus conventions: base units (seconds), cumulative time as a counter (its rate over
+    # custos_scored_total's is the cost per event), quantiles as a labelled gauge.
+    yield CounterMetricFamily(
+        "custos_scoring_seconds", "Time spent scoring (divide by custos_scored_total).",
+        stats.score_seconds,
+    )  # fmt: skip
     p50, p99 = stats.latency_quantiles()
     latency = GaugeMetricFamily(
-        "custos_event_to_score_ms",
+        "custos_event_to_score_seconds",
         "Kafka timestamp of an event to its batch scored (recent events).",
         labels=["quantile"],
     )
-    latency.add_metric(["0.5"], p50)
-    latency.add_metric(["0.99"], p99)
+    latency.add_metric(["0.5"], p50 / 1000)
+    latency.add_metric(["0.99"], p99 / 1000)
     yield latency
     yield CounterMetricFamily(
         "custos_state_resets", "Unreadable identity states started afresh.", detection.state_resets
@@ -410,7 +412,7 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
     yield GaugeMetricFamily(
         "custos_open_incidents", "Identities with an open incident.", len(detection.open_incidents)
     )
-    yield GaugeMetricFamily("custos_identities", "Identity states held.",
+    yield GaugeMetricFamily("custos_identities_held", "Identity states held.",
                               hot.store.identities())
     yield GaugeMetricFamily("custos_partitions_owned", "Input partitions owned.", len(hot.owned))
     yield CounterMetricFamily(
