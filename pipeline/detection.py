@@ -401,8 +401,9 @@ class Detection:
         st = self.state_of(uid, store)
         entry = self.directory.lookup(uid) if self.directory is not None else None
         base = summary(self.baseline_model, st.baseline, self.names)
-        kinds = [entry.kind] if entry is not None else [kind] if kind else []
-        kinds += [k for k in ("agent", "service", "human") if k not in kinds]
+        # Its own kind's group only; unknown kind (no directory, no hint): the first that exists.
+        kinds = [entry.kind] if entry is not None else [kind] if kind else [
+            "agent", "service", "human"]
         usual = {c["feature"]: c["usual"] for c in base["categorical"]}
         group, peer = None, None
         for k in kinds:

@@ -83,12 +83,12 @@ def console(ctx: click.Context, host: str, port: int, from_dir: str | None,
         # Reads as the read-only console principal; decisions go out as the analysts' one
         # (the ACL plan lets only it write feedback and quarantine commands).
         writer = Settings.from_env().as_principal("analyst")
-        from pipeline.credentials.broker import load_api_token
+        from pipeline.credentials.broker import load_read_token
 
         app = create_console(store, secure_cookies=secure_cookies, settings=settings,
                              send=KafkaSender(writer), two_person=two_person,
                              workers=workers or (f"http://127.0.0.1:{settings.worker_web_port}",),
-                             broker=(settings.broker_url, load_api_token(settings)), oidc=oidc)
+                             broker=(settings.broker_url, load_read_token(settings)), oidc=oidc)
     click.echo(f"console: http://{host}:{port}/")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -27,14 +27,15 @@ route                                      auth     what
                                                     of the same ``command_id`` revoked
 ``DELETE /v1/identities/{uid}/block``      token    release (``?command_id=`` lifts only the
                                                     block that command created)
-``GET /v1/identities/{uid}``               token    blocked?, live credentials
-``GET /v1/identities/{uid}/credentials``   token    its credentials newest first with their
+``GET /v1/identities/{uid}``               read     blocked?, live credentials
+``GET /v1/identities/{uid}/credentials``   read     its credentials newest first with their
                                                     uses, the tasks it delegated, its
                                                     refusals, its delegation chain (console)
 =========================================  =======  =============================================
 
 "token" = ``Authorization: Bearer <broker API token>`` (``CUSTOS_BROKER_TOKEN`` or generated on
-first run into the state directory, mode 0600).
+first run into the state directory, mode 0600). "read" = that token or the read-only one
+(``read-token`` beside it), which the analyst console holds: it can look, never act.
 
 Who presented a credential is a security decision: a ``wrong_holder`` event on the presenter is
 a Critical ``credential_misuse`` and an automatic quarantine of that identity. So ``agent`` in a
@@ -60,6 +61,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
@@ -69,7 +71,8 @@ from pipeline.credentials.rejections import RejectionSink, rejection_event
 from pipeline.credentials.tokens import CredentialRejected, TaskClaims, check_claims, decode, issue
 from pipeline.errors import ConfigError, CustosError
 
-__all__ = ["Blocked", "CredentialBroker", "Issued", "load_api_token", "web_app"]
+__all__ = ["Blocked", "CredentialBroker", "Issued", "load_api_token", "load_read_token",
+           "web_app"]
 
 log = logging.getLogger("custos.broker")
 
@@ -344,7 +347,17 @@ def load_api_token(settings: Settings) -> str:
     """The broker API token: from settings, else created once (mode 0600) and reused."""
     if settings.broker_token:
         return settings.broker_token
-    path = settings.broker_state_path / "api-token"
+    return _token_file(settings.broker_state_path / "api-token")
+
+
+def load_read_token(settings: Settings) -> str:
+    """The broker's read-only token (created once, mode 0600): what an identity holds, its
+    credentials' history, and nothing else. The analyst console holds this one, not the API
+    token that issues, revokes and blocks."""
+    return _token_file(settings.broker_state_path / "read-token")
+
+
+def _token_file(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,7 +394,7 @@ def _strict_json(text: str) -> Any:
     return doc
 
 
-def web_app(broker: CredentialBroker, api_token: str) -> Any:
+def web_app(broker: CredentialBroker, api_token: str, read_token: str | None = None) -> Any:
     """The aiohttp application (thin: parse, call the broker, shape the answer)."""
     from aiohttp import web
 
@@ -407,6 +420,13 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
             )
         caller = request.headers.get("X-Custos-Caller", "api")
         return caller if _is_name(caller) else "api"
+
+    def require_reader(request: web.Request) -> None:
+        """401 unless the caller holds the API token or the read-only one."""
+        got = bearer(request)
+        if read_token is not None and same(got, read_token):
+            return
+        require_token(request)
 
     async def body(request: web.Request) -> dict[str, Any]:
         try:
@@ -581,7 +601,7 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
 
     @routes.get("/v1/identities/{uid}")
     async def identity(request: web.Request) -> web.Response:
-        require_token(request)
+        require_reader(request)
         uid = path_uid(request)
         now = broker.clock()
         b = broker.registry.blocked(uid, now)
@@ -593,7 +613,7 @@ def web_app(broker: CredentialBroker, api_token: str) -> Any:
 
     @routes.get("/v1/identities/{uid}/credentials")
     async def history(request: web.Request) -> web.Response:
-        require_token(request)
+        require_reader(request)
         uid = path_uid(request)
         try:
             limit = min(max(int(request.query.get("limit", "50")), 1), 500)
@@ -638,7 +658,7 @@ def run_broker(settings: Settings) -> None:
     if producer.flush(10):
         log.warning("configuration report not delivered to %s", settings.reports_topic)
     broker = CredentialBroker.from_settings(settings, on_reject=sink)
-    app = web_app(broker, load_api_token(settings))
+    app = web_app(broker, load_api_token(settings), load_read_token(settings))
     try:
         web.run_app(app, host=settings.broker_host, port=settings.broker_port, print=None)
     finally:

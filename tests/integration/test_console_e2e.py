@@ -88,7 +88,7 @@ def test_approve_in_the_console_cuts_the_agent_off_and_a_false_positive_closes_i
         server = uvicorn.Server(uvicorn.Config(
             create_console(store, poll_s=0.2, settings=settings, send=KafkaSender(settings),
                            workers=(f"http://127.0.0.1:{env[env_var('worker_web_port')]}",),
-                           broker=(base, token)),
+                           broker=(base, (tmp_path / "broker" / "read-token").read_text().strip())),
             host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
         threading.Thread(target=server.run, daemon=True).start()
         _wait(lambda: server.started, 20, "console up")  # type: ignore[union-attr]

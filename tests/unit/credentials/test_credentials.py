@@ -14,7 +14,13 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.control.signing import SigningKey
-from pipeline.credentials.broker import Blocked, CredentialBroker, load_api_token, web_app
+from pipeline.credentials.broker import (
+    Blocked,
+    CredentialBroker,
+    load_api_token,
+    load_read_token,
+    web_app,
+)
 from pipeline.credentials.registry import Registry
 from pipeline.credentials.tokens import CredentialRejected, TaskClaims, decode, issue, verify
 from pipeline.events.schemas import EventDecoder
@@ -266,10 +272,13 @@ def test_http_api(tmp_path: Path) -> None:
     broker, _, events = make_broker()
     token = load_api_token(Settings.from_env({}, broker_state_dir=str(tmp_path)))
     assert load_api_token(Settings.from_env({}, broker_state_dir=str(tmp_path))) == token
+    reader = load_read_token(Settings.from_env({}, broker_state_dir=str(tmp_path)))
+    assert reader != token and stat.S_IMODE((tmp_path / "read-token").stat().st_mode) == 0o600
     auth = {"Authorization": f"Bearer {token}"}
+    read = {"Authorization": f"Bearer {reader}"}
 
     async def run() -> None:
-        async with TestClient(TestServer(web_app(broker, token))) as http:
+        async with TestClient(TestServer(web_app(broker, token, reader))) as http:
             jwks = await (await http.get("/.well-known/jwks.json")).json()
             assert jwks["keys"][0]["alg"] == "EdDSA"  # RFC 8037: what JWT libraries accept
             req = {"agent": "agt-1", "task": "t-1", "step": 1, "scope": ["crm.read"]}
@@ -306,6 +315,15 @@ def test_http_api(tmp_path: Path) -> None:
             assert (await lifted.json())["unblocked"] is True
             url = "/v1/identities/agt-1/credentials"
             assert (await http.get(url)).status == 401
+            # The read-only token looks and never acts.
+            assert (await http.get(url, headers=read)).status == 200
+            assert (await http.get("/v1/identities/agt-1", headers=read)).status == 200
+            for method, path in (("POST", "/v1/identities/agt-1/block"),
+                                 ("POST", "/v1/identities/agt-1/revoke"),
+                                 ("DELETE", "/v1/identities/agt-1/block"),
+                                 ("POST", "/v1/credentials"), ("POST", "/revoke")):  # fmt: skip
+                refused = await http.request(method, path, json={"reason": "x"}, headers=read)
+                assert refused.status == 401, (method, path)
             assert (await http.get(url + "?limit=x", headers=auth)).status == 400
             hist = await (await http.get(url, headers=auth)).json()
             assert hist["credentials"][0]["uses"] == 1 and hist["credentials"][0]["state"] == (
