@@ -117,6 +117,7 @@ class SyslogReceiver:
         self.errors: list[str] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(0.2)
         self._done = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -126,10 +127,10 @@ class SyslogReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
+        self.thread.join()  # no accept() in flight: closing the socket really stops listening
         self.sock.close()
 
     def _serve(self) -> None:
-        self.sock.settimeout(0.2)
         while not self._done.is_set():
             try:
                 conn, _ = self.sock.accept()
