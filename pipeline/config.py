@@ -278,6 +278,13 @@ class Settings:
         "", "SSF adapter: private JWK signing the SETs; empty = <home>/keys/ssf.jwk"
     )
 
+    # --- Alert outputs (`custos outputs run`) ---------------------------------------------------
+    outputs_file: str = _setting(
+        "",
+        "YAML naming the alert outputs (PagerDuty, Slack, Teams, syslog CEF, Splunk HEC) and "
+        "their settings; secrets by *_env / *_file (docs/OUTPUTS.md); empty = none",
+    )
+
     # --- Audit (`custos audit`) ----------------------------------------------------------------
     audit_topic: str = _setting(
         "custos.audit", "The tamper-evident log (one partition, kept forever)"

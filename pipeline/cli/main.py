@@ -3,7 +3,8 @@
 Thin: each command parses options, calls the package and prints. The commands live by area
 (:mod:`~pipeline.cli.kafka`, :mod:`~pipeline.cli.simulate`, :mod:`~pipeline.cli.offline`,
 :mod:`~pipeline.cli.services`, :mod:`~pipeline.cli.analyst`, :mod:`~pipeline.cli.models`,
-:mod:`~pipeline.cli.audit`, :mod:`~pipeline.cli.ops`, :mod:`~pipeline.cli.console`); what
+:mod:`~pipeline.cli.audit`, :mod:`~pipeline.cli.ops`, :mod:`~pipeline.cli.console`,
+:mod:`~pipeline.cli.outputs`); what
 they share is in :mod:`~pipeline.cli.common`. Heavy modules are imported inside the
 commands, so that ``custos --help`` stays fast.
 """
@@ -24,6 +25,7 @@ from pipeline.cli import (
     models,
     offline,
     ops,
+    outputs,
     services,
     simulate,
 )
@@ -52,7 +54,8 @@ def main() -> None:
 
 
 # Each area's commands, in no particular order: click lists them sorted by name.
-for _area in (analyst, audit, console, kafka, models, offline, ops, services, simulate):
+for _area in (analyst, audit, console, kafka, models, offline, ops, outputs, services,
+              simulate):
     for _command in _area.COMMANDS:
         main.add_command(_command)
 

@@ -9,8 +9,8 @@ from pipeline.cli.main import main
 # What README, Makefile, .ci and the tests call: the root group must offer exactly these.
 COMMANDS = {
     "agent-models", "audit", "bench", "bench-response", "broker", "config", "console", "demo",
-    "evaluate", "export", "feedback", "ingest", "kafka", "models", "quarantine", "replay",
-    "respond", "simulate", "status", "topics", "worker",
+    "evaluate", "export", "feedback", "ingest", "kafka", "models", "outputs", "quarantine",
+    "replay", "respond", "simulate", "status", "topics", "worker",
 }  # fmt: skip
 
 
