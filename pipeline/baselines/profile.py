@@ -60,19 +60,23 @@ def summary(
         named = int(state.name_slot[c])
         values = []
         for h, count, hour in model.known_values(state, name):
-            # Only the most used value's name is kept (explanations); the others are hashes.
+            # The book's name is whole; the state keeps only the most used value's, shortened
+            # for explanations (kept for when this process has not seen the value yet).
             mine = named >= 0 and int(state.slot_hash[named]) == int(h)
-            text = state.name_text[c] if mine else None
-            if text is None and names is not None:
-                text = names.name(c, int(h))
+            text = names.name(c, int(h)) if names is not None else None
+            if text is None and mine:
+                text = state.name_text[c]
             values.append({
                 "hash": f"{int(h):08x}", "count": int(count), "last_seen_hour": int(hour),
                 "name": text,
             })  # fmt: skip
+        usual = state.name_text[c] if named >= 0 else None
+        if named >= 0 and names is not None:
+            usual = names.name(c, int(state.slot_hash[named])) or usual
         present, novel = int(state.present[c]), int(state.novel[c])
         if values or present:
-            categorical.append({"feature": name, "usual": state.name_text[c] if named >= 0
-                                else None, "values": values, "events": present,
+            categorical.append({"feature": name, "usual": usual, "values": values,
+                                "events": present,
                                 "new_value_share": round(novel / present, 3) if present
                                 else 0.0})  # fmt: skip
     return {

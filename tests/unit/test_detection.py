@@ -341,14 +341,21 @@ def test_describe_names_values_finds_the_peer_group_and_tells_the_agents_model(
     det = Detection.from_settings(Settings(model_allowlist_file=str(reg)))
     store: dict[str, bytes] = {}
     events = [_with_model(i, "agt-1", D_A) for i in range(40)]
+    long_op = "crm.records.export-to-quarterly-finance-archive"  # longer than a state's name
     events += [msgspec.structs.replace(_call(50 + i), operation="crm.write") for i in range(3)]
+    events += [msgspec.structs.replace(_call(55), operation=long_op)]
     det.process(events, store)
     det.process([msgspec.structs.replace(_call(60), model=ModelRef("gpt-x", "2", D_B))], store)
 
     d = det.describe("agt-1", store, "agent")
     ops = {c["feature"]: c for c in d["baseline"]["categorical"]}["operation"]
     assert ops["usual"] == "crm.read"
-    assert {v["name"] for v in ops["values"]} == {"crm.read", "crm.write"}  # both named
+    assert {v["name"] for v in ops["values"]} == {"crm.read", "crm.write", long_op}  # all named
+    det.process([msgspec.structs.replace(_call(100 + i, uid="agt-9", issued_to="agt-9"),
+                                         operation=long_op) for i in range(5)], store)  # fmt: skip
+    nine = {c["feature"]: c for c in det.describe("agt-9", store)["baseline"]["categorical"]}
+    assert nine["operation"]["usual"] == long_op  # whole, not the state's shortened copy
+    assert "…" in det.state_of("agt-9", store).baseline.name_text[4]
     assert d["peers"]["group"] == "agent:svc:crm" and not d["peers"]["from_directory"]
     assert d["peers"]["baseline"]["events_learned"] > 0
     pinned = d["agent"]["pinned_models"]
