@@ -405,19 +405,19 @@ class Detection:
         kinds = [entry.kind] if entry is not None else [kind] if kind else [
             "agent", "service", "human"]
         usual = {c["feature"]: c["usual"] for c in base["categorical"]}
-        group, peer = None, None
+        group, peer, found = None, None, kind
         for k in kinds:
             if entry is not None and entry.peer_group:
                 key = f"{k}:{entry.peer_group}"
             else:
                 key = f"{k}:svc:{usual['service']}" if usual.get("service") else f"{k}:default"
             if key in self.peers:
-                group, peer = key, self.peers[key]
+                group, peer, found = key, self.peers[key], k
                 break
         inc = st.risk.incident
         out: dict[str, Any] = {
             "identity": uid,
-            "kind": entry.kind if entry is not None else kind,
+            "kind": entry.kind if entry is not None else found,  # else: its peer group's kind
             "baseline": base,
             "peers": None if peer is None else {
                 "group": group, "from_directory": bool(entry and entry.peer_group),

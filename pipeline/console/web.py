@@ -55,6 +55,7 @@ log = logging.getLogger("custos.console")
 COOKIE: Final = "custos_session"
 LOGIN_COOKIE: Final = "custos_login"  # binds the login form to this browser (login CSRF)
 OIDC_COOKIE: Final = "custos_oidc"  # the single sign-on handshake only
+CREDENTIALS_SHOWN: Final = 12  # an agent gets one per task step: the latest, and the totals
 PAGE: Final = 200  # findings per queue page (a page of 10,000 rows would take seconds to draw)
 # Wrong passwords per user name before its logins wait (guessing stays slow; an attacker can
 # make a user wait, not get in).
@@ -396,8 +397,9 @@ class Console:
         if self.broker is None:
             return None
         base, token = self.broker
-        req = urllib.request.Request(f"{base}/v1/identities/{quote(uid, safe='')}/credentials",
-                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        req = urllib.request.Request(
+            f"{base}/v1/identities/{quote(uid, safe='')}/credentials?limit={CREDENTIALS_SHOWN}",
+            headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         try:
             with urllib.request.urlopen(req, timeout=2) as r:
                 doc = json.loads(r.read())

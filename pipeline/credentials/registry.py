@@ -253,7 +253,7 @@ class Registry:
                 (identity, identity, REFUSALS_KEPT),
             )
 
-    def history(self, identity: str, *, limit: int = 50) -> dict[str, list[dict[str, Any]]]:
+    def history(self, identity: str, *, limit: int = 50) -> dict[str, Any]:
         """What was issued to ``identity`` (newest first, with uses), what it delegated to
         others, and its refusals: plain data.
 
@@ -268,6 +268,8 @@ class Registry:
         (3, 'a', 'revoked')
         >>> [c["holder"] for c in reg.history("a")["delegated"]]
         ['b']
+        >>> h["counts"]
+        {'live': 1, 'completed': 0, 'revoked': 0, 'uses': 3}
         """
         cols = ("c.jti, c.sub, c.task, c.step, c.scope, c.ceiling, c.act, c.iat, c.exp, c.state,"
                 " c.changed_at, c.reason, c.changed_by, coalesce(u.n, 0), u.last_at")  # fmt: skip
@@ -282,6 +284,11 @@ class Registry:
                 " WHERE c.act = ? ORDER BY c.iat DESC, c.rowid DESC LIMIT ?",
                 (identity, limit),
             ).fetchall()
+            totals = self._db.execute(
+                "SELECT c.state, count(*), coalesce(sum(u.n), 0) FROM credentials c"
+                " LEFT JOIN uses u ON u.jti = c.jti WHERE c.sub = ? GROUP BY c.state",
+                (identity,),
+            ).fetchall()
             refusals = self._db.execute(
                 "SELECT at, reason, detail, jti, task, operation, service FROM refusals"
                 " WHERE identity = ? ORDER BY id DESC LIMIT ?",
@@ -290,7 +297,12 @@ class Registry:
         keys = ("jti", "holder", "task", "step", "scope", "ceiling", "delegated_by", "iat", "exp",
                 "state", "changed_at", "reason", "changed_by", "uses", "last_used_at")  # fmt: skip
         rkeys = ("at", "reason", "detail", "jti", "task", "operation", "service")
+        counts = {"live": 0, "completed": 0, "revoked": 0, "uses": 0}
+        for state, n, uses in totals:
+            counts[state] = n
+            counts["uses"] += uses
         return {
+            "counts": counts,
             "credentials": [dict(zip(keys, r, strict=True)) for r in own],
             "delegated": [dict(zip(keys, r, strict=True)) for r in delegated],
             "refusals": [dict(zip(rkeys, r, strict=True)) for r in refusals],

@@ -353,7 +353,9 @@ def test_describe_names_values_finds_the_peer_group_and_tells_the_agents_model(
     assert {v["name"] for v in ops["values"]} == {"crm.read", "crm.write", long_op}  # all named
     det.process([msgspec.structs.replace(_call(100 + i, uid="agt-9", issued_to="agt-9"),
                                          operation=long_op) for i in range(5)], store)  # fmt: skip
-    nine = {c["feature"]: c for c in det.describe("agt-9", store)["baseline"]["categorical"]}
+    described = det.describe("agt-9", store)  # no kind given: its peer group's
+    assert described["kind"] == "agent" and described["peers"]["group"] == "agent:svc:crm"
+    nine = {c["feature"]: c for c in described["baseline"]["categorical"]}
     assert nine["operation"]["usual"] == long_op  # whole, not the state's shortened copy
     assert "…" in det.state_of("agt-9", store).baseline.name_text[4]
     assert d["peers"]["group"] == "agent:svc:crm" and not d["peers"]["from_directory"]

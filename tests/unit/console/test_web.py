@@ -252,7 +252,7 @@ def test_an_identity_page_shows_names_peers_model_provenance_and_task_credential
         def do_GET(self) -> None:
             if self.path.startswith("/custos/identity/agt-7?kind=agent"):
                 body: Any = det.describe("agt-7", mem, "agent")
-            elif self.path == "/v1/identities/agt-7/credentials":
+            elif self.path == "/v1/identities/agt-7/credentials?limit=12":
                 if self.headers.get("Authorization") != f"Bearer {token}":
                     self.send_response(401)
                     self.end_headers()
@@ -292,6 +292,7 @@ def test_an_identity_page_shows_names_peers_model_provenance_and_task_credential
         assert "t-42 / 2" in text and ">revoked<" in text and "responder" in text
         assert "out_of_scope" in text and "mail.send" in text  # the refused use
         assert re.search(r"<td>1 \(last ", text)  # one allowed use
+        assert "1 issued: 0 live, 0 completed, 1 revoked · 1 uses" in text
         # Wrong token: the page still renders, without the broker's section.
         app2 = create_console(store, workers=(base,), broker=(base, "wrong"))
         c2 = TestClient(app2)
