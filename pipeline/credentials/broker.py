@@ -59,6 +59,7 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.control.signing import SigningKey
-from pipeline.credentials.registry import Block, Registry
+from pipeline.credentials.registry import Block, Refusal, Registry
 from pipeline.credentials.rejections import RejectionSink, rejection_event
 from pipeline.credentials.tokens import CredentialRejected, TaskClaims, check_claims, decode, issue
 from pipeline.errors import ConfigError, CustosError
@@ -76,7 +77,8 @@ __all__ = ["Blocked", "CredentialBroker", "Issued", "load_api_token", "load_read
 
 log = logging.getLogger("custos.broker")
 
-USES_FLUSH_S = 5.0  # credential use counts reach the registry within this (see flush_uses)
+HISTORY_FLUSH_S = 5.0  # uses and refusals reach the registry within this (see flush_history)
+PENDING_REFUSALS = 10_000  # at most this many wait for a flush (a flood drops the oldest)
 
 
 class Blocked(CustosError):
@@ -118,9 +120,10 @@ class CredentialBroker:
         self.clock = clock
         self.on_reject = on_reject
         self.rejected: dict[str, int] = {}  # reason -> count (metrics)
-        # Uses counted since the last flush, {jti: (n, last at)}: written to the registry every
-        # few seconds, not per call (see :meth:`flush_uses`).
+        # Uses counted and refusals seen since the last flush, {jti: (n, last at)}: written to
+        # the registry every few seconds, not per call (see :meth:`flush_history`).
         self._uses: dict[str, tuple[int, float]] = {}
+        self._refusals: deque[Refusal] = deque(maxlen=PENDING_REFUSALS)
         self._uses_lock = threading.Lock()
 
     @classmethod
@@ -222,24 +225,29 @@ class CredentialBroker:
             self._uses[claims.jti] = (n + 1, now)
         return claims
 
-    def flush_uses(self) -> int:
-        """Write the uses counted since the last flush; returns how many credentials."""
+    def flush_history(self) -> int:
+        """Write the uses counted and the refusals seen since the last flush; returns how
+        many records."""
         with self._uses_lock:
             counts, self._uses = self._uses, {}
+            refusals = list(self._refusals)
+            self._refusals.clear()
         try:
             self.registry.add_uses(counts)
+            self.registry.refused_many(refusals)
         except Exception:
             with self._uses_lock:  # keep them for the next flush
                 for jti, (n, at) in counts.items():
                     m, last = self._uses.get(jti, (0, at))
                     self._uses[jti] = (n + m, max(at, last))
+                self._refusals.extendleft(reversed(refusals))
             raise
-        return len(counts)
+        return len(counts) + len(refusals)
 
     def history(self, identity: str, *, limit: int = 50) -> dict[str, Any]:
         """The identity's credentials (issued, used, completed, revoked), the tasks it
         delegated, its refusals, its delegation chain and block: the console's identity page."""
-        self.flush_uses()
+        self.flush_history()
         out: dict[str, Any] = {"identity": identity, **self.registry.history(identity, limit=limit)}
         out["delegation_chain"] = self.registry.delegators(identity)
         b = self.registry.blocked(identity, self.clock())
@@ -264,15 +272,10 @@ class CredentialBroker:
     ) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.info("rejected %s for %r: %s", reason, agent, detail)
-        try:
-            self.registry.refused(
-                agent, at=self.clock(), reason=reason, detail=detail,
-                jti=claims.jti if claims is not None else None,
-                task=claims.task if claims is not None else task, operation=operation,
-                service=service,
-            )  # fmt: skip
-        except Exception:  # the refusal stands; only its record for the console is lost
-            log.exception("could not record the refusal of %r", agent)
+        with self._uses_lock:
+            self._refusals.append(Refusal(
+                agent, self.clock(), reason, detail, claims.jti if claims is not None else None,
+                claims.task if claims is not None else task, operation, service))  # fmt: skip
         if self.on_reject is not None:
             event = rejection_event(
                 presenter=agent, claims=claims, reason=reason, detail=detail,
@@ -621,23 +624,23 @@ def web_app(broker: CredentialBroker, api_token: str, read_token: str | None = N
             raise bad("limit must be an integer") from None
         return web.json_response(broker.history(uid, limit=limit))
 
-    async def flush_uses(app: web.Application) -> Any:
+    async def flush_history(app: web.Application) -> Any:
         async def loop() -> None:
             while True:
-                await asyncio.sleep(USES_FLUSH_S)
+                await asyncio.sleep(HISTORY_FLUSH_S)
                 try:
-                    broker.flush_uses()
-                except Exception:  # the counts stay in memory for the next try
-                    log.exception("could not write credential uses")
+                    broker.flush_history()
+                except Exception:  # they stay in memory for the next try
+                    log.exception("could not write credential uses and refusals")
 
         task = asyncio.create_task(loop())
         yield
         task.cancel()
-        broker.flush_uses()
+        broker.flush_history()
 
     app = web.Application(client_max_size=64 * 1024)
     app.add_routes(routes)
-    app.cleanup_ctx.append(flush_uses)
+    app.cleanup_ctx.append(flush_history)
     return app
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 from pipeline.credentials.tokens import TaskClaims
 from pipeline.storage import open_durable, transaction
 
-__all__ = ["REFUSALS_KEPT", "Block", "CredentialStatus", "Registry"]
+__all__ = ["REFUSALS_KEPT", "Block", "CredentialStatus", "Refusal", "Registry"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS uses (
     n INTEGER NOT NULL,
     last_at REAL NOT NULL
 );
--- Refused uses and issuances: rare, each a security event, written at once; the newest
+-- Refused uses and issuances (the console's view; each is also an event on Kafka): batched
+-- with the uses, so a flood of refused calls is not a flood of fsyncs; the newest
 -- REFUSALS_KEPT per identity are kept.
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY,
@@ -96,6 +98,20 @@ class CredentialStatus:
     exp: int
     state: str  # live | completed | revoked
     reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One refused use or issuance, as the console's identity page lists it."""
+
+    identity: str
+    at: float
+    reason: str
+    detail: str
+    jti: str | None = None
+    task: str | None = None
+    operation: str | None = None
+    service: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,17 +257,26 @@ class Registry:
         service: str | None = None,
     ) -> None:
         """Remember one refusal of ``identity`` (keeps the newest :data:`REFUSALS_KEPT`)."""
+        self.refused_many([Refusal(identity, at, reason, detail, jti, task, operation, service)])
+
+    def refused_many(self, refusals: Sequence[Refusal]) -> None:
+        """Remember refusals in one transaction, keeping each identity's newest
+        :data:`REFUSALS_KEPT`."""
+        if not refusals:
+            return
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO refusals (identity, at, reason, detail, jti, task, operation, service)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (identity, at, reason, detail[:300], jti, task, operation, service),
-            )
-            db.execute(
-                "DELETE FROM refusals WHERE identity = ? AND id <= (SELECT id FROM refusals"
-                " WHERE identity = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (identity, identity, REFUSALS_KEPT),
-            )
+                [(r.identity, r.at, r.reason, r.detail[:300], r.jti, r.task, r.operation,
+                  r.service) for r in refusals],
+            )  # fmt: skip
+            for identity in {r.identity for r in refusals}:
+                db.execute(
+                    "DELETE FROM refusals WHERE identity = ? AND id <= (SELECT id FROM refusals"
+                    " WHERE identity = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (identity, identity, REFUSALS_KEPT),
+                )
 
     def history(self, identity: str, *, limit: int = 50) -> dict[str, Any]:
         """What was issued to ``identity`` (newest first, with uses), what it delegated to

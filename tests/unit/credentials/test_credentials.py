@@ -215,6 +215,19 @@ def test_history_tells_issued_used_refused_revoked_and_the_delegation_chain(
     assert again["credentials"][1]["uses"] == 3 and len(again["refusals"]) == 3
 
 
+def test_a_flood_of_refused_calls_waits_in_memory_and_is_written_in_one_flush() -> None:
+    from pipeline.credentials.broker import PENDING_REFUSALS
+
+    broker, _, events = make_broker()
+    for i in range(PENDING_REFUSALS + 500):
+        with pytest.raises(CredentialRejected):
+            broker.check(f"junk-{i}", agent="agt-1", operation="crm.read")
+    assert len(events) == PENDING_REFUSALS + 500  # every refusal is still an event
+    assert broker.registry.history("agt-1")["refusals"] == []  # nothing written per call
+    assert broker.flush_history() == PENDING_REFUSALS  # the oldest 500 were dropped
+    assert len(broker.registry.history("agt-1", limit=1000)["refusals"]) == 200  # kept per id
+
+
 def test_refusals_kept_per_identity_are_bounded() -> None:
     from pipeline.credentials.registry import REFUSALS_KEPT
 
