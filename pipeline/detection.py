@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Final
 
 import msgspec
@@ -404,13 +405,12 @@ class Detection:
         # Its own kind's group only; unknown kind (no directory, no hint): the first that exists.
         kinds = [entry.kind] if entry is not None else [kind] if kind else [
             "agent", "service", "human"]
-        usual = {c["feature"]: c["usual"] for c in base["categorical"]}
+        service = next((c["usual"] for c in base["categorical"] if c["feature"] == "service"),
+                       None)  # fmt: skip
         group, peer, found = None, None, kind
         for k in kinds:
-            if entry is not None and entry.peer_group:
-                key = f"{k}:{entry.peer_group}"
-            else:
-                key = f"{k}:svc:{usual['service']}" if usual.get("service") else f"{k}:default"
+            key = peer_group_key(SimpleNamespace(identity_kind=k, service=service),
+                                 entry.peer_group if entry is not None else None)  # fmt: skip
             if key in self.peers:
                 group, peer, found = key, self.peers[key], k
                 break

@@ -27,7 +27,8 @@ __all__ = ["NameBook"]
 # Per feature: countries (~250) and ASNs fit whole; counterparties and resources keep the most
 # recently first-seen ones. 4,096 x 12 features x ~100 B is about 5 MB at most.
 PER_FEATURE: Final = 4096
-_SKIP: Final = frozenset({CATEGORICAL.index("combo")})  # a hash of other values: no name
+# Every feature but combo (a hash of other values: no name of its own).
+_NAMED: Final = tuple(i for i, n in enumerate(CATEGORICAL) if n != "combo")
 
 
 class NameBook:
@@ -41,20 +42,21 @@ class NameBook:
 
     def note(self, feature: int, h: int, value: str | None) -> None:
         """Remember one value (cheap when already known: one dict lookup)."""
-        if not h or value is None:
-            return
         page = self._pages[feature]
-        if h in page:
+        if not h or value is None or h in page:
             return
         if len(page) >= self.per_feature:
             del page[next(iter(page))]
         page[h] = value
 
     def note_all(self, hashes: Sequence[int], values: Sequence[str | None]) -> None:
-        """Remember an event's categorical values (``Features.cat_hashes`` / ``cat_values``)."""
-        for i, (h, v) in enumerate(zip(hashes, values, strict=False)):
-            if h and i not in _SKIP:
-                self.note(i, h, v)
+        """Remember an event's categorical values (``Features.cat_hashes`` / ``cat_values``).
+        On the hot path: a known value costs an index and a dict lookup, nothing more."""
+        pages = self._pages
+        for i in _NAMED:
+            h = hashes[i]
+            if h and h not in pages[i]:
+                self.note(i, h, values[i])
 
     def name(self, feature: int, h: int) -> str | None:
         return self._pages[feature].get(h)

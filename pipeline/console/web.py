@@ -80,6 +80,20 @@ def row_id(uid: str) -> str:
     return "f-" + hashlib.sha256(uid.encode()).hexdigest()[:16]
 
 
+def _get_json(url: str, headers: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """A JSON object from a loopback service (a worker, the broker); None on any failure."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=2) as r:  # fmt: skip
+            doc = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -375,37 +389,21 @@ class Console:
 
     def _from_workers(self, uid: str, kind: str) -> dict[str, Any] | None:
         """The identity's state as the worker holding it describes it (None: none answers)."""
-        import urllib.error
-        import urllib.request
-
         for base in self.workers:
-            url = f"{base}/custos/identity/{quote(uid, safe='')}?kind={quote(kind)}"
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    doc = json.loads(r.read())
-                    return doc if isinstance(doc, dict) else None
-            except (urllib.error.URLError, OSError, ValueError):
-                continue  # another worker holds it, or this one is down
-        return None
+            doc = _get_json(f"{base}/custos/identity/{quote(uid, safe='')}?kind={quote(kind)}")
+            if doc is not None:
+                return doc
+        return None  # another worker holds it, or they are down
 
     def _from_broker(self, uid: str) -> dict[str, Any] | None:
         """The identity's task credentials as the credential broker tells them (None: no
         broker configured or it does not answer)."""
-        import urllib.error
-        import urllib.request
-
         if self.broker is None:
             return None
         base, token = self.broker
-        req = urllib.request.Request(
+        return _get_json(
             f"{base}/v1/identities/{quote(uid, safe='')}/credentials?limit={CREDENTIALS_SHOWN}",
-            headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        try:
-            with urllib.request.urlopen(req, timeout=2) as r:
-                doc = json.loads(r.read())
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) else None
+            {"Authorization": f"Bearer {token}"})  # fmt: skip
 
     async def identity(self, request: Request) -> Response:
         s = self.session(request)

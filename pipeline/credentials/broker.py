@@ -124,7 +124,7 @@ class CredentialBroker:
         # the registry every few seconds, not per call (see :meth:`flush_history`).
         self._uses: dict[str, tuple[int, float]] = {}
         self._refusals: deque[Refusal] = deque(maxlen=PENDING_REFUSALS)
-        self._uses_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -220,7 +220,7 @@ class CredentialBroker:
                 task=task, step=step, src_ip=src_ip, claimed_presenter=claimed,
             )  # fmt: skip
             raise
-        with self._uses_lock:
+        with self._pending_lock:
             n, _ = self._uses.get(claims.jti, (0, now))
             self._uses[claims.jti] = (n + 1, now)
         return claims
@@ -228,7 +228,7 @@ class CredentialBroker:
     def flush_history(self) -> int:
         """Write the uses counted and the refusals seen since the last flush; returns how
         many records."""
-        with self._uses_lock:
+        with self._pending_lock:
             counts, self._uses = self._uses, {}
             refusals = list(self._refusals)
             self._refusals.clear()
@@ -236,7 +236,7 @@ class CredentialBroker:
             self.registry.add_uses(counts)
             self.registry.refused_many(refusals)
         except Exception:
-            with self._uses_lock:  # keep them for the next flush
+            with self._pending_lock:  # keep them for the next flush
                 for jti, (n, at) in counts.items():
                     m, last = self._uses.get(jti, (0, at))
                     self._uses[jti] = (n + m, max(at, last))
@@ -272,7 +272,7 @@ class CredentialBroker:
     ) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         log.info("rejected %s for %r: %s", reason, agent, detail)
-        with self._uses_lock:
+        with self._pending_lock:
             self._refusals.append(Refusal(
                 agent, self.clock(), reason, detail, claims.jti if claims is not None else None,
                 claims.task if claims is not None else task, operation, service))  # fmt: skip

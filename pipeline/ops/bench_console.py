@@ -11,6 +11,7 @@ by ``custos bench --memory-identities``.
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -96,7 +97,7 @@ def bench_console(
     with tempfile.TemporaryDirectory() as tmp:
         store = ConsoleStore(Path(tmp) / "console.db")
         t0 = time.perf_counter()
-        lines = [("bench", 0, i, _json(doc)) for i, doc in enumerate(docs)]
+        lines = [("bench", 0, i, json.dumps(doc).encode()) for i, doc in enumerate(docs)]
         for start in range(0, len(lines), 1000):  # the follower's batches
             store.ingest(lines[start:start + 1000])
         ingest_s = time.perf_counter() - t0
@@ -131,8 +132,3 @@ def bench_console(
                  f"({loads} loads)")  # fmt: skip
     return result
 
-
-def _json(doc: dict[str, Any]) -> bytes:
-    import json
-
-    return json.dumps(doc).encode()

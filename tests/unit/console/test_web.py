@@ -38,8 +38,9 @@ def store() -> ConsoleStore:
     return s
 
 
-def login(store: ConsoleStore, user: str = "alice") -> tuple[TestClient, str]:
-    client = TestClient(create_console(store, poll_s=0.05))
+def login(store: ConsoleStore, user: str = "alice", **console: Any) -> tuple[TestClient, str]:
+    """A client logged in as ``user`` (``console``: more arguments for create_console)."""
+    client = TestClient(create_console(store, **({"poll_s": 0.05} | console)))
     page = client.get("/login")
     nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
     r = client.post("/login", data={"user": user, "password": PASSWORD, "nonce": nonce},
@@ -196,12 +197,8 @@ def test_an_identity_page_charts_its_findings_and_says_when_no_worker_answers(
 ) -> None:
     from pipeline.ops.localhost import free_port
 
-    app = create_console(store, workers=(f"http://127.0.0.1:{free_port()}",))  # nobody there
-    client = TestClient(app)
-    page = client.get("/login")
-    nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
-    client.post("/login", data={"user": "victor", "password": PASSWORD, "nonce": nonce},
-                headers=ORIGIN)  # fmt: skip
+    # nobody there
+    client, _ = login(store, "victor", workers=(f"http://127.0.0.1:{free_port()}",))
     r = client.get("/identities/agt-7")
     assert r.status_code == 200 and "No worker answered" in r.text
     assert 'id="spec-risk"' in r.text and "Agent misuses its tools" in r.text
@@ -275,12 +272,7 @@ def test_an_identity_page_shows_names_peers_model_provenance_and_task_credential
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        app = create_console(store, workers=(base,), broker=(base, token))
-        client = TestClient(app)
-        page = client.get("/login")
-        nonce = re.search(r'name="nonce" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
-        client.post("/login", data={"user": "victor", "password": PASSWORD, "nonce": nonce},
-                    headers=ORIGIN)  # fmt: skip
+        client, _ = login(store, "victor", workers=(base,), broker=(base, token))
         r = client.get("/identities/agt-7")
         assert r.status_code == 200, r.text
         text = r.text
