@@ -126,7 +126,8 @@ from pipeline.baselines.layout import (
     _ZSPEC,
 )
 
-__all__ = ["current_rate", "deviations", "encode", "halve", "learn", "observe"]
+__all__ = ["current_rate", "deviations", "encode", "halve", "learn", "observe", "pack_zeros",
+           "unpack_zeros"]
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -791,6 +792,75 @@ def encode(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: n
     return a_at + 2 * total, with_name
 
 
+# --- zero elision: the stored form of an encoded state -------------------------------------------
+# About half of an encoded state's bytes are zero (the high bytes of small counts, hours never
+# active, aggregates a kind of identity never fills, empty filters). Each group of 8 bytes is
+# stored as a bit mask of its non-zero bytes, then those bytes: lossless, one pass, and the
+# decoder accepts only the one canonical form, so decoding then encoding gives the same bytes.
+
+UNPACK_TRUNCATED: Final = -1
+UNPACK_TRAILING: Final = -2
+UNPACK_NOT_CANONICAL: Final = -3
+
+
+@_jit
+def pack_zeros(src: np.ndarray, start: int, dst: np.ndarray) -> int:
+    """``src[start:]`` zero-elided into ``dst`` (at least ``n + n // 8 + 1`` long); its length.
+
+    >>> src = np.array([7, 0, 0, 0, 0, 0, 0, 0, 0, 5], dtype=np.uint8)
+    >>> dst = np.zeros(16, dtype=np.uint8)
+    >>> dst[:pack_zeros(src, 0, dst)].tolist()
+    [1, 7, 2, 5]
+    """
+    n = len(src)
+    o = 0
+    i = start
+    while i < n:
+        at = o
+        o += 1
+        m = 0
+        for j in range(min(8, n - i)):
+            v = src[i + j]
+            if v != 0:
+                m |= 1 << j
+                dst[o] = v
+                o += 1
+        dst[at] = m
+        i += 8
+    return o
+
+
+@_jit
+def unpack_zeros(src: np.ndarray, start: int, dst: np.ndarray, off: int) -> int:
+    """Inverse of :func:`pack_zeros`: fills ``dst[off:]`` exactly from ``src[start:]``; 0, or
+    :data:`UNPACK_TRUNCATED` / :data:`UNPACK_TRAILING` / :data:`UNPACK_NOT_CANONICAL` (a
+    stored zero, or a mask bit past the end)."""
+    n = len(dst)
+    i = start
+    o = off
+    while o < n:
+        if i >= len(src):
+            return UNPACK_TRUNCATED
+        m = np.int64(src[i])
+        i += 1
+        g = min(8, n - o)
+        if m >> g:
+            return UNPACK_NOT_CANONICAL
+        for j in range(g):
+            if m >> j & 1:
+                if i >= len(src):
+                    return UNPACK_TRUNCATED
+                v = src[i]
+                if v == 0:
+                    return UNPACK_NOT_CANONICAL
+                dst[o + j] = v
+                i += 1
+            else:
+                dst[o + j] = 0
+        o += g
+    return 0 if i == len(src) else UNPACK_TRAILING
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel now, not on the first event: the
     first compile on a machine takes seconds, which a worker should spend before it joins.
@@ -817,6 +887,9 @@ def warm_up() -> None:
            back.slot_hash, back.slot_count, back.slot_hour, names, size - 8)  # one used slot
     plausible(back.fv, back.iv, back.slot_hash)
     largest_count(back.iv, back.slot_count)
+    packed = np.zeros(2 * size, dtype=np.uint8)
+    used = pack_zeros(buf[:size], 2, packed)
+    unpack_zeros(packed[:used], 0, np.zeros(size, dtype=np.uint8), 2)
 
 
 # --- decode: the inverse of encode (names excepted), distrusting its input ----------------------

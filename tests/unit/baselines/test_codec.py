@@ -7,7 +7,7 @@ import random
 import pytest
 
 from pipeline.baselines.baselines import BaselineModel
-from pipeline.baselines.codec import STATE_VERSION, StateFormatError
+from pipeline.baselines.codec import PACKED_VERSION, STATE_VERSION, StateFormatError
 from pipeline.baselines.features import CATEGORICAL, extract
 from pipeline.events.schemas import Resource
 from tests.unit.baselines.test_baselines import (
@@ -26,7 +26,7 @@ from tests.unit.baselines.test_baselines import (
 def test_round_trip_is_exact_after_the_first_encoding() -> None:
     m, s, _ = learned(office_worker(weeks=2))
     blob = m.to_bytes(s)
-    assert blob[0] == STATE_VERSION
+    assert blob[0] == PACKED_VERSION
     back = m.from_bytes(blob)
     assert m.to_bytes(back) == blob
     f = extract(ev(MONDAY + 30 * DAY + 3 * HOUR, 1, country="BR", bytes_out=20 * MB))
@@ -69,6 +69,50 @@ def test_size_stays_under_1kb_with_many_distinct_long_values() -> None:
     assert m.to_bytes(m.from_bytes(m.to_bytes(s))) == m.to_bytes(s)
 
 
+def test_the_packed_form_is_lossless_shorter_and_reads_the_plain_one() -> None:
+    m, s, _ = learned(office_worker(weeks=2))
+    plain, packed = m.to_bytes(s, pack=False), m.to_bytes(s)
+    assert plain[0] == STATE_VERSION and packed[0] == PACKED_VERSION
+    assert len(packed) < 0.8 * len(plain)  # about half an encoded state is zero bytes
+    # A state stored before packing existed reads as the same state, and is written packed.
+    assert m.to_bytes(m.from_bytes(plain)) == packed
+    assert m.to_bytes(m.from_bytes(packed), pack=False) == plain
+
+
+def test_hostile_packed_bytes_raise_state_format_error_not_crash() -> None:
+    m, s, _ = learned(office_worker(weeks=1))
+    blob = m.to_bytes(s)
+    size = int.from_bytes(blob[2:4], "little")
+    cases = {
+        "truncated": blob[:3],
+        "shorter than its header": blob[:2] + (10).to_bytes(2, "little") + blob[4:],
+        "trailing": blob + b"\x01",
+    }
+    for match, data in cases.items():
+        with pytest.raises(StateFormatError, match=match):
+            m.from_bytes(data)
+    # A stored zero (a second spelling of the same state) and a mask bit past the end are
+    # refused: one state, one byte string, so re-encoding never changes stored bytes.
+    mask = blob[4]
+    j = next(b for b in range(8) if not mask >> b & 1)  # a zero byte of the first group
+    at = 5 + bin(mask & ((1 << j) - 1)).count("1")
+    spelled = blob[:4] + bytes((mask | 1 << j,)) + blob[5:at] + b"\x00" + blob[at:]
+    with pytest.raises(StateFormatError, match="canonical"):
+        m.from_bytes(spelled)
+    last_mask_gap = bytes(blob[:2]) + (size - 1).to_bytes(2, "little") + blob[4:]
+    with pytest.raises(StateFormatError):
+        m.from_bytes(last_mask_gap)
+    rng = random.Random(11)
+    for _ in range(300):  # random damage: an error or a state, never anything else
+        data = bytearray(blob)
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(1, len(data))] = rng.randrange(256)
+        try:
+            m.from_bytes(bytes(data))
+        except StateFormatError:
+            pass
+
+
 def test_foreign_bytes_raise_state_format_error() -> None:
     m, s, _ = learned(office_worker(weeks=1))
     blob = m.to_bytes(s)
@@ -82,6 +126,9 @@ def test_foreign_bytes_raise_state_format_error() -> None:
         m.from_bytes(blob[:-3])
     with pytest.raises(StateFormatError, match="trailing"):
         m.from_bytes(blob + b"\x00")
+    plain = m.to_bytes(s, pack=False)
+    with pytest.raises(StateFormatError, match="trailing"):
+        m.from_bytes(plain + b"\x00")
     assert isinstance(StateFormatError("x"), ValueError)
 
 
