@@ -257,6 +257,8 @@ def bench_kafka(
         rss = _proc_rss_mb(worker.pid)
         echo(f"  worker drained {len(raw):,} events: {worker_rate:,.0f} events/s, "
              f"RSS {rss:,.0f} MB")  # fmt: skip
+        worker_us = worker_stages(scrape(port), worker_rate)
+        echo("  worker µs per event: " + ", ".join(f"{k} {v:.1f}" for k, v in worker_us.items()))
 
         # Paced phase: the worker is caught up; send at a steady rate and read the latency.
         paced = raw[: int(paced_rate * paced_seconds)]
@@ -299,6 +301,7 @@ def bench_kafka(
         "raw_consume_per_s": n_raw / raw_s,
         "faust_ceiling_per_s": ceiling_rate,
         "worker_events_per_s": worker_rate,
+        "worker_us_per_event": worker_us,
         "worker_rss_mb": rss,
         **restore,
         "p50_ms": p50,
@@ -557,6 +560,26 @@ def bench_audit(
             "worker_with_auditor_per_s": round(rate)}  # fmt: skip
 
 
+def worker_stages(metrics: dict[str, float], rate: float) -> dict[str, float]:
+    """The worker's microseconds per scored event, per stage of its per-event path (its
+    ``custos_stage_seconds_total``), and ``other``: the drain's wall time per event (1 / its
+    rate) minus those (the loop, rebalance and commit bookkeeping, time outside the units).
+
+    >>> worker_stages({"custos_scored_total": 1000.0,
+    ...                'custos_stage_seconds_total{stage="decode"}': 0.02}, 10_000.0)
+    {'decode': 20.0, 'other': 80.0, 'whole': 100.0}
+    """
+    n = metrics.get("custos_scored_total", 0.0)
+    if n <= 0 or rate <= 0:
+        return {}
+    prefix = 'custos_stage_seconds_total{stage="'
+    us = {k[len(prefix):-2]: v / n * 1e6 for k, v in metrics.items() if k.startswith(prefix)}
+    whole = 1e6 / rate
+    us["other"] = max(0.0, whole - sum(us.values()))
+    us["whole"] = whole
+    return {k: round(v, 2) for k, v in us.items()}
+
+
 def _drain(proc: subprocess.Popen[bytes], port: int, metric: str, n: int, log: Path) -> float:
     """Wait until ``metric`` reaches ``n``; events/s from the first counted event on."""
     first = None
@@ -648,6 +671,7 @@ def run_bench(
                 faust_ceiling_per_s=round(k["faust_ceiling_per_s"]),
                 produce_per_s=round(k["produce_per_s"]),
                 worker_rss_mb=round(k["worker_rss_mb"]),
+                worker_us_per_event=k["worker_us_per_event"],
                 rss_mb=round(k["worker_rss_mb"]),
                 **{key: v for key, v in k.items()
                    if key.startswith(("audit", "worker_with", "restore", "memory"))},

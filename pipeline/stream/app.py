@@ -397,6 +397,14 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
         "custos_scoring_seconds", "Time spent scoring (divide by custos_scored_total).",
         stats.score_seconds,
     )  # fmt: skip
+    stages = CounterMetricFamily(
+        "custos_stage_seconds",
+        "Time spent per stage of the per-event path (divide by custos_scored_total).",
+        labels=["stage"],
+    )
+    for name, secs in sorted(stats.stage_seconds.items()):
+        stages.add_metric([name], secs)
+    yield stages
     p50, p99 = stats.latency_quantiles()
     latency = GaugeMetricFamily(
         "custos_event_to_score_seconds",

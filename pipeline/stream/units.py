@@ -73,6 +73,9 @@ class WorkerStats(IngestStats):
     batches: int = 0
     scored: int = 0
     score_seconds: float = 0.0
+    # Wall time per stage of the per-event path (consume, decode, score, publish, deliver),
+    # so the cost per event can be split where it is spent (custos bench prints it).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     # Kafka timestamp of an event → its batch scored (ms), for the most recent events.
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=50_000))
 
@@ -257,6 +260,8 @@ class Units:
         applied: dict[str, dict[Source, int]] = {}  # what each identity's state includes
         done: dict[Source, int] = {}
         stamps: list[float] = []  # Kafka timestamps of the valid events (latency metric)
+        stage = self.stats.stage_seconds
+        t_in = time.perf_counter()
         for event in batch:
             value = event.value
             src, offset = self.source_of(event)
@@ -282,6 +287,8 @@ class Units:
             valid.append(ev)
             stamps.append(event.message.timestamp)
             store.remember(uid, event, mine)
+        t_dec = time.perf_counter()
+        stage["decode"] = stage.get("decode", 0.0) + t_dec - t_in
         if again:
             # The shared models (peers, detector, calibrators) learn these once; the identity
             # states and outputs of this pass are thrown away: they were written before.
@@ -294,7 +301,9 @@ class Units:
         staged = Staged(store)
         t0 = time.perf_counter()
         result = self.engine.step(valid, staged, route_signals=True)
-        self.stats.score_seconds += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.stats.score_seconds += t1 - t0
+        stage["score"] = stage.get("score", 0.0) + t1 - t0
         if self.settings.emit_scores:
             for s in result.scores:
                 await out.send(t.scores, s.identity_uid.encode(), msgspec.json.encode(s))
@@ -313,8 +322,11 @@ class Units:
         out.then.append(count)
         store.events = mine  # the table files each identity's write under its own partition
         store.marks = {uid: applied[uid] for uid in mine}
+        t2 = time.perf_counter()
+        stage["publish"] = stage.get("publish", 0.0) + t2 - t1
         await self.finish(out, staged)
         self.snapshot(done)
+        stage["deliver"] = stage.get("deliver", 0.0) + time.perf_counter() - t2
         adopted = self.runtime.maybe_adopt(self.detection)
         if adopted is not None:
             await self.report(adopted)

@@ -26,6 +26,7 @@ def _exposition() -> str:
     stats.by_kind["human"] = 5
     stats.dead.add("identity.events", "invalid_json", 1)
     stats.scored, stats.score_seconds = 5, 0.002
+    stats.stage_seconds.update(decode=0.001, score=0.002)
     stats.latency_ms.extend([100.0, 300.0])
     hot = SimpleNamespace(store=SimpleNamespace(identities=lambda: 3), owned={0, 1}, restored=7)
     return render(stats, lambda: _worker_metrics(stats, Detection(), hot))  # type: ignore[arg-type]
@@ -45,6 +46,7 @@ def test_the_exposition_follows_prometheus_conventions() -> None:
                for f in families for s in f.samples}  # fmt: skip
     assert samples["custos_event_to_score_seconds[('quantile', '0.99')]"] < 1.0  # seconds
     assert samples["custos_identities_held[]"] == 3
+    assert samples["custos_stage_seconds_total[('stage', 'decode')]"] == 0.001
 
 
 def test_every_metric_the_dashboard_queries_is_exposed() -> None:
