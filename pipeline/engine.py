@@ -94,12 +94,15 @@ class Engine:
         """One analyst decision as it arrives (the worker's feedback topic)."""
         return self.detection.apply_feedback(fb, self.store if store is None else store)
 
-    def tick(self, store: MutableMapping[str, bytes] | None = None) -> list[Decision]:
-        """Close quiet incidents as of the last event time."""
+    def tick(
+        self, store: MutableMapping[str, bytes] | None = None, *, uids: Iterable[str] | None = None
+    ) -> list[Decision]:
+        """Close quiet incidents as of the last event time (``uids``: only these of them; the
+        worker goes through them a slice at a time)."""
         if not self.detection.watermark_ms:
             return []
         return self.detection.tick(self.detection.watermark_ms,
-                                   self.store if store is None else store)  # fmt: skip
+                                   self.store if store is None else store, uids)  # fmt: skip
 
     def finish(self) -> list[Decision]:
         """Feedback still due, then a tick at the last event time (quiet incidents close)."""
