@@ -101,8 +101,10 @@ class Engine:
         worker goes through them a slice at a time)."""
         if not self.detection.watermark_ms:
             return []
-        return self.detection.tick(self.detection.watermark_ms,
-                                   self.store if store is None else store, uids)  # fmt: skip
+        store = self.store if store is None else store
+        if uids is None:  # replay's call, unchanged
+            return self.detection.tick(self.detection.watermark_ms, store)
+        return self.detection.tick(self.detection.watermark_ms, store, uids)
 
     def finish(self) -> list[Decision]:
         """Feedback still due, then a tick at the last event time (quiet incidents close)."""
