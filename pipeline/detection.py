@@ -36,15 +36,12 @@ import numpy as np
 from pipeline.alerts.decisions import Decision, inventory_decision
 from pipeline.alerts.policy import RiskPolicy
 from pipeline.alerts.state import Incident, RiskState, Suppression, load_suppressions
-from pipeline.baselines.baselines import (
-    BaselineModel,
-    blend,
-    blend_contributions,
-    peer_group_key,
-)
+from pipeline.baselines import kernel
+from pipeline.baselines.baselines import BaselineModel, blend_winners, peer_group_key
 from pipeline.baselines.codec import StateFormatError
 from pipeline.baselines.features import Features, extract
-from pipeline.baselines.layout import DEVIATION_INDEX, DEVIATIONS, BaselineState
+from pipeline.baselines.layout import _I_N, DEVIATION_INDEX, DEVIATIONS, BaselineState
+from pipeline.baselines.learning import round_arrays
 from pipeline.baselines.names import NameBook
 from pipeline.config import Settings
 from pipeline.control.feedback import Feedback, FeedbackOutcome
@@ -566,34 +563,61 @@ class Detection:
         names = self.names
         directory = self.directory
         n = len(events)
-        rows = np.empty((n, len(DEVIATIONS)))
+        nd = len(DEVIATIONS)
+        # The round's features once, as the kernels' matrices (one conversion per round, not
+        # two per event and state).
+        feats = [extract(ev) for ev in events]
+        X, E = round_arrays(feats)
+        op, pp = bm.kernel_params(), pm.kernel_params()
+        rows = np.empty((n, nd))
+        own_rows = np.empty((n, nd))
+        peer_rows = np.empty((n, nd))
+        tops = np.empty((n, 2, nd), dtype=np.int64)
         peer_w = np.zeros(n)
         own_max = np.zeros(n)
+        warmup = bm.warmup_events
+        score_kernel = kernel.score
         partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
                             list[Contribution], tuple[RuleHit, ...]]] = []  # fmt: skip
         for i, ev in enumerate(events):
             st = cache[ev.identity_uid]
-            f = extract(ev)
+            base = st.baseline
+            f = feats[i]
             names.note_all(f.cat_hashes, f.cat_values)
             entry = directory.lookup(ev.identity_uid) if directory is not None else None
-            w_own = bm.own_weight(st.baseline)
-            bm.observe(st.baseline, f)  # task / hour totals count every event, learned or not
-            own_dev, own_why = bm.deviations(st.baseline, f)
-            if w_own < 0.99:
-                # Cold start: lean on the peer group until the identity has its own evidence.
-                peer = self._peer_state(ev, entry)
-                peer_dev, peer_why = pm.deviations(peer, f, bm.current_rate(st.baseline, f))
-                dev = blend(own_dev, peer_dev, w_own)
-                why = blend_contributions(own_why, peer_why, dev, w_own)
-            else:
-                dev, why = own_dev, own_why
-            rows[i] = dev
+            # own_weight, inlined (hot path)
+            w_own = 1.0 - math.exp(-3.0 * int(base.iv[_I_N]) / warmup) if warmup > 0 else 1.0
+            is_cold = w_own < 0.99
+            # Cold start: lean on the peer group until the identity has its own evidence.
+            peer = self._peer_state(ev, entry) if is_cold else base
+            # observe (task / hour totals count every event, learned or not), own and peer
+            # deviations, their blend: one kernel call.
+            found = score_kernel(base.fv, base.iv, base.slot_hash, base.slot_count, peer.fv,
+                                 peer.iv, peer.slot_hash, peer.slot_count, X, E, i, w_own,
+                                 is_cold, op, pp, rows, own_rows, peer_rows, tops,
+                                 own_max)  # fmt: skip
+            bm.remember_operation(f)
+            why: list[Contribution] = []
+            if found:  # explain the strongest dimensions (the slow path)
+                rate = bm.current_rate(base, f)
+                own_top = tops[i, 0, : found & 0xFF].tolist()
+                if is_cold:
+                    peer_rate = 1.0 if rate < 1.0 else rate
+                    why = [
+                        bm._explain(base, f, d, w, rate) if own
+                        else pm._explain(peer, f, d, w, peer_rate)
+                        for own, d, w in blend_winners(
+                            own_top, own_rows[i], tops[i, 1, : found >> 8].tolist(),
+                            peer_rows[i], rows[i], w_own)
+                    ]  # fmt: skip
+                else:
+                    why = [bm._explain(base, f, d, float(own_rows[i, d]), rate) for d in own_top]
             hits = self.rules.check(st.rules, ev, entry)
-            if (ev.delegated_by and w_own >= 0.99 and own_dev[_DELEGATOR] >= STRANGER_DEVIATION
+            if (ev.delegated_by and w_own >= 0.99 and own_rows[i, _DELEGATOR] >= STRANGER_DEVIATION
                     and (entry is None or not entry.delegators)):  # fmt: skip
                 # No directory says who may delegate: what the agent's history says instead.
-                self._stranger(ev, float(own_dev[_DELEGATOR]), result)
-            drift = bm.drift_report(st.baseline)
+                self._stranger(ev, float(own_rows[i, _DELEGATOR]), result)
+            drift = bm.drift_report(base)
             if drift is not None:  # a day closed with the identity's volume drifting up
                 hits = (*hits, RuleHit("volume_drift", RULES["volume_drift"], drift))
             if hits:
@@ -603,7 +627,6 @@ class Detection:
                 self._inventory(ev, model, result)
             partial.append((ev, st, f, entry, why, hits))
             peer_w[i] = 1.0 - w_own
-            own_max[i] = own_dev.max()
 
         # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
         # seen by few projections); the independent-tails surprise keeps it visible.
@@ -667,13 +690,21 @@ class Detection:
                     score < gate or policy.habituated(st.risk, sc)
                 )
             if accept and not hits:
-                rate = bm.current_rate(st.baseline, f)
-                bm.learn_one(st.baseline, f)
-                learned[i] = True
                 # Peer groups learn from new members and, one event in 8, established ones -
                 # chosen by the event's uid, so the choice does not depend on arrival order.
-                if peer_w[i] > 0.01 or zlib.crc32(ev.uid.encode()) % 8 == 0:
-                    pm.learn_one(self._peer_state(ev, entry), f, rate)
+                # Both learn in one kernel call, the group at the identity's current rate.
+                base = st.baseline
+                to_peer = bool(peer_w[i] > 0.01 or zlib.crc32(ev.uid.encode()) % 8 == 0)
+                peer = self._peer_state(ev, entry) if to_peer else base
+                named = kernel.learn_pair(
+                    base.fv, base.iv, base.slot_hash, base.slot_count, base.slot_hour, peer.fv,
+                    peer.iv, peer.slot_hash, peer.slot_count, peer.slot_hour, X, E, i, to_peer,
+                    op, pp)  # fmt: skip
+                if named & 0xFFFF:
+                    bm.note_names(base, f, named & 0xFFFF)
+                if named >> 16:
+                    pm.note_names(peer, f, named >> 16)
+                learned[i] = True
             else:
                 sc = msgspec.structs.replace(sc, learned=False)
                 bm.taint(st.baseline)

@@ -108,6 +108,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from pipeline.baselines import kernel
 from pipeline.baselines.codec import _NO_NAME, Codec, max_state_bytes
 from pipeline.baselines.deviations import Scorer
 from pipeline.baselines.features import CATEGORICAL_INDEX
@@ -120,6 +121,7 @@ __all__ = [
     "BaselineModel",
     "blend",
     "blend_contributions",
+    "blend_winners",
     "own_weight",
     "peer_group_key",
 ]
@@ -193,6 +195,46 @@ def blend_contributions(
         if weight >= threshold:
             out.append(msgspec.structs.replace(c, weight=weight))
     out.sort(key=lambda c: -c.weight)
+    return out[:limit]
+
+
+def blend_winners(
+    own_top: Sequence[int],
+    own_dev: Sequence[float] | np.ndarray,
+    peer_top: Sequence[int],
+    peer_dev: Sequence[float] | np.ndarray,
+    blended: Sequence[float] | np.ndarray,
+    w_own: float,
+    limit: int = 5,
+    threshold: float = 0.3,
+) -> list[tuple[bool, int, float]]:
+    """What :func:`blend_contributions` keeps, from the numbers alone: ``(own side?,
+    dimension, blended weight)``, in its order, for contributions explained at ``own_top`` /
+    ``peer_top`` (dimensions, each side's strongest first) with weights ``own_dev[dim]`` /
+    ``peer_dev[dim]``. Lets the caller explain only the kept ones.
+
+    >>> from pipeline.baselines.layout import DEVIATIONS
+    >>> c = DEVIATION_INDEX["country"]
+    >>> own, peer, blended = ([0.0] * len(DEVIATIONS) for _ in range(3))
+    >>> own[c], peer[c], blended[c] = 0.9, 0.8, 0.82
+    >>> blend_winners([c], own, [c], peer, blended, 0.2) == [(False, c, 0.82)]
+    True
+    """
+    best: dict[int, tuple[float, bool]] = {}
+    for dim in own_top:
+        best[dim] = (float(own_dev[dim]) * w_own, True)
+    scale = 1.0 - w_own
+    for dim in peer_top:
+        share = float(peer_dev[dim]) * scale
+        b = best.get(dim)
+        if b is None or share > b[0]:
+            best[dim] = (share, False)
+    out: list[tuple[bool, int, float]] = []
+    for dim, (_, own) in best.items():
+        weight = float(blended[dim])
+        if weight >= threshold:
+            out.append((own, dim, weight))
+    out.sort(key=lambda w: -w[2])
     return out[:limit]
 
 
@@ -315,6 +357,29 @@ class BaselineModel(Learner, Scorer, Merger, Codec):
         self._who = "identity" if scope == "identity" else "peer group"
         #: Upper bound of ``len(to_bytes(state))``.
         self.max_bytes = max_state_bytes(cat_slots)
+
+    def kernel_params(self) -> np.ndarray:
+        """The hyperparameters the round kernels (:func:`~.kernel.score`,
+        :func:`~.kernel.learn_pair`) read, as one vector (:data:`~.kernel.P_K` ...).
+
+        >>> m = BaselineModel(cat_slots=16)
+        >>> int(m.kernel_params()[kernel.P_K])
+        16
+        """
+        p = np.empty(kernel.P_WIDTH)
+        p[kernel.P_K] = self.cat_slots
+        p[kernel.P_IDENTITY] = self.scope == "identity"
+        p[kernel.P_EVIDENCE] = self._k
+        p[kernel.P_RARE] = self.rare_share
+        p[kernel.P_Z0] = self.z_offset
+        p[kernel.P_ZS] = self.z_scale
+        p[kernel.P_TAU] = self._tau
+        p[kernel.P_THR] = self.explain_threshold
+        p[kernel.P_LIMIT] = self.max_contributions
+        p[kernel.P_HALF_LIFE] = self.half_life_events
+        p[kernel.P_AK] = self._alpha_keep
+        p[kernel.P_ASLOW] = self._alpha_slow
+        return p
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments (scikit-learn convention).

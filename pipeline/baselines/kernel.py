@@ -561,9 +561,22 @@ def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x
     and the indices of its at most ``limit`` strongest dimensions at or above ``thr``
     (strongest first; ties in dimension order)."""
     dev = np.zeros(_N_DEV)
-    n = iv[_I_N]
-    if n == 0:
+    if iv[_I_N] == 0:
         return dev, np.empty(0, dtype=np.int64)
+    _fill_deviations(dev, fv, iv, sh, sc, x, hs, t, how, rank, mfa, task, volume, rate, k,
+                     identity, evidence, rare, z0, zs, tau)  # fmt: skip
+    return dev, _strongest(dev, thr, limit)
+
+
+@_jit
+def _fill_deviations(dev: np.ndarray, fv: np.ndarray, iv: np.ndarray, sh: np.ndarray,
+                     sc: np.ndarray, x: np.ndarray, hs: np.ndarray, t: int, how: int, rank: int,
+                     mfa: int, task: int, volume: float, rate: float, k: int, identity: bool,
+                     evidence: float, rare: float, z0: float, zs: float,
+                     tau: float) -> None:  # fmt: skip
+    """The body of :func:`deviations`: fills ``dev`` (zeros on entry) for a state that learned
+    at least one event."""
+    n = iv[_I_N]
     exp = math.exp
     prior = 1.0 + _VAR_PRIOR_EVENTS / (n + 1)
     conf_n = 1.0 - exp(-n / evidence)
@@ -680,7 +693,6 @@ def deviations(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, x
     if step and identity:  # a step never taken, discounted by how often its steps are new
         dev[_D_STEP] = _novelty(fv, a + _A_ST_SEEN, a + _A_ST_NEW,
                                 not bloom_has(iv, step, _I_SBLOOM), rare, evidence)  # fmt: skip
-    return dev, _strongest(dev, thr, limit)
 
 
 @_jit
@@ -696,6 +708,123 @@ def _strongest(dev: np.ndarray, thr: float, limit: int) -> np.ndarray:
             top[j] = i
             m += 1
     return top[: min(m, limit)]
+
+
+@_jit
+def _strongest_into(dev: np.ndarray, thr: float, limit: int, top: np.ndarray) -> int:
+    """:func:`_strongest` into ``top`` (at least :data:`_N_DEV` long); returns how many."""
+    m = 0
+    for i in range(_N_DEV):
+        if dev[i] >= thr:
+            j = m
+            while j > 0 and dev[top[j - 1]] < dev[i]:
+                top[j] = top[j - 1]
+                j -= 1
+            top[j] = i
+            m += 1
+    return min(m, limit)
+
+
+# --- one event of a detection round, in one call ------------------------------------------------
+# A round's events as two matrices, one row per event: ``X`` (float64) the numeric features,
+# then the volume; ``E`` (int64) the hashes (:func:`~.learning.feature_arrays`' ``hs``), then
+# the scalars below. A model's hyperparameters as one float64 vector (:data:`P_K` ...).
+E_T, E_HOW, E_RANK, E_MFA, E_TASK = range(_N_HS, _N_HS + 5)
+E_WIDTH: Final = _N_HS + 5
+X_VOLUME: Final = _N_NUM
+X_WIDTH: Final = _N_NUM + 1
+(P_K, P_IDENTITY, P_EVIDENCE, P_RARE, P_Z0, P_ZS, P_TAU, P_THR, P_LIMIT, P_HALF_LIFE, P_AK,
+ P_ASLOW) = range(12)  # fmt: skip
+P_WIDTH: Final = 12
+
+
+@_jit
+def score(ofv: np.ndarray, oiv: np.ndarray, osh: np.ndarray, osc: np.ndarray, pfv: np.ndarray,
+          piv: np.ndarray, psh: np.ndarray, psc: np.ndarray, X: np.ndarray, E: np.ndarray,
+          i: int, w_own: float, cold: bool, op: np.ndarray, pp: np.ndarray, rows: np.ndarray,
+          own_rows: np.ndarray, peer_rows: np.ndarray, tops: np.ndarray,
+          own_max: np.ndarray) -> int:  # fmt: skip
+    """Event ``i`` of a round against its own state (``o*``) and, when ``cold``, its peer
+    group's (``p*``; else ignored): observe (identity scope), both deviation vectors into
+    ``own_rows[i]`` / ``peer_rows[i]``, the detector's row ``rows[i]`` (own, or the blend
+    ``w_own * own + (1 - w_own) * peer``), ``own_max[i]`` (the own vector's max, NaN-propagating
+    like numpy's), and the strongest dimensions of each vector into ``tops[i, 0]`` /
+    ``tops[i, 1]``. Returns how many of each: ``own | peer << 8``.
+
+    The same arithmetic, in the same order, as ``observe``, ``deviations``, ``current_rate``
+    and :func:`~.baselines.blend` called one by one."""
+    x = X[i, :_N_NUM]
+    e = E[i]
+    hs = e[:_N_HS]
+    t = e[E_T]
+    how = e[E_HOW]
+    rank = e[E_RANK]
+    mfa = e[E_MFA]
+    task = e[E_TASK]
+    volume = X[i, X_VOLUME]
+    o_identity = op[P_IDENTITY] != 0.0
+    if o_identity:
+        observe(ofv, oiv, x, hs, t, task, volume)
+    own = own_rows[i]
+    own[:] = 0.0
+    n_own = 0
+    if oiv[_I_N] != 0:
+        _fill_deviations(own, ofv, oiv, osh, osc, x, hs, t, how, rank, mfa, task, volume,
+                         NO_RATE, int(op[P_K]), o_identity, op[P_EVIDENCE], op[P_RARE],
+                         op[P_Z0], op[P_ZS], op[P_TAU])  # fmt: skip
+        n_own = _strongest_into(own, op[P_THR], int(op[P_LIMIT]), tops[i, 0])
+    top = own[0]
+    for j in range(1, _N_DEV):
+        v = own[j]
+        if math.isnan(top):
+            break
+        if v > top or math.isnan(v):
+            top = v
+    own_max[i] = top
+    row = rows[i]
+    n_peer = 0
+    if cold:
+        rate = current_rate(ofv, oiv, t, op[P_TAU])
+        peer = peer_rows[i]
+        peer[:] = 0.0
+        if piv[_I_N] != 0:
+            _fill_deviations(peer, pfv, piv, psh, psc, x, hs, t, how, rank, mfa, task, volume,
+                             rate, int(pp[P_K]), pp[P_IDENTITY] != 0.0, pp[P_EVIDENCE],
+                             pp[P_RARE], pp[P_Z0], pp[P_ZS], pp[P_TAU])  # fmt: skip
+            n_peer = _strongest_into(peer, pp[P_THR], int(pp[P_LIMIT]), tops[i, 1])
+        keep = 1.0 - w_own
+        for j in range(_N_DEV):
+            row[j] = w_own * own[j] + keep * peer[j]
+    else:
+        row[:] = own
+    return n_own | n_peer << 8
+
+
+@_jit
+def learn_pair(ofv: np.ndarray, oiv: np.ndarray, osh: np.ndarray, osc: np.ndarray,
+               ost: np.ndarray, pfv: np.ndarray, piv: np.ndarray, psh: np.ndarray,
+               psc: np.ndarray, pst: np.ndarray, X: np.ndarray, E: np.ndarray, i: int,
+               peer: bool, op: np.ndarray, pp: np.ndarray) -> int:  # fmt: skip
+    """Learn event ``i`` of a round into its own state and, when ``peer``, into its peer
+    group's at the identity's current rate (``current_rate`` of the own state before
+    learning), as ``learn`` called twice. Returns the own state's named bits, then the
+    peer's ``<< 16``."""
+    x = X[i, :_N_NUM]
+    e = E[i]
+    hs = e[:_N_HS]
+    t = e[E_T]
+    how = e[E_HOW]
+    rank = e[E_RANK]
+    mfa = e[E_MFA]
+    rate = current_rate(ofv, oiv, t, op[P_TAU])
+    named = learn(ofv, oiv, osh, osc, ost, x, hs, t, how, rank, mfa, NO_RATE, int(op[P_K]),
+                  int(op[P_HALF_LIFE]), op[P_IDENTITY] != 0.0, op[P_AK], op[P_ASLOW],
+                  op[P_TAU])  # fmt: skip
+    if peer:
+        named |= learn(pfv, piv, psh, psc, pst, x, hs, t, how, rank, mfa, rate, int(pp[P_K]),
+                       int(pp[P_HALF_LIFE]), pp[P_IDENTITY] != 0.0, pp[P_AK], pp[P_ASLOW],
+                       pp[P_TAU]) << 16  # fmt: skip
+    return named
 
 
 # --- encode: the state's wire format (:mod:`~.codec`), names excepted ---------------------------
@@ -879,6 +1008,16 @@ def warm_up() -> None:
     learn(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, x, hs, 0, 0, 0, -1, -1.0, 2, 1,
           True, 0.5, 0.5, 60_000.0)  # fmt: skip
     current_rate(s.fv, s.iv, 0, 60_000.0)
+    X = np.zeros((1, X_WIDTH))
+    E = np.zeros((1, E_WIDTH), dtype=np.int64)
+    p = np.zeros(P_WIDTH)
+    p[:] = 2, 1, 10.0, 0.03, 1.0, 1.0, 60_000.0, 0.3, 5, 1, 0.5, 0.5  # P_K ... P_ASLOW
+    rows = np.zeros((1, _N_DEV))
+    score(s.fv, s.iv, s.slot_hash, s.slot_count, s.fv, s.iv, s.slot_hash, s.slot_count, X, E, 0,
+          0.0, True, p, p, rows, rows.copy(), rows.copy(), np.zeros((1, 2, _N_DEV), np.int64),
+          np.zeros(1))  # fmt: skip
+    learn_pair(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, s.fv, s.iv, s.slot_hash,
+               s.slot_count, s.slot_hour, X, E, 0, False, p, p)  # fmt: skip
     buf = np.zeros(1024, dtype=np.uint8)
     size, _ = encode(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0, 1, 1, buf)
     back = BaselineState(2)

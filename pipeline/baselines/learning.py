@@ -9,6 +9,8 @@ names of the most used values, for explanations).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from pipeline.baselines import kernel
@@ -26,7 +28,7 @@ from pipeline.baselines.layout import (
     _shorten,
 )
 
-__all__ = ["Learner", "feature_arrays"]
+__all__ = ["Learner", "feature_arrays", "round_arrays"]
 
 _last: tuple[object, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0, dtype=np.int64))
 
@@ -50,6 +52,32 @@ def feature_arrays(features: Features) -> tuple[np.ndarray, np.ndarray]:
             hs[_N_CAT : _N_CAT + len(extra)] = extra[: _N_HS - _N_CAT]
         last = _last = (features, np.array(features.numeric, dtype=np.float64), hs)
     return last[1], last[2]
+
+
+_NO_PARTIES = (0,) * (_N_HS - _N_CAT)
+
+
+def round_arrays(features: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
+    """Several events' features as the round kernels' matrices (:func:`~.kernel.score`,
+    :func:`~.kernel.learn_pair`), one row per event: ``X`` (float64) ``numeric`` then
+    ``volume``; ``E`` (int64) the hashes of :func:`feature_arrays`, then ``time_ms``,
+    ``hour_of_week``, ``sensitivity_rank``, ``mfa``, ``task`` (:data:`~.kernel.E_T` ...).
+
+    >>> from pipeline.baselines.features import extract
+    >>> from pipeline.events.schemas import Event
+    >>> f = extract(Event(uid="e", class_uid=3002, activity_id=1, time_ms=0,
+    ...                   identity_uid="a", identity_kind="human", country="DE"))
+    >>> X, E = round_arrays([f])
+    >>> x, hs = feature_arrays(f)
+    >>> bool((X[0, :-1] == x).all() and (E[0, :_N_HS] == hs).all()), int(E[0, kernel.E_T])
+    (True, 0)
+    """
+    pad, width = _NO_PARTIES, _N_HS - _N_CAT
+    X = np.array([(*f.numeric, f.volume) for f in features], dtype=np.float64)
+    E = np.array([f.cat_hashes + (f.party_hashes + pad)[:width]
+                  + (f.time_ms, f.hour_of_week, f.sensitivity_rank, f.mfa, f.task)
+                  for f in features], dtype=np.int64)  # fmt: skip
+    return X, E
 
 
 class Learner:
@@ -87,10 +115,16 @@ class Learner:
             self.scope == "identity", self._alpha_keep, self._alpha_slow, self._tau,
         )  # fmt: skip
         if named:  # a new most used value: remember its name (explanations only)
-            for c in range(_N_CAT):
-                if named >> c & 1:
-                    value = features.cat_values[c]
-                    state.name_text[c] = _shorten(value, _NAME_BYTES) if value else None
+            self.note_names(state, features, named)
+
+    @staticmethod
+    def note_names(state: BaselineState, features: Features, named: int) -> None:
+        """Remember the names of the features whose most used value just changed (a bit per
+        feature, as :func:`~.kernel.learn` returns them)."""
+        for c in range(_N_CAT):
+            if named >> c & 1:
+                value = features.cat_values[c]
+                state.name_text[c] = _shorten(value, _NAME_BYTES) if value else None
 
     def observe(self, state: BaselineState, features: Features) -> None:
         """Count one event into its task's and clock hour's running totals (every event,
@@ -119,6 +153,13 @@ class Learner:
         x, hs = feature_arrays(features)
         kernel.observe(state.fv, state.iv, x, hs, features.time_ms, features.task,
                        features.volume)  # fmt: skip
+        self.remember_operation(features)
+
+    def remember_operation(self, features: Features) -> None:
+        """Note the name of the event's operation (step explanations): the Python half of
+        :meth:`observe`, for callers that observe in a kernel of their own."""
+        if self.scope != "identity":
+            return
         op = features.cat_hashes[_C_OPERATION]
         if op and op not in _OP_NAMES:
             remember_operation(op, features.cat_values[_C_OPERATION])

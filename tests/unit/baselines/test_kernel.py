@@ -45,5 +45,5 @@ def test_bits_round_trip_through_the_state_arrays() -> None:
 def test_warm_up_compiles_every_kernel() -> None:
     kernel.warm_up()
     for fn in (kernel.observe, kernel.learn, kernel.deviations, kernel.encode, kernel.decode,
-               kernel.current_rate):  # fmt: skip
+               kernel.current_rate, kernel.score, kernel.learn_pair):  # fmt: skip
         assert fn.signatures, fn  # type: ignore[attr-defined]
