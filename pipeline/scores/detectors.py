@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -51,6 +52,17 @@ class SignedModel(Protocol):
     def calibrator(self) -> TailCalibrator: ...
     @property
     def ref(self) -> dict[str, str]: ...  # name, version and hashes: what reports cite
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_counts(counts: np.ndarray, bins: np.ndarray, incs: np.ndarray) -> None:
+    """``counts[j, bins[r, j]] += incs[r]`` for every row ``r`` and projection ``j``, rows in
+    order: ``np.add.at`` with the same additions in the same order (so the same sums), without
+    its per-element overhead (~1 µs per event at 64 projections)."""
+    for r in range(bins.shape[0]):
+        inc = incs[r]
+        for j in range(bins.shape[1]):
+            counts[j, bins[r, j]] += inc
 
 
 class Loda:
@@ -116,7 +128,7 @@ class Loda:
         bins = self._bins(np.asarray(x, dtype=np.float64))
         n = len(bins)
         incs = self._inc * self._growth ** np.arange(n)
-        np.add.at(self.counts_, (np.broadcast_to(self._cols, bins.shape), bins), incs[:, None])
+        _add_counts(self.counts_, bins, incs)
         self.total_ += float(incs.sum())
         self._inc *= self._growth**n
         if self._inc > 1e12:
