@@ -427,5 +427,5 @@ def extract(event: Event) -> Features:
         (crc(session.encode(), _S_TASK) or 1) if session else 0,
         float((bytes_in or 0) + (bytes_out or 0)),
         tuple(parties),
-        tuple((crc(p.encode(), _S_COUNTERPARTY) or 1) for p in parties),
+        tuple([(crc(p.encode(), _S_COUNTERPARTY) or 1) for p in parties]) if parties else (),
     )
