@@ -575,6 +575,7 @@ class Detection:
         tops = np.empty((n, 2, nd), dtype=np.int64)
         peer_w = np.zeros(n)
         own_max = np.zeros(n)
+        activity = np.empty((n, 3), dtype=np.int64)  # the own states' (n, first_ms, last_ms)
         warmup = bm.warmup_events
         score_kernel = kernel.score
         partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
@@ -595,7 +596,7 @@ class Detection:
             found = score_kernel(base.fv, base.iv, base.slot_hash, base.slot_count, peer.fv,
                                  peer.iv, peer.slot_hash, peer.slot_count, X, E, i, w_own,
                                  is_cold, op, pp, rows, own_rows, peer_rows, tops,
-                                 own_max)  # fmt: skip
+                                 own_max, activity)  # fmt: skip
             bm.remember_operation(f)
             why: list[Contribution] = []
             if found:  # explain the strongest dimensions (the slow path)
@@ -648,7 +649,7 @@ class Detection:
         self.calibrator.learn_many(raw[~cold])
 
         if self.busy_events_per_hour > 0:
-            calibrated = np.maximum(0.0, calibrated - self._busy_discount(partial))
+            calibrated = np.maximum(0.0, calibrated - self._busy_discount(activity))
         learned = np.zeros(n, dtype=bool)
         policy = self.policy
         gate = self.learn_gate if self.learn_gate is not None else policy.noise_floor
@@ -719,17 +720,20 @@ class Detection:
         if result.rows is not None:
             result.rows[index] = rows
 
-    def _busy_discount(self, partial: list[Any]) -> np.ndarray:
+    def _busy_discount(self, activity: np.ndarray) -> np.ndarray:
         """How much less one tail event says about an identity busier than
         ``busy_events_per_hour``: a score is a tail probability per *event*, and an identity
         with 100x the events meets 100x the tail events per hour without being attacked.
         Half the log of the excess (a square root: busy identities still alert), on the
-        calibrator's scale."""
-        out = np.zeros(len(partial))
+        calibrator's scale. ``activity``: per event, its identity's ``(n, first_ms, last_ms)``
+        (:meth:`BaselineState.activity`)."""
+        out = np.zeros(len(activity))
         ref = self.busy_events_per_hour
         scale = 0.5 / math.log10(max(10.0, float(self.calibrator.size)))
-        for i, p in enumerate(partial):
-            n, first_ms, last_ms = p[1].baseline.activity()
+        # Only identities active for an hour or more can be busy (the rest: no discount).
+        busy = np.flatnonzero(activity[:, 2] - activity[:, 1] >= 3_600_000)
+        for i, (n, first_ms, last_ms) in zip(busy.tolist(), activity[busy].tolist(),
+                                             strict=True):  # fmt: skip
             hours = (last_ms - first_ms) / 3_600_000
             if hours >= 1.0:
                 rate = n / hours

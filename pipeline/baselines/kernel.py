@@ -742,14 +742,15 @@ P_WIDTH: Final = 12
 def score(ofv: np.ndarray, oiv: np.ndarray, osh: np.ndarray, osc: np.ndarray, pfv: np.ndarray,
           piv: np.ndarray, psh: np.ndarray, psc: np.ndarray, X: np.ndarray, E: np.ndarray,
           i: int, w_own: float, cold: bool, op: np.ndarray, pp: np.ndarray, rows: np.ndarray,
-          own_rows: np.ndarray, peer_rows: np.ndarray, tops: np.ndarray,
-          own_max: np.ndarray) -> int:  # fmt: skip
+          own_rows: np.ndarray, peer_rows: np.ndarray, tops: np.ndarray, own_max: np.ndarray,
+          activity: np.ndarray) -> int:  # fmt: skip
     """Event ``i`` of a round against its own state (``o*``) and, when ``cold``, its peer
     group's (``p*``; else ignored): observe (identity scope), both deviation vectors into
     ``own_rows[i]`` / ``peer_rows[i]``, the detector's row ``rows[i]`` (own, or the blend
     ``w_own * own + (1 - w_own) * peer``), ``own_max[i]`` (the own vector's max, NaN-propagating
     like numpy's), and the strongest dimensions of each vector into ``tops[i, 0]`` /
-    ``tops[i, 1]``. Returns how many of each: ``own | peer << 8``.
+    ``tops[i, 1]``, and the own state's ``(n, first_ms, last_ms)`` into ``activity[i]``.
+    Returns how many of each: ``own | peer << 8``.
 
     The same arithmetic, in the same order, as ``observe``, ``deviations``, ``current_rate``
     and :func:`~.baselines.blend` called one by one."""
@@ -797,6 +798,9 @@ def score(ofv: np.ndarray, oiv: np.ndarray, osh: np.ndarray, osc: np.ndarray, pf
             row[j] = w_own * own[j] + keep * peer[j]
     else:
         row[:] = own
+    activity[i, 0] = oiv[_I_N]
+    activity[i, 1] = oiv[_I_FIRST]
+    activity[i, 2] = oiv[_I_LAST]
     return n_own | n_peer << 8
 
 
@@ -1015,7 +1019,7 @@ def warm_up() -> None:
     rows = np.zeros((1, _N_DEV))
     score(s.fv, s.iv, s.slot_hash, s.slot_count, s.fv, s.iv, s.slot_hash, s.slot_count, X, E, 0,
           0.0, True, p, p, rows, rows.copy(), rows.copy(), np.zeros((1, 2, _N_DEV), np.int64),
-          np.zeros(1))  # fmt: skip
+          np.zeros(1), np.zeros((1, 3), np.int64))  # fmt: skip
     learn_pair(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, s.fv, s.iv, s.slot_hash,
                s.slot_count, s.slot_hour, X, E, 0, False, p, p)  # fmt: skip
     buf = np.zeros(1024, dtype=np.uint8)

@@ -70,9 +70,12 @@ def test_score_and_learn_pair_match_the_calls_they_fuse() -> None:
         rows, own_rows, peer_rows = (np.empty((1, _N_DEV)) for _ in range(3))
         tops = np.empty((1, 2, _N_DEV), dtype=np.int64)
         own_max = np.zeros(1)
+        activity = np.zeros((1, 3), dtype=np.int64)
         found = kernel.score(own_b.fv, own_b.iv, own_b.slot_hash, own_b.slot_count, peer_b.fv,
                              peer_b.iv, peer_b.slot_hash, peer_b.slot_count, X, E, 0, w, cold,
-                             op, pp, rows, own_rows, peer_rows, tops, own_max)  # fmt: skip
+                             op, pp, rows, own_rows, peer_rows, tops, own_max,
+                             activity)  # fmt: skip
+        assert tuple(activity[0].tolist()) == own_a.activity()
         assert rows[0].tobytes() == dev.tobytes()
         assert own_rows[0].tobytes() == own_dev.tobytes()
         assert own_max[0] == own_dev.max()
