@@ -34,9 +34,10 @@ __all__ = ["PACKED_VERSION", "STATE_VERSION", "Codec", "StateFormatError", "max_
 #: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
 #: feature schema version the state was learned on).
 STATE_VERSION: Final = 3
-#: First byte of the stored form: the :data:`STATE_VERSION` layout with its zero bytes elided
-#: (:func:`~.kernel.pack_zeros`), after a u16 of the layout's length. ``to_bytes`` writes it
-#: whenever it is shorter (nearly always: about 40 % of the bytes); both forms decode.
+#: First byte of the stored form: the :data:`STATE_VERSION` layout but its names with the zero
+#: bytes elided (:func:`~.kernel.pack_zeros`), after a u16 of that part's length, then the
+#: names. ``to_bytes`` writes it whenever it is shorter (nearly always: it saves about 40 % of
+#: the bytes); both forms decode.
 PACKED_VERSION: Final = 4
 _PACKED_HEAD: Final = struct.Struct("<BBH")
 
@@ -48,7 +49,6 @@ _DECODE_ERRORS: Final = {
 }
 _UNPACK_ERRORS: Final = {
     kernel.UNPACK_TRUNCATED: "baseline state truncated",
-    kernel.UNPACK_TRAILING: "baseline state has trailing bytes",
     kernel.UNPACK_NOT_CANONICAL: "baseline state not in canonical packed form",
 }
 
@@ -105,32 +105,22 @@ class Codec:
         >>> plain[0] == STATE_VERSION, len(plain), m.to_bytes(m.from_bytes(plain)) == b
         (True, 502, True)
         """
-        raw = self._layout(state)
-        if not pack:
-            return raw
-        src = np.frombuffer(raw, dtype=np.uint8)
-        out = np.empty(_PACKED_HEAD.size + len(raw) + len(raw) // 8 + 1, dtype=np.uint8)
-        size = _PACKED_HEAD.size + kernel.pack_zeros(src, 2, out[_PACKED_HEAD.size :])
-        if size >= len(raw):
-            return raw
-        _PACKED_HEAD.pack_into(out, 0, PACKED_VERSION, raw[1], len(raw))  # type: ignore[arg-type]
-        return out[:size].tobytes()
-
-    def _layout(self, state: BaselineState) -> bytes:
-        """The plain layout of :meth:`to_bytes`."""
         k = self.cat_slots
         texts = state.name_text
         named = 0
         for c in range(_N_CAT):
             if texts[c] is not None:
                 named |= 1 << c
-        buf = np.empty(_HEAD.size + 8 * _N_CAT * k, dtype=np.uint8)
-        size, with_name = kernel.encode(state.fv, state.iv, state.slot_hash, state.slot_count,
-                                        state.slot_hour, k, named, STATE_VERSION,
-                                        FEATURE_SCHEMA_VERSION, buf)  # fmt: skip
+        plain = _HEAD.size + 8 * _N_CAT * k
+        buf = np.empty(plain, dtype=np.uint8)
+        out = np.empty(kernel.PACKED_HEAD + plain + plain // 8 + 1, dtype=np.uint8)
+        size, with_name, packed = kernel.encode_packed(
+            state.fv, state.iv, state.slot_hash, state.slot_count, state.slot_hour, k, named,
+            STATE_VERSION, PACKED_VERSION, FEATURE_SCHEMA_VERSION, buf, out)  # fmt: skip
+        head = out[:packed].tobytes() if pack and packed < size else buf[:size].tobytes()
         if not with_name:
-            return buf[:size].tobytes()
-        parts = [buf[:size].tobytes()]
+            return head
+        parts = [head]
         for c in range(_N_CAT):
             if with_name >> c & 1:
                 raw = texts[c].encode()[:_NAME_BYTES]  # type: ignore[union-attr]
@@ -167,7 +157,7 @@ class Codec:
 
     @staticmethod
     def _unpack(data: bytes) -> bytes:
-        """The plain layout a packed state stores (its length is at most 65,535 B)."""
+        """The plain layout a packed state stores (the names follow its groups as they are)."""
         if len(data) < _PACKED_HEAD.size:
             raise StateFormatError("baseline state truncated")
         _, schema, size = _PACKED_HEAD.unpack_from(data)
@@ -175,10 +165,10 @@ class Codec:
             raise StateFormatError(f"packed baseline state of {size} B: shorter than its header")
         raw = np.empty(size, dtype=np.uint8)
         raw[0], raw[1] = STATE_VERSION, schema
-        err = kernel.unpack_zeros(np.frombuffer(data, dtype=np.uint8), _PACKED_HEAD.size, raw, 2)
-        if err:
-            raise StateFormatError(_UNPACK_ERRORS[err])
-        return raw.tobytes()
+        end = kernel.unpack_zeros(np.frombuffer(data, dtype=np.uint8), _PACKED_HEAD.size, raw, 2)
+        if end < 0:
+            raise StateFormatError(_UNPACK_ERRORS[end])
+        return raw.tobytes() + data[end:]
 
     def _decode(self, data: bytes) -> BaselineState:
         if len(data) < _HEAD.size:

@@ -126,8 +126,17 @@ from pipeline.baselines.layout import (
     _ZSPEC,
 )
 
-__all__ = ["current_rate", "deviations", "encode", "halve", "learn", "observe", "pack_zeros",
-           "unpack_zeros"]
+__all__ = [
+    "current_rate",
+    "deviations",
+    "encode",
+    "encode_packed",
+    "halve",
+    "learn",
+    "observe",
+    "pack_zeros",
+    "unpack_zeros",
+]
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -932,8 +941,8 @@ def encode(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: n
 # decoder accepts only the one canonical form, so decoding then encoding gives the same bytes.
 
 UNPACK_TRUNCATED: Final = -1
-UNPACK_TRAILING: Final = -2
 UNPACK_NOT_CANONICAL: Final = -3
+PACKED_HEAD: Final = 4  # version, feature schema, u16 length of the plain layout
 
 
 @_jit
@@ -965,8 +974,8 @@ def pack_zeros(src: np.ndarray, start: int, dst: np.ndarray) -> int:
 
 @_jit
 def unpack_zeros(src: np.ndarray, start: int, dst: np.ndarray, off: int) -> int:
-    """Inverse of :func:`pack_zeros`: fills ``dst[off:]`` exactly from ``src[start:]``; 0, or
-    :data:`UNPACK_TRUNCATED` / :data:`UNPACK_TRAILING` / :data:`UNPACK_NOT_CANONICAL` (a
+    """Inverse of :func:`pack_zeros`: fills ``dst[off:]`` exactly from ``src[start:]``; where
+    in ``src`` the groups end, or :data:`UNPACK_TRUNCATED` / :data:`UNPACK_NOT_CANONICAL` (a
     stored zero, or a mask bit past the end)."""
     n = len(dst)
     i = start
@@ -991,7 +1000,24 @@ def unpack_zeros(src: np.ndarray, start: int, dst: np.ndarray, off: int) -> int:
             else:
                 dst[o + j] = 0
         o += g
-    return 0 if i == len(src) else UNPACK_TRAILING
+    return i
+
+
+@_jit
+def encode_packed(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray,
+                  st: np.ndarray, k: int, named: int, version: int, packed_version: int,
+                  schema: int, buf: np.ndarray,
+                  out: np.ndarray) -> tuple[int, int, int]:  # fmt: skip
+    """:func:`encode` into ``buf`` and, zero-elided behind a :data:`PACKED_HEAD`, into
+    ``out``: (plain length, bit set of the named features, packed length). The names follow
+    either form unpacked (the caller appends them)."""
+    size, with_name = encode(fv, iv, sh, sc, st, k, named, version, schema, buf)
+    used = pack_zeros(buf[:size], 2, out[PACKED_HEAD:])
+    out[0] = packed_version
+    out[1] = schema
+    out[2] = size & 0xFF
+    out[3] = size >> 8
+    return size, with_name, PACKED_HEAD + used
 
 
 def warm_up() -> None:
@@ -1031,8 +1057,9 @@ def warm_up() -> None:
     plausible(back.fv, back.iv, back.slot_hash)
     largest_count(back.iv, back.slot_count)
     packed = np.zeros(2 * size, dtype=np.uint8)
-    used = pack_zeros(buf[:size], 2, packed)
-    unpack_zeros(packed[:used], 0, np.zeros(size, dtype=np.uint8), 2)
+    _, _, used = encode_packed(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0, 1, 2,
+                               1, buf, packed)  # fmt: skip
+    unpack_zeros(packed[:used], PACKED_HEAD, np.zeros(size, dtype=np.uint8), 2)
 
 
 # --- decode: the inverse of encode (names excepted), distrusting its input ----------------------

@@ -49,7 +49,19 @@ def _scan(buf: Any, max_depth: int, max_keys: int) -> int:  # pragma: no cover -
     i = 0
     while i < n:
         c = buf[i]
-        if c == 34:  # a string: hash it (FNV-1a) and find its end
+        if c == 34 and not key_next:  # a string value: only its end matters
+            j = i + 1
+            while j < n:
+                d = buf[j]
+                if d == 92:  # backslash: the next byte is escaped
+                    j += 2
+                    continue
+                if d == 34:
+                    break
+                j += 1
+            i = j + 1
+            continue
+        if c == 34:  # a key: hash it (FNV-1a) and find its end
             h = np.uint64(14695981039346656037)
             escaped = False
             j = i + 1
