@@ -664,13 +664,34 @@ def test_state_round_trip() -> None:
 
 def test_state_size() -> None:
     rules = ZeroTrustRules()
-    assert len(RuleState().to_bytes()) == 13  # one empty array per field
+    assert len(RuleState().to_bytes()) == 15  # one empty array per field
     human = RuleState()
     rules.check(human, at(BERLIN, T0, "DE"), None)
     assert len(human.to_bytes()) <= 40
     # Worst case at the default bounds (4 tasks x 8 tokens, a pinned model, a learned home,
     # current and previous tool manifest and system prompt hashes).
-    assert len(busy_state(rules).to_bytes()) <= 450
+    busy = busy_state(rules)
+    assert len(busy.to_bytes()) <= 420
+    # The task memory is stored packed (4 bytes per CRC, not msgpack's 5), read back as lists.
+    plain = msgspec.msgpack.encode(msgspec.structs.replace(busy, packed_tasks=b""))
+    assert len(busy.to_bytes()) <= len(plain) - 30
+    assert RuleState.from_bytes(busy.to_bytes()).tasks == busy.tasks
+    assert msgspec.msgpack.decode(busy.to_bytes())[8] == []  # the lists' own field is empty
+
+
+def test_packed_task_memory_refuses_damage() -> None:
+    busy = busy_state(ZeroTrustRules())
+    fields = msgspec.msgpack.decode(busy.to_bytes())
+    packed = fields[-1]
+    for bad in (packed[:-1], packed + b"\x00", packed[:4] + b"\xff" * 10):
+        with pytest.raises(ValueError, match="corrupt"):
+            RuleState.from_bytes(msgspec.msgpack.encode([*fields[:-1], bad]))
+    both = [*fields[:8], [[1, 2, 3]], *fields[9:]]
+    with pytest.raises(ValueError, match="twice"):
+        RuleState.from_bytes(msgspec.msgpack.encode(both))
+    # A value that does not fit the packed form stays in the lists (never lost or wrapped).
+    odd = RuleState(tasks=[[1 << 40, 2, 3]])
+    assert RuleState.from_bytes(odd.to_bytes()) == odd
 
 
 def test_state_written_before_the_config_pins_still_decodes() -> None:
