@@ -34,10 +34,10 @@ __all__ = ["PACKED_VERSION", "STATE_VERSION", "Codec", "StateFormatError", "max_
 #: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
 #: feature schema version the state was learned on).
 STATE_VERSION: Final = 3
-#: First byte of the stored form: the :data:`STATE_VERSION` layout but its names with the zero
-#: bytes elided (:func:`~.kernel.pack_zeros`), after a u16 of that part's length, then the
-#: names. ``to_bytes`` writes it whenever it is shorter (nearly always: it saves about 40 % of
-#: the bytes); both forms decode.
+#: First byte of the stored form: the :data:`STATE_VERSION` layout up to its names with the
+#: zero bytes elided (:func:`~.kernel.pack_zeros`; a u16 of that part's plain length before
+#: it), then the names as they are. ``to_bytes`` writes it whenever it is shorter (nearly
+#: always: it saves about 40 % of the bytes); both forms decode.
 PACKED_VERSION: Final = 4
 _PACKED_HEAD: Final = struct.Struct("<BBH")
 
