@@ -14,16 +14,14 @@ when the input may be committed.
 
 from __future__ import annotations
 
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import msgspec
 
 from pipeline.errors import CustosError
+from pipeline.http import HttpRequest, HttpResponse, send_http
 
 __all__ = [
     "Alert",
@@ -132,31 +130,6 @@ class Delivery:
     retry_after_s: float | None = None  # the receiver's Retry-After, if it gave one
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    what: str = ""  # for logs: which alerts this carries
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
-    status: int  # 0: no answer (refused, timeout, TLS failure)
-    body: bytes = b""
-    error: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def retry_after_s(self) -> float | None:
-        raw = self.headers.get("retry-after", "")
-        try:
-            return float(raw) if raw else None
-        except ValueError:  # an HTTP date: the runner's own backoff applies
-            return None
-
-
 # Refusals of the endpoint itself (credentials, URL, channel archived): retrying the next alert
 # would fail alike, so they must not be "failed" (committed past); see Delivery.
 _ENDPOINT_WIDE = frozenset({401, 403, 404, 410})
@@ -170,22 +143,6 @@ def by_http_status(resp: HttpResponse, what: str) -> Delivery | None:
     if resp.status in (0, 408, 429) or resp.status >= 500 or resp.status in _ENDPOINT_WIDE:
         return Delivery("retry", text, resp.retry_after_s)
     return Delivery("failed", text)
-
-
-def send_http(req: HttpRequest, *, timeout_s: float = 10.0,
-              context: ssl.SSLContext | None = None) -> HttpResponse:  # fmt: skip
-    """The thin sender: one request; any HTTP status is returned, never raised."""
-    r = urllib.request.Request(req.url, data=req.body or None, method=req.method,
-                               headers=req.headers)  # fmt: skip
-    try:
-        with urllib.request.urlopen(r, timeout=timeout_s, context=context) as resp:
-            headers = {k.lower(): v for k, v in resp.headers.items()}
-            return HttpResponse(resp.status, resp.read(), headers=headers)
-    except urllib.error.HTTPError as exc:
-        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
-        return HttpResponse(exc.code, exc.read(), headers=headers)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        return HttpResponse(0, b"", repr(exc))
 
 
 def fit(text: str, limit: int, escape: Callable[[str], str] = str) -> str:

@@ -16,11 +16,11 @@ sender once.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from pipeline import http
+from pipeline.http import HttpRequest, HttpResponse
 from pipeline.quarantine.commands import request_of, subject_of
 
 __all__ = ["Adapter", "Command", "HttpRequest", "HttpResponse", "Outcome", "send_http"]
@@ -62,21 +62,6 @@ class Command:
             credentials=tuple(str(c) for c in ext.get("credentials", ())), start_ms=start,
             until_ms=until, dry_run=bool(ext.get("dry_run", False)),
         )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
-    status: int  # 0: no answer (connection refused, timeout)
-    body: bytes = b""
-    error: str = ""
 
 
 @dataclass(slots=True)
@@ -136,13 +121,5 @@ def by_status(resp: HttpResponse, what: str) -> Outcome | None:
 
 
 def send_http(req: HttpRequest, timeout_s: float = 5.0) -> HttpResponse:
-    """The thin sender: one request, any HTTP status returned (never raised)."""
-    r = urllib.request.Request(req.url, data=req.body or None, method=req.method,
-                               headers=req.headers)  # fmt: skip
-    try:
-        with urllib.request.urlopen(r, timeout=timeout_s) as resp:
-            return HttpResponse(resp.status, resp.read())
-    except urllib.error.HTTPError as exc:
-        return HttpResponse(exc.code, exc.read())
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        return HttpResponse(0, b"", repr(exc))
+    """The thin sender (:func:`pipeline.http.send_http`) with a responder's shorter timeout."""
+    return http.send_http(req, timeout_s=timeout_s)
