@@ -15,7 +15,7 @@ order, so the worker, ``custos replay`` and ``custos evaluate`` agree.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 
 import numba
 import numpy as np
@@ -748,6 +748,14 @@ P_WIDTH: Final = 12
 
 
 @_jit
+def _columns(X: np.ndarray, E: np.ndarray, i: int) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """Event ``i`` of a round's matrices as the kernels read it: numeric features, hashes,
+    time, hour of week, sensitivity rank, MFA."""
+    e = E[i]
+    return X[i, :_N_NUM], e[:_N_HS], e[E_T], e[E_HOW], e[E_RANK], e[E_MFA]
+
+
+@_jit
 def score(ofv: np.ndarray, oiv: np.ndarray, osh: np.ndarray, osc: np.ndarray, pfv: np.ndarray,
           piv: np.ndarray, psh: np.ndarray, psc: np.ndarray, X: np.ndarray, E: np.ndarray,
           i: int, w_own: float, cold: bool, op: np.ndarray, pp: np.ndarray, rows: np.ndarray,
@@ -763,14 +771,8 @@ def score(ofv: np.ndarray, oiv: np.ndarray, osh: np.ndarray, osc: np.ndarray, pf
 
     The same arithmetic, in the same order, as ``observe``, ``deviations``, ``current_rate``
     and :func:`~.baselines.blend` called one by one."""
-    x = X[i, :_N_NUM]
-    e = E[i]
-    hs = e[:_N_HS]
-    t = e[E_T]
-    how = e[E_HOW]
-    rank = e[E_RANK]
-    mfa = e[E_MFA]
-    task = e[E_TASK]
+    x, hs, t, how, rank, mfa = _columns(X, E, i)
+    task = E[i, E_TASK]
     volume = X[i, X_VOLUME]
     o_identity = op[P_IDENTITY] != 0.0
     if o_identity:
@@ -822,13 +824,7 @@ def learn_pair(ofv: np.ndarray, oiv: np.ndarray, osh: np.ndarray, osc: np.ndarra
     group's at the identity's current rate (``current_rate`` of the own state before
     learning), as ``learn`` called twice. Returns the own state's named bits, then the
     peer's ``<< 16``."""
-    x = X[i, :_N_NUM]
-    e = E[i]
-    hs = e[:_N_HS]
-    t = e[E_T]
-    how = e[E_HOW]
-    rank = e[E_RANK]
-    mfa = e[E_MFA]
+    x, hs, t, how, rank, mfa = _columns(X, E, i)
     rate = current_rate(ofv, oiv, t, op[P_TAU])
     named = learn(ofv, oiv, osh, osc, ost, x, hs, t, how, rank, mfa, NO_RATE, int(op[P_K]),
                   int(op[P_HALF_LIFE]), op[P_IDENTITY] != 0.0, op[P_AK], op[P_ASLOW],
