@@ -33,6 +33,7 @@ its state: :class:`~pipeline.stream.store.PartitionStore`).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from pathlib import Path
@@ -65,8 +66,16 @@ def wrap(core: bytes, applied: dict[Source, int], unit: int = 0) -> bytes:
     if not applied:
         return core
     items = sorted(applied.items())[-_MAX_ENTRIES:]
-    head = b"".join(_ENTRY.pack(t, p, o) for (t, p), o in items)
-    return _MAGIC + bytes([len(items)]) + head + core
+    flat: list[int] = []
+    for (t, p), o in items:
+        flat += (t, p, o)
+    return _MAGIC + _head(len(items)).pack(len(items), *flat) + core
+
+
+@functools.cache
+def _head(n: int) -> struct.Struct:
+    """The entry count and ``n`` entries (one pack call per write, not one per entry)."""
+    return struct.Struct("<B" + _ENTRY.format[1:] * n)
 
 
 def _entries(value: bytes) -> tuple[int, dict[Source, int]]:

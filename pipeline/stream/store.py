@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiokafka.partitioner import murmur2
 
-from pipeline.detection import side_key, side_owner
+from pipeline.detection import SIDE_SUFFIX, side_key, side_owner
 from pipeline.stream.offsets import Source, unit_of, unwrap, wrap
 
 __all__ = ["Emit", "PartitionStore", "Staged"]
@@ -166,36 +166,45 @@ class PartitionStore(MutableMapping[str, bytes]):
         return isinstance(key, str) and self._value(key) is not None
 
     def __setitem__(self, key: str, value: bytes) -> None:
-        self._write(key, value)
-
-    def _write(self, key: str, value: bytes | None) -> None:
-        p = self.partition_of(key)
-        if side_owner(key) is not None:
-            old = self.states.get(key)
-            before = None
-            if old is not None:  # the value before this unit (kept across a rewrite in it)
-                now, then = _pair(old)
-                before = then if unit_of(old) == self.unit else now
-            if value is None and before is None:
-                self.states.pop(key, None)
-                self.where.pop(key, None)
-                self.sides.discard(key)
-                if old is not None:
-                    self.emit(p, key.encode(), None)
-                return
-            stored = wrap(_PAIR_ENCODER.encode((value, before)), {}, self.unit)
-            self.sides.add(key)
+        if key.endswith(SIDE_SUFFIX):
+            self._write(key, value)
+            return
+        # An identity's state: the write nearly every event causes, so the common path only.
+        event = self.events.get(key)
+        if event is not None:
+            p = int(event.message.partition)
         else:
-            assert value is not None  # a state is deleted by __delitem__
-            marks = self.marks.pop(key, None)
-            if marks is None:
-                marks = self.applied(key)
-            stored = wrap(value, marks, self.unit)
+            p = self.partition_of(key)
+        marks = self.marks.pop(key, None)
+        if marks is None:
+            marks = self.applied(key)
+        stored = wrap(value, marks, self.unit)
         self.states[key] = stored
         self.where[key] = p
         self.emit(p, key.encode(), stored)
-        if side_owner(key) is None:
+        if key + SIDE_SUFFIX in self.sides:
             self._tidy(key, p)
+
+    def _write(self, key: str, value: bytes | None) -> None:
+        """A side part's write (None: deleted), kept with the value before this unit."""
+        p = self.partition_of(key)
+        old = self.states.get(key)
+        before = None
+        if old is not None:  # the value before this unit (kept across a rewrite in it)
+            now, then = _pair(old)
+            before = then if unit_of(old) == self.unit else now
+        if value is None and before is None:
+            self.states.pop(key, None)
+            self.where.pop(key, None)
+            self.sides.discard(key)
+            if old is not None:
+                self.emit(p, key.encode(), None)
+            return
+        stored = wrap(_PAIR_ENCODER.encode((value, before)), {}, self.unit)
+        self.sides.add(key)
+        self.states[key] = stored
+        self.where[key] = p
+        self.emit(p, key.encode(), stored)
 
     def _tidy(self, uid: str, p: int) -> None:
         """Delete a deleted side part for good once a later unit wrote the state after it
@@ -277,14 +286,21 @@ class Staged(MutableMapping[str, bytes]):
     def commit(self) -> int:
         """Write through to the base: side parts before states (see the module docstring)."""
         writes = self.writes
-        for first in (True, False):
-            for key, value in writes.items():
-                if (side_owner(key) is not None) is not first:
-                    continue
-                if value is None:
-                    self.base.pop(key, None)
-                else:
-                    self.base[key] = value
+        base = self.base
+        sides = [k for k in writes if k.endswith(SIDE_SUFFIX)]
+        for key in sides:
+            value = writes[key]
+            if value is None:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        for key, value in writes.items():
+            if sides and key.endswith(SIDE_SUFFIX):
+                continue
+            if value is None:
+                base.pop(key, None)
+            else:
+                base[key] = value
         n = len(writes)
         self.writes.clear()
         return n
