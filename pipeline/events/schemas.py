@@ -321,6 +321,33 @@ class OcsfEvent(Struct, frozen=True, gc=False):
     unmapped: Unmapped | None = None
 
 
+# The hot path decodes with these variants, which leave out the ``country`` pattern: msgspec
+# runs a pattern through Python's ``re`` at ~0.5 us a string, and _country_holds checks the
+# same thing in ~0.06 us. Anything the variant refuses, or a country that fails, goes to the
+# strict decoder (OcsfEvent), so every refusal keeps the error and reason it always had.
+
+
+class _FastLocation(Location):
+    country: str | None = None
+
+
+class _FastSrcEndpoint(SrcEndpoint):
+    location: _FastLocation | None = None
+
+
+class _FastOcsfEvent(OcsfEvent):
+    src_endpoint: _FastSrcEndpoint | None = None
+
+
+def _country_holds(raw: OcsfEvent) -> bool:
+    """The CountryCode pattern (``\\A[A-Za-z]{2}\\Z``) holds, or there is no country."""
+    src = raw.src_endpoint
+    loc = src.location if src is not None else None
+    country = loc.country if loc is not None else None
+    # ASCII letters are exactly [A-Za-z]; len() counts code points, as the pattern does.
+    return country is None or (len(country) == 2 and country.isascii() and country.isalpha())
+
+
 class _Envelope(Struct, gc=False):
     """Only ``class_uid``, untyped: used on the error path to prefer ``unsupported_class``."""
 
@@ -421,7 +448,9 @@ class EventDecoder:
     oversized
     """
 
-    __slots__ = ("_decoder", "_envelope", "max_bytes", "max_future_skew_ms", "min_time_ms")
+    __slots__ = (
+        "_decoder", "_envelope", "_fast", "max_bytes", "max_future_skew_ms", "min_time_ms"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -433,6 +462,7 @@ class EventDecoder:
         self.min_time_ms = min_time_ms
         self.max_future_skew_ms = max_future_skew_ms
         self._decoder = msgspec.json.Decoder(OcsfEvent)
+        self._fast = msgspec.json.Decoder(_FastOcsfEvent)
         self._envelope = msgspec.json.Decoder(_Envelope)
 
     @classmethod
@@ -471,7 +501,12 @@ class EventDecoder:
             # isascii() is a fast scan, so the full check only runs on non-ASCII messages.
             if not data.isascii():
                 data.decode("utf-8")
-            raw = self._decoder.decode(data)
+            try:
+                raw = self._fast.decode(data)
+            except (msgspec.MsgspecError, RecursionError):
+                raw = None
+            if raw is None or not _country_holds(raw):
+                raw = self._decoder.decode(data)  # refuses it, as it always did
         except msgspec.ValidationError as exc:
             raise self._classify(data, str(exc)) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
