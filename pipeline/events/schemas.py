@@ -327,15 +327,15 @@ class OcsfEvent(Struct, frozen=True, gc=False):
 # strict decoder (OcsfEvent), so every refusal keeps the error and reason it always had.
 
 
-class _FastLocation(Location):
+class _FastLocation(Location, frozen=True, gc=False):
     country: str | None = None
 
 
-class _FastSrcEndpoint(SrcEndpoint):
+class _FastSrcEndpoint(SrcEndpoint, frozen=True, gc=False):
     location: _FastLocation | None = None
 
 
-class _FastOcsfEvent(OcsfEvent):
+class _FastOcsfEvent(OcsfEvent, frozen=True, gc=False):
     src_endpoint: _FastSrcEndpoint | None = None
 
 
@@ -501,12 +501,13 @@ class EventDecoder:
             # isascii() is a fast scan, so the full check only runs on non-ASCII messages.
             if not data.isascii():
                 data.decode("utf-8")
+            fast: OcsfEvent | None
             try:
-                raw = self._fast.decode(data)
+                fast = self._fast.decode(data)
             except (msgspec.MsgspecError, RecursionError):
-                raw = None
-            if raw is None or not _country_holds(raw):
-                raw = self._decoder.decode(data)  # refuses it, as it always did
+                fast = None
+            # What the fast path doubts, the strict decoder refuses as it always did.
+            raw = fast if fast is not None and _country_holds(fast) else self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise self._classify(data, str(exc)) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:

@@ -19,6 +19,7 @@ from pipeline.events.schemas import (
     Event,
     EventDecoder,
     ModelRef,
+    OcsfEvent,
     Resource,
     encode_event_dict,
     identity_key,
@@ -671,3 +672,40 @@ def test_a_tombstone_and_an_empty_message_say_what_they_are(dec: EventDecoder) -
         dec.decode(None)
     with pytest.raises(InvalidEvent, match="invalid_json: an empty message"):
         dec.decode(b"")
+
+
+
+def test_the_fast_country_check_is_the_pattern() -> None:
+    """The hot path checks ``country`` in Python instead of msgspec's pattern: the same verdict
+    for every string of up to two characters over ASCII and a few look-alikes."""
+    from pipeline.events.schemas import _country_holds, _FastOcsfEvent
+
+    pattern = re.compile(r"\A[A-Za-z]{2}\Z")
+    odd = ["é", "ß", "\uff25", "\u017f", "\u212a", "\u00a0", "\u0661"]  # fullwidth E, Kelvin
+    chars = [chr(c) for c in range(128)] + odd
+    samples = ["", "ESP", "E S", "ES\n", *chars, *(a + b for a in chars for b in chars)]
+    for country in samples:
+        raw = msgspec.json.decode(
+            enc({"src_endpoint": {"location": {"country": country}}}), type=_FastOcsfEvent
+        )
+        assert _country_holds(raw) == bool(pattern.search(country)), repr(country)
+
+
+@pytest.mark.parametrize("country", ["E", "ESP", "E1", "\uff25\uff33", "ES\n", 7])
+@pytest.mark.parametrize(
+    "then", [{}, {"time": "x"}, {"class_uid": 4001}, {"metadata": []}, {"dst_endpoint": 5}]
+)
+def test_a_bad_country_is_refused_as_the_strict_decoder_refuses_it(
+    dec: EventDecoder, country: Any, then: dict[str, Any]
+) -> None:
+    """The fast path hands anything it doubts to the strict decoder: the first error in the
+    document, its reason and its words are what they always were."""
+    event = {**copy.deepcopy(HUMAN_LOGON), **then}
+    event["src_endpoint"]["location"]["country"] = country
+    raw = enc(event)
+    with pytest.raises(InvalidEvent) as info:
+        dec.decode(raw, now_ms=NOW)
+    with pytest.raises(msgspec.ValidationError) as strict:
+        msgspec.json.decode(raw, type=OcsfEvent)
+    expected = dec._classify(raw, str(strict.value))
+    assert (info.value.reason, info.value.detail) == (expected.reason, expected.detail)

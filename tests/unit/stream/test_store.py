@@ -143,3 +143,17 @@ def test_a_deleted_side_part_stays_recoverable_until_a_later_state_write() -> No
     store["a"] = b"\x94state-3"
     assert emitted[-1] == (0, b"a\x00side", None)  # now it goes for good
     assert store.sides == set() and store.identities() == 1
+
+
+def test_a_damaged_value_header_is_refused() -> None:
+    """A header that promises more offset entries than the value holds is a struct.error,
+    even when what is left happens to be a whole number of entries."""
+    import struct
+
+    from pipeline.stream.offsets import unwrap, wrap
+
+    value = wrap(b"\x94core", {(1, 0): 41, (2, 3): 7}, unit=12)
+    assert unwrap(value) == (b"\x94core", {(1, 0): 41, (2, 3): 7})
+    for damaged in (value[:5], b"\xc1\x02" + value[2:13], value[:1] + b"\xff" + value[2:]):
+        with pytest.raises(struct.error):
+            unwrap(damaged)
