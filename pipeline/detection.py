@@ -500,8 +500,9 @@ class Detection:
         scores: list[Score | None] = [None] * len(events)
         if self.keep_rows:
             result.rows = np.empty((len(events), len(DEVIATIONS)))
+        params = self.baseline_model.kernel_params(), self.peer_model.kernel_params()
         for idx in rounds:
-            self._round([events[i] for i in idx], idx, cache, scores, result)
+            self._round([events[i] for i in idx], idx, cache, scores, result, params)
         result.scores = [s for s in scores if s is not None]
 
         decoded = self._decoded
@@ -557,9 +558,12 @@ class Detection:
         cache: dict[str, IdentityState],
         scores: list[Score | None],
         result: BatchResult,
+        params: tuple[np.ndarray, np.ndarray],
     ) -> None:
-        """Score, decide and learn one round (at most one event per identity)."""
+        """Score, decide and learn one round (at most one event per identity). ``params``:
+        the baseline and peer models' :meth:`~BaselineModel.kernel_params`."""
         bm, pm = self.baseline_model, self.peer_model
+        op, pp = params
         names = self.names
         directory = self.directory
         n = len(events)
@@ -568,18 +572,20 @@ class Detection:
         # two per event and state).
         feats = [extract(ev) for ev in events]
         X, E = round_arrays(feats)
-        op, pp = bm.kernel_params(), pm.kernel_params()
         rows = np.empty((n, nd))
         own_rows = np.empty((n, nd))
         peer_rows = np.empty((n, nd))
         tops = np.empty((n, 2, nd), dtype=np.int64)
-        peer_w = np.zeros(n)
+        peer_ws: list[float] = []
         own_max = np.zeros(n)
         activity = np.empty((n, 3), dtype=np.int64)  # the own states' (n, first_ms, last_ms)
         warmup = bm.warmup_events
         score_kernel = kernel.score
+        # Per event: what the second loop needs, with the peer group's state when it was looked
+        # up for scoring (None: warm, not looked up).
         partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
-                            list[Contribution], tuple[RuleHit, ...]]] = []  # fmt: skip
+                            BaselineState | None, list[Contribution],
+                            tuple[RuleHit, ...]]] = []  # fmt: skip
         for i, ev in enumerate(events):
             st = cache[ev.identity_uid]
             base = st.baseline
@@ -626,8 +632,8 @@ class Detection:
             model = ev.model
             if model is not None and model.digest and model.digest not in self.model_inventory:
                 self._inventory(ev, model, result)
-            partial.append((ev, st, f, entry, why, hits))
-            peer_w[i] = 1.0 - w_own
+            partial.append((ev, st, f, entry, peer if is_cold else None, why, hits))
+            peer_ws.append(1.0 - w_own)
 
         # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
         # seen by few projections); the independent-tails surprise keeps it visible.
@@ -635,6 +641,7 @@ class Detection:
         # New identities are judged among new identities: everything about them is "first
         # seen" to some degree, which would otherwise set the bar that warm identities'
         # genuinely rare events have to clear.
+        peer_w = np.array(peer_ws)
         cold = peer_w > 0.5
         calibrated = self.calibrator.transform_many(raw)
         if cold.any():
@@ -653,19 +660,23 @@ class Detection:
         learned = np.zeros(n, dtype=bool)
         policy = self.policy
         gate = self.learn_gate if self.learn_gate is not None else policy.noise_floor
-        for i, (ev, st, f, entry, why, hits) in enumerate(partial):
+        # The second loop reads Python numbers: one conversion per round, not one per element.
+        scored, raws, colds, own_maxes = (calibrated.tolist(), raw.tolist(), cold.tolist(),
+                                          own_max.tolist())  # fmt: skip
+        cold_gate = self.cold_gate
+        for i, (ev, st, f, entry, group, why, hits) in enumerate(partial):
             uid = ev.identity_uid
-            score = float(calibrated[i])
+            score = scored[i]
             sc = Score(
                 event_uid=ev.uid,
                 identity_uid=uid,
                 identity_kind=ev.identity_kind,
                 time_ms=ev.time_ms,
                 score=score,
-                raw=float(raw[i]),
+                raw=raws[i],
                 contributions=tuple(why),
                 rules=hits,
-                peer_weight=float(peer_w[i]),
+                peer_weight=peer_ws[i],
                 rationale=ev.rationale,
                 credential_uid=ev.credential.uid if ev.credential is not None else None,
             )
@@ -682,8 +693,8 @@ class Detection:
             # incident builds up, nothing is: the attacker's quieter events are not normal either.
             # A new identity differs from its peers in harmless ways (its own address, owner,
             # environment) and must still build a baseline: it is gated on its own deviations.
-            if cold[i]:
-                accept = own_max[i] < self.cold_gate
+            if colds[i]:
+                accept = own_maxes[i] < cold_gate
             else:
                 # Anomalous only where the identity habituated (an incident that stayed open
                 # unconfirmed): learned, so the baseline catches up instead of alerting forever.
@@ -695,8 +706,8 @@ class Detection:
                 # chosen by the event's uid, so the choice does not depend on arrival order.
                 # Both learn in one kernel call, the group at the identity's current rate.
                 base = st.baseline
-                to_peer = bool(peer_w[i] > 0.01 or zlib.crc32(ev.uid.encode()) % 8 == 0)
-                peer = self._peer_state(ev, entry) if to_peer else base
+                to_peer = peer_ws[i] > 0.01 or zlib.crc32(ev.uid.encode()) % 8 == 0
+                peer = base if not to_peer else group or self._peer_state(ev, entry)
                 named = kernel.learn_pair(
                     base.fv, base.iv, base.slot_hash, base.slot_count, base.slot_hour, peer.fv,
                     peer.iv, peer.slot_hash, peer.slot_count, peer.slot_hour, X, E, i, to_peer,
