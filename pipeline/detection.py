@@ -593,7 +593,7 @@ class Detection:
             names.note_all(f.cat_hashes, f.cat_values)
             entry = directory.lookup(ev.identity_uid) if directory is not None else None
             # own_weight, inlined (hot path)
-            w_own = 1.0 - math.exp(-3.0 * int(base.iv[_I_N]) / warmup) if warmup > 0 else 1.0
+            w_own = 1.0 - math.exp(-3.0 * base.iv.item(_I_N) / warmup) if warmup > 0 else 1.0
             is_cold = w_own < 0.99
             # Cold start: lean on the peer group until the identity has its own evidence.
             peer = self._peer_state(ev, entry) if is_cold else base

@@ -182,7 +182,7 @@ class _Int:
         self.i, self.bits = i, bits
 
     def __get__(self, obj: BaselineState, owner: type | None = None) -> int:
-        v = int(obj.iv[self.i])
+        v: int = obj.iv.item(self.i)  # item(): a Python int without a numpy scalar between
         return v & _U64 if self.bits else v
 
     def __set__(self, obj: BaselineState, value: int) -> None:
@@ -198,7 +198,7 @@ class _Float:
         self.i = i
 
     def __get__(self, obj: BaselineState, owner: type | None = None) -> float:
-        return float(obj.fv[self.i])
+        return obj.fv.item(self.i)
 
     def __set__(self, obj: BaselineState, value: float) -> None:
         obj.fv[self.i] = value

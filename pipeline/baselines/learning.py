@@ -169,7 +169,7 @@ class Learner:
         explanation, else None. Drift is a fact about days, not about the event that happens
         to come first after one; reported per event it would be judged among all events and
         lost in them (a busy identity's every call carries it)."""
-        if not state.iv[_I_TAINT] & _TAINT_DRIFT:
+        if not state.iv.item(_I_TAINT) & _TAINT_DRIFT:  # every event: no numpy scalar
             return None
         state.iv[_I_TAINT] &= ~_TAINT_DRIFT
         return drift_text(state)[2]
