@@ -10,6 +10,7 @@ names of the most used values, for explanations).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -72,12 +73,15 @@ def round_arrays(features: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
     >>> bool((X[0, :-1] == x).all() and (E[0, :_N_HS] == hs).all()), int(E[0, kernel.E_T])
     (True, 0)
     """
-    pad, width = _NO_PARTIES, _N_HS - _N_CAT
-    X = np.array([(*f.numeric, f.volume) for f in features], dtype=np.float64)
-    E = np.array([f.cat_hashes + (f.party_hashes + pad)[:width]
-                  + (f.time_ms, f.hour_of_week, f.sensitivity_rank, f.mfa, f.task)
-                  for f in features], dtype=np.int64)  # fmt: skip
-    return X, E
+    n, pad, width = len(features), _NO_PARTIES, _N_HS - _N_CAT
+    # Each matrix from one flat stream: numpy converts that faster than a list of row tuples.
+    X = np.fromiter(chain.from_iterable([(*f.numeric, f.volume) for f in features]),
+                    dtype=np.float64, count=n * kernel.X_WIDTH)  # fmt: skip
+    E = np.fromiter(chain.from_iterable([
+        (*f.cat_hashes, *(f.party_hashes + pad)[:width],
+         f.time_ms, f.hour_of_week, f.sensitivity_rank, f.mfa, f.task) for f in features
+    ]), dtype=np.int64, count=n * kernel.E_WIDTH)  # fmt: skip
+    return X.reshape(n, kernel.X_WIDTH), E.reshape(n, kernel.E_WIDTH)
 
 
 class Learner:
