@@ -8,6 +8,7 @@ learned and written back without overflow, and anything else raises :class:`Stat
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Final
 
 import numpy as np
@@ -26,6 +27,7 @@ from pipeline.baselines.layout import (
     _NAME_BYTES,
     _ST_WORDS,
     BaselineState,
+    StoredNames,
 )
 from pipeline.errors import CustosError
 
@@ -61,6 +63,38 @@ _HEAD: Final = struct.Struct(
     f"IQIQiBII{_N_AGG}f{_CP_WORDS + _ST_WORDS}Q"  # two tasks (key, resource sketch), hour key,
     # taint bits, the two tasks' last operations, aggregates, counterparty and step filters
 )
+
+
+def _stored_names(texts: list[str | None]) -> StoredNames:
+    """:attr:`~.layout.BaselineState.stored_names` of these name texts (them, a bit per
+    feature with one, and its length byte and UTF-8, cut at :data:`_NAME_BYTES`)."""
+    named = 0
+    raw = bytearray()
+    for c, text in enumerate(texts):
+        if text is not None:
+            named |= 1 << c
+            b = text.encode()[:_NAME_BYTES]
+            raw.append(len(b))
+            raw += b
+    return tuple(texts), named, np.frombuffer(bytes(raw), np.uint8)
+
+
+class _Scratch(threading.local):
+    """The encoder's work buffers, per thread and ``cat_slots``: allocating them took longer
+    than encoding a state. ``(plain layout, stored form, a view of the stored form)``."""
+
+    def __init__(self) -> None:
+        self.by_slots: dict[int, tuple[np.ndarray, np.ndarray, memoryview]] = {}
+
+    def make(self, k: int) -> tuple[np.ndarray, np.ndarray, memoryview]:
+        plain = _HEAD.size + 8 * _N_CAT * k
+        out = np.empty(kernel.PACKED_HEAD + plain + plain // 8 + 1 + _N_CAT * (1 + _NAME_BYTES),
+                       dtype=np.uint8)  # fmt: skip
+        self.by_slots[k] = got = (np.empty(plain, dtype=np.uint8), out, out.data)
+        return got
+
+
+_SCRATCH: Final = _Scratch()
 
 
 class StateFormatError(CustosError, ValueError):
@@ -105,28 +139,16 @@ class Codec:
         >>> plain[0] == STATE_VERSION, len(plain), m.to_bytes(m.from_bytes(plain)) == b
         (True, 502, True)
         """
+        names = state.stored_names
+        if names is None or names[0] != tuple(state.name_text):
+            names = state.stored_names = _stored_names(state.name_text)
         k = self.cat_slots
-        texts = state.name_text
-        named = 0
-        for c in range(_N_CAT):
-            if texts[c] is not None:
-                named |= 1 << c
-        plain = _HEAD.size + 8 * _N_CAT * k
-        buf = np.empty(plain, dtype=np.uint8)
-        out = np.empty(kernel.PACKED_HEAD + plain + plain // 8 + 1, dtype=np.uint8)
-        size, with_name, packed = kernel.encode_packed(
-            state.fv, state.iv, state.slot_hash, state.slot_count, state.slot_hour, k, named,
-            STATE_VERSION, PACKED_VERSION, FEATURE_SCHEMA_VERSION, buf, out)  # fmt: skip
-        head = out[:packed].tobytes() if pack and packed < size else buf[:size].tobytes()
-        if not with_name:
-            return head
-        parts = [head]
-        for c in range(_N_CAT):
-            if with_name >> c & 1:
-                raw = texts[c].encode()[:_NAME_BYTES]  # type: ignore[union-attr]
-                parts.append(bytes((len(raw),)))
-                parts.append(raw)
-        return b"".join(parts)
+        scratch = _SCRATCH.by_slots.get(k) or _SCRATCH.make(k)
+        n = kernel.encode_stored(
+            state.fv, state.iv, state.slot_hash, state.slot_count, state.slot_hour, k, names[1],
+            names[2], pack, STATE_VERSION, PACKED_VERSION, FEATURE_SCHEMA_VERSION, scratch[0],
+            scratch[1])  # fmt: skip
+        return scratch[2][:n].tobytes()
 
     def _cap(self) -> int:
         """Largest count a valid state can hold (see ``_MAX_HALF_LIFE``)."""

@@ -130,7 +130,7 @@ __all__ = [
     "current_rate",
     "deviations",
     "encode",
-    "encode_packed",
+    "encode_stored",
     "halve",
     "learn",
     "observe",
@@ -1000,20 +1000,34 @@ def unpack_zeros(src: np.ndarray, start: int, dst: np.ndarray, off: int) -> int:
 
 
 @_jit
-def encode_packed(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray,
-                  st: np.ndarray, k: int, named: int, version: int, packed_version: int,
-                  schema: int, buf: np.ndarray,
-                  out: np.ndarray) -> tuple[int, int, int]:  # fmt: skip
-    """:func:`encode` into ``buf`` and, zero-elided behind a :data:`PACKED_HEAD`, into
-    ``out``: (plain length, bit set of the named features, packed length). The names follow
-    either form unpacked (the caller appends them)."""
+def encode_stored(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray,
+                  st: np.ndarray, k: int, named: int, names: np.ndarray, pack: bool,
+                  version: int, packed_version: int, schema: int, buf: np.ndarray,
+                  out: np.ndarray) -> int:  # fmt: skip
+    """The whole stored form into ``out``; its length. :func:`encode` into ``buf``, then,
+    zero-elided behind a :data:`PACKED_HEAD` if ``pack`` and that is shorter, else as it
+    is, then the names whose slot is used. ``names``: per feature in ``named``, in feature
+    order, its name's length byte and UTF-8 (at most 255 bytes each). ``out`` holds at
+    least ``PACKED_HEAD + n + n // 8 + 1`` bytes, ``n = len(buf)``, plus ``names``."""
     size, with_name = encode(fv, iv, sh, sc, st, k, named, version, schema, buf)
-    used = pack_zeros(buf[:size], 2, out[PACKED_HEAD:])
-    out[0] = packed_version
-    out[1] = schema
-    out[2] = size & 0xFF
-    out[3] = size >> 8
-    return size, with_name, PACKED_HEAD + used
+    n = PACKED_HEAD + pack_zeros(buf[:size], 2, out[PACKED_HEAD:]) if pack else size
+    if n < size:
+        out[0] = packed_version
+        out[1] = schema
+        out[2] = size & 0xFF
+        out[3] = size >> 8
+    else:
+        out[:size] = buf[:size]
+        n = size
+    p = 0
+    for c in range(_N_CAT):
+        if named >> c & 1:
+            m = 1 + int(names[p])
+            if with_name >> c & 1:
+                out[n : n + m] = names[p : p + m]
+                n += m
+            p += m
+    return n
 
 
 def warm_up() -> None:
@@ -1053,8 +1067,8 @@ def warm_up() -> None:
     plausible(back.fv, back.iv, back.slot_hash)
     largest_count(back.iv, back.slot_count)
     packed = np.zeros(2 * size, dtype=np.uint8)
-    _, _, used = encode_packed(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0, 1, 2,
-                               1, buf, packed)  # fmt: skip
+    used = encode_stored(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0,
+                         np.frombuffer(b"", np.uint8), True, 1, 2, 1, buf, packed)  # fmt: skip
     unpack_zeros(packed[:used], PACKED_HEAD, np.zeros(size, dtype=np.uint8), 2)
 
 

@@ -239,6 +239,13 @@ class _Bits:
         obj.iv[self.lo : self.lo + self.size] = [_signed(int(w)) for w in value]
 
 
+#: What the codec keeps of a state's names between writes (``BaselineState.stored_names``):
+#: the ``name_text`` it encoded, a bit per feature with a name, and those names as stored (a
+#: length byte and the UTF-8 each, a read-only array over bytes). Nothing in it is a container
+#: the garbage collector keeps tracking: one per identity would slow every full collection.
+StoredNames = tuple[tuple[str | None, ...], int, np.ndarray]
+
+
 class BaselineState:
     """One identity's (or peer group's) baseline: mutable, constant size, no behaviour.
 
@@ -258,7 +265,7 @@ class BaselineState:
     (3, 0, 2)
     """
 
-    __slots__ = ("fv", "iv", "name_text", "slot_count", "slot_hash", "slot_hour")
+    __slots__ = ("fv", "iv", "name_text", "slot_count", "slot_hash", "slot_hour", "stored_names")
 
     def __init__(self, cat_slots: int) -> None:
         self.fv = np.zeros(_N_F)
@@ -269,6 +276,9 @@ class BaselineState:
         self.slot_count = np.zeros(size, dtype=np.int32)  # < 2^16 (see _MAX_HALF_LIFE)
         self.slot_hour = np.zeros(size, dtype=np.int32)  # hours since the epoch
         self.name_text: list[str | None] = [None] * _N_CAT
+        # The names as the codec last stored them, valid while name_text equals its copy
+        # in it: the encoder compares instead of encoding them again (see StoredNames).
+        self.stored_names: StoredNames | None = None
 
     n = _Int(_I_N)  # events learned, ever
     recent = _Int(_I_RECENT)  # events learned, halved with the counts
