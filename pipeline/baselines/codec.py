@@ -41,16 +41,12 @@ STATE_VERSION: Final = 3
 #: it), then the names as they are. ``to_bytes`` writes it whenever it is shorter (nearly
 #: always: it saves about 40 % of the bytes); both forms decode.
 PACKED_VERSION: Final = 4
-_PACKED_HEAD: Final = struct.Struct("<BBH")
 
 _NO_NAME: Final = 0xFF
 _DECODE_ERRORS: Final = {
     kernel.TRUNCATED: "baseline state truncated",
     kernel.BAD_TIMES: "implausible baseline state times",
     kernel.BAD_AGGREGATES: "implausible baseline aggregates",
-}
-_UNPACK_ERRORS: Final = {
-    kernel.UNPACK_TRUNCATED: "baseline state truncated",
     kernel.UNPACK_NOT_CANONICAL: "baseline state not in canonical packed form",
 }
 
@@ -80,11 +76,20 @@ def _stored_names(texts: list[str | None]) -> StoredNames:
 
 
 class _Scratch(threading.local):
-    """The encoder's work buffers, per thread and ``cat_slots``: allocating them took longer
-    than encoding a state. ``(plain layout, stored form, a view of the stored form)``."""
+    """The codec's work buffers, per thread: allocating them took longer than encoding a
+    state. ``by_slots``: the encoder's per ``cat_slots`` (plain layout, stored form, a view of
+    the stored form); ``raw``, ``names``: the decoder's (:func:`~.kernel.decode_stored`)."""
 
     def __init__(self) -> None:
         self.by_slots: dict[int, tuple[np.ndarray, np.ndarray, memoryview]] = {}
+        self.raw = np.empty(0x10000 + 4096, dtype=np.uint8)
+        self.names = np.empty(_N_CAT, dtype=np.int64)
+
+    def raw_for(self, data: bytes) -> np.ndarray:
+        """``raw``, long enough for ``data`` unpacked (a plain length is a u16) and its names."""
+        if len(self.raw) < 0x10000 + len(data):
+            self.raw = np.empty(0x10000 + len(data), dtype=np.uint8)
+        return self.raw
 
     def make(self, k: int) -> tuple[np.ndarray, np.ndarray, memoryview]:
         plain = _HEAD.size + 8 * _N_CAT * k
@@ -95,6 +100,43 @@ class _Scratch(threading.local):
 
 
 _SCRATCH: Final = _Scratch()
+
+
+def _failure(code: int, data: bytes) -> str:
+    """Why :func:`~.kernel.decode_stored` refused ``data`` (its error ``code``)."""
+    if code == kernel.SHORT_PACKED:
+        size = int.from_bytes(data[2:4], "little")
+        return f"packed baseline state of {size} B: shorter than its header"
+    if code == kernel.BAD_SCHEMA:
+        return f"baseline learned on feature schema {data[1]}, expected {FEATURE_SCHEMA_VERSION}"
+    return _DECODE_ERRORS[code]
+
+
+def _read_names(s: BaselineState, indices: list[int], tail: bytes) -> None:
+    """Set ``s``'s names from ``tail`` (``indices``: the named slot per feature in the data,
+    :data:`_NO_NAME` for none) and, when they are stored as :meth:`Codec.to_bytes` would store
+    them (none cut, none of a dropped slot), keep their bytes as ``s.stored_names``."""
+    named = 0
+    as_written = True
+    try:
+        at = 0
+        kept = s.iv[_I_NAME : _I_NAME + _N_CAT].tolist()
+        for c, idx in enumerate(indices):
+            if idx == _NO_NAME:
+                continue
+            size = tail[at]
+            text = tail[at + 1 : at + 1 + size].decode()
+            at += 1 + size
+            if kept[c] >= 0:
+                s.name_text[c] = text
+                named |= 1 << c
+            as_written = as_written and kept[c] >= 0 and size <= _NAME_BYTES
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise StateFormatError(f"corrupt baseline state: {exc}") from None
+    if at != len(tail):
+        raise StateFormatError(f"baseline state has {len(tail) - at} trailing bytes")
+    if as_written:  # spares the next to_bytes encoding them again
+        s.stored_names = (tuple(s.name_text), named, np.frombuffer(tail, np.uint8))
 
 
 class StateFormatError(CustosError, ValueError):
@@ -168,66 +210,25 @@ class Codec:
         if not data or data[0] not in (STATE_VERSION, PACKED_VERSION):
             raise StateFormatError(f"baseline state version {data[0] if data else None}, "
                                    f"expected {STATE_VERSION} or {PACKED_VERSION}")  # fmt: skip
-        try:
-            if data[0] == PACKED_VERSION:
-                data = self._unpack(data)
-            return self._decode(data)
-        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
-            if isinstance(exc, StateFormatError):
-                raise
-            raise StateFormatError(f"corrupt baseline state: {exc}") from None
-
-    @staticmethod
-    def _unpack(data: bytes) -> bytes:
-        """The plain layout a packed state stores (the names follow its groups as they are)."""
-        if len(data) < _PACKED_HEAD.size:
-            raise StateFormatError("baseline state truncated")
-        _, schema, size = _PACKED_HEAD.unpack_from(data)
-        if size < _HEAD.size:
-            raise StateFormatError(f"packed baseline state of {size} B: shorter than its header")
-        raw = np.empty(size, dtype=np.uint8)
-        raw[0], raw[1] = STATE_VERSION, schema
-        end = kernel.unpack_zeros(np.frombuffer(data, dtype=np.uint8), _PACKED_HEAD.size, raw, 2)
-        if end < 0:
-            raise StateFormatError(_UNPACK_ERRORS[end])
-        return raw.tobytes() + data[end:]
-
-    def _decode(self, data: bytes) -> BaselineState:
-        if len(data) < _HEAD.size:
-            raise StateFormatError("baseline state truncated")
-        if data[1] != FEATURE_SCHEMA_VERSION:
-            raise StateFormatError(
-                f"baseline learned on feature schema {data[1]}, expected {FEATURE_SCHEMA_VERSION}"
-            )
-        s = BaselineState(self.cat_slots)
-        names = np.empty(_N_CAT, dtype=np.int64)
-        off = kernel.decode(np.frombuffer(data, dtype=np.uint8), self.cat_slots, s.fv, s.iv,
-                            s.slot_hash, s.slot_count, s.slot_hour, names,
-                            _HEAD.size)  # fmt: skip
+        k = self.cat_slots
+        s = BaselineState(k)
+        scratch = _SCRATCH
+        names = scratch.names
+        off, n, top = kernel.decode_stored(
+            np.frombuffer(data, np.uint8), k, s.fv, s.iv, s.slot_hash, s.slot_count,
+            s.slot_hour, names, scratch.raw_for(data), STATE_VERSION, PACKED_VERSION,
+            FEATURE_SCHEMA_VERSION, _HEAD.size)  # fmt: skip
         if off < 0:
-            raise StateFormatError(_DECODE_ERRORS[off])
-        for c, idx in enumerate(names.tolist()):
-            if idx == _NO_NAME:
-                continue
-            size = data[off]
-            text = data[off + 1 : off + 1 + size].decode()
-            off += 1 + size
-            if s.iv[_I_NAME + c] >= 0:
-                s.name_text[c] = text
-        if off != len(data):
-            raise StateFormatError(f"baseline state has {len(data) - off} trailing bytes")
-        self._sanitize(s)
-        return s
-
-    def _sanitize(self, s: BaselineState) -> None:
-        """Reject values no model could have learned; decay counts into this model's range.
-
-        Whatever decodes can then be scored, learned and written back without overflow.
-        """
-        if not kernel.plausible(s.fv, s.iv, s.slot_hash):
+            raise StateFormatError(_failure(off, data))
+        # The names follow the groups: in data, or a packed state's in the scratch buffer.
+        tail = data[off:] if data[0] == STATE_VERSION else scratch.raw[off:n].tobytes()
+        _read_names(s, names.tolist(), tail)
+        # Reject values no model could have learned; decay counts into this model's range:
+        # whatever decodes can then be scored, learned and written back without overflow.
+        if top < 0:
             raise StateFormatError("implausible baseline state values")
         cap = self._cap()
-        if kernel.largest_count(s.iv, s.slot_count) > cap:
+        if top > cap:
             # Not written by a model with this half-life: decay into range, so that learning
             # can never overflow a u16 count.
             np.minimum(s.slot_count, cap, out=s.slot_count)
@@ -235,3 +236,4 @@ class Codec:
                 kernel.halve(s.iv, s.slot_count)
             s.novel = [min(cap, v) for v in s.novel]
             s.since_halve = 0
+        return s

@@ -128,6 +128,7 @@ from pipeline.baselines.layout import (
 
 __all__ = [
     "current_rate",
+    "decode_stored",
     "deviations",
     "encode",
     "encode_stored",
@@ -937,7 +938,7 @@ def encode(fv: np.ndarray, iv: np.ndarray, sh: np.ndarray, sc: np.ndarray, st: n
 # decoder accepts only the one canonical form, so decoding then encoding gives the same bytes.
 
 UNPACK_TRUNCATED: Final = -1
-UNPACK_NOT_CANONICAL: Final = -3
+UNPACK_NOT_CANONICAL: Final = -4  # (the codes of decode_stored's failures are distinct)
 PACKED_HEAD: Final = 4  # version, feature schema, u16 length of the plain layout
 
 
@@ -1070,6 +1071,9 @@ def warm_up() -> None:
     used = encode_stored(s.fv, s.iv, s.slot_hash, s.slot_count, s.slot_hour, 2, 0,
                          np.frombuffer(b"", np.uint8), True, 1, 2, 1, buf, packed)  # fmt: skip
     unpack_zeros(packed[:used], PACKED_HEAD, np.zeros(size, dtype=np.uint8), 2)
+    decode_stored(np.frombuffer(packed[:used].tobytes(), dtype=np.uint8), 2, back.fv, back.iv,
+                  back.slot_hash, back.slot_count, back.slot_hour, names,
+                  np.zeros(2 * size, dtype=np.uint8), 1, 2, 1, size)  # fmt: skip
 
 
 # --- decode: the inverse of encode (names excepted), distrusting its input ----------------------
@@ -1077,6 +1081,8 @@ def warm_up() -> None:
 TRUNCATED: Final = -1
 BAD_TIMES: Final = -2
 BAD_AGGREGATES: Final = -3
+SHORT_PACKED: Final = -5  # a packed state whose plain length is below the header's
+BAD_SCHEMA: Final = -6
 # Plausibility bounds for decoded states (far beyond anything learned, far below float32 max).
 _MAX_ABS_MS: Final = 2**31 * _HOUR_MS  # slot hours are int32
 _MAX_FLOAT: Final = 1e15
@@ -1235,3 +1241,49 @@ def largest_count(iv: np.ndarray, sc: np.ndarray) -> int:
     for j in range(sc.shape[0]):
         top = max(top, np.int64(sc[j]))
     return int(top)
+
+
+@_jit
+def decode_stored(src: np.ndarray, k: int, fv: np.ndarray, iv: np.ndarray, sh: np.ndarray,
+                  sc: np.ndarray, st: np.ndarray, names: np.ndarray, raw: np.ndarray,
+                  version: int, packed_version: int, schema: int,
+                  head: int) -> tuple[int, int, int]:  # fmt: skip
+    """Fill an empty state from either stored form (``src``, version byte checked) in one
+    call: (where the names start, length of the bytes they are in, the largest count or -1
+    for implausible values), or (an error code, 0, 0). ``names``: as :func:`decode`.
+
+    The plain form is read in place; a packed one is unpacked into ``raw`` (at least
+    ``0x10000 + len(src)`` bytes) followed by the rest of ``src``, and its names are read
+    there."""
+    if src[0] != packed_version:
+        return _decode_plain(src, k, fv, iv, sh, sc, st, names, schema, head)
+    if len(src) < PACKED_HEAD:
+        return TRUNCATED, 0, 0
+    size = np.int64(src[2]) | np.int64(src[3]) << 8
+    if size < head:
+        return SHORT_PACKED, 0, 0
+    raw[0] = version
+    raw[1] = src[1]
+    end = unpack_zeros(src, PACKED_HEAD, raw[:size], 2)
+    if end < 0:
+        return end, 0, 0
+    tail = len(src) - end
+    raw[size : size + tail] = src[end:]
+    return _decode_plain(raw[: size + tail], k, fv, iv, sh, sc, st, names, schema, head)
+
+
+@_jit
+def _decode_plain(buf: np.ndarray, k: int, fv: np.ndarray, iv: np.ndarray, sh: np.ndarray,
+                  sc: np.ndarray, st: np.ndarray, names: np.ndarray, schema: int,
+                  head: int) -> tuple[int, int, int]:  # fmt: skip
+    """:func:`decode_stored` of the plain layout (and the names after it)."""
+    if len(buf) < head:
+        return TRUNCATED, 0, 0
+    if buf[1] != schema:
+        return BAD_SCHEMA, 0, 0
+    off = decode(buf, k, fv, iv, sh, sc, st, names, head)
+    if off < 0:
+        return off, 0, 0
+    if not plausible(fv, iv, sh):
+        return off, len(buf), -1
+    return off, len(buf), largest_count(iv, sc)

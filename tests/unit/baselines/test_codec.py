@@ -144,3 +144,15 @@ def test_a_state_with_more_slots_keeps_its_most_used_values() -> None:
     assert len(values) == 4
     assert values[0][1] == 60  # op3: 10 + 50
     assert s4.name_text[CATEGORICAL.index("operation")] == "op3"
+
+
+def test_names_changed_after_an_encoding_are_stored() -> None:
+    m, s, _ = learned(office_worker(weeks=1))
+    back = m.from_bytes(m.to_bytes(s))  # keeps its names' stored bytes (stored_names)
+    c = next(i for i, t in enumerate(back.name_text) if t)
+    for text in ("x" * 20, "DE", None):
+        back.name_text[c] = text  # in place, as learning does: the encoder must notice
+        blob = m.to_bytes(back)
+        assert m.from_bytes(blob).name_text[c] == (text and text[:12])
+        back.stored_names = None
+        assert m.to_bytes(back) == blob
