@@ -239,6 +239,11 @@ class _Bits:
         obj.iv[self.lo : self.lo + self.size] = [_signed(int(w)) for w in value]
 
 
+_EMPTY_IV: Final = np.zeros(_N_I, np.int64)
+_EMPTY_IV[_I_NAME : _I_NAME + _N_CAT] = -1  # no named slot
+_EMPTY_IV.flags.writeable = False
+
+
 #: What the codec keeps of a state's names between writes (``BaselineState.stored_names``):
 #: the ``name_text`` it encoded, a bit per feature with a name, and those names as stored (a
 #: length byte and the UTF-8 each, a read-only array over bytes). Nothing in it is a container
@@ -268,13 +273,14 @@ class BaselineState:
     __slots__ = ("fv", "iv", "name_text", "slot_count", "slot_hash", "slot_hour", "stored_names")
 
     def __init__(self, cat_slots: int) -> None:
+        # Every new identity and decoded state is built here: dtypes go positionally (numpy
+        # parses keywords slowly) and iv is copied from its empty form.
         self.fv = np.zeros(_N_F)
-        self.iv = np.zeros(_N_I, dtype=np.int64)
-        self.iv[_I_NAME : _I_NAME + _N_CAT] = -1
+        self.iv = _EMPTY_IV.copy()
         size = _N_CAT * cat_slots
-        self.slot_hash = np.zeros(size, dtype=np.uint32)
-        self.slot_count = np.zeros(size, dtype=np.int32)  # < 2^16 (see _MAX_HALF_LIFE)
-        self.slot_hour = np.zeros(size, dtype=np.int32)  # hours since the epoch
+        self.slot_hash = np.zeros(size, np.uint32)
+        self.slot_count = np.zeros(size, np.int32)  # < 2^16 (see _MAX_HALF_LIFE)
+        self.slot_hour = np.zeros(size, np.int32)  # hours since the epoch
         self.name_text: list[str | None] = [None] * _N_CAT
         # The names as the codec last stored them, valid while name_text equals its copy
         # in it: the encoder compares instead of encoding them again (see StoredNames).
