@@ -6,6 +6,10 @@ import click
 
 from pipeline.cli.common import DURATION, settings_for
 
+#: The demo's pace into Kafka: a busy tenant's rate, which one worker keeps up with on two
+#: shared cores beside the broker, responder, auditor and console (measured: docs/SCALING.md).
+DEMO_RATE = 4_000.0
+
 
 @click.command("config")
 @click.pass_context
@@ -100,7 +104,9 @@ def bench_response(ctx: click.Context, compromises: int, load: float, identities
 )
 @click.option("--seed", default=7, show_default=True)
 @click.option(
-    "--rate", type=float, default=None, help="Target events/s (default: as fast as possible)."
+    "--rate", type=float, default=DEMO_RATE, show_default=True,
+    help="Events/s into Kafka (0: as fast as the simulator can, which one worker does not keep "
+    "up with).",
 )
 @click.pass_context
 def demo(
@@ -114,7 +120,7 @@ def demo(
         identities=identities,
         duration_s=duration,
         seed=seed,
-        rate=rate,
+        rate=rate or None,
         echo=click.echo,
     )
 

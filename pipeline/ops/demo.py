@@ -195,6 +195,7 @@ def run_demo(
     sim_done = threading.Event()
     sim_error: list[BaseException] = []
     sim_report: list[Any] = []
+    sim_ended: list[float] = []
 
     def produce_bad() -> None:
         bad = bad_samples(int(time.time() * 1000), tag=str(time.time_ns()))
@@ -216,6 +217,7 @@ def run_demo(
         except BaseException as exc:  # reported by the main thread, never swallowed
             sim_error.append(exc)
         finally:
+            sim_ended.append(time.monotonic())
             sim_done.set()
 
     t0 = time.monotonic()
@@ -236,8 +238,15 @@ def run_demo(
     cut_off_at: float | None = None
     live_shown: set[tuple[str, str]] = set()
     shown = 0
-    last_status = 0.0
+    last_status = last_lag = 0.0
     lag = -1
+    # How far behind the worker fell while the simulator ran, once it had started (joined its
+    # group, restored its state) and caught up: committed offsets trail by up to
+    # worker_commit_s, so a lag of that much input counts as caught up.
+    steady = int((rate or 1_000.0) * (settings.worker_commit_s + 1.0))
+    started_s: float | None = None
+    max_lag = 0
+    caught_up_s: float | None = None  # from the simulator's end to the worker's
     try:
         while True:
             for msg in watch.consume(num_messages=500, timeout=0.5):
@@ -285,10 +294,19 @@ def run_demo(
             elapsed = time.monotonic() - t0
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with {worker.returncode}; see {log}")
-            if elapsed - last_status >= (1.0 if live.hijacked_at else 5.0):
+            if elapsed - last_lag >= 1.0:  # how far behind, sampled each second
                 lag = group_lag(
                     settings, settings.app_id, [settings.identity_topic, settings.agent_topic]
                 )
+                last_lag = elapsed
+                if started_s is None and 0 <= lag <= steady:
+                    started_s = elapsed  # the worker has started and caught up once
+                if not sim_done.is_set():
+                    if started_s is not None:
+                        max_lag = max(max_lag, lag)
+                elif caught_up_s is None and lag < 200:
+                    caught_up_s = elapsed - (sim_ended[0] - t0)
+            if elapsed - last_status >= (1.0 if live.hijacked_at else 5.0):
                 echo(f"[{elapsed:5.0f}s] produced {produced[0]:,}  worker lag {lag:,}  "
                      f"findings {sum(findings.values()):,}  identities alerted {len(alerted):,}  "
                      f"dead letters {sum(dead.values())}  quarantines {contains}  "
@@ -363,6 +381,12 @@ def run_demo(
          f"(signed, verified; custos models list)")  # fmt: skip
     caught_up = "yes" if lag < 200 else "no"
     echo(f"  wall time              {elapsed:>10.1f} s; worker caught up: {caught_up}")
+    behind = f" (≈ {max_lag / rate:.1f} s of input at {rate:,.0f}/s)" if rate else ""
+    after = f"{caught_up_s:.1f} s" if caught_up_s is not None else "not seen"
+    began = f"{started_s:.0f} s" if started_s is not None else "never"
+    echo(f"  worker behind, at most {max_lag:>10,}  events{behind} once started (caught up at "
+         f"{began}), offsets committed every {settings.worker_commit_s:g} s; caught up {after} "
+         "after the simulator ended")  # fmt: skip
     echo(f"Findings are OCSF 2004 JSON on {settings.alerts_topic}; the broker keeps running "
          "(custos kafka down stops it).")  # fmt: skip
     echo(f"The console stopped with the demo ({console_url}); `custos console` serves it "
@@ -374,6 +398,9 @@ def run_demo(
         "dead": dict(dead),
         "elapsed_s": elapsed,
         "caught_up": lag < 200,
+        "max_lag": max_lag,
+        "started_s": started_s,
+        "caught_up_s": caught_up_s,
         "quarantines": contains,
         "acks": dict(acks),
         "hijacked_cut_off": cut_off,
