@@ -170,11 +170,7 @@ class PartitionStore(MutableMapping[str, bytes]):
             self._write(key, value)
             return
         # An identity's state: the write nearly every event causes, so the common path only.
-        event = self.events.get(key)
-        if event is not None:
-            p = int(event.message.partition)
-        else:
-            p = self.partition_of(key)
+        p = self.partition_of(key)
         marks = self.marks.pop(key, None)
         if marks is None:
             marks = self.applied(key)
