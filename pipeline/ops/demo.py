@@ -191,11 +191,15 @@ def run_demo(
         parts += [TopicPartition(topic, p, OFFSET_END) for p in md.topics[topic].partitions]
     watch.assign(parts)
 
-    produced = [0]
+    bad_sent = [0]  # malformed samples sent (the simulator's events: sink.produced)
     sim_done = threading.Event()
     sim_error: list[BaseException] = []
     sim_report: list[Any] = []
     sim_ended: list[float] = []
+    sink = KafkaSink(settings)  # its count is read live by the status line
+
+    def produced_now() -> int:  # the simulator's events counted as they are sent
+        return bad_sent[0] + sink.produced
 
     def produce_bad() -> None:
         bad = bad_samples(int(time.time() * 1000), tag=str(time.time_ns()))
@@ -203,16 +207,15 @@ def run_demo(
         for s in bad:
             producer.produce(s.topic, key=s.key, value=s.value)
         producer.flush(30)
-        produced[0] += len(bad)
+        bad_sent[0] += len(bad)
 
     def simulator() -> None:
         try:
             produce_bad()
             sim_report.append(
                 simulate(settings, identities=identities, duration_s=duration_s, seed=seed,
-                         rate=rate, sink=KafkaSink(settings), labels_path=demo_dir / "labels.jsonl")
+                         rate=rate, sink=sink, labels_path=demo_dir / "labels.jsonl")
             )  # fmt: skip
-            produced[0] += sim_report[0].events
             produce_bad()
         except BaseException as exc:  # reported by the main thread, never swallowed
             sim_error.append(exc)
@@ -307,7 +310,7 @@ def run_demo(
                 elif caught_up_s is None and lag < 200:
                     caught_up_s = elapsed - (sim_ended[0] - t0)
             if elapsed - last_status >= (1.0 if live.hijacked_at else 5.0):
-                echo(f"[{elapsed:5.0f}s] produced {produced[0]:,}  worker lag {lag:,}  "
+                echo(f"[{elapsed:5.0f}s] produced {produced_now():,}  worker lag {lag:,}  "
                      f"findings {sum(findings.values()):,}  identities alerted {len(alerted):,}  "
                      f"dead letters {sum(dead.values())}  quarantines {contains}  "
                      f"acks {acks[200]}")  # fmt: skip
@@ -392,7 +395,7 @@ def run_demo(
     echo(f"The console stopped with the demo ({console_url}); `custos console` serves it "
          "again, with every finding of this run (same account).")  # fmt: skip
     return {
-        "produced": produced[0],
+        "produced": produced_now(),
         "findings": dict(findings),
         "alerted": len(alerted),
         "dead": dict(dead),
