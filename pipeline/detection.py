@@ -434,11 +434,14 @@ class Detection:
         """The model an agent runs and where it came from: the rules' pin (current, previous),
         the registry's record of each build, what the directory approves."""
         pin = st.rules.model or b""
-        pins = [pin[i : i + 36][:32] for i in range(0, len(pin), 36)]
+        pins = [pin[:32], pin[36:]] if len(pin) > 36 else [pin[:32]] if pin else []
         registry = self.rules.agent_models
         builds = []
         for n, raw in enumerate(pins):
             digest = "sha256:" + raw.hex()
+            if len(raw) < 32:  # the previous pin's fingerprint: the registry's build, if any
+                digest = next((b.digest for b in registry or () if b.digest.startswith(digest)),
+                              digest + "…")  # fmt: skip
             known = registry.builds(digest) if registry is not None else ()
             builds.append({
                 "digest": digest, "pin": "current" if n == 0 else "previous",

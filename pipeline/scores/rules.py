@@ -124,14 +124,17 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
     * ``loc_ms``, ``lat_e4``, ``lon_e4``, ``loc_cc`` - last located event (time, 1e-4 degrees,
       country) for ``impossible_travel``; ``loc_ms`` -1 = none yet.
     * ``env`` - learned home environment (only when the directory gives none); ``env_ms`` - last
-      time the identity was active in its home environment (``clone``), -1 = never.
+      time the identity was active in its home environment (``clone``), -1 = never. Stored
+      relative to ``loc_ms`` when both are set (:func:`_relative_ms`: usually the same event,
+      1 byte instead of 9).
     * ``model`` - pinned model: 32 digest bytes + a CRC-32 of its name and version, then the
-      previous pin (only when neither the directory nor the model registry decides).
+      previous pin's fingerprint (:data:`_FP` bytes of its digest; only when neither the
+      directory nor the model registry decides).
     * ``tasks`` - the holder's most recent tasks, oldest first, each
       ``[task key, highest step seen, token fingerprint, ...]`` (CRC-32s; bounded).
     * ``tools`` / ``prompt`` - the agent's pinned tool-manifest / system-prompt hash: 32 raw
-      bytes, then 64 (current + previous) once it changed (only when the directory approves
-      none).
+      bytes, then the previous hash's fingerprint (:data:`_FP` bytes) once it changed (only
+      when the directory approves none). States written with whole previous pins decode.
     * ``strangers`` - as a delegator: the latest agents it handed a task to that had never
       worked for it, ``[CRC-32 of the agent, event time]`` (bounded; ``delegated_to_stranger``).
     * ``packed_tasks`` - ``tasks`` as stored (:func:`pack_tasks`); empty in memory, and
@@ -163,10 +166,13 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
 
     def to_bytes(self) -> bytes:
         """Serialise (msgpack array) for the state store."""
-        if self.tasks:
-            packed = pack_tasks(self.tasks)
-            if packed is not None:
-                return _ENCODE(msgspec.structs.replace(self, tasks=[], packed_tasks=packed))
+        packed = pack_tasks(self.tasks) if self.tasks else None
+        env_ms = _relative_ms(self.env_ms, self.loc_ms)
+        if packed is not None:
+            return _ENCODE(msgspec.structs.replace(self, tasks=[], packed_tasks=packed,
+                                                   env_ms=env_ms))  # fmt: skip
+        if env_ms != self.env_ms:
+            return _ENCODE(msgspec.structs.replace(self, env_ms=env_ms))
         return _ENCODE(self)
 
     @classmethod
@@ -191,12 +197,55 @@ class RuleState(msgspec.Struct, array_like=True, gc=False):
                 raise ValueError("corrupt RuleState: tasks stored twice")
             state.tasks = unpack_tasks(state.packed_tasks)
             state.packed_tasks = b""
+        if state.env_ms < -1:
+            state.env_ms = _absolute_ms(state.env_ms, state.loc_ms)
+        # Written before previous pins were fingerprints: keep the fingerprint (a digest's
+        # first bytes; an old model pin's CRC after its digest was never read).
+        model, tools, prompt = state.model, state.tools, state.prompt
+        if model is not None and len(model) > _PIN + _FP:
+            state.model = model[: _PIN + _FP]
+        if tools is not None and len(tools) > 32 + _FP:
+            state.tools = tools[: 32 + _FP]
+        if prompt is not None and len(prompt) > 32 + _FP:
+            state.prompt = prompt[: 32 + _FP]
         return state
 
 
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
 _DECODE: Final = msgspec.msgpack.Decoder(RuleState).decode
 _U32: Final = struct.Struct("<I")
+_PIN: Final = 36  # a pinned model: digest (32 bytes) + CRC-32 of its name and version
+#: Bytes kept of a previous pin (model digest, tool-manifest or system-prompt hash). The current
+#: pin stays whole: it alone decides whether an agent's model or configuration changed. The
+#: previous one only spares a second hit when the agent goes back to it (a rollback, an old
+#: replica of a rolling redeploy), a change that was already reported once. Matching its first
+#: 16 bytes takes a second preimage of SHA-256 cut to 128 bits (2^128 work), and even a match
+#: pins the observed digest whole: what the next event is compared with stays exact.
+_FP: Final = 16
+
+
+def _relative_ms(env_ms: int, loc_ms: int) -> int:
+    """``env_ms`` as stored: relative to ``loc_ms`` when both are set (-2 - zigzag of
+    ``loc_ms - env_ms``: usually -2, one msgpack byte instead of nine), else as it is.
+
+    >>> [_relative_ms(e, 5_000) for e in (5_000, 4_000, 6_000, -1)], _relative_ms(5_000, -1)
+    ([-2, -2002, -2001, -1], 5000)
+    >>> _absolute_ms(-2002, 5_000), _absolute_ms(-2001, 5_000)
+    (4000, 6000)
+    """
+    if env_ms < 0 or loc_ms < 0:
+        return env_ms
+    d = loc_ms - env_ms
+    return -2 - (2 * d if d >= 0 else -2 * d - 1)
+
+
+def _absolute_ms(stored: int, loc_ms: int) -> int:
+    """Inverse of :func:`_relative_ms` for a stored value below -1."""
+    z = -2 - stored
+    env_ms = loc_ms - (z >> 1 if not z & 1 else -((z + 1) >> 1))
+    if loc_ms < 0 or env_ms < 0:
+        raise ValueError("corrupt RuleState: home time relative to no location")
+    return env_ms
 
 
 def pack_tasks(tasks: list[list[int]]) -> bytes | None:
@@ -280,9 +329,6 @@ def _span(ms: int) -> str:
     if ms < 24 * _HOUR_MS:
         return f"{ms / _HOUR_MS:.1f} h"
     return f"{ms / (24 * _HOUR_MS):.1f} d"
-
-
-_PIN: Final = 36  # a pinned model: digest (32 bytes) + CRC-32 of its name and version
 
 
 def _version_crc(model: ModelRef) -> bytes:
@@ -610,13 +656,13 @@ class ZeroTrustRules:
             if pinned is None:
                 state.model = key
                 return None
-            current, previous = pinned[:_PIN], pinned[_PIN : 2 * _PIN]
+            current, previous = pinned[:_PIN], pinned[_PIN:]
             if current[:32] == key[:32]:
                 return None  # the common case: the build it runs
-            # One hit per change: the pin moves (the replaced build is kept, so a rollback or
-            # an old replica in a rolling redeploy is not a second hit).
-            state.model = key + current
-            if previous[:32] == key[:32]:
+            # One hit per change: the pin moves (the replaced build's fingerprint is kept, so
+            # a rollback or an old replica in a rolling redeploy is not a second hit).
+            state.model = key + current[:_FP]
+            if previous and previous == key[:_FP]:
                 return None
             reason, source, expected = (
                 "changed_since_first_seen",
@@ -712,12 +758,12 @@ class ZeroTrustRules:
         hit = None
         if pinned is None:
             pinned = raw
-        elif len(pinned) > 32 and pinned.endswith(raw):
-            pinned = raw + pinned[:32]  # back to the previous one (rollback, old replica)
+        elif len(pinned) > 32 and pinned[32:] == raw[:_FP]:
+            pinned = raw + pinned[:_FP]  # back to the previous one (rollback, old replica)
         else:
             old = "sha256:" + pinned[:32].hex()
             hit = self._drift_hit(event, which, old, value, "pinned", "changed")
-            pinned = raw + pinned[:32]  # re-pin; the replaced hash becomes the previous one
+            pinned = raw + pinned[:_FP]  # re-pin; the replaced hash's fingerprint is kept
         if which == "tool_manifest":
             state.tools = pinned
         else:

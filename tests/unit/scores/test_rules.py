@@ -397,7 +397,7 @@ def test_drift_fires_once_on_change_then_repins() -> None:
     # A third configuration is a new change.
     (hit,) = rules.check(state, ev(tool_manifest_hash=H3), None)
     assert hit.evidence["old_hash"] == H2 and hit.evidence["new_hash"] == H3
-    assert len(state.tools or b"") == 64  # current + previous: bounded
+    assert len(state.tools or b"") == 48  # current + previous fingerprint: bounded
 
 
 def test_drift_tracks_prompt_and_tools_separately() -> None:
@@ -877,3 +877,60 @@ def test_a_changed_model_fires_once_per_change_and_a_new_version_is_medium() -> 
     assert hit.severity_id == 3 and hit.evidence["version_changed"] is True
     assert "a new version" in hit.text
     assert rules.check(state, ev(model=model(D_OTHER, "gpt-4o", "2")), None) == ()
+
+
+# ---- state size: previous pins and the home time ---------------------------------------------
+
+
+def test_previous_pins_are_fingerprints_that_still_spare_a_rollback() -> None:
+    rules, state = ZeroTrustRules(), RuleState()
+    for digest, tools in ((D_OK, H1), (D_BAD, H2)):
+        rules.check(state, ev(model=model(digest), tool_manifest_hash=tools), None)
+    # current whole (digest + CRC of name / version), previous: the first 16 digest bytes
+    assert state.model is not None and len(state.model) == 36 + 16
+    assert state.model[36:] == bytes.fromhex("a" * 32)
+    assert state.tools == bytes.fromhex("2" * 64) + bytes.fromhex("1" * 32)
+    # Back to the previous build and manifest: no hit; the pin holds the observed one whole.
+    assert rules.check(state, ev(model=model(D_OK), tool_manifest_hash=H1), None) == ()
+    assert state.model[:32] == bytes.fromhex("a" * 64)
+    assert state.tools == bytes.fromhex("1" * 64) + bytes.fromhex("2" * 32)
+    # A digest sharing only a shorter prefix with the previous one is a change.
+    near = "sha256:" + "b" * 30 + "c" * 34
+    (hit,) = rules.check(state, ev(model=model(near)), None)
+    assert hit.evidence["reason"] == "changed_since_first_seen"
+
+
+def test_state_with_whole_previous_pins_decodes_and_keeps_working() -> None:
+    # As written before previous pins were fingerprints: model 72 bytes (current + previous
+    # with their CRCs), tools and prompt 64 (current + previous).
+    crc = bytes(4)
+    old = RuleState(model=bytes.fromhex("b" * 64) + crc + bytes.fromhex("a" * 64) + crc,
+                    tools=bytes.fromhex("2" * 64 + "1" * 64),
+                    prompt=bytes.fromhex("3" * 64 + "1" * 64))  # fmt: skip
+    data = msgspec.msgpack.encode(old)  # the old encoder: the struct as it is
+    state = RuleState.from_bytes(data)
+    assert state.model is not None and len(state.model) == 52 and state.model[:36] == old.model[:36]
+    assert (state.tools, state.prompt) == (old.tools[:48], old.prompt[:48])  # type: ignore[index]
+    assert len(state.to_bytes()) == len(data) - 20 - 16 - 16
+    rules = ZeroTrustRules()
+    # Rollbacks to the old previous pins are still spared; other values still fire.
+    assert rules.check(state, ev(model=model(D_OK), tool_manifest_hash=H1), None) == ()
+    assert rules.check(state, ev(system_prompt_hash=H1), None) == ()
+    hits = rules.check(state, ev(tool_manifest_hash=H3, system_prompt_hash=H2), None)
+    assert [h.evidence["which"] for h in hits] == ["tool_manifest", "system_prompt"]
+
+
+def test_home_time_is_stored_relative_to_the_last_location() -> None:
+    for env_ms in (T0, T0 - 5_000, T0 + 1, T0 - 40 * 24 * HOUR, -1):
+        state = RuleState(loc_ms=T0, lat_e4=1, lon_e4=2, env="prod-eu", env_ms=env_ms)
+        data = state.to_bytes()
+        assert RuleState.from_bytes(data) == state
+        if env_ms == T0:
+            assert msgspec.msgpack.decode(data)[6] == -2  # one byte instead of nine
+            assert len(data) == len(msgspec.msgpack.encode(state)) - 8
+    alone = RuleState(env="prod-eu", env_ms=T0)  # no location: stored as it is
+    assert msgspec.msgpack.decode(alone.to_bytes())[6] == T0
+    assert RuleState.from_bytes(alone.to_bytes()) == alone
+    # A relative time without a location to be relative to is not a state this code wrote.
+    with pytest.raises(ValueError, match="corrupt"):
+        RuleState.from_bytes(msgspec.msgpack.encode([1, -1, 0, 0, None, "x", -2]))
