@@ -38,7 +38,7 @@ from pipeline.alerts.policy import RiskPolicy
 from pipeline.alerts.state import Incident, RiskState, Suppression, load_suppressions
 from pipeline.baselines import kernel
 from pipeline.baselines.baselines import BaselineModel, blend_winners, peer_group_key
-from pipeline.baselines.codec import StateFormatError
+from pipeline.baselines.codec import StateFormatError, shed_names
 from pipeline.baselines.features import Features, extract
 from pipeline.baselines.layout import _I_N, DEVIATION_INDEX, DEVIATIONS, BaselineState
 from pipeline.baselines.learning import round_arrays
@@ -54,6 +54,10 @@ from pipeline.scores.explanations import Contribution, RuleHit, Score, Signal
 from pipeline.scores.rules import RULES, RuleState, ZeroTrustRules
 
 STATE_VERSION = 1
+#: Bytes an identity's state (:meth:`Detection.dump_state`) is kept within (issue 14: 1 KB,
+#: with room to spare for a field added later). A busy agent without a directory needs up to
+#: ~1,170 B with every name of its most used values; without them, at most ~1,020.
+STATE_BUDGET: Final = 1_000
 log = logging.getLogger("custos.scoring")
 _FEATURES_ENCODER: Final = msgspec.msgpack.Encoder()
 _FEATURES_DECODER: Final = msgspec.msgpack.Decoder(Features)
@@ -268,6 +272,8 @@ class Detection:
         self.watermark_ms = 0  # latest event time processed: the clock incidents age by
         self.events_seen = 0  # events processed since the shared state began (saved with it)
         self.state_resets = 0
+        self.names_shed = 0  # names forgotten to keep states within STATE_BUDGET (dump_state)
+        self.states_over_budget = 0  # state writes over it with no name left to forget
         # LRU of decoded identity states, validated by their stored bytes: decoding a state
         # costs more than scoring an event, and active identities come back batch after batch.
         self.state_cache_size = (
@@ -350,16 +356,30 @@ class Detection:
         return IdentityState(self.baseline_model.new_state(), RuleState(), RiskState())
 
     def dump_state(self, st: IdentityState) -> bytes:
-        """The state every event reads: baseline, rule facts and the risk's scalars."""
+        """The state every event reads: baseline, rule facts and the risk's scalars.
+
+        At most :data:`STATE_BUDGET` bytes where shedding names can make it so: a state over
+        it forgets the names of its most used values (explanations only, least telling first:
+        :func:`~pipeline.baselines.codec.shed_names`) in ``st`` itself, so that the state
+        cached in memory is the one stored. ``names_shed`` counts them, ``states_over_budget``
+        the writes still over it with no name left.
+        """
         risk = st.risk
         if risk.incident is not None or risk.suppressions or risk.recurring:
             risk = msgspec.structs.replace(risk, incident=None, suppressions=[], recurring=[])
-        return msgspec.msgpack.encode((
-            STATE_VERSION,
-            self.baseline_model.to_bytes(st.baseline),
-            st.rules.to_bytes(),
-            risk.to_bytes(),
-        ))  # fmt: skip
+        rules, scalars = st.rules.to_bytes(), risk.to_bytes()
+        while True:
+            data = msgspec.msgpack.encode(
+                (STATE_VERSION, self.baseline_model.to_bytes(st.baseline), rules, scalars)
+            )
+            over = len(data) - STATE_BUDGET
+            if over <= 0:
+                return data
+            shed = shed_names(st.baseline, over)
+            if not shed:
+                self.states_over_budget += 1
+                return data
+            self.names_shed += shed
 
     @staticmethod
     def dump_side(st: IdentityState) -> bytes | None:

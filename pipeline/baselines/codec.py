@@ -14,7 +14,7 @@ from typing import Final
 import numpy as np
 
 from pipeline.baselines import kernel
-from pipeline.baselines.features import FEATURE_SCHEMA_VERSION
+from pipeline.baselines.features import CATEGORICAL_INDEX, FEATURE_SCHEMA_VERSION
 from pipeline.baselines.layout import (
     _CP_WORDS,
     _I_NAME,
@@ -31,7 +31,15 @@ from pipeline.baselines.layout import (
 )
 from pipeline.errors import CustosError
 
-__all__ = ["PACKED_VERSION", "STATE_VERSION", "Codec", "StateFormatError", "max_state_bytes"]
+__all__ = [
+    "PACKED_VERSION",
+    "SHED_ORDER",
+    "STATE_VERSION",
+    "Codec",
+    "StateFormatError",
+    "max_state_bytes",
+    "shed_names",
+]
 
 #: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
 #: feature schema version the state was learned on).
@@ -63,16 +71,60 @@ _HEAD: Final = struct.Struct(
 
 def _stored_names(texts: list[str | None]) -> StoredNames:
     """:attr:`~.layout.BaselineState.stored_names` of these name texts (them, a bit per
-    feature with one, and its length byte and UTF-8, cut at :data:`_NAME_BYTES`)."""
-    named = 0
+    feature, and its length byte and UTF-8, cut at :data:`_NAME_BYTES`). A feature without a
+    text gets an empty one: the encoder stores it only when the feature has a named slot,
+    which then survives decoding (:func:`shed_names`; the slot decides what is usual)."""
     raw = bytearray()
-    for c, text in enumerate(texts):
-        if text is not None:
-            named |= 1 << c
-            b = text.encode()[:_NAME_BYTES]
-            raw.append(len(b))
-            raw += b
-    return tuple(texts), named, np.frombuffer(bytes(raw), np.uint8)
+    for text in texts:
+        b = text.encode()[:_NAME_BYTES] if text is not None else b""
+        raw.append(len(b))
+        raw += b
+    return tuple(texts), (1 << len(texts)) - 1, np.frombuffer(bytes(raw), np.uint8)
+
+
+#: The order :func:`shed_names` forgets names in: those that say least in an explanation
+#: first (a combination of values, a shortened digest, address or resource), the country and
+#: service an identity usually works from and with last.
+SHED_ORDER: Final[tuple[int, ...]] = tuple(CATEGORICAL_INDEX[n] for n in (
+    "combo", "model", "ip_prefix", "resource", "counterparty", "auth_protocol", "environment",
+    "delegator", "asn", "operation", "service", "country"))  # fmt: skip
+
+
+def shed_names(state: BaselineState, nbytes: int) -> int:
+    """Forget the names of ``state``'s most used values in :data:`SHED_ORDER` until their
+    text makes up ``nbytes`` (or none is left); returns how many it forgot.
+
+    Only the text goes: the named slot (which value is usual, read by scoring) stays, and is
+    stored with an empty name, so scores, learning and the stored state's other bytes do not
+    change. Explanations then say "usual value unknown" / leave out "most used" until the most
+    used value changes and is named again. Deterministic: same state, same names forgotten.
+
+    >>> from pipeline.baselines.baselines import BaselineModel
+    >>> from pipeline.baselines.features import extract
+    >>> from pipeline.events.schemas import Event
+    >>> m = BaselineModel()
+    >>> s = m.new_state()
+    >>> m.learn_one(s, extract(Event(uid="e", class_uid=3002, activity_id=1, time_ms=0,
+    ...                              identity_uid="a", identity_kind="human", country="DE",
+    ...                              service="crm")))
+    >>> before = m.to_bytes(s)
+    >>> shed_names(s, 1), s.name_text[0], s.name_text[3]
+    (1, 'DE', None)
+    >>> len(m.to_bytes(s)) == len(before) - 3, int(m.from_bytes(m.to_bytes(s)).name_slot[3])
+    (True, 18)
+    """
+    texts, slots = state.name_text, state.name_slot
+    shed = freed = 0
+    for c in SHED_ORDER:
+        if freed >= nbytes:
+            break
+        text = texts[c]
+        if text is None or slots[c] < 0:
+            continue  # no name stored: nothing to free
+        texts[c] = None
+        freed += len(text.encode()[:_NAME_BYTES])
+        shed += 1
+    return shed
 
 
 class _Scratch(threading.local):
@@ -128,7 +180,7 @@ def _read_names(s: BaselineState, indices: list[int], tail: bytes) -> None:
             text = tail[at + 1 : at + 1 + size].decode()
             at += 1 + size
             if kept[c] >= 0:
-                s.name_text[c] = text
+                s.name_text[c] = text or None  # empty: the slot is named, its text shed
                 named |= 1 << c
             as_written = as_written and kept[c] >= 0 and size <= _NAME_BYTES
     except (IndexError, UnicodeDecodeError) as exc:

@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from pipeline.alerts.policy import RiskPolicy
-from pipeline.detection import Detection
+from pipeline.detection import STATE_BUDGET, Detection
 from pipeline.events.schemas import Credential, Event
 from pipeline.scores.directory import Directory, DirectoryEntry
 from pipeline.scores.explanations import RuleHit
@@ -371,3 +372,123 @@ def test_describe_names_values_finds_the_peer_group_and_tells_the_agents_model(
         (d_c, "current", "unregistered"), (D_B, "previous", "approved")]
     assert d["risk"]["risk"] >= 0 and d["kind"] == "agent"
     assert det.describe("nobody", store, None)["baseline"]["events_learned"] == 0
+
+
+# --- the state's byte budget (issue 14) ---------------------------------------------------------
+
+
+def _busy_agent(i: int, uid: str = "agt-b") -> Event:
+    """A busy agent without a directory, as the simulator's busiest: many tools, resources,
+    parties, hosts and tasks of eight steps each (credentials per step), a tool manifest that
+    changes now and then, a location. Every name of its most used values is long."""
+    from pipeline.events.schemas import ModelRef, Resource
+
+    task, step = divmod(i, 8)
+    cfg = (i // 300) % 3
+    return Event(
+        uid=f"b{i}", class_uid=6003, activity_id=(1, 2, 3)[i % 3], time_ms=T0 + i * 20_000,
+        identity_uid=uid, identity_kind="agent", service=f"service-{i % 7:02d}-long",
+        operation=f"operation.{i % 9}.long-name", country=("IE", "DE")[i % 5 == 0],
+        asn=64_500 + i % 3, src_ip=f"10.{i % 4}.{i % 5}.7", delegated_by=f"usr-{i % 6:07d}",
+        environment="prod-eu-west", auth_protocol="OAUTH 2.0-long",
+        resources=(Resource(f"kb:page-{i % 11:05d}-archive", "page", 3),
+                   *((Resource(f"mailbox-{i % 5}@example.org", "email_address"),)
+                     if i % 3 == 0 else ())),
+        lat=53.33, long=-6.25, bytes_in=2000 + 37 * (i % 50), bytes_out=300 + 11 * (i % 70),
+        status_id=1,
+        model=ModelRef("gpt-x", "1", "sha256:" + "a" * 64),
+        tool_manifest_hash="sha256:" + "123"[cfg] * 64,
+        system_prompt_hash="sha256:" + "4" * 64,
+        credential=Credential(uid=f"cred-{task}-{step}", issued_to=uid, task_uid=f"task-{task}",
+                              step=step + 1, expires_at=T0 + i * 20_000 + 600_000),
+    )  # fmt: skip
+
+
+def _run_busy(n: int = 2400) -> tuple[Detection, dict[str, bytes], list[tuple[object, ...]]]:
+    det, store = Detection(state_cache_size=0), {}  # no cache: every batch decodes the states
+    outcome: list[tuple[object, ...]] = []
+    for start in range(0, n, 200):
+        out = det.process([_busy_agent(i) for i in range(start, start + 200)], store)
+        outcome += [(s.event_uid, s.score, s.raw, s.rules, s.learned,
+                     [(c.feature, c.weight) for c in s.contributions])
+                    for s in out.scores]  # fmt: skip
+        outcome += [msgspec.to_builtins(d) for d in out.decisions]
+    return det, store, outcome
+
+
+def test_a_busy_agent_state_stays_within_the_budget_and_detects_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.detection as detection
+
+    det, store, outcome = _run_busy()
+    assert 900 < len(store["agt-b"]) <= detection.STATE_BUDGET <= 1024
+    assert det.names_shed > 0 and det.states_over_budget == 0
+    monkeypatch.setattr(detection, "STATE_BUDGET", 10**6)  # as before the budget
+    unbounded, ustore, same = _run_busy()
+    assert len(ustore["agt-b"]) > 1024 and unbounded.names_shed == 0  # the case it is for
+    assert outcome == same  # scores, rule hits, decisions: the budget changes none of them
+    kept = det.state_of("agt-b", store).baseline
+    whole = unbounded.state_of("agt-b", ustore).baseline
+    assert kept.name_slot.tolist() == whole.name_slot.tolist()
+    assert 0 < sum(t is None for t in kept.name_text) and all(whole.name_text[:-1])
+    assert kept.name_text[0] == whole.name_text[0] == "IE"  # the country goes last
+
+
+def test_an_explanation_names_the_usual_value_while_there_is_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.detection as detection
+
+    def text_of_new_country(det: Detection) -> str:
+        store: dict[str, bytes] = {}
+        _warm(det, store)
+        away = msgspec.structs.replace(_call(900), country="BR", uid="away")
+        (score,) = det.process([away], store).scores
+        return " ".join(c.text for c in score.contributions)
+
+    assert "usually" not in text_of_new_country(Detection())  # learnt no country yet
+    events = [msgspec.structs.replace(_call(i), country="DE") for i in range(300)]
+    for budget, named in ((detection.STATE_BUDGET, True), (300, False)):
+        monkeypatch.setattr(detection, "STATE_BUDGET", budget)
+        det, store = Detection(state_cache_size=0), {}
+        det.process(events, store)
+        away = msgspec.structs.replace(_call(400), country="BR")
+        (score,) = det.process([away], store).scores
+        texts = " ".join(c.text for c in score.contributions)
+        assert "country BR never seen" in texts
+        assert ("usually DE" in texts) is named, texts
+        assert (det.names_shed > 0) is not named
+
+
+def test_a_state_written_before_the_budget_still_decodes() -> None:
+    """A restored changelog: states whose rule facts hold whole previous pins and an
+    absolute home time (and names never shed) decode and keep working."""
+    det, store = Detection(state_cache_size=0), {}
+    det.process([_busy_agent(i) for i in range(700)], store)
+    version, base, rules, risk = msgspec.msgpack.decode(store["agt-b"])
+    st = det.state_of("agt-b", store)
+    fields = msgspec.msgpack.decode(rules)
+    assert fields[6] == -2 and len(fields[9]) == 32 + 16  # relative home time, fingerprint
+    fields[6] = st.rules.env_ms  # as the old code wrote them: absolute, previous pins whole
+    fields[7] = fields[7][:36] + bytes.fromhex("b" * 64) + bytes(4)
+    fields[9] = fields[9][:32] + bytes.fromhex("1" * 64)
+    old = msgspec.msgpack.encode((version, base, msgspec.msgpack.encode(fields), risk))
+    store["agt-b"] = old
+    back = Detection(state_cache_size=0)
+    restored = back.state_of("agt-b", store)
+    assert back.state_resets == 0 and restored.baseline.name_text == st.baseline.name_text
+    assert restored.rules.env_ms == st.rules.env_ms and restored.rules.loc_ms == st.rules.loc_ms
+    assert restored.rules.model == fields[7][:36] + bytes.fromhex("b" * 32)
+    assert restored.rules.tools == fields[9][:32] + bytes.fromhex("1" * 32)
+    old_rules = msgspec.msgpack.encode(fields)
+    assert len(restored.rules.to_bytes()) == len(old_rules) - 8 - 20 - 16
+    assert len(back.dump_state(restored)) <= STATE_BUDGET < len(old)
+    # Rolling back to the old previous build and manifest is still no new finding.
+    from pipeline.events.schemas import ModelRef
+
+    back_to = ModelRef("gpt-x", "1", "sha256:" + "b" * 64)
+    rollback = msgspec.structs.replace(_busy_agent(700), model=back_to,
+                                       tool_manifest_hash="sha256:" + "1" * 64)  # fmt: skip
+    (score,) = back.process([rollback], store).scores
+    assert not [r for r in score.rules if r.rule in ("model_provenance", "agent_config_drift")]

@@ -7,7 +7,13 @@ import random
 import pytest
 
 from pipeline.baselines.baselines import BaselineModel
-from pipeline.baselines.codec import PACKED_VERSION, STATE_VERSION, StateFormatError
+from pipeline.baselines.codec import (
+    PACKED_VERSION,
+    SHED_ORDER,
+    STATE_VERSION,
+    StateFormatError,
+    shed_names,
+)
 from pipeline.baselines.features import CATEGORICAL, extract
 from pipeline.events.schemas import Resource
 from tests.unit.baselines.test_baselines import (
@@ -156,3 +162,50 @@ def test_names_changed_after_an_encoding_are_stored() -> None:
         assert m.from_bytes(blob).name_text[c] == (text and text[:12])
         back.stored_names = None
         assert m.to_bytes(back) == blob
+
+
+# --- names shed to keep an identity's state within its budget ----------------------------------
+
+
+def test_shed_names_keep_their_slots_scores_and_learning() -> None:
+    m, s, _ = learned(office_worker(weeks=2))
+    blob = m.to_bytes(s)
+    named = [c for c, t in enumerate(s.name_text) if t and s.name_slot[c] >= 0]
+    assert len(named) >= 3
+    texts = [s.name_text[c] for c in named]
+    twin = m.from_bytes(blob)
+    assert shed_names(twin, 10**6) == len(named)  # all of them, in SHED_ORDER
+    shed = m.to_bytes(twin)
+    # Only the names' text goes: an empty name (its length byte) each, nothing else moves.
+    assert len(shed) == len(blob) - sum(len(t.encode()) for t in texts if t)
+    assert shed[: len(blob) - sum(1 + len(t.encode()) for t in texts if t)] == blob[
+        : len(blob) - sum(1 + len(t.encode()) for t in texts if t)]  # fmt: skip
+    back = m.from_bytes(shed)
+    assert [back.name_text[c] for c in named] == [None] * len(named)
+    assert back.name_slot.tolist() == s.name_slot.tolist()  # what is usual: still known
+    assert m.to_bytes(back) == shed  # canonical
+    # Scores and learning do not change; only the explanations' "most used" names go.
+    s = m.from_bytes(blob)  # the same state unshed, as stored (float32, like back)
+    for f in (extract(ev(MONDAY + 30 * DAY + 3 * HOUR, 1, country="BR", bytes_out=20 * MB)),
+              extract(ev(MONDAY + 30 * DAY + 4 * HOUR, 2, operation="op-new"))):  # fmt: skip
+        d1, w1 = m.deviations(s, f)
+        d2, w2 = m.deviations(back, f)
+        assert d2.tolist() == d1.tolist()
+        assert [(c.feature, c.weight) for c in w1] == [(c.feature, c.weight) for c in w2]
+        m.learn_one(s, f)
+        m.learn_one(back, f)
+    s.name_text = [None if c in named else t for c, t in enumerate(s.name_text)]
+    assert m.to_bytes(back) == m.to_bytes(s)
+
+
+def test_shed_names_goes_in_order_and_only_as_far_as_asked() -> None:
+    _, s, _ = learned(office_worker(weeks=2))
+    named = {c for c, t in enumerate(s.name_text) if t and s.name_slot[c] >= 0}
+    order = [c for c in SHED_ORDER if c in named]
+    first = s.name_text[order[0]]
+    assert first is not None
+    assert shed_names(s, len(first.encode())) == 1
+    assert s.name_text[order[0]] is None and all(s.name_text[c] for c in order[1:])
+    assert shed_names(s, 0) == 0
+    assert sorted(SHED_ORDER) == list(range(len(CATEGORICAL)))
+    assert SHED_ORDER[-1] == CATEGORICAL.index("country")  # the most telling name goes last
