@@ -218,10 +218,11 @@ _PIN: Final = 36  # a pinned model: digest (32 bytes) + CRC-32 of its name and v
 #: Bytes kept of a previous pin (model digest, tool-manifest or system-prompt hash). The current
 #: pin stays whole: it alone decides whether an agent's model or configuration changed. The
 #: previous one only spares a second hit when the agent goes back to it (a rollback, an old
-#: replica of a rolling redeploy), a change that was already reported once. Matching its first
-#: 16 bytes takes a second preimage of SHA-256 cut to 128 bits (2^128 work), and even a match
-#: pins the observed digest whole: what the next event is compared with stays exact.
-_FP: Final = 16
+#: replica of a rolling redeploy), a change that was already reported once. 24 bytes: even an
+#: attacker who authors both builds needs a SHA-256 collision on 192 bits (2^96 work) to pass
+#: one off as the other's rollback, and a match still pins the observed digest whole, so what
+#: the next event is compared with stays exact.
+_FP: Final = 24
 
 
 def _relative_ms(env_ms: int, loc_ms: int) -> int:

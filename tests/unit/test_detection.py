@@ -10,6 +10,7 @@ from pipeline.detection import STATE_BUDGET, Detection
 from pipeline.events.schemas import Credential, Event
 from pipeline.scores.directory import Directory, DirectoryEntry
 from pipeline.scores.explanations import RuleHit
+from pipeline.scores.rules import _FP
 
 T0 = 1_790_000_000_000
 
@@ -469,7 +470,7 @@ def test_a_state_written_before_the_budget_still_decodes() -> None:
     version, base, rules, risk = msgspec.msgpack.decode(store["agt-b"])
     st = det.state_of("agt-b", store)
     fields = msgspec.msgpack.decode(rules)
-    assert fields[6] == -2 and len(fields[9]) == 32 + 16  # relative home time, fingerprint
+    assert fields[6] == -2 and len(fields[9]) == 32 + _FP  # relative home time, fingerprint
     fields[6] = st.rules.env_ms  # as the old code wrote them: absolute, previous pins whole
     fields[7] = fields[7][:36] + bytes.fromhex("b" * 64) + bytes(4)
     fields[9] = fields[9][:32] + bytes.fromhex("1" * 64)
@@ -479,10 +480,12 @@ def test_a_state_written_before_the_budget_still_decodes() -> None:
     restored = back.state_of("agt-b", store)
     assert back.state_resets == 0 and restored.baseline.name_text == st.baseline.name_text
     assert restored.rules.env_ms == st.rules.env_ms and restored.rules.loc_ms == st.rules.loc_ms
-    assert restored.rules.model == fields[7][:36] + bytes.fromhex("b" * 32)
-    assert restored.rules.tools == fields[9][:32] + bytes.fromhex("1" * 32)
+    assert restored.rules.model == fields[7][:36] + bytes.fromhex("b" * 2 * _FP)
+    assert restored.rules.tools == fields[9][:32] + bytes.fromhex("1" * 2 * _FP)
     old_rules = msgspec.msgpack.encode(fields)
-    assert len(restored.rules.to_bytes()) == len(old_rules) - 8 - 20 - 16
+    # 8: the home time; the previous model pin loses its CRC and the digest's tail; the
+    # manifest's its tail
+    assert len(restored.rules.to_bytes()) == len(old_rules) - 8 - (36 - _FP) - (32 - _FP)
     assert len(back.dump_state(restored)) <= STATE_BUDGET < len(old)
     # Rolling back to the old previous build and manifest is still no new finding.
     from pipeline.events.schemas import ModelRef
