@@ -54,6 +54,8 @@ def collect(settings: Settings) -> list[str]:
             'custos_event_to_score_seconds{quantile="0.99"}',
             "custos_identities_held",
             "custos_state_resets_total",
+            "custos_state_names_shed_total",
+            "custos_state_over_budget_total",
         ):
             if key in metrics:
                 lines.append(f"  {key:<44} {metrics[key]:g}")

@@ -419,6 +419,16 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
     yield CounterMetricFamily(
         "custos_state_resets", "Unreadable identity states started afresh.", detection.state_resets
     )
+    yield CounterMetricFamily(
+        "custos_state_names_shed",
+        "Names of identities' most used values forgotten to keep their states within 1 KB.",
+        detection.names_shed,
+    )
+    yield CounterMetricFamily(
+        "custos_state_over_budget",
+        "Identity state writes over 1 KB with no name left to forget.",
+        detection.states_over_budget,
+    )
     yield GaugeMetricFamily(
         "custos_open_incidents", "Identities with an open incident.", len(detection.open_incidents)
     )
