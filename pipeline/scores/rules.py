@@ -216,13 +216,14 @@ _DECODE: Final = msgspec.msgpack.Decoder(RuleState).decode
 _U32: Final = struct.Struct("<I")
 _PIN: Final = 36  # a pinned model: digest (32 bytes) + CRC-32 of its name and version
 #: Bytes kept of a previous pin (model digest, tool-manifest or system-prompt hash). The current
-#: pin stays whole: it alone decides whether an agent's model or configuration changed. The
-#: previous one only spares a second hit when the agent goes back to it (a rollback, an old
-#: replica of a rolling redeploy), a change that was already reported once. 24 bytes: even an
-#: attacker who authors both builds needs a SHA-256 collision on 192 bits (2^96 work) to pass
-#: one off as the other's rollback, and a match still pins the observed digest whole, so what
-#: the next event is compared with stays exact.
-_FP: Final = 24
+#: pin stays whole: it alone decides whether an agent's model or configuration changed, and
+#: every change away from it is a hit. The previous one only spares a second hit when the agent
+#: goes back to it (a rollback, an old replica of a rolling redeploy): a change reported once
+#: already. A match still pins the observed digest whole. 16 bytes: passing a build off as that
+#: rollback takes a second preimage of SHA-256 cut to 128 bits (2^128 work), or, for an attacker
+#: who authors both builds, a collision (2^64) - and then hides only the return to a build whose
+#: replacement was reported. 24 bytes would put a busy agent with pin history over 1 KB.
+_FP: Final = 16
 
 
 def _relative_ms(env_ms: int, loc_ms: int) -> int:

@@ -21,7 +21,14 @@ from pipeline.scores.agent_models import (
 )
 from pipeline.scores.directory import Directory, DirectoryEntry
 from pipeline.scores.explanations import RuleHit
-from pipeline.scores.rules import RULES, STATE_VERSION, RuleState, ZeroTrustRules, haversine_km
+from pipeline.scores.rules import (
+    _FP,
+    RULES,
+    STATE_VERSION,
+    RuleState,
+    ZeroTrustRules,
+    haversine_km,
+)
 from pipeline.simulate import LabelRow, Simulation
 from pipeline.simulate.directory import write_directory
 
@@ -397,7 +404,7 @@ def test_drift_fires_once_on_change_then_repins() -> None:
     # A third configuration is a new change.
     (hit,) = rules.check(state, ev(tool_manifest_hash=H3), None)
     assert hit.evidence["old_hash"] == H2 and hit.evidence["new_hash"] == H3
-    assert len(state.tools or b"") == 56  # current + previous fingerprint: bounded
+    assert len(state.tools or b"") == 48  # current + previous fingerprint: bounded
 
 
 def test_drift_tracks_prompt_and_tools_separately() -> None:
@@ -886,16 +893,16 @@ def test_previous_pins_are_fingerprints_that_still_spare_a_rollback() -> None:
     rules, state = ZeroTrustRules(), RuleState()
     for digest, tools in ((D_OK, H1), (D_BAD, H2)):
         rules.check(state, ev(model=model(digest), tool_manifest_hash=tools), None)
-    # current whole (digest + CRC of name / version), previous: the first 24 digest bytes
-    assert state.model is not None and len(state.model) == 36 + 24
-    assert state.model[36:] == bytes.fromhex("a" * 48)
-    assert state.tools == bytes.fromhex("2" * 64) + bytes.fromhex("1" * 48)
+    # current whole (digest + CRC of name / version), previous: the first 16 digest bytes
+    assert state.model is not None and len(state.model) == 36 + _FP
+    assert state.model[36:] == bytes.fromhex("a" * 2 * _FP)
+    assert state.tools == bytes.fromhex("2" * 64) + bytes.fromhex("1" * 2 * _FP)
     # Back to the previous build and manifest: no hit; the pin holds the observed one whole.
     assert rules.check(state, ev(model=model(D_OK), tool_manifest_hash=H1), None) == ()
     assert state.model[:32] == bytes.fromhex("a" * 64)
-    assert state.tools == bytes.fromhex("1" * 64) + bytes.fromhex("2" * 48)
+    assert state.tools == bytes.fromhex("1" * 64) + bytes.fromhex("2" * 2 * _FP)
     # A digest sharing only a shorter prefix with the previous one is a change.
-    near = "sha256:" + "b" * 46 + "c" * 18
+    near = "sha256:" + "b" * (2 * _FP - 2) + "c" * (66 - 2 * _FP)
     (hit,) = rules.check(state, ev(model=model(near)), None)
     assert hit.evidence["reason"] == "changed_since_first_seen"
 
@@ -909,9 +916,11 @@ def test_state_with_whole_previous_pins_decodes_and_keeps_working() -> None:
                     prompt=bytes.fromhex("3" * 64 + "1" * 64))  # fmt: skip
     data = msgspec.msgpack.encode(old)  # the old encoder: the struct as it is
     state = RuleState.from_bytes(data)
-    assert state.model is not None and len(state.model) == 60 and state.model[:36] == old.model[:36]
-    assert (state.tools, state.prompt) == (old.tools[:56], old.prompt[:56])  # type: ignore[index]
-    assert len(state.to_bytes()) == len(data) - 12 - 8 - 8
+    assert state.model is not None and len(state.model) == 36 + _FP
+    assert state.model[:36] == old.model[:36]  # type: ignore[index]
+    assert (state.tools, state.prompt) == (old.tools[:32 + _FP],  # type: ignore[index]
+                                           old.prompt[:32 + _FP])  # type: ignore[index]
+    assert len(state.to_bytes()) == len(data) - (36 - _FP) - 2 * (32 - _FP)
     rules = ZeroTrustRules()
     # Rollbacks to the old previous pins are still spared; other values still fire.
     assert rules.check(state, ev(model=model(D_OK), tool_manifest_hash=H1), None) == ()
