@@ -42,7 +42,8 @@ from typing import Final
 import msgspec
 
 __all__ = [
-    "SOURCE_HEADER", "SharedCheckpoint", "Source", "parse_source", "unit_of", "unwrap", "wrap",
+    "SOURCE_HEADER", "SharedCheckpoint", "Source", "envelope", "parse_source", "unit_of", "unwrap",
+    "wrap",
 ]
 
 Source = tuple[int, int]  # (topic index, partition)
@@ -61,12 +62,20 @@ _UNIT: Final[Source] = (255, 65535)
 def wrap(core: bytes, applied: dict[Source, int], unit: int = 0) -> bytes:
     """The table value: ``core`` state behind the offsets it includes (and the number of the
     unit of work that wrote it, if any)."""
+    if unit and len(applied) < _MAX_ENTRIES and _UNIT not in applied:
+        # The worker's write (nearly one per event): the unit's entry sorts last, so it is
+        # packed after the sorted offsets without building a merged dict.
+        flat: list[int] = []
+        for (t, p), o in sorted(applied.items()):
+            flat += (t, p, o)
+        n = len(applied) + 1
+        return _MAGIC + _head(n).pack(n, *flat, *_UNIT, unit) + core
     if unit:
         applied = {**applied, _UNIT: unit}
     if not applied:
         return core
     items = sorted(applied.items())[-_MAX_ENTRIES:]
-    flat: list[int] = []
+    flat = []
     for (t, p), o in items:
         flat += (t, p, o)
     return _MAGIC + _head(len(items)).pack(len(items), *flat) + core
@@ -89,10 +98,17 @@ def _entries(value: bytes) -> tuple[int, dict[Source, int]]:
     return end, {(t, p): o for t, p, o in _ENTRY.iter_unpack(value[2:end])}
 
 
-def unwrap(value: bytes) -> tuple[bytes, dict[Source, int]]:
-    """(core state, offsets applied) of a table value."""
+def envelope(value: bytes) -> tuple[int, dict[Source, int]]:
+    """Where a table value's core state starts, and the offsets applied (without slicing the
+    core out: a caller that only needs the offsets does not copy it)."""
     end, applied = _entries(value)
     applied.pop(_UNIT, None)
+    return end, applied
+
+
+def unwrap(value: bytes) -> tuple[bytes, dict[Source, int]]:
+    """(core state, offsets applied) of a table value."""
+    end, applied = envelope(value)
     return value[end:], applied
 
 

@@ -157,3 +157,19 @@ def test_a_damaged_value_header_is_refused() -> None:
     for damaged in (value[:5], b"\xc1\x02" + value[2:13], value[:1] + b"\xff" + value[2:]):
         with pytest.raises(struct.error):
             unwrap(damaged)
+
+
+def test_a_unit_number_is_packed_as_the_last_entry_whatever_the_offsets() -> None:
+    """The writer's common path (the unit's entry appended, no merged dict) gives the bytes the
+    general one does, across the entry limit too (the oldest sources are dropped first)."""
+    from pipeline.stream.offsets import unwrap, wrap
+
+    unit_entry = (255, 65535)  # where the unit's number is kept (offsets.py)
+    for n in (0, 1, 2, 3, 254, 255, 300):
+        applied = {(1 + i % 3, 1000 - i): 10**12 + i for i in range(n)}
+        value = wrap(b"\x94core", applied, unit=9)
+        assert value == wrap(b"\x94core", {**applied, unit_entry: 9})  # the general path
+        core, back = unwrap(value)
+        assert core == b"\x94core" and value[1] == min(n + 1, 255)
+        assert back == dict(sorted(applied.items())[-254:] if n >= 255 else applied)
+
