@@ -19,13 +19,16 @@ import msgspec
 from aiokafka.partitioner import murmur2
 
 from pipeline.detection import SIDE_SUFFIX, side_key, side_owner
-from pipeline.stream.offsets import Source, unit_of, unwrap, wrap
+from pipeline.stream.offsets import Source, envelope, unit_of, unwrap, wrap
 
 __all__ = ["Emit", "PartitionStore", "Staged"]
 
 
 #: Where a state write goes besides memory: (partition, key, value or None for a delete).
 Emit = Callable[[int, bytes, bytes | None], None]
+
+#: What :meth:`Staged.get` finds for a key the unit did not write (None means deleted).
+_UNSTAGED: Any = object()
 
 # A side part's record: (value, the value before it), either None when there was none.
 _PAIR_ENCODER = msgspec.msgpack.Encoder()
@@ -61,10 +64,17 @@ class PartitionStore(MutableMapping[str, bytes]):
         # every number restored, so a later unit's writes are recognised as later (settle).
         self.unit = 1
         self.sides: set[str] = set()  # the keys of side parts held (deleted ones included)
+        # Identity states whose envelope was read in this unit: uid → (the stored value read,
+        # where its core starts, the offsets it includes). A unit reads each one's offsets
+        # (applied) and then its core (get); one parse serves both. An entry holds only while
+        # ``states`` still holds that very value (checked by identity, so no write, load or
+        # drop can leave it stale); cleared with each unit, to stay small.
+        self._envelopes: dict[str, tuple[bytes, int, dict[Source, int]]] = {}
 
     def forget(self) -> None:
         """End of a unit of work: its marks never outlive it; the next unit has a new number."""
         self.marks = {}
+        self._envelopes = {}
         self.unit += 1
 
     def identities(self) -> int:
@@ -72,9 +82,19 @@ class PartitionStore(MutableMapping[str, bytes]):
         return len(self.states) - len(self.sides)
 
     def applied(self, key: str) -> dict[Source, int]:
-        """The input offsets ``key``'s stored state already includes."""
-        value = self.states.get(key)
-        return unwrap(value)[1] if value is not None else {}
+        """The input offsets ``key``'s stored state already includes (the caller's own copy)."""
+        stored = self.states.get(key)
+        return dict(self._envelope(key, stored)[1]) if stored is not None else {}
+
+    def _envelope(self, key: str, stored: bytes) -> tuple[int, dict[Source, int]]:
+        """(where the core starts, offsets applied) of an identity's ``stored`` state: parsed
+        once per unit (the returned offsets are shared: never changed)."""
+        known = self._envelopes.get(key)
+        if known is not None and known[0] is stored:
+            return known[1], known[2]
+        end, applied = envelope(stored)
+        self._envelopes[key] = (stored, end, applied)
+        return end, applied
 
     def remember(self, uid: str, event: Any, batch: dict[str, Any]) -> None:
         """Note ``event`` as ``uid``'s in a batch's own map."""
@@ -137,6 +157,7 @@ class PartitionStore(MutableMapping[str, bytes]):
             del self.states[uid]
             del self.where[uid]
         self.sides.difference_update(gone)
+        self._envelopes = {}
         return gone
 
     def owned(self) -> set[int]:
@@ -148,9 +169,9 @@ class PartitionStore(MutableMapping[str, bytes]):
         stored = self.states.get(key)
         if stored is None:
             return None
-        if side_owner(key) is not None:
+        if key.endswith(SIDE_SUFFIX):
             return _pair(stored)[0]  # None: deleted, kept only for a roll-back
-        return unwrap(stored)[0]
+        return stored[self._envelope(key, stored)[0] :]
 
     def __getitem__(self, key: str) -> bytes:
         value = self._value(key)
@@ -170,15 +191,17 @@ class PartitionStore(MutableMapping[str, bytes]):
             self._write(key, value)
             return
         # An identity's state: the write nearly every event causes, so the common path only.
-        p = self.partition_of(key)
+        event = self.events.get(key)
+        p = int(event.message.partition) if event is not None else self.partition_of(key)
         marks = self.marks.pop(key, None)
         if marks is None:
-            marks = self.applied(key)
+            old = self.states.get(key)
+            marks = self._envelope(key, old)[1] if old is not None else {}
         stored = wrap(value, marks, self.unit)
         self.states[key] = stored
         self.where[key] = p
         self.emit(p, key.encode(), stored)
-        if key + SIDE_SUFFIX in self.sides:
+        if self.sides and key + SIDE_SUFFIX in self.sides:
             self._tidy(key, p)
 
     def _write(self, key: str, value: bytes | None) -> None:
@@ -253,10 +276,11 @@ class Staged(MutableMapping[str, bytes]):
         return self.base[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key in self.writes:
-            value = self.writes[key]
-            return default if value is None else value
-        return self.base.get(key, default)
+        # One lookup, not two: every event's identity state (and side part) is read here.
+        value = self.writes.get(key, _UNSTAGED)
+        if value is _UNSTAGED:
+            return self.base.get(key, default)
+        return default if value is None else value
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.writes[key] = value

@@ -173,3 +173,22 @@ def test_a_unit_number_is_packed_as_the_last_entry_whatever_the_offsets() -> Non
         assert core == b"\x94core" and value[1] == min(n + 1, 255)
         assert back == dict(sorted(applied.items())[-254:] if n >= 255 else applied)
 
+
+def test_the_offsets_a_unit_reads_follow_every_change_of_the_stored_value() -> None:
+    """applied() and get() parse an identity's envelope once per unit; what they answer must
+    still be the stored value's own: after a caller changes its copy, a write, a restore."""
+    from pipeline.stream.offsets import wrap
+
+    store = PartitionStore(1, lambda p, k, v: None)
+    store.load(0, b"a", wrap(b"\x94one", {(1, 0): 5}, unit=3))
+    mine = store.applied("a")
+    mine[(1, 0)] = 99  # the unit's own marks: not the store's
+    assert store.applied("a") == {(1, 0): 5} and store["a"] == b"\x94one"
+    store.load(0, b"a", wrap(b"\x94two", {(1, 0): 7}, unit=4))  # same unit, a new value
+    assert store.applied("a") == {(1, 0): 7} and store.get("a") == b"\x94two"
+    store["a"] = b"\x94three"  # a write without marks keeps the stored ones
+    assert store.applied("a") == {(1, 0): 7} and store["a"] == b"\x94three"
+    store.marks = {"a": {(1, 0): 8}}
+    store["a"] = b"\x94four"
+    assert store.applied("a") == {(1, 0): 8} and store.get("a") == b"\x94four"
+    assert store.drop({0}) == ["a"] and store.get("a") is None and store.applied("a") == {}
