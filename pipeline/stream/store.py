@@ -27,6 +27,9 @@ __all__ = ["Emit", "PartitionStore", "Staged"]
 #: Where a state write goes besides memory: (partition, key, value or None for a delete).
 Emit = Callable[[int, bytes, bytes | None], None]
 
+# A parsed identity envelope: (stored value, where its core starts, offsets applied).
+_Envelope = tuple[bytes, int, dict[Source, int]]
+
 #: What :meth:`Staged.get` finds for a key the unit did not write (None means deleted).
 _UNSTAGED: Any = object()
 
@@ -64,17 +67,22 @@ class PartitionStore(MutableMapping[str, bytes]):
         # every number restored, so a later unit's writes are recognised as later (settle).
         self.unit = 1
         self.sides: set[str] = set()  # the keys of side parts held (deleted ones included)
-        # Identity states whose envelope was read in this unit: uid → (the stored value read,
-        # where its core starts, the offsets it includes). A unit reads each one's offsets
-        # (applied) and then its core (get); one parse serves both. An entry holds only while
-        # ``states`` still holds that very value (checked by identity, so no write, load or
-        # drop can leave it stale); cleared with each unit, to stay small.
-        self._envelopes: dict[str, tuple[bytes, int, dict[Source, int]]] = {}
+        # Parsed envelopes of recently used identity states: uid → (the stored value, where its
+        # core starts, the offsets it includes). Each unit reads an identity's offsets
+        # (applied), then its core (get), then writes it; active identities come back unit
+        # after unit, so one parse (or none, after our own write) serves them all. An entry
+        # holds only while ``states`` holds that very value (checked by identity: no write,
+        # load or roll-back can leave it stale). Two generations of at most ENVELOPES each
+        # bound its memory (~0.5 KB an entry) without LRU bookkeeping on every read.
+        self._envelopes: dict[str, _Envelope] = {}
+        self._older: dict[str, _Envelope] = {}
+
+    #: Identity envelopes kept per generation (see ``_envelopes``).
+    ENVELOPES = 25_000
 
     def forget(self) -> None:
         """End of a unit of work: its marks never outlive it; the next unit has a new number."""
         self.marks = {}
-        self._envelopes = {}
         self.unit += 1
 
     def identities(self) -> int:
@@ -87,14 +95,23 @@ class PartitionStore(MutableMapping[str, bytes]):
         return dict(self._envelope(key, stored)[1]) if stored is not None else {}
 
     def _envelope(self, key: str, stored: bytes) -> tuple[int, dict[Source, int]]:
-        """(where the core starts, offsets applied) of an identity's ``stored`` state: parsed
-        once per unit (the returned offsets are shared: never changed)."""
+        """(where the core starts, offsets applied) of an identity's ``stored`` state, parsed
+        once (the returned offsets are shared: never changed)."""
         known = self._envelopes.get(key)
         if known is not None and known[0] is stored:
             return known[1], known[2]
-        end, applied = envelope(stored)
-        self._envelopes[key] = (stored, end, applied)
-        return end, applied
+        known = self._older.get(key)
+        if known is None or known[0] is not stored:
+            known = (stored, *envelope(stored))
+        self._keep(key, known)  # young again while used
+        return known[1], known[2]
+
+    def _keep(self, key: str, parsed: _Envelope) -> None:
+        young = self._envelopes
+        if len(young) >= self.ENVELOPES and key not in young:
+            self._older, young = young, {}
+            self._envelopes = young
+        young[key] = parsed
 
     def remember(self, uid: str, event: Any, batch: dict[str, Any]) -> None:
         """Note ``event`` as ``uid``'s in a batch's own map."""
@@ -131,6 +148,7 @@ class PartitionStore(MutableMapping[str, bytes]):
         after its identity's last state write (that unit never finished: its events are
         re-read and apply again). Returns how many side parts were rolled back."""
         rolled = 0
+        self._envelopes, self._older = {}, {}  # restored values replaced some: not kept alive
         for raw in set(keys):
             key = raw.decode("utf-8", "replace")
             stored = self.states.get(key)
@@ -157,7 +175,7 @@ class PartitionStore(MutableMapping[str, bytes]):
             del self.states[uid]
             del self.where[uid]
         self.sides.difference_update(gone)
-        self._envelopes = {}
+        self._envelopes, self._older = {}, {}  # theirs now; ours are parsed again on use
         return gone
 
     def owned(self) -> set[int]:
@@ -199,6 +217,9 @@ class PartitionStore(MutableMapping[str, bytes]):
             marks = self._envelope(key, old)[1] if old is not None else {}
         stored = wrap(value, marks, self.unit)
         self.states[key] = stored
+        # The next unit reads these offsets back without parsing them. The marks handed in
+        # become the store's: the unit that set them has finished with them.
+        self._keep(key, (stored, len(stored) - len(value), marks))
         self.where[key] = p
         self.emit(p, key.encode(), stored)
         if self.sides and key + SIDE_SUFFIX in self.sides:

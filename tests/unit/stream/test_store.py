@@ -192,3 +192,21 @@ def test_the_offsets_a_unit_reads_follow_every_change_of_the_stored_value() -> N
     store["a"] = b"\x94four"
     assert store.applied("a") == {(1, 0): 8} and store.get("a") == b"\x94four"
     assert store.drop({0}) == ["a"] and store.get("a") is None and store.applied("a") == {}
+
+
+def test_parsed_offsets_are_kept_for_recent_identities_only() -> None:
+    """The parsed envelopes the store keeps are bounded (two generations), and what it answers
+    is the same whether an identity's envelope is kept, aged or dropped."""
+    from pipeline.stream.offsets import wrap
+
+    store = PartitionStore(1, lambda p, k, v: None)
+    store.ENVELOPES = 4
+    for i in range(20):
+        store.load(0, b"u%d" % i, wrap(b"\x94s%d" % i, {(1, 0): i}, unit=1))
+    for _ in range(2):  # the second pass reads envelopes kept, aged and evicted
+        for i in range(20):
+            assert store.applied(f"u{i}") == {(1, 0): i} and store[f"u{i}"] == b"\x94s%d" % i
+            assert len(store._envelopes) <= 4 and len(store._older) <= 4
+    store.marks = {"u3": {(1, 0): 30}}
+    store["u3"] = b"\x94new"  # kept with the offsets it was written with
+    assert store.applied("u3") == {(1, 0): 30} and store._envelopes["u3"][0] is store.states["u3"]
