@@ -187,6 +187,30 @@ def test_a_record_re_read_after_a_restart_is_not_applied_again(
     assert st.baseline.n == 4
 
 
+def test_a_re_keyed_record_counts_under_the_record_it_was_first_read_from(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """Read back from the re-keyed topic, an event is marked under its origin (its header), so
+    a second copy (re-keyed again after a crash) is not applied twice."""
+    producer = FakeProducer()
+    app = _app(tmp_path, producer)
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    _dispatch(app, [feed(b"usr-1", _logon("a", "usr-1", now)),
+                    feed(b"a-session", _logon("b", "usr-2", now))])  # fmt: skip
+    (_, key, value, headers), = [m for m in sent if m[0] == "unit-worker-rekeyed"]
+    assert headers == {"custos.source": b"1:0:1"}
+    rekeyed = _Feed("unit-worker-rekeyed")
+    copies = [rekeyed(key, value), rekeyed(key, value)]  # the second: re-keyed again
+    for r in copies:
+        r.headers = list(headers.items())
+    _dispatch(app, copies)
+    assert app.custos_stats.scored == 2  # usr-1's event and one copy of usr-2's
+    states = {k: v for _, _, k, v in producer.records}
+    assert unwrap(states[b"usr-2"] or b"")[1] == {(128 + 1, 0): 1}
+    assert app.custos_hot.positions[("unit-worker-rekeyed", 0)] == 2
+
+
 def test_a_refused_state_write_stops_the_worker_and_commits_nothing(
     tmp_path: Path, sent: Sent
 ) -> None:
