@@ -198,8 +198,14 @@ class PartitionStore(MutableMapping[str, bytes]):
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._value(key)
-        return default if value is None else value
+        # _value inline: every event reads its identity's state and side part through here.
+        stored = self.states.get(key)
+        if stored is None:
+            return default
+        if key.endswith(SIDE_SUFFIX):
+            value = _pair(stored)[0]  # None: deleted, kept only for a roll-back
+            return default if value is None else value
+        return stored[self._envelope(key, stored)[0] :]
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._value(key) is not None
@@ -286,6 +292,7 @@ class Staged(MutableMapping[str, bytes]):
 
     def __init__(self, base: MutableMapping[str, bytes]) -> None:
         self.base = base
+        self._base_get = base.get
         self.writes: dict[str, bytes | None] = {}  # None: deleted
 
     def __getitem__(self, key: str) -> bytes:
@@ -300,7 +307,7 @@ class Staged(MutableMapping[str, bytes]):
         # One lookup, not two: every event's identity state (and side part) is read here.
         value = self.writes.get(key, _UNSTAGED)
         if value is _UNSTAGED:
-            return self.base.get(key, default)
+            return self._base_get(key, default)
         return default if value is None else value
 
     def __setitem__(self, key: str, value: bytes) -> None:
