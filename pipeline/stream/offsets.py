@@ -64,12 +64,19 @@ def wrap(core: bytes, applied: dict[Source, int], unit: int = 0) -> bytes:
     unit of work that wrote it, if any)."""
     if unit and len(applied) < _MAX_ENTRIES and _UNIT not in applied:
         # The worker's write (nearly one per event): the unit's entry sorts last, so it is
-        # packed after the sorted offsets without building a merged dict.
+        # packed after the sorted offsets without building a merged dict; an identity read
+        # from one or two sources (nearly all) is packed without a list either.
+        n = len(applied)
+        if n == 1:
+            ((t, p), o), = applied.items()
+            return _MAGIC + _ONE.pack(2, t, p, o, 255, 65535, unit) + core  # (255, 65535): _UNIT
+        if n == 2:
+            ((t, p), o), ((t2, p2), o2) = sorted(applied.items())
+            return _MAGIC + _TWO.pack(3, t, p, o, t2, p2, o2, 255, 65535, unit) + core
         flat: list[int] = []
         for (t, p), o in sorted(applied.items()):
             flat += (t, p, o)
-        n = len(applied) + 1
-        return _MAGIC + _head(n).pack(n, *flat, *_UNIT, unit) + core
+        return _MAGIC + _head(n + 1).pack(n + 1, *flat, *_UNIT, unit) + core
     if unit:
         applied = {**applied, _UNIT: unit}
     if not applied:
@@ -85,6 +92,10 @@ def wrap(core: bytes, applied: dict[Source, int], unit: int = 0) -> bytes:
 def _head(n: int) -> struct.Struct:
     """The entry count and ``n`` entries (one pack call per write, not one per entry)."""
     return struct.Struct("<B" + _ENTRY.format[1:] * n)
+
+
+_ONE: Final = _head(2)  # one source and the unit's entry
+_TWO: Final = _head(3)
 
 
 def _entries(value: bytes) -> tuple[int, dict[Source, int]]:
