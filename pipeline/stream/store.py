@@ -54,6 +54,9 @@ class PartitionStore(MutableMapping[str, bytes]):
     one it was last filed under, else to the one its key hashes to (murmur2, as producers).
     """
 
+    #: Identity envelopes kept per generation (see ``_envelopes``).
+    ENVELOPES = 25_000
+
     def __init__(self, partitions: int, emit: Emit) -> None:
         self.partitions = partitions
         self.emit = emit
@@ -76,9 +79,6 @@ class PartitionStore(MutableMapping[str, bytes]):
         # bound its memory (~0.5 KB an entry) without LRU bookkeeping on every read.
         self._envelopes: dict[str, _Envelope] = {}
         self._older: dict[str, _Envelope] = {}
-
-    #: Identity envelopes kept per generation (see ``_envelopes``).
-    ENVELOPES = 25_000
 
     def forget(self) -> None:
         """End of a unit of work: its marks never outlive it; the next unit has a new number."""
@@ -215,8 +215,7 @@ class PartitionStore(MutableMapping[str, bytes]):
             self._write(key, value)
             return
         # An identity's state: the write nearly every event causes, so the common path only.
-        event = self.events.get(key)
-        p = int(event.message.partition) if event is not None else self.partition_of(key)
+        p = self.partition_of(key)
         marks = self.marks.pop(key, None)
         if marks is None:
             old = self.states.get(key)
