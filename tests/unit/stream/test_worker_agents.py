@@ -367,7 +367,11 @@ def test_a_stop_during_consume_waits_for_it_before_closing_the_consumer(
 
     async def go() -> None:
         task = asyncio.ensure_future(app.custos_hot.run())
-        await asyncio.sleep(0.1)
+        # Stop while a consume is in flight: run() first compiles the kernels in a thread,
+        # which takes longer than any fixed wait on a busy machine.
+        deadline = time.monotonic() + 60
+        while "consume" not in calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
