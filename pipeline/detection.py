@@ -210,6 +210,9 @@ class Detection:
     ``cold_gate``: a new identity (mostly scored against its peers) learns every event whose
     strongest deviation from its *own* young baseline stays below this value.
     Analyst feedback can release gated events later.
+    ``explain_all``: write every score's contributions (default: only where the scores topic
+    is on, ``emit_scores``). Otherwise only scores at or above the lower of the noise floor
+    and the learn gate are explained: no decision reads the others' explanations.
     """
 
     def __init__(
@@ -229,6 +232,7 @@ class Detection:
         busy_events_per_hour: float | None = None,
         state_cache_size: int | None = None,
         keep_rows: bool = False,
+        explain_all: bool | None = None,
     ) -> None:
         settings = settings or Settings()
         # The constructor stores; from_settings reads. A file the settings name but nobody
@@ -241,6 +245,10 @@ class Detection:
             raise ConfigError(f"settings name {', '.join(unread)}: build the core with "
                               "Detection.from_settings, which reads them")  # fmt: skip
         self.keep_rows = keep_rows
+        # Explanations are text for people; below the noise floor (and the learn gate) no
+        # decision reads them. Written for every event only where people read every score:
+        # the scores topic (emit_scores), replay and notebooks.
+        self.explain_all = settings.emit_scores if explain_all is None else explain_all
         self.settings = settings
         self.directory = directory
         self.baseline_model = baseline_model or BaselineModel()
@@ -607,8 +615,9 @@ class Detection:
         # Per event: what the second loop needs, with the peer group's state when it was looked
         # up for scoring (None: warm, not looked up).
         partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
-                            BaselineState | None, list[Contribution],
-                            tuple[RuleHit, ...]]] = []  # fmt: skip
+                            BaselineState | None, tuple[RuleHit, ...]]] = []  # fmt: skip
+        founds: list[int] = []  # per event, how many dimensions stand out: own | peer << 8
+        w_owns: list[float] = []
         for i, ev in enumerate(events):
             st = cache[ev.identity_uid]
             base = st.baseline
@@ -627,21 +636,6 @@ class Detection:
                                  is_cold, op, pp, rows, own_rows, peer_rows, tops,
                                  own_max, activity)  # fmt: skip
             bm.remember_operation(f)
-            why: list[Contribution] = []
-            if found:  # explain the strongest dimensions (the slow path)
-                rate = bm.current_rate(base, f)
-                own_top = tops[i, 0, : found & 0xFF].tolist()
-                if is_cold:
-                    peer_rate = 1.0 if rate < 1.0 else rate
-                    why = [
-                        bm._explain(base, f, d, w, rate) if own
-                        else pm._explain(peer, f, d, w, peer_rate)
-                        for own, d, w in blend_winners(
-                            own_top, own_rows[i], tops[i, 1, : found >> 8].tolist(),
-                            peer_rows[i], rows[i], w_own)
-                    ]  # fmt: skip
-                else:
-                    why = [bm._explain(base, f, d, float(own_rows[i, d]), rate) for d in own_top]
             hits = self.rules.check(st.rules, ev, entry)
             if (ev.delegated_by and w_own >= 0.99 and own_rows[i, _DELEGATOR] >= STRANGER_DEVIATION
                     and (entry is None or not entry.delegators)):  # fmt: skip
@@ -655,8 +649,10 @@ class Detection:
             model = ev.model
             if model is not None and model.digest and model.digest not in self.model_inventory:
                 self._inventory(ev, model, result)
-            partial.append((ev, st, f, entry, peer if is_cold else None, why, hits))
+            partial.append((ev, st, f, entry, peer if is_cold else None, hits))
             peer_ws.append(1.0 - w_own)
+            founds.append(found)
+            w_owns.append(w_own)
 
         # LODA averages over projections, which dilutes one extreme deviation (48x bytes_out
         # seen by few projections); the independent-tails surprise keeps it visible.
@@ -686,8 +682,32 @@ class Detection:
         # The second loop reads Python numbers: one conversion per round, not one per element.
         scored, raws, colds, own_maxes = (calibrated.tolist(), raw.tolist(), cold.tolist(),
                                           own_max.tolist())  # fmt: skip
+        # Explain the strongest dimensions (the slow path), now that the scores are known:
+        # only where a decision can read it, unless every score is published. No state an
+        # explanation reads changed since its event was scored: loop one writes only each
+        # event's own state, and the learning below has not started.
+        explain_from = -math.inf if self.explain_all else min(gate, policy.noise_floor)
+        whys: list[list[Contribution]] = [[] for _ in range(n)]
+        for i, found in enumerate(founds):
+            if not found or not scored[i] >= explain_from:
+                continue
+            _ev, st, f, _entry, group, _hits = partial[i]
+            base = st.baseline
+            rate = bm.current_rate(base, f)
+            own_top = tops[i, 0, : found & 0xFF].tolist()
+            if group is not None:  # cold: the blend of own and peer group's, as scored
+                peer_rate = 1.0 if rate < 1.0 else rate
+                whys[i] = [
+                    bm._explain(base, f, d, w, rate) if own
+                    else pm._explain(group, f, d, w, peer_rate)
+                    for own, d, w in blend_winners(
+                        own_top, own_rows[i], tops[i, 1, : found >> 8].tolist(),
+                        peer_rows[i], rows[i], w_owns[i])
+                ]  # fmt: skip
+            else:
+                whys[i] = [bm._explain(base, f, d, float(own_rows[i, d]), rate) for d in own_top]
         cold_gate = self.cold_gate
-        for i, (ev, st, f, entry, group, why, hits) in enumerate(partial):
+        for i, (ev, st, f, entry, group, hits) in enumerate(partial):
             uid = ev.identity_uid
             score = scored[i]
             sc = Score(
@@ -697,7 +717,7 @@ class Detection:
                 time_ms=ev.time_ms,
                 score=score,
                 raw=raws[i],
-                contributions=tuple(why),
+                contributions=tuple(whys[i]),
                 rules=hits,
                 peer_weight=peer_ws[i],
                 rationale=ev.rationale,

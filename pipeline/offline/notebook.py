@@ -223,7 +223,9 @@ class Dataset:
         from pipeline.detection import Detection
         from pipeline.scores.directory import Directory
 
-        return Detection.from_settings(settings, directory=Directory.load(self.directory_path))
+        # Notebooks look at every score, not only those above the noise floor: all explained.
+        return Detection.from_settings(settings, directory=Directory.load(self.directory_path),
+                                       explain_all=True)
 
     def info(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.root / "dataset.json").read_text())

@@ -165,7 +165,8 @@ def replay(
     """
     from pipeline import __version__
 
-    detection = detection or Detection.from_settings(settings, keep_rows=True)
+    # Replay is read by people, score by score: every score explained (top_features).
+    detection = detection or Detection.from_settings(settings, keep_rows=True, explain_all=True)
     runtime = ModelRuntime(settings, "replay")
     quarantine = QuarantinePolicy.from_settings(settings)
     # Recorded traffic: any time is plausible (the worker bounds future skew by wall clock).

@@ -95,6 +95,40 @@ def _novel_ops(start: int) -> list[Event]:
     ]  # fmt: skip
 
 
+def test_only_scores_a_decision_can_read_are_explained_unless_all_are_asked_for() -> None:
+    # Calls that vary (sizes, one new operation now and then) across warm and new identities:
+    # some dimensions stand out in many events, few of them above the noise floor.
+    batch = [
+        msgspec.structs.replace(
+            _call(i, uid=f"agt-{i % 5}", issued_to=f"agt-{i % 5}"),
+            bytes_out=300 + (i * 7919) % 90_000,
+            operation="crm.read" if i % 37 else f"crm.op{i % 11}")
+        for i in range(1_200)
+    ]  # fmt: skip
+
+    def run(det: Detection) -> list:  # type: ignore[type-arg]
+        store: dict[str, bytes] = {}
+        return [det.process(batch[k:k + 300], store) for k in range(0, len(batch), 300)]
+
+    lean, full = run(Detection()), run(Detection(explain_all=True))
+    floor = Detection().policy.noise_floor
+    lean_scores = [s for out in lean for s in out.scores]
+    full_scores = [s for out in full for s in out.scores]
+    # The same scores, decisions and learning; only the unread texts are left out.
+    strip = [msgspec.structs.replace(s, contributions=()) for s in full_scores]
+    assert [msgspec.structs.replace(s, contributions=()) for s in lean_scores] == strip
+    assert [d for out in lean for d in out.decisions] == [d for out in full for d in out.decisions]
+    above = [(a, b) for a, b in zip(lean_scores, full_scores, strict=True) if b.score >= floor]
+    assert all(a.contributions == b.contributions for a, b in above)
+    below = [(a, b) for a, b in zip(lean_scores, full_scores, strict=True) if b.score < floor]
+    assert sum(bool(b.contributions) for _, b in below) > 50  # explained when asked for
+    assert not any(a.contributions for a, _ in below)
+    # Whoever publishes every score (the scores topic) gets every score explained.
+    from pipeline.config import Settings
+
+    assert Detection(Settings(emit_scores=True)).explain_all
+
+
 def test_below_the_gate_a_novelty_is_learned_once_above_it_never() -> None:
     def novelty_flags(det: Detection) -> list[tuple[bool, str]]:
         store: dict[str, bytes] = {}
