@@ -181,14 +181,13 @@ class Units:
 
     def snapshot(self, done: dict[Source, int], learned: bool = True) -> None:
         """End of a unit of work: its offsets count as processed; the shared models' snapshot
-        (serialised again only if the unit may have changed them)."""
+        (serialised when next saved, and only if the unit may have changed them)."""
         for src, off in done.items():
             if off > self.processed.get(src, -1):
                 self.processed[src] = off
-        blob = self.checkpoint.blob
-        if learned or blob is None:
-            blob = self.detection.shared_bytes()
-        self.checkpoint.snapshot(blob, self.processed)
+        changed = learned or not self.checkpoint.holds()
+        self.checkpoint.snapshot(self.processed,
+                                 self.detection.shared_bytes if changed else None)  # fmt: skip
 
     async def publish(
         self, out: Outbox, decisions: list[Decision], approved_by: str | None = None,
