@@ -322,10 +322,14 @@ class HotLoop:
             await self.units.signals(signals)
         if feedback:
             await self.units.feedback_batch(feedback)
-        for r in records:
-            key = (r.topic, r.partition)
-            if r.offset + 1 > self.positions.get(key, -1):
-                self.positions[key] = r.offset + 1
+        # A partition's records come in offset order within a batch (a seek back starts a new
+        # batch: take), so its last record is its furthest; were it not, less would be
+        # committed and more re-read (marked as applied), never more skipped.
+        last = {(r.topic, r.partition): r.offset for r in records}
+        positions = self.positions
+        for key, offset in last.items():
+            if offset + 1 > positions.get(key, -1):
+                positions[key] = offset + 1
 
     async def run(self) -> None:
         """Until cancelled or :attr:`stopping`; a clean stop commits what ended."""
