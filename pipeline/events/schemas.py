@@ -322,7 +322,7 @@ class OcsfEvent(Struct, frozen=True, gc=False):
 
 
 # The hot path decodes with these variants, which leave out the ``country`` pattern: msgspec
-# runs a pattern through Python's ``re`` at ~0.5 us a string, and _country_holds checks the
+# runs a pattern through Python's ``re`` at ~0.5 us a string, and EventDecoder.decode checks the
 # same thing in ~0.06 us. Anything the variant refuses, or a country that fails, goes to the
 # strict decoder (OcsfEvent), so every refusal keeps the error and reason it always had.
 
@@ -337,15 +337,6 @@ class _FastSrcEndpoint(SrcEndpoint, frozen=True, gc=False):
 
 class _FastOcsfEvent(OcsfEvent, frozen=True, gc=False):
     src_endpoint: _FastSrcEndpoint | None = None
-
-
-def _country_holds(raw: OcsfEvent) -> bool:
-    """The CountryCode pattern (``\\A[A-Za-z]{2}\\Z``) holds, or there is no country."""
-    src = raw.src_endpoint
-    loc = src.location if src is not None else None
-    country = loc.country if loc is not None else None
-    # ASCII letters are exactly [A-Za-z]; len() counts code points, as the pattern does.
-    return country is None or (len(country) == 2 and country.isascii() and country.isalpha())
 
 
 class _Envelope(Struct, gc=False):
@@ -501,13 +492,20 @@ class EventDecoder:
             # isascii() is a fast scan, so the full check only runs on non-ASCII messages.
             if not data.isascii():
                 data.decode("utf-8")
-            fast: OcsfEvent | None
             try:
-                fast = self._fast.decode(data)
+                raw: OcsfEvent = self._fast.decode(data)
             except (msgspec.MsgspecError, RecursionError):
-                fast = None
-            # What the fast path doubts, the strict decoder refuses as it always did.
-            raw = fast if fast is not None and _country_holds(fast) else self._decoder.decode(data)
+                # What the fast path doubts, the strict decoder refuses as it always did.
+                raw = self._decoder.decode(data)
+            # The CountryCode pattern (\A[A-Za-z]{2}\Z), exactly: ASCII letters are [A-Za-z] and
+            # len() counts code points, as the pattern does. src and loc are flattened below.
+            src = raw.src_endpoint
+            loc = src.location if src is not None else None
+            country = loc.country if loc is not None else None
+            if country is not None and not (
+                len(country) == 2 and country.isascii() and country.isalpha()
+            ):
+                raw = self._decoder.decode(data)  # refuses it, with the pattern's error
         except msgspec.ValidationError as exc:
             raise self._classify(data, str(exc)) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -535,13 +533,12 @@ class EventDecoder:
         if activity is None:
             raise InvalidEvent("missing_field", "activity_id is required")
 
-        session_uid: str | None = None
+        actor = raw.actor
         if cls_uid == CLASS_AUTHENTICATION:
             user = raw.user
             if user is None or not user.uid or user.uid.isspace():
                 raise InvalidEvent("missing_identity", "user.uid is required for class 3002")
         else:
-            actor = raw.actor
             user = actor.user if actor is not None else None
             if user is None or not user.uid or user.uid.isspace():
                 raise InvalidEvent("missing_identity", "actor.user.uid is required for class 6003")
@@ -559,77 +556,102 @@ class EventDecoder:
             )
 
         # Cross-field rules a schema cannot express.
-        if raw.category_uid is not None and raw.category_uid != _CATEGORY[cls_uid]:
+        category = raw.category_uid
+        if category is not None and category != _CATEGORY[cls_uid]:
             raise InvalidEvent(
                 "invalid_value",
-                _detail(f"category_uid {raw.category_uid} does not match class_uid {cls_uid}"),
+                _detail(f"category_uid {category} does not match class_uid {cls_uid}"),
             )
-        if raw.type_uid is not None and raw.type_uid != cls_uid * 100 + activity:
+        type_uid = raw.type_uid
+        if type_uid is not None and type_uid != cls_uid * 100 + activity:
             raise InvalidEvent(
                 "invalid_value",
                 _detail(
-                    f"type_uid {raw.type_uid} != class_uid*100 + activity_id "
+                    f"type_uid {type_uid} != class_uid*100 + activity_id "
                     f"({cls_uid * 100 + activity})"
                 ),
             )
 
         ext = raw.unmapped
         kind: IdentityKind | None = ext.identity_kind if ext is not None else None
+        type_id = user.type_id
         if kind is None:
             # Producers vary, so type_id is never required: only 4 (Service) means service.
-            kind = "service" if user.type_id == _SERVICE_TYPE_ID else "human"
+            kind = "service" if type_id == _SERVICE_TYPE_ID else "human"
 
+        api = raw.api
+        session_uid: str | None = None
         if cls_uid == CLASS_AUTHENTICATION:
-            service = raw.service.name if raw.service is not None else None
+            svc = raw.service
+            service = svc.name if svc is not None else None
         else:
-            api_service = raw.api.service if raw.api is not None else None
+            api_service = api.service if api is not None else None
             service = api_service.name if api_service is not None else None
-            session = raw.actor.session if raw.actor is not None else None
+            session = actor.session if actor is not None else None
             session_uid = session.uid if session is not None else None
 
-        src_ip = country = lat = long = asn = None
-        src = raw.src_endpoint
+        src_ip = lat = long = asn = None
         if src is not None:
             src_ip = src.ip
-            loc = src.location
             if loc is not None:
-                country = loc.country.upper() if loc.country is not None else None
+                if country is not None:
+                    country = country.upper()
                 lat = loc.lat
                 long = loc.long
-            if src.autonomous_system is not None:
-                asn = src.autonomous_system.number
+            system = src.autonomous_system
+            if system is not None:
+                asn = system.number
 
         dst = raw.dst_endpoint
         traffic = raw.traffic
-        bytes_in = traffic.bytes_in if traffic is not None else None
-        bytes_out = traffic.bytes_out if traffic is not None else None
-        if bytes_in is None and raw.http_response is not None:
-            bytes_in = raw.http_response.size()
-        if bytes_out is None and raw.http_request is not None:
-            bytes_out = raw.http_request.size()
+        if traffic is not None:
+            bytes_in = traffic.bytes_in
+            bytes_out = traffic.bytes_out
+        else:
+            bytes_in = bytes_out = None
+        if bytes_in is None:
+            http = raw.http_response
+            if http is not None:  # HttpMessage.size, inlined
+                bytes_in = http.length if http.length is not None else http.body_length
+        if bytes_out is None:
+            http = raw.http_request
+            if http is not None:
+                bytes_out = http.length if http.length is not None else http.body_length
 
         resources: tuple[Resource, ...] = ()
-        if raw.resources:
-            resources = tuple(
-                [
-                    Resource(r.uid, r.type, r.confidentiality_id())
-                    for r in raw.resources
-                ]
-            )
+        ocsf_resources = raw.resources
+        if ocsf_resources:
+            flat: list[Resource] = []
+            cid: int | None
+            for r in ocsf_resources:
+                single = r.data_classification
+                if single is not None:
+                    cid = single.confidentiality_id
+                else:
+                    many = r.data_classifications
+                    # One classification (the usual case) is its own maximum.
+                    if not many:
+                        cid = None
+                    elif len(many) == 1:
+                        cid = many[0].confidentiality_id
+                    else:
+                        cid = r.confidentiality_id()
+                flat.append(Resource(r.uid, r.type, cid))
+            resources = tuple(flat)
 
         credential = model = delegated_by = environment = rationale = None
         tool_manifest_hash = system_prompt_hash = None
         if ext is not None:
             credential = ext.credential
-            if credential is not None and type(credential.expires_at) is float:
-                # Event times are ints everywhere downstream; msgspec already rejected inf.
-                credential = msgspec.structs.replace(
-                    credential, expires_at=int(credential.expires_at)
-                )
-            if credential is not None and credential.issued_to is not None and not (
-                credential.issued_to.isprintable()
-            ):
-                raise _unprintable("unmapped.credential.issued_to", credential.issued_to)
+            if credential is not None:
+                if type(credential.expires_at) is float:
+                    # Event times are ints everywhere downstream; msgspec already rejected inf.
+                    credential = msgspec.structs.replace(
+                        credential, expires_at=int(credential.expires_at)
+                    )
+                issued_to = credential.issued_to
+                if issued_to is not None and not issued_to.isprintable():
+                    raise _unprintable("unmapped.credential.issued_to", issued_to)
             model = ext.model
             delegated_by = ext.delegated_by
             if delegated_by is not None and not delegated_by.isprintable():
@@ -649,12 +671,12 @@ class EventDecoder:
             identity_uid,  # identity_uid
             kind,  # identity_kind
             user.name,  # identity_name
-            user.type_id,  # identity_type_id
+            type_id,  # identity_type_id
             raw.status_id,  # status_id
             raw.is_mfa,  # is_mfa
             raw.auth_protocol,  # auth_protocol
             service,  # service
-            raw.api.operation if raw.api is not None else None,  # operation
+            api.operation if api is not None else None,  # operation
             session_uid,  # session_uid
             src_ip,  # src_ip
             country,  # country
