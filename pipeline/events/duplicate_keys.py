@@ -23,12 +23,16 @@ True
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any, Final
 
 import numpy as np
 from numba import njit
 
-__all__ = ["MAX_FAST_DEPTH", "MAX_FAST_KEYS", "duplicate_key", "has_duplicate_keys"]
+__all__ = [
+    "MAX_FAST_DEPTH", "MAX_FAST_KEYS", "clean_keys", "duplicate_key", "has_duplicate_keys"
+]  # fmt: skip
 
 MAX_FAST_DEPTH: Final = 64
 MAX_FAST_KEYS: Final = 512
@@ -37,18 +41,16 @@ _CLEAN: Final = 0  # no object repeats a key
 _UNSURE: Final = 2  # the exact check decides
 
 
-@njit(cache=True, nogil=True)
-def _scan(buf: bytes) -> int:  # pragma: no cover - compiled
-    # The bytes object itself, not an array over it (np.frombuffer costs ~0.5 us an event);
-    # np.empty, not np.zeros: every slot is written before it is read.
-    n = len(buf)
-    is_object = np.empty(MAX_FAST_DEPTH, np.bool_)
-    first_key = np.empty(MAX_FAST_DEPTH, np.int64)  # index into keys of the object's first key
-    keys = np.empty(MAX_FAST_KEYS, np.uint64)
+@njit(cache=True, nogil=True, inline="always")
+def _scan_range(
+    buf: bytes, i: int, n: int, is_object: Any, first_key: Any, keys: Any
+) -> int:  # pragma: no cover - compiled
+    # One document, buf[i:n]. The bytes object itself, not an array over it (np.frombuffer
+    # costs ~0.5 us an event). The scratch arrays are the caller's: every slot used is written
+    # before it is read, so one set serves a whole batch.
     n_keys = 0
     depth = 0
     key_next = False  # the next string is an object key
-    i = 0
     while i < n:
         c = buf[i]
         if c == 34 and not key_next:  # a string value: only its end matters
@@ -107,6 +109,43 @@ def _scan(buf: bytes) -> int:  # pragma: no cover - compiled
             key_next = depth > 0 and is_object[depth - 1]
         i += 1
     return 0
+
+
+@njit(cache=True, nogil=True)
+def _scan(buf: bytes) -> int:  # pragma: no cover - compiled
+    is_object = np.empty(MAX_FAST_DEPTH, np.bool_)
+    first_key = np.empty(MAX_FAST_DEPTH, np.int64)  # index into keys of the object's first key
+    keys = np.empty(MAX_FAST_KEYS, np.uint64)
+    return _scan_range(buf, 0, len(buf), is_object, first_key, keys)
+
+
+@njit(cache=True, nogil=True)
+def _scan_many(buf: bytes, ends: Any) -> Any:  # pragma: no cover - compiled
+    # Documents laid end to end in buf, the k-th ending at ends[k]: _scan of each, one call.
+    is_object = np.empty(MAX_FAST_DEPTH, np.bool_)
+    first_key = np.empty(MAX_FAST_DEPTH, np.int64)
+    keys = np.empty(MAX_FAST_KEYS, np.uint64)
+    out = np.empty(len(ends), np.int8)
+    start = 0
+    for k in range(len(ends)):
+        end = ends[k]
+        out[k] = _scan_range(buf, start, end, is_object, first_key, keys)
+        start = end
+    return out
+
+
+def clean_keys(values: Sequence[bytes]) -> list[bool]:
+    """For each value, whether it is known to repeat no key (:func:`duplicate_key` would say
+    None); False means only that :func:`duplicate_key` has to decide. One compiled call for the
+    lot: calling the scan once per value costs ~0.4 us of dispatch each.
+
+    >>> clean_keys([b'{"a": 1}', b'{"a": 1, "a": 2}', b'{"a": {"a": 2}}', b""])
+    [True, False, True, True]
+    """
+    if not values:
+        return []
+    ends = np.fromiter(accumulate(map(len, values)), np.int64, len(values))
+    return [status == _CLEAN for status in _scan_many(b"".join(values), ends).tolist()]
 
 
 class _Duplicate(ValueError):

@@ -710,3 +710,54 @@ def test_a_bad_country_is_refused_as_the_strict_decoder_refuses_it(
         msgspec.json.decode(raw, type=OcsfEvent)
     expected = dec._classify(raw, str(strict.value))
     assert (info.value.reason, info.value.detail) == (expected.reason, expected.detail)
+
+
+def _outcome(result: Event | InvalidEvent) -> tuple[str, ...]:
+    if isinstance(result, InvalidEvent):
+        return ("refused", result.reason, result.detail)
+    return ("event", repr(result))
+
+
+@pytest.mark.parametrize("max_bytes", [1_048_576, 1_500])
+def test_a_batch_decodes_as_its_values_one_by_one(max_bytes: int) -> None:
+    """decode_batch scans the batch's keys in one call: every value still gets what decode
+    gives it (event or refusal, reason and words), duplicates, tombstones and oversized too."""
+    from pipeline.simulate.hostile import corpus
+    from pipeline.simulate.malformed import bad_samples
+
+    values: list[bytes | None] = [r.value for r in corpus(600, seed=3, now_ms=NOW)]
+    values += [s.value for s in bad_samples(NOW, oversize=2_000)]
+    values += [enc(AGENT_CALL), enc(HUMAN_LOGON), b'{"a": 1, "\\u0061": 2}', None, b""]
+    values.append(b"{" + b" " * max_bytes + b"}")
+    dec = EventDecoder(max_bytes=max_bytes)
+    one_by_one = []
+    for value in values:
+        try:
+            one_by_one.append(_outcome(dec.decode(value, now_ms=NOW)))
+        except InvalidEvent as exc:
+            one_by_one.append(_outcome(exc))
+    for size in (1, 7, len(values)):
+        batched = [
+            _outcome(r)
+            for i in range(0, len(values), size)
+            for r in dec.decode_batch(values[i : i + size], now_ms=NOW)
+        ]
+        assert batched == one_by_one
+    kinds = {o[0] for o in one_by_one} | {o[1] for o in one_by_one if o[0] == "refused"}
+    assert {"event", "invalid_json", "oversized"} <= kinds
+    assert dec.decode_batch([], now_ms=NOW) == []
+
+
+def test_clean_keys_scans_documents_laid_end_to_end_as_each_alone() -> None:
+    """One compiled call over the batch: each document's verdict is its own scan's, whatever
+    precedes it (an unclosed string, an unbalanced bracket, deep nesting)."""
+    from pipeline.events.duplicate_keys import _scan, clean_keys, duplicate_key
+    from pipeline.simulate.hostile import corpus
+
+    values = [r.value for r in corpus(600, seed=5, now_ms=NOW) if r.value is not None]
+    values += [b'{"a": "x', b'{"a": 1}', b"]]]", b'{"a": 1, "a": 2}', b"[" * 70, b'{"b": {}}']
+    values += [b'{"k": 1, "\\u006b": 2}', b'{"a": "\\', b'{"a": {"b": 1}, "b": 2}']
+    clean = clean_keys(values)
+    assert clean == [_scan(v) == 0 for v in values]
+    assert all(duplicate_key(v) is None for v, ok in zip(values, clean, strict=True) if ok)
+    assert True in clean and False in clean
