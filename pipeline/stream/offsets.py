@@ -54,6 +54,7 @@ SOURCE_HEADER: Final = "custos.source"
 
 # 0xc1 is the one byte msgpack never uses: a core state (a msgpack array) cannot start with it.
 _MAGIC: Final = b"\xc1"
+_M: Final = _MAGIC[0]
 _ENTRY: Final = struct.Struct("<BHQ")
 _MAX_ENTRIES: Final = 255
 #: The entry that holds the writing unit's number (no topic index reaches 255).
@@ -68,12 +69,13 @@ def wrap(core: bytes, applied: dict[Source, int], unit: int = 0) -> bytes:
         # packed after the sorted offsets without building a merged dict; an identity read
         # from one or two sources (nearly all) is packed without a list either.
         n = len(applied)
+        # One concatenation (the magic byte is packed with the header): the core is copied once.
         if n == 1:
             ((t, p), o), = applied.items()
-            return _MAGIC + _ONE.pack(2, t, p, o, 255, 65535, unit) + core  # (255, 65535): _UNIT
+            return _ONE.pack(_M, 2, t, p, o, 255, 65535, unit) + core  # (255, 65535): _UNIT
         if n == 2:
             ((t, p), o), ((t2, p2), o2) = sorted(applied.items())
-            return _MAGIC + _TWO.pack(3, t, p, o, t2, p2, o2, 255, 65535, unit) + core
+            return _TWO.pack(_M, 3, t, p, o, t2, p2, o2, 255, 65535, unit) + core
         flat: list[int] = []
         for (t, p), o in sorted(applied.items()):
             flat += (t, p, o)
@@ -95,8 +97,9 @@ def _head(n: int) -> struct.Struct:
     return struct.Struct("<B" + _ENTRY.format[1:] * n)
 
 
-_ONE: Final = _head(2)  # one source and the unit's entry
-_TWO: Final = _head(3)
+# _MAGIC, the entry count, then one source and the unit's entry / two sources and the unit's.
+_ONE: Final = struct.Struct("<B" + _head(2).format[1:])
+_TWO: Final = struct.Struct("<B" + _head(3).format[1:])
 
 
 def _entries(value: bytes) -> tuple[int, dict[Source, int]]:

@@ -214,21 +214,43 @@ class PartitionStore(MutableMapping[str, bytes]):
         if key.endswith(SIDE_SUFFIX):
             self._write(key, value)
             return
-        # An identity's state: the write nearly every event causes, so the common path only.
-        p = self.partition_of(key)
-        marks = self.marks.pop(key, None)
-        if marks is None:
-            old = self.states.get(key)
-            marks = self._envelope(key, old)[1] if old is not None else {}
-        stored = wrap(value, marks, self.unit)
-        self.states[key] = stored
-        # The next unit reads these offsets back without parsing them. The marks handed in
-        # become the store's: the unit that set them has finished with them.
-        self._keep(key, (stored, len(stored) - len(value), marks))
-        self.where[key] = p
-        self.emit(p, key.encode(), stored)
-        if self.sides and key + SIDE_SUFFIX in self.sides:
-            self._tidy(key, p)
+        self.write_states(((key, value),))
+
+    def write_states(self, writes: Iterable[tuple[str, bytes | None]]) -> None:
+        """``self[key] = value`` (None: ``self.pop(key, None)``) for identity states, not side
+        parts, in order: a unit of work's commit (:meth:`Staged.commit`), one loop for the
+        write nearly every event causes instead of a call chain per write."""
+        states, where, events, marks_of = self.states, self.where, self.events, self.marks
+        emit, unit, sides, limit = self.emit, self.unit, self.sides, self.ENVELOPES
+        for key, value in writes:
+            if value is None:
+                self.pop(key, None)
+                continue
+            # partition_of, inline (an identity's state: its own key)
+            event = events.get(key)
+            if event is not None:
+                p = int(event.message.partition)
+            else:
+                known = where.get(key)
+                p = (known if known is not None
+                     else int(murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions)  # fmt: skip
+            marks = marks_of.pop(key, None)
+            if marks is None:
+                old = states.get(key)
+                marks = self._envelope(key, old)[1] if old is not None else {}
+            stored = wrap(value, marks, unit)
+            states[key] = stored
+            # The next unit reads these offsets back without parsing them. The marks handed
+            # in become the store's: the unit that set them has finished with them.
+            young = self._envelopes  # _keep, inline
+            if len(young) >= limit and key not in young:
+                self._older, young = young, {}
+                self._envelopes = young
+            young[key] = (stored, len(stored) - len(value), marks)
+            where[key] = p
+            emit(p, key.encode(), stored)
+            if sides and key + SIDE_SUFFIX in sides:
+                self._tidy(key, p)
 
     def _write(self, key: str, value: bytes | None) -> None:
         """A side part's write (None: deleted), kept with the value before this unit."""
@@ -341,13 +363,17 @@ class Staged(MutableMapping[str, bytes]):
                 base.pop(key, None)
             else:
                 base[key] = value
-        for key, value in writes.items():
-            if sides and key.endswith(SIDE_SUFFIX):
-                continue
-            if value is None:
-                base.pop(key, None)
-            else:
-                base[key] = value
+        rest: Iterable[tuple[str, bytes | None]] = writes.items()
+        if sides:
+            rest = [(k, v) for k, v in rest if not k.endswith(SIDE_SUFFIX)]
+        if isinstance(base, PartitionStore):
+            base.write_states(rest)
+        else:
+            for key, value in rest:
+                if value is None:
+                    base.pop(key, None)
+                else:
+                    base[key] = value
         n = len(writes)
         self.writes.clear()
         return n

@@ -60,6 +60,41 @@ def test_partition_store_files_identities_under_their_events_partition_and_write
     assert "a" not in store
 
 
+def test_a_commit_writes_what_writing_one_by_one_writes() -> None:
+    """Staged.commit hands a PartitionStore its states in one call (write_states): the same
+    records, in the same order, as a commit into any other mapping (one write at a time),
+    deletes and side parts included."""
+    from collections import UserDict
+    from types import SimpleNamespace
+
+    class OneByOne(UserDict[str, bytes]):  # not a PartitionStore: Staged writes key by key
+        def __init__(self, store: PartitionStore) -> None:
+            self.data = store  # type: ignore[assignment]
+
+    logs = []
+    for direct in (True, False):
+        emitted, store = _changelog()
+        store.partitions = 6
+        for unit in range(4):
+            store.forget()
+            store.events = {"a": SimpleNamespace(message=SimpleNamespace(partition=2))}
+            store.marks = {"a": {(1, 2): unit}, "c": {(1, 0): 3, (2, 5): unit}}
+            staged = Staged(store if direct else OneByOne(store))
+            staged["a"] = b"\x94a%d" % unit
+            staged["b"] = b"\x94b"  # no event, no marks: its key's partition, offsets kept
+            staged["c"] = b"\x94c"
+            staged[side_key("a")] = b"\x91side"
+            if unit == 2:
+                del staged["b"]
+                del staged[side_key("a")]
+            staged.commit()
+        logs.append((emitted, store.states, store.where, store._envelopes))
+    assert logs[0] == logs[1]
+    emitted = logs[0][0]
+    assert len(emitted) == 4 * 4 and emitted[0][1] == b"a\x00side" and emitted[1][1] == b"a"
+    assert (emitted[9][1:], emitted[10][1:]) == ((b"a", emitted[9][2]), (b"b", None))
+
+
 Records = list[tuple[int, bytes, bytes | None]]
 
 
