@@ -69,17 +69,31 @@ _HEAD: Final = struct.Struct(
 )
 
 
-def _stored_names(texts: list[str | None]) -> StoredNames:
+def _stored_names(texts: tuple[str | None, ...]) -> StoredNames:
     """:attr:`~.layout.BaselineState.stored_names` of these name texts (them, a bit per
     feature, and its length byte and UTF-8, cut at :data:`_NAME_BYTES`). A feature without a
     text gets an empty one: the encoder stores it only when the feature has a named slot,
     which then survives decoding (:func:`shed_names`; the slot decides what is usual)."""
-    raw = bytearray()
-    for text in texts:
-        b = text.encode()[:_NAME_BYTES] if text is not None else b""
-        raw.append(len(b))
-        raw += b
-    return tuple(texts), (1 << len(texts)) - 1, np.frombuffer(bytes(raw), np.uint8)
+    chunks = _CHUNKS
+    raw = b"".join([chunks.get(text) or _chunk(text) for text in texts])
+    return texts, (1 << len(texts)) - 1, np.frombuffer(raw, np.uint8)
+
+
+# The stored form of each name text seen (its length byte and UTF-8): the same names recur
+# across identities and batches, and a state's names change about every other write, when
+# encoding them one by one cost more than encoding the rest of the state. Bounded: cleared
+# when full (a name's form is the same whenever it is made again).
+_CHUNKS: Final[dict[str | None, bytes]] = {None: b"\x00"}
+_CHUNKS_MAX: Final = 1 << 16
+
+
+def _chunk(text: str | None) -> bytes:
+    b = text.encode()[:_NAME_BYTES] if text is not None else b""
+    if len(_CHUNKS) >= _CHUNKS_MAX:
+        _CHUNKS.clear()
+        _CHUNKS[None] = b"\x00"
+    chunk = _CHUNKS[text] = bytes((len(b),)) + b
+    return chunk
 
 
 #: The order :func:`shed_names` forgets names in: those that say least in an explanation
@@ -234,8 +248,9 @@ class Codec:
         (True, 502, True)
         """
         names = state.stored_names
-        if names is None or names[0] != tuple(state.name_text):
-            names = state.stored_names = _stored_names(state.name_text)
+        texts = tuple(state.name_text)
+        if names is None or names[0] != texts:
+            names = state.stored_names = _stored_names(texts)
         k = self.cat_slots
         scratch = _SCRATCH.by_slots.get(k) or _SCRATCH.make(k)
         n = kernel.encode_stored(

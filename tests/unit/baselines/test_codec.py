@@ -209,3 +209,26 @@ def test_shed_names_goes_in_order_and_only_as_far_as_asked() -> None:
     assert shed_names(s, 0) == 0
     assert sorted(SHED_ORDER) == list(range(len(CATEGORICAL)))
     assert SHED_ORDER[-1] == CATEGORICAL.index("country")  # the most telling name goes last
+
+
+def test_stored_names_are_each_names_length_and_utf8_however_often_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The encoder keeps each name's stored form (codec._CHUNKS, bounded): what it stores is
+    still every name's length byte and UTF-8 cut at _NAME_BYTES, before and after a clear."""
+    from pipeline.baselines import codec
+
+    def plain(texts: tuple[str | None, ...]) -> bytes:
+        out = b""
+        for t in texts:
+            b = t.encode()[: codec._NAME_BYTES] if t is not None else b""
+            out += bytes([len(b)]) + b
+        return out
+
+    monkeypatch.setattr(codec, "_CHUNKS_MAX", 4)
+    texts = ("DE", None, "é" * 20, "", "x" * 40, "DE", "svc", None, "a", "b", "c", "d")
+    for _ in range(3):  # new names, then cached ones, the cache cleared on the way
+        got = codec._stored_names(texts)
+        assert got[0] is texts and got[1] == (1 << len(texts)) - 1
+        assert got[2].tobytes() == plain(texts) and not got[2].flags.writeable
+    assert len(codec._CHUNKS) <= 4
