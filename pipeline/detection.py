@@ -60,6 +60,7 @@ STATE_VERSION = 1
 STATE_BUDGET: Final = 1_024
 log = logging.getLogger("custos.scoring")
 _FEATURES_ENCODER: Final = msgspec.msgpack.Encoder()
+_STATE_ENCODE: Final = msgspec.msgpack.Encoder().encode
 _FEATURES_DECODER: Final = msgspec.msgpack.Decoder(Features)
 
 
@@ -376,10 +377,9 @@ class Detection:
         if risk.incident is not None or risk.suppressions or risk.recurring:
             risk = msgspec.structs.replace(risk, incident=None, suppressions=[], recurring=[])
         rules, scalars = st.rules.to_bytes(), risk.to_bytes()
+        encode_baseline = self.baseline_model.to_bytes
         while True:
-            data = msgspec.msgpack.encode(
-                (STATE_VERSION, self.baseline_model.to_bytes(st.baseline), rules, scalars)
-            )
+            data = _STATE_ENCODE((STATE_VERSION, encode_baseline(st.baseline), rules, scalars))
             over = len(data) - STATE_BUDGET
             if over <= 0:
                 return data
@@ -569,7 +569,7 @@ class Detection:
 
     def _fetch(self, uid: str, time_ms: int, store: MutableMapping[str, bytes]) -> IdentityState:
         data = store.get(uid)
-        side = store.get(side_key(uid))
+        side = store.get(uid + SIDE_SUFFIX)  # side_key(uid), inline
         hot = self._decoded.get(uid)
         # Reuse the decoded object when the stored bytes are still the ones we wrote
         # (a rebalance or another writer changes them, and then we decode again).

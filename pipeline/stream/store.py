@@ -205,6 +205,9 @@ class PartitionStore(MutableMapping[str, bytes]):
         if key.endswith(SIDE_SUFFIX):
             value = _pair(stored)[0]  # None: deleted, kept only for a roll-back
             return default if value is None else value
+        known = self._envelopes.get(key)  # _envelope's common case, inline
+        if known is not None and known[0] is stored:
+            return stored[known[1] :]
         return stored[self._envelope(key, stored)[0] :]
 
     def __contains__(self, key: object) -> bool:
