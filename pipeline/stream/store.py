@@ -27,8 +27,9 @@ __all__ = ["Emit", "PartitionStore", "Staged"]
 #: Where a state write goes besides memory: (partition, key, value or None for a delete).
 Emit = Callable[[int, bytes, bytes | None], None]
 
-# A parsed identity envelope: (stored value, where its core starts, offsets applied).
-_Envelope = tuple[bytes, int, dict[Source, int]]
+# A parsed identity envelope: (stored value, where its core starts, offsets applied, the core
+# itself when this store wrote it, else None).
+_Envelope = tuple[bytes, int, dict[Source, int], bytes | None]
 
 #: What :meth:`Staged.get` finds for a key the unit did not write (None means deleted).
 _UNSTAGED: Any = object()
@@ -76,7 +77,10 @@ class PartitionStore(MutableMapping[str, bytes]):
         # after unit, so one parse (or none, after our own write) serves them all. An entry
         # holds only while ``states`` holds that very value (checked by identity: no write,
         # load or roll-back can leave it stale). Two generations of at most ENVELOPES each
-        # bound its memory (~0.5 KB an entry) without LRU bookkeeping on every read.
+        # bound its memory (~0.5 KB an entry) without LRU bookkeeping on every read. After
+        # our own write an entry also holds the core written, and get returns that very
+        # object: no copy, and the core's reader (Detection's decoded-state cache, which holds
+        # the same object) finds it unchanged by identity, without comparing its bytes.
         self._envelopes: dict[str, _Envelope] = {}
         self._older: dict[str, _Envelope] = {}
 
@@ -102,7 +106,7 @@ class PartitionStore(MutableMapping[str, bytes]):
             return known[1], known[2]
         known = self._older.get(key)
         if known is None or known[0] is not stored:
-            known = (stored, *envelope(stored))
+            known = (stored, *envelope(stored), None)
         self._keep(key, known)  # young again while used
         return known[1], known[2]
 
@@ -207,7 +211,8 @@ class PartitionStore(MutableMapping[str, bytes]):
             return default if value is None else value
         known = self._envelopes.get(key)  # _envelope's common case, inline
         if known is not None and known[0] is stored:
-            return stored[known[1] :]
+            core = known[3]  # stored[known[1]:] as written (stored is its envelope + it)
+            return core if core is not None else stored[known[1] :]
         return stored[self._envelope(key, stored)[0] :]
 
     def __contains__(self, key: object) -> bool:
@@ -249,7 +254,7 @@ class PartitionStore(MutableMapping[str, bytes]):
             if len(young) >= limit and key not in young:
                 self._older, young = young, {}
                 self._envelopes = young
-            young[key] = (stored, len(stored) - len(value), marks)
+            young[key] = (stored, len(stored) - len(value), marks, value)
             where[key] = p
             emit(p, key.encode(), stored)
             if sides and key + SIDE_SUFFIX in sides:
