@@ -245,3 +245,16 @@ def test_parsed_offsets_are_kept_for_recent_identities_only() -> None:
     store.marks = {"u3": {(1, 0): 30}}
     store["u3"] = b"\x94new"  # kept with the offsets it was written with
     assert store.applied("u3") == {(1, 0): 30} and store._envelopes["u3"][0] is store.states["u3"]
+
+
+def test_get_returns_the_state_written_itself_and_a_restored_one_unwrapped() -> None:
+    """After a write, get hands back the very core written (Detection's decoded-state cache
+    recognises it by identity); a value restored from the changelog is unwrapped."""
+    emitted, store = _changelog()
+    core = b"\x94" + bytes(600)
+    store.marks = {"a": {(1, 0): 5}}
+    store["a"] = core
+    assert store.get("a") is core and store["a"] == core
+    restored, _ = _restore(emitted)
+    got = restored.get("a")
+    assert got == core and got is not core and restored.get("a") == core
