@@ -43,12 +43,12 @@ __all__ = [
 
 #: Layout version of :meth:`BaselineModel.to_bytes` (its first byte; the second byte is the
 #: feature schema version the state was learned on).
-STATE_VERSION: Final = 3
+STATE_VERSION: Final = kernel.STATE_VERSION
 #: First byte of the stored form: the :data:`STATE_VERSION` layout up to its names with the
 #: zero bytes elided (:func:`~.kernel.pack_zeros`; a u16 of that part's plain length before
 #: it), then the names as they are. ``to_bytes`` writes it whenever it is shorter (nearly
 #: always: it saves about 40 % of the bytes); both forms decode.
-PACKED_VERSION: Final = 4
+PACKED_VERSION: Final = kernel.PACKED_VERSION
 
 _NO_NAME: Final = 0xFF
 _DECODE_ERRORS: Final = {
@@ -143,11 +143,12 @@ def shed_names(state: BaselineState, nbytes: int) -> int:
 
 class _Scratch(threading.local):
     """The codec's work buffers, per thread: allocating them took longer than encoding a
-    state. ``by_slots``: the encoder's per ``cat_slots`` (plain layout, stored form, a view of
-    the stored form); ``raw``, ``names``: the decoder's (:func:`~.kernel.decode_stored`)."""
+    state. ``by_slots``: the encoder's per ``len(slot_hash)`` (its two rows, plain layout and
+    stored form, and a view of the stored form); ``raw``, ``names``: the decoder's
+    (:func:`~.kernel.decode_stored`)."""
 
     def __init__(self) -> None:
-        self.by_slots: dict[int, tuple[np.ndarray, np.ndarray, memoryview]] = {}
+        self.by_slots: dict[int, tuple[np.ndarray, memoryview]] = {}
         self.raw = np.empty(0x10000 + 4096, dtype=np.uint8)
         self.names = np.empty(_N_CAT, dtype=np.int64)
 
@@ -157,11 +158,11 @@ class _Scratch(threading.local):
             self.raw = np.empty(0x10000 + len(data), dtype=np.uint8)
         return self.raw
 
-    def make(self, k: int) -> tuple[np.ndarray, np.ndarray, memoryview]:
-        plain = _HEAD.size + 8 * _N_CAT * k
-        out = np.empty(kernel.PACKED_HEAD + plain + plain // 8 + 1 + _N_CAT * (1 + _NAME_BYTES),
-                       dtype=np.uint8)  # fmt: skip
-        self.by_slots[k] = got = (np.empty(plain, dtype=np.uint8), out, out.data)
+    def make(self, slots: int) -> tuple[np.ndarray, memoryview]:
+        plain = _HEAD.size + 8 * slots
+        rows = np.empty((2, kernel.PACKED_HEAD + plain + plain // 8 + 1
+                         + _N_CAT * (1 + _NAME_BYTES)), dtype=np.uint8)  # fmt: skip
+        self.by_slots[slots] = got = (rows, rows[1].data)
         return got
 
 
@@ -251,13 +252,12 @@ class Codec:
         texts = tuple(state.name_text)
         if names is None or names[0] != texts:
             names = state.stored_names = _stored_names(texts)
-        k = self.cat_slots
-        scratch = _SCRATCH.by_slots.get(k) or _SCRATCH.make(k)
-        n = kernel.encode_stored(
-            state.fv, state.iv, state.slot_hash, state.slot_count, state.slot_hour, k, names[1],
-            names[2], pack, STATE_VERSION, PACKED_VERSION, FEATURE_SCHEMA_VERSION, scratch[0],
-            scratch[1])  # fmt: skip
-        return scratch[2][:n].tobytes()
+        slots = state.slot_hash  # the kernel reads the state's cat_slots from its length
+        rows, view = _SCRATCH.by_slots.get(len(slots)) or _SCRATCH.make(len(slots))
+        n = kernel.encode_stored(state.fv, state.iv, slots, state.slot_count,
+                                 state.slot_hour, names[1] if pack else names[1] | kernel.PLAIN,
+                                 names[2], rows)  # fmt: skip
+        return view[:n].tobytes()
 
     def _cap(self) -> int:
         """Largest count a valid state can hold (see ``_MAX_HALF_LIFE``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from pipeline.baselines.baselines import BaselineModel
@@ -232,3 +233,28 @@ def test_stored_names_are_each_names_length_and_utf8_however_often_made(
         assert got[0] is texts and got[1] == (1 << len(texts)) - 1
         assert got[2].tobytes() == plain(texts) and not got[2].flags.writeable
     assert len(codec._CHUNKS) <= 4
+
+
+def _pack_reference(src: bytes) -> bytes:
+    """The zero elision spelled out: per group of 8, a mask of its non-zero bytes, then them."""
+    out = bytearray()
+    for i in range(0, len(src), 8):
+        group = src[i : i + 8]
+        out.append(sum(1 << j for j, v in enumerate(group) if v))
+        out += bytes(v for v in group if v)
+    return bytes(out)
+
+
+def test_pack_zeros_is_the_reference_elision_and_unpacks_whatever_the_tail() -> None:
+    from pipeline.baselines.kernel import pack_zeros, unpack_zeros
+
+    rng = np.random.default_rng(7)
+    for n in [*range(20), 61, 624, 1000]:
+        for density in (0.0, 0.35, 1.0):
+            src = (rng.integers(1, 256, n) * (rng.random(n) < density)).astype(np.uint8)
+            dst = np.full(n + n // 8 + 1, 0xAA, dtype=np.uint8)  # stale bytes must not leak
+            size = pack_zeros(src, 0, dst)
+            assert dst[:size].tobytes() == _pack_reference(src.tobytes())
+            back = np.full(n, 0xAA, dtype=np.uint8)
+            assert unpack_zeros(dst[:size], 0, back, 0) == size
+            assert back.tobytes() == src.tobytes()
