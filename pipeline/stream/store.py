@@ -96,7 +96,13 @@ class PartitionStore(MutableMapping[str, bytes]):
     def applied(self, key: str) -> dict[Source, int]:
         """The input offsets ``key``'s stored state already includes (the caller's own copy)."""
         stored = self.states.get(key)
-        return dict(self._envelope(key, stored)[1]) if stored is not None else {}
+        if stored is None:
+            return {}
+        # _envelope's common case inline: read for every event's identity, once per unit.
+        known = self._envelopes.get(key)
+        if known is not None and known[0] is stored:
+            return dict(known[2])
+        return dict(self._envelope(key, stored)[1])
 
     def _envelope(self, key: str, stored: bytes) -> tuple[int, dict[Source, int]]:
         """(where the core starts, offsets applied) of an identity's ``stored`` state, parsed

@@ -274,6 +274,8 @@ class Units:
         index = self.topics.index
         shared = self.checkpoint.offsets
         store_applied = store.applied
+        shared_get, done_get, applied_get = shared.get, done.get, applied.get
+        valid_append, stamps_append = valid.append, stamps.append
         t_in = time.perf_counter()
         records = list(batch)
         # The whole batch at once (its duplicate-key scans are one compiled call); a value of
@@ -286,7 +288,7 @@ class Units:
                 src, offset = self.source_of(event)
             else:
                 src, offset = (idx, msg.partition), msg.offset
-            if offset > done.get(src, -1):
+            if offset > done_get(src, -1):
                 done[src] = offset
             if isinstance(ev, InvalidEvent):  # refused
                 await self.send_dead(out, event, ev, now_ms)
@@ -298,16 +300,16 @@ class Units:
                     t.rekeyed, uid.encode(), event.value, headers=[(SOURCE_HEADER, where)]
                 )
                 continue
-            marks = applied.get(uid)
+            marks = applied_get(uid)
             if marks is None:
                 marks = applied[uid] = store_applied(uid)
             if offset <= marks.get(src, -1):  # re-read after a restart: in the state already
-                if offset > shared.get(src, -1):
+                if offset > shared_get(src, -1):
                     again.append(ev)
                 continue
             marks[src] = offset
-            valid.append(ev)
-            stamps.append(msg.timestamp)
+            valid_append(ev)
+            stamps_append(msg.timestamp)
             mine[uid] = event  # as store.remember (its last event in the batch)
         t_dec = time.perf_counter()
         stage["decode"] = stage.get("decode", 0.0) + t_dec - t_in

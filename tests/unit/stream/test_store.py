@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.detection import side_key
-from pipeline.stream.offsets import unit_of
+from pipeline.stream.offsets import unit_of, unwrap
 from pipeline.stream.store import PartitionStore, Staged
 
 
@@ -227,6 +227,19 @@ def test_the_offsets_a_unit_reads_follow_every_change_of_the_stored_value() -> N
     store["a"] = b"\x94four"
     assert store.applied("a") == {(1, 0): 8} and store.get("a") == b"\x94four"
     assert store.drop({0}) == ["a"] and store.get("a") is None and store.applied("a") == {}
+
+
+def test_the_offsets_read_after_a_write_are_the_callers_own_copy() -> None:
+    """applied() answers from the envelope kept at the write: the unit's marks set on that
+    answer must change neither the stored value's offsets nor a later write without marks."""
+    store = PartitionStore(1, lambda p, k, v: None)
+    store.marks = {"a": {(1, 0): 5}}
+    store["a"] = b"\x94one"
+    mine = store.applied("a")
+    mine[(1, 0)] = 99  # a unit's mark that is never committed
+    assert store.applied("a") == {(1, 0): 5} and store.applied("a") is not mine
+    store["a"] = b"\x94two"  # a write without marks keeps the stored ones, not the unit's
+    assert unwrap(store.states["a"])[1] == {(1, 0): 5} and store.applied("a") == {(1, 0): 5}
 
 
 def test_parsed_offsets_are_kept_for_recent_identities_only() -> None:
