@@ -638,14 +638,10 @@ class EventDecoder:
             bytes_out = traffic.bytes_out
         else:
             bytes_in = bytes_out = None
-        if bytes_in is None:
-            http = raw.http_response
-            if http is not None:  # HttpMessage.size, inlined
-                bytes_in = http.length if http.length is not None else http.body_length
-        if bytes_out is None:
-            http = raw.http_request
-            if http is not None:
-                bytes_out = http.length if http.length is not None else http.body_length
+        if bytes_in is None and raw.http_response is not None:
+            bytes_in = raw.http_response.size()
+        if bytes_out is None and raw.http_request is not None:
+            bytes_out = raw.http_request.size()
 
         resources: tuple[Resource, ...] = ()
         ocsf_resources = raw.resources
