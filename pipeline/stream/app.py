@@ -394,7 +394,8 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
         "custos_signals", "Evidence about other identities sent to their owner.", stats.signals
     )
     # Prometheus conventions: base units (seconds), cumulative time as a counter (its rate over
-    # custos_scored_total's is the cost per event), quantiles as a labelled gauge.
+    # custos_scored_total's is the cost per event), recent quantiles as a labelled gauge, and
+    # every latency in a histogram (a period's quantiles from two scrapes, or across workers).
     yield CounterMetricFamily(
         "custos_scoring_seconds", "Time spent scoring (divide by custos_scored_total).",
         stats.score_seconds,
@@ -416,6 +417,10 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
     latency.add_metric(["0.5"], p50 / 1000)
     latency.add_metric(["0.99"], p99 / 1000)
     yield latency
+    yield stats.latency.family(
+        "custos_event_to_score_latency_seconds",
+        "Kafka timestamp of an event to its batch scored (every event since the start).",
+    )
     yield CounterMetricFamily(
         "custos_state_resets", "Unreadable identity states started afresh.", detection.state_resets
     )

@@ -46,6 +46,7 @@ from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.events.deadletter import dead_letter
 from pipeline.events.schemas import Event, EventDecoder
 from pipeline.kafka.ingest import IngestStats
+from pipeline.kafka.metrics import Histogram
 from pipeline.models.runtime import ModelRuntime
 from pipeline.quarantine.commands import sign as sign_command
 from pipeline.quarantine.decisions import release_for
@@ -88,6 +89,9 @@ class WorkerStats(IngestStats):
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # Kafka timestamp of an event → its batch scored (ms), for the most recent events.
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=50_000))
+    # The same (seconds) for every event since the start: the difference of two scrapes is
+    # one period's alone, where the window above still holds whatever came before.
+    latency: Histogram = field(default_factory=Histogram)
 
     def latency_quantiles(self) -> tuple[float, float]:
         if not self.latency_ms:
@@ -340,8 +344,9 @@ class Units:
             self.stats.scored += len(valid)
             self.stats.signals += len(result.signals)
             self.stats.record("inputs", valid, 0)
-            now = time.time()
-            self.stats.latency_ms.extend((now - ts) * 1000 for ts in stamps)
+            seconds = time.time() - np.asarray(stamps, dtype=float)
+            self.stats.latency.observe(seconds)
+            self.stats.latency_ms.extend((seconds * 1000).tolist())
 
         out.then.append(count)
         store.events = mine  # the table files each identity's write under its own partition
