@@ -88,13 +88,21 @@ def status(ctx: click.Context) -> None:
 @click.option("--compromises", default=30, show_default=True, help="Agents compromised in turn.")
 @click.option("--load", default=2000.0, show_default=True, help="Background events/s.")
 @click.option("--identities", default=5_000, show_default=True)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes in one consumer group, sharing the input partitions.")
 @click.pass_context
-def bench_response(ctx: click.Context, compromises: int, load: float, identities: int) -> None:
-    """Event -> credential revoked latency under load (broker, worker, responder processes)."""
+def bench_response(
+    ctx: click.Context, compromises: int, load: float, identities: int, workers: int
+) -> None:
+    """Event -> credential revoked latency under load (broker, worker, responder processes).
+
+    --workers N starts N workers in one group (they split the worker_partitions input
+    partitions); the compromises start once the group owns them all.
+    """
     from pipeline.ops.bench_response import run_bench_response
 
     run_bench_response(settings_for(ctx), compromises=compromises, load=load,
-                       identities=identities, echo=click.echo)  # fmt: skip
+                       identities=identities, workers=workers, echo=click.echo)  # fmt: skip
 
 
 @click.command()
