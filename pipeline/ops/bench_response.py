@@ -205,7 +205,7 @@ def run_bench_response(
                 return None
             return (time.perf_counter() - t0) * 1000
 
-        warm = one("agt-rbench-warmup")  # group joins, first batch, JIT of everything
+        warm = one("agt-rbench-warmup")  # the responder joining its group, first batches, JIT
         if warm is not None:
             echo(f"  warm-up compromise: {warm:,.0f} ms")
         lat: list[float] = []
