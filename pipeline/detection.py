@@ -39,7 +39,7 @@ from pipeline.alerts.state import Incident, RiskState, Suppression, load_suppres
 from pipeline.baselines import kernel
 from pipeline.baselines.baselines import BaselineModel, blend_winners, peer_group_key
 from pipeline.baselines.codec import StateFormatError, shed_names
-from pipeline.baselines.features import Features, extract
+from pipeline.baselines.features import Features, extract_rows
 from pipeline.baselines.layout import _I_N, DEVIATION_INDEX, DEVIATIONS, BaselineState
 from pipeline.baselines.learning import round_arrays
 from pipeline.baselines.names import NameBook
@@ -599,10 +599,13 @@ class Detection:
         directory = self.directory
         n = len(events)
         nd = len(DEVIATIONS)
-        # The round's features once, as the kernels' matrices (one conversion per round, not
-        # two per event and state).
-        feats = [extract(ev) for ev in events]
+        # The round's features once, flat, as the kernels' matrices (one conversion per round,
+        # not two per event and state); a Features object only for the events that need one.
+        feats = extract_rows(events)
         X, E = round_arrays(feats)
+        # The round's value names up front: nothing in the loop below reads them.
+        names.note_many(feats.hashes, feats.values)
+        bm.remember_operations(feats)
         rows = np.empty((n, nd))
         own_rows = np.empty((n, nd))
         peer_rows = np.empty((n, nd))
@@ -614,15 +617,13 @@ class Detection:
         score_kernel = kernel.score
         # Per event: what the second loop needs, with the peer group's state when it was looked
         # up for scoring (None: warm, not looked up).
-        partial: list[tuple[Event, IdentityState, Features, DirectoryEntry | None,
-                            BaselineState | None, tuple[RuleHit, ...]]] = []  # fmt: skip
+        partial: list[tuple[Event, IdentityState, DirectoryEntry | None, BaselineState | None,
+                            tuple[RuleHit, ...]]] = []  # fmt: skip
         founds: list[int] = []  # per event, how many dimensions stand out: own | peer << 8
         w_owns: list[float] = []
         for i, ev in enumerate(events):
             st = cache[ev.identity_uid]
             base = st.baseline
-            f = feats[i]
-            names.note_all(f.cat_hashes, f.cat_values)
             entry = directory.lookup(ev.identity_uid) if directory is not None else None
             # own_weight, inlined (hot path)
             w_own = 1.0 - math.exp(-3.0 * base.iv.item(_I_N) / warmup) if warmup > 0 else 1.0
@@ -635,7 +636,6 @@ class Detection:
                                  peer.iv, peer.slot_hash, peer.slot_count, X, E, i, w_own,
                                  is_cold, op, pp, rows, own_rows, peer_rows, tops,
                                  own_max, activity)  # fmt: skip
-            bm.remember_operation(f)
             hits = self.rules.check(st.rules, ev, entry)
             if (ev.delegated_by and w_own >= 0.99 and own_rows[i, _DELEGATOR] >= STRANGER_DEVIATION
                     and (entry is None or not entry.delegators)):  # fmt: skip
@@ -649,7 +649,7 @@ class Detection:
             model = ev.model
             if model is not None and model.digest and model.digest not in self.model_inventory:
                 self._inventory(ev, model, result)
-            partial.append((ev, st, f, entry, peer if is_cold else None, hits))
+            partial.append((ev, st, entry, peer if is_cold else None, hits))
             peer_ws.append(1.0 - w_own)
             founds.append(found)
             w_owns.append(w_own)
@@ -691,8 +691,9 @@ class Detection:
         for i, found in enumerate(founds):
             if not found or not scored[i] >= explain_from:
                 continue
-            _ev, st, f, _entry, group, _hits = partial[i]
+            _ev, st, _entry, group, _hits = partial[i]
             base = st.baseline
+            f = feats.features(i)
             rate = bm.current_rate(base, f)
             own_top = tops[i, 0, : found & 0xFF].tolist()
             if group is not None:  # cold: the blend of own and peer group's, as scored
@@ -707,7 +708,7 @@ class Detection:
             else:
                 whys[i] = [bm._explain(base, f, d, float(own_rows[i, d]), rate) for d in own_top]
         cold_gate = self.cold_gate
-        for i, (ev, st, f, entry, group, hits) in enumerate(partial):
+        for i, (ev, st, entry, group, hits) in enumerate(partial):
             uid = ev.identity_uid
             score = scored[i]
             sc = Score(
@@ -756,16 +757,16 @@ class Detection:
                     peer.iv, peer.slot_hash, peer.slot_count, peer.slot_hour, X, E, i, to_peer,
                     op, pp)  # fmt: skip
                 if named & 0xFFFF:
-                    bm.note_names(base, f, named & 0xFFFF)
+                    bm.note_names(base, feats.values[i], named & 0xFFFF)
                 if named >> 16:
-                    pm.note_names(peer, f, named >> 16)
+                    pm.note_names(peer, feats.values[i], named >> 16)
                 learned[i] = True
             else:
                 sc = msgspec.structs.replace(sc, learned=False)
                 bm.taint(st.baseline)
                 if st.risk.incident is not None:
                     # Part of an incident: kept for a "false positive, learn as normal".
-                    st.held.append(_FEATURES_ENCODER.encode(f))
+                    st.held.append(_FEATURES_ENCODER.encode(feats.features(i)))
                     if len(st.held) > HELD_MAX:
                         del st.held[0]
             scores[index[i]] = sc

@@ -1,8 +1,9 @@
 """Event → features: the one place that says what detection looks at, and how it is computed.
 
 :func:`extract` is pure (the same :class:`~pipeline.events.schemas.Event` always gives the same
-:class:`Features`, in any process) and cheap (≈2 µs): it runs once per event in the worker,
-in offline replay and in notebooks. Bump :data:`FEATURE_SCHEMA_VERSION` whenever a feature, its
+:class:`Features`, in any process) and cheap (≈3 µs); :func:`extract_rows` is the same for a
+detection round's events at once, flat (no object per event), and runs for every event in the
+worker and in offline replay. Bump :data:`FEATURE_SCHEMA_VERSION` whenever a feature, its
 order or its transform changes: baselines learned on another version are not comparable.
 
 Numeric features (:data:`NUMERIC`, in this order, in ``Features.numeric``):
@@ -84,6 +85,7 @@ import ipaddress
 import math
 import re
 import zlib
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Final
 
@@ -97,10 +99,14 @@ __all__ = [
     "FEATURE_SCHEMA_VERSION",
     "NUMERIC",
     "NUMERIC_INDEX",
+    "ROW_FLOATS",
+    "ROW_INTS",
     "SENSITIVITY_NAMES",
+    "FeatureRows",
     "Features",
     "cat_hash",
     "extract",
+    "extract_rows",
     "hour_of_week",
     "ip_prefix",
     "sensitivity_rank",
@@ -307,8 +313,124 @@ _WORDS: Final = re.compile(r"[a-z0-9]+")
 _CAMEL: Final = re.compile(r"([a-z0-9])([A-Z])")
 
 
+# --- value -> hash, remembered ------------------------------------------------------------------
+# Most values repeat (countries, ASNs, services, operations, models): a dict lookup costs less
+# than encoding the value and a crc. Each cache is emptied when full (bounded memory; a hash
+# computed again is the same hash).
+_CACHE_MAX: Final = 1 << 14
+
+
+class _Hashes(dict[str, int]):
+    """value -> :func:`cat_hash` of one feature (the empty string is not a key: absent)."""
+
+    __slots__ = ("seed",)
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def __missing__(self, value: str) -> int:
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        h = self[value] = zlib.crc32(value.encode(), self.seed) or 1
+        return h
+
+
+class _Asns(dict[int, tuple[str, int]]):
+    """AS number -> (its decimal string, its hash)."""
+
+    __slots__ = ()
+
+    def __missing__(self, number: int) -> tuple[str, int]:
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        text = str(number)
+        out = self[number] = (text, zlib.crc32(text.encode(), _S_ASN) or 1)
+        return out
+
+
+class _Networks(dict[str, tuple[str | None, int]]):
+    """Source address -> (its :func:`ip_prefix`, that prefix's hash; 0 if not an address)."""
+
+    __slots__ = ()
+
+    def __missing__(self, ip: str) -> tuple[str | None, int]:
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        prefix = ip_prefix(ip)
+        out = self[ip] = (prefix, (zlib.crc32(prefix.encode(), _S_IP) or 1) if prefix else 0)
+        return out
+
+
+_HASHES: Final = tuple(_Hashes(seed) for seed in _SEED)
+_TASK_HASHES: Final = _Hashes(_S_TASK)
+_ASNS: Final = _Asns()
+_NETWORKS: Final = _Networks()
+
+# --- several events at once, flat ---------------------------------------------------------------
+#: Per event in :attr:`FeatureRows.xs`: ``numeric`` (:data:`NUMERIC`), then ``volume``.
+ROW_FLOATS: Final = len(NUMERIC) + 1
+#: Per event in :attr:`FeatureRows.es`: ``cat_hashes`` (:data:`CATEGORICAL`), the
+#: ``party_hashes`` padded with 0 to :data:`MAX_EXTRA_PARTIES`, then ``time_ms``,
+#: ``hour_of_week``, ``sensitivity_rank``, ``mfa``, ``task`` - the round kernels' row layout
+#: (:mod:`~pipeline.baselines.kernel`, ``E_T`` ...).
+ROW_INTS: Final = len(CATEGORICAL) + MAX_EXTRA_PARTIES + 5
+_N_CATEGORICAL: Final = len(CATEGORICAL)
+_N_NUMERIC: Final = len(NUMERIC)
+_R_T: Final = _N_CATEGORICAL + MAX_EXTRA_PARTIES
+_NO_PARTIES: Final = (0,) * MAX_EXTRA_PARTIES
+
+
+class FeatureRows:
+    """The features of several events as flat lists, in the events' order: what the round
+    kernels read, without a :class:`Features` object per event (built on demand by
+    :meth:`features`, for the few events that need one).
+
+    >>> from pipeline.events.schemas import Event
+    >>> rows = extract_rows([Event(uid="e-1", class_uid=3002, activity_id=1, time_ms=0,
+    ...                            identity_uid="bob", identity_kind="human", country="DE")])
+    >>> len(rows), len(rows.xs) == ROW_FLOATS, len(rows.es) == ROW_INTS, rows.values[0][0]
+    (1, True, True, 'DE')
+    >>> rows.features(0) == extract(rows.events[0]), rows.es[_R_T + 1]  # hour of week
+    (True, 72)
+    """
+
+    __slots__ = ("_built", "es", "events", "hashes", "parties", "values", "xs")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.xs: list[float] = []  # ROW_FLOATS per event
+        self.es: list[int] = []  # ROW_INTS per event
+        self.hashes: list[tuple[int, ...]] = []  # per event: ``Features.cat_hashes``
+        self.values: list[tuple[str | None, ...]] = []  # per event: ``Features.cat_values``
+        self.parties: list[tuple[str, ...]] = []  # per event: ``Features.parties``
+        self._built: list[Features | None] = [None] * len(events)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def features(self, i: int) -> Features:
+        """Event ``i``'s :class:`Features` (equal to :func:`extract` of it), built once."""
+        f = self._built[i]
+        if f is None:
+            ev = self.events[i]
+            x = i * ROW_FLOATS
+            e = i * ROW_INTS
+            es = self.es
+            parties = self.parties[i]
+            p = e + _N_CATEGORICAL
+            t, how, rank, mfa, task = es[e + _R_T : e + ROW_INTS]
+            f = self._built[i] = Features(
+                ev.identity_uid, ev.identity_kind, t, how, tuple(self.xs[x : x + _N_NUMERIC]),
+                self.hashes[i], self.values[i], ev.uid, rank, mfa, task,
+                self.xs[x + _N_NUMERIC], parties,
+                tuple(es[p : p + len(parties)]) if parties else (),
+            )  # fmt: skip
+        return f
+
+
 def extract(event: Event) -> Features:
-    """The :class:`Features` of one event (pure, deterministic, ≈2 µs).
+    """The :class:`Features` of one event (pure, deterministic, ≈3 µs).
 
     >>> from pipeline.events.schemas import Event, ModelRef, Resource
     >>> ev = Event(uid="e-2", class_uid=6003, activity_id=2, time_ms=0,
@@ -321,111 +443,114 @@ def extract(event: Event) -> Features:
     >>> f.numeric[NUMERIC_INDEX["chain_depth"]], f.numeric[NUMERIC_INDEX["n_resources"]]
     (1.0, 2.0)
     """
-    crc = zlib.crc32
-    t = event.time_ms
+    return extract_rows((event,)).features(0)
 
-    rank = 0
-    resource: str | None = None
-    rtype: str | None = None
-    party: str | None = None
-    parties: list[str] = []  # further parties of a write, beyond the first
-    resources = event.resources
-    if resources:
-        best = -1
-        write = event.activity_id in _WRITES
-        for r in resources:
-            rk = _RANK.get(r.confidentiality_id, 0)
-            if rk > rank:
-                rank = rk
-            uid = r.uid
-            if uid:
-                if rk > best:  # the most sensitive resource that has an id
-                    best = rk
-                    resource = uid
-                    rtype = r.type
-                if write and is_party(uid, r.type):
-                    if party is None:
-                        party = uid
-                    elif len(parties) < MAX_EXTRA_PARTIES and uid != party and uid not in parties:
-                        parties.append(uid)
 
-    mfa = -1
-    is_mfa = event.is_mfa
-    if is_mfa is not None and event.class_uid == CLASS_AUTHENTICATION:
-        mfa = 1 if is_mfa else 0
+def extract_rows(events: Sequence[Event]) -> FeatureRows:
+    """The features of several events, flat (:class:`FeatureRows`): the one definition of every
+    feature (:func:`extract` is this for one event). One loop, no object per event beyond the
+    value tuples: it runs for every event of a detection round."""
+    rows = FeatureRows(events)
+    xs, es, hashes, values, all_parties = rows.xs, rows.es, rows.hashes, rows.values, rows.parties
+    log1p = math.log1p
+    (h_country, _, _, h_service, h_operation, h_resource, h_delegator, h_model, h_env, h_auth,
+     h_counterparty, h_combo) = _HASHES  # fmt: skip
+    asns, networks, tasks = _ASNS, _NETWORKS, _TASK_HASHES
+    for event in events:
+        t = event.time_ms
 
-    bytes_out = event.bytes_out
-    bytes_in = event.bytes_in
-    delegator = event.delegated_by or None
-    numeric = (
-        math.log1p(bytes_out) if bytes_out else 0.0,
-        math.log1p(bytes_in) if bytes_in else 0.0,
-        1.0 if event.status_id == _FAILURE else 0.0,
-        1.0 if mfa == 0 else 0.0,
-        float(rank),
-        float(len(resources)),
-        1.0 if delegator else 0.0,
-    )
+        rank = 0
+        resource: str | None = None
+        rtype: str | None = None
+        party: str | None = None
+        parties: tuple[str, ...] = ()  # further parties of a write, beyond the first
+        resources = event.resources
+        if resources:
+            best = -1
+            write = event.activity_id in _WRITES
+            more: list[str] = []
+            for r in resources:
+                rk = _RANK.get(r.confidentiality_id, 0)
+                if rk > rank:
+                    rank = rk
+                uid = r.uid
+                if uid:
+                    if rk > best:  # the most sensitive resource that has an id
+                        best = rk
+                        resource = uid
+                        rtype = r.type
+                    if write and is_party(uid, r.type):
+                        if party is None:
+                            party = uid
+                        elif len(more) < MAX_EXTRA_PARTIES and uid != party and uid not in more:
+                            more.append(uid)
+            if more:
+                parties = tuple(more)
 
-    # Empty strings count as absent; `x or None` keeps that rule in one expression.
-    country = event.country or None
-    asn_num = event.asn
-    asn = None if asn_num is None else str(asn_num)
-    src_ip = event.src_ip
-    prefix = ip_prefix(src_ip) if src_ip else None
-    service = event.service or None
-    operation = event.operation or None
-    model_ref = event.model
-    model = model_ref.digest if model_ref is not None else None
-    environment = event.environment or None
-    auth = event.auth_protocol or None
-    counterparty = party
-    combo = f"{operation or service or ''}|{rtype or ''}|{rank}" if resource else None
-    session = event.session_uid or (
-        event.credential.task_uid if event.credential is not None else None
-    )
-    # Unrolled on purpose: a loop or generator costs ~2x here (hot path).
-    hashes = (
-        (crc(country.encode(), _S_COUNTRY) or 1) if country else 0,
-        (crc(asn.encode(), _S_ASN) or 1) if asn else 0,
-        (crc(prefix.encode(), _S_IP) or 1) if prefix else 0,
-        (crc(service.encode(), _S_SERVICE) or 1) if service else 0,
-        (crc(operation.encode(), _S_OPERATION) or 1) if operation else 0,
-        (crc(resource.encode(), _S_RESOURCE) or 1) if resource else 0,
-        (crc(delegator.encode(), _S_DELEGATOR) or 1) if delegator else 0,
-        (crc(model.encode(), _S_MODEL) or 1) if model else 0,
-        (crc(environment.encode(), _S_ENV) or 1) if environment else 0,
-        (crc(auth.encode(), _S_AUTH) or 1) if auth else 0,
-        (crc(counterparty.encode(), _S_COUNTERPARTY) or 1) if counterparty else 0,
-        (crc(combo.encode(), _S_COMBO) or 1) if combo else 0,
-    )
-    values = (
-        country,
-        asn,
-        prefix,
-        service,
-        operation,
-        resource,
-        delegator,
-        model or None,
-        environment,
-        auth,
-        counterparty,
-        combo,
-    )
-    return Features(
-        event.identity_uid,
-        event.identity_kind,
-        t,
-        (t // _HOUR_MS + _EPOCH_HOW) % 168,
-        numeric,
-        hashes,
-        values,
-        event.uid,
-        rank,
-        mfa,
-        (crc(session.encode(), _S_TASK) or 1) if session else 0,
-        float((bytes_in or 0) + (bytes_out or 0)),
-        tuple(parties),
-        tuple([(crc(p.encode(), _S_COUNTERPARTY) or 1) for p in parties]) if parties else (),
-    )
+        mfa = -1
+        is_mfa = event.is_mfa
+        if is_mfa is not None and event.class_uid == CLASS_AUTHENTICATION:
+            mfa = 1 if is_mfa else 0
+
+        bytes_out = event.bytes_out
+        bytes_in = event.bytes_in
+        delegator = event.delegated_by or None
+        xs += (
+            log1p(bytes_out) if bytes_out else 0.0,
+            log1p(bytes_in) if bytes_in else 0.0,
+            1.0 if event.status_id == _FAILURE else 0.0,
+            1.0 if mfa == 0 else 0.0,
+            float(rank),
+            float(len(resources)),
+            1.0 if delegator else 0.0,
+            float((bytes_in or 0) + (bytes_out or 0)),  # volume
+        )
+
+        # Empty strings count as absent; `x or None` keeps that rule in one expression.
+        country = event.country or None
+        asn_num = event.asn
+        asn, asn_hash = (None, 0) if asn_num is None else asns[asn_num]
+        src_ip = event.src_ip
+        prefix, prefix_hash = networks[src_ip] if src_ip else (None, 0)
+        service = event.service or None
+        operation = event.operation or None
+        model_ref = event.model
+        model = (model_ref.digest or None) if model_ref is not None else None
+        environment = event.environment or None
+        auth = event.auth_protocol or None
+        combo = f"{operation or service or ''}|{rtype or ''}|{rank}" if resource else None
+        session = event.session_uid or (
+            event.credential.task_uid if event.credential is not None else None
+        )
+        # Unrolled on purpose: a loop or generator costs ~2x here (hot path).
+        hs = (
+            h_country[country] if country else 0,
+            asn_hash,
+            prefix_hash,
+            h_service[service] if service else 0,
+            h_operation[operation] if operation else 0,
+            h_resource[resource] if resource else 0,
+            h_delegator[delegator] if delegator else 0,
+            h_model[model] if model else 0,
+            h_env[environment] if environment else 0,
+            h_auth[auth] if auth else 0,
+            h_counterparty[party] if party else 0,
+            h_combo[combo] if combo else 0,
+        )
+        hashes.append(hs)
+        es += hs
+        if parties:
+            es += (*[h_counterparty[p] for p in parties], *_NO_PARTIES)[:MAX_EXTRA_PARTIES]
+        else:
+            es += _NO_PARTIES
+        es += (
+            t,
+            (t // _HOUR_MS + _EPOCH_HOW) % 168,
+            rank,
+            mfa,
+            tasks[session] if session else 0,
+        )
+        values.append((country, asn, prefix, service, operation, resource, delegator, model,
+                       environment, auth, party, combo))  # fmt: skip
+        all_parties.append(parties)
+    return rows

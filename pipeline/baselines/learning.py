@@ -10,13 +10,18 @@ names of the most used values, for explanations).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 
 import numpy as np
 
 from pipeline.baselines import kernel
 from pipeline.baselines.explain import _OP_NAMES, drift_text, remember_operation
-from pipeline.baselines.features import CATEGORICAL_INDEX, Features
+from pipeline.baselines.features import (
+    CATEGORICAL_INDEX,
+    ROW_FLOATS,
+    ROW_INTS,
+    FeatureRows,
+    Features,
+)
 from pipeline.baselines.layout import (
     _I_TAINT,
     _N_CAT,
@@ -55,33 +60,31 @@ def feature_arrays(features: Features) -> tuple[np.ndarray, np.ndarray]:
     return last[1], last[2]
 
 
-_NO_PARTIES = (0,) * (_N_HS - _N_CAT)
+if (kernel.X_WIDTH, kernel.E_WIDTH, kernel.E_T) != (ROW_FLOATS, ROW_INTS, _N_HS):
+    raise ImportError("features.FeatureRows and the round kernels disagree on the row layout")
 
 
-def round_arrays(features: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
-    """Several events' features as the round kernels' matrices (:func:`~.kernel.score`,
-    :func:`~.kernel.learn_pair`), one row per event: ``X`` (float64) ``numeric`` then
-    ``volume``; ``E`` (int64) the hashes of :func:`feature_arrays`, then ``time_ms``,
-    ``hour_of_week``, ``sensitivity_rank``, ``mfa``, ``task`` (:data:`~.kernel.E_T` ...).
+def round_arrays(rows: FeatureRows) -> tuple[np.ndarray, np.ndarray]:
+    """Several events' features (:func:`~.features.extract_rows`) as the round kernels'
+    matrices (:func:`~.kernel.score`, :func:`~.kernel.learn_pair`), one row per event: ``X``
+    (float64) ``numeric`` then ``volume``; ``E`` (int64) the hashes of :func:`feature_arrays`,
+    then ``time_ms``, ``hour_of_week``, ``sensitivity_rank``, ``mfa``, ``task``
+    (:data:`~.kernel.E_T` ...).
 
-    >>> from pipeline.baselines.features import extract
+    >>> from pipeline.baselines.features import extract_rows
     >>> from pipeline.events.schemas import Event
-    >>> f = extract(Event(uid="e", class_uid=3002, activity_id=1, time_ms=0,
-    ...                   identity_uid="a", identity_kind="human", country="DE"))
-    >>> X, E = round_arrays([f])
-    >>> x, hs = feature_arrays(f)
+    >>> rows = extract_rows([Event(uid="e", class_uid=3002, activity_id=1, time_ms=0,
+    ...                            identity_uid="a", identity_kind="human", country="DE")])
+    >>> X, E = round_arrays(rows)
+    >>> x, hs = feature_arrays(rows.features(0))
     >>> bool((X[0, :-1] == x).all() and (E[0, :_N_HS] == hs).all()), int(E[0, kernel.E_T])
     (True, 0)
     """
-    n, pad, width = len(features), _NO_PARTIES, _N_HS - _N_CAT
-    # Each matrix from one flat stream: numpy converts that faster than a list of row tuples.
-    X = np.fromiter(chain.from_iterable([(*f.numeric, f.volume) for f in features]),
-                    dtype=np.float64, count=n * kernel.X_WIDTH)  # fmt: skip
-    E = np.fromiter(chain.from_iterable([
-        (*f.cat_hashes, *(f.party_hashes + pad)[:width],
-         f.time_ms, f.hour_of_week, f.sensitivity_rank, f.mfa, f.task) for f in features
-    ]), dtype=np.int64, count=n * kernel.E_WIDTH)  # fmt: skip
-    return X.reshape(n, kernel.X_WIDTH), E.reshape(n, kernel.E_WIDTH)
+    n = len(rows)
+    # The rows are flat already: one conversion per matrix.
+    X = np.fromiter(rows.xs, dtype=np.float64, count=n * ROW_FLOATS)
+    E = np.fromiter(rows.es, dtype=np.int64, count=n * ROW_INTS)
+    return X.reshape(n, ROW_FLOATS), E.reshape(n, ROW_INTS)
 
 
 class Learner:
@@ -119,15 +122,16 @@ class Learner:
             self.scope == "identity", self._alpha_keep, self._alpha_slow, self._tau,
         )  # fmt: skip
         if named:  # a new most used value: remember its name (explanations only)
-            self.note_names(state, features, named)
+            self.note_names(state, features.cat_values, named)
 
     @staticmethod
-    def note_names(state: BaselineState, features: Features, named: int) -> None:
+    def note_names(state: BaselineState, values: Sequence[str | None], named: int) -> None:
         """Remember the names of the features whose most used value just changed (a bit per
-        feature, as :func:`~.kernel.learn` returns them)."""
+        feature, as :func:`~.kernel.learn` returns them). ``values``: the event's
+        ``Features.cat_values``."""
         for c in range(_N_CAT):
             if named >> c & 1:
-                value = features.cat_values[c]
+                value = values[c]
                 state.name_text[c] = _shorten(value, _NAME_BYTES) if value else None
 
     def observe(self, state: BaselineState, features: Features) -> None:
@@ -167,6 +171,15 @@ class Learner:
         op = features.cat_hashes[_C_OPERATION]
         if op and op not in _OP_NAMES:
             remember_operation(op, features.cat_values[_C_OPERATION])
+
+    def remember_operations(self, rows: FeatureRows) -> None:
+        """:meth:`remember_operation` for every event of ``rows``."""
+        if self.scope != "identity":
+            return
+        for hashes, values in zip(rows.hashes, rows.values, strict=True):
+            op = hashes[_C_OPERATION]
+            if op and op not in _OP_NAMES:
+                remember_operation(op, values[_C_OPERATION])
 
     def drift_report(self, state: BaselineState) -> str | None:
         """Once per UTC day that closed with the identity's volume drift above the line: the

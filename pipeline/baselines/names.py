@@ -72,6 +72,16 @@ class NameBook:
             if h and h not in pages[i]:
                 self.note(i, h, values[i])
 
+    def note_many(
+        self, hashes: Sequence[Sequence[int]], values: Sequence[Sequence[str | None]]
+    ) -> None:
+        """:meth:`note_all` for several events in order (``FeatureRows.hashes`` /
+        ``values``): one call per detection round."""
+        seen = self._seen
+        for hs, vs in zip(hashes, values, strict=True):
+            if not seen.issuperset(hs[:_N_NAMED]):
+                self.note_all(hs, vs)
+
     def name(self, feature: int, h: int) -> str | None:
         return self._pages[feature].get(h)
 

@@ -19,9 +19,12 @@ from pipeline.baselines.features import (
     FEATURE_SCHEMA_VERSION,
     NUMERIC,
     NUMERIC_INDEX,
+    ROW_FLOATS,
+    ROW_INTS,
     Features,
     cat_hash,
     extract,
+    extract_rows,
     hour_of_week,
     ip_prefix,
     sensitivity_rank,
@@ -302,3 +305,62 @@ def test_task_key_comes_from_the_session_else_the_credential_task() -> None:
     assert a.task == b.task != 0 and extract(ev()).task == 0
     assert extract(ev(session_uid="task-2")).task != a.task
     assert extract(ev(bytes_in=100, bytes_out=23)).volume == 123.0
+
+
+# --- a round's events at once (extract_rows) ----------------------------------------------------
+
+
+def _mixed() -> list[Event]:
+    """Events that exercise every branch: sign-ins, reads, writes with several parties (some
+    repeated, more than are kept), IPv4 / IPv6 / bad addresses, tasks from sessions and
+    credentials, absent and empty values."""
+    payees = tuple(Resource(f"iban:DE{k}", "bank_account", None) for k in (1, 2, 1, 3, 4, 5))
+    return [
+        ev(uid="a", class_uid=3002, activity_id=1, is_mfa=False, status_id=2, country="DE",
+           src_ip="203.0.113.7", asn=3320, auth_protocol="SAML", service="sso"),
+        ev(uid="b", activity_id=1, operation="send_money", service="bank", bytes_out=10,
+           resources=(Resource("file:1", "file", 3), *payees), session_uid="t-1",
+           src_ip="2001:db8::1", country="FR", environment="prod"),
+        ev(uid="c", activity_id=2, operation="read", resources=(Resource("r", "o", 6),),
+           credential=Credential(uid="k", task_uid="t-2"), delegated_by="alice",
+           model=ModelRef("m", "1", DIGEST), bytes_in=5, src_ip="not-an-ip", asn=0),
+        ev(uid="d", activity_id=3, resources=(Resource("mailto:eve@x.example", None),
+                                              Resource("user:bob", None, 2)),
+           service="", operation="", environment="", src_ip="::ffff:10.1.2.3"),
+        ev(uid="e"),
+    ]  # fmt: skip
+
+
+def test_rows_hold_each_events_features_in_the_kernels_layout() -> None:
+    events = _mixed()
+    rows = extract_rows(events)
+    singles = [extract(e) for e in events]
+    assert len(rows) == len(events)
+    assert [rows.features(i) for i in range(len(events))] == singles
+    assert rows.features(1) is rows.features(1)  # built once
+    assert singles[1].parties == ("iban:DE2", "iban:DE3", "iban:DE4")  # 3 beyond the first
+    for i, f in enumerate(singles):
+        assert rows.xs[i * ROW_FLOATS : (i + 1) * ROW_FLOATS] == [*f.numeric, f.volume]
+        assert rows.es[i * ROW_INTS : (i + 1) * ROW_INTS] == [
+            *f.cat_hashes, *(*f.party_hashes, 0, 0, 0)[:3],
+            f.time_ms, f.hour_of_week, f.sensitivity_rank, f.mfa, f.task,
+        ]  # fmt: skip
+        assert (rows.hashes[i], rows.values[i]) == (f.cat_hashes, f.cat_values)
+
+
+def test_remembered_hashes_are_the_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Caches of two entries: every value is forgotten and hashed again along the way.
+    monkeypatch.setattr(features_module, "_CACHE_MAX", 2)
+    caches = (*features_module._HASHES, features_module._TASK_HASHES,
+              features_module._ASNS, features_module._NETWORKS)  # fmt: skip
+    for c in caches:
+        c.clear()
+    for _ in range(2):
+        for e in _mixed():
+            f = extract(e)
+            assert f.cat_hashes == tuple(
+                cat_hash(n, v) for n, v in zip(CATEGORICAL, f.cat_values, strict=True))
+            assert f.party_hashes == tuple(cat_hash("counterparty", p) for p in f.parties)
+            task = e.session_uid or (e.credential.task_uid if e.credential else None)
+            assert f.task == cat_hash("task", task)
+    assert all(len(c) <= 2 for c in caches)

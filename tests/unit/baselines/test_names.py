@@ -43,3 +43,14 @@ def test_an_evicted_value_is_named_again_when_it_comes_back() -> None:
     book.note_all(*_event(country="DE"))  # must not pass as "all known"
     assert book.name(c, de) == "DE"
     assert len(book) == 2
+
+
+def test_note_many_is_note_all_event_by_event() -> None:
+    events = [_event(country=cc, service=s) for cc, s in
+              (("DE", "s3"), ("FR", "s3"), ("DE", "ec2"), ("NL", "s3"), ("DE", "iam"))]  # fmt: skip
+    one_by_one, at_once = NameBook(per_feature=2), NameBook(per_feature=2)  # evicts
+    for hashes, vals in events:
+        one_by_one.note_all(hashes, vals)
+    at_once.note_many([h for h, _ in events], [v for _, v in events])
+    assert at_once._pages == one_by_one._pages and at_once._seen == one_by_one._seen
+    assert [list(p.values()) for p in at_once._pages[:4]] == [["NL", "DE"], [], [], ["ec2", "iam"]]

@@ -14,7 +14,7 @@ from pipeline.baselines.baselines import (
     blend_contributions,
     blend_winners,
 )
-from pipeline.baselines.features import Features, extract
+from pipeline.baselines.features import Features, extract_rows
 from pipeline.baselines.layout import _N_DEV, BaselineState
 from pipeline.baselines.learning import round_arrays
 from pipeline.events.schemas import Event, Resource
@@ -53,7 +53,8 @@ def test_score_and_learn_pair_match_the_calls_they_fuse() -> None:
     own_b, peer_b = bm.new_state(), pm.new_state()
     explained = 0
     for i in range(400):
-        f: Features = extract(_event(rng, i))
+        rows = extract_rows([_event(rng, i)])
+        f: Features = rows.features(0)
         w = bm.own_weight(own_a)
         cold = w < 0.99
         # one by one
@@ -66,7 +67,7 @@ def test_score_and_learn_pair_match_the_calls_they_fuse() -> None:
         else:
             dev, why = own_dev, own_why
         # fused
-        X, E = round_arrays([f])
+        X, E = round_arrays(rows)
         rows, own_rows, peer_rows = (np.empty((1, _N_DEV)) for _ in range(3))
         tops = np.empty((1, 2, _N_DEV), dtype=np.int64)
         own_max = np.zeros(1)
@@ -103,9 +104,9 @@ def test_score_and_learn_pair_match_the_calls_they_fuse() -> None:
                                       peer_b.slot_count, peer_b.slot_hour, X, E, 0, to_peer,
                                       op, pp)  # fmt: skip
             if named & 0xFFFF:
-                bm.note_names(own_b, f, named & 0xFFFF)
+                bm.note_names(own_b, f.cat_values, named & 0xFFFF)
             if named >> 16:
-                pm.note_names(peer_b, f, named >> 16)
+                pm.note_names(peer_b, f.cat_values, named >> 16)
         assert _same(own_a, own_b) and _same(peer_a, peer_b)
     assert explained > 50  # the explanations were exercised, cold and warm
     assert bm.own_weight(own_a) >= 0.99
