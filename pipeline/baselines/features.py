@@ -468,7 +468,6 @@ def extract_rows(events: Sequence[Event]) -> FeatureRows:
         if resources:
             best = -1
             write = event.activity_id in _WRITES
-            more: list[str] = []
             for r in resources:
                 rk = _RANK.get(r.confidentiality_id, 0)
                 if rk > rank:
@@ -482,10 +481,9 @@ def extract_rows(events: Sequence[Event]) -> FeatureRows:
                     if write and is_party(uid, r.type):
                         if party is None:
                             party = uid
-                        elif len(more) < MAX_EXTRA_PARTIES and uid != party and uid not in more:
-                            more.append(uid)
-            if more:
-                parties = tuple(more)
+                        elif (len(parties) < MAX_EXTRA_PARTIES and uid != party
+                              and uid not in parties):  # fmt: skip
+                            parties += (uid,)  # rare: a new tuple is cheaper than a list each time
 
         mfa = -1
         is_mfa = event.is_mfa
