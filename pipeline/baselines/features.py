@@ -290,7 +290,6 @@ _PARTY_SCHEMES: Final = ("mailto:", "mail:", "email:", "iban:", "acct:", "accoun
 MAX_EXTRA_PARTIES: Final = 3
 
 
-@lru_cache(maxsize=1 << 12)
 def is_party(uid: str, rtype: str | None) -> bool:
     """Whether a resource names a party (payee, recipient, invitee) rather than an object.
 
@@ -304,9 +303,16 @@ def is_party(uid: str, rtype: str | None) -> bool:
     (False, True)
     """
     if rtype:
-        words = set(_WORDS.findall(_CAMEL.sub(r"\1_\2", rtype).lower()))
-        return bool(words & _PARTY_WORDS) and not words & _OBJECT_WORDS
+        return _party_type(rtype)
     return uid[:8].lower().startswith(_PARTY_SCHEMES)
+
+
+# By type alone: resources are many, their types few (a cache by uid and type missed on every
+# new resource, and read its type's words again).
+@lru_cache(maxsize=1 << 12)
+def _party_type(rtype: str) -> bool:
+    words = set(_WORDS.findall(_CAMEL.sub(r"\1_\2", rtype).lower()))
+    return bool(words & _PARTY_WORDS) and not words & _OBJECT_WORDS
 
 
 _WORDS: Final = re.compile(r"[a-z0-9]+")
