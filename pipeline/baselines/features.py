@@ -321,9 +321,9 @@ _CAMEL: Final = re.compile(r"([a-z0-9])([A-Z])")
 
 # --- value -> hash, remembered ------------------------------------------------------------------
 # Most values repeat (countries, ASNs, services, operations, models): a dict lookup costs less
-# than encoding the value and a crc. Each cache is emptied when full (bounded memory; a hash
-# computed again is the same hash).
-_CACHE_MAX: Final = 1 << 14
+# than encoding the value and a crc. Each cache is emptied when full: a few MB at most, and a
+# hash computed again is the same hash.
+_CACHE_MAX: Final = 1 << 12
 
 
 class _Hashes(dict[str, int]):
@@ -368,6 +368,7 @@ class _Networks(dict[str, tuple[str | None, int]]):
         return out
 
 
+# Per CATEGORICAL feature (those of asn and ip_prefix stay empty: _ASNS and _NETWORKS instead).
 _HASHES: Final = tuple(_Hashes(seed) for seed in _SEED)
 _TASK_HASHES: Final = _Hashes(_S_TASK)
 _ASNS: Final = _Asns()
