@@ -196,6 +196,11 @@ class Settings:
     worker_batch: int = _setting(2000, "Micro-batch size: events scored together")
     worker_batch_within_s: float = _setting(0.2, "Longest wait to fill a micro-batch (seconds)")
     worker_commit_s: float = _setting(2.0, "How often input offsets are committed (seconds)")
+    snapshot_interval_s: float = _setting(
+        30.0, "How often identity state is written to its changelog, as one snapshot per "
+        "partition (seconds); a restart replays the input since the last one. 0 = every unit "
+        "of work writes its state through"
+    )
     worker_send_timeout_s: float = _setting(
         30.0, "A dead-letter or alert write not done by then crashes the worker (no skipping)"
     )

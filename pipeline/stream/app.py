@@ -1,12 +1,12 @@
 """The worker: faust as the application shell, a confluent-kafka loop on the per-event path.
 
 Input topics → decode (bad input → dead-letter topic) → micro-batches → the engine
-(:mod:`pipeline.engine`) with per-identity state in memory, written through to a compacted
-changelog topic that lets a restarted or rebalanced worker resume → OCSF findings on
-``custos.alerts``. The records are consumed by :class:`~pipeline.stream.hot.HotLoop`; what
-each unit of work does is :mod:`pipeline.stream.units`; this module builds the faust app (web
-and metrics page, timer, control topics, sensors), the output topics and the loop, and holds
-no detection logic.
+(:mod:`pipeline.engine`) with per-identity state in memory, written in periodic snapshots
+(or through, per unit of work) to a compacted changelog topic that lets a restarted or
+rebalanced worker resume → OCSF findings on ``custos.alerts``. The records are consumed by
+:class:`~pipeline.stream.hot.HotLoop`; what each unit of work does is
+:mod:`pipeline.stream.units`; this module builds the faust app (web and metrics page, timer,
+control topics, sensors), the output topics and the loop, and holds no detection logic.
 
 Partitioning: state changelog records go to the partition the identity's events arrive on,
 keyed by the identity (producers use murmur2, like the Java clients). Events whose Kafka key
@@ -238,15 +238,17 @@ def create_app(
                settings.feedback_topic: "feedback"},
         batch=settings.worker_batch, within_s=settings.worker_batch_within_s,
         commit_s=settings.worker_commit_s, send_timeout_s=settings.worker_send_timeout_s,
-        die=die,
+        die=die, snapshot_s=settings.snapshot_interval_s,
     )  # fmt: skip
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _final_checkpoint(app: Any, *args: Any, **kwargs: Any) -> None:
-        # A clean stop: the loop commits what ended once it leaves consume.
+        # A clean stop: the loop commits what ended once it leaves consume (snapshot mode: it
+        # writes a snapshot first; the checkpoint is saved with it, never ahead of it).
         hot.stopping = True
-        async with units.lock:
-            checkpoint.save()
+        if not hot.deferred:
+            async with units.lock:
+                checkpoint.save()
 
     # Error policy: bad *input* is dead-lettered inside a unit; anything else (a dead-letter
     # or alert write that fails, a bug) crashes the whole worker, its offsets uncommitted, so
@@ -277,8 +279,9 @@ def create_app(
         # Close quiet incidents and checkpoint the shared models (under the units' lock: the
         # hot loop's commit saves from a thread, and two saves must not share the temp file).
         await units.tick()
-        async with units.lock:
-            checkpoint.save()
+        if not hot.deferred:  # snapshot mode: saved with each snapshot only
+            async with units.lock:
+                checkpoint.save()
 
     @app.page("/custos/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -442,6 +445,13 @@ def _worker_metrics(stats: WorkerStats, detection: Detection, hot: HotLoop) -> I
     yield GaugeMetricFamily("custos_partitions_owned", "Input partitions owned.", len(hot.owned))
     yield CounterMetricFamily(
         "custos_state_restored", "State records read back from the changelog.", hot.restored
+    )
+    yield CounterMetricFamily(
+        "custos_state_snapshots", "Snapshots of identity state written.", hot.snapshots
+    )
+    yield CounterMetricFamily(
+        "custos_replayed", "Events re-applied quietly after a restart (snapshot mode).",
+        stats.replayed,
     )
 
 

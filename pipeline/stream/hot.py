@@ -17,6 +17,18 @@ changelog by a confluent producer; input offsets are committed here:
   take them; newly assigned ones are restored from the changelog before any of their
   records is handed to a unit (range assignment keeps the co-partitioned topics together).
 
+Snapshot mode (``snapshot_s`` > 0, the store ``deferred``): units write state to memory only;
+every ``snapshot_s`` (and on revoke and a clean stop) :meth:`HotLoop.snapshot` writes every
+changed value, waits for the acknowledgements, saves the shared checkpoint, then writes one
+marker per partition (:data:`~pipeline.stream.store.MARKER`) with the input positions S its
+states now include. Offsets are committed (asynchronously) after every batch: C, what was
+delivered. A new owner restores the states, starts each input at S (feedback: at C - its
+units write their state through) and replays the records below C *quietly*: state and
+shared models only, no output (it was delivered before). Per-identity offsets still skip
+what a state already includes (a state written after S: a tick, a flush cut short). The
+order flush, checkpoint, marker keeps the shared models never ahead of an identity's state
+for any record a restore replays.
+
 Only this loop and the units (one at a time, under ``units.lock``) touch identity state; the
 rebalance callbacks run inside ``consume``, which is called holding that lock.
 """
@@ -34,7 +46,7 @@ import msgspec
 from pipeline.baselines import kernel
 from pipeline.stream.delivery import OutputRefused
 from pipeline.stream.offsets import SharedCheckpoint
-from pipeline.stream.store import PartitionStore
+from pipeline.stream.store import MARKER, PartitionStore
 from pipeline.stream.units import Units
 
 __all__ = ["HotLoop", "Record", "to_record"]
@@ -97,6 +109,7 @@ class HotLoop:
         commit_s: float,
         send_timeout_s: float,
         die: Callable[[str], None],
+        snapshot_s: float = 0.0,
     ) -> None:
         self.units = units
         self.store = store
@@ -121,6 +134,15 @@ class HotLoop:
         self._committed_at = time.monotonic()
         self._inflight: asyncio.Future[list[Any]] | None = None
         store.emit = self.emit
+        # Snapshot mode (see the module docstring).
+        self.snapshot_s = snapshot_s
+        self.deferred = store.deferred = snapshot_s > 0
+        self.snapshots = 0  # snapshots written
+        self._snapshot_at = time.monotonic()
+        # (topic, partition) → the group's committed offset at assignment (C): below it a
+        # replayed record is quiet; commits never go below it.
+        self.quiet: dict[tuple[str, int], int] = {}
+        self.floor: dict[tuple[str, int], int] = {}
 
     # --- state writes ---------------------------------------------------------------------
 
@@ -154,31 +176,62 @@ class HotLoop:
 
     # --- offsets --------------------------------------------------------------------------
 
-    def commit(self, only: set[tuple[str, int]] | None = None) -> int:
-        """Save the shared checkpoint, then commit what ended (``only``: these partitions)."""
+    def commit(self, only: set[tuple[str, int]] | None = None, asynchronous: bool = False) -> int:
+        """Save the shared checkpoint (snapshot mode: only :meth:`snapshot` does), then commit
+        what ended (``only``: these partitions)."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        self.checkpoint.save()
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()
+        if not self.deferred:
+            self.checkpoint.save()
+        floor = self.floor
+        offsets = [TopicPartition(t, p, max(o, floor.get((t, p), -1)))
+                   for (t, p), o in self.positions.items()
                    if only is None or (t, p) in only]  # fmt: skip
         self._committed_at = time.monotonic()
         if not offsets:
             return 0
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except KafkaException as exc:  # a rebalance under way: the next owner re-reads, marked
             log.warning("offset commit failed (%s); the records are re-read, not re-applied",
                         exc.args[0])  # fmt: skip
             return 0
         return len(offsets)
 
+    # --- snapshots (snapshot mode; holding units.lock) -------------------------------------
+
+    def snapshot(self) -> str | None:
+        """Every changed state out, acknowledged; the shared checkpoint saved; then each owned
+        partition's marker, acknowledged. Returns why not, if a write was refused."""
+        self.store.flush()
+        reason = self._unwritten()
+        if reason is not None:
+            return reason
+        # The shared models include exactly what the states now written include (the units
+        # hold the lock): a replay from any marker finds no record they learned that its
+        # identity's state does not include.
+        self.checkpoint.save()
+        for p in sorted(self.owned):
+            self.emit(p, MARKER, self._marker(p))
+        reason = self._unwritten()
+        self._snapshot_at = time.monotonic()
+        self.snapshots += 1
+        return reason
+
+    def _marker(self, p: int) -> bytes:
+        """Partition ``p``'s positions (next offset per input topic, feedback excepted)."""
+        return msgspec.msgpack.encode({t: o for (t, q), o in sorted(self.positions.items())
+                                       if q == p and self.kinds.get(t) != "feedback"})  # fmt: skip
+
     # --- rebalances (inside consume, holding units.lock) ----------------------------------
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self.generation += 1
         self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
-        reason = self._unwritten()
-        if reason is not None:  # the next owner must find every state this worker wrote
+        # The next owner must find every state this worker wrote (snapshot mode: all of them,
+        # a marker beside them, so it replays nothing).
+        reason = self.snapshot() if self.deferred else self._unwritten()
+        if reason is not None:
             self.die(reason)
             return
         self.commit({(tp.topic, tp.partition) for tp in partitions})
@@ -186,11 +239,16 @@ class HotLoop:
     def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         now = {tp.partition for tp in partitions}
         self._drop(self.owned - now)
+        markers: dict[int, dict[str, int]] = {}
         for p in sorted(now - self.owned):
             t0, n = time.monotonic(), 0
             keys: set[bytes] = set()
             for key, value in self.restore(p):
-                if key is not None:
+                if key == MARKER:
+                    if value is not None:
+                        markers[p] = msgspec.msgpack.decode(value, type=dict[str, int])
+                    n += 1
+                elif key is not None:
                     self.store.load(p, key, value)
                     keys.add(key)
                     n += 1
@@ -206,10 +264,59 @@ class HotLoop:
             self.restored += n
             log.info("restored partition %d: %d state records, %d open incidents, in %.1f s",
                      p, n, opened, time.monotonic() - t0)  # fmt: skip
+        new = now - self.owned
         self.owned = now
         assigned = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned = assigned
         self.positions = {k: v for k, v in self.positions.items() if k in assigned}
+        if self.deferred:
+            self._start(consumer, partitions, new, markers)
+
+    def _start(self, consumer: Any, partitions: list[Any], new: set[int],
+               markers: dict[int, dict[str, int]]) -> None:  # fmt: skip
+        """Snapshot mode: start each newly owned partition's inputs at its marker's positions
+        (S), replaying quietly up to the group's committed offsets (C); feedback at C. Without
+        a marker (never snapshotted: written through before) at C, and a marker is written at
+        once - from then on records past C may be applied to memory only."""
+        from confluent_kafka import KafkaException
+
+        fresh = [tp for tp in partitions if tp.partition in new]
+        committed: dict[tuple[str, int], int] = {}
+        for attempt in range(10):
+            try:
+                committed = {(tp.topic, tp.partition): tp.offset
+                             for tp in consumer.committed(fresh, timeout=10)
+                             if tp.offset >= 0}  # fmt: skip
+                break
+            except KafkaException as exc:  # the coordinator moving: retried
+                if attempt == 9:
+                    self.die(f"cannot read the committed offsets: {exc.args[0]}")
+                    return
+                time.sleep(0.5)
+        for tp in fresh:
+            key = (tp.topic, tp.partition)
+            c = committed.get(key)
+            self.floor[key] = c if c is not None else -1
+            if self.kinds.get(tp.topic) == "feedback":
+                continue  # from C: tp.offset is left to the committed offset
+            marker = markers.get(tp.partition)
+            s = marker.get(tp.topic) if marker is not None else None
+            start = s if s is not None else (c if c is not None else 0)  # 0: the earliest
+            tp.offset = start
+            self.positions[key] = start
+            if c is not None and c > start:
+                self.quiet[key] = c
+        consumer.assign(partitions)
+        if self.quiet:
+            log.info("replaying quietly up to the committed offsets: %s",
+                     {f"{t}[{p}]": f"{self.positions[(t, p)]}..{c}"
+                      for (t, p), c in sorted(self.quiet.items())})  # fmt: skip
+        unmarked = sorted(new - set(markers))
+        for p in unmarked:
+            self.emit(p, MARKER, self._marker(p))
+        reason = self._unwritten() if unmarked else None
+        if reason is not None:
+            self.die(reason)
 
     def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         self.generation += 1
@@ -218,6 +325,8 @@ class HotLoop:
         self.owned -= lost
         self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
         self.positions = {k: v for k, v in self.positions.items() if k[1] not in lost}
+        self.quiet = {k: v for k, v in self.quiet.items() if k[1] not in lost}
+        self.floor = {k: v for k, v in self.floor.items() if k[1] not in lost}
 
     def _drop(self, partitions: set[int]) -> None:
         if not partitions:
@@ -316,6 +425,14 @@ class HotLoop:
         lists = {"events": events, "signals": signals, "feedback": feedback}
         for r in records:
             lists[self.kinds[r.topic]].append(r)
+        quiet = self.quiet
+        if quiet:  # replayed records whose outputs were delivered before: state only
+            events, replay = _split(events, quiet)
+            for i in range(0, len(replay), self.batch):
+                await self.units.events(replay[i : i + self.batch], quiet=True)
+            signals, replay = _split(signals, quiet)
+            if replay:
+                await self.units.signals(replay, quiet=True)
         for i in range(0, len(events), self.batch):
             await self.units.events(events[i : i + self.batch])
         if signals:
@@ -330,6 +447,8 @@ class HotLoop:
         for key, offset in last.items():
             if offset + 1 > positions.get(key, -1):
                 positions[key] = offset + 1
+            if quiet and offset + 1 >= quiet.get(key, 0):
+                quiet.pop(key, None)  # replayed up to C
 
     async def run(self) -> None:
         """Until cancelled or :attr:`stopping`; a clean stop commits what ended."""
@@ -340,7 +459,9 @@ class HotLoop:
                 records = await self.poll()
                 if records:
                     await self.dispatch(records)
-                if time.monotonic() - self._committed_at >= self.commit_s:
+                if self.deferred:
+                    await self._deferred(bool(records))
+                elif time.monotonic() - self._committed_at >= self.commit_s:
                     async with self.units.lock:  # no unit between checkpoint and commit
                         await asyncio.to_thread(self.commit)
         finally:
@@ -348,6 +469,33 @@ class HotLoop:
             # is not to be closed under a call in flight); what it read is not committed.
             if self._inflight is not None and not self._inflight.done():
                 await asyncio.wait([self._inflight], timeout=5.0)
-            if self.failed is None and self._unwritten() is None:
+            if self.deferred:
+                if self.failed is None and self.snapshot() is None:
+                    self.commit()
+            elif self.failed is None and self._unwritten() is None:
                 self.commit()
             self.consumer.close()
+
+    async def _deferred(self, dispatched: bool) -> None:
+        """Snapshot mode, between two batches: a snapshot when due, and the offsets of what
+        was delivered committed after every batch (asynchronously: C bounds what a restart
+        sends again, the replay below it is quiet)."""
+        if time.monotonic() - self._snapshot_at >= self.snapshot_s:
+            async with self.units.lock:
+                reason = await asyncio.to_thread(self.snapshot)
+            if reason is not None:
+                self.die(reason)
+                raise OutputRefused(reason)
+        if dispatched or time.monotonic() - self._committed_at >= self.commit_s:
+            async with self.units.lock:
+                self.commit(asynchronous=True)
+
+
+def _split(records: list[Record],
+           quiet: dict[tuple[str, int], int]) -> tuple[list[Record], list[Record]]:  # fmt: skip
+    """(records at or past their partition's committed offset, records below it)."""
+    loud: list[Record] = []
+    replay: list[Record] = []
+    for r in records:
+        (replay if r.offset < quiet.get((r.topic, r.partition), -1) else loud).append(r)
+    return loud, replay

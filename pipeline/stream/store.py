@@ -8,6 +8,14 @@ two leaves the side part ahead of the state. So a side part's record also keeps 
 it, and each record names the unit that wrote it (:func:`~pipeline.stream.offsets.unit_of`): on
 restore, a side part written by a later unit than its identity's state is rolled back to the
 value before (:meth:`PartitionStore.settle`), and the re-read events apply to both again.
+
+Snapshot mode (``deferred``, the worker's ``snapshot_interval_s`` > 0): writes go to memory
+only and mark the key dirty; :meth:`PartitionStore.flush` writes every dirty value at once,
+side parts first, so "the value before" is the side part's value when it was last written out
+(the one a restore can find beside its state), not the value before one unit. A deleted side
+part is written out as "none, with the value before" and removed for good (a tombstone) only
+after its state, in the same flush. The worker writes one :data:`MARKER` record per partition
+after each flush: the input offsets the partition's states include from then on.
 """
 
 from __future__ import annotations
@@ -21,7 +29,11 @@ from aiokafka.partitioner import murmur2
 from pipeline.detection import SIDE_SUFFIX, side_key, side_owner
 from pipeline.stream.offsets import Source, envelope, unit_of, unwrap, wrap
 
-__all__ = ["Emit", "PartitionStore", "Staged"]
+__all__ = ["MARKER", "Emit", "PartitionStore", "Staged"]
+
+#: The changelog key of a partition's snapshot marker (the worker's, see hot.py): identity uids
+#: are printable, so no identity's key starts with a NUL.
+MARKER = b"\0snapshot"
 
 
 #: Where a state write goes besides memory: (partition, key, value or None for a delete).
@@ -58,9 +70,13 @@ class PartitionStore(MutableMapping[str, bytes]):
     #: Identity envelopes kept per generation (see ``_envelopes``).
     ENVELOPES = 25_000
 
-    def __init__(self, partitions: int, emit: Emit) -> None:
+    def __init__(self, partitions: int, emit: Emit, *, deferred: bool = False) -> None:
         self.partitions = partitions
         self.emit = emit
+        # Snapshot mode: writes are not emitted, their keys are noted here (key → partition)
+        # until the next flush (a deletion's partition too: it is no longer filed).
+        self.deferred = deferred
+        self.dirty: dict[str, int] = {}
         self.states: dict[str, bytes] = {}  # uid → wrapped value
         self.where: dict[str, int] = {}  # uid → its partition
         self.events: dict[str, Any] = {}  # identity uid → one of its records in this unit
@@ -141,6 +157,8 @@ class PartitionStore(MutableMapping[str, bytes]):
 
     def load(self, partition: int, key: bytes, value: bytes | None) -> None:
         """One changelog record, read back in order (None: the identity was deleted)."""
+        if key.startswith(b"\0"):  # a snapshot marker: the worker's, not an identity
+            return
         uid = key.decode("utf-8", "replace")
         if value is None:
             self.states.pop(uid, None)
@@ -160,6 +178,8 @@ class PartitionStore(MutableMapping[str, bytes]):
         rolled = 0
         self._envelopes, self._older = {}, {}  # restored values replaced some: not kept alive
         for raw in set(keys):
+            if raw.startswith(b"\0"):
+                continue
             key = raw.decode("utf-8", "replace")
             stored = self.states.get(key)
             if stored is None:
@@ -175,6 +195,8 @@ class PartitionStore(MutableMapping[str, bytes]):
                 before = _pair(stored)[1]
                 self.states[key] = wrap(_PAIR_ENCODER.encode((before, before)), {}, written)
                 rolled += 1
+                if self.deferred:  # written out at the next flush, beside its state
+                    self.dirty[key] = self.where[key]
         return rolled
 
     def drop(self, partitions: set[int]) -> list[str]:
@@ -184,12 +206,60 @@ class PartitionStore(MutableMapping[str, bytes]):
         for uid in gone:
             del self.states[uid]
             del self.where[uid]
+        # Unwritten changes of those partitions die with them (the new owner replays them).
+        self.dirty = {k: p for k, p in self.dirty.items() if p not in partitions}
         self.sides.difference_update(gone)
         self._envelopes, self._older = {}, {}  # theirs now; ours are parsed again on use
         return gone
 
     def owned(self) -> set[int]:
         return set(self.where.values())
+
+    # --- snapshot mode ------------------------------------------------------------------------
+
+    def flush(self, partitions: set[int] | None = None) -> int:
+        """Emit every dirty value (of ``partitions``; None: all): side parts, then states, then
+        a tombstone for each side part deleted (its deletion and its state are out before it).
+        Returns how many records were emitted."""
+        mine = [(k, p) for k, p in self.dirty.items() if partitions is None or p in partitions]
+        n = self._emit_now(mine)
+        for key in [k for k in self.sides if k not in self.dirty]:
+            p = self.where.get(key, -1)
+            if partitions is not None and p not in partitions:
+                continue
+            stored = self.states.get(key)
+            if stored is not None and _pair(stored)[0] is None:
+                del self.states[key]
+                self.where.pop(key, None)
+                self.sides.discard(key)
+                self.emit(p, key.encode(), None)
+                n += 1
+        return n
+
+    def write_through(self, uids: Iterable[str]) -> int:
+        """Emit now the dirty values of these identities (a side part before its state): for
+        units of work with no input record a restart could replay (ticks, feedback)."""
+        dirty = self.dirty
+        mine: dict[str, int] = {}
+        for uid in uids:
+            uid = side_owner(uid) or uid
+            for key in (side_key(uid), uid):
+                p = dirty.get(key)
+                if p is not None:
+                    mine[key] = p
+        return self._emit_now(list(mine.items()))
+
+    def _emit_now(self, keys: list[tuple[str, int]]) -> int:
+        states, dirty, emit = self.states, self.dirty, self.emit
+        sides = [(k, p) for k, p in keys if k.endswith(SIDE_SUFFIX)]
+        for key, p in sides:
+            emit(p, key.encode(), states.get(key))
+            del dirty[key]
+        for key, p in keys:
+            if key in dirty:
+                emit(p, key.encode(), states.get(key))
+                del dirty[key]
+        return len(keys)
 
     # --- the mapping the core sees ----------------------------------------------------------
 
@@ -236,6 +306,7 @@ class PartitionStore(MutableMapping[str, bytes]):
         write nearly every event causes instead of a call chain per write."""
         states, where, events, marks_of = self.states, self.where, self.events, self.marks
         emit, unit, sides, limit = self.emit, self.unit, self.sides, self.ENVELOPES
+        deferred, dirty = self.deferred, self.dirty
         for key, value in writes:
             if value is None:
                 self.pop(key, None)
@@ -262,30 +333,42 @@ class PartitionStore(MutableMapping[str, bytes]):
                 self._envelopes = young
             young[key] = (stored, len(stored) - len(value), marks, value)
             where[key] = p
+            if deferred:
+                dirty[key] = p
+                continue
             emit(p, key.encode(), stored)
             if sides and key + SIDE_SUFFIX in sides:
                 self._tidy(key, p)
 
     def _write(self, key: str, value: bytes | None) -> None:
-        """A side part's write (None: deleted), kept with the value before this unit."""
+        """A side part's write (None: deleted), kept with the value before this unit (in
+        snapshot mode: the value last written out, kept across every rewrite until a flush)."""
         p = self.partition_of(key)
         old = self.states.get(key)
         before = None
         if old is not None:  # the value before this unit (kept across a rewrite in it)
             now, then = _pair(old)
-            before = then if unit_of(old) == self.unit else now
+            kept = key in self.dirty if self.deferred else unit_of(old) == self.unit
+            before = then if kept else now
         if value is None and before is None:
             self.states.pop(key, None)
             self.where.pop(key, None)
             self.sides.discard(key)
             if old is not None:
-                self.emit(p, key.encode(), None)
+                self._out(p, key, None)
             return
         stored = wrap(_PAIR_ENCODER.encode((value, before)), {}, self.unit)
         self.sides.add(key)
         self.states[key] = stored
         self.where[key] = p
-        self.emit(p, key.encode(), stored)
+        self._out(p, key, stored)
+
+    def _out(self, p: int, key: str, value: bytes | None) -> None:
+        """A write: emitted now, or noted dirty until the next flush (snapshot mode)."""
+        if self.deferred:
+            self.dirty[key] = p
+        else:
+            self.emit(p, key.encode(), value)
 
     def _tidy(self, uid: str, p: int) -> None:
         """Delete a deleted side part for good once a later unit wrote the state after it
@@ -307,7 +390,7 @@ class PartitionStore(MutableMapping[str, bytes]):
         p = self.partition_of(key)
         del self.states[key]
         self.where.pop(key, None)
-        self.emit(p, key.encode(), None)
+        self._out(p, key, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter([k for k in self.states if k in self])

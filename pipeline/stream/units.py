@@ -83,6 +83,7 @@ class WorkerStats(IngestStats):
     signals: int = 0  # evidence about other identities, sent to and applied by their owner
     batches: int = 0
     scored: int = 0
+    replayed: int = 0  # events applied to state again, quietly, after a restart (hot.py)
     score_seconds: float = 0.0
     # Wall time per stage of the per-event path (consume, decode, score, publish, deliver),
     # so the cost per event can be split where it is spent (custos bench prints it).
@@ -227,13 +228,20 @@ class Units:
 
         out.then.append(count)
 
-    async def finish(self, out: Outbox, staged: Staged | None = None) -> None:
-        """Delivery, then state, then the counters; a refusal stops the worker uncommitted."""
+    async def finish(self, out: Outbox, staged: Staged | None = None,
+                     through: bool = False) -> None:  # fmt: skip
+        """Delivery, then state, then the counters; a refusal stops the worker uncommitted.
+
+        In snapshot mode the state stays in memory until the next snapshot, apart from a unit
+        with no input a restart could replay (``through``: ticks, feedback), written now."""
         await out.delivered()
         if staged is not None:
             if staged.writes:
+                store = self.store
+                keys = list(staged.writes) if through and store.deferred else ()
                 staged.commit()
-                await self.state_written()  # acknowledged before the next unit starts
+                if not store.deferred or store.write_through(keys):
+                    await self.state_written()  # acknowledged before the next unit starts
             self.store.forget()  # a unit's marks never outlive it (units hold the lock)
 
     async def send_dead(self, out: Outbox, event: Any, exc: InvalidEvent, now_ms: int) -> None:
@@ -257,12 +265,16 @@ class Units:
 
     # --- the units ----------------------------------------------------------------------------
 
-    async def events(self, batch: Iterable[Any]) -> None:
-        """A batch of input records: decode (or dead-letter), re-key, detect, publish."""
-        async with self.lock:
-            await self._events(batch)
+    async def events(self, batch: Iterable[Any], quiet: bool = False) -> None:
+        """A batch of input records: decode (or dead-letter), re-key, detect, publish.
 
-    async def _events(self, batch: Iterable[Any]) -> None:
+        ``quiet``: records whose outputs were delivered before a restart (snapshot mode:
+        replayed from the last snapshot up to the offsets committed), applied to the state and
+        the shared models only - nothing is sent."""
+        async with self.lock:
+            await self._events(batch, quiet)
+
+    async def _events(self, batch: Iterable[Any], quiet: bool = False) -> None:
         store, t = self.store, self.topics
         store.forget()
         now_ms = int(time.time() * 1000)
@@ -295,10 +307,13 @@ class Units:
             if offset > done_get(src, -1):
                 done[src] = offset
             if isinstance(ev, InvalidEvent):  # refused
-                await self.send_dead(out, event, ev, now_ms)
+                if not quiet:
+                    await self.send_dead(out, event, ev, now_ms)
                 continue
             uid = ev.identity_uid
             if event.key != uid.encode():
+                if quiet:  # re-keyed before: it comes back on the re-keyed topic
+                    continue
                 where = f"{src[0]}:{src[1]}:{offset}".encode()
                 await out.send(
                     t.rekeyed, uid.encode(), event.value, headers=[(SOURCE_HEADER, where)]
@@ -332,12 +347,16 @@ class Units:
         t1 = time.perf_counter()
         self.stats.score_seconds += t1 - t0
         stage["score"] = stage.get("score", 0.0) + t1 - t0
-        if self.settings.emit_scores:
-            for s in result.scores:
-                await out.send(t.scores, s.identity_uid.encode(), msgspec.json.encode(s))
-        for sig in result.signals:
-            await out.send(t.signals, sig.identity_uid.encode(), msgspec.msgpack.encode(sig))
-        await self.publish(out, result.decisions)
+        if quiet:
+            self.stats.replayed += len(valid)
+        else:
+            if self.settings.emit_scores:
+                for s in result.scores:
+                    await out.send(t.scores, s.identity_uid.encode(), msgspec.json.encode(s))
+            for sig in result.signals:
+                await out.send(t.signals, sig.identity_uid.encode(),
+                               msgspec.msgpack.encode(sig))  # fmt: skip
+            await self.publish(out, result.decisions)
 
         def count() -> None:
             self.stats.batches += 1
@@ -348,7 +367,8 @@ class Units:
             self.stats.latency.observe(seconds)
             self.stats.latency_ms.extend((seconds * 1000).tolist())
 
-        out.then.append(count)
+        if not quiet:
+            out.then.append(count)
         store.events = mine  # the table files each identity's write under its own partition
         store.marks = {uid: applied[uid] for uid in mine}
         t2 = time.perf_counter()
@@ -362,8 +382,9 @@ class Units:
 
     _decode_signal = staticmethod(msgspec.msgpack.Decoder(Signal).decode)
 
-    async def signals(self, batch: Iterable[Any]) -> None:
-        """Evidence about identities this worker owns, sent by the owners of other identities."""
+    async def signals(self, batch: Iterable[Any], quiet: bool = False) -> None:
+        """Evidence about identities this worker owns, sent by the owners of other identities
+        (``quiet``: as for :meth:`events`)."""
         async with self.lock:
             store = self.store
             store.forget()
@@ -386,7 +407,9 @@ class Units:
                 signals.append(sig)
             out = self.outbox()
             staged = Staged(store)
-            await self.publish(out, self.engine.signals(signals, staged))
+            decisions = self.engine.signals(signals, staged)
+            if not quiet:
+                await self.publish(out, decisions)
             store.events = mine
             store.marks = {uid: applied[uid] for uid in mine}
             await self.finish(out, staged)
@@ -438,7 +461,9 @@ class Units:
                    requested=msgspec.to_builtins(fb))  # fmt: skip
         await out.send(t.reports, fb.identity.encode(), encode_report(r))
         store.events = {fb.identity: event}
-        await self.finish(out, staged)
+        # Not replayed from a snapshot (hot.py reads feedback from the committed offsets on):
+        # its state is written now.
+        await self.finish(out, staged, through=True)
         self.snapshot({})
 
     async def tick(self) -> None:
@@ -477,7 +502,7 @@ class Units:
                 break
         await self.publish(out, decisions)
         self.store.events = {}  # writes go by the key's partition (no batch is running)
-        await self.finish(out, staged)
+        await self.finish(out, staged, through=True)  # no input: nothing to replay it from
         # Ticks teach the shared models nothing: their snapshot is taken once a pass (which
         # also records a model swapped in while no events come), not once a slice.
         self.snapshot({}, learned=end >= len(pending))

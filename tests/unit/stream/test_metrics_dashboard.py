@@ -28,7 +28,8 @@ def _exposition() -> str:
     stats.scored, stats.score_seconds = 5, 0.002
     stats.stage_seconds.update(decode=0.001, score=0.002)
     stats.latency_ms.extend([100.0, 300.0])
-    hot = SimpleNamespace(store=SimpleNamespace(identities=lambda: 3), owned={0, 1}, restored=7)
+    hot = SimpleNamespace(store=SimpleNamespace(identities=lambda: 3), owned={0, 1}, restored=7,
+                          snapshots=2)  # fmt: skip
     detection = Detection()
     detection.names_shed, detection.states_over_budget = 4, 1
     return render(stats, lambda: _worker_metrics(stats, detection, hot))  # type: ignore[arg-type]
@@ -48,6 +49,7 @@ def test_the_exposition_follows_prometheus_conventions() -> None:
                for f in families for s in f.samples}  # fmt: skip
     assert samples["custos_event_to_score_seconds[('quantile', '0.99')]"] < 1.0  # seconds
     assert samples["custos_identities_held[]"] == 3
+    assert samples["custos_state_snapshots_total[]"] == 2
     assert samples["custos_state_names_shed_total[]"] == 4  # the 1 KB budget at work
     assert samples["custos_state_over_budget_total[]"] == 1
     assert samples["custos_stage_seconds_total[('stage', 'decode')]"] == 0.001

@@ -80,18 +80,21 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
     return out
 
 
-def _settings(tmp_path: Path) -> Settings:
+def _settings(tmp_path: Path, snapshot_s: float = 0.0) -> Settings:
     return Settings.from_env(
         {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.01, app_id="unit-worker",
         home=str(tmp_path / "home"), quarantine_auto_min_severity=5,
+        snapshot_interval_s=snapshot_s,
     )  # fmt: skip
 
 
 def _app(tmp_path: Path, producer: FakeProducer | None = None,
-         restore: Any = lambda p: iter(()), die: Any = None) -> Any:  # fmt: skip
+         restore: Any = lambda p: iter(()), die: Any = None,
+         snapshot_s: float = 0.0) -> Any:  # fmt: skip
+    """The worker, writing state through (``snapshot_s`` > 0: in snapshots)."""
     clients = HotClients(FakeConsumer(), producer or FakeProducer(), restore)
     kw = {} if die is None else {"die": die}
-    return create_app(_settings(tmp_path), clients=clients, **kw)
+    return create_app(_settings(tmp_path, snapshot_s), clients=clients, **kw)
 
 
 class _Feed:
@@ -392,7 +395,7 @@ def _hot(consumer: Any, tmp_path: Path, *, within_s: float) -> Any:
     """The hot loop of a worker reading through ``consumer`` (no restore, no broker)."""
     settings = Settings.from_env(
         {}, worker_datadir=str(tmp_path), worker_batch_within_s=within_s, app_id="unit-worker",
-        home=str(tmp_path / "home"),
+        home=str(tmp_path / "home"), snapshot_interval_s=0.0,
     )  # fmt: skip
     clients = HotClients(consumer, FakeProducer(), lambda p: iter(()))
     return create_app(settings, clients=clients).custos_hot
