@@ -271,3 +271,120 @@ def test_get_returns_the_state_written_itself_and_a_restored_one_unwrapped() -> 
     restored, _ = _restore(emitted)
     got = restored.get("a")
     assert got == core and got is not core and restored.get("a") == core
+
+
+# --- snapshot mode (deferred): writes held in memory until a flush ----------------------------
+
+
+def _deferred() -> tuple[Records, PartitionStore]:
+    emitted: list[tuple[int, bytes, bytes | None]] = []
+    return emitted, PartitionStore(1, lambda p, k, v: emitted.append((p, k, v)), deferred=True)
+
+
+def _unit(store: PartitionStore, n: int, side: bytes | None = b"") -> None:
+    """One unit of work writing identity a's state and (None: deleting) its side part."""
+    staged = Staged(store)
+    staged["a"] = b"\x94state-%d" % n
+    if side is None:
+        del staged[side_key("a")]
+    else:
+        staged[side_key("a")] = side or b"side-%d" % n
+    staged.commit()
+    store.forget()
+
+
+def test_deferred_writes_are_emitted_once_each_at_the_flush_side_parts_first() -> None:
+    emitted, store = _deferred()
+    for n in (1, 2, 3):
+        _unit(store, n)
+    store["b"] = b"\x94b"
+    del store["b"]  # written and deleted within the interval: a tombstone at the flush
+    assert emitted == [] and set(store.dirty) == {"a", side_key("a"), "b"}
+    assert store["a"] == b"\x94state-3" and store[side_key("a")] == b"side-3"
+    assert store.flush() == 3
+    assert [k for _, k, _ in emitted] == [b"a\x00side", b"a", b"b"]
+    assert emitted[2][2] is None and store.dirty == {}
+    restored, rolled = _restore(emitted)
+    assert restored["a"] == b"\x94state-3" and restored[side_key("a")] == b"side-3"
+    assert rolled == 0 and "b" not in restored
+    assert store.flush() == 0 and len(emitted) == 3  # nothing changed since
+
+
+def test_a_snapshot_cut_between_side_part_and_state_rolls_back_to_the_last_snapshot() -> None:
+    """Three units between two snapshots, then a kill after the second snapshot's side part:
+    the side part goes back to its value at the first snapshot - the one beside the restored
+    state - not to its value before the last unit (write-through's roll-back)."""
+    emitted, store = _deferred()
+    _unit(store, 1)
+    store.flush()
+    first = len(emitted)
+    for n in (2, 3, 4):
+        _unit(store, n)
+    store.flush()
+    cut = emitted[: first + 1]
+    assert cut[-1][1] == b"a\x00side"
+    restored, rolled = _restore(cut)
+    assert restored["a"] == b"\x94state-1" and restored[side_key("a")] == b"side-1"
+    assert rolled == 1
+    restored, rolled = _restore(emitted)  # the whole snapshot: nothing to roll back
+    assert restored[side_key("a")] == b"side-4" and rolled == 0
+
+
+def test_a_side_part_deleted_between_snapshots_goes_after_its_state_in_the_next() -> None:
+    emitted, store = _deferred()
+    _unit(store, 1)
+    store.flush()
+    first = len(emitted)
+    _unit(store, 2, side=None)  # the incident closed
+    _unit(store, 3)  # and another opened: the side part is back, still unflushed
+    _unit(store, 4, side=None)
+    assert side_key("a") not in store and store.sides == {side_key("a")}
+    store.flush()
+    keys = [k for _, k, _ in emitted[first:]]
+    assert keys == [b"a\x00side", b"a", b"a\x00side"]
+    assert emitted[first][2] is not None and emitted[-1][2] is None  # kept, then a tombstone
+    restored, _ = _restore(emitted[: first + 1])  # cut before the state: back to snapshot one
+    assert restored[side_key("a")] == b"side-1" and restored["a"] == b"\x94state-1"
+    restored, _ = _restore(emitted[: first + 2])  # cut before the tombstone: deleted
+    assert side_key("a") not in restored and restored["a"] == b"\x94state-4"
+    assert store.sides == set() and store.identities() == 1
+
+
+def test_write_through_emits_an_identitys_dirty_side_part_and_state_only() -> None:
+    """A tick's or feedback's state is written at once, with its side part if that changed
+    since the last snapshot (else a restore pairs the new state with an old side part)."""
+    emitted, store = _deferred()
+    _unit(store, 1)
+    store["b"] = b"\x94b"
+    assert store.write_through(["a"]) == 2
+    assert [k for _, k, _ in emitted] == [b"a\x00side", b"a"] and set(store.dirty) == {"b"}
+    restored, rolled = _restore(emitted)
+    assert restored[side_key("a")] == b"side-1" and rolled == 0
+    assert store.write_through(["a"]) == 0  # nothing left to write
+
+
+def test_a_handed_over_partition_takes_its_unwritten_changes_with_it() -> None:
+    emitted: list[tuple[int, bytes, bytes | None]] = []
+    store = PartitionStore(2, lambda p, k, v: emitted.append((p, k, v)), deferred=True)
+    from types import SimpleNamespace
+
+    for p, key in enumerate(("x", "y")):
+        store.events = {key: SimpleNamespace(message=SimpleNamespace(partition=p))}
+        store[key] = b"\x94" + key.encode()
+    assert store.dirty == {"x": 0, "y": 1}
+    store.drop({0})
+    assert set(store.dirty.values()) == {1}
+    store.flush()
+    assert {p for p, _, _ in emitted} == {1}
+
+
+def test_a_snapshot_marker_is_not_an_identity() -> None:
+    from pipeline.stream.store import MARKER
+
+    emitted, store = _deferred()
+    _unit(store, 1)
+    store.flush()
+    emitted.append((0, MARKER, b"\x81\xa1t\x05"))
+    restored, rolled = _restore(emitted)
+    assert sorted(restored) == ["a", side_key("a")] and restored.identities() == 1
+    assert rolled == 0 and restored.owned() == {0}
