@@ -25,6 +25,7 @@ from pipeline.simulate.malformed import bad_samples, valid_logon
 from pipeline.stream.app import HotClients, create_app
 from pipeline.stream.hot import Record
 from pipeline.stream.offsets import unwrap
+from pipeline.stream.store import MARKER
 
 Sent = list[tuple[str, bytes | None, bytes | None, dict[str, bytes]]]
 
@@ -84,14 +85,15 @@ def _settings(tmp_path: Path, snapshot_s: float = 0.0) -> Settings:
     return Settings.from_env(
         {}, worker_datadir=str(tmp_path), worker_batch_within_s=0.01, app_id="unit-worker",
         home=str(tmp_path / "home"), quarantine_auto_min_severity=5,
-        snapshot_interval_s=snapshot_s,
+        snapshot_interval_s=snapshot_s, emit_scores=snapshot_s > 0,
     )  # fmt: skip
 
 
 def _app(tmp_path: Path, producer: FakeProducer | None = None,
          restore: Any = lambda p: iter(()), die: Any = None,
          snapshot_s: float = 0.0) -> Any:  # fmt: skip
-    """The worker, writing state through (``snapshot_s`` > 0: in snapshots)."""
+    """The worker, writing state through (``snapshot_s`` > 0: in snapshots, and every score
+    sent)."""
     clients = HotClients(FakeConsumer(), producer or FakeProducer(), restore)
     kw = {} if die is None else {"die": die}
     return create_app(_settings(tmp_path, snapshot_s), clients=clients, **kw)
@@ -508,3 +510,89 @@ def test_records_of_the_new_assignment_read_in_the_rebalancing_slice_are_read_ag
     got = asyncio.run(hot.take())
     assert seeks == [("identity.events", 0, 0)]
     assert [m.offset() for m in got] == [0, 1, 2]  # every record, once
+
+
+class _Assigning(FakeConsumer):
+    """A consumer whose group committed ``committed`` (topic, partition) → offset; keeps the
+    offsets the worker assigns."""
+
+    def __init__(self, committed: dict[tuple[str, int], int]) -> None:
+        super().__init__()
+        self.done = committed
+        self.assigned: dict[tuple[str, int], int] = {}
+
+    def committed(self, tps: list[Any], timeout: float = 0.0) -> list[Any]:
+        for tp in tps:
+            tp.offset = self.done.get((tp.topic, tp.partition), -1001)
+        return tps
+
+    def assign(self, tps: list[Any]) -> None:
+        self.assigned = {(tp.topic, tp.partition): tp.offset for tp in tps}
+
+
+def _tp(topic: str, partition: int = 0) -> Any:
+    from confluent_kafka import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+def test_snapshots_write_state_with_a_marker_and_a_restore_replays_quietly_up_to_the_commit(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """Snapshot mode: units write no state; a snapshot writes it, then the partition's marker
+    (its input positions). A new owner starts at the marker, applies the records up to the
+    group's committed offset to state only (their outputs went out before), and scores the
+    rest as usual: every event in the state once, every score sent once."""
+    producer = FakeProducer()
+    app = _app(tmp_path, producer, snapshot_s=30.0)
+    hot = app.custos_hot
+    hot.on_assign(_Assigning({}), [_tp("identity.events")])
+    assert [k for _, _, k, _ in producer.records] == [MARKER]  # at once: starts from here
+    producer.records.clear()
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    log = [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now - 1000 + i)) for i in range(9)]
+    _dispatch(app, log[:3])
+    assert producer.records == [] and set(hot.store.dirty) == {"usr-1"}
+    assert hot.snapshot() is None and hot.snapshots == 1
+    assert [k for _, _, k, _ in producer.records] == [b"usr-1", MARKER]
+    assert msgspec.msgpack.decode(producer.records[-1][3] or b"") == {"identity.events": 3}
+    _dispatch(app, log[3:6])  # delivered and committed (C = 6), then a kill -9
+    assert app.custos_stats.scored == 6 and len(producer.records) == 2
+    changelog = {k: v for _, _, k, v in producer.records}
+
+    sent.clear()
+    again = _app(tmp_path / "b", FakeProducer(), snapshot_s=30.0,
+                 restore=lambda p: iter(changelog.items()))  # fmt: skip
+    consumer = _Assigning({("identity.events", 0): 6})
+    again.custos_hot.on_assign(consumer, [_tp("identity.events")])
+    assert consumer.assigned == {("identity.events", 0): 3}  # the marker's, not the commit's
+    _dispatch(again, log[3:8])  # the replay from the marker on, and two new ones
+    assert [k for t, k, _, _ in sent if t == "custos.scores"] == [b"usr-1"] * 2
+    assert again.custos_stats.replayed == 3 and again.custos_stats.scored == 2
+    st = again.custos_detection.load_state(again.custos_hot.store["usr-1"])
+    assert st.baseline.n == 8
+    assert again.custos_hot.quiet == {}  # past the commit: nothing quiet any more
+    # A commit never goes back below what the group had committed.
+    again.custos_hot.positions[("identity.events", 0)] = 4
+    again.custos_hot.commit()
+    assert again.custos_hot.consumer.commits[-1] == [("identity.events", 0, 6)]
+
+
+def test_a_revocation_in_snapshot_mode_hands_over_current_state(
+    tmp_path: Path, sent: Sent
+) -> None:
+    producer = FakeProducer()
+    app = _app(tmp_path, producer, snapshot_s=30.0)
+    hot = app.custos_hot
+    hot.on_assign(_Assigning({}), [_tp("identity.events")])
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    _dispatch(app, [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now + i)) for i in range(4)])
+    producer.records.clear()
+    hot.on_revoke(hot.consumer, [_tp("identity.events")])
+    assert [k for _, _, k, _ in producer.records] == [b"usr-1", MARKER]
+    assert msgspec.msgpack.decode(producer.records[-1][3] or b"") == {"identity.events": 4}
+    assert hot.consumer.commits[-1] == [("identity.events", 0, 4)]
+    core, applied = unwrap(producer.records[0][3] or b"")
+    assert app.custos_detection.load_state(core).baseline.n == 4 and applied == {(1, 0): 3}
