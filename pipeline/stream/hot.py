@@ -269,7 +269,9 @@ class HotLoop:
         assigned = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned = assigned
         self.positions = {k: v for k, v in self.positions.items() if k in assigned}
-        if self.deferred:
+        if self.deferred or markers:
+            # Write-through mode honours a marker too: a worker that kept snapshots before
+            # may have died with records past it only in memory.
             self._start(consumer, partitions, new, markers)
 
     def _start(self, consumer: Any, partitions: list[Any], new: set[int],
@@ -311,7 +313,7 @@ class HotLoop:
             log.info("replaying quietly up to the committed offsets: %s",
                      {f"{t}[{p}]": f"{self.positions[(t, p)]}..{c}"
                       for (t, p), c in sorted(self.quiet.items())})  # fmt: skip
-        unmarked = sorted(new - set(markers))
+        unmarked = sorted(new - set(markers)) if self.deferred else []
         for p in unmarked:
             self.emit(p, MARKER, self._marker(p))
         reason = self._unwritten() if unmarked else None

@@ -596,3 +596,28 @@ def test_a_revocation_in_snapshot_mode_hands_over_current_state(
     assert hot.consumer.commits[-1] == [("identity.events", 0, 4)]
     core, applied = unwrap(producer.records[0][3] or b"")
     assert app.custos_detection.load_state(core).baseline.n == 4 and applied == {(1, 0): 3}
+
+
+def test_a_write_through_worker_restoring_a_snapshot_replays_from_its_marker(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """Snapshots switched off after a kill -9: the records past the last snapshot are only in
+    the dead worker's memory, so the marker still says where to read from."""
+    producer = FakeProducer()
+    app = _app(tmp_path, producer, snapshot_s=30.0)
+    app.custos_hot.on_assign(_Assigning({}), [_tp("identity.events")])
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    log = [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now - 1000 + i)) for i in range(5)]
+    _dispatch(app, log[:2])
+    assert app.custos_hot.snapshot() is None
+    _dispatch(app, log[2:4])  # committed, never snapshotted
+    changelog = {k: v for _, _, k, v in producer.records}
+    again = _app(tmp_path / "b", FakeProducer(), restore=lambda p: iter(changelog.items()))
+    consumer = _Assigning({("identity.events", 0): 4})
+    again.custos_hot.on_assign(consumer, [_tp("identity.events")])
+    assert consumer.assigned == {("identity.events", 0): 2}
+    _dispatch(again, log[2:])
+    assert again.custos_stats.replayed == 2 and again.custos_stats.scored == 1
+    st = again.custos_detection.load_state(again.custos_hot.store["usr-1"])
+    assert st.baseline.n == 5
