@@ -288,7 +288,11 @@ class Detection:
         self.state_cache_size = (
             settings.state_cache_size if state_cache_size is None else state_cache_size
         )
-        self._decoded: OrderedDict[str, tuple[bytes, IdentityState]] = OrderedDict()
+        self._decoded: OrderedDict[str, tuple[bytes | None, IdentityState]] = OrderedDict()
+        # Deferred writes (``defer_writes``): identities whose state in ``_decoded`` is newer
+        # than the store's (an insertion-ordered set: flushes write in a stable order).
+        self.defer_writes = False
+        self._unwritten: dict[str, None] = {}
 
     @classmethod
     def from_settings(
@@ -401,6 +405,7 @@ class Detection:
 
     def _put(self, uid: str, st: IdentityState, store: MutableMapping[str, bytes]) -> bytes:
         """Write ``uid``'s state, and its side part when that changed; returns the state."""
+        self._unwritten.pop(uid, None)
         data = store[uid] = self.dump_state(st)
         side = self.dump_side(st)
         if side != st.side:
@@ -412,8 +417,44 @@ class Detection:
         return data
 
     def state_of(self, uid: str, store: MutableMapping[str, bytes]) -> IdentityState:
-        """``uid``'s stored state with its side part, decoded (a new one if none is stored)."""
+        """``uid``'s stored state with its side part, decoded (a new one if none is stored);
+        its state in memory when that is newer (a deferred write)."""
+        if uid in self._unwritten:
+            return self._decoded[uid][1]
         return self.load_state(store.get(uid), store.get(side_key(uid)))
+
+    # --- deferred writes --------------------------------------------------------------------------
+    # With ``defer_writes``, process() keeps the identities it changed in memory (the decoded-
+    # state cache) instead of encoding each one into the store after every batch: encoding
+    # costs as much as several events' scoring, and a worker that snapshots its store
+    # periodically, or a replay that reads the states at its end, needs them only then.
+    # Every other entry point (signals, feedback, ticks, describe) works on the state in memory
+    # and writes it through; an identity evicted from the cache is written first.
+
+    def flush_states(
+        self, store: MutableMapping[str, bytes], uids: Iterable[str] | None = None
+    ) -> int:
+        """Write the deferred states (``uids``: only those of them) to ``store``; returns how
+        many were written."""
+        pending = self._unwritten
+        todo = list(pending) if uids is None else [u for u in uids if u in pending]
+        decoded = self._decoded
+        for uid in todo:
+            st = decoded[uid][1]
+            decoded[uid] = (self._put(uid, st, store), st)
+        return len(todo)
+
+    def forget_states(self, uids: Iterable[str]) -> None:
+        """Drop these identities' states from memory, written or not (another process owns
+        them now: it replays what was not written)."""
+        for uid in uids:
+            self._decoded.pop(uid, None)
+            self._unwritten.pop(uid, None)
+
+    @property
+    def unwritten(self) -> int:
+        """How many identities' states are newer in memory than in the store."""
+        return len(self._unwritten)
 
     def describe(
         self, uid: str, store: MutableMapping[str, bytes], kind: str | None = None
@@ -537,13 +578,22 @@ class Detection:
         result.scores = [s for s in scores if s is not None]
 
         decoded = self._decoded
-        for uid, st in cache.items():
-            data = self._put(uid, st, store)
-            if self.state_cache_size:
-                decoded[uid] = (data, st)
+        if self.defer_writes and self.state_cache_size:
+            unwritten = self._unwritten
+            for uid, st in cache.items():
+                decoded[uid] = (None, st)  # newer than the store: see flush_states
                 decoded.move_to_end(uid)
+                unwritten[uid] = None
+        else:
+            for uid, st in cache.items():
+                data = self._put(uid, st, store)
+                if self.state_cache_size:
+                    decoded[uid] = (data, st)
+                    decoded.move_to_end(uid)
         while len(decoded) > self.state_cache_size:
-            decoded.popitem(last=False)
+            uid, (_, st) = decoded.popitem(last=False)
+            if uid in self._unwritten:  # leaving memory: its only copy goes to the store
+                self._put(uid, st, store)
         self.watermark_ms = max(self.watermark_ms, max(ev.time_ms for ev in events))
         self.events_seen += len(events)
         return result
@@ -568,6 +618,12 @@ class Detection:
         return open_
 
     def _fetch(self, uid: str, time_ms: int, store: MutableMapping[str, bytes]) -> IdentityState:
+        if uid in self._unwritten:  # newer in memory than in the store
+            st = self._decoded[uid][1]
+            self._decoded.move_to_end(uid)
+            if self.baseline_model.expired(st.baseline, time_ms):
+                st.baseline = self.baseline_model.new_state()
+            return st
         data = store.get(uid)
         side = store.get(uid + SIDE_SUFFIX)  # side_key(uid), inline
         hot = self._decoded.get(uid)
@@ -1053,6 +1109,8 @@ class Detection:
         it for real) whenever in doubt: no side part (a state from before side parts holds
         its incident inside), an unreadable one, or the copy decided or closed something.
         """
+        if uid in self._unwritten:  # the stored side part may be older: tick the real state
+            return False
         side = store.get(side_key(uid))
         if side is None:
             return False

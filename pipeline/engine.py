@@ -118,19 +118,30 @@ class Engine:
     ) -> Iterator[tuple[list[Event], BatchResult]]:
         """Micro-batches of ``batch`` events in the given order, then :meth:`finish` (as a
         last result with no events, if it decided anything). ``before`` runs ahead of each
-        batch (a model swap at a batch boundary)."""
-        buf: list[Event] = []
-        for ev in events:
-            buf.append(ev)
-            if len(buf) >= batch:
+        batch (a model swap at a batch boundary).
+
+        The identity states are written to :attr:`store` at the end (``defer_writes``): nothing
+        reads them from there meanwhile, and encoding each after every batch costs more than
+        scoring several events.
+        """
+        det = self.detection
+        was, det.defer_writes = det.defer_writes, True
+        try:
+            buf: list[Event] = []
+            for ev in events:
+                buf.append(ev)
+                if len(buf) >= batch:
+                    if before is not None:
+                        before(self)
+                    yield buf, self.step(buf)
+                    buf = []
+            if buf:
                 if before is not None:
                     before(self)
                 yield buf, self.step(buf)
-                buf = []
-        if buf:
-            if before is not None:
-                before(self)
-            yield buf, self.step(buf)
-        late = self.finish()
-        if late:
-            yield [], BatchResult(decisions=late)
+            late = self.finish()
+            if late:
+                yield [], BatchResult(decisions=late)
+        finally:
+            det.flush_states(self.store)
+            det.defer_writes = was

@@ -529,3 +529,47 @@ def test_a_state_written_before_the_budget_still_decodes() -> None:
                                        tool_manifest_hash="sha256:" + "1" * 64)  # fmt: skip
     (score,) = back.process([rollback], store).scores
     assert not [r for r in score.rules if r.rule in ("model_provenance", "agent_config_drift")]
+
+
+def _misuse_run(det: Detection, store: dict[str, bytes]) -> None:
+    """A warm agent, then a credential issued to another agent: an incident opens."""
+    det.process([_call(i) for i in range(200)], store)
+    det.process([_call(200), _call(201, issued_to="agt-2")], store)
+
+
+def test_deferred_writes_stay_in_memory_until_flushed_and_then_equal_written_through() -> None:
+    through, through_store = Detection(), {}
+    _misuse_run(through, through_store)
+    det, store = Detection(), {}
+    det.defer_writes = True
+    _misuse_run(det, store)
+    assert store == {} and det.unwritten == 1  # nothing encoded yet, nothing lost either
+    out = det.process([_call(202)], store)  # the next batch reads the state in memory
+    assert out.scores[0].peer_weight < 0.05  # its own warm baseline, not a fresh one
+    assert det.flush_states(store) == 1 and det.unwritten == 0
+    through.process([_call(202)], through_store)
+    assert store == through_store  # states and side parts (the open incident) byte for byte
+    assert det.flush_states(store) == 0
+
+
+def test_every_other_entry_point_sees_the_deferred_state_and_writes_it() -> None:
+    det, store = Detection(), {}
+    det.defer_writes = True
+    _misuse_run(det, store)
+    assert "agt-1" in det.open_incidents and store == {}
+    assert det.state_of("agt-1", store).risk.incident is not None  # describe, tick
+    # A tick long after: the quiet incident closes on the state in memory, which is written.
+    closed = det.tick(T0 + 30 * 86_400_000, store, ["agt-1"])
+    assert [d.action for d in closed] == ["close"]
+    assert det.unwritten == 0 and "agt-1" in store
+    assert det.state_of("agt-1", store).risk.incident is None
+
+
+def test_a_deferred_state_leaving_the_cache_is_written_first_and_forgotten_ones_are_not() -> None:
+    det, store = Detection(state_cache_size=1), {}
+    det.defer_writes = True
+    det.process([_call(i) for i in range(50)], store)
+    det.process([_call(100 + i, uid="agt-2") for i in range(5)], store)  # evicts agt-1
+    assert set(store) == {"agt-1"} and det.unwritten == 1
+    det.forget_states(["agt-2"])  # another worker owns it now: it replays, we drop
+    assert det.unwritten == 0 and det.flush_states(store) == 0 and "agt-2" not in store

@@ -64,6 +64,10 @@ class Scripted:
         self.model_ref: dict[str, str] | None = None
         self.fed = 0
         self.swaps: list[int] = []
+        self.defer_writes = False  # Engine.run defers state writes; this fake keeps none
+
+    def flush_states(self, store: MutableMapping[str, bytes]) -> int:
+        return 0
 
     def process(self, events: Sequence[Event], store: MutableMapping[str, bytes]) -> BatchResult:
         out = BatchResult()
