@@ -177,6 +177,9 @@ def create_app(
     ``clients``: the hot loop's Kafka clients (tests pass their own).
     """
     detection = detection or Detection.from_settings(settings)
+    # Snapshot mode: the core keeps changed states in memory, encoded at each snapshot (the
+    # hot loop flushes them) instead of after every unit of work.
+    detection.defer_writes = settings.snapshot_interval_s > 0
     data = datadir(settings)
     data.mkdir(parents=True, exist_ok=True)
     checkpoint = _load_shared(detection, data)

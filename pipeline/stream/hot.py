@@ -204,6 +204,8 @@ class HotLoop:
         """Every changed state out, acknowledged; the shared checkpoint saved; then each owned
         partition's marker, acknowledged. Returns why not, if a write was refused."""
         t0 = time.monotonic()
+        # The core's deferred states into the store first, then everything changed out.
+        self.units.detection.flush_states(self.store)
         n = self.store.flush()
         reason = self._unwritten()
         if reason is not None:
@@ -337,6 +339,7 @@ class HotLoop:
         if not partitions:
             return
         gone = self.store.drop(partitions)
+        self.units.detection.forget_states(gone)  # unwritten ones too: the new owner replays
         # Another worker owns them now: no tick may write their state from here.
         self.units.detection.open_incidents.difference_update(gone)
         log.info("handed over partitions %s (%d identities)", sorted(partitions), len(gone))

@@ -83,6 +83,9 @@ class PartitionStore(MutableMapping[str, bytes]):
         # Offsets the next write of an identity includes (pipeline.stream.offsets): set by the
         # unit of work before its state is committed; a write without marks keeps the old ones.
         self.marks: dict[str, dict[Source, int]] = {}
+        # Offsets (and partition) of identities whose state the core holds in memory, newer
+        # than the value here (Detection.defer_writes): what their next write includes.
+        self.pending: dict[str, tuple[dict[Source, int], int]] = {}
         # The number of the unit of work writing now, recorded in every value it writes; above
         # every number restored, so a later unit's writes are recognised as later (settle).
         self.unit = 1
@@ -101,7 +104,16 @@ class PartitionStore(MutableMapping[str, bytes]):
         self._older: dict[str, _Envelope] = {}
 
     def forget(self) -> None:
-        """End of a unit of work: its marks never outlive it; the next unit has a new number."""
+        """End of a unit of work: the next unit has a new number. Marks of identities the unit
+        did not write (the core keeps their state in memory: deferred writes) wait in
+        ``pending`` for the write that will include them."""
+        if self.marks:
+            events, pending = self.events, self.pending
+            for uid, marks in self.marks.items():
+                event = events.get(uid)
+                p = (int(event.message.partition) if event is not None
+                     else self.partition_of(uid))  # fmt: skip
+                pending[uid] = (marks, p)
         self.marks = {}
         self.unit += 1
 
@@ -110,7 +122,10 @@ class PartitionStore(MutableMapping[str, bytes]):
         return len(self.states) - len(self.sides)
 
     def applied(self, key: str) -> dict[Source, int]:
-        """The input offsets ``key``'s stored state already includes (the caller's own copy)."""
+        """The input offsets ``key``'s state already includes (the caller's own copy)."""
+        pending = self.pending.get(key)
+        if pending is not None:  # newer in the core's memory than here
+            return dict(pending[0])
         stored = self.states.get(key)
         if stored is None:
             return {}
@@ -151,6 +166,9 @@ class PartitionStore(MutableMapping[str, bytes]):
         known = self.where.get(key)
         if known is not None:
             return known
+        pending = self.pending.get(key)
+        if pending is not None:  # a new identity the core holds unwritten
+            return pending[1]
         return int(murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
 
     # --- restore and hand-over (the worker's rebalance callbacks) ---------------------------
@@ -206,6 +224,12 @@ class PartitionStore(MutableMapping[str, bytes]):
         for uid in gone:
             del self.states[uid]
             del self.where[uid]
+        # Identities the core holds unwritten there (its forget_states drops them too).
+        left = [uid for uid, (_, p) in self.pending.items() if p in partitions]
+        for uid in left:
+            del self.pending[uid]
+        known = set(gone)
+        gone += [uid for uid in left if uid not in known]
         # Unwritten changes of those partitions die with them (the new owner replays them).
         self.dirty = {k: p for k, p in self.dirty.items() if p not in partitions}
         self.sides.difference_update(gone)
@@ -320,9 +344,15 @@ class PartitionStore(MutableMapping[str, bytes]):
                 p = (known if known is not None
                      else int(murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions)  # fmt: skip
             marks = marks_of.pop(key, None)
+            pending = self.pending.pop(key, None) if self.pending else None
             if marks is None:
-                old = states.get(key)
-                marks = self._envelope(key, old)[1] if old is not None else {}
+                if pending is not None:  # a deferred state, written now (its marks kept)
+                    marks = pending[0]
+                    if event is None:
+                        p = pending[1]
+                else:
+                    old = states.get(key)
+                    marks = self._envelope(key, old)[1] if old is not None else {}
             stored = wrap(value, marks, unit)
             states[key] = stored
             # The next unit reads these offsets back without parsing them. The marks handed

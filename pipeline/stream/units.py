@@ -334,8 +334,16 @@ class Units:
         stage["decode"] = stage.get("decode", 0.0) + t_dec - t_in
         if again:
             # The shared models (peers, detector, calibrators) learn these once; the identity
-            # states and outputs of this pass are thrown away: they were written before.
-            self.engine.step(again, Staged(store), route_signals=True)
+            # states and outputs of this pass are thrown away: they were written before. So
+            # the pass writes through (to a store thrown away) and reads states from the store,
+            # never the core's deferred ones, which it would change in place.
+            det = self.detection
+            det.flush_states(store, {ev.identity_uid for ev in again})
+            deferred, det.defer_writes = det.defer_writes, False
+            try:
+                self.engine.step(again, Staged(store), route_signals=True)
+            finally:
+                det.defer_writes = deferred
             log.info("%d re-read events applied to the shared models only", len(again))
         if not valid:
             await self.finish(out)

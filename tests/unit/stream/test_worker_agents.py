@@ -553,7 +553,9 @@ def test_snapshots_write_state_with_a_marker_and_a_restore_replays_quietly_up_to
     feed = _Feed("identity.events")
     log = [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now - 1000 + i)) for i in range(9)]
     _dispatch(app, log[:3])
-    assert producer.records == [] and set(hot.store.dirty) == {"usr-1"}
+    # Nothing written: the state is in the core's memory, its offsets waiting beside it.
+    assert producer.records == [] and app.custos_detection.unwritten == 1
+    assert set(hot.store.pending) == {"usr-1"} and hot.store.applied("usr-1") == {(1, 0): 2}
     assert hot.snapshot() is None and hot.snapshots == 1
     assert [k for _, _, k, _ in producer.records] == [b"usr-1", MARKER]
     assert msgspec.msgpack.decode(producer.records[-1][3] or b"") == {"identity.events": 3}
@@ -570,7 +572,7 @@ def test_snapshots_write_state_with_a_marker_and_a_restore_replays_quietly_up_to
     _dispatch(again, log[3:8])  # the replay from the marker on, and two new ones
     assert [k for t, k, _, _ in sent if t == "custos.scores"] == [b"usr-1"] * 2
     assert again.custos_stats.replayed == 3 and again.custos_stats.scored == 2
-    st = again.custos_detection.load_state(again.custos_hot.store["usr-1"])
+    st = again.custos_detection.state_of("usr-1", again.custos_hot.store)  # in memory
     assert st.baseline.n == 8
     assert again.custos_hot.quiet == {}  # past the commit: nothing quiet any more
     # A commit never goes back below what the group had committed.
@@ -621,3 +623,36 @@ def test_a_write_through_worker_restoring_a_snapshot_replays_from_its_marker(
     assert again.custos_stats.replayed == 2 and again.custos_stats.scored == 1
     st = again.custos_detection.load_state(again.custos_hot.store["usr-1"])
     assert st.baseline.n == 5
+
+
+def test_snapshot_mode_keeps_states_in_the_core_and_re_read_events_never_change_them(
+    tmp_path: Path, sent: Sent
+) -> None:
+    """The core holds changed states in memory until a snapshot. Events a restored state
+    already includes (its snapshot was cut short after it: the marker is older) teach the
+    shared models only: they must not change the state the core holds, which is ahead."""
+    producer = FakeProducer()
+    app = _app(tmp_path, producer, snapshot_s=30.0)
+    hot = app.custos_hot
+    hot.on_assign(_Assigning({}), [_tp("identity.events")])
+    now = int(time.time() * 1000)
+    feed = _Feed("identity.events")
+    log = [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now - 1000 + i)) for i in range(8)]
+    _dispatch(app, log[:3])
+    assert hot.snapshot() is None
+    old_marker = producer.records[-1]
+    _dispatch(app, log[3:6])
+    assert hot.snapshot() is None  # the state now includes 0..5; keep only the older marker
+    changelog = {k: v for _, _, k, v in producer.records if k != MARKER}
+    changelog[MARKER] = old_marker[3]
+
+    again = _app(tmp_path / "b", FakeProducer(), snapshot_s=30.0,
+                 restore=lambda p: iter(changelog.items()))  # fmt: skip
+    again.custos_hot.on_assign(_Assigning({("identity.events", 0): 6}), [_tp("identity.events")])
+    _dispatch(again, log[3:8])  # 3..5 re-read (in the state already), 6 and 7 new
+    det = again.custos_detection
+    assert det.state_of("usr-1", again.custos_hot.store).baseline.n == 8  # not 11, not 5
+    assert det.unwritten == 1
+    # Partitions lost (no chance to write): the core forgets the unwritten state too.
+    again.custos_hot.on_lost(again.custos_hot.consumer, [_tp("identity.events")])
+    assert det.unwritten == 0 and again.custos_hot.store.pending == {}
