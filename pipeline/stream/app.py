@@ -300,7 +300,8 @@ def create_app(
         from urllib.parse import unquote
 
         key = unquote(uid)
-        if not key.isprintable() or key not in hot.store:
+        # Held: stored, or only in the core's memory so far (snapshot mode, not yet written).
+        if not key.isprintable() or (key not in hot.store and key not in hot.store.pending):
             return web.json({"error": f"{key!r} is not held by this worker"}, status=404)
         kind = request.query.get("kind")
         return web.json(detection.describe(key, hot.store, kind if kind in _KINDS else None))

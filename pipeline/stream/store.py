@@ -118,8 +118,10 @@ class PartitionStore(MutableMapping[str, bytes]):
         self.unit += 1
 
     def identities(self) -> int:
-        """How many identity states are held (side parts not counted)."""
-        return len(self.states) - len(self.sides)
+        """How many identity states are held (side parts not counted), those only in the core's
+        memory so far included."""
+        states = self.states
+        return len(states) - len(self.sides) + sum(1 for u in self.pending if u not in states)
 
     def applied(self, key: str) -> dict[Source, int]:
         """The input offsets ``key``'s state already includes (the caller's own copy)."""
