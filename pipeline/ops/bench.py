@@ -290,7 +290,7 @@ def bench_kafka(
              f"event → scored p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
         # Snapshot mode: the drain may be shorter than one interval, so what a snapshot costs
         # is printed apart (each one: the changed states encoded and written, acknowledged).
-        snaps = int(m.get("custos_state_snapshots", 0.0))
+        snaps = int(m.get("custos_state_snapshots_total", 0.0))
         snap_s = m.get('custos_stage_seconds_total{stage="snapshot"}', 0.0)
         snapshot = {"snapshot_interval_s": settings.snapshot_interval_s, "snapshots": snaps,
                     "snapshot_ms_mean": round(snap_s / snaps * 1000, 1) if snaps else None}
