@@ -5,8 +5,8 @@ on the per-event path it cost more than the whole budget: a generator frame per 
 changelog record and a RocksDB put per table write (issue 14). Here a consumer in the
 worker's group reads the input, re-keyed, signal and feedback topics in batches
 (``consume``) and hands them to :class:`~pipeline.stream.units.Units`; identity state lives in
-memory (:class:`~pipeline.stream.store.PartitionStore`), written through to a compacted
-changelog by a confluent producer; input offsets are committed here:
+memory (:class:`~pipeline.stream.store.PartitionStore`), written to a compacted changelog by
+a confluent producer; input offsets are committed here. Written through (``snapshot_s`` 0):
 
 * a unit's state writes are acknowledged (:meth:`HotLoop.state_written`) before the next unit
   starts: a kill -9 re-applies at most the unit in flight, and events re-read after it are
