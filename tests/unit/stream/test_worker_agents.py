@@ -581,15 +581,19 @@ def test_snapshots_write_state_with_a_marker_and_a_restore_replays_quietly_up_to
     assert again.custos_hot.consumer.commits[-1] == [("identity.events", 0, 6)]
 
 
-def test_a_revocation_in_snapshot_mode_hands_over_current_state(
-    tmp_path: Path, sent: Sent
-) -> None:
+def _snapshotting(tmp_path: Path) -> tuple[FakeProducer, Any, Any, int, _Feed]:
+    """A worker in snapshot mode owning partition 0 of the identity topic, and its feed."""
     producer = FakeProducer()
     app = _app(tmp_path, producer, snapshot_s=30.0)
     hot = app.custos_hot
     hot.on_assign(_Assigning({}), [_tp("identity.events")])
-    now = int(time.time() * 1000)
-    feed = _Feed("identity.events")
+    return producer, app, hot, int(time.time() * 1000), _Feed("identity.events")
+
+
+def test_a_revocation_in_snapshot_mode_hands_over_current_state(
+    tmp_path: Path, sent: Sent
+) -> None:
+    producer, app, hot, now, feed = _snapshotting(tmp_path)
     _dispatch(app, [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now + i)) for i in range(4)])
     producer.records.clear()
     hot.on_revoke(hot.consumer, [_tp("identity.events")])
@@ -631,12 +635,7 @@ def test_snapshot_mode_keeps_states_in_the_core_and_re_read_events_never_change_
     """The core holds changed states in memory until a snapshot. Events a restored state
     already includes (its snapshot was cut short after it: the marker is older) teach the
     shared models only: they must not change the state the core holds, which is ahead."""
-    producer = FakeProducer()
-    app = _app(tmp_path, producer, snapshot_s=30.0)
-    hot = app.custos_hot
-    hot.on_assign(_Assigning({}), [_tp("identity.events")])
-    now = int(time.time() * 1000)
-    feed = _Feed("identity.events")
+    producer, app, hot, now, feed = _snapshotting(tmp_path)
     log = [feed(b"usr-1", _logon(f"ok-{i}", "usr-1", now - 1000 + i)) for i in range(8)]
     _dispatch(app, log[:3])
     assert hot.snapshot() is None
