@@ -404,9 +404,11 @@ def run_demo(
     behind = f" (≈ {max_lag / rate:.1f} s of input at {rate:,.0f}/s)" if rate else ""
     after = f"{caught_up_s:.1f} s" if caught_up_s is not None else "not seen"
     began = f"{started_s:.0f} s" if started_s is not None else "never"
+    # Lag is read from committed offsets: after every batch with snapshots, else every commit_s.
+    commits = ("after every batch" if settings.snapshot_interval_s > 0
+               else f"every {settings.worker_commit_s:g} s")  # fmt: skip
     echo(f"  worker behind, at most {max_lag:>10,}  events{behind} once started (caught up at "
-         f"{began}), offsets committed every {settings.worker_commit_s:g} s; caught up {after} "
-         "after the simulator ended")  # fmt: skip
+         f"{began}), offsets committed {commits}; caught up {after} after the simulator ended")
     echo(f"Findings are OCSF 2004 JSON on {settings.alerts_topic}; the broker keeps running "
          "(custos kafka down stops it).")  # fmt: skip
     echo(f"The console stopped with the demo ({console_url}); `custos console` serves it "

@@ -17,17 +17,18 @@ a confluent producer; input offsets are committed here. Written through (``snaps
   take them; newly assigned ones are restored from the changelog before any of their
   records is handed to a unit (range assignment keeps the co-partitioned topics together).
 
-Snapshot mode (``snapshot_s`` > 0, the store ``deferred``): units write state to memory only;
-every ``snapshot_s`` (and on revoke and a clean stop) :meth:`HotLoop.snapshot` writes every
-changed value, waits for the acknowledgements, saves the shared checkpoint, then writes one
-marker per partition (:data:`~pipeline.stream.store.MARKER`) with the input positions S its
-states now include. Offsets are committed (asynchronously) after every batch: C, what was
-delivered. A new owner restores the states, starts each input at S (feedback: at C - its
-units write their state through) and replays the records below C *quietly*: state and
-shared models only, no output (it was delivered before). Per-identity offsets still skip
-what a state already includes (a state written after S: a tick, a flush cut short). The
-order flush, checkpoint, marker keeps the shared models never ahead of an identity's state
-for any record a restore replays.
+Snapshot mode (``snapshot_s`` > 0, the store ``deferred``): units write state to memory only
+(the core keeps the states it changed decoded, ``Detection.defer_writes``, their offsets in the
+store's ``pending``, and encodes them at the snapshot); every ``snapshot_s`` (and on revoke and
+a clean stop) :meth:`HotLoop.snapshot` writes every changed value, waits for the
+acknowledgements, saves the shared checkpoint, then writes one marker per partition
+(:data:`~pipeline.stream.store.MARKER`) with the input positions S its states now include.
+Offsets are committed (asynchronously) after every batch: C, what was delivered. A new owner
+restores the states, starts each input at S (feedback: at C - its units write their state
+through) and replays the records below C *quietly*: state and shared models only, no output (it
+was delivered before). Per-identity offsets still skip what a state already includes (a state
+written after S: a tick, a flush cut short). The order flush, checkpoint, marker keeps the
+shared models never ahead of an identity's state for any record a restore replays.
 
 Only this loop and the units (one at a time, under ``units.lock``) touch identity state; the
 rebalance callbacks run inside ``consume``, which is called holding that lock.
