@@ -24,7 +24,8 @@ import logging
 import math
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -443,6 +444,15 @@ class Detection:
             st = decoded[uid][1]
             decoded[uid] = (self._put(uid, st, store), st)
         return len(todo)
+
+    @contextmanager
+    def deferring(self, on: bool) -> Iterator[None]:
+        """``defer_writes`` set to ``on`` for a while, then back as it was."""
+        was, self.defer_writes = self.defer_writes, on
+        try:
+            yield
+        finally:
+            self.defer_writes = was
 
     def forget_states(self, uids: Iterable[str]) -> None:
         """Drop these identities' states from memory, written or not (another process owns

@@ -125,23 +125,22 @@ class Engine:
         scoring several events.
         """
         det = self.detection
-        was, det.defer_writes = det.defer_writes, True
-        try:
-            buf: list[Event] = []
-            for ev in events:
-                buf.append(ev)
-                if len(buf) >= batch:
+        with det.deferring(True):
+            try:
+                buf: list[Event] = []
+                for ev in events:
+                    buf.append(ev)
+                    if len(buf) >= batch:
+                        if before is not None:
+                            before(self)
+                        yield buf, self.step(buf)
+                        buf = []
+                if buf:
                     if before is not None:
                         before(self)
                     yield buf, self.step(buf)
-                    buf = []
-            if buf:
-                if before is not None:
-                    before(self)
-                yield buf, self.step(buf)
-            late = self.finish()
-            if late:
-                yield [], BatchResult(decisions=late)
-        finally:
-            det.flush_states(self.store)
-            det.defer_writes = was
+                late = self.finish()
+                if late:
+                    yield [], BatchResult(decisions=late)
+            finally:
+                det.flush_states(self.store)

@@ -339,11 +339,8 @@ class Units:
             # never the core's deferred ones, which it would change in place.
             det = self.detection
             det.flush_states(store, {ev.identity_uid for ev in again})
-            deferred, det.defer_writes = det.defer_writes, False
-            try:
+            with det.deferring(False):
                 self.engine.step(again, Staged(store), route_signals=True)
-            finally:
-                det.defer_writes = deferred
             log.info("%d re-read events applied to the shared models only", len(again))
         if not valid:
             await self.finish(out)

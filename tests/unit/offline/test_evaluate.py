@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,10 @@ class Scripted:
 
     def flush_states(self, store: MutableMapping[str, bytes]) -> int:
         return 0
+
+    @contextmanager
+    def deferring(self, on: bool) -> Iterator[None]:
+        yield
 
     def process(self, events: Sequence[Event], store: MutableMapping[str, bytes]) -> BatchResult:
         out = BatchResult()
